@@ -1,0 +1,48 @@
+"""The ``ptychoscan`` command line: one entry point, one module per subcommand.
+
+Each module in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its
+subcommand and sets ``func`` to a handler taking the parsed arguments. Handlers import
+their heavy dependencies lazily so that ``ptychoscan --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "ptychoscan.commands.simulate",
+    "ptychoscan.commands.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptychoscan",
+        description="Adaptive scanning for electron ptychography: simulate, reconstruct, train, evaluate, serve.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (2 for bad input, 130 on Ctrl-C)."""
+    from ptychoscan.config import ConfigError
+    from recon.dataset import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: outputs written so far are complete; the one in progress was discarded", file=sys.stderr)
+        return 130
+    except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ptychoscan`` CLI, one module each."""

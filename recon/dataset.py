@@ -1,0 +1,229 @@
+"""4D-STEM dataset files (HDF5, format "ptychoscan-4dstem", version 1; DESIGN.md section 4).
+
+``read_dataset`` validates shapes, dtypes and attributes and raises ``DatasetError``
+with a one-line message that names what is wrong. ``write_dataset`` writes to a
+temporary file and renames it into place, so an interrupted write never leaves a
+half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT_NAME = "ptychoscan-4dstem"
+FORMAT_VERSION = 1
+PATTERN_DTYPES = (np.dtype(np.float32), np.dtype(np.uint16), np.dtype(np.uint32))
+_NAN_CHECK_CHUNK = 1024
+
+
+class DatasetError(ValueError):
+    """A dataset file is malformed; the message names the file and what is wrong."""
+
+
+@dataclass
+class GroundTruth:
+    """True transmission phase sigma*V (rad) on a grid; simulated data only."""
+
+    phase: np.ndarray
+    """(H, W) float32, indexed [y, x]."""
+    pixel_nm: float
+    origin_nm: tuple[float, float]
+    """(x, y) in nm of pixel [0, 0]."""
+
+
+@dataclass
+class Dataset4D:
+    """A 4D-STEM dataset: patterns at probe positions plus beam and detector parameters."""
+
+    patterns: np.ndarray
+    """(N, K, K) diffraction intensities, float32 or uint16/uint32 counts, centred."""
+    positions_nm: np.ndarray
+    """(N, 2) float64 probe positions (x, y) in nm."""
+    energy_ev: float
+    convergence_mrad: float
+    detector_pixel_mrad: float
+    defocus_nm: float = 0.0
+    grid_shape: tuple[int, int] | None = None
+    """(ny, nx) when positions are a dense row-major raster."""
+    probe: np.ndarray | None = None
+    """(K, K) complex64 known probe on the reconstruction grid."""
+    ground_truth: GroundTruth | None = None
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.patterns.shape[0])
+
+    @property
+    def detector_pixels(self) -> int:
+        return int(self.patterns.shape[-1])
+
+    def validate(self, source: str = "dataset") -> None:
+        """Raise DatasetError if any field has the wrong shape, dtype or value."""
+        _validate_patterns(self.patterns, source)
+        _validate_metadata(self, self.patterns.shape[0], self.patterns.shape[1], source)
+
+
+def _fail(source: str, message: str) -> None:
+    raise DatasetError(f"{source}: {message}")
+
+
+def _check_finite_patterns(patterns, source: str) -> None:
+    for start in range(0, patterns.shape[0], _NAN_CHECK_CHUNK):
+        block = np.asarray(patterns[start : start + _NAN_CHECK_CHUNK])
+        if block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+            if bad.any():
+                frame = start + int(np.argwhere(bad)[0, 0])
+                _fail(source, f"patterns contain NaN or infinite values (first in frame {frame})")
+            if (block < 0).any():
+                frame = start + int(np.argwhere(block < 0)[0, 0])
+                _fail(source, f"patterns contain negative intensities (first in frame {frame})")
+
+
+def _validate_patterns(p, source: str) -> None:
+    if p.ndim != 3 or p.shape[1] != p.shape[2] or p.shape[1] == 0:
+        _fail(source, f"patterns must have shape (N, K, K), got {tuple(p.shape)}")
+    if np.dtype(p.dtype) not in PATTERN_DTYPES:
+        _fail(source, f"patterns dtype {p.dtype} is not one of float32, uint16, uint32")
+    _check_finite_patterns(p, source)
+
+
+def _validate_metadata(ds: Dataset4D, n_frames: int, k: int, source: str) -> None:
+    pos = np.asarray(ds.positions_nm)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        _fail(source, f"positions_nm must have shape (N, 2), got {tuple(pos.shape)}")
+    if pos.shape[0] != n_frames:
+        _fail(source, f"positions_nm has {pos.shape[0]} rows but patterns has {n_frames} frames")
+    if not np.isfinite(pos).all():
+        _fail(source, f"positions_nm contains NaN or infinite values (first at row {int(np.argwhere(~np.isfinite(pos))[0, 0])})")
+    for name in ("energy_ev", "convergence_mrad", "detector_pixel_mrad"):
+        value = getattr(ds, name)
+        if value is None or not np.isfinite(value) or value <= 0:
+            _fail(source, f"attribute {name} must be a positive number, got {value!r}")
+    if not np.isfinite(ds.defocus_nm):
+        _fail(source, f"attribute defocus_nm must be finite, got {ds.defocus_nm!r}")
+    if ds.grid_shape is not None:
+        gs = tuple(int(v) for v in ds.grid_shape)
+        if len(gs) != 2 or gs[0] * gs[1] != n_frames:
+            _fail(source, f"grid_shape {gs} does not match {n_frames} positions")
+    if ds.probe is not None:
+        if ds.probe.shape != (k, k) or not np.iscomplexobj(ds.probe):
+            _fail(source, f"probe must be complex with shape ({k}, {k}), got {ds.probe.dtype} {ds.probe.shape}")
+    gt = ds.ground_truth
+    if gt is not None:
+        if gt.phase.ndim != 2:
+            _fail(source, f"ground_truth/phase must be 2-D, got shape {gt.phase.shape}")
+        if not np.isfinite(gt.phase).all():
+            _fail(source, "ground_truth/phase contains NaN or infinite values")
+        if not (np.isfinite(gt.pixel_nm) and gt.pixel_nm > 0):
+            _fail(source, f"ground_truth pixel_nm must be positive, got {gt.pixel_nm!r}")
+        if len(gt.origin_nm) != 2:
+            _fail(source, f"ground_truth origin_nm must be (x, y), got {gt.origin_nm!r}")
+
+
+def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | None = None) -> Path:
+    """Validate and write ``ds`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    ds.validate(str(path))
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["version"] = FORMAT_VERSION
+            f.attrs["energy_ev"] = float(ds.energy_ev)
+            f.attrs["convergence_mrad"] = float(ds.convergence_mrad)
+            f.attrs["detector_pixel_mrad"] = float(ds.detector_pixel_mrad)
+            f.attrs["defocus_nm"] = float(ds.defocus_nm)
+            if ds.grid_shape is not None:
+                f.attrs["grid_shape"] = np.asarray(ds.grid_shape, dtype=np.int64)
+            k = ds.patterns.shape[-1]
+            f.create_dataset("patterns", data=ds.patterns, chunks=(min(256, ds.n_positions), k, k), compression=compression)
+            f.create_dataset("positions_nm", data=np.asarray(ds.positions_nm, dtype=np.float64))
+            if ds.probe is not None:
+                f.create_dataset("probe", data=ds.probe.astype(np.complex64))
+            if ds.ground_truth is not None:
+                gt = f.create_dataset("ground_truth/phase", data=ds.ground_truth.phase.astype(np.float32))
+                gt.attrs["pixel_nm"] = float(ds.ground_truth.pixel_nm)
+                gt.attrs["origin_nm"] = np.asarray(ds.ground_truth.origin_nm, dtype=np.float64)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _attr(f: h5py.File, name: str, source: str, default=None):
+    if name in f.attrs:
+        value = f.attrs[name]
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            _fail(source, f"attribute {name} must be a number, got {value!r}")
+    if default is None:
+        _fail(source, f"missing root attribute {name}")
+    return default
+
+
+def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True) -> Dataset4D:
+    """Read and validate a dataset file; raise DatasetError naming the problem.
+
+    With ``load_patterns=False`` the patterns are returned as an empty (0, K, K)
+    array (the metadata, positions and ground truth are still read and checked).
+    """
+    source = str(path)
+    if not Path(path).exists():
+        raise DatasetError(f"{source}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(f"{source}: not an HDF5 file ({err})") from None
+    with f:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT_NAME:
+            _fail(source, f"root attribute format is {fmt!r}, expected {FORMAT_NAME!r}")
+        version = f.attrs.get("version")
+        if version is None or int(version) != FORMAT_VERSION:
+            _fail(source, f"unsupported version {version!r}, expected {FORMAT_VERSION}")
+        for name in ("patterns", "positions_nm"):
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                _fail(source, f"missing dataset {name!r}")
+        pattern_ds = f["patterns"]
+        if pattern_ds.ndim != 3:
+            _fail(source, f"patterns must have shape (N, K, K), got {pattern_ds.shape}")
+        patterns = pattern_ds[()] if load_patterns else np.empty((0, *pattern_ds.shape[1:]), pattern_ds.dtype)
+        positions = f["positions_nm"][()]
+        if positions.dtype.kind != "f":
+            _fail(source, f"positions_nm must be floating point, got {positions.dtype}")
+        grid_shape = tuple(int(v) for v in f.attrs["grid_shape"]) if "grid_shape" in f.attrs else None
+        probe = f["probe"][()] if "probe" in f else None
+        ground_truth = None
+        if "ground_truth/phase" in f:
+            gt = f["ground_truth/phase"]
+            for name in ("pixel_nm", "origin_nm"):
+                if name not in gt.attrs:
+                    _fail(source, f"ground_truth/phase lacks attribute {name}")
+            origin = tuple(float(v) for v in np.atleast_1d(gt.attrs["origin_nm"]))
+            ground_truth = GroundTruth(gt[()].astype(np.float32), float(gt.attrs["pixel_nm"]), origin)
+        ds = Dataset4D(
+            patterns=patterns,
+            positions_nm=positions,
+            energy_ev=_attr(f, "energy_ev", source),
+            convergence_mrad=_attr(f, "convergence_mrad", source),
+            detector_pixel_mrad=_attr(f, "detector_pixel_mrad", source),
+            defocus_nm=_attr(f, "defocus_nm", source, default=0.0),
+            grid_shape=grid_shape,
+            probe=probe,
+            ground_truth=ground_truth,
+        )
+        if load_patterns:
+            ds.validate(source)
+        else:
+            _validate_metadata(ds, pattern_ds.shape[0], pattern_ds.shape[1], source)
+        return ds
