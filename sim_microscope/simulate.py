@@ -22,7 +22,7 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from recon.device import pick_device
-from recon.forward import bin_patterns, far_field_intensity, exit_waves
+from recon.forward import bin_patterns, exit_waves, far_field_intensity
 from recon.physics import interaction_parameter, real_space_pixel_angstrom
 from recon.potential import projected_potential
 from recon.probe import make_probe
@@ -149,8 +149,8 @@ def simulate_scan(
     margin = window // 2 + 2
     origin = pos_a.min(axis=0) - margin * fine_pixel
     span = (pos_a.max(axis=0) - pos_a.min(axis=0)) / fine_pixel
-    nx = _fft_friendly(int(math.ceil(span[0])) + 2 * margin + 1)
-    ny = _fft_friendly(int(math.ceil(span[1])) + 2 * margin + 1)
+    nx = _fft_friendly(math.ceil(span[0]) + 2 * margin + 1)
+    ny = _fft_friendly(math.ceil(span[1]) + 2 * margin + 1)
     xy = atoms.positions[:, :2]
     extent = np.array([nx, ny]) * fine_pixel
     keep = np.all((xy >= origin) & (xy < origin + extent), axis=1)
