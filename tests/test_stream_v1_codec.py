@@ -145,7 +145,7 @@ def test_decoder_series_with_every_header_detail_and_appendix(detail):
 
 
 def test_decoder_one_message_at_a_time_and_header_split_over_messages():
-    images, msgs = _series()
+    _images, msgs = _series()
     split = [[msgs[0][0]], [msgs[0][1]], *msgs[1:]]  # libertem-dectris's sim sends the config on its own
     decoder = StreamDecoder()
     events = [e for m in split for e in decoder.feed(m)]
@@ -154,7 +154,7 @@ def test_decoder_one_message_at_a_time_and_header_split_over_messages():
 
 
 def test_empty_hash_is_accepted_and_bad_hash_reported():
-    images, msgs = _series()
+    _images, msgs = _series()
     head = json.loads(msgs[1][0])
     msgs[1][0] = json.dumps({**head, "hash": ""}).encode()
     msgs[2][2] = bytes([msgs[2][2][0] ^ 0xFF]) + msgs[2][2][1:]
@@ -166,7 +166,7 @@ def test_empty_hash_is_accepted_and_bad_hash_reported():
 
 
 def test_missing_duplicated_out_of_order_truncated_reported():
-    images, msgs = _series(n=5)
+    _images, msgs = _series(n=5)
     s, f0, f1, f2, f3, f4, end = msgs
     trunc = list(f4)
     trunc[2] = trunc[2][: len(trunc[2]) // 2]
@@ -194,6 +194,6 @@ def test_series_without_end_and_garbage_never_raise():
     # A corrupt body with a matching hash: caught by the decoder, not raised.
     bad = b"\0" * 12 + b"\x00\x00\x00\x10" + b"\xff" * 16
     msg = image_parts(9, 0, np.zeros((64, 64), np.uint16), "bs16-lz4<", 0, 0, 0, blob=bad)
-    events = StreamDecoder().feed_many([msg, msg[:1] + [msg[1], bad, msg[3]]])
+    events = StreamDecoder().feed_many([msg, [*msg[:1], msg[1], bad, msg[3]]])
     assert any("malformed frame" in e.reason for e in events if isinstance(e, StreamError))
     assert hashlib.md5(bad).hexdigest() == json.loads(msg[0])["hash"]
