@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny simulated datasets, CPU torch with few threads."""
+"""Shared fixtures: tiny simulated datasets, CPU torch with few threads, a simulated detector."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -36,3 +37,21 @@ def tiny_dataset_file(tmp_path, tiny_dataset):
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def sim_detector():
+    """(SimDetector, REST base URL, httpx.Client) on free ports; everything closed afterwards."""
+    from sim_microscope.detector import SimDetector
+    from sim_microscope.frame_source import SyntheticSource
+    from sim_microscope.simplon_api import ServerThread, create_app
+
+    detector = SimDetector(SyntheticSource(64), port=0, seed=1)
+    server = ServerThread(create_app(detector)).start()
+    client = httpx.Client(base_url=server.url, timeout=30.0)
+    try:
+        yield detector, server.url, client
+    finally:
+        client.close()
+        server.stop()
+        detector.close()
