@@ -296,7 +296,7 @@ class SessionManager:
     def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray) -> None:
         bind = self.bindings[key]
         s = self.sessions.get(bind.session_id)
-        if s is None or s.terminal:
+        if s is None:
             return
         slot = bind.frame_to_slot.get(idx)
         if slot is None:
@@ -306,6 +306,9 @@ class SessionManager:
         if s.received[slot]:
             s.note_error("duplicated", f"series {key[1]}: frame {idx} already stored")
             self.metrics.stream_errors.labels("duplicated").inc()
+            return
+        if s.terminal:
+            s.note_error("other", f"series {key[1]}: frame {idx} arrived after the session was {s.state}")
             return
         if image.shape != (s.k, s.k):
             s.note_error("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
@@ -345,7 +348,7 @@ class SessionManager:
         b = s.batches[bind.batch_id]
         if b.status == "told" and not s.batch_complete(b):
             n = int((~s.received[b.slots]).sum())
-            s.note_error("incomplete_series", f"series {key[1]} ended with {n} position(s) of batch {b.batch_id} missing; batch re-issued")
+            s.note_error("reissued", f"series {key[1]} ended with {n} position(s) of batch {b.batch_id} missing; batch re-issued")
             b.status, b.series = "issued", None
             s.state = "acquiring"
             s.notify()

@@ -20,7 +20,7 @@ from service.planner import PlannerChoice
 from service.store import SessionStore
 
 TERMINAL = ("done", "stopped", "failed")
-ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "other")
+ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")
 
 
 def classify_stream_error(reason: str) -> str:
