@@ -86,15 +86,16 @@ class Service:
         self.manager.close()
 
     def readiness(self) -> dict:
+        storage_problem = storage_writable(self.settings.storage) or self.manager.recent_storage_error()
         checks = {
             "planner_warm": self.warm,
-            "storage_writable": storage_writable(self.settings.storage) is None,
+            "storage_writable": storage_problem is None,
             "ingest_connected": self.ingest.ready,
             "accepting_sessions": self.manager.accepting,
         }
         detail = {
             "warm_error": self.warm_error,
-            "storage_error": storage_writable(self.settings.storage) or self.manager.storage_error,
+            "storage_error": storage_problem,
             "ingest": self.ingest.status(),
             "load_errors": self.manager.load_errors,
             "auth": "api-key" if self.settings.api_keys else "disabled",

@@ -73,6 +73,7 @@ class SessionManager:
         self.accepting = True
         self.load_errors: list[str] = []
         self.storage_error: str | None = None
+        self.storage_error_at: float | None = None
         self.on_endpoint = None
         """callback(endpoint) so the ingest connects to a session's detector."""
         self._planners: dict[str, PlannerChoice] = {}
@@ -83,6 +84,12 @@ class SessionManager:
         if strategy not in self._planners:
             self._planners[strategy] = resolve_planner(strategy, self.settings.policy_checkpoint)
         return self._planners[strategy]
+
+    def recent_storage_error(self, within_s: float = 60.0) -> str | None:
+        """The last storage failure if it happened within ``within_s`` seconds (readiness reports it)."""
+        if self.storage_error_at is not None and time.monotonic() - self.storage_error_at < within_s:
+            return self.storage_error
+        return None
 
     def get(self, sid: str) -> Session:
         s = self.sessions.get(sid)
@@ -105,7 +112,7 @@ class SessionManager:
         s.state, s.error = "failed", msg
         if isinstance(err, StoreError):
             self.metrics.storage_errors.inc()
-            self.storage_error = msg
+            self.storage_error, self.storage_error_at = msg, time.monotonic()
         try:
             s.store.set_state("failed", msg)
         except StoreError:
@@ -130,7 +137,7 @@ class SessionManager:
                 store = SessionStore.create(self.settings.storage / f"{sid}{SESSION_SUFFIX}", sid, params, planner_info)
             except StoreError as err:
                 self.metrics.storage_errors.inc()
-                self.storage_error = str(err)
+                self.storage_error, self.storage_error_at = str(err), time.monotonic()
                 raise Problem(507, str(err), kind="storage-unavailable") from None
             s = Session(sid, params, choice, store)
             self.sessions[sid] = s
