@@ -73,7 +73,7 @@ def test_store_roundtrip_and_damaged_file(tmp_path):
     assert st.session_id == "a" and list(st.received) == [False, True] and list(st.slot_series) == [5, 5]
     assert st.patterns[1].max() == 7 and np.allclose(st.positions_measured[0], [0.11, 0.21])
     (tmp_path / "b.h5").write_bytes(b"not hdf5")
-    with pytest.raises(StoreError, match="b.h5"):
+    with pytest.raises(StoreError, match=r"b\.h5"):
         SessionStore.open(tmp_path / "b.h5")
 
 
