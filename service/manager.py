@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +77,8 @@ class SessionManager:
         self.on_endpoint = None
         """callback(endpoint) so the ingest connects to a session's detector."""
         self._planners: dict[str, PlannerChoice] = {}
+        self.decision_samples: deque[float] = deque(maxlen=10_000)
+        """recent decision latencies (s): last frame of a chunk -> next batch published."""
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -429,7 +431,9 @@ class SessionManager:
                     if s.state != "created":
                         s.state = "acquiring"
                     if item.last_frame_at is not None:
-                        self.metrics.decision_seconds.observe(time.perf_counter() - item.last_frame_at)
+                        latency = time.perf_counter() - item.last_frame_at
+                        self.metrics.decision_seconds.observe(latency)
+                        self.decision_samples.append(latency)
                 elif s.n_issued >= s.budget and all(b.status == "reconstructed" for b in s.batches):
                     s.state = "done"
                     s.store.set_state("done")
