@@ -148,10 +148,12 @@ class SimDetector:
         seed: int = 0,
         scan: ScanController | None = None,
         sndhwm: int = 100_000,
+        noise: str = "poisson",
     ) -> None:
         self.source = source
         self.scan = scan or ScanController()
         self.dose = dose
+        self.noise = noise
         self.config = default_config(source.detector_pixels)
         self.stream_config = {"mode": "enabled", "header_detail": "basic"}
         self.state = "idle"
@@ -277,7 +279,7 @@ class SimDetector:
         """Send one message, waiting for a receiver (PUSH blocks without one) until close(); False if closing."""
         while True:
             try:
-                self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
                 return True
             except zmq.Again:
                 if self._stopping.is_set():
@@ -315,7 +317,7 @@ class SimDetector:
         """Patterns of the whole series in one batch, at the positions the scan controller holds now."""
         positions = self.scan.positions_for(np.arange(s.total))
         patterns = self.source.patterns(positions)
-        s.images = to_counts(patterns, s.dtype, self.dose, self._rng)
+        s.images = to_counts(patterns, s.dtype, self.dose, self._rng, self.noise)
         s.blobs = encode_frames(s.images, s.encoding)
         self.last_images = s.images
         if len(positions):

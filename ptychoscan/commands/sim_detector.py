@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--energy-ev", type=float, default=60_000.0)
     p.add_argument("--convergence-mrad", type=float, default=33.0)
     p.add_argument("--dose", type=float, default=10_000.0, help="electrons per frame for float patterns (Poisson)")
+    p.add_argument("--noise", choices=["poisson", "none"], default="poisson", help="shot noise on float patterns")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9999, help="ZeroMQ PUSH port (stream v1)")
     p.add_argument("--rest-port", type=int, default=8080, help="SIMPLON + scan controller REST port")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frame_time < 0 or args.settle_time < 0 or args.dose <= 0:
         raise ValueError("--frame-time and --settle-time must be >= 0 and --dose > 0")
-    detector = SimDetector(_source(args), host=args.host, port=args.port, dose=args.dose, seed=args.seed,
+    detector = SimDetector(_source(args), host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
                            scan=ScanController(args.settle_time))
     detector.config["frame_time"] = args.frame_time
     print(f"stream v1 on {detector.endpoint}; REST on http://{args.host}:{args.rest_port}", flush=True)
