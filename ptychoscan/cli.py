@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "ptychoscan.commands.simulate",
     "ptychoscan.commands.demo",
     "ptychoscan.commands.serve",
+    "ptychoscan.commands.sim_detector",
+    "ptychoscan.commands.sim_scan",
 )
 
 

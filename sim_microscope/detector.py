@@ -148,10 +148,12 @@ class SimDetector:
         seed: int = 0,
         scan: ScanController | None = None,
         sndhwm: int = 100_000,
+        noise: str = "poisson",
     ) -> None:
         self.source = source
         self.scan = scan or ScanController()
         self.dose = dose
+        self.noise = noise
         self.config = default_config(source.detector_pixels)
         self.stream_config = {"mode": "enabled", "header_detail": "basic"}
         self.state = "idle"
@@ -164,6 +166,7 @@ class SimDetector:
         self._series: _Series | None = None
         self._lock = threading.RLock()
         self._jobs: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
         self._ctx = zmq.Context()
         self._host, self._sndhwm = host, sndhwm
         self._socket = self._bind(port)
@@ -262,11 +265,26 @@ class SimDetector:
             self.config = default_config(self.source.detector_pixels)
 
     def close(self) -> None:
-        """Stop the worker and close the socket."""
+        """Stop the worker (messages not yet taken by a receiver are dropped) and close the socket."""
+        self._stopping.set()
         self._jobs.put(("stop",))
         self._worker.join(10)
+        if self._worker.is_alive():  # never close a socket another thread still uses
+            log.error("sim detector: stream worker did not stop; socket left open")
+            return
         self._socket.close(0)
         self._ctx.term()
+
+    def _send(self, parts: list) -> bool:
+        """Send one message, waiting for a receiver (PUSH blocks without one) until close(); False if closing."""
+        while True:
+            try:
+                self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if self._stopping.is_set():
+                    return False
+                self._socket.poll(50, zmq.POLLOUT)
 
     # --- the stream worker -----------------------------------------------------------------
 
@@ -277,7 +295,7 @@ class SimDetector:
                 if job[0] == "stop":
                     return
                 if job[0] == "send":
-                    self._socket.send_multipart(job[1])
+                    self._send(job[1])
                 elif job[0] == "end":
                     self._end(job[1])
                 elif job[0] == "acquire":
@@ -293,13 +311,13 @@ class SimDetector:
             return
         s.ended = True
         if self.stream_config["mode"] == "enabled":
-            self._socket.send_multipart(series_end_parts(s.series))
+            self._send(series_end_parts(s.series))
 
     def _prepare(self, s: _Series) -> None:
         """Patterns of the whole series in one batch, at the positions the scan controller holds now."""
         positions = self.scan.positions_for(np.arange(s.total))
         patterns = self.source.patterns(positions)
-        s.images = to_counts(patterns, s.dtype, self.dose, self._rng)
+        s.images = to_counts(patterns, s.dtype, self.dose, self._rng, self.noise)
         s.blobs = encode_frames(s.images, s.encoding)
         self.last_images = s.images
         if len(positions):
@@ -336,10 +354,11 @@ class SimDetector:
                 parts[2] = bytes(b ^ 0x5A for b in blob[:64]) + blob[64:]
             if i in f.truncate_frames:
                 parts[2] = blob[: len(blob) // 2]
-            self._socket.send_multipart(parts, copy=False)
+            if not self._send(parts):
+                return
             self.frames_sent += 1
             if i in f.duplicate_frames:
-                self._socket.send_multipart(parts, copy=False)
+                self._send(parts)
         with self._lock:
             if s.next_frame >= s.total:
                 self._end(s)

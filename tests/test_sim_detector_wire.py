@@ -50,9 +50,11 @@ def libertem(sim_detector, tmp_path):
         conn.close()
 
 
-# libertem-dectris decodes bitshuffle-LZ4 of every pixel type; it cannot decode raw "<" (nor lz4 without the DCU framing).
-@pytest.mark.parametrize(("bits", "compression"), [(8, "bslz4"), (16, "bslz4"), (32, "bslz4")])
-@pytest.mark.parametrize("mode", ["active", "passive"])
+# libertem-dectris decodes bitshuffle-LZ4 and LZ4 of every pixel type; it cannot decode raw "<".
+@pytest.mark.parametrize(
+    ("bits", "compression", "mode"),
+    [(b, c, "active") for b in (8, 16, 32) for c in ("bslz4", "lz4")] + [(16, "bslz4", "passive"), (32, "lz4", "passive")],
+)
 def test_libertem_receives_bit_exact_frames(sim_detector, libertem, bits, compression, mode):
     detector, _, client = sim_detector
     conn, cam = libertem
