@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("recon.engine", reason="recon.engine (branch recon) not merged yet")
 
-from recon.engine import Reconstructor  # noqa: E402
-from recon.grid import ObjectGrid  # noqa: E402
-from service.compute import BeamKey, ReconJob, TorchReconBackend  # noqa: E402
+from recon.engine import Reconstructor
+from recon.grid import ObjectGrid
+from service.compute import BeamKey, ReconJob, TorchReconBackend
 
 BEAM = BeamKey(60_000.0, 33.0, 16, 6.0, 0.0)
 
