@@ -132,6 +132,7 @@ class SessionManager:
                 raise Problem(409, f"{self.settings.max_sessions} sessions are active already (max_sessions)", kind="too-many-sessions")
             if params["budget"] > self.settings.max_budget:
                 raise Problem(422, f"budget: at most {self.settings.max_budget} positions", kind="invalid-request")
+            self._check_size(params)
             choice = self.planner_for(params["strategy"])
             sid = uuid.uuid4().hex[:16]
             planner_info = {"requested": choice.requested, "used": choice.planner.name, "version": choice.planner.version, "fallback": choice.fallback}
@@ -149,6 +150,23 @@ class SessionManager:
         if self.on_endpoint is not None:
             self.on_endpoint(params["detector_endpoint"])
         return status
+
+    def _check_size(self, params: dict) -> None:
+        """422 for a session whose grid or frame stack would not fit (before anything is allocated)."""
+        from service.compute import BeamKey
+
+        k = int(params["detector_pixels"])
+        beam = BeamKey(params["energy_ev"], params["convergence_mrad"], k, params["detector_pixel_mrad"], params["defocus_nm"])
+        side = max(params["fov_nm"][2], params["fov_nm"][3]) / beam.pixel_nm + k
+        if not side <= self.settings.max_grid_pixels:
+            raise Problem(
+                422,
+                f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {beam.pixel_nm:.4g} nm/pixel (max_grid_pixels {self.settings.max_grid_pixels})",
+                kind="invalid-request",
+            )
+        stack = int(params["budget"]) * k * k * 4
+        if stack > self.settings.max_session_bytes:
+            raise Problem(422, f"budget x detector_pixels^2 needs {stack / 2**30:.1f} GiB of frames (max_session_bytes {self.settings.max_session_bytes / 2**30:.1f} GiB)", kind="invalid-request")
 
     def delete(self, sid: str) -> dict:
         with self.lock:
@@ -397,7 +415,9 @@ class SessionManager:
         if b is not None:
             n = int(b.slots[-1]) + 1
             init = s.potential.copy() if s.potential is not None else None
-            job = ReconJob(s.beam, s.fov, s.patterns[:n].copy(), s.positions_used[:n].copy(), init)
+            x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
+            pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
+            job = ReconJob(s.beam, s.fov, s.patterns[:n].copy(), pos, init)
         plan = None
         needs_plan = b is not None or not s.batches or s.current.status == "reconstructed"
         if needs_plan and n < s.budget:

@@ -66,8 +66,8 @@ class AskResponse(BaseModel):
 class TellRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_id: int = Field(..., ge=0)
-    series: int = Field(..., ge=0, description="detector series whose frame i is batch position i")
+    batch_id: int = Field(..., ge=0, le=2**31 - 1)
+    series: int = Field(..., ge=0, le=2**62, description="detector series whose frame i is batch position i")
     measured_positions_nm: list[tuple[float, float]] | None = Field(None, description="positions the scan actually reached, nm")
 
     @field_validator("measured_positions_nm")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,8 @@ class ServiceSettings(BaseSettings):
     flush_interval_s: float = Field(0.2, gt=0, description="frames received are flushed to disk at least this often (s)")
     max_sessions: int = Field(64, ge=1, description="active sessions at most")
     max_budget: int = Field(20_000, ge=1, description="largest budget (positions) a session may ask for")
+    max_grid_pixels: int = Field(4096, ge=64, description="largest reconstruction grid side (fov / pixel + K) a session may ask for")
+    max_session_bytes: int = Field(2 * 1024**3, ge=1, description="largest in-memory frame stack (budget * K^2 * 4 bytes) of one session")
     recon_iterations: int = Field(5, ge=1, description="reconstruction iterations per chunk (paper: 5)")
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
@@ -47,5 +49,7 @@ def load_settings(path: str | Path | None = None, **overrides) -> ServiceSetting
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ServiceSettings(**data)
-    except ValueError as err:
-        raise ConfigError(f"{path or 'settings'}: {str(err).splitlines()[0]}: {str(err).splitlines()[-1].strip()}") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ConfigError(f"{path or 'settings'}: {where}: {first['msg']}") from None

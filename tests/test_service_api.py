@@ -69,6 +69,9 @@ def test_auth_401_403(client, pusher):
         {"energy_ev": "sixty"},
         {"unknown_field": 1},
         {"budget": 10**9},
+        {"fov_nm": [0, 0, 1e6, 1e6]},
+        {"fov_nm": [0, 0, 1e308, 1]},
+        {"detector_pixels": 1024, "budget": 20000},
     ],
 )
 def test_bad_session_body_is_422(client, pusher, change):
@@ -79,6 +82,8 @@ def test_bad_session_body_is_422(client, pusher, change):
 def test_malformed_json_and_unknown_ids(client):
     r = client.post("/api/v1/sessions", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
     _problem(r, 422)
+    nan = b'{"detector_endpoint": "tcp://127.0.0.1:1", "fov_nm": [0, 0, NaN, 1]}'
+    _problem(client.post("/api/v1/sessions", content=nan, headers={**AUTH, "content-type": "application/json"}), 422)
     _problem(client.get("/api/v1/sessions/nope"), 404)
     _problem(client.post("/api/v1/sessions/nope/ask", headers=AUTH), 404)
     _problem(client.post("/api/v1/sessions/nope/tell", json={"batch_id": 0, "series": 1}, headers=AUTH), 404)
@@ -113,6 +118,9 @@ def test_lifecycle_ask_tell_idempotent(client, pusher):
         _problem(client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": bid, "series": series, "measured_positions_nm": [[0, 0]] * (len(pos) + 1)}, headers=AUTH), 422)
         _problem(client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": bid + 5, "series": series}, headers=AUTH), 409)
         _problem(client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": -1, "series": series}, headers=AUTH), 422)
+        _problem(client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": bid, "series": 2**70}, headers=AUTH), 422)
+        _problem(client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": bid, "series": "x"}, headers=AUTH), 422)
+        _problem(client.post(f"/api/v1/sessions/{sid}/tell", json=[1, 2], headers=AUTH), 422)
         tell = {"batch_id": bid, "series": series, "measured_positions_nm": (pos + 0.001).tolist()}
         t1 = client.post(f"/api/v1/sessions/{sid}/tell", json=tell, headers=AUTH)
         assert t1.status_code == 202, t1.text
@@ -158,3 +166,32 @@ def test_adaptive_falls_back_to_sparse_grid_and_says_so(client, pusher):
     strategy = r.json()["strategy"]
     assert strategy["requested"] == "adaptive" and strategy["used"] == "sparse-grid"
     assert "not available" in strategy["fallback"]
+
+
+def test_settings_from_env_and_file(tmp_path, monkeypatch):
+    from ptychoscan.config import ConfigError
+    from service.settings import load_settings
+
+    monkeypatch.setenv("PTYCHOSCAN_ASK_TIMEOUT_S", "3.5")
+    monkeypatch.setenv("PTYCHOSCAN_API_KEYS", '["a", "b"]')
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("port: 9123\nmax_sessions: 3\n")
+    s = load_settings(cfg, storage=str(tmp_path / "x"))
+    assert (s.ask_timeout_s, s.api_keys, s.port, s.max_sessions) == (3.5, ["a", "b"], 9123, 3)
+    cfg.write_text("port: -4\n")
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(cfg)
+    with pytest.raises(ConfigError, match="detectors"):
+        load_settings(None, detectors=["localhost:1"])
+
+
+def test_readyz_waits_for_the_configured_detector(tmp_path, pusher):
+    from service_testing import free_port
+
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], detectors=[pusher.endpoint, nobody])
+    with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+        body = wait_until(lambda: (r := c.get("/readyz")).json()["checks"]["planner_warm"] and r, what="warm").json()
+        assert body["ready"] is False and body["checks"]["ingest_connected"] is False
+        assert body["detail"]["ingest"][pusher.endpoint]["connected"] is True
+        assert body["detail"]["ingest"][nobody]["connected"] is False
