@@ -102,3 +102,21 @@ def test_two_sessions_reconstructed_in_one_batched_call(tmp_path):
         assert manager.try_ask(sid)["batch_id"] == 1
     assert metrics.recon_sessions.collect()[0].samples  # histogram populated
     manager.close()
+
+
+def test_shutdown_finishes_the_chunk_in_flight_and_flushes(tmp_path, pusher):
+    import h5py
+
+    backend = RecordingBackend(delay_s=0.8)
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY])
+    with TestClient(create_app(settings, backend=backend)) as c:
+        sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=6, chunk=3), headers=AUTH).json()["session_id"]
+        c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH)
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": 0, "series": 1}, headers=AUTH)
+        pusher.series(1, frames_for(1, 3))
+        wait_until(lambda: c.app.state.service.scheduler.busy, what="reconstruction in flight")
+    # the context exit ran the shutdown while the reconstruction was running
+    assert backend.calls == 1
+    with h5py.File(tmp_path / "s" / f"{sid}.h5", "r") as f:
+        assert len(f["reconstructions"]) == 1, "the chunk in flight was finished and stored"
+        assert f["positions_issued_nm"].shape == (6, 2) and f["received"][()].sum() == 3

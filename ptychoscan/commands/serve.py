@@ -55,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(settings.torch_threads)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)  # long-polling asks are cut after 5 s; the chunk in flight is finished in the lifespan
     return 0
