@@ -78,7 +78,10 @@ def main(job_path: str, out_path: str) -> None:
             waves = probe.multislice(potential_array, scan=abtem.CustomScan(positions[i : i + batch])).compute()
             psi = np.asarray(waves.array).reshape(-1, *waves.array.shape[-2:])
             nx, ny = psi.shape[-2:]
-            ramp = np.exp(2j * np.pi * offset * np.arange(nx) / nx)[:, None] * np.exp(2j * np.pi * offset * np.arange(ny) / ny)[None, :]
+            ramp = (
+                np.exp(2j * np.pi * offset * np.arange(nx) / nx)[:, None]
+                * np.exp(2j * np.pi * offset * np.arange(ny) / ny)[None, :]
+            )
             far = np.abs(np.fft.fftshift(np.fft.fft2(psi * ramp), axes=(-2, -1))) ** 2
             far *= (full[i : i + batch].sum(axis=(-2, -1)) / far.sum(axis=(-2, -1)))[:, None, None]
             shifted[i : i + batch] = centre(far)
