@@ -199,3 +199,15 @@ def test_binning_sums_blocks(rng):
     assert float(binned.sum()) == pytest.approx(float(patterns.sum()))
     with pytest.raises(ValueError, match="not divisible"):
         bin_patterns(patterns, 5)
+
+
+def test_simulate_patterns_of_an_empty_cell_is_the_probe_disc():
+    from sim_microscope import simulate_patterns
+
+    k = 32
+    patterns = simulate_patterns(
+        vacuum(), np.array([[1.0, 3.0]]), **BEAM, detector_pixels=k, detector_pixel_mrad=2.0, oversample=2
+    )
+    probe = make_probe(k, real_space_pixel_angstrom(60e3, k, 2.0), 60e3, BEAM["convergence_mrad"])
+    disc = torch.fft.fftshift(torch.fft.fft2(probe, norm="ortho")).abs().numpy() ** 2
+    np.testing.assert_allclose(patterns[0], disc, atol=2e-6)
