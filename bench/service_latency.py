@@ -110,11 +110,14 @@ def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int) -> dic
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         samples = np.asarray(app.state.service.manager.decision_samples)
         calls = app.state.service.backend.calls
+        m = app.state.service.metrics
+        recon_sum = m.recon_seconds._sum.get()
+        recon_mean = recon_sum / max(1, calls)
         server.should_exit = True
         th.join(60)
     if errors:
         raise SystemExit(f"control loop failed: {errors[0]}")
-    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls}
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "recon_mean": recon_mean}
 
 
 def main() -> None:
@@ -138,7 +141,7 @@ def main() -> None:
         return create_app(settings)
 
     print(f"torch {torch.__version__}, threads {args.threads}, device {args.device}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
-    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'wall s':>7} {'cpu s':>7}")
+    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'wall s':>7} {'cpu s':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
             res = run_case(factory, n, chunk, args.budget, 64)
@@ -146,7 +149,7 @@ def main() -> None:
             acq = chunk * args.dwell_ms * 1e-3
             p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
             print(
-                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['wall']:7.1f} {res['cpu']:7.1f}",
+                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['recon_mean']:7.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
                 flush=True,
             )
     usage = resource.getrusage(resource.RUSAGE_SELF)

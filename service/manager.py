@@ -69,6 +69,7 @@ class SessionManager:
         self.buffered_frames = 0
         self.endpoint_errors: dict[str, dict[str, int]] = {}
         self.last_key: dict[str, tuple[str, int]] = {}
+        self._logged_errors: dict[str, int] = {}
         self.queue: list[str] = []
         self.accepting = True
         self.load_errors: list[str] = []
@@ -285,7 +286,9 @@ class SessionManager:
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
         kind = classify_stream_error(ev.reason)
         self.metrics.stream_errors.labels(kind).inc()
-        log.warning("stream %s: %s", endpoint, ev.reason)
+        self._logged_errors[endpoint] = n = self._logged_errors.get(endpoint, 0) + 1
+        if n <= 100 or n % 1000 == 0:  # a flood of bad input must not flood the log
+            log.warning("stream %s: %s%s", endpoint, ev.reason, f" ({n} problems so far)" if n >= 100 else "")
         key = (endpoint, ev.series) if ev.series is not None else self.last_key.get(endpoint)
         if key is not None and key in self.bindings:
             s = self.sessions.get(self.bindings[key].session_id)
