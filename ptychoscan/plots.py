@@ -34,8 +34,22 @@ def plot_dataset_overview(
     title: str = "",
     n_patterns: int = 4,
 ) -> Path:
-    """Ground-truth phase with the scan positions, next to a few patterns (log scale)."""
+    """Ground-truth phase with the scan positions, next to a few patterns (log scale).
+
+    The phase is shown band-limited (Gaussian of 0.02 nm) and cropped to the scanned
+    region plus a margin, so atoms read as atoms rather than as sub-pixel spikes.
+    """
+    from scipy.ndimage import gaussian_filter
+
     plt = _pyplot()
+    phase = gaussian_filter(np.asarray(phase, dtype=np.float64), sigma=max(0.02 / pixel_nm, 0.5))
+    margin = 0.3
+    lo = (positions_nm.min(axis=0) - margin - np.asarray(origin_nm)) / pixel_nm
+    hi = (positions_nm.max(axis=0) + margin - np.asarray(origin_nm)) / pixel_nm
+    x0, y0 = np.maximum(np.floor(lo).astype(int), 0)
+    x1, y1 = np.ceil(hi).astype(int) + 1
+    phase = phase[y0:y1, x0:x1]
+    origin_nm = (origin_nm[0] + x0 * pixel_nm, origin_nm[1] + y0 * pixel_nm)
     fig, axes = plt.subplots(1, 1 + n_patterns, figsize=(4 + 2.6 * n_patterns, 4), gridspec_kw={"width_ratios": [1.6] + [1] * n_patterns})
     ax = axes[0]
     im = ax.imshow(phase, cmap="magma", extent=image_extent_nm(phase.shape, pixel_nm, origin_nm))

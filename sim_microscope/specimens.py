@@ -70,7 +70,7 @@ def tmd_monolayer(
         rotation_deg = rng.uniform(0.0, 60.0)
     # Lattice points covering a disc that contains the field for any rotation.
     radius = 0.5 * math.hypot(lx, ly) + 2 * a
-    n = int(math.ceil(radius / (a * math.sqrt(3) / 2))) + 1
+    n = math.ceil(radius / (a * math.sqrt(3) / 2)) + 1
     i, j = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
     a1, a2 = cell.cell[0, :2], cell.cell[1, :2]
     lattice = i.reshape(-1, 1) * a1 + j.reshape(-1, 1) * a2
@@ -86,7 +86,7 @@ def tmd_monolayer(
     keep = np.ones(len(symbols), dtype=bool)
     for is_metal, fraction in ((True, metal_vacancy_fraction), (False, chalcogen_vacancy_fraction)):
         sites = np.flatnonzero((symbols == metal) == is_metal)
-        n_remove = int(round(fraction * len(sites)))
+        n_remove = round(fraction * len(sites))
         keep[rng.choice(sites, size=n_remove, replace=False)] = False
     positions = np.column_stack([xy[keep], heights[keep]])
     return Atoms(symbols=symbols[keep].tolist(), positions=positions, cell=[lx, ly, thickness + 10.0], pbc=False)
@@ -120,7 +120,7 @@ def double_walled_nanotube(
     for n, m in (inner, outer):
         tube = nanotube(n, m, length=1, bond=1.42)
         period = tube.cell.lengths()[2]
-        tube = nanotube(n, m, length=int(math.ceil(2 * half_length / period)), bond=1.42)
+        tube = nanotube(n, m, length=math.ceil(2 * half_length / period), bond=1.42)
         walls.append(tube.positions)
     xyz = np.concatenate(walls)
     xyz[:, :2] -= xyz[:, :2].mean(axis=0)

@@ -1,14 +1,48 @@
-"""Shared fixtures: a simulated detector with its REST server, on free ports, stopped after each test."""
+"""Shared fixtures: tiny simulated datasets, CPU torch with few threads."""
 
 from __future__ import annotations
 
-import httpx
+import numpy as np
 import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A small, fast SimulationConfig: 6x6 raster, 32x32 patterns, no binning."""
+    from sim_microscope.datasets import SimulationConfig
+
+    return SimulationConfig(
+        scan_shape=(6, 6), step_nm=0.1, detector_pixels=32, detector_pixel_mrad=3.0, binning=1, oversample=2
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_config):
+    from sim_microscope.datasets import simulate_raster_dataset
+
+    return simulate_raster_dataset(tiny_config, seed=3)
+
+
+@pytest.fixture()
+def tiny_dataset_file(tmp_path, tiny_dataset):
+    from recon.dataset import write_dataset
+
+    return write_dataset(tmp_path / "tiny.h5", tiny_dataset)
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(1234)
 
 
 @pytest.fixture
 def sim_detector():
-    """(SimDetector, REST base URL, httpx.Client) on free ports; everything closed afterwards."""
+    """(SimDetector, REST base URL, httpx.Client) of a simulated detector on free ports; closed afterwards."""
+    import httpx
+
     from sim_microscope.detector import SimDetector
     from sim_microscope.frame_source import SyntheticSource
     from sim_microscope.simplon_api import ServerThread, create_app

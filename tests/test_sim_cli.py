@@ -1,62 +1,102 @@
-"""CLI: sim-detector serves REST + stream in its own process; sim-scan rejects bad options in one line."""
+"""The simulate command and simulate_patterns' bad-input errors."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
+import numpy as np
+import pytest
 
 from ptychoscan.cli import main
+from recon.dataset import read_dataset
+from sim_microscope import simulate_patterns, tmd_monolayer
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+BEAM = dict(energy_ev=60e3, convergence_mrad=33.0, detector_pixels=32, detector_pixel_mrad=3.0)
 
 
-def test_sim_detector_process_serves_simplon(tmp_path):
-    port, rest = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "ptychoscan.cli", "sim-detector", "--specimen", "synthetic", "--detector-pixels", "16",
-           "--port", str(port), "--rest-port", str(rest), "--frame-time", "0.002"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline, version = time.monotonic() + 30, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                version = httpx.get(f"http://127.0.0.1:{rest}/detector/api/version/", timeout=1).json()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert version == {"value": "1.8.0", "value_type": "string"}
-        desc = httpx.get(f"http://127.0.0.1:{rest}/detector/api/1.8.0/config/frame_time").json()
-        assert desc["value"] == 0.002
-        assert httpx.get(f"http://127.0.0.1:{rest}/detector/api/1.8.0/config/x_pixels_in_detector").json()["value"] == 16
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def test_simulate_cli_writes_valid_datasets(tmp_path, capsys):
+    code = main(
+        [
+            "simulate",
+            "--specimen",
+            "mos2",
+            "--n-datasets",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "4",
+            "--scan-shape",
+            "4",
+            "5",
+            "--step-nm",
+            "0.1",
+            "--detector-pixels",
+            "32",
+            "--detector-pixel-mrad",
+            "3.0",
+            "--binning",
+            "1",
+            "--oversample",
+            "2",
+            "--dose-per-a2",
+            "1e5",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    files = sorted(tmp_path.glob("*.h5"))
+    assert [f.name for f in files] == ["mos2_0004.h5", "mos2_0005.h5"]
+    ds = read_dataset(files[0])
+    assert ds.patterns.shape == (20, 32, 32) and ds.patterns.dtype == np.uint32
+    assert ds.grid_shape == (4, 5)
+    # 1e5 e/A^2 * (1 A)^2 step -> ~1e5 electrons per pattern
+    assert ds.patterns.reshape(20, -1).sum(1).mean() == pytest.approx(1e5, rel=0.01)
+    steps = np.diff(ds.positions_nm[:5, 0])
+    np.testing.assert_allclose(steps, 0.1)
+    other = read_dataset(files[1])
+    assert not np.array_equal(ds.ground_truth.phase, other.ground_truth.phase)
 
 
-def test_sim_scan_bad_option_and_unreachable_service(capsys):
-    args = ["sim-scan", "--service", "http://127.0.0.1:9", "--microscope", "http://127.0.0.1:9", "--api-key", "k"]
-    assert main([*args, "--budget", "0"]) == 2
-    assert "invalid sim-scan option: budget" in capsys.readouterr().err
-    assert main(args) == 1
-    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+def test_simulate_cli_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("step_nm: -1\n")
+    assert main(["simulate", "--out", str(tmp_path), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "step_nm" in err and "\n" not in err
 
 
-def test_sim_detector_bad_option(capsys):
-    assert main(["sim-detector", "--dose", "0", "--port", "0", "--rest-port", "0"]) == 2
-    assert "--dose > 0" in capsys.readouterr().err
+def test_positions_outside_specimen_are_refused():
+    atoms = tmd_monolayer("MoS2", (2.0, 2.0), seed=0)
+    with pytest.raises(ValueError, match=r"outside the specimen .* first: row 1"):
+        simulate_patterns(atoms, np.array([[1.0, 1.0], [2.5, 1.0]]), **BEAM)
+
+
+def test_nan_positions_are_refused():
+    atoms = tmd_monolayer("MoS2", (2.0, 2.0), seed=0)
+    with pytest.raises(ValueError, match="NaN"):
+        simulate_patterns(atoms, np.array([[1.0, np.nan]]), **BEAM)
+
+
+def test_dose_and_dose_per_area_conflict():
+    atoms = tmd_monolayer("MoS2", (2.0, 2.0), seed=0)
+    with pytest.raises(ValueError, match="not both"):
+        simulate_patterns(atoms, np.array([[1.0, 1.0]]), dose=10.0, dose_per_a2=5.0, **BEAM)
+
+
+def test_patterns_sum_to_one_and_counts_are_seeded():
+    atoms = tmd_monolayer("MoS2", (2.0, 2.0), seed=0)
+    positions = np.array([[1.0, 1.0], [1.03, 1.01]])
+    patterns = simulate_patterns(atoms, positions, **BEAM, oversample=2)
+    assert patterns.shape == (2, 32, 32) and patterns.dtype == np.float32
+    np.testing.assert_allclose(patterns.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    assert not np.allclose(patterns[0], patterns[1])  # a sub-pixel move changes the pattern
+    a = simulate_patterns(atoms, positions, **BEAM, oversample=2, dose=1e4, seed=9)
+    b = simulate_patterns(atoms, positions, **BEAM, oversample=2, dose=1e4, seed=9)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.uint32
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--scan-shape", "4", "4", "--step-nm", "0.1", "--device", "cpu"]) == 0
+    assert (tmp_path / "mos2_demo.png").stat().st_size > 10_000
+    assert (tmp_path / "mos2_demo.h5").exists()
