@@ -157,3 +157,4 @@ def test_libertem_sim_replays_our_messages_bit_exact(tmp_path):
     finally:
         cam.close()
         conn.close()
+
