@@ -77,7 +77,7 @@ def test_libertem_receives_bit_exact_frames(sim_detector, libertem, bits, compre
     assert client.get(f"{API}/status/state").json()["value"] == "idle"  # series ended right after its last frame
 
 
-def test_our_receiver_gets_bit_exact_frames_every_encoding(sim_detector):
+def test_our_receiver_gets_bit_exact_frames_every_encoding_header_detail_and_appendix(sim_detector):
     detector, _, client = sim_detector
     events = []
     with StreamReceiver([detector.endpoint], lambda ep, e: events.append(e)):
@@ -85,6 +85,8 @@ def test_our_receiver_gets_bit_exact_frames_every_encoding(sim_detector):
             for compression in ("bslz4", "lz4", "none"):
                 for detail in ("none", "basic", "all"):
                     client.put("/stream/api/1.8.0/config/header_detail", json={"value": detail})
+                    appendix = "" if detail == "basic" else f'{{"note": "appendix {detail}"}}'
+                    client.put("/stream/api/1.8.0/config/image_appendix", json={"value": appendix})
                     _configure(client, bit_depth_image=bits, compression=compression, nimages=3, frame_time=0.0)
                     before = len(events)
                     seq = client.put(f"{API}/command/arm").json()["sequence id"]
