@@ -14,6 +14,8 @@ import sys
 COMMAND_MODULES = (
     "ptychoscan.commands.simulate",
     "ptychoscan.commands.demo",
+    "ptychoscan.commands.sim_detector",
+    "ptychoscan.commands.sim_scan",
 )
 
 
