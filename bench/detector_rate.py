@@ -1,10 +1,10 @@
 """Frame rate of the simulated detector: 64x64 uint16 bs16-lz4 frames, CPU, loopback.
 
 Measures (1) the stand-in sending into libertem-dectris's receiver (frames/s from
-trigger to the last frame in Python), (2) the same into our StreamReceiver, and (3)
-libertem-dectris's own DectrisSim sender (mocked 512x512 uint16 frames, the only size
-it mocks) into the same receiver, as frames/s and MB/s of decoded pixels, with the
-ratio stand-in / DectrisSim in MB/s. Run:
+trigger to the last frame decoded in Python, series preparation included), (2) the
+same into our StreamReceiver, and (3) libertem-dectris's own DectrisSim sender (Rust)
+replaying the same frames from a dump file into the same libertem receiver; prints the
+ratio stand-in / DectrisSim. Run:
 
     PYTHONPATH=$PWD /work/main/.venv/bin/python bench/detector_rate.py --frames 20000
 """
@@ -97,12 +97,30 @@ def stand_in_into_ours(n: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def write_dump(path: str, n: int) -> None:
+    """The same 64x64 uint16 bs16-lz4 series as a libertem-dectris dump (each zmq part: i64 LE length + bytes)."""
+    from service.stream_v1 import encode_frames, image_parts, series_start_parts
+    from sim_microscope.detector import default_config
+    from sim_microscope.frame_source import SyntheticSource, to_counts
+    from sim_microscope.libertem_dump import write_dump
+
+    images = to_counts(SyntheticSource(64).patterns(np.zeros((n, 2))), "uint16", 1e4, np.random.default_rng(0), NOISE)
+    config = {**default_config(64), "nimages": n, "ntrigger": 1, "trigger_mode": "ints"}
+    blobs = encode_frames(images, "bs16-lz4<")
+    messages = [series_start_parts(1, config, "basic")]
+    messages += [image_parts(1, i, images[i], "bs16-lz4<", 0, 1000, 1000, blob=blobs[i]) for i in range(n)]
+    write_dump(path, messages)
+
+
 def libertem_sim_into_libertem(n: int, tmp: str) -> tuple[float, float]:
+    """libertem-dectris's DectrisSim replaying the dump (a Rust sender) into its own receiver."""
     import libertem_dectris as ld
 
-    sim = ld.DectrisSim.new_mocked("tcp://127.0.0.1", n, random_port=True)
-    conn = ld.DectrisConnection(uri=sim.get_uri(), frame_stack_size=32, handle_path=os.path.join(tmp, "b"),
-                                num_slots=400, bytes_per_frame=512 * 512 * 2)
+    dump = os.path.join(tmp, "dump.bin")
+    write_dump(dump, n)
+    sim = ld.DectrisSim("tcp://127.0.0.1", dump, random_port=True)
+    conn = ld.DectrisConnection(uri=sim.get_uri(), frame_stack_size=256, handle_path=os.path.join(tmp, "b"),
+                                num_slots=4000, bytes_per_frame=64 * 64 * 2)
     cam = ld.CamClient(conn.get_socket_path())
     try:
         conn.start_passive(timeout=10)
@@ -121,7 +139,6 @@ def libertem_sim_into_libertem(n: int, tmp: str) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=20000, help="64x64 frames per run")
-    p.add_argument("--sim-frames", type=int, default=1000, help="512x512 frames from libertem's DectrisSim")
     p.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; not used by the stream)")
     p.add_argument("--noise", choices=["none", "poisson"], default="none", help="stand-in shot noise (poisson: numpy-bound)")
     args = p.parse_args()
@@ -133,16 +150,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         w1, c1 = stand_in_into_libertem(args.frames, tmp)
         w2, c2 = stand_in_into_ours(args.frames)
-        w3, c3 = libertem_sim_into_libertem(args.sim_frames, tmp)
-    mb = 64 * 64 * 2 / 1e6
-    ours_fps, ours_ingest, sim_fps = args.frames / w1, args.frames / w2, args.sim_frames / w3
-    print(f"stand-in -> libertem receiver : {ours_fps:10.0f} frames/s  {ours_fps * mb:7.1f} MB/s  wall {w1:.2f} s  "
-          f"cpu {c1:.2f} s")
-    print(f"stand-in -> StreamReceiver    : {ours_ingest:10.0f} frames/s  {ours_ingest * mb:7.1f} MB/s  wall {w2:.2f} s  "
-          f"cpu {c2:.2f} s")
-    print(f"DectrisSim 512x512 -> libertem: {sim_fps:10.0f} frames/s  {sim_fps * 512 * 512 * 2 / 1e6:7.1f} MB/s  "
-          f"wall {w3:.2f} s  cpu {c3:.2f} s")
-    print(f"ratio stand-in / DectrisSim (MB/s of pixels): {ours_fps * mb / (sim_fps * 512 * 512 * 2 / 1e6):.2f}")
+        w3, c3 = libertem_sim_into_libertem(args.frames, tmp)
+    rows = [
+        ("stand-in (Python) -> libertem receiver", w1, c1),
+        ("stand-in (Python) -> our StreamReceiver", w2, c2),
+        ("libertem DectrisSim (Rust) -> libertem receiver", w3, c3),
+    ]
+    for name, wall, cpu in rows:
+        print(f"{name:48s} {args.frames / wall:9.0f} frames/s  wall {wall:6.2f} s  cpu {cpu:6.2f} s")
+    print(f"ratio stand-in / DectrisSim, same frames, same receiver: {w3 / w1:.2f}")
 
 
 if __name__ == "__main__":

@@ -209,19 +209,15 @@ def image_parts(
     image = np.asarray(image)
     if blob is None:
         blob = encode_frame(image, encoding)
+    # Formatted directly (ints and fixed strings only): json.dumps costs more than the rest of a frame.
+    if encoding not in ENCODINGS:
+        raise CodecError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
     parts = [
-        _json({"htype": "dimage-1.0", "series": int(series), "frame": int(frame), "hash": hashlib.md5(blob).hexdigest()}),
-        _json(
-            {
-                "htype": "dimage_d-1.0",
-                "shape": [int(image.shape[1]), int(image.shape[0])],
-                "type": image.dtype.name,
-                "encoding": encoding,
-                "size": len(blob),
-            }
-        ),
+        b'{"htype":"dimage-1.0","series":%d,"frame":%d,"hash":"%s"}' % (series, frame, hashlib.md5(blob).hexdigest().encode()),
+        b'{"htype":"dimage_d-1.0","shape":[%d,%d],"type":"%s","encoding":"%s","size":%d}'
+        % (image.shape[1], image.shape[0], image.dtype.name.encode(), encoding.encode(), len(blob)),
         blob,
-        _json({"htype": "dconfig-1.0", "start_time": int(start_ns), "stop_time": int(stop_ns), "real_time": int(real_ns)}),
+        b'{"htype":"dconfig-1.0","start_time":%d,"stop_time":%d,"real_time":%d}' % (start_ns, stop_ns, real_ns),
     ]
     if appendix is not None:
         parts.append(appendix)
@@ -276,11 +272,15 @@ def expected_frames(config: dict) -> int | None:
         return None
 
 
+_JSON = json.JSONDecoder()
+
+
 def _load(part: bytes) -> dict | None:
-    if not part[:1] == b"{":
+    """A JSON object part, or None (json.loads on bytes sniffs the encoding each call; stream v1 is UTF-8)."""
+    if part[:1] != b"{":
         return None
     try:
-        obj = json.loads(part)
+        obj = _JSON.decode(part.decode())
     except (ValueError, UnicodeDecodeError):
         return None
     return obj if isinstance(obj, dict) else None

@@ -155,7 +155,7 @@ class SimDetector:
         self.dose = dose
         self.noise = noise
         self.config = default_config(source.detector_pixels)
-        self.stream_config = {"mode": "enabled", "header_detail": "basic"}
+        self.stream_config = {"mode": "enabled", "header_detail": "basic", "image_appendix": ""}
         self.state = "idle"
         self.faults = FaultPlan()
         self.sequence_id = 0
@@ -196,6 +196,8 @@ class SimDetector:
             self.stream_config["mode"] = value
         elif key == "header_detail" and value in ("none", "basic", "all"):
             self.stream_config["header_detail"] = value
+        elif key == "image_appendix" and isinstance(value, str):
+            self.stream_config["image_appendix"] = value  # sent as a fifth part of every image; "" for none
         else:
             raise DetectorError(f"invalid stream config {key}={value!r}", 400)
 
@@ -332,6 +334,7 @@ class SimDetector:
         t0 = time.perf_counter()
         wall0 = time.time_ns()
         enabled = self.stream_config["mode"] == "enabled"
+        appendix = self.stream_config["image_appendix"].encode() or None
         for k, i in enumerate(frames.tolist()):
             due = t0 + (k + 1) * period
             delay = due - time.perf_counter()
@@ -349,7 +352,7 @@ class SimDetector:
             blob = s.blobs[i]
             start = wall0 + int(k * period * 1e9)
             exposure = int(frame_time * 1e9)
-            parts = image_parts(s.series, i, s.images[i], s.encoding, start, start + exposure, exposure, blob=blob)
+            parts = image_parts(s.series, i, s.images[i], s.encoding, start, start + exposure, exposure, appendix, blob=blob)
             if i in f.corrupt_frames:
                 parts[2] = bytes(b ^ 0x5A for b in blob[:64]) + blob[64:]
             if i in f.truncate_frames:

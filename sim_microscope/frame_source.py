@@ -107,12 +107,14 @@ class SyntheticSource:
     def patterns(self, positions_nm: np.ndarray) -> np.ndarray:
         k = self.detector_pixels
         p = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2)
+        shift = np.round(np.sin(p * 10.0) * 2.0 * 16) / 16  # centre offsets, 1/16 px steps
+        unique, index = np.unique(shift, axis=0, return_inverse=True)
         yy, xx = np.mgrid[0:k, 0:k].astype(np.float32)
-        shift = (np.sin(p * 10.0) * 2.0).astype(np.float32)
-        cx = k // 2 + shift[:, 0, None, None]
-        cy = k // 2 + shift[:, 1, None, None]
+        cx = (k // 2 + unique[:, 0, None, None]).astype(np.float32)
+        cy = (k // 2 + unique[:, 1, None, None]).astype(np.float32)
         disc = ((xx - cx) ** 2 + (yy - cy) ** 2 <= (k / 4) ** 2).astype(np.float32) + 1e-3
-        return disc / disc.sum(axis=(1, 2), keepdims=True)
+        disc /= disc.sum(axis=(1, 2), keepdims=True)
+        return disc[np.asarray(index).ravel()]
 
 
 def to_counts(patterns: np.ndarray, dtype: str, dose: float, rng: np.random.Generator, noise: str = "poisson") -> np.ndarray:
@@ -124,12 +126,12 @@ def to_counts(patterns: np.ndarray, dtype: str, dose: float, rng: np.random.Gene
     """
     dt = np.dtype(dtype)
     patterns = np.asarray(patterns)
+    if noise not in ("poisson", "none"):
+        raise ValueError(f"noise must be 'poisson' or 'none', got {noise!r}")
     if np.issubdtype(patterns.dtype, np.integer):
-        counts = patterns.astype(np.int64)
-    else:
-        total = patterns.sum(axis=(-2, -1), keepdims=True)
-        mean = patterns / np.where(total > 0, total, 1.0) * dose
-        if noise not in ("poisson", "none"):
-            raise ValueError(f"noise must be 'poisson' or 'none', got {noise!r}")
-        counts = rng.poisson(np.clip(mean, 0, None)) if noise == "poisson" else np.rint(np.clip(mean, 0, None))
+        return np.clip(patterns, 0, np.iinfo(dt).max).astype(dt)
+    total = patterns.sum(axis=(-2, -1), keepdims=True, dtype=np.float64)
+    scale = (dose / np.where(total > 0, total, 1.0)).astype(np.float32)
+    mean = np.clip(patterns.astype(np.float32) * scale, 0, None)
+    counts = rng.poisson(mean) if noise == "poisson" else np.rint(mean, out=mean)
     return np.clip(counts, 0, np.iinfo(dt).max).astype(dt)

@@ -5,7 +5,7 @@ SIMPLON (what DECTRIS clients call): ``GET /detector/api/version/``,
 "access_mode", ...}``, PUT takes ``{"value": v}``), ``PUT
 /detector/api/1.8.0/command/{arm,trigger,disarm,cancel,abort,initialize}`` (arm
 returns ``{"sequence id": N}``), ``GET /detector/api/1.8.0/status/state``,
-``GET|PUT /stream/api/1.8.0/config/{mode,header_detail}``.
+``GET|PUT /stream/api/1.8.0/config/{mode,header_detail,image_appendix}``.
 
 Scan controller (Nion stand-in), positions in nm: ``PUT /scan/api/1/positions``
 ``{"positions_nm": [[x, y], ...]}``, ``PUT /scan/api/1/park`` ``{"position_nm": [x, y]}``,
@@ -78,8 +78,10 @@ def create_app(detector: SimDetector) -> FastAPI:
     def get_stream_config(key: str) -> dict:
         if key not in detector.stream_config:
             raise DetectorError(f"unknown stream config key {key!r}", 404)
-        allowed = ["enabled", "disabled"] if key == "mode" else ["all", "basic", "none"]
-        return {"value": detector.stream_config[key], "value_type": "string", "access_mode": "rw", "allowed_values": allowed}
+        desc = {"value": detector.stream_config[key], "value_type": "string", "access_mode": "rw"}
+        if key != "image_appendix":
+            desc["allowed_values"] = ["enabled", "disabled"] if key == "mode" else ["all", "basic", "none"]
+        return desc
 
     @app.put(f"/stream/api/{API}/config/{{key}}")
     def put_stream_config(key: str, body: Annotated[Any, Body()] = None) -> list[str]:

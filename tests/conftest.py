@@ -1,8 +1,7 @@
-"""Shared fixtures: tiny simulated datasets, CPU torch with few threads, a simulated detector."""
+"""Shared fixtures: tiny simulated datasets, CPU torch with few threads."""
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -41,7 +40,9 @@ def rng():
 
 @pytest.fixture
 def sim_detector():
-    """(SimDetector, REST base URL, httpx.Client) on free ports; everything closed afterwards."""
+    """(SimDetector, REST base URL, httpx.Client) of a simulated detector on free ports; closed afterwards."""
+    import httpx
+
     from sim_microscope.detector import SimDetector
     from sim_microscope.frame_source import SyntheticSource
     from sim_microscope.simplon_api import ServerThread, create_app

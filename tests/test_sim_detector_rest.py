@@ -151,3 +151,33 @@ def test_specimen_source_simulates_counts_at_dose():
     counts = to_counts(patterns, "uint16", 5000.0, np.random.default_rng(0))
     assert counts.dtype == np.uint16 and abs(counts[0].sum() - 5000) < 400
     assert to_counts(np.full((1, 2, 2), 70000, np.uint32), "uint16", 1, np.random.default_rng(0)).max() == 65535
+
+
+def test_image_appendix_and_dconfig_timing_on_the_wire(sim_detector):
+    import json
+
+    import zmq
+
+    detector, _, client = sim_detector
+    client.put("/stream/api/1.8.0/config/image_appendix", json={"value": '{"user": 1}'})
+    client.put(f"{API}/config/nimages", json={"value": 2})
+    client.put(f"{API}/config/frame_time", json={"value": 0.01})
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(detector.endpoint)
+    try:
+        client.put(f"{API}/command/arm")
+        client.put(f"{API}/command/trigger")
+        messages = [sock.recv_multipart() for _ in range(4)]
+    finally:
+        sock.close()
+        ctx.term()
+    assert json.loads(messages[0][0])["htype"] == "dheader-1.0" and json.loads(messages[0][1])["nimages"] == 2
+    for i, msg in enumerate(messages[1:3]):
+        assert len(msg) == 5 and msg[4] == b'{"user": 1}' and json.loads(msg[0])["frame"] == i
+        timing = json.loads(msg[3])
+        assert timing["htype"] == "dconfig-1.0" and timing["real_time"] == 10_000_000
+        assert timing["stop_time"] - timing["start_time"] == 10_000_000
+    assert json.loads(messages[3][0]) == {"htype": "dseries_end-1.0", "series": 1}
