@@ -80,6 +80,24 @@ def control_loop(base: str, endpoint_port: int, chunk: int, budget: int, k: int,
         ctx.term()
 
 
+class OverheadOnlyBackend:
+    """Returns a zero potential at once: measures the service's own overhead (ingest, queue, planner, HDF5, publish)."""
+
+    name = "overhead-only (no reconstruction)"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def warmup(self) -> None:
+        pass
+
+    def reconstruct(self, jobs):
+        from service.compute import ReconOutput
+
+        self.calls += 1
+        return [ReconOutput(np.zeros((64, 64), np.float32), (0.0, 0.0), 0.045, [0.0]) for _ in jobs]
+
+
 def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int) -> dict:
     import uvicorn
 
@@ -128,6 +146,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, nargs="+", default=[50, 100])
     ap.add_argument("--dwell-ms", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
     args = ap.parse_args()
 
     import torch
@@ -138,9 +157,9 @@ def main() -> None:
 
     def factory(storage: Path):
         settings = ServiceSettings(storage=storage, api_keys=[KEY], torch_threads=args.threads, device=args.device, max_budget=10_000)
-        return create_app(settings)
+        return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
 
-    print(f"torch {torch.__version__}, threads {args.threads}, device {args.device}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
+    print(f"backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
     print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'wall s':>7} {'cpu s':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
