@@ -22,7 +22,7 @@ from service.planner import PlannerChoice, PlanRequest, resolve_planner
 from service.problems import Problem
 from service.session import Batch, Session, classify_stream_error
 from service.settings import ServiceSettings
-from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, session_files
+from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
 from service.stream_v1 import Frame, SeriesEnd, SeriesStart, StreamError
 
 log = logging.getLogger(__name__)
@@ -470,64 +470,11 @@ class SessionManager:
                 self._enqueue(s)
             s.notify()
 
-    # --- restart -----------------------------------------------------------------------
-
     def restore(self) -> int:
         """Load every session file in storage; resume the unfinished ones. Returns sessions loaded."""
-        n = 0
-        for path in session_files(self.settings.storage):
-            try:
-                store, st = SessionStore.open(path)
-            except StoreError as err:
-                self.load_errors.append(str(err))
-                log.error("%s", err)
-                continue
-            with self.lock:
-                self._restore_one(store, st)
-            n += 1
-        with self.lock:
-            self._active_gauge()
-        for ep in {s.endpoint for s in self.sessions.values() if not s.terminal}:
-            if self.on_endpoint is not None:
-                self.on_endpoint(ep)
-        return n
+        from service.resume import restore_sessions
 
-    def _restore_one(self, store: SessionStore, st) -> None:
-        choice = self.planner_for(st.params["strategy"])
-        s = Session(st.session_id, st.params, choice, store, state=st.state, error=st.error, created_unix=st.created_unix)
-        s.positions_issued = st.positions_issued
-        s.positions_used = np.where(np.isnan(st.positions_measured), st.positions_issued, st.positions_measured)
-        s.received = st.received.copy()
-        s.patterns = st.patterns.astype(np.float32)
-        s.frames_received = s.frames_persisted = int(s.received.sum())
-        done_batches = {r.batch_id for r in st.reconstructions}
-        for bid in (np.unique(st.slot_batch) if len(st.slot_batch) else []):
-            slots = np.flatnonzero(st.slot_batch == bid)
-            b = Batch(int(bid), slots)
-            if int(bid) in done_batches:
-                b.status = "reconstructed"
-            elif s.received[slots].all():
-                b.status = "complete"
-            s.batches.append(b)
-            for series in {int(v) for v in st.slot_series[slots] if v >= 0}:
-                sel = slots[st.slot_series[slots] == series]
-                self.bindings[(s.endpoint, series)] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel})
-        if st.reconstructions:
-            last = st.reconstructions[-1]
-            s.potential, s.grid_origin_nm, s.grid_pixel_nm, s.loss_history = last.potential, last.origin_nm, last.pixel_nm, last.loss_history
-            s.n_reconstructed = len(st.reconstructions)
-        self.sessions[s.session_id] = s
-        if s.terminal:
-            store.close()
-            return
-        if s.pending_reconstruction() is not None or not s.batches or (s.current.status == "reconstructed" and s.n_issued < s.budget):
-            s.state = "reconstructing" if s.pending_reconstruction() is not None else s.state
-            self._enqueue(s)
-        elif s.current.status == "reconstructed":
-            s.state = "done"
-        elif s.state == "reconstructing":
-            s.state = "acquiring"
-        log.info("resumed session %s (%d/%d frames, state %s)", s.session_id, s.frames_received, s.budget, s.state)
+        return restore_sessions(self)
 
     def close(self) -> None:
         with self.lock:
