@@ -120,3 +120,31 @@ def test_shutdown_finishes_the_chunk_in_flight_and_flushes(tmp_path, pusher):
     with h5py.File(tmp_path / "s" / f"{sid}.h5", "r") as f:
         assert len(f["reconstructions"]) == 1, "the chunk in flight was finished and stored"
         assert f["positions_issued_nm"].shape == (6, 2) and f["received"][()].sum() == 3
+
+
+def test_resume_requeues_a_complete_chunk_that_was_not_reconstructed(tmp_path):
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
+    ep = "tcp://127.0.0.1:5003"
+    m1 = SessionManager(settings, ServiceMetrics())
+    sid = m1.create(session_body(ep, budget=6, chunk=3) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+    Scheduler(m1, RecordingBackend(), m1.metrics).run_round(m1.take_work(0.1))
+    m1.tell(sid, 0, 11, [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])
+    images = frames_for(11, 3)
+    for i, img in enumerate(images):
+        m1.on_event(ep, Frame(11, i, img))
+    assert m1.sessions[sid].state == "reconstructing"
+    # "crash": the worker never ran; the files are not closed
+    m2 = SessionManager(settings, ServiceMetrics())
+    assert m2.restore() == 1
+    s = m2.sessions[sid]
+    assert s.state == "reconstructing" and s.frames_received == 3
+    items = m2.take_work(0.1)
+    assert len(items) == 1 and items[0].job is not None
+    np.testing.assert_array_equal(items[0].job.patterns, images.astype(np.float32))
+    np.testing.assert_allclose(items[0].job.positions_nm, [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])  # measured positions survive
+    backend = RecordingBackend()
+    Scheduler(m2, backend, m2.metrics).run_round(items)
+    ask = m2.try_ask(sid)
+    assert ask["batch_id"] == 1 and len(ask["positions_nm"]) == 3
+    m1.close()
+    m2.close()
