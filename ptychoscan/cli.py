@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "ptychoscan.commands.simulate",
     "ptychoscan.commands.demo",
+    "ptychoscan.commands.reconstruct",
 )
 
 
