@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "ptychoscan.commands.serve",
     "ptychoscan.commands.sim_detector",
     "ptychoscan.commands.sim_scan",
+    "ptychoscan.commands.reconstruct",
 )
 
 
