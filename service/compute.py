@@ -80,20 +80,19 @@ class TorchReconBackend:
 
     def _reconstructor(self, beam: BeamKey):
         if beam not in self._recons:
+            from recon.beam import probe_for
             from recon.device import pick_device
             from recon.engine import Reconstructor
             from recon.options import ReconOptions
-            from recon.probe import make_probe
 
             device = pick_device(None if self.device == "auto" else self.device)
-            probe = make_probe(
-                beam.detector_pixels,
-                beam.pixel_nm * 10.0,
-                beam.energy_ev,
-                beam.convergence_mrad,
-                defocus_angstrom=beam.defocus_nm * 10.0,
-                device=device,
-            )
+            probe = probe_for(
+                energy_ev=beam.energy_ev,
+                convergence_mrad=beam.convergence_mrad,
+                detector_pixels=beam.detector_pixels,
+                detector_pixel_mrad=beam.detector_pixel_mrad,
+                defocus_nm=beam.defocus_nm,
+            ).to(device)
             self._recons[beam] = Reconstructor(probe, ReconOptions(iterations=self.iterations), device=device)
         return self._recons[beam]
 

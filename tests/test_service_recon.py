@@ -45,3 +45,30 @@ def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
     other = ReconJob(BeamKey(80_000.0, 30.0, 16, 6.0, 0.0), (0.0, 0.0, 0.3, 0.3), rng.random((4, 16, 16), dtype=np.float32), rng.random((4, 2)) * 0.3, None)
     backend.reconstruct([_job(rng, 4), other])
     assert [c[0] for c in calls[-2:]] == [1, 1]
+
+
+def test_service_with_the_real_reconstructor_end_to_end(tmp_path):
+    from fastapi.testclient import TestClient
+    from service_testing import AUTH, KEY, Pusher, frames_for, session_body
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(settings)) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=[0, 0, 0.3, 0.3]), headers=AUTH).json()["session_id"]
+            series = 0
+            while not (ask := c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 30}, headers=AUTH).json())["done"]:
+                c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH)
+                pusher.series(series, frames_for(series, len(ask["positions_nm"])) + 20)
+                series += 1
+            status = c.get(f"/api/v1/sessions/{sid}").json()
+            raw = c.get(f"/api/v1/sessions/{sid}/reconstruction").json()
+    finally:
+        pusher.close()
+    assert status["state"] == "done" and status["batches_reconstructed"] == 2
+    grid = ObjectGrid.covering((0.0, 0.0, 0.3, 0.3), BEAM.pixel_nm, 16)
+    assert tuple(raw["shape"]) == grid.shape and np.isfinite(np.asarray(raw["potential"])).all()
+    assert raw["pixel_nm"] == pytest.approx(BEAM.pixel_nm)
