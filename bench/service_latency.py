@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, nargs="+", default=[50, 100])
     ap.add_argument("--dwell-ms", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 2)")
     ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
     args = ap.parse_args()
 
@@ -156,10 +157,12 @@ def main() -> None:
     from service.settings import ServiceSettings
 
     def factory(storage: Path):
-        settings = ServiceSettings(storage=storage, api_keys=[KEY], torch_threads=args.threads, device=args.device, max_budget=10_000)
+        settings = ServiceSettings(storage=storage, api_keys=[KEY], torch_threads=args.threads, device=args.device, max_budget=10_000,
+            recon_detector_binning=args.detector_binning,
+        )
         return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
 
-    print(f"backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
+    print(f"backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
     print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'wall s':>7} {'cpu s':>7}")
     for chunk in args.chunks:
         for n in args.sessions:

@@ -42,7 +42,9 @@ class Service:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.manager = SessionManager(settings, self.metrics)
-        self.backend = backend or TorchReconBackend(settings.recon_iterations, settings.device, settings.torch_threads)
+        self.backend = backend or TorchReconBackend(
+            settings.recon_iterations, settings.device, settings.torch_threads, settings.recon_detector_binning
+        )
         self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
         self.ingest = Ingest(self.manager, settings.detectors)
         self.manager.on_endpoint = self.ingest.ensure

@@ -71,8 +71,9 @@ class TorchReconBackend:
 
     name = "recon.engine.Reconstructor"
 
-    def __init__(self, iterations: int = 5, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(self, iterations: int = 5, device: str = "auto", torch_threads: int | None = None, detector_binning: int | None = None) -> None:
         self.iterations = iterations
+        self.detector_binning = detector_binning
         self.device = device
         self.torch_threads = torch_threads
         self.calls = 0
@@ -93,7 +94,8 @@ class TorchReconBackend:
                 detector_pixel_mrad=beam.detector_pixel_mrad,
                 defocus_nm=beam.defocus_nm,
             ).to(device)
-            self._recons[beam] = Reconstructor(probe, ReconOptions(iterations=self.iterations), device=device)
+            extra = {} if self.detector_binning is None else {"detector_binning": self.detector_binning}
+            self._recons[beam] = Reconstructor(probe, ReconOptions(iterations=self.iterations, **extra), device=device)
         return self._recons[beam]
 
     def warmup(self) -> None:

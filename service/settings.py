@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     max_grid_pixels: int = Field(4096, ge=64, description="largest reconstruction grid side (fov / pixel + K) a session may ask for")
     max_session_bytes: int = Field(2 * 1024**3, ge=1, description="largest in-memory frame stack (budget * K^2 * 4 bytes) of one session")
     recon_iterations: int = Field(5, ge=1, description="reconstruction iterations per chunk (paper: 5)")
+    recon_detector_binning: int | None = Field(
+        None, ge=1, description="detector binning the reconstructor models (None: recon's default, 2 as in the paper; 1 is ~4x cheaper)"
+    )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
     policy_checkpoint: Path | None = Field(None, description="GRU policy checkpoint for strategy 'adaptive' (not yet available)")
