@@ -4,7 +4,8 @@ Only the service's public REST API (``/api/v1``, contracts C) and the microscope
 (SIMPLON detector + scan controller, ``sim_microscope.simplon_api``) are used: create a
 session, ask for positions, load them into the scan controller, arm the detector for
 that many frames (``ints``, nimages = N), trigger, tell the service which detector
-series holds the batch, and repeat until the service says done.
+series holds the batch (with the scan system's position readback as the measured
+positions), and repeat until the service says done.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _run(config: ScanLoopConfig, progress: bool) -> dict:
                 series = _check(scope.put(f"{DETECTOR_API}/command/arm"), "arm detector")["sequence id"]
                 _check(scope.put(f"{DETECTOR_API}/command/trigger"), "trigger detector")
                 _check(scope.put(f"{DETECTOR_API}/command/disarm"), "disarm detector")
-                tell = {"batch_id": batch["batch_id"], "series": series, "measured_positions_nm": positions}
+                tell = {"batch_id": batch["batch_id"], "series": series, "measured_positions_nm": _readback(scope, series, positions)}
                 _check(service.post(f"/api/v1/sessions/{session}/tell", json=tell), "tell")
                 batches, frames = batches + 1, frames + len(positions)
                 series_ids.append(series)
@@ -113,6 +114,16 @@ def _run(config: ScanLoopConfig, progress: bool) -> dict:
         finally:
             bar.close()
     return {"session_id": session, "batches": batches, "frames": frames, "series": series_ids}
+
+
+def _readback(scope: httpx.Client, series: int, requested: list) -> list:
+    """The scan system's position readback for ``series`` (nm), or the requested positions if it has none."""
+    r = scope.get("/scan/api/1/readback")
+    if r.status_code == 200:
+        body = r.json()
+        if body.get("series") == series and len(body.get("positions_nm", [])) == len(requested):
+            return body["positions_nm"]
+    return requested
 
 
 def _put(client: httpx.Client, path: str, value) -> None:

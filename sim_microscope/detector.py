@@ -62,6 +62,8 @@ class ScanController:
         self.park_nm = (0.0, 0.0)
         self.probe_nm = (0.0, 0.0)
         self.settle_time_s = settle_time_s
+        self.readback: tuple[int, np.ndarray] | None = None
+        """(series, (N, 2) nm): where the beam really was for each frame of the last prepared series."""
 
     def set_positions(self, positions_nm) -> int:
         p = np.asarray(positions_nm, dtype=np.float64)
@@ -319,6 +321,8 @@ class SimDetector:
         """Patterns of the whole series in one batch, at the positions the scan controller holds now."""
         positions = self.scan.positions_for(np.arange(s.total))
         patterns = self.source.patterns(positions)
+        beam_positions = getattr(self.source, "beam_positions", None)
+        self.scan.readback = (s.series, positions if beam_positions is None else beam_positions(positions))
         s.images = to_counts(patterns, s.dtype, self.dose, self._rng, self.noise)
         s.blobs = encode_frames(s.images, s.encoding)
         self.last_images = s.images

@@ -47,6 +47,11 @@ class DatasetReplay:
         _, index = self._tree.query(np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2))
         return self._patterns[np.asarray(index)]
 
+    def beam_positions(self, positions_nm: np.ndarray) -> np.ndarray:
+        """Where the frames really come from: the nearest raster position of each requested one (nm)."""
+        _, index = self._tree.query(np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2))
+        return np.asarray(self.dataset.positions_nm, dtype=np.float64)[np.asarray(index)]
+
 
 class SpecimenSource:
     """Simulate patterns of a specimen on the fly (sim_microscope.simulate), probe positions clamped to it."""
@@ -86,14 +91,18 @@ class SpecimenSource:
         x0, x1, y0, y1 = self._bounds
         return x0, y0, x1 - x0, y1 - y0
 
-    def patterns(self, positions_nm: np.ndarray) -> np.ndarray:
-        from sim_microscope.simulate import simulate_patterns
-
+    def beam_positions(self, positions_nm: np.ndarray) -> np.ndarray:
+        """Requested positions clamped to the specimen (nm): where the frames really come from."""
         p = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2).copy()
         x0, x1, y0, y1 = self._bounds
         p[:, 0] = np.clip(p[:, 0], x0, x1)
         p[:, 1] = np.clip(p[:, 1], y0, y1)
-        return simulate_patterns(self.atoms, p, **self._options)
+        return p
+
+    def patterns(self, positions_nm: np.ndarray) -> np.ndarray:
+        from sim_microscope.simulate import simulate_patterns
+
+        return simulate_patterns(self.atoms, self.beam_positions(positions_nm), **self._options)
 
 
 class SyntheticSource:

@@ -10,6 +10,7 @@ returns ``{"sequence id": N}``), ``GET /detector/api/1.8.0/status/state``,
 Scan controller (Nion stand-in), positions in nm: ``PUT /scan/api/1/positions``
 ``{"positions_nm": [[x, y], ...]}``, ``PUT /scan/api/1/park`` ``{"position_nm": [x, y]}``,
 ``GET|PUT /scan/api/1/settle_time`` ``{"value": s}``, ``GET /scan/api/1/probe``,
+``GET /scan/api/1/readback`` (where the beam was for each frame of the last series),
 ``PUT /scan/api/1/command/start`` (one external trigger per remaining frame, for
 ``exte``/``exts``). Faults: ``GET|PUT /sim/api/1/faults`` (``FaultPlan``).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -117,6 +119,14 @@ def create_app(detector: SimDetector) -> FastAPI:
     def probe() -> dict:
         n = None if scan.positions_nm is None else len(scan.positions_nm)
         return {"position_nm": list(scan.probe_nm), "positions": n, "parked": n is None, "settle_time_s": scan.settle_time_s}
+
+    @app.get("/scan/api/1/readback")
+    def readback() -> dict:
+        """Position readback of the last acquired series: where the beam was for each frame (nm)."""
+        if scan.readback is None:
+            raise DetectorError("no series has been acquired yet", 404)
+        series, positions = scan.readback
+        return {"series": series, "positions_nm": np.asarray(positions).tolist()}
 
     @app.put("/scan/api/1/command/start")
     def start() -> dict:

@@ -96,7 +96,15 @@ def test_patterns_sum_to_one_and_counts_are_seeded():
     assert a.dtype == np.uint32
 
 
-def test_demo_runs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--scan-shape", "4", "4", "--step-nm", "0.1", "--device", "cpu"]) == 0
-    assert (tmp_path / "mos2_demo.png").stat().st_size > 10_000
-    assert (tmp_path / "mos2_demo.h5").exists()
+def test_closed_loop_demo_runs(tmp_path, capsys):
+    """The README's main command on a tiny specimen: service, sim detector and control loop on loopback."""
+    code = main([
+        "demo", "--out", str(tmp_path), "--scan-shape", "12", "12", "--step-nm", "0.1",
+        "--budget-fraction", "0.25", "--sub-sequences", "3",
+    ])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "ssim adaptive=" in out and "sparse-grid=" in out
+    assert (tmp_path / "closed_loop.png").stat().st_size > 10_000
+    sessions = sorted((tmp_path / "sessions").glob("*.h5"))
+    assert len(sessions) == 2
