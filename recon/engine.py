@@ -1,0 +1,334 @@
+"""Batched gradient ptychography (ROP-style): many independent scans in one call.
+
+For every scan b the potential V_b (rad; transmission exp(i V_b)) on its own grid is
+fitted to the measured patterns J_p at its positions R_p by minimising
+
+    amplitude loss:  (1/P) sum_p || |F[probe(r - R_p) exp(i V_b)]| - sqrt(J_p) ||^2
+    intensity loss:  (1/P) sum_p || |F[probe(r - R_p) exp(i V_b)]|^2 - J_p ||^2   (the paper)
+
+with Adam or plain gradient descent, optionally over mini-batches of positions. The B
+scans are stacked on one padded (B, H, W) tensor and their positions are concatenated
+with a ``scan_index`` (the shared forward model, ``recon.forward``); every scan keeps its
+own optimizer state and step count, so a scan reconstructed in a batch gives the same
+result as reconstructed alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recon.device import pick_device
+from recon.forward import bin_patterns, far_field_intensity, fourier_shift, split_positions, window_indices
+from recon.grid import ObjectGrid
+from recon.options import ReconOptions
+
+_ADAM_EPS = 1e-8
+
+
+@dataclass
+class ScanChunk:
+    """One scan's data so far: all patterns and positions measured up to now, and its grid."""
+
+    patterns: torch.Tensor | np.ndarray
+    """(N, K, K) intensities (float or counts), centred."""
+    positions_nm: torch.Tensor | np.ndarray
+    """(N, 2) probe positions (x, y) in nm."""
+    grid: ObjectGrid
+
+
+@dataclass
+class ReconResult:
+    """The reconstruction of one scan."""
+
+    potential: torch.Tensor
+    """(ny, nx) float32 phase V in rad (transmission exp(iV)) on ``grid``, on the CPU."""
+    grid: ObjectGrid
+    loss_history: list[float]
+    """Mean data loss per position for each iteration (the optimizer's running value)."""
+
+
+@dataclass
+class _Batch:
+    """Everything about the B scans that does not change during the iterations."""
+
+    targets: torch.Tensor  # (M, K, K) sqrt(J) or J, normalised
+    shifted_probes: torch.Tensor  # (M, K, K) complex, probe shifted by each position's sub-pixel fraction
+    rows: torch.Tensor  # (M, K, 1)
+    cols: torch.Tensor  # (M, 1, K)
+    scan_index: torch.Tensor  # (M,)
+    offsets: list[int]  # start of each scan's positions in the concatenation
+    counts: list[int]
+    valid: torch.Tensor  # (B, H, W) bool, pixels on each scan's own grid
+
+
+class Reconstructor:
+    """Gradient-descent reconstructor with a fixed, known probe.
+
+    Args:
+        probe: (K, K) complex probe on the reconstruction grid (see ``probe_for``);
+            normalised to unit total intensity when ``options.normalize_patterns``.
+        options: ``ReconOptions``; default the tuned defaults.
+        device: torch device; None or "auto": CUDA when present, else CPU.
+    """
+
+    def __init__(self, probe: torch.Tensor | np.ndarray, options: ReconOptions | None = None, device: torch.device | str | None = None):
+        self.options = options or ReconOptions()
+        self.device = pick_device(device)
+        self.real_dtype = torch.float64 if self.options.dtype == "float64" else torch.float32
+        self.complex_dtype = torch.complex128 if self.options.dtype == "float64" else torch.complex64
+        probe = torch.as_tensor(probe)
+        if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or probe.shape[0] < 2:
+            raise ValueError(f"probe must be a square (K, K) array, got shape {tuple(probe.shape)}")
+        probe = probe.to(self.device, self.complex_dtype)
+        if not bool(torch.isfinite(torch.view_as_real(probe)).all()):
+            raise ValueError("probe contains NaN or infinite values")
+        norm = torch.sqrt(torch.sum(torch.abs(probe) ** 2))
+        if not float(norm) > 0:
+            raise ValueError("probe is all zeros")
+        self.probe = probe / norm if self.options.normalize_patterns else probe
+        self.model_probe = _pad_centred(self.probe, self.model_window)
+
+    @property
+    def window(self) -> int:
+        """K, the probe window and pattern size in pixels."""
+        return int(self.probe.shape[-1])
+
+    @property
+    def model_window(self) -> int:
+        """K * detector_binning: the window of the modelled exit waves, in grid pixels."""
+        return self.window * self.options.detector_binning
+
+    @property
+    def pad(self) -> int:
+        """Extra pixels on each side of a scan's grid that the wider binned-model window needs."""
+        b = self.options.detector_binning
+        return 0 if b == 1 else self.model_window // 2 - self.window // 2 + 1
+
+    def reconstruct(self, scans: list[ScanChunk], init: list[torch.Tensor | np.ndarray | None] | None = None) -> list[ReconResult]:
+        """Reconstruct B independent scans in one batched call.
+
+        Args:
+            scans: the B scans, each with its own positions, count and grid.
+            init: optional per-scan starting potentials (ny, nx) in rad on that scan's
+                grid (warm start from a previous chunk's result); None entries start at 0.
+
+        Returns one ``ReconResult`` per scan, in order.
+        """
+        if not scans:
+            raise ValueError("no scans to reconstruct")
+        if init is not None and len(init) != len(scans):
+            raise ValueError(f"init has {len(init)} entries but there are {len(scans)} scans")
+        opts = self.options
+        batch = self._prepare(scans)
+        potential = self._initial_potential(scans, init)
+        n_scans = len(scans)
+        moment1 = torch.zeros_like(potential)
+        moment2 = torch.zeros_like(potential)
+        steps = torch.zeros(n_scans, dtype=torch.long)
+        histories: list[list[float]] = [[] for _ in scans]
+        generators = [torch.Generator().manual_seed(opts.seed) for _ in scans]
+        iterations = tqdm(range(opts.iterations), desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
+        for _ in iterations:
+            schedule = self._schedule(batch.counts, generators)
+            totals = torch.zeros(n_scans, dtype=torch.float64)
+            for step_groups in schedule:
+                active = [b for b, group in enumerate(step_groups) if group is not None]
+                index = torch.cat([batch.offsets[b] + step_groups[b] for b in active]).to(self.device)
+                weights = torch.cat([torch.full((len(step_groups[b]),), 1.0 / len(step_groups[b]), dtype=self.real_dtype) for b in active])
+                per_position = self._accumulate_gradient(potential, batch, index, weights.to(self.device))
+                scan_of = batch.scan_index[index].cpu()
+                totals += torch.zeros(n_scans, dtype=torch.float64).index_add_(0, scan_of, per_position.double())
+                self._regularise(potential, batch.valid, active)
+                self._update(potential, moment1, moment2, steps, active)
+            for b in range(n_scans):
+                histories[b].append(float(totals[b]) / batch.counts[b])
+            if opts.progress:
+                iterations.set_postfix(loss=f"{float(totals.sum()) / sum(batch.counts):.3e}")
+        results = []
+        for b, scan in enumerate(scans):
+            ny, nx = scan.grid.shape
+            pad = self.pad
+            results.append(ReconResult(potential[b, pad : pad + ny, pad : pad + nx].detach().to("cpu", torch.float32).clone(), scan.grid, histories[b]))
+        return results
+
+    # ------------------------------------------------------------------ preparation
+
+    def _prepare(self, scans: list[ScanChunk]) -> _Batch:
+        k, kw, pad = self.window, self.model_window, self.pad
+        height = max(s.grid.shape[0] for s in scans) + 2 * pad
+        width = max(s.grid.shape[1] for s in scans) + 2 * pad
+        targets, probes, rows, cols, scan_index, offsets, counts = [], [], [], [], [], [], []
+        valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
+        offset = 0
+        for b, scan in enumerate(scans):
+            patterns = _check_patterns(scan.patterns, k, b)
+            positions = _check_positions(scan.positions_nm, patterns.shape[0], b)
+            fits = scan.grid.window_fits(positions, k)
+            if not fits.all():
+                i = int(np.flatnonzero(~fits)[0])
+                raise ValueError(
+                    f"scan {b}: {int((~fits).sum())} position(s) have probe windows outside the {scan.grid.shape[0]}x{scan.grid.shape[1]} "
+                    f"object grid (first: row {i} at ({positions[i, 0]:.3f}, {positions[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
+                )
+            intensity = torch.as_tensor(patterns, dtype=self.real_dtype).to(self.device)
+            if self.options.normalize_patterns:
+                mean_total = float(intensity.sum(dim=(-2, -1)).mean())
+                if not mean_total > 0:
+                    raise ValueError(f"scan {b}: patterns are all zero")
+                intensity = intensity / mean_total
+            targets.append(torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity)
+            px = torch.as_tensor(scan.grid.positions_px(positions), dtype=torch.float64, device=self.device) + pad
+            origin, fraction = split_positions(px, kw)
+            probes.append(fourier_shift(self.model_probe.expand(len(px), kw, kw), fraction.to(self.real_dtype)))
+            r, c = window_indices(origin, kw)
+            rows.append(r)
+            cols.append(c)
+            scan_index.append(torch.full((len(px),), b, dtype=torch.long, device=self.device))
+            offsets.append(offset)
+            counts.append(len(px))
+            offset += len(px)
+            valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
+        return _Batch(
+            torch.cat(targets), torch.cat(probes), torch.cat(rows), torch.cat(cols), torch.cat(scan_index), offsets, counts, valid
+        )
+
+    def _initial_potential(self, scans: list[ScanChunk], init) -> torch.Tensor:
+        pad = self.pad
+        height = max(s.grid.shape[0] for s in scans) + 2 * pad
+        width = max(s.grid.shape[1] for s in scans) + 2 * pad
+        potential = torch.zeros((len(scans), height, width), dtype=self.real_dtype, device=self.device)
+        for b, scan in enumerate(scans):
+            start = None if init is None else init[b]
+            if start is None:
+                continue
+            start = torch.as_tensor(start)
+            if tuple(start.shape) != scan.grid.shape:
+                raise ValueError(f"scan {b}: init has shape {tuple(start.shape)} but the grid is {scan.grid.shape}")
+            if start.is_complex() or not bool(torch.isfinite(start).all()):
+                raise ValueError(f"scan {b}: init must be a finite real potential in rad")
+            potential[b, pad : pad + scan.grid.shape[0], pad : pad + scan.grid.shape[1]] = start.to(self.device, self.real_dtype)
+        return potential
+
+    def _schedule(self, counts: list[int], generators: list[torch.Generator]) -> list[list[torch.Tensor | None]]:
+        """Mini-batches of one iteration: step s holds, per scan, its position indices or None."""
+        size = self.options.batch_positions
+        per_scan = []
+        for count, generator in zip(counts, generators, strict=True):
+            if size is None or size >= count:
+                per_scan.append([torch.arange(count)])
+            else:
+                order = torch.randperm(count, generator=generator)
+                n_steps = math.ceil(count / size)
+                # equal-sized groups (differ by at most one) so no update rests on a handful of positions
+                per_scan.append(list(torch.tensor_split(order, n_steps)))
+        n_steps = max(len(groups) for groups in per_scan)
+        return [[groups[s] if s < len(groups) else None for groups in per_scan] for s in range(n_steps)]
+
+    # ------------------------------------------------------------------ one update
+
+    def _accumulate_gradient(self, potential: torch.Tensor, batch: _Batch, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Backpropagate the weighted data loss of positions ``index`` into ``potential.grad``; return per-position losses."""
+        potential.requires_grad_(True)
+        potential.grad = None
+        losses = []
+        for start in range(0, len(index), self.options.chunk_positions):
+            part = index[start : start + self.options.chunk_positions]
+            patches = potential[batch.scan_index[part, None, None], batch.rows[part], batch.cols[part]]
+            waves = batch.shifted_probes[part] * torch.polar(torch.ones_like(patches), patches)
+            intensity = bin_patterns(far_field_intensity(waves), self.options.detector_binning)
+            target = batch.targets[part]
+            if self.options.loss == "amplitude":
+                model = torch.sqrt(intensity + 1e-12)
+            else:
+                model = intensity
+            per_position = ((model - target) ** 2).sum(dim=(-2, -1))
+            (per_position * weights[start : start + len(part)]).sum().backward()
+            losses.append(per_position.detach())
+        potential.requires_grad_(False)
+        return torch.cat(losses).cpu()
+
+    def _regularise(self, potential: torch.Tensor, valid: torch.Tensor, active: list[int]) -> None:
+        """Add the gradients of the TV and ridge penalties of the active scans to ``potential.grad``."""
+        opts = self.options
+        if opts.tv_weight == 0 and opts.l2_weight == 0:
+            return
+        sel = torch.tensor(active, device=potential.device)
+        v = potential[sel].detach().requires_grad_(True)
+        mask = valid[sel]
+        penalty = torch.zeros((), dtype=v.dtype, device=v.device)
+        if opts.tv_weight > 0:
+            dx = (v[:, :, 1:] - v[:, :, :-1]) * (mask[:, :, 1:] & mask[:, :, :-1])
+            dy = (v[:, 1:, :] - v[:, :-1, :]) * (mask[:, 1:, :] & mask[:, :-1, :])
+            penalty = penalty + opts.tv_weight * (torch.sqrt(dx**2 + 1e-8).sum() + torch.sqrt(dy**2 + 1e-8).sum())
+        if opts.l2_weight > 0:
+            penalty = penalty + opts.l2_weight * ((v * mask) ** 2).sum()
+        penalty.backward()
+        potential.grad[sel] += v.grad
+
+    def _update(self, potential: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, steps: torch.Tensor, active: list[int]) -> None:
+        """One optimizer step for the active scans only (the others keep V and their state)."""
+        opts = self.options
+        lr = opts.effective_step
+        sel = torch.tensor(active, device=potential.device)
+        grad = potential.grad[sel]
+        with torch.no_grad():
+            if opts.optimizer == "gd":
+                potential[sel] -= lr * grad
+            else:
+                b1, b2 = opts.adam_betas
+                steps[active] += 1
+                t = steps[active].to(potential.dtype).to(potential.device)[:, None, None]
+                m = b1 * m1[sel] + (1 - b1) * grad
+                v = b2 * m2[sel] + (1 - b2) * grad**2
+                m1[sel] = m
+                m2[sel] = v
+                m_hat = m / (1 - b1**t)
+                v_hat = v / (1 - b2**t)
+                potential[sel] -= lr * m_hat / (torch.sqrt(v_hat) + _ADAM_EPS)
+            if opts.nonnegative:
+                potential.clamp_(min=0)
+        potential.grad = None
+
+
+def _pad_centred(probe: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad a (K, K) probe centred at K//2 to (size, size) centred at size//2."""
+    k = probe.shape[-1]
+    if size == k:
+        return probe
+    out = torch.zeros((size, size), dtype=probe.dtype, device=probe.device)
+    start = size // 2 - k // 2
+    out[start : start + k, start : start + k] = probe
+    return out
+
+
+def _check_patterns(patterns, window: int, b: int) -> np.ndarray | torch.Tensor:
+    p = patterns.detach().cpu() if isinstance(patterns, torch.Tensor) else np.asarray(patterns)
+    if p.ndim != 3 or p.shape[0] == 0:
+        raise ValueError(f"scan {b}: patterns must have shape (N, K, K) with N >= 1, got {tuple(p.shape)}")
+    if tuple(p.shape[1:]) != (window, window):
+        raise ValueError(f"scan {b}: pattern size {p.shape[1]}x{p.shape[2]} does not match the {window}x{window} probe")
+    values = torch.as_tensor(np.asarray(p, dtype=np.float64) if not isinstance(p, torch.Tensor) else p.double())
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        frame = int(torch.nonzero(~finite)[0, 0])
+        raise ValueError(f"scan {b}: patterns contain NaN or infinite values (first in frame {frame})")
+    if bool((values < 0).any()):
+        frame = int(torch.nonzero(values < 0)[0, 0])
+        raise ValueError(f"scan {b}: patterns contain negative intensities (first in frame {frame})")
+    return values
+
+
+def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:
+    pos = positions_nm.detach().cpu().double().numpy() if isinstance(positions_nm, torch.Tensor) else np.asarray(positions_nm, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"scan {b}: positions_nm must have shape (N, 2), got {pos.shape}")
+    if pos.shape[0] != n_patterns:
+        raise ValueError(f"scan {b}: {pos.shape[0]} positions but {n_patterns} patterns")
+    if not np.isfinite(pos).all():
+        raise ValueError(f"scan {b}: positions_nm contains NaN or infinite values (first at row {int(np.argwhere(~np.isfinite(pos))[0, 0])})")
+    return pos

@@ -1,0 +1,72 @@
+"""Options of the gradient reconstructor (pydantic; defaults from the paper where it gives one).
+
+The paper (Schloz et al. 2023) reconstructs with 5 iterations of plain gradient descent
+(step 525) on the intensity loss (1/P) sum_p || |F[probe(r - R_p) exp(iV)]|^2 - J_p ||^2.
+Here the default is Adam on the amplitude loss || |F[...]| - sqrt(J_p) ||^2 with
+mini-batches of positions, which reaches a far higher SSIM in the same 5 iterations
+(measured in bench/RESULTS.md; see README "Reconstruction"). ``loss="intensity",
+optimizer="gd", step_size=525, batch_positions=None`` is the paper's recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PAPER_GD_STEP = 525.0
+"""The paper's fixed gradient-descent step for the intensity loss (patterns normalised to unit sum)."""
+
+
+class ReconOptions(BaseModel):
+    """How to reconstruct the potential V (transmission exp(iV), V in rad) from patterns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = Field(5, ge=1, description="passes over all positions (paper: 5)")
+    loss: Literal["amplitude", "intensity"] = Field(
+        "amplitude", description="amplitude: || |Psi| - sqrt(J) ||^2 (default, converges far faster); intensity: the paper's || |Psi|^2 - J ||^2"
+    )
+    optimizer: Literal["adam", "gd"] = Field("adam", description="adam, or plain gradient descent with a fixed step (the paper)")
+    step_size: float | None = Field(
+        None, gt=0, description="gd: step on the gradient (paper: 525 for the intensity loss); adam: learning rate in rad; None: default for the optimizer"
+    )
+    batch_positions: int | None = Field(
+        32, ge=1, description="mini-batch of positions per update (per scan); None: one full-batch update per iteration"
+    )
+    detector_binning: int = Field(
+        2, ge=1, description="model the detector's b x b binning: a (K*b)^2 far field at 1/b of the pixel angle, summed b x b (the paper's detector is 2x binned)"
+    )
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates")
+    tv_weight: float = Field(0.0, ge=0, description="total-variation regularisation weight on V (rad^-1 per pixel), 0 = off")
+    l2_weight: float = Field(0.0, ge=0, description="ridge penalty pulling V towards 0, 0 = off")
+    nonnegative: bool = Field(False, description="clamp V >= 0 after every update (a potential of atoms is positive)")
+    normalize_patterns: bool = Field(
+        True, description="scale each scan's patterns to unit mean total intensity (counts -> probabilities; the probe has unit norm)"
+    )
+    seed: int = Field(0, description="seed of the mini-batch order (each scan draws its own order from seed and its index)")
+    chunk_positions: int = Field(2048, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
+    dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")
+    progress: bool = Field(False, description="show a progress bar over iterations")
+
+    @model_validator(mode="after")
+    def _check(self) -> ReconOptions:
+        b1, b2 = self.adam_betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
+        return self
+
+    @property
+    def effective_step(self) -> float:
+        """The step actually used: ``step_size`` or the optimizer's default."""
+        if self.step_size is not None:
+            return self.step_size
+        if self.optimizer == "adam":
+            return DEFAULT_ADAM_LR
+        return PAPER_GD_STEP if self.loss == "intensity" else DEFAULT_GD_STEP_AMPLITUDE
+
+
+DEFAULT_ADAM_LR = 0.03
+"""Adam learning rate in rad per update (tuned on simulated MoS2, bench/RESULTS.md)."""
+DEFAULT_GD_STEP_AMPLITUDE = 50.0
+"""Gradient-descent step for the amplitude loss (tuned like the Adam rate)."""
