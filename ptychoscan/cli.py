@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "ptychoscan.commands.demo",
     "ptychoscan.commands.sim_detector",
     "ptychoscan.commands.sim_scan",
+    "ptychoscan.commands.train",
+    "ptychoscan.commands.evaluate",
 )
 
 
