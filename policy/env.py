@@ -138,31 +138,34 @@ class ScanEnv:
         self.credit = credit
         self.episodes: list[Episode] = []
 
-    def reset(self, specimen_indices: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start one episode per index with the sparse-grid sub-sequence.
+    def reset(self, specimen_indices: list[int], seed: int, first: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start one episode per index with the sparse-grid sub-sequence (or ``first`` (B, n, 2), fov units).
 
-        Returns (first positions (B, chunk, 2) in fov units as measured, images (B, 1, S, S)).
+        Returns (first positions (B, n, 2) in fov units as measured, images (B, 1, S, S)).
         """
         self.episodes = [
             Episode(self.specimens[i], np.random.default_rng([seed, b]), np.zeros(self.specimens[i].dataset.n_positions, bool))
             for b, i in enumerate(specimen_indices)
         ]
-        grid = np.tile(sparse_grid_unit(self.chunk)[None], (len(self.episodes), 1, 1))
-        positions, images, _, _ = self.step(grid)
+        if first is None:
+            first = np.tile(sparse_grid_unit(self.chunk)[None], (len(self.episodes), 1, 1))
+        positions, images, _, _ = self.step(first)
         return positions, images
 
     def step(self, unit_positions: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Measure one sub-sequence per episode, reconstruct all episodes in one batched call.
 
         Args:
-            unit_positions: (B, chunk, 2) proposed positions in fov units (clipped into [0, 1]).
+            unit_positions: (B, n, 2) proposed positions in fov units (clipped into [0, 1]);
+                n is normally ``chunk``.
 
-        Returns measured positions (B, chunk, 2) in fov units, encoder images (B, 1, S, S),
-        per-position rewards (B, chunk) and total rewards (B,).
+        Returns measured positions (B, n, 2) in fov units, encoder images (B, 1, S, S),
+        per-position rewards (B, n) and total rewards (B,).
         """
         proposed = np.clip(np.asarray(torch.as_tensor(unit_positions).detach().cpu(), dtype=np.float64), 0.0, 1.0)
-        if proposed.shape != (len(self.episodes), self.chunk, 2):
-            raise ValueError(f"positions must be (B={len(self.episodes)}, {self.chunk}, 2), got {proposed.shape}")
+        if proposed.ndim != 3 or proposed.shape[0] != len(self.episodes) or proposed.shape[2] != 2 or proposed.shape[1] < 1:
+            raise ValueError(f"positions must be (B={len(self.episodes)}, n, 2), got {proposed.shape}")
+        new = proposed.shape[1]
         measured = np.empty_like(proposed)
         for ep, prop, out in zip(self.episodes, proposed, measured, strict=True):
             idx = snap_to_unvisited(prop, ep.specimen.unit_positions, ep.visited)
@@ -171,12 +174,12 @@ class ScanEnv:
             out[:] = ep.specimen.unit_positions[idx]
         scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.specimen.grid) for ep in self.episodes]
         results = self.reconstructor.reconstruct(scans, init=[ep.potential for ep in self.episodes])
-        rewards = np.empty((len(self.episodes), self.chunk))
+        rewards = np.empty((len(self.episodes), new))
         totals = np.empty(len(self.episodes))
         images = []
         for b, (ep, res) in enumerate(zip(self.episodes, results, strict=True)):
             ep.potential = res.potential
-            rewards[b], totals[b] = position_rewards(ep, self.chunk, self.credit)
+            rewards[b], totals[b] = position_rewards(ep, new, self.credit)
             images.append(reconstruction_image(res.potential, res.grid, ep.specimen.fov_nm, self.image_size))
         return (torch.as_tensor(measured, dtype=torch.float32), torch.stack(images), torch.as_tensor(rewards, dtype=torch.float32),
                 torch.as_tensor(totals, dtype=torch.float32))
