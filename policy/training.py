@@ -229,7 +229,7 @@ def _loop(ctx: Context, stage: str, start: int, iterations: int, step, ae, pol, 
         values = step(it)
         values["time_s"] = round(time.perf_counter() - t0, 4)
         metrics.log(it, **values)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in curve_keys})
+        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in curve_keys}, refresh=False)
         if (it + 1) % ctx.config.checkpoint_every == 0 or it + 1 == iterations:
             _save(ctx, stage, it + 1, ae, pol, optimizer)
             if ctx.main:
@@ -360,3 +360,35 @@ def run_stage(stage: str, config: TrainConfig) -> Context:
     ctx = setup(config)
     {"autoencoder": train_autoencoder, "pretrain": pretrain, "rl": reinforce}[stage](ctx)
     return ctx
+
+
+def pretrain_check(config: TrainConfig, checkpoint: str | Path, files: list[str] | None = None) -> dict:
+    """How closely the deterministic policy reproduces the pre-training targets, free-running in the environment.
+
+    Starts every episode with the sparse grid, then feeds the policy's means back as the
+    next sub-sequences. Returns RMS and max deviation from the targets (fov units and nm)
+    and the fraction of measured (snapped) positions equal to the snapped targets.
+    """
+    from policy.checkpoint import load_policy
+    from policy.env import snap_to_unvisited
+
+    loaded = load_policy(checkpoint)
+    env = make_env(config, files or resolve_datasets(config.data.train))
+    targets = target_sequence(config.model.policy.chunk, config.n_subsequences)
+    ids = list(range(len(env.specimens)))
+    pos, img = env.reset(ids, seed=config.seed)
+    state, errors, same = None, [], []
+    for t in range(1, config.n_subsequences):
+        with torch.no_grad():  # (the reconstructor inside env.step needs autograd)
+            mean, state = loaded.policy(pos, loaded.autoencoder.encode(img), state)
+        errors.append(mean.numpy() - targets[t][None])
+        visited = [ep.visited.copy() for ep in env.episodes]
+        pos, img, _, _ = env.step(mean)
+        for b, ep in enumerate(env.episodes):
+            want = snap_to_unvisited(targets[t], ep.specimen.unit_positions, visited[b])
+            same.append(np.mean(np.asarray(ep.indices[-len(want):]) == want))
+    err = np.linalg.norm(np.stack(errors), axis=-1)  # (T-1, B, chunk)
+    fov_nm = env.specimens[0].fov_nm[2]
+    return {"rms_fov": float(np.sqrt((err**2).mean())), "max_fov": float(err.max()), "rms_nm": float(np.sqrt((err**2).mean()) * fov_nm),
+            "raster_step_fov": float(1.0 / (np.sqrt(env.specimens[0].dataset.n_positions) - 1)),
+            "same_snapped_fraction": float(np.mean(same))}
