@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    side = int(round(np.sqrt(args.n)))
+    side = round(np.sqrt(args.n))
     atoms = tmd_monolayer("MoS2", (6.0, 6.0), seed=0)
     xs = 2.0 + np.arange(side) * 0.02
     positions = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)

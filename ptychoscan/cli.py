@@ -14,6 +14,9 @@ import sys
 COMMAND_MODULES = (
     "ptychoscan.commands.simulate",
     "ptychoscan.commands.demo",
+    "ptychoscan.commands.serve",
+    "ptychoscan.commands.sim_detector",
+    "ptychoscan.commands.sim_scan",
     "ptychoscan.commands.reconstruct",
 )
 

@@ -9,6 +9,11 @@ with the same forward model the reconstructor uses (``recon.forward``) on a wind
 sum to 1 (the beam current reaching the detector; what scatters beyond the detector's
 edge, typically 1-3 % for MoS2 at 60 kV / 33 mrad / 64 px, is reported by
 ``SimulationResult.detector_fraction``). With a dose, counts are Poisson draws.
+
+With binning, the far field is sampled half a raw pixel off the FFT grid (even binning,
+a tilt of the exit wave) so that the zero frequency falls at the centre of binned pixel
+(K//2, K//2), the convention of DESIGN.md and of the reconstructor's forward model;
+without it a 2x-binned pattern is centred at K//2 - 0.25.
 """
 
 from __future__ import annotations
@@ -163,11 +168,14 @@ def simulate_scan(
         window, fine_pixel, energy_ev, convergence_mrad, defocus_angstrom=defocus_nm * 10.0, cs_angstrom=cs_mm * 1e7, device=device
     )
     positions_px = torch.as_tensor((pos_a - origin) / fine_pixel, device=device, dtype=torch.float32)
+    ramp = _binned_centre_ramp(window, raw_pixels, detector_pixels, binning, device)
     batch = max(1, _MEMORY_PER_BATCH_BYTES // (window * window * 8 * 6))
     patterns = torch.empty((len(positions), detector_pixels, detector_pixels), dtype=torch.float32)
     fraction = torch.empty(len(positions), dtype=torch.float32)
     for start in tqdm(range(0, len(positions), batch), desc="patterns", unit="batch", disable=not progress, leave=False):
         waves = exit_waves(transmission, probe_fine, positions_px[start : start + batch])
+        if ramp is not None:
+            waves = waves * ramp
         intensity = bin_patterns(far_field_intensity(waves, crop=raw_pixels), binning)
         total = intensity.sum(dim=(-2, -1))
         fraction[start : start + batch] = total.cpu()
@@ -190,6 +198,25 @@ def simulate_scan(
         probe=probe.numpy(),
         detector_fraction=fraction.numpy(),
     )
+
+
+def binned_centre_offset(detector_pixels: int, binning: int) -> float:
+    """Raw-detector pixels by which the far field must move so that binned pixel (K//2, K//2) is centred on the zero frequency.
+
+    The unbinned far field of ``detector_pixels * binning`` pixels has its zero frequency
+    at raw pixel (K*b)//2; binned pixel K//2 covers raw pixels b*(K//2) .. b*(K//2)+b-1,
+    whose centre is b*(K//2) + (b-1)/2. For K even and b = 2 the offset is +0.5.
+    """
+    return binning * (detector_pixels // 2) + (binning - 1) / 2 - (detector_pixels * binning) // 2
+
+
+def _binned_centre_ramp(window: int, raw_pixels: int, detector_pixels: int, binning: int, device) -> torch.Tensor | None:
+    """Phase ramp exp(2 pi i d (x + y) / window) that moves the far field by d = binned_centre_offset pixels."""
+    offset = binned_centre_offset(detector_pixels, binning)
+    if offset == 0:
+        return None
+    ramp = torch.exp(2j * math.pi * offset * torch.arange(window, dtype=torch.float64, device=device) / window)
+    return (ramp[:, None] * ramp[None, :]).to(torch.complex64)
 
 
 def _area_per_position_a2(positions_a: np.ndarray) -> float:

@@ -36,3 +36,23 @@ def tiny_dataset_file(tmp_path, tiny_dataset):
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def sim_detector():
+    """(SimDetector, REST base URL, httpx.Client) of a simulated detector on free ports; closed afterwards."""
+    import httpx
+
+    from sim_microscope.detector import SimDetector
+    from sim_microscope.frame_source import SyntheticSource
+    from sim_microscope.simplon_api import ServerThread, create_app
+
+    detector = SimDetector(SyntheticSource(64), port=0, seed=1)
+    server = ServerThread(create_app(detector)).start()
+    client = httpx.Client(base_url=server.url, timeout=30.0)
+    try:
+        yield detector, server.url, client
+    finally:
+        client.close()
+        server.stop()
+        detector.close()

@@ -1,0 +1,165 @@
+"""Frame rate of the simulated detector: 64x64 uint16 bs16-lz4 frames, CPU, loopback.
+
+Measures (1) the stand-in sending into libertem-dectris's receiver (frames/s from
+trigger to the last frame decoded in Python, series preparation included), (2) the
+same into our StreamReceiver, and (3) libertem-dectris's own DectrisSim sender (Rust)
+replaying the same frames from a dump file into the same libertem receiver; prints the
+ratio stand-in / DectrisSim. Run:
+
+    PYTHONPATH=$PWD /work/main/.venv/bin/python bench/detector_rate.py --frames 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+NOISE = "none"
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _drain_libertem(conn, cam, n: int, timeout: float = 120.0) -> int:
+    got, buf, deadline = 0, None, time.monotonic() + timeout
+    while got < n and time.monotonic() < deadline:
+        h = conn.get_next_stack(max_size=256)
+        if h is None:
+            continue
+        k = len(h)
+        shape = (k, *reversed(h.get_shape()))
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, dtype=h.get_dtype_string())
+        cam.decode_range_into_buffer(h, buf, 0, k)
+        cam.done(h)
+        got += k
+    return got
+
+
+def stand_in_into_libertem(n: int, tmp: str) -> tuple[float, float]:
+    import libertem_dectris as ld
+
+    from sim_microscope.detector import SimDetector
+    from sim_microscope.frame_source import SyntheticSource
+
+    det = SimDetector(SyntheticSource(64), port=0, noise=NOISE)
+    det.config.update(nimages=n, ntrigger=1, trigger_mode="ints", frame_time=0.0)
+    conn = ld.DectrisConnection(uri=det.endpoint, frame_stack_size=256, handle_path=os.path.join(tmp, "a"),
+                                num_slots=4000, bytes_per_frame=64 * 64 * 2)
+    cam = ld.CamClient(conn.get_socket_path())
+    try:
+        seq = det.arm()
+        conn.start(seq, timeout=10)
+        t0, c0 = time.perf_counter(), _cpu()
+        threading.Thread(target=det.trigger, daemon=True).start()
+        got = _drain_libertem(conn, cam, n)
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+        assert got == n, f"libertem received {got} of {n} frames"
+        return wall, cpu
+    finally:
+        cam.close()
+        conn.close()
+        det.close()
+
+
+def stand_in_into_ours(n: int) -> tuple[float, float]:
+    from service.receiver import StreamReceiver
+    from service.stream_v1 import Frame, SeriesEnd
+    from sim_microscope.detector import SimDetector
+    from sim_microscope.frame_source import SyntheticSource
+
+    det = SimDetector(SyntheticSource(64), port=0, noise=NOISE)
+    det.config.update(nimages=n, ntrigger=1, trigger_mode="ints", frame_time=0.0)
+    done, count = threading.Event(), [0]
+
+    def on_event(_, e):
+        if isinstance(e, Frame):
+            count[0] += 1
+        elif isinstance(e, SeriesEnd):
+            done.set()
+
+    with StreamReceiver([det.endpoint], on_event):
+        det.arm()
+        t0, c0 = time.perf_counter(), _cpu()
+        threading.Thread(target=det.trigger, daemon=True).start()
+        done.wait(120)
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    det.close()
+    assert count[0] == n, f"received {count[0]} of {n}"
+    return wall, cpu
+
+
+def write_dump(path: str, n: int) -> None:
+    """The same 64x64 uint16 bs16-lz4 series as a libertem-dectris dump (each zmq part: i64 LE length + bytes)."""
+    from service.stream_v1 import encode_frames, image_parts, series_start_parts
+    from sim_microscope.detector import default_config
+    from sim_microscope.frame_source import SyntheticSource, to_counts
+    from sim_microscope.libertem_dump import write_dump
+
+    images = to_counts(SyntheticSource(64).patterns(np.zeros((n, 2))), "uint16", 1e4, np.random.default_rng(0), NOISE)
+    config = {**default_config(64), "nimages": n, "ntrigger": 1, "trigger_mode": "ints"}
+    blobs = encode_frames(images, "bs16-lz4<")
+    messages = [series_start_parts(1, config, "basic")]
+    messages += [image_parts(1, i, images[i], "bs16-lz4<", 0, 1000, 1000, blob=blobs[i]) for i in range(n)]
+    write_dump(path, messages)
+
+
+def libertem_sim_into_libertem(n: int, tmp: str) -> tuple[float, float]:
+    """libertem-dectris's DectrisSim replaying the dump (a Rust sender) into its own receiver."""
+    import libertem_dectris as ld
+
+    dump = os.path.join(tmp, "dump.bin")
+    write_dump(dump, n)
+    sim = ld.DectrisSim("tcp://127.0.0.1", dump, random_port=True)
+    conn = ld.DectrisConnection(uri=sim.get_uri(), frame_stack_size=256, handle_path=os.path.join(tmp, "b"),
+                                num_slots=4000, bytes_per_frame=64 * 64 * 2)
+    cam = ld.CamClient(conn.get_socket_path())
+    try:
+        conn.start_passive(timeout=10)
+        t0, c0 = time.perf_counter(), _cpu()
+        threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
+        assert conn.wait_for_arm(timeout=10) is not None
+        got = _drain_libertem(conn, cam, n)
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+        assert got == n, f"libertem received {got} of {n} frames"
+        return wall, cpu
+    finally:
+        cam.close()
+        conn.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=20000, help="64x64 frames per run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; not used by the stream)")
+    p.add_argument("--noise", choices=["none", "poisson"], default="none", help="stand-in shot noise (poisson: numpy-bound)")
+    args = p.parse_args()
+    global NOISE
+    NOISE = args.noise
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        w1, c1 = stand_in_into_libertem(args.frames, tmp)
+        w2, c2 = stand_in_into_ours(args.frames)
+        w3, c3 = libertem_sim_into_libertem(args.frames, tmp)
+    rows = [
+        ("stand-in (Python) -> libertem receiver", w1, c1),
+        ("stand-in (Python) -> our StreamReceiver", w2, c2),
+        ("libertem DectrisSim (Rust) -> libertem receiver", w3, c3),
+    ]
+    for name, wall, cpu in rows:
+        print(f"{name:48s} {args.frames / wall:9.0f} frames/s  wall {wall:6.2f} s  cpu {cpu:6.2f} s")
+    print(f"ratio stand-in / DectrisSim, same frames, same receiver: {w3 / w1:.2f}")
+
+
+if __name__ == "__main__":
+    main()

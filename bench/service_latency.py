@@ -1,0 +1,182 @@
+"""Decision latency of the service: last frame of a chunk received -> next batch available.
+
+Runs the real service (uvicorn on a free loopback port, REST ask/tell, ZeroMQ stream v1
+ingest, the compute worker with ``recon.engine.Reconstructor``) with 1, 4 and 8
+concurrent sessions and chunks of 50 and 100 positions. Each session has a control
+thread (ask -> tell -> push the chunk's frames at once -> ask ...) and its own PUSH
+socket. Frames are 64x64 uint16 Poisson counts of a bright-field disk (content does
+not change the cost). Prints p50/p99 of the decision latency and its ratio to the
+chunk's acquisition time at 1 ms dwell (goal < 1), with wall and CPU time.
+
+    PYTHONPATH=$PWD python bench/service_latency.py --threads 2 --budget 250
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.stream_v1 import image_parts, series_end_parts, series_start_parts
+
+KEY = "bench-key"
+AUTH = {"Authorization": f"Apikey {KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def disk_frames(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[:k, :k] - k // 2
+    disk = (np.hypot(yy, xx) < k / 4).astype(np.float64) * 200.0 + 1.0
+    return rng.poisson(disk, size=(n, k, k)).astype(np.uint16)
+
+
+def control_loop(base: str, endpoint_port: int, chunk: int, budget: int, k: int, seed: int, errors: list) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 60_000)
+    push.bind(f"tcp://127.0.0.1:{endpoint_port}")
+    rng = np.random.default_rng(seed)
+    frames = disk_frames(chunk, k, rng)
+    body = {"detector_endpoint": f"tcp://127.0.0.1:{endpoint_port}", "fov_nm": [0, 0, 2.0, 2.0], "budget": budget, "chunk": chunk, "strategy": "sparse-grid"}
+    try:
+        with httpx.Client(base_url=base, timeout=120.0) as c:
+            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+            series = 0
+            while True:
+                r = c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 120}, headers=AUTH)
+                r.raise_for_status()
+                ask = r.json()
+                if ask["done"]:
+                    return
+                n = len(ask["positions_nm"])
+                c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH).raise_for_status()
+                config = {"ntrigger": n, "nimages": 1, "trigger_mode": "exts", "x_pixels_in_detector": k, "y_pixels_in_detector": k}
+                push.send_multipart(series_start_parts(series, config))
+                for i in range(n):
+                    push.send_multipart(image_parts(series, i, frames[i % chunk], "bs16-lz4<", 0, 1_000_000, 1_000_000))
+                push.send_multipart(series_end_parts(series))
+                series += 1
+    except Exception as err:  # reported by the main thread
+        errors.append(f"{type(err).__name__}: {err}")
+    finally:
+        push.close(0)
+        ctx.term()
+
+
+class OverheadOnlyBackend:
+    """Returns a zero potential at once: measures the service's own overhead (ingest, queue, planner, HDF5, publish)."""
+
+    name = "overhead-only (no reconstruction)"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def warmup(self) -> None:
+        pass
+
+    def reconstruct(self, jobs):
+        from service.compute import ReconOutput
+
+        self.calls += 1
+        return [ReconOutput(np.zeros((64, 64), np.float32), (0.0, 0.0), 0.045, [0.0]) for _ in jobs]
+
+
+def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int) -> dict:
+    import uvicorn
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        app = app_factory(Path(tmp))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        th = threading.Thread(target=server.run, daemon=True)
+        th.start()
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise SystemExit("service did not become ready in 120 s")
+        errors: list[str] = []
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        loops = [threading.Thread(target=control_loop, args=(base, free_port(), chunk, budget, k, s, errors)) for s in range(sessions)]
+        for t in loops:
+            t.start()
+        for t in loops:
+            t.join()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        samples = np.asarray(app.state.service.manager.decision_samples)
+        calls = app.state.service.backend.calls
+        m = app.state.service.metrics
+        recon_sum = m.recon_seconds._sum.get()
+        recon_mean = recon_sum / max(1, calls)
+        server.should_exit = True
+        th.join(60)
+    if errors:
+        raise SystemExit(f"control loop failed: {errors[0]}")
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "recon_mean": recon_mean}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the compute worker")
+    ap.add_argument("--budget", type=int, default=250, help="positions per session (paper: 250-500)")
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[50, 100])
+    ap.add_argument("--dwell-ms", type=float, default=1.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 2)")
+    ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    def factory(storage: Path):
+        settings = ServiceSettings(storage=storage, api_keys=[KEY], torch_threads=args.threads, device=args.device, max_budget=10_000,
+            recon_detector_binning=args.detector_binning,
+        )
+        return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
+
+    print(f"backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
+    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'wall s':>7} {'cpu s':>7}")
+    for chunk in args.chunks:
+        for n in args.sessions:
+            res = run_case(factory, n, chunk, args.budget, 64)
+            s = res["samples"]
+            acq = chunk * args.dwell_ms * 1e-3
+            p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
+            print(
+                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['recon_mean']:7.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
+                flush=True,
+            )
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"process CPU time {usage.ru_utime + usage.ru_stime:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``ptychoscan sim-detector``: the simulated DECTRIS detector + Nion-like scan controller."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sim-detector",
+        help="run a simulated DECTRIS detector (SIMPLON REST + ZeroMQ stream v1) and scan controller",
+        description="Serve the SIMPLON REST subset and the scan controller on --rest-port and stream frames "
+        "(stream v1, PUSH) on --port. Frames come from the probe position: replayed from a dense dataset "
+        "(--source, nearest raster position) or simulated from a specimen (--specimen) at --dose electrons per frame.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", help="dense dataset file (HDF5, DESIGN section 4) to replay")
+    src.add_argument("--specimen", choices=["mos2", "mose2", "ws2", "wse2", "dwcnt", "synthetic"], help="simulate on the fly")
+    p.add_argument("--specimen-size-nm", type=float, default=3.0, help="specimen field, nm (default 3)")
+    p.add_argument("--detector-pixels", type=int, default=64)
+    p.add_argument("--detector-pixel-mrad", type=float, default=1.68)
+    p.add_argument("--energy-ev", type=float, default=60_000.0)
+    p.add_argument("--convergence-mrad", type=float, default=33.0)
+    p.add_argument("--dose", type=float, default=10_000.0, help="electrons per frame for float patterns (Poisson)")
+    p.add_argument("--noise", choices=["poisson", "none"], default="poisson", help="shot noise on float patterns")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9999, help="ZeroMQ PUSH port (stream v1)")
+    p.add_argument("--rest-port", type=int, default=8080, help="SIMPLON + scan controller REST port")
+    p.add_argument("--frame-time", type=float, default=0.001, help="frame time, s")
+    p.add_argument("--settle-time", type=float, default=0.0, help="beam settle time per position, s")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def _source(args):
+    from sim_microscope.frame_source import DatasetReplay, SpecimenSource, SyntheticSource
+
+    if args.source:
+        return DatasetReplay(args.source)
+    if args.specimen in (None, "synthetic"):
+        return SyntheticSource(args.detector_pixels)
+    return SpecimenSource(
+        args.specimen,
+        args.specimen_size_nm,
+        seed=args.seed,
+        energy_ev=args.energy_ev,
+        convergence_mrad=args.convergence_mrad,
+        detector_pixels=args.detector_pixels,
+        detector_pixel_mrad=args.detector_pixel_mrad,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sim_microscope.detector import ScanController, SimDetector
+    from sim_microscope.simplon_api import create_app
+
+    if args.frame_time < 0 or args.settle_time < 0 or args.dose <= 0:
+        raise ValueError("--frame-time and --settle-time must be >= 0 and --dose > 0")
+    detector = SimDetector(_source(args), host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
+                           scan=ScanController(args.settle_time))
+    detector.config["frame_time"] = args.frame_time
+    print(f"stream v1 on {detector.endpoint}; REST on http://{args.host}:{args.rest_port}", flush=True)
+    try:
+        uvicorn.run(create_app(detector), host=args.host, port=args.rest_port, log_level="warning")
+    finally:
+        detector.close()
+    return 0

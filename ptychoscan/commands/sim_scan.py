@@ -1,0 +1,56 @@
+"""``ptychoscan sim-scan``: the control-software loop a microscope PC runs against the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sim-scan",
+        help="drive an adaptive acquisition: ask the service, move the probe, trigger the detector, tell",
+        description="Create a session on --service, then until it says done: ask for positions, load them into "
+        "the scan controller on --microscope, arm the detector for that many frames, trigger, and tell the "
+        "service which detector series holds the batch. Uses only the public REST APIs.",
+    )
+    p.add_argument("--service", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--microscope", required=True, help="sim-detector REST base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--detector-endpoint", default="tcp://127.0.0.1:9999", help="stream the service connects to")
+    p.add_argument("--fov-nm", type=float, nargs=4, metavar=("X0", "Y0", "W", "H"), default=(0.0, 0.0, 2.0, 2.0))
+    p.add_argument("--budget", type=int, default=250, help="positions in total (paper: 250-500)")
+    p.add_argument("--chunk", type=int, default=50, help="positions per sub-sequence (paper: 50-100)")
+    p.add_argument("--strategy", default="adaptive", choices=["adaptive", "sparse-grid"])
+    p.add_argument("--energy-ev", type=float, default=60_000.0)
+    p.add_argument("--convergence-mrad", type=float, default=33.0)
+    p.add_argument("--detector-pixels", type=int, default=64)
+    p.add_argument("--detector-pixel-mrad", type=float, default=1.68)
+    p.add_argument("--defocus-nm", type=float, default=0.0)
+    p.add_argument("--frame-time", type=float, default=0.001, help="s")
+    p.add_argument("--settle-time", type=float, default=0.0, help="s")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sim_microscope.control_loop import ScanLoopConfig, ScanLoopError, run_scan
+
+    try:
+        config = ScanLoopConfig(
+            service=args.service, microscope=args.microscope, api_key=args.api_key,
+            detector_endpoint=args.detector_endpoint, fov_nm=tuple(args.fov_nm), budget=args.budget, chunk=args.chunk,
+            strategy=args.strategy, energy_ev=args.energy_ev, convergence_mrad=args.convergence_mrad,
+            detector_pixels=args.detector_pixels, detector_pixel_mrad=args.detector_pixel_mrad, defocus_nm=args.defocus_nm,
+            frame_time_s=args.frame_time, settle_time_s=args.settle_time,
+        )
+        summary = run_scan(config)
+    except ValidationError as err:
+        raise ValueError(f"invalid sim-scan option: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
+    except ScanLoopError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0

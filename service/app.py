@@ -1,0 +1,246 @@
+"""The FastAPI application: REST ask/tell under /api/v1, health, readiness, Prometheus metrics.
+
+``create_app(settings)`` builds everything (manager, compute worker, ingest); the
+lifespan starts them, resumes sessions found in storage, and on shutdown (SIGTERM via
+uvicorn) stops taking sessions, finishes the chunk in flight and flushes every file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.compute import ReconBackend, TorchReconBackend
+from service.ingest import Ingest
+from service.manager import SessionManager
+from service.metrics import ServiceMetrics
+from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
+from service.png import grey_png
+from service.problems import Problem, install_problem_handlers
+from service.scheduler import Scheduler
+from service.settings import ServiceSettings
+from service.store import storage_writable
+
+log = logging.getLogger(__name__)
+API = "/api/v1"
+
+
+class Service:
+    """The parts of one running service (what the app's handlers reach through ``app.state.service``)."""
+
+    def __init__(self, settings: ServiceSettings, backend: ReconBackend | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.manager = SessionManager(settings, self.metrics)
+        self.backend = backend or TorchReconBackend(
+            settings.recon_iterations, settings.device, settings.torch_threads, settings.recon_detector_binning
+        )
+        self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
+        self.ingest = Ingest(self.manager, settings.detectors)
+        self.manager.on_endpoint = self.ingest.ensure
+        self.warm = False
+        self.warm_error: str | None = None
+        self.started = False
+
+    def warmup(self) -> None:
+        try:
+            for strategy in ("sparse-grid", "adaptive"):
+                self.manager.planner_for(strategy).planner.warmup()
+            self.backend.warmup()
+            self.warm = True
+        except Exception as err:  # readiness reports it
+            self.warm_error = f"{type(err).__name__}: {err}"
+            log.error("warm-up failed: %s", self.warm_error)
+        adaptive = self.manager.planner_for("adaptive")
+        self.metrics.model.info(
+            {
+                "planner": adaptive.planner.name,
+                "planner_version": adaptive.planner.version,
+                "adaptive_fallback": "yes" if adaptive.fallback else "no",
+                "reconstructor": getattr(self.backend, "name", type(self.backend).__name__),
+            }
+        )
+
+    def start(self) -> None:
+        self.settings.storage.mkdir(parents=True, exist_ok=True)
+        n = self.manager.restore()
+        if n:
+            log.info("resumed %d session file(s) from %s", n, self.settings.storage)
+        self.ingest.start()
+        self.scheduler.start()
+        threading.Thread(target=self.warmup, name="warmup", daemon=True).start()
+        self.started = True
+
+    def stop(self) -> None:
+        self.manager.accepting = False
+        self.scheduler.stop(self.settings.shutdown_timeout_s)
+        self.ingest.stop()
+        self.manager.close()
+
+    def readiness(self) -> dict:
+        storage_problem = storage_writable(self.settings.storage) or self.manager.recent_storage_error()
+        checks = {
+            "planner_warm": self.warm,
+            "storage_writable": storage_problem is None,
+            "ingest_connected": self.ingest.ready,
+            "accepting_sessions": self.manager.accepting,
+        }
+        detail = {
+            "warm_error": self.warm_error,
+            "storage_error": storage_problem,
+            "ingest": self.ingest.status(),
+            "load_errors": self.manager.load_errors,
+            "auth": "api-key" if self.settings.api_keys else "disabled",
+        }
+        return {"ready": all(checks.values()), "checks": checks, "detail": detail}
+
+
+def _require_key(request: Request) -> None:
+    keys: list[str] = request.app.state.service.settings.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header or scheme.lower() not in ("apikey", "bearer") or not token.strip():
+        raise Problem(401, "missing API key: send 'Authorization: Apikey <key>' or 'Bearer <key>'", headers={"WWW-Authenticate": "Apikey"})
+    token_b = token.strip().encode()
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token_b, key.encode())
+    if not ok:
+        raise Problem(403, "API key not accepted")
+
+
+def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | None = None) -> FastAPI:
+    """The service's ASGI app; ``backend`` replaces the torch reconstructor (tests, benchmarks)."""
+    settings = settings or ServiceSettings()
+    service = Service(settings, backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(service.start)
+        try:
+            yield
+        finally:
+            log.info("shutting down: finishing the chunk in flight and flushing sessions")
+            await asyncio.to_thread(service.stop)
+
+    app = FastAPI(
+        title="ptychoscan acquisition service",
+        version="1",
+        description="Ask/tell adaptive scanning for 4D-STEM ptychography (Schloz et al. 2023). Units: nm, mrad, eV; positions (x, y).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_problem_handlers(app)
+    auth = [Depends(_require_key)]
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        service.metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz():
+        body = await asyncio.to_thread(service.readiness)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(f"{API}/sessions", status_code=201, dependencies=auth, tags=["sessions"])
+    async def create_session(body: SessionCreate):
+        return await asyncio.to_thread(service.manager.create, body.model_dump(mode="json"))
+
+    @app.get(f"{API}/sessions", tags=["sessions"])
+    async def list_sessions():
+        with service.manager.lock:
+            return {"sessions": [s.status() for s in service.manager.sessions.values()]}
+
+    @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"])
+    async def get_session(session_id: str):
+        with service.manager.lock:
+            return service.manager.get(session_id).status()
+
+    @app.delete(f"{API}/sessions/{{session_id}}", dependencies=auth, tags=["sessions"])
+    async def delete_session(session_id: str):
+        return await asyncio.to_thread(service.manager.delete, session_id)
+
+    @app.post(
+        f"{API}/sessions/{{session_id}}/ask",
+        response_model=AskResponse,
+        dependencies=auth,
+        tags=["ask/tell"],
+        responses={503: {"description": "no batch ready within timeout_s (Retry-After)"}},
+    )
+    async def ask(session_id: str, timeout_s: float | None = Query(None, gt=0, le=300, description="long-poll limit, s")):
+        t0 = time.perf_counter()
+        limit = timeout_s if timeout_s is not None else settings.ask_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while True:
+            event = asyncio.Event()
+            result = service.manager.try_ask(session_id, (loop, event))
+            if result is not None:
+                service.metrics.ask_seconds.observe(time.perf_counter() - t0)
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Problem(
+                    503,
+                    f"no batch ready within {limit:g} s (the previous chunk is still being reconstructed or awaits frames)",
+                    kind="not-ready",
+                    headers={"Retry-After": str(settings.retry_after_s)},
+                )
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    @app.post(f"{API}/sessions/{{session_id}}/tell", response_model=TellResponse, status_code=202, dependencies=auth, tags=["ask/tell"])
+    async def tell(session_id: str, body: TellRequest, response: Response):
+        code, result = await asyncio.to_thread(service.manager.tell, session_id, body.batch_id, body.series, body.measured_positions_nm)
+        response.status_code = code
+        return result
+
+    @app.get(
+        f"{API}/sessions/{{session_id}}/reconstruction",
+        tags=["sessions"],
+        responses={200: {"content": {"image/png": {}, "application/x-npy": {}, "application/json": {}}}},
+    )
+    async def reconstruction(session_id: str, request: Request):
+        with service.manager.lock:
+            s = service.manager.get(session_id)
+            if s.potential is None:
+                raise Problem(409, f"session {session_id} has no reconstruction yet", kind="wrong-state")
+            pot, origin, pixel, n = s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
+        accept = request.headers.get("accept", "")
+        headers = {"X-Reconstructions": str(n), "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
+        if "image/png" in accept:
+            return Response(await asyncio.to_thread(grey_png, pot), media_type="image/png", headers=headers)
+        if "application/x-npy" in accept or "application/octet-stream" in accept:
+            buf = io.BytesIO()
+            np.save(buf, pot.astype(np.float32))
+            return Response(buf.getvalue(), media_type="application/x-npy", headers=headers)
+        return {"shape": list(pot.shape), "pixel_nm": pixel, "origin_nm": list(origin), "reconstructions": n, "potential": pot.tolist()}
+
+    return app

@@ -1,0 +1,86 @@
+"""Request and response bodies of the REST API (units: nm, mrad, eV; positions (x, y))."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Strategy = Literal["adaptive", "sparse-grid"]
+SessionState = Literal["created", "acquiring", "reconstructing", "done", "stopped", "failed"]
+
+
+class SessionCreate(BaseModel):
+    """A scan to run: where the detector streams, the field of view, the budget and the beam (paper defaults: MoS2 at 60 kV)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector_endpoint: str = Field(..., description="detector stream v1 endpoint (tcp://host:port), the detector binds PUSH")
+    fov_nm: tuple[float, float, float, float] = Field(..., description="(x0, y0, width, height) of the probe positions, nm")
+    budget: int = Field(250, ge=1, description="total probe positions (paper: 250-500)")
+    chunk: int = Field(50, ge=1, description="positions per batch / reconstruction (paper: 50-100)")
+    strategy: Strategy = Field("adaptive", description="adaptive (GRU policy) or sparse-grid")
+    energy_ev: float = Field(60_000.0, gt=0, description="beam energy, eV")
+    convergence_mrad: float = Field(33.0, gt=0, description="probe convergence semi-angle, mrad")
+    detector_pixels: int = Field(64, ge=4, le=1024, description="K: patterns are K x K after binning")
+    detector_pixel_mrad: float = Field(1.68, gt=0, description="detector pixel after binning, mrad")
+    defocus_nm: float = Field(0.0, description="probe defocus, nm")
+
+    @field_validator("detector_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith(("tcp://", "ipc://", "inproc://")) or len(v.split("://", 1)[1]) == 0:
+            raise ValueError("must look like tcp://host:port")
+        return v
+
+    @field_validator("fov_nm")
+    @classmethod
+    def _fov(cls, v):
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError("must be finite numbers")
+        if v[2] <= 0 or v[3] <= 0:
+            raise ValueError("width and height must be positive")
+        return v
+
+    @field_validator("energy_ev", "convergence_mrad", "detector_pixel_mrad", "defocus_nm")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _chunk(self) -> SessionCreate:
+        if self.chunk > self.budget:
+            raise ValueError(f"chunk ({self.chunk}) must not exceed budget ({self.budget})")
+        return self
+
+
+class AskResponse(BaseModel):
+    batch_id: int | None
+    positions_nm: list[tuple[float, float]]
+    done: bool
+
+
+class TellRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: int = Field(..., ge=0, le=2**31 - 1)
+    series: int = Field(..., ge=0, le=2**62, description="detector series whose frame i is batch position i")
+    measured_positions_nm: list[tuple[float, float]] | None = Field(None, description="positions the scan actually reached, nm")
+
+    @field_validator("measured_positions_nm")
+    @classmethod
+    def _finite(cls, v):
+        if v is not None and not all(math.isfinite(a) and math.isfinite(b) for a, b in v):
+            raise ValueError("must be finite numbers")
+        return v
+
+
+class TellResponse(BaseModel):
+    batch_id: int
+    series: int
+    accepted: bool
+    frames_expected: int
+    frames_received: int

@@ -1,0 +1,120 @@
+"""The compute worker: one thread that reconstructs every queued chunk of all sessions in one batched call, then plans.
+
+Per round: take everything queued, reconstruct (one ``ReconBackend.reconstruct``
+call, which batches per beam setting), run each planner once over its sessions, and
+publish the next batches. A flusher thread flushes received frames to disk every
+``flush_interval_s``. Neither thread touches the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from service.compute import ReconBackend
+from service.manager import SessionManager, WorkItem
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, manager: SessionManager, backend: ReconBackend, metrics: ServiceMetrics, *, flush_interval_s: float = 0.2) -> None:
+        self.manager = manager
+        self.backend = backend
+        self.metrics = metrics
+        self.flush_interval_s = flush_interval_s
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.busy = False
+        self.rounds = 0
+
+    def start(self) -> None:
+        for target, name in ((self._run, "compute-worker"), (self._flush_loop, "store-flusher")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the round in flight (its results are published and flushed)."""
+        self._stop.set()
+        with self.manager.lock:
+            self.manager.work_ready.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        self.manager.flush_all()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.manager.flush_all()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            items = self.manager.take_work(timeout=0.2)
+            if items:
+                self.busy = True
+                try:
+                    self.run_round(items)
+                finally:
+                    self.busy = False
+
+    def run_round(self, items: list[WorkItem]) -> None:
+        """Reconstruct the items' chunks together, plan, publish. Never raises."""
+        self.rounds += 1
+        recon_items = [it for it in items if it.job is not None]
+        outputs: dict[int, object] = {}
+        if recon_items:
+            t0 = time.perf_counter()
+            try:
+                results = self.backend.reconstruct([it.job for it in recon_items])
+            except Exception as err:
+                log.exception("batched reconstruction failed")
+                for it in recon_items:
+                    self.manager.publish(it, None, None, error=f"reconstruction failed: {type(err).__name__}: {err}")
+                items = [it for it in items if it.job is None]
+                results = []
+            else:
+                self.metrics.recon_seconds.observe(time.perf_counter() - t0)
+                self.metrics.recon_sessions.observe(len(recon_items))
+            for it, res in zip(recon_items, results, strict=False):
+                outputs[id(it)] = res
+        positions = self._plan(items, outputs)
+        for it in items:
+            self.manager.publish(it, outputs.get(id(it)), positions.get(id(it)))
+
+    def _plan(self, items: list[WorkItem], outputs: dict) -> dict[int, np.ndarray]:
+        groups: dict[int, list[WorkItem]] = {}
+        for it in items:
+            if it.plan is not None:
+                res = outputs.get(id(it))
+                if res is not None:
+                    it.plan.potential = res.potential
+                    it.plan.grid_origin_nm = res.origin_nm
+                    it.plan.grid_pixel_nm = res.pixel_nm
+                groups.setdefault(id(it.planner), []).append(it)
+        out: dict[int, np.ndarray] = {}
+        for group in groups.values():
+            planner = group[0].planner
+            t0 = time.perf_counter()
+            try:
+                planned = planner.plan([it.plan for it in group])
+            except Exception as err:
+                log.exception("planner %s failed", getattr(planner, "name", planner))
+                for it in group:
+                    self.manager.publish(it, outputs.pop(id(it), None), None, error=f"planner failed: {type(err).__name__}: {err}")
+                    items.remove(it)
+                continue
+            self.metrics.policy_seconds.observe(time.perf_counter() - t0)
+            for it, pos in zip(group, planned, strict=True):
+                out[id(it)] = _clip(np.asarray(pos, dtype=np.float64).reshape(-1, 2), it.plan.fov_nm)
+        return out
+
+
+def _clip(positions: np.ndarray, fov: tuple[float, float, float, float]) -> np.ndarray:
+    """Keep planned positions inside the fov (a planner must not drive the probe off the field)."""
+    x0, y0, w, h = fov
+    return np.stack([np.clip(positions[:, 0], x0, x0 + w), np.clip(positions[:, 1], y0, y0 + h)], axis=1)

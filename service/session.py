@@ -1,0 +1,209 @@
+"""One acquisition session in memory: its batches, slots, frames, counters and latest reconstruction.
+
+A *slot* is one position index of the session (0..budget-1). A batch is a run of
+slots issued together. ``tell`` binds the batch's slots still missing a frame to a
+detector series (frame i -> i-th missing slot). When every slot of a batch holds a
+frame the batch is complete and waits for the compute worker. All methods are called
+with the manager's lock held.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.compute import BeamKey
+from service.planner import PlannerChoice
+from service.store import SessionStore
+
+TERMINAL = ("done", "stopped", "failed")
+ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")
+
+
+def classify_stream_error(reason: str) -> str:
+    """Map a ``StreamError`` reason to one of ``ERROR_KINDS``."""
+    r = reason.lower()
+    for needle, kind in (
+        ("duplicat", "duplicated"),
+        ("out of order", "out_of_order"),
+        ("missing", "missing"),
+        ("truncated", "truncated"),
+        ("corrupt", "corrupt"),
+        ("ended after", "incomplete_series"),
+        ("without dseries_end", "incomplete_series"),
+        ("outside the series", "unexpected"),
+        ("malformed", "malformed"),
+        ("not json", "malformed"),
+    ):
+        if needle in r:
+            return kind
+    return "other"
+
+
+@dataclass
+class Batch:
+    batch_id: int
+    slots: np.ndarray
+    """global slot indices of this batch."""
+    status: str = "issued"
+    """issued (awaiting tell) | told (awaiting frames) | complete (awaiting reconstruction) | reconstructed."""
+    series: int | None = None
+    told_slots: np.ndarray | None = None
+    """slots bound by the last tell (frame i -> told_slots[i])."""
+    issued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Session:
+    session_id: str
+    params: dict
+    planner: PlannerChoice
+    store: SessionStore
+    state: str = "created"
+    error: str | None = None
+    created_unix: float = field(default_factory=time.time)
+    positions_issued: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    positions_used: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    received: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    patterns: np.ndarray | None = None
+    batches: list[Batch] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    recent_errors: deque = field(default_factory=lambda: deque(maxlen=20))
+    frames_received: int = 0
+    frames_persisted: int = 0
+    potential: np.ndarray | None = None
+    grid_origin_nm: tuple[float, float] | None = None
+    grid_pixel_nm: float | None = None
+    loss_history: list[float] = field(default_factory=list)
+    n_reconstructed: int = 0
+    last_frame_at: float | None = None
+    version: int = 0
+    waiters: list = field(default_factory=list)
+    needs_plan: bool = False
+
+    # --- derived ---------------------------------------------------------------------
+
+    @property
+    def budget(self) -> int:
+        return int(self.params["budget"])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.params["chunk"])
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.params["detector_endpoint"])
+
+    @property
+    def fov(self) -> tuple[float, float, float, float]:
+        return tuple(float(v) for v in self.params["fov_nm"])  # type: ignore[return-value]
+
+    @property
+    def k(self) -> int:
+        return int(self.params["detector_pixels"])
+
+    @property
+    def beam(self) -> BeamKey:
+        p = self.params
+        return BeamKey(float(p["energy_ev"]), float(p["convergence_mrad"]), int(p["detector_pixels"]), float(p["detector_pixel_mrad"]), float(p["defocus_nm"]))
+
+    @property
+    def n_issued(self) -> int:
+        return int(self.positions_issued.shape[0])
+
+    @property
+    def current(self) -> Batch | None:
+        return self.batches[-1] if self.batches else None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def missing_slots(self, batch: Batch) -> np.ndarray:
+        return batch.slots[~self.received[batch.slots]]
+
+    def batch_complete(self, batch: Batch) -> bool:
+        return bool(self.received[batch.slots].all())
+
+    def pending_reconstruction(self) -> Batch | None:
+        """The oldest batch whose frames are all in but is not reconstructed."""
+        for b in self.batches:
+            if b.status == "complete":
+                return b
+        return None
+
+    # --- mutation helpers ------------------------------------------------------------
+
+    def add_batch(self, batch_id: int, positions: np.ndarray) -> Batch:
+        n0 = self.n_issued
+        slots = np.arange(n0, n0 + positions.shape[0])
+        self.positions_issued = np.concatenate([self.positions_issued, positions])
+        self.positions_used = np.concatenate([self.positions_used, positions])
+        self.received = np.concatenate([self.received, np.zeros(len(slots), bool)])
+        grown = np.zeros((self.n_issued, self.k, self.k), np.float32)
+        if self.patterns is not None:
+            grown[:n0] = self.patterns
+        self.patterns = grown
+        batch = Batch(batch_id, slots)
+        self.batches.append(batch)
+        return batch
+
+    def note_error(self, kind: str, message: str) -> None:
+        self.counters[kind] = self.counters.get(kind, 0) + 1
+        self.recent_errors.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
+
+    def notify(self) -> None:
+        """Wake every ask long-polling on this session (called with the lock held, from any thread)."""
+        self.version += 1
+        waiters, self.waiters = self.waiters, []
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # loop closed
+                pass
+
+    def status(self) -> dict:
+        cur = self.current
+        return {
+            "session_id": self.session_id,
+            "state": self.state,
+            "error": self.error,
+            "params": self.params,
+            "strategy": {
+                "requested": self.planner.requested,
+                "used": self.planner.planner.name,
+                "planner_version": self.planner.planner.version,
+                "fallback": self.planner.fallback,
+            },
+            "budget": self.budget,
+            "positions_issued": self.n_issued,
+            "frames_received": self.frames_received,
+            "frames_persisted": self.frames_persisted,
+            "batches_issued": len(self.batches),
+            "batches_reconstructed": self.n_reconstructed,
+            "current_batch": None
+            if cur is None
+            else {
+                "batch_id": cur.batch_id,
+                "status": cur.status,
+                "series": cur.series,
+                "size": len(cur.slots),
+                "frames_missing": int((~self.received[cur.slots]).sum()),
+            },
+            "stream_errors": {k: v for k, v in self.counters.items() if v},
+            "recent_errors": list(self.recent_errors),
+            "reconstruction": None
+            if self.potential is None
+            else {
+                "shape": list(self.potential.shape),
+                "pixel_nm": self.grid_pixel_nm,
+                "origin_nm": list(self.grid_origin_nm or (0.0, 0.0)),
+                "final_loss": self.loss_history[-1] if self.loss_history else None,
+            },
+            "created_unix": self.created_unix,
+            "file": str(self.store.path),
+        }

@@ -1,0 +1,58 @@
+"""Service configuration (pydantic-settings): env prefix ``PTYCHOSCAN_``, optional YAML/TOML/JSON file, CLI flags on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Everything ``ptychoscan serve`` can be told. Lists come from env as JSON (``PTYCHOSCAN_API_KEYS='["k"]'``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PTYCHOSCAN_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
+    storage: Path = Field(Path("out/sessions"), description="folder of the session files (one HDF5 file per session)")
+    api_keys: list[str] = Field(default_factory=list, description="accepted API keys for state-changing calls")
+    detectors: list[str] = Field(default_factory=list, description="detector stream endpoints to connect at start (tcp://host:port)")
+    ask_timeout_s: float = Field(10.0, gt=0, le=300, description="default long-poll of ask before 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 from ask")
+    max_buffered_frames: int = Field(20_000, ge=1, description="frames kept for series not yet told (all endpoints together)")
+    flush_interval_s: float = Field(0.2, gt=0, description="frames received are flushed to disk at least this often (s)")
+    max_sessions: int = Field(64, ge=1, description="active sessions at most")
+    max_budget: int = Field(20_000, ge=1, description="largest budget (positions) a session may ask for")
+    max_grid_pixels: int = Field(4096, ge=64, description="largest reconstruction grid side (fov / pixel + K) a session may ask for")
+    max_session_bytes: int = Field(2 * 1024**3, ge=1, description="largest in-memory frame stack (budget * K^2 * 4 bytes) of one session")
+    recon_iterations: int = Field(5, ge=1, description="reconstruction iterations per chunk (paper: 5)")
+    recon_detector_binning: int | None = Field(
+        None, ge=1, description="detector binning the reconstructor models (None: recon's default, 2 as in the paper; 1 is ~4x cheaper)"
+    )
+    torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
+    policy_checkpoint: Path | None = Field(None, description="GRU policy checkpoint for strategy 'adaptive' (not yet available)")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="how long shutdown waits for the chunk in flight")
+
+    @field_validator("detectors")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        for ep in v:
+            if "://" not in ep:
+                raise ValueError(f"detector endpoint must look like tcp://host:port, got {ep!r}")
+        return v
+
+
+def load_settings(path: str | Path | None = None, **overrides) -> ServiceSettings:
+    """Settings from env (``PTYCHOSCAN_*``), then the optional file, then non-None ``overrides``."""
+    from ptychoscan.config import ConfigError, read_mapping
+
+    data = read_mapping(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServiceSettings(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ConfigError(f"{path or 'settings'}: {where}: {first['msg']}") from None

@@ -1,0 +1,258 @@
+"""A session on disk: one dataset file (DESIGN section 4, ``recon.dataset`` format) that grows chunk by chunk.
+
+Layout beyond the dataset format (which ``recon.dataset.read_dataset`` reads once a
+session is complete): ``positions_issued_nm`` and ``positions_measured_nm`` (NaN where
+the scan reported none), per slot (position index) ``slot_batch``, ``slot_series``,
+``slot_frame`` (which detector series/frame fills it, -1 if unbound) and ``received``;
+``reconstructions/chunk_NNNN/phase`` (with ``pixel_nm``, ``origin_nm``,
+``n_positions``, ``loss_history``, ``policy_version``); session parameters, state and
+error as root attributes. ``flush`` is called after every chunk and on a timer, so a
+crash loses at most the frames received since the last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from recon.dataset import FORMAT_NAME, FORMAT_VERSION
+
+SESSION_SUFFIX = ".h5"
+_GROWABLE_2 = (None, 2)
+
+
+class StoreError(OSError):
+    """The session file cannot be written or read; the message names the file and why."""
+
+
+@dataclass
+class StoredReconstruction:
+    batch_id: int
+    potential: np.ndarray
+    origin_nm: tuple[float, float]
+    pixel_nm: float
+    n_positions: int
+    loss_history: list[float]
+    policy_version: str
+
+
+@dataclass
+class StoredSession:
+    """Everything needed to resume a session after a restart."""
+
+    session_id: str
+    params: dict
+    state: str
+    error: str | None
+    planner: dict
+    created_unix: float
+    positions_issued: np.ndarray
+    positions_measured: np.ndarray
+    slot_batch: np.ndarray
+    slot_series: np.ndarray
+    slot_frame: np.ndarray
+    received: np.ndarray
+    patterns: np.ndarray
+    reconstructions: list[StoredReconstruction] = field(default_factory=list)
+
+
+def _resize_append(ds: h5py.Dataset, rows: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + rows.shape[0], axis=0)
+    ds[n:] = rows
+
+
+class SessionStore:
+    """Writer of one session file. Not thread-safe: the session manager serialises calls."""
+
+    def __init__(self, path: Path, f: h5py.File) -> None:
+        self.path = path
+        self._f = f
+
+    # --- creation and reopening -----------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, session_id: str, params: dict, planner: dict) -> SessionStore:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(path, "w")
+            k = int(params["detector_pixels"])
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["version"] = FORMAT_VERSION
+            for name in ("energy_ev", "convergence_mrad", "detector_pixel_mrad", "defocus_nm"):
+                f.attrs[name] = float(params[name])
+            f.attrs["session_id"] = session_id
+            f.attrs["session_params"] = json.dumps(params)
+            f.attrs["planner"] = json.dumps(planner)
+            f.attrs["policy_version"] = str(planner.get("version", ""))
+            f.attrs["created_unix"] = time.time()
+            f.attrs["state"] = "created"
+            f.attrs["error"] = ""
+            chunk = max(1, min(int(params["chunk"]), 64))
+            f.create_dataset("patterns", (0, k, k), maxshape=(None, k, k), dtype=np.uint32, chunks=(chunk, k, k))
+            for name in ("positions_nm", "positions_issued_nm", "positions_measured_nm"):
+                f.create_dataset(name, (0, 2), maxshape=_GROWABLE_2, dtype=np.float64, chunks=(256, 2))
+            for name, dt in (("slot_batch", np.int32), ("slot_series", np.int64), ("slot_frame", np.int64), ("received", np.uint8)):
+                f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(256,))
+            f.create_group("reconstructions")
+            f.flush()
+        except OSError as err:
+            raise StoreError(f"{path}: cannot create session file ({err})") from None
+        return cls(path, f)
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[SessionStore, StoredSession]:
+        path = Path(path)
+        try:
+            f = h5py.File(path, "a")
+        except OSError as err:
+            raise StoreError(f"{path}: cannot open session file ({err})") from None
+        try:
+            a = f.attrs
+            if a.get("format") != FORMAT_NAME or "session_id" not in a:
+                raise StoreError(f"{path}: not a ptychoscan session file")
+            recons = []
+            for name in sorted(f["reconstructions"]):
+                ds = f["reconstructions"][name]["phase"]
+                recons.append(
+                    StoredReconstruction(
+                        int(ds.attrs["batch_id"]),
+                        ds[()],
+                        tuple(float(v) for v in ds.attrs["origin_nm"]),
+                        float(ds.attrs["pixel_nm"]),
+                        int(ds.attrs["n_positions"]),
+                        [float(v) for v in ds.attrs["loss_history"]],
+                        str(ds.attrs["policy_version"]),
+                    )
+                )
+            stored = StoredSession(
+                session_id=str(a["session_id"]),
+                params=json.loads(a["session_params"]),
+                state=str(a["state"]),
+                error=str(a["error"]) or None,
+                planner=json.loads(a["planner"]),
+                created_unix=float(a["created_unix"]),
+                positions_issued=f["positions_issued_nm"][()],
+                positions_measured=f["positions_measured_nm"][()],
+                slot_batch=f["slot_batch"][()],
+                slot_series=f["slot_series"][()],
+                slot_frame=f["slot_frame"][()],
+                received=f["received"][()].astype(bool),
+                patterns=f["patterns"][()],
+                reconstructions=recons,
+            )
+        except StoreError:
+            f.close()
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            f.close()
+            raise StoreError(f"{path}: damaged session file ({err})") from None
+        return cls(path, f), stored
+
+    # --- writes ----------------------------------------------------------------------
+
+    def _guard(self, what: str):
+        return _Guard(self.path, what)
+
+    def append_batch(self, batch_id: int, positions_nm: np.ndarray) -> None:
+        """Issue a batch: its positions get new slots (no frames yet)."""
+        n = positions_nm.shape[0]
+        with self._guard("append batch"):
+            f = self._f
+            k = f["patterns"].shape[-1]
+            _resize_append(f["patterns"], np.zeros((n, k, k), np.uint32))
+            _resize_append(f["positions_nm"], positions_nm)
+            _resize_append(f["positions_issued_nm"], positions_nm)
+            _resize_append(f["positions_measured_nm"], np.full((n, 2), np.nan))
+            _resize_append(f["slot_batch"], np.full(n, batch_id, np.int32))
+            _resize_append(f["slot_series"], np.full(n, -1, np.int64))
+            _resize_append(f["slot_frame"], np.full(n, -1, np.int64))
+            _resize_append(f["received"], np.zeros(n, np.uint8))
+            f.flush()
+
+    def bind(self, slots: np.ndarray, series: int, measured_nm: np.ndarray | None) -> None:
+        """Slot ``slots[i]`` is filled by frame i of ``series``; record measured positions when given."""
+        with self._guard("bind series"):
+            f = self._f
+            for i, s in enumerate(slots):
+                f["slot_series"][s] = series
+                f["slot_frame"][s] = i
+                if measured_nm is not None:
+                    f["positions_measured_nm"][s] = measured_nm[i]
+                    f["positions_nm"][s] = measured_nm[i]
+            f.flush()
+
+    def write_frame(self, slot: int, image: np.ndarray) -> None:
+        """Store one frame (flushed by the next ``flush``)."""
+        with self._guard("write frame"):
+            self._f["patterns"][slot] = image
+            self._f["received"][slot] = 1
+
+    def write_reconstruction(self, index: int, rec: StoredReconstruction) -> None:
+        with self._guard("write reconstruction"):
+            g = self._f["reconstructions"].require_group(f"chunk_{index:04d}")
+            if "phase" in g:
+                del g["phase"]
+            ds = g.create_dataset("phase", data=rec.potential.astype(np.float32))
+            ds.attrs["pixel_nm"] = rec.pixel_nm
+            ds.attrs["origin_nm"] = np.asarray(rec.origin_nm, np.float64)
+            ds.attrs["batch_id"] = rec.batch_id
+            ds.attrs["n_positions"] = rec.n_positions
+            ds.attrs["loss_history"] = np.asarray(rec.loss_history, np.float64)
+            ds.attrs["policy_version"] = rec.policy_version
+            self._f.flush()
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        with self._guard("set state"):
+            self._f.attrs["state"] = state
+            self._f.attrs["error"] = error or ""
+            self._f.flush()
+
+    def flush(self) -> None:
+        with self._guard("flush"):
+            self._f.flush()
+
+    def close(self) -> None:
+        try:
+            self._f.flush()
+            self._f.close()
+        except (OSError, ValueError):
+            pass
+
+
+class _Guard:
+    """Turns h5py/OS errors into ``StoreError`` naming the file and the operation."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, err, tb):
+        if err is not None and isinstance(err, OSError | ValueError | RuntimeError | KeyError) and not isinstance(err, StoreError):
+            raise StoreError(f"{self.path}: {self.what} failed ({err})") from None
+        return False
+
+
+def session_files(storage: Path) -> list[Path]:
+    """Session files in ``storage`` (sorted by name)."""
+    return sorted(p for p in Path(storage).glob(f"*{SESSION_SUFFIX}") if not p.name.startswith("."))
+
+
+def storage_writable(storage: Path) -> str | None:
+    """None if a file can be created and written in ``storage``, else the reason."""
+    probe = Path(storage) / ".ptychoscan-write-probe"
+    try:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        return f"storage {storage} is not writable ({err.strerror or err})"
+    return None

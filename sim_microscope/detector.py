@@ -1,0 +1,426 @@
+"""Simulated DECTRIS detector: SIMPLON state machine + a ZeroMQ PUSH stream v1 sender, with fault injection.
+
+``SimDetector`` holds the detector config (SIMPLON key names), arms series (sequence
+ids count from 1), acquires frames when triggered and streams them from one worker
+thread that owns the PUSH socket. Frame i of a series is taken at the scan
+controller's i-th probe position (``ScanController``). Trigger modes: ``ints``
+(each trigger command: nimages frames), ``inte`` (each trigger: one frame),
+``exts``/``exte`` (external triggers from the scan controller's start command: nimages
+frames resp. one frame per trigger). The series ends, and ``dseries_end`` is sent,
+right after its last frame (ntrigger for exte/inte, nimages*ntrigger for exts/ints), or
+on disarm/cancel/abort.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+from pydantic import BaseModel, Field
+
+from service.stream_v1 import encode_frames, expected_frames, image_parts, series_end_parts, series_start_parts
+from sim_microscope.frame_source import FrameSource, to_counts
+
+log = logging.getLogger(__name__)
+
+TRIGGER_MODES = ("exte", "exts", "inte", "ints")
+COMPRESSIONS = {"bslz4": None, "lz4": "lz4<", "none": "<"}
+
+
+class DetectorError(Exception):
+    """A command is not allowed now (HTTP 409) or a value is invalid (HTTP 400); one-line message."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FaultPlan(BaseModel):
+    """Faults injected into the next armed series (or every series with ``persistent``); frame indices in the series."""
+
+    drop_frames: list[int] = Field(default_factory=list, description="frames never sent")
+    duplicate_frames: list[int] = Field(default_factory=list, description="frames sent twice")
+    corrupt_frames: list[int] = Field(default_factory=list, description="blob bytes flipped, hash kept (md5 mismatch)")
+    truncate_frames: list[int] = Field(default_factory=list, description="blob cut in half, size and hash kept")
+    stall_at_frame: int | None = Field(None, ge=0, description="pause before sending this frame")
+    stall_s: float = Field(0.0, ge=0, le=600, description="length of the pause, s")
+    disconnect_at_frame: int | None = Field(None, ge=0, description="close the socket before this frame (no dseries_end)")
+    persistent: bool = False
+
+
+class ScanController:
+    """Nion-like scan controller stand-in: a probe position list (nm) or a parked probe, and a beam settle time."""
+
+    def __init__(self, settle_time_s: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self.positions_nm: np.ndarray | None = None
+        self.park_nm = (0.0, 0.0)
+        self.probe_nm = (0.0, 0.0)
+        self.settle_time_s = settle_time_s
+
+    def set_positions(self, positions_nm) -> int:
+        p = np.asarray(positions_nm, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
+            raise DetectorError(f"positions_nm must be a non-empty list of [x, y] pairs, got shape {p.shape}", 400)
+        if not np.isfinite(p).all():
+            raise DetectorError("positions_nm contains NaN or infinite values", 400)
+        with self._lock:
+            self.positions_nm = p
+        return len(p)
+
+    def park(self, position_nm) -> None:
+        x, y = (float(v) for v in position_nm)
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise DetectorError("park position must be finite", 400)
+        with self._lock:
+            self.positions_nm = None
+            self.park_nm = self.probe_nm = (x, y)
+
+    def set_settle_time(self, seconds: float) -> None:
+        if not (0 <= float(seconds) <= 10):
+            raise DetectorError(f"settle time must be within 0..10 s, got {seconds}", 400)
+        self.settle_time_s = float(seconds)
+
+    def positions_for(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 2) probe positions of frames: frame i at position i; past the list the probe stays at the last one."""
+        with self._lock:
+            if self.positions_nm is None:
+                return np.tile(np.asarray(self.park_nm, dtype=np.float64), (len(frames), 1))
+            return self.positions_nm[np.minimum(frames, len(self.positions_nm) - 1)]
+
+
+def default_config(detector_pixels: int) -> dict:
+    """The detector config (SIMPLON key names and units: seconds, pixels)."""
+    return {
+        "count_time": 0.001,
+        "frame_time": 0.001,
+        "nimages": 1,
+        "ntrigger": 1,
+        "trigger_mode": "ints",
+        "bit_depth_image": 16,
+        "bit_depth_readout": 16,
+        "compression": "bslz4",
+        "x_pixels_in_detector": detector_pixels,
+        "y_pixels_in_detector": detector_pixels,
+        "x_pixel_size": 7.5e-5,
+        "y_pixel_size": 7.5e-5,
+        "software_version": "1.8.0",
+        "description": "ptychoscan simulated DECTRIS detector",
+        "detector_number": "SIM-0001",
+        "sensor_material": "Si",
+        "sensor_thickness": 4.5e-4,
+        "countrate_correction_applied": False,
+        "flatfield_correction_applied": False,
+        "pixel_mask_applied": False,
+    }
+
+
+@dataclass
+class _Series:
+    series: int
+    config: dict
+    encoding: str
+    dtype: str
+    total: int
+    faults: FaultPlan
+    next_frame: int = 0
+    triggers: int = 0
+    images: np.ndarray | None = None
+    blobs: list[bytes] | None = None
+    ended: bool = False
+
+
+class SimDetector:
+    """The detector stand-in. ``endpoint`` is where its PUSH socket listens (``tcp://host:port``)."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9999,
+        dose: float = 10_000.0,
+        seed: int = 0,
+        scan: ScanController | None = None,
+        sndhwm: int = 100_000,
+        noise: str = "poisson",
+    ) -> None:
+        self.source = source
+        self.scan = scan or ScanController()
+        self.dose = dose
+        self.noise = noise
+        self.config = default_config(source.detector_pixels)
+        self.stream_config = {"mode": "enabled", "header_detail": "basic", "image_appendix": ""}
+        self.state = "idle"
+        self.faults = FaultPlan()
+        self.sequence_id = 0
+        self.frames_sent = 0
+        self.last_images: np.ndarray | None = None
+        """(N, y, x) counts of the latest series, as acquired (before any injected fault)."""
+        self._rng = np.random.default_rng(seed)
+        self._series: _Series | None = None
+        self._lock = threading.RLock()
+        self._jobs: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._ctx = zmq.Context()
+        self._host, self._sndhwm = host, sndhwm
+        self._socket = self._bind(port)
+        self.endpoint = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self._worker = threading.Thread(target=self._work, name="sim-detector-stream", daemon=True)
+        self._worker.start()
+
+    def _bind(self, port: int) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+        sock.bind(f"tcp://{self._host}:{port if port else '*'}")
+        return sock
+
+    # --- configuration -----------------------------------------------------------------
+
+    def set_config(self, key: str, value) -> None:
+        """Set a writable config key (SIMPLON names); DetectorError (400) for unknown keys or bad values."""
+        with self._lock:
+            if self.state not in ("idle", "na"):
+                raise DetectorError(f"cannot change {key} while the detector is {self.state}; disarm first")
+            self.config[key] = _checked(key, value)
+
+    def set_stream_config(self, key: str, value) -> None:
+        if key == "mode" and value in ("enabled", "disabled"):
+            self.stream_config["mode"] = value
+        elif key == "header_detail" and value in ("none", "basic", "all"):
+            self.stream_config["header_detail"] = value
+        elif key == "image_appendix" and isinstance(value, str):
+            self.stream_config["image_appendix"] = value  # sent as a fifth part of every image; "" for none
+        else:
+            raise DetectorError(f"invalid stream config {key}={value!r}", 400)
+
+    def set_faults(self, plan: FaultPlan) -> None:
+        self.faults = plan
+
+    @property
+    def encoding(self) -> str:
+        bits = int(self.config["bit_depth_image"])
+        return COMPRESSIONS[self.config["compression"]] or f"bs{bits}-lz4<"
+
+    # --- commands ------------------------------------------------------------------------
+
+    def arm(self) -> int:
+        """Start a series: sends the global header; returns the sequence id (the stream's series number)."""
+        with self._lock:
+            if self.state != "idle":
+                raise DetectorError(f"cannot arm while the detector is {self.state}")
+            self.sequence_id += 1
+            config = dict(self.config)
+            faults = self.faults
+            if not faults.persistent:
+                self.faults = FaultPlan()
+            dtype = f"uint{int(config['bit_depth_image'])}"
+            self._series = _Series(self.sequence_id, config, self.encoding, dtype, expected_frames(config) or 0, faults)
+            self.state = "ready"
+            if self.stream_config["mode"] == "enabled":
+                self._jobs.put(("send", series_start_parts(self.sequence_id, config, self.stream_config["header_detail"])))
+            return self.sequence_id
+
+    def trigger(self, external: bool = False, timeout: float | None = None) -> int:
+        """One trigger: acquires nimages (ints/exts) or one (inte/exte) frame(s); returns when they are sent."""
+        with self._lock:
+            s = self._series
+            if self.state != "ready" or s is None:
+                raise DetectorError(f"cannot trigger while the detector is {self.state}; arm first")
+            mode = s.config["trigger_mode"]
+            if external != mode.startswith("ext"):
+                who = "the scan controller's start command" if mode.startswith("ext") else "the trigger command"
+                raise DetectorError(f"trigger_mode {mode} is triggered by {who}")
+            per = 1 if mode.endswith("e") else int(s.config["nimages"])
+            frames = np.arange(s.next_frame, min(s.next_frame + per, s.total))
+            s.next_frame += len(frames)
+            s.triggers += 1
+            self.state = "acquire"
+        done = threading.Event()
+        self._jobs.put(("acquire", s, frames, done))
+        per_frame = float(s.config["frame_time"]) + self.scan.settle_time_s
+        if not done.wait(timeout if timeout is not None else 60 + 2 * per_frame * len(frames) + s.faults.stall_s):
+            raise DetectorError("acquisition did not finish in time (is a receiver connected?)", 504)
+        return len(frames)
+
+    def disarm(self) -> None:
+        """End the series (dseries_end if it is still open) and return to idle."""
+        with self._lock:
+            if self._series is not None:
+                self._jobs.put(("end", self._series))
+            self._series = None
+            self.state = "idle"
+
+    cancel = disarm
+    abort = disarm
+
+    def initialize(self) -> None:
+        self.disarm()
+        with self._lock:
+            self.config = default_config(self.source.detector_pixels)
+
+    def close(self) -> None:
+        """Stop the worker (messages not yet taken by a receiver are dropped) and close the socket."""
+        self._stopping.set()
+        self._jobs.put(("stop",))
+        self._worker.join(10)
+        if self._worker.is_alive():  # never close a socket another thread still uses
+            log.error("sim detector: stream worker did not stop; socket left open")
+            return
+        self._socket.close(0)
+        self._ctx.term()
+
+    def _send(self, parts: list) -> bool:
+        """Send one message, waiting for a receiver (PUSH blocks without one) until close(); False if closing."""
+        while True:
+            try:
+                self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if self._stopping.is_set():
+                    return False
+                self._socket.poll(50, zmq.POLLOUT)
+
+    # --- the stream worker -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job[0] == "stop":
+                    return
+                if job[0] == "send":
+                    self._send(job[1])
+                elif job[0] == "end":
+                    self._end(job[1])
+                elif job[0] == "acquire":
+                    try:
+                        self._acquire(*job[1:3])
+                    finally:
+                        job[3].set()
+            except Exception:
+                log.exception("sim detector: stream job %s failed", job[0])
+
+    def _end(self, s: _Series) -> None:
+        if s.ended:
+            return
+        s.ended = True
+        if self.stream_config["mode"] == "enabled":
+            self._send(series_end_parts(s.series))
+
+    def _prepare(self, s: _Series) -> None:
+        """Patterns of the whole series in one batch, at the positions the scan controller holds now."""
+        positions = self.scan.positions_for(np.arange(s.total))
+        patterns = self.source.patterns(positions)
+        s.images = to_counts(patterns, s.dtype, self.dose, self._rng, self.noise)
+        s.blobs = encode_frames(s.images, s.encoding)
+        self.last_images = s.images
+        if len(positions):
+            self.scan.probe_nm = tuple(positions[-1])
+
+    def _acquire(self, s: _Series, frames: np.ndarray) -> None:
+        if s.images is None:
+            self._prepare(s)
+        f = s.faults
+        frame_time = float(s.config["frame_time"])
+        period = frame_time + self.scan.settle_time_s
+        t0 = time.perf_counter()
+        wall0 = time.time_ns()
+        enabled = self.stream_config["mode"] == "enabled"
+        appendix = self.stream_config["image_appendix"].encode() or None
+        for k, i in enumerate(frames.tolist()):
+            due = t0 + (k + 1) * period
+            delay = due - time.perf_counter()
+            if delay > 0.0005:
+                time.sleep(delay)
+            if s.ended:
+                return
+            if f.stall_at_frame == i:
+                time.sleep(f.stall_s)
+            if f.disconnect_at_frame == i:
+                self._disconnect(s)
+                return
+            if not enabled or i in f.drop_frames:
+                continue
+            blob = s.blobs[i]
+            start = wall0 + int(k * period * 1e9)
+            exposure = int(frame_time * 1e9)
+            parts = image_parts(s.series, i, s.images[i], s.encoding, start, start + exposure, exposure, appendix, blob=blob)
+            if i in f.corrupt_frames:
+                parts[2] = bytes(b ^ 0x5A for b in blob[:64]) + blob[64:]
+            if i in f.truncate_frames:
+                parts[2] = blob[: len(blob) // 2]
+            if not self._send(parts):
+                return
+            self.frames_sent += 1
+            if i in f.duplicate_frames:
+                self._send(parts)
+        with self._lock:
+            if s.next_frame >= s.total:
+                self._end(s)
+                if self._series is s:
+                    self._series = None
+                    self.state = "idle"
+            elif self._series is s:
+                self.state = "ready"
+
+    def _disconnect(self, s: _Series) -> None:
+        """Drop the connection mid-series (queued messages discarded, no dseries_end), then listen again."""
+        s.ended = True
+        self._socket.close(0)
+        time.sleep(0.2)
+        self._socket = self._bind(self.port)
+        with self._lock:
+            if self._series is s:
+                self._series = None
+                self.state = "idle"
+
+
+_CONFIG_RULES = {
+    "count_time": (float, 1e-7, 3600.0),
+    "frame_time": (float, 0.0, 3600.0),
+    "nimages": (int, 1, 10_000_000),
+    "ntrigger": (int, 1, 10_000_000),
+    "trigger_mode": (str, TRIGGER_MODES, None),
+    "bit_depth_image": (int, (8, 16, 32), None),
+    "compression": (str, tuple(COMPRESSIONS), None),
+}
+READ_ONLY = ("x_pixels_in_detector", "y_pixels_in_detector", "software_version", "description", "detector_number")
+
+
+def _checked(key: str, value):
+    if key not in _CONFIG_RULES:
+        what = "read-only" if key in READ_ONLY or key in default_config(1) else "unknown"
+        raise DetectorError(f"config key {key!r} is {what}", 400)
+    kind, low, high = _CONFIG_RULES[key]
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        raise DetectorError(f"{key} must be {kind.__name__}, got {value!r}", 400) from None
+    if isinstance(low, tuple):
+        if v not in low:
+            raise DetectorError(f"{key} must be one of {list(low)}, got {value!r}", 400)
+    elif not (low <= v <= high):
+        raise DetectorError(f"{key} must be within {low}..{high}, got {value!r}", 400)
+    return v
+
+
+def config_description(key: str, value) -> dict:
+    """SIMPLON-style description of a config value."""
+    kind = {bool: "bool", int: "uint", float: "float", str: "string"}.get(type(value), "string")
+    desc = {"value": value, "value_type": kind, "access_mode": "rw" if key in _CONFIG_RULES else "r"}
+    rule = _CONFIG_RULES.get(key)
+    if rule and isinstance(rule[1], tuple):
+        desc["allowed_values"] = list(rule[1])
+    elif rule:
+        desc["min"], desc["max"] = rule[1], rule[2]
+    if key in ("count_time", "frame_time"):
+        desc["unit"] = "s"
+    return desc

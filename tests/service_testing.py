@@ -1,0 +1,156 @@
+"""Helpers for the service tests: a detector-side PUSH sender, a recording reconstruction backend, polling."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from service.compute import ReconJob, ReconOutput
+from service.stream_v1 import image_parts, series_end_parts, series_start_parts
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Apikey {KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pusher:
+    """A detector stand-in: binds PUSH on a random loopback port and sends stream v1 messages."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+
+    def start(self, series: int, n: int, k: int = 16) -> None:
+        config = {"ntrigger": n, "nimages": 1, "trigger_mode": "exts", "x_pixels_in_detector": k, "y_pixels_in_detector": k, "bit_depth_image": 16}
+        self.sock.send_multipart(series_start_parts(series, config))
+
+    def frame(self, series: int, index: int, image: np.ndarray, encoding: str = "bs16-lz4<") -> None:
+        self.sock.send_multipart(image_parts(series, index, image, encoding, 0, 1000, 1000))
+
+    def end(self, series: int) -> None:
+        self.sock.send_multipart(series_end_parts(series))
+
+    def raw(self, parts: list[bytes]) -> None:
+        self.sock.send_multipart(parts)
+
+    def series(self, series: int, images: np.ndarray, order=None) -> None:
+        self.start(series, len(images), images.shape[-1])
+        for i in order if order is not None else range(len(images)):
+            self.frame(series, i, images[i])
+        self.end(series)
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def frames_for(series: int, n: int, k: int = 16) -> np.ndarray:
+    """(n, k, k) uint16 frames whose content encodes (series, index) so a mix-up is detectable."""
+    img = np.zeros((n, k, k), np.uint16)
+    for i in range(n):
+        img[i] = (series * 1000 + i) % 60000
+        img[i, 0, 0] = i
+    return img
+
+
+class RecordingBackend:
+    """A reconstruction test double: records every batched call; the 'potential' is a histogram of the positions.
+
+    The histogram makes the warm start and the position hand-over checkable; ``delay_s``
+    stands for a slow reconstruction (long-poll tests).
+    """
+
+    name = "recording-test-backend"
+
+    def __init__(self, delay_s: float = 0.0, pixel_nm: float = 0.05) -> None:
+        self.delay_s = delay_s
+        self.pixel_nm = pixel_nm
+        self.calls = 0
+        self.call_sizes: list[int] = []
+        self.jobs: list[ReconJob] = []
+        self.lock = threading.Lock()
+
+    def warmup(self) -> None:
+        pass
+
+    def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
+        with self.lock:
+            self.calls += 1
+            self.call_sizes.append(len(jobs))
+            self.jobs.extend(jobs)
+        time.sleep(self.delay_s)
+        out = []
+        for job in jobs:
+            x0, y0, w, h = job.fov_nm
+            nx, ny = int(np.ceil(w / self.pixel_nm)) + 1, int(np.ceil(h / self.pixel_nm)) + 1
+            hist = np.zeros((ny, nx), np.float32)
+            ij = np.clip(((job.positions_nm - [x0, y0]) / self.pixel_nm).astype(int), 0, [nx - 1, ny - 1])
+            np.add.at(hist, (ij[:, 1], ij[:, 0]), job.patterns.reshape(len(job.patterns), -1).mean(1))
+            out.append(ReconOutput(hist, (x0, y0), self.pixel_nm, [float(len(job.positions_nm))]))
+        return out
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def session_body(endpoint: str, **kw) -> dict:
+    body = {
+        "detector_endpoint": endpoint,
+        "fov_nm": [0.0, 0.0, 1.0, 1.0],
+        "budget": 12,
+        "chunk": 5,
+        "strategy": "sparse-grid",
+        "detector_pixels": 16,
+        "detector_pixel_mrad": 6.0,
+    }
+    body.update(kw)
+    return body
+
+
+class UvicornThread:
+    """The service app on a real uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> UvicornThread:
+        import httpx
+
+        self.thread.start()
+
+        def up():
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, timeout=20.0, what="uvicorn up")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

@@ -1,0 +1,74 @@
+"""The real reconstruction backend (recon.engine.Reconstructor): sessions batched into one call, warm start, full service path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("recon.engine", reason="recon.engine (branch recon) not merged yet")
+
+from recon.engine import Reconstructor
+from recon.grid import ObjectGrid
+from service.compute import BeamKey, ReconJob, TorchReconBackend
+
+BEAM = BeamKey(60_000.0, 33.0, 16, 6.0, 0.0)
+
+
+def _job(rng, n, init=None):
+    frames = rng.poisson(50.0, size=(n, 16, 16)).astype(np.float32)
+    return ReconJob(BEAM, (0.0, 0.0, 0.3, 0.3), frames, rng.random((n, 2)) * 0.3, init)
+
+
+def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
+    calls = []
+    original = Reconstructor.reconstruct
+
+    def spy(self, scans, init=None):
+        calls.append((len(scans), init))
+        return original(self, scans, init=init)
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+    backend = TorchReconBackend(iterations=2, device="cpu", torch_threads=2)
+    rng = np.random.default_rng(0)
+    out = backend.reconstruct([_job(rng, 6), _job(rng, 9)])
+    assert len(calls) == 1 and calls[0][0] == 2, "both sessions must go into one batched call"
+    grid = ObjectGrid.covering((0.0, 0.0, 0.3, 0.3), BEAM.pixel_nm, 16)
+    for o in out:
+        assert o.potential.shape == grid.shape and np.isfinite(o.potential).all()
+        assert o.pixel_nm == pytest.approx(BEAM.pixel_nm) and len(o.loss_history) >= 1
+    assert not np.allclose(out[0].potential, out[1].potential)
+    warm = backend.reconstruct([_job(rng, 6, init=out[0].potential)])
+    init = calls[-1][1][0]
+    assert init is not None and np.allclose(np.asarray(init), out[0].potential), "the previous potential warm-starts the next chunk"
+    assert warm[0].potential.shape == grid.shape
+    # a beam with another probe goes into its own call
+    other = ReconJob(BeamKey(80_000.0, 30.0, 16, 6.0, 0.0), (0.0, 0.0, 0.3, 0.3), rng.random((4, 16, 16), dtype=np.float32), rng.random((4, 2)) * 0.3, None)
+    backend.reconstruct([_job(rng, 4), other])
+    assert [c[0] for c in calls[-2:]] == [1, 1]
+
+
+def test_service_with_the_real_reconstructor_end_to_end(tmp_path):
+    from fastapi.testclient import TestClient
+    from service_testing import AUTH, KEY, Pusher, frames_for, session_body
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(settings)) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=[0, 0, 0.3, 0.3]), headers=AUTH).json()["session_id"]
+            series = 0
+            while not (ask := c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 30}, headers=AUTH).json())["done"]:
+                c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH)
+                pusher.series(series, frames_for(series, len(ask["positions_nm"])) + 20)
+                series += 1
+            status = c.get(f"/api/v1/sessions/{sid}").json()
+            raw = c.get(f"/api/v1/sessions/{sid}/reconstruction").json()
+    finally:
+        pusher.close()
+    assert status["state"] == "done" and status["batches_reconstructed"] == 2
+    grid = ObjectGrid.covering((0.0, 0.0, 0.3, 0.3), BEAM.pixel_nm, 16)
+    assert tuple(raw["shape"]) == grid.shape and np.isfinite(np.asarray(raw["potential"])).all()
+    assert raw["pixel_nm"] == pytest.approx(BEAM.pixel_nm)

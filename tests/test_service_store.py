@@ -1,0 +1,150 @@
+"""Session files and storage failures; batched reconstruction of two sessions in one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_testing import AUTH, KEY, Pusher, RecordingBackend, frames_for, session_body, wait_until
+
+from service.app import create_app
+from service.manager import SessionManager
+from service.metrics import ServiceMetrics
+from service.scheduler import Scheduler
+from service.settings import ServiceSettings
+from service.store import SessionStore, StoreError
+from service.stream_v1 import Frame
+
+
+@pytest.fixture
+def pusher():
+    p = Pusher()
+    yield p
+    p.close()
+
+
+def test_full_disk_fails_the_session_not_the_service(tmp_path, pusher, monkeypatch):
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], ask_timeout_s=3.0)
+    with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, what="ready")
+        ok_sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint), headers=AUTH).json()["session_id"]
+        sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint), headers=AUTH).json()["session_id"]
+        ask = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 1}, headers=AUTH)
+        store = c.app.state.service.manager.sessions[sid].store
+
+        def full(*_a, **_k):
+            raise StoreError(f"{store.path}: write frame failed ([Errno 28] No space left on device)")
+
+        monkeypatch.setattr(store, "write_frame", full)
+        pusher.series(1, frames_for(1, len(ask["positions_nm"])))
+        st = wait_until(lambda: (s := c.get(f"/api/v1/sessions/{sid}").json())["state"] == "failed" and s, what="failed")
+        assert "No space left on device" in st["error"]
+        r = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH)
+        assert r.status_code == 409 and "No space left" in r.json()["detail"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "No space left" in ready.json()["detail"]["storage_error"]
+        assert c.get("/healthz").status_code == 200
+        assert c.post(f"/api/v1/sessions/{ok_sid}/ask", headers=AUTH).status_code == 200
+        assert "ptychoscan_storage_errors_total 1.0" in c.get("/metrics").text
+
+
+def test_unwritable_storage_is_507_and_not_ready(tmp_path, pusher):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the storage folder should be")
+    settings = ServiceSettings(storage=blocker / "sessions", api_keys=[KEY])
+    app = create_app(settings, backend=RecordingBackend())
+    app.state.service.start = lambda: None  # the folder cannot be made: start the app without the lifespan's mkdir
+    with TestClient(app) as c:
+        r = c.post("/api/v1/sessions", json=session_body(pusher.endpoint), headers=AUTH)
+        assert r.status_code == 507 and "cannot create session file" in r.json()["detail"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["storage_writable"] is False
+
+
+def test_store_roundtrip_and_damaged_file(tmp_path):
+    params = session_body("tcp://127.0.0.1:1", budget=4, chunk=2) | {"energy_ev": 60000.0, "convergence_mrad": 33.0, "defocus_nm": 0.0}
+    store = SessionStore.create(tmp_path / "a.h5", "a", params, {"requested": "sparse-grid"})
+    store.append_batch(0, np.array([[0.1, 0.2], [0.3, 0.4]]))
+    store.bind(np.array([0, 1]), 5, np.array([[0.11, 0.21], [0.31, 0.41]]))
+    store.write_frame(1, np.full((16, 16), 7, np.uint16))
+    store.close()
+    _, st = SessionStore.open(tmp_path / "a.h5")
+    assert st.session_id == "a" and list(st.received) == [False, True] and list(st.slot_series) == [5, 5]
+    assert st.patterns[1].max() == 7 and np.allclose(st.positions_measured[0], [0.11, 0.21])
+    (tmp_path / "b.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match=r"b\.h5"):
+        SessionStore.open(tmp_path / "b.h5")
+
+
+def test_two_sessions_reconstructed_in_one_batched_call(tmp_path):
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
+    metrics = ServiceMetrics()
+    manager = SessionManager(settings, metrics)
+    backend = RecordingBackend()
+    scheduler = Scheduler(manager, backend, metrics)
+    eps = ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"]
+    sids = [manager.create(session_body(ep, budget=6, chunk=3) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"] for ep in eps]
+    scheduler.run_round(manager.take_work(0.1))  # first batches, no reconstruction
+    assert backend.calls == 0
+    for n, (sid, ep) in enumerate(zip(sids, eps, strict=True)):
+        ask = manager.try_ask(sid)
+        manager.tell(sid, ask["batch_id"], 1, None)
+        for i, img in enumerate(frames_for(n, 3)):
+            manager.on_event(ep, Frame(1, i, img))
+    items = manager.take_work(0.1)
+    assert sorted(it.session_id for it in items) == sorted(sids)
+    scheduler.run_round(items)
+    assert backend.calls == 1 and backend.call_sizes == [2]
+    for n, sid in enumerate(sids):
+        job = next(j for j in backend.jobs if j.patterns[0, 1, 1] == n * 1000)  # each job holds its own session's frames
+        assert job.patterns.shape == (3, 16, 16)
+        assert manager.try_ask(sid)["batch_id"] == 1
+    assert metrics.recon_sessions.collect()[0].samples  # histogram populated
+    manager.close()
+
+
+def test_shutdown_finishes_the_chunk_in_flight_and_flushes(tmp_path, pusher):
+    import h5py
+
+    backend = RecordingBackend(delay_s=0.8)
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY])
+    with TestClient(create_app(settings, backend=backend)) as c:
+        sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=6, chunk=3), headers=AUTH).json()["session_id"]
+        c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH)
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": 0, "series": 1}, headers=AUTH)
+        pusher.series(1, frames_for(1, 3))
+        wait_until(lambda: c.app.state.service.scheduler.busy, what="reconstruction in flight")
+    # the context exit ran the shutdown while the reconstruction was running
+    assert backend.calls == 1
+    with h5py.File(tmp_path / "s" / f"{sid}.h5", "r") as f:
+        assert len(f["reconstructions"]) == 1, "the chunk in flight was finished and stored"
+        assert f["positions_issued_nm"].shape == (6, 2) and f["received"][()].sum() == 3
+
+
+def test_resume_requeues_a_complete_chunk_that_was_not_reconstructed(tmp_path):
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
+    ep = "tcp://127.0.0.1:5003"
+    m1 = SessionManager(settings, ServiceMetrics())
+    sid = m1.create(session_body(ep, budget=6, chunk=3) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+    Scheduler(m1, RecordingBackend(), m1.metrics).run_round(m1.take_work(0.1))
+    m1.tell(sid, 0, 11, [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])
+    images = frames_for(11, 3)
+    for i, img in enumerate(images):
+        m1.on_event(ep, Frame(11, i, img))
+    assert m1.sessions[sid].state == "reconstructing"
+    # "crash": the worker never ran; the files are not closed
+    m2 = SessionManager(settings, ServiceMetrics())
+    assert m2.restore() == 1
+    s = m2.sessions[sid]
+    assert s.state == "reconstructing" and s.frames_received == 3
+    items = m2.take_work(0.1)
+    assert len(items) == 1 and items[0].job is not None
+    np.testing.assert_array_equal(items[0].job.patterns, images.astype(np.float32))
+    np.testing.assert_allclose(items[0].job.positions_nm, [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])  # measured positions survive
+    backend = RecordingBackend()
+    Scheduler(m2, backend, m2.metrics).run_round(items)
+    ask = m2.try_ask(sid)
+    assert ask["batch_id"] == 1 and len(ask["positions_nm"]) == 3
+    m1.close()
+    m2.close()
