@@ -95,8 +95,8 @@ def main() -> None:
     if dataset.grid_shape is None or dataset.ground_truth is None:
         raise SystemExit("the dataset must be a dense raster with ground truth (ptychoscan simulate)")
     runs = {
-        "ours (default: adam, amplitude, binned model)": ours(dataset, args.iterations, args.device),
-        "ours (unbinned model, like py4DSTEM)": ours(dataset, args.iterations, args.device, detector_binning=1),
+        "ours (default: gd 50, amplitude, mini-batch 32, binned model)": ours(dataset, args.iterations, args.device),
+        "ours (default but unbinned model, like py4DSTEM)": ours(dataset, args.iterations, args.device, detector_binning=1),
         "ours (paper: gd 525, intensity, full batch, unbinned)": ours(
             dataset, args.iterations, args.device, detector_binning=1, loss="intensity", optimizer="gd", batch_positions=None
         ),
