@@ -60,6 +60,8 @@ class RLConfig(StageConfig):
     sigma: float = Field(0.0125, gt=0, description="Gaussian policy std in fov units")
     gamma: float = Field(0.0, ge=0, le=1, description="discount; the paper uses 0")
     credit: Literal["voronoi", "total"] = Field("voronoi", description="per-position Voronoi reward or total reward to all")
+    reward_phase: Literal["contrast", "raw"] = Field(
+        "contrast", description="per cell sum of |V - mean| (contrast, gauge-free) or of V (raw, the paper's wording; ~0 here)")
     baseline: bool = Field(True, description="subtract the batch-mean reward per step")
     budget: int = Field(250, ge=2, description="positions per episode, first sub-sequence included")
     reward_scale: float = Field(1.0, gt=0)

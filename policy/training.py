@@ -101,7 +101,7 @@ def make_env(config: TrainConfig, files: list[str], credit: str = "voronoi"):
     specimens = [Specimen.from_dataset(d, Path(f).stem) for d, f in zip(datasets, files, strict=True)]
     rec = Reconstructor(probe_for(datasets[0]), ReconOptions(**config.recon), device="cpu")
     return ScanEnv(specimens, rec, config.model.policy.chunk, dose=config.data.dose,
-                   image_size=config.model.autoencoder.input_size, credit=credit)
+                   image_size=config.model.autoencoder.input_size, credit=credit, reward_phase=config.rl.reward_phase)
 
 
 def collect_rollouts(ctx: Context) -> dict:

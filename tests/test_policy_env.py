@@ -61,3 +61,21 @@ def test_voronoi_rewards_partition_the_total(specimens):
     np.testing.assert_allclose(last, all_rewards[-4:])
     flat, total2 = position_rewards(ep, 4, "total")
     assert np.allclose(flat, total2) and np.isclose(total, total2)
+
+
+def test_contrast_reward_ignores_the_unobservable_phase_offset(specimens):
+    env = _env(specimens)
+    env.reset([0], seed=0)
+    ep = env.episodes[0]
+    contrast, total = position_rewards(ep, 4, "voronoi", "contrast")
+    raw, raw_total = position_rewards(ep, 4, "voronoi", "raw")
+    assert total > 0 and np.all(contrast >= 0)
+    ep.potential = ep.potential + 0.3  # a constant phase: same intensities, same contrast reward
+    contrast2, total2 = position_rewards(ep, 4, "voronoi", "contrast")
+    raw2, raw_total2 = position_rewards(ep, 4, "voronoi", "raw")
+    np.testing.assert_allclose(contrast2, contrast, rtol=1e-4, atol=1e-6)
+    assert raw_total2 > raw_total + 1.0  # the literal sum moves with the offset
+    with pytest.raises(ValueError, match="unknown reward_phase"):
+        position_rewards(ep, 4, "voronoi", "phase")
+    with pytest.raises(ValueError, match="unknown reward_phase"):
+        ScanEnv(specimens, env.reconstructor, 4, reward_phase="phase")
