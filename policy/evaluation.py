@@ -4,9 +4,13 @@ Every strategy measures ``budget`` positions in sub-sequences of ``chunk``; afte
 sub-sequence the history is reconstructed (warm-started, batched over the datasets),
 exactly as in the environment. Positions snap to the nearest unvisited raster position.
 Each measured position gets ``dose`` electrons (Poisson); ``full-raster-low-dose``
-measures all N raster positions at ``dose * budget / N`` each (same total electrons),
-reconstructed in one call with n_sub x the iterations. The reference "full raster" is all N
-positions at ``dose`` each. Scores: SSIM against the ground truth over the fov
+measures all N raster positions at ``dose * budget / N`` each (same total electrons).
+Full-raster reconstructions get the same reconstruction work as the sub-sampled scans:
+``max(1, round(passes / N))`` iterations, where passes = iterations x (positions
+reconstructed after each sub-sequence, summed) (1 for 80 of 1600 positions in 5
+sub-sequences); more passes over the dense raster overfit with the default gradient
+step (SSIM 0.44 at 5 iterations vs 0.78 at 1 on a training specimen, bench/RESULTS.md).
+The reference "full raster" is all N positions at ``dose`` each. Scores: SSIM against the ground truth over the fov
 (recon.metrics.ssim_against_ground_truth) and SSIM against the full-raster
 reconstruction (both standardised, over the fov).
 """
@@ -41,9 +45,15 @@ def _standardised_fov(potential: torch.Tensor, specimen: Specimen) -> np.ndarray
     return (img - img.mean()) / (img.std() or 1.0)
 
 
-def _all_positions(rec: Reconstructor, specimens: list[Specimen], patterns: list[np.ndarray], n_sub: int) -> list[torch.Tensor]:
-    """Reconstruct all raster positions of each specimen at once with n_sub times the iterations (same total work per position)."""
-    options = rec.options.model_copy(update={"iterations": rec.options.iterations * n_sub})
+def full_raster_iterations(iterations: int, sizes: list[int], n_all: int) -> int:
+    """Iterations over all ``n_all`` positions worth the position updates of a scan measured in sub-sequences ``sizes``."""
+    passes = iterations * sum(np.cumsum(sizes))
+    return max(1, round(passes / n_all))
+
+
+def _all_positions(rec: Reconstructor, specimens: list[Specimen], patterns: list[np.ndarray], iterations: int) -> list[torch.Tensor]:
+    """Reconstruct all raster positions of each specimen at once, ``iterations`` passes."""
+    options = rec.options.model_copy(update={"iterations": iterations})
     full = Reconstructor(rec.probe, options, device=rec.device)
     scans = [ScanChunk(p, s.dataset.positions_nm, s.grid) for s, p in zip(specimens, patterns, strict=True)]
     return [r.potential for r in full.reconstruct(scans)]
@@ -56,7 +66,7 @@ def run_strategies(specimens: list[Specimen], rec: Reconstructor, runner, budget
     if budget > n_all:
         raise ValueError(f"budget {budget} exceeds the {n_all} raster positions of the smallest dataset")
     sizes = [chunk] * (budget // chunk) + ([budget % chunk] if budget % chunk else [])
-    n_sub = len(sizes)
+    n_full = full_raster_iterations(rec.options.iterations, sizes, n_all)
     runs: list[StrategyRun] = []
     bar = tqdm(total=len(strategies) + 1, desc="evaluate", unit="strategy")
     ids = list(range(len(specimens)))
@@ -64,7 +74,7 @@ def run_strategies(specimens: list[Specimen], rec: Reconstructor, runner, budget
         bar.set_postfix(strategy=strategy)
         if strategy == "full-raster-low-dose":
             pats = [full_raster_low_dose(s.dataset.patterns, budget, dose, seed + i) for i, s in enumerate(specimens)]
-            for s, pot in zip(specimens, _all_positions(rec, specimens, pats, n_sub), strict=True):
+            for s, pot in zip(specimens, _all_positions(rec, specimens, pats, n_full), strict=True):
                 runs.append(StrategyRun(s.name, strategy, s.dataset.positions_nm, pot))
             bar.update()
             continue
@@ -96,7 +106,7 @@ def run_strategies(specimens: list[Specimen], rec: Reconstructor, runner, budget
         bar.update()
     bar.set_postfix(strategy="full-raster reference")
     rng = np.random.default_rng(seed + 999)
-    reference = _all_positions(rec, specimens, [apply_dose(s.dataset.patterns, dose, rng) for s in specimens], n_sub)
+    reference = _all_positions(rec, specimens, [apply_dose(s.dataset.patterns, dose, rng) for s in specimens], n_full)
     bar.update()
     bar.close()
     return runs, reference

@@ -57,3 +57,11 @@ def test_train_bad_config(tmp_path, capsys):
     bad.write_text("rl: {sigma: -1}\n")
     assert main(["train", "rl", "--config", str(bad)]) == 2
     assert "sigma" in capsys.readouterr().err
+
+
+def test_full_raster_gets_the_same_reconstruction_work():
+    from policy.evaluation import full_raster_iterations
+
+    assert full_raster_iterations(5, [16] * 5, 1600) == 1  # 5 * (16 + 32 + 48 + 64 + 80) = 1200 passes
+    assert full_raster_iterations(5, [50] * 10, 1000) == 14  # 5 * 2750 / 1000
+    assert full_raster_iterations(1, [4], 10_000) == 1
