@@ -59,9 +59,33 @@ def _all_positions(rec: Reconstructor, specimens: list[Specimen], patterns: list
     return [r.potential for r in full.reconstruct(scans)]
 
 
+def _reference(rec: Reconstructor, specimens: list[Specimen], dose: float | None, seed: int, iterations: int,
+               cache: str | Path | None) -> list[torch.Tensor]:
+    """Full-raster reference potentials, from ``cache`` when it holds the same specimens and settings."""
+    key = {"datasets": [s.name for s in specimens], "dose": dose, "seed": seed, "iterations": iterations,
+           "recon": rec.options.model_dump(mode="json")}
+    if cache is not None and Path(cache).exists():
+        data = torch.load(cache, weights_only=False)
+        if data.get("key") == key:
+            return data["potentials"]
+    rng = np.random.default_rng(seed + 999)
+    potentials = _all_positions(rec, specimens, [apply_dose(s.dataset.patterns, dose, rng) for s in specimens], iterations)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{cache}.tmp")
+        torch.save({"key": key, "potentials": potentials}, tmp)
+        tmp.replace(cache)
+    return potentials
+
+
 def run_strategies(specimens: list[Specimen], rec: Reconstructor, runner, budget: int, chunk: int, dose: float | None,
-                   seed: int = 0, strategies: tuple[str, ...] = STRATEGIES) -> tuple[list[StrategyRun], list[torch.Tensor]]:
-    """Run every strategy on every specimen; returns the runs and the full-raster reference potentials."""
+                   seed: int = 0, strategies: tuple[str, ...] = STRATEGIES,
+                   reference_cache: str | Path | None = None) -> tuple[list[StrategyRun], list[torch.Tensor]]:
+    """Run every strategy on every specimen; returns the runs and the full-raster reference potentials.
+
+    ``reference_cache``: file that keeps the full-raster reference between runs (reused
+    only for the same datasets, dose, seed and reconstruction options).
+    """
     n_all = min(s.dataset.n_positions for s in specimens)
     if budget > n_all:
         raise ValueError(f"budget {budget} exceeds the {n_all} raster positions of the smallest dataset")
@@ -105,8 +129,7 @@ def run_strategies(specimens: list[Specimen], rec: Reconstructor, runner, budget
             runs.append(StrategyRun(ep.specimen.name, strategy, ep.positions_nm.copy(), ep.potential))
         bar.update()
     bar.set_postfix(strategy="full-raster reference")
-    rng = np.random.default_rng(seed + 999)
-    reference = _all_positions(rec, specimens, [apply_dose(s.dataset.patterns, dose, rng) for s in specimens], n_full)
+    reference = _reference(rec, specimens, dose, seed, n_full, reference_cache)
     bar.update()
     bar.close()
     return runs, reference

@@ -65,3 +65,22 @@ def test_full_raster_gets_the_same_reconstruction_work():
     assert full_raster_iterations(5, [16] * 5, 1600) == 1  # 5 * (16 + 32 + 48 + 64 + 80) = 1200 passes
     assert full_raster_iterations(5, [50] * 10, 1000) == 14  # 5 * 2750 / 1000
     assert full_raster_iterations(1, [4], 10_000) == 1
+
+
+def test_reference_cache_is_reused_only_for_the_same_settings(setup, monkeypatch):
+    import policy.evaluation as evaluation
+
+    root, files, _ = setup
+    cache = root / "ref.pt"
+    args = ["evaluate", "--datasets", *files, "--strategies", "sparse-grid", "--budget", "8", "--chunk", "4",
+            "--reference-cache", str(cache), "--threads", "1"]
+    assert main([*args, "--json", str(root / "a.json")]) == 0 and cache.exists()
+    calls = []
+    original = evaluation._all_positions
+    monkeypatch.setattr(evaluation, "_all_positions", lambda *a: calls.append(1) or original(*a))
+    assert main([*args, "--json", str(root / "b.json")]) == 0
+    assert calls == []  # the reference came from the cache
+    a, b = (json.loads((root / f"{n}.json").read_text())["results"] for n in "ab")
+    assert [r["ssim_vs_full_raster"] for r in a] == [r["ssim_vs_full_raster"] for r in b]
+    assert main([*args, "--dose", "5000", "--json", str(root / "c.json")]) == 0
+    assert calls == [1]  # another dose: recomputed

@@ -161,11 +161,20 @@ def test_ask_long_poll_times_out_with_503_then_delete_stops(client, pusher):
     _problem(client.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH), 409)
 
 
-def test_adaptive_falls_back_to_sparse_grid_and_says_so(client, pusher):
+def test_adaptive_uses_the_shipped_gru_policy(client, pusher):
     r = client.post("/api/v1/sessions", json=session_body(pusher.endpoint, strategy="adaptive"), headers=AUTH)
     strategy = r.json()["strategy"]
+    assert strategy["requested"] == "adaptive" and strategy["used"] == "gru-policy"
+    assert strategy["fallback"] is None and strategy["version"].startswith("rl-")
+
+
+def test_adaptive_falls_back_to_sparse_grid_and_says_so(tmp_path, pusher):
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], policy_checkpoint=tmp_path / "missing.pt")
+    with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+        r = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, strategy="adaptive"), headers=AUTH)
+    strategy = r.json()["strategy"]
     assert strategy["requested"] == "adaptive" and strategy["used"] == "sparse-grid"
-    assert "not available" in strategy["fallback"]
+    assert "no such policy checkpoint" in strategy["fallback"]
 
 
 def test_settings_from_env_and_file(tmp_path, monkeypatch):

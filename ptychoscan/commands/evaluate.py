@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--strategies", nargs="+", help="subset of strategies (default all)")
     p.add_argument("--recon-config", help="ReconOptions YAML/TOML/JSON (default: the policy's training options)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference-cache", help="file keeping the full-raster reference reconstructions between runs")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--json", required=True, help="output JSON")
     p.add_argument("--png", help="output figure: reconstructions with positions")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from policy.baselines import STRATEGIES
     from policy.env import Specimen
-    from policy.evaluation import format_table, plot_runs, run_strategies, score, summarise
+    from policy.evaluation import format_table, full_raster_iterations, plot_runs, run_strategies, score, summarise
     from policy.inference import PolicyRunner
     from ptychoscan.config import load_model
     from recon.beam import probe_for
@@ -63,16 +64,22 @@ def run(args: argparse.Namespace) -> int:
     datasets = [read_dataset(f) for f in args.datasets]
     specimens = [Specimen.from_dataset(d, Path(f).stem) for d, f in zip(datasets, args.datasets, strict=True)]
     rec = Reconstructor(probe_for(datasets[0]), options, device="cpu")
-    runs, reference = run_strategies(specimens, rec, runner, args.budget, chunk, args.dose, args.seed, strategies)
+    runs, reference = run_strategies(specimens, rec, runner, args.budget, chunk, args.dose, args.seed, strategies,
+                                       args.reference_cache)
     rows = score(runs, specimens, reference)
     summary = summarise(rows)
     print(format_table(summary))
     meta = {"budget": args.budget, "chunk": chunk, "dose_per_position": args.dose, "seed": args.seed,
             "policy": str(runner.path) if runner else None, "policy_version": runner.version if runner else None,
-            "recon": options.model_dump(mode="json"), "datasets": list(args.datasets)}
+            "recon": options.model_dump(mode="json"), "datasets": list(args.datasets),
+            "full_raster_iterations": full_raster_iterations(options.iterations, _sizes(args.budget, chunk), min(d.n_positions for d in datasets))}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": rows, "summary": summary, "meta": meta}, indent=1))
     if args.png:
         plot_runs(runs, specimens, reference, args.png)
     return 0
+
+
+def _sizes(budget: int, chunk: int) -> list[int]:
+    return [chunk] * (budget // chunk) + ([budget % chunk] if budget % chunk else [])
