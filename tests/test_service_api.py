@@ -165,7 +165,9 @@ def test_adaptive_uses_the_shipped_gru_policy(client, pusher):
     r = client.post("/api/v1/sessions", json=session_body(pusher.endpoint, strategy="adaptive"), headers=AUTH)
     strategy = r.json()["strategy"]
     assert strategy["requested"] == "adaptive" and strategy["used"] == "gru-policy"
-    assert strategy["fallback"] is None and strategy["version"].startswith("rl-")
+    from policy.checkpoint import load_default_policy
+
+    assert strategy["fallback"] is None and strategy["planner_version"] == load_default_policy().version
 
 
 def test_adaptive_falls_back_to_sparse_grid_and_says_so(tmp_path, pusher):
