@@ -84,3 +84,17 @@ def test_bad_checkpoint(tmp_path):
     (tmp_path / "bad.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
         load_policy(tmp_path / "bad.pt")
+
+
+def test_shipped_default_checkpoint_loads():
+    from policy.checkpoint import DEFAULT_CHECKPOINT, load_default_policy
+
+    assert DEFAULT_CHECKPOINT.stat().st_size < 20_000_000
+    loaded = load_default_policy()
+    assert loaded.version.startswith(("rl-", "pretrain-"))
+    runner = PolicyRunner()
+    fov = (0.0, 0.0, 1.95, 1.95)
+    first = runner.first_positions(fov, runner.chunk)
+    grid = type("G", (), {"shape": (110, 110), "origin_nm": (-1.0, -1.0), "pixel_nm": 0.045})()
+    pos, state = runner.next_positions(runner.new_state(fov), np.zeros((110, 110)), grid, first, runner.chunk)
+    assert pos.shape == (runner.chunk, 2) and np.all((pos >= 0) & (pos <= 1.95))
