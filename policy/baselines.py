@@ -17,6 +17,8 @@ import numpy as np
 from scipy.stats import qmc
 
 STRATEGIES = ("adaptive", "sparse-grid", "random", "low-discrepancy", "full-raster-low-dose")
+EXTRA_STRATEGIES = ("interleaved-grid",)
+"""Not in the default comparison: the pre-training targets as a fixed scan (isolates what the learned policy adds)."""
 
 
 def check_fov(fov_nm) -> tuple[float, float, float, float]:
@@ -73,6 +75,24 @@ def sparse_grid(fov_nm, n: int) -> np.ndarray:
     return to_nm(sparse_grid_unit(n), fov_nm)
 
 
+def interleaved_grids_unit(sizes: list[int]) -> list[np.ndarray]:
+    """One sparse grid per sub-sequence (fov units), in-cell offsets on a rank-1 lattice.
+
+    Sub-sequence t of T has offset ((0.5 + t/T) mod 1, (0.5 + 2t/T) mod 1): the first is
+    the cell-centred sparse grid, each one covers the whole fov, and together they
+    interleave (the policy's pre-training targets).
+    """
+    n_sub = len(sizes)
+    return [sparse_grid_unit(size, ((0.5 + t / n_sub) % 1.0, (0.5 + 2 * t / n_sub) % 1.0)) for t, size in enumerate(sizes)]
+
+
+def interleaved_grids(fov_nm, n: int, chunk: int) -> np.ndarray:
+    """n positions (nm) in sub-sequences of ``chunk``, each an interleaved sparse grid over the fov."""
+    n, chunk = _check_n(n), _check_n(chunk)
+    sizes = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+    return to_nm(np.concatenate(interleaved_grids_unit(sizes)), fov_nm)
+
+
 def uniform_random(fov_nm, n: int, seed: int) -> np.ndarray:
     """n positions drawn uniformly in the fov (nm), seeded."""
     n = _check_n(n)
@@ -92,8 +112,12 @@ def low_discrepancy(fov_nm, n: int, seed: int, kind: str = "halton") -> np.ndarr
     return to_nm(sampler.random(n), fov_nm)
 
 
-def strategy_positions(strategy: str, fov_nm, n: int, seed: int) -> np.ndarray:
-    """Positions (nm) of a non-adaptive strategy: 'sparse-grid', 'random' or 'low-discrepancy'."""
+def strategy_positions(strategy: str, fov_nm, n: int, seed: int, chunk: int | None = None) -> np.ndarray:
+    """Positions (nm) of a non-adaptive strategy: 'sparse-grid', 'random', 'low-discrepancy' or 'interleaved-grid' (needs chunk)."""
+    if strategy == "interleaved-grid":
+        if chunk is None:
+            raise ValueError("strategy 'interleaved-grid' needs the sub-sequence length (chunk)")
+        return interleaved_grids(fov_nm, n, chunk)
     if strategy == "sparse-grid":
         return sparse_grid(fov_nm, n)
     if strategy == "random":

@@ -116,7 +116,7 @@ def run_strategies(specimens: list[Specimen], rec: Reconstructor, runner, budget
                     proposals.append(to_unit(pos_nm, ep.specimen.fov_nm))
                 env.step(np.stack(proposals))
         else:
-            unit = [to_unit(strategy_positions(strategy, s.fov_nm, budget, seed + i), s.fov_nm) for i, s in enumerate(specimens)]
+            unit = [to_unit(strategy_positions(strategy, s.fov_nm, budget, seed + i, chunk), s.fov_nm) for i, s in enumerate(specimens)]
             start = 0
             for k, size in enumerate(sizes):
                 props = np.stack([u[start : start + size] for u in unit])

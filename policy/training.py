@@ -28,7 +28,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from policy.baselines import sparse_grid_unit
+from policy.baselines import interleaved_grids_unit
 from policy.checkpoint import build_models, read_checkpoint, save_checkpoint, weights_digest
 from policy.config import TrainConfig
 
@@ -73,8 +73,7 @@ def teardown(ctx: Context) -> None:
 
 def target_sequence(chunk: int, n_sub: int) -> np.ndarray:
     """(T, chunk, 2) pre-training targets in fov units: interleaved sparse grids."""
-    offsets = [((0.5 + t / n_sub) % 1.0, (0.5 + 2 * t / n_sub) % 1.0) for t in range(n_sub)]
-    return np.stack([sparse_grid_unit(chunk, off) for off in offsets])
+    return np.stack(interleaved_grids_unit([chunk] * n_sub))
 
 
 def resolve_datasets(patterns: list[str]) -> list[str]:

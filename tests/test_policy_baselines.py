@@ -79,3 +79,19 @@ def test_bad_input():
         full_raster_low_dose(np.ones((4, 2, 2), np.float32), 5, 10.0, 0)
     with pytest.raises(ValueError, match="no fixed positions"):
         strategy_positions("adaptive", FOV, 4, 0)
+
+
+def test_interleaved_grids_cover_the_fov_in_every_sub_sequence():
+    from policy.baselines import interleaved_grids, sparse_grid
+    from policy.training import target_sequence
+
+    fov = (1.0, 2.0, 2.0, 2.0)
+    pos = interleaved_grids(fov, 40, 16)  # sub-sequences of 16, 16, 8
+    assert pos.shape == (40, 2)
+    np.testing.assert_allclose(pos[:16], sparse_grid(fov, 16))
+    for sub in (pos[:16], pos[16:32], pos[32:]):
+        assert sub[:, 0].min() < 1.6 and sub[:, 0].max() > 2.4 and sub[:, 1].min() < 2.6 and sub[:, 1].max() > 3.4
+    assert len(np.unique(pos.round(9), axis=0)) == 40
+    np.testing.assert_allclose(interleaved_grids((0, 0, 1, 1), 48, 16), target_sequence(16, 3).reshape(-1, 2))
+    with pytest.raises(ValueError, match="needs the sub-sequence length"):
+        strategy_positions("interleaved-grid", fov, 40, seed=0)

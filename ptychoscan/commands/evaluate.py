@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget", type=int, required=True, help="positions per scan")
     p.add_argument("--chunk", type=int, help="positions per sub-sequence (default: the policy's)")
     p.add_argument("--dose", type=float, default=10000.0, help="electrons per measured position (Poisson); default 1e4")
-    p.add_argument("--strategies", nargs="+", help="subset of strategies (default all)")
+    p.add_argument("--strategies", nargs="+", help="subset of strategies (default: the five of the comparison; also interleaved-grid, the pre-training targets as a fixed scan)")
     p.add_argument("--recon-config", help="ReconOptions YAML/TOML/JSON (default: the policy's training options)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference-cache", help="file keeping the full-raster reference reconstructions between runs")
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from policy.baselines import STRATEGIES
+    from policy.baselines import EXTRA_STRATEGIES, STRATEGIES
     from policy.env import Specimen
     from policy.evaluation import format_table, full_raster_iterations, plot_runs, run_strategies, score, summarise
     from policy.inference import PolicyRunner
@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from recon.options import ReconOptions
 
     strategies = tuple(args.strategies or STRATEGIES)
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in STRATEGIES + EXTRA_STRATEGIES]
     if unknown:
-        raise ValueError(f"unknown strategy {unknown[0]!r} (choose from {', '.join(STRATEGIES)})")
+        raise ValueError(f"unknown strategy {unknown[0]!r} (choose from {', '.join(STRATEGIES + EXTRA_STRATEGIES)})")
     if args.budget < 1:
         raise ValueError("--budget must be a positive number of positions")
     if args.dose is not None and not args.dose > 0:
