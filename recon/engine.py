@@ -64,6 +64,7 @@ class _Batch:
     offsets: list[int]  # start of each scan's positions in the concatenation
     counts: list[int]
     valid: torch.Tensor  # (B, H, W) bool, pixels on each scan's own grid
+    illumination: torch.Tensor | None  # (B, H, W) preconditioner sum_p |P_p|^2 / max, regularised; None = off
 
 
 class Reconstructor:
@@ -143,6 +144,8 @@ class Reconstructor:
                 per_position = self._accumulate_gradient(potential, batch, index, weights.to(self.device))
                 scan_of = batch.scan_index[index].cpu()
                 totals += torch.zeros(n_scans, dtype=torch.float64).index_add_(0, scan_of, per_position.double())
+                if batch.illumination is not None:
+                    potential.grad /= batch.illumination
                 self._regularise(potential, batch.valid, active)
                 self._update(potential, moment1, moment2, steps, active)
             for b in range(n_scans):
@@ -193,9 +196,22 @@ class Reconstructor:
             counts.append(len(px))
             offset += len(px)
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
-        return _Batch(
-            torch.cat(targets), torch.cat(probes), torch.cat(rows), torch.cat(cols), torch.cat(scan_index), offsets, counts, valid
+        batch = _Batch(
+            torch.cat(targets), torch.cat(probes), torch.cat(rows), torch.cat(cols), torch.cat(scan_index), offsets, counts, valid, None
         )
+        if self.options.precondition:
+            batch.illumination = self._illumination(batch, (len(scans), height, width))
+        return batch
+
+    def _illumination(self, batch: _Batch, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Per scan: sum over its positions of |shifted probe|^2 on the grid, / its max, + 0.05 (regulariser)."""
+        illumination = torch.zeros(shape, dtype=self.real_dtype, device=self.device)
+        for start in range(0, len(batch.scan_index), self.options.chunk_positions):
+            part = slice(start, start + self.options.chunk_positions)
+            index = (batch.scan_index[part, None, None].expand_as(batch.shifted_probes[part]), batch.rows[part].expand_as(batch.shifted_probes[part]), batch.cols[part].expand_as(batch.shifted_probes[part]))
+            illumination.index_put_(index, torch.abs(batch.shifted_probes[part]) ** 2, accumulate=True)
+        peak = illumination.flatten(1).amax(dim=1).clamp_min(1e-30)[:, None, None]
+        return illumination / peak + 0.05
 
     def _initial_potential(self, scans: list[ScanChunk], init) -> torch.Tensor:
         pad = self.pad

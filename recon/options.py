@@ -2,9 +2,10 @@
 
 The paper (Schloz et al. 2023) reconstructs with 5 iterations of plain gradient descent
 (step 525) on the intensity loss (1/P) sum_p || |F[probe(r - R_p) exp(iV)]|^2 - J_p ||^2.
-Here the default is Adam on the amplitude loss || |F[...]| - sqrt(J_p) ||^2 with
-mini-batches of positions, which reaches a far higher SSIM in the same 5 iterations
-(measured in bench/RESULTS.md; see README "Reconstruction"). ``loss="intensity",
+Here the default is gradient descent (step 50) on the amplitude loss
+|| |F[...]| - sqrt(J_p) ||^2 with mini-batches of 32 positions and a forward model of the
+detector's 2x binning, which reached the highest SSIM in 5 iterations on held-out
+simulated MoS2 (bench/RESULTS.md; README "Reconstruction"). ``loss="intensity",
 optimizer="gd", step_size=525, batch_positions=None`` is the paper's recipe.
 """
 
@@ -27,7 +28,7 @@ class ReconOptions(BaseModel):
     loss: Literal["amplitude", "intensity"] = Field(
         "amplitude", description="amplitude: || |Psi| - sqrt(J) ||^2 (default, converges far faster); intensity: the paper's || |Psi|^2 - J ||^2"
     )
-    optimizer: Literal["adam", "gd"] = Field("adam", description="adam, or plain gradient descent with a fixed step (the paper)")
+    optimizer: Literal["adam", "gd"] = Field("gd", description="adam, or plain gradient descent with a fixed step (the paper)")
     step_size: float | None = Field(
         None, gt=0, description="gd: step on the gradient (paper: 525 for the intensity loss); adam: learning rate in rad; None: default for the optimizer"
     )
@@ -37,6 +38,9 @@ class ReconOptions(BaseModel):
     detector_binning: int = Field(
         2, ge=1, description="model the detector's b x b binning: a (K*b)^2 far field at 1/b of the pixel angle, summed b x b (the paper's detector is 2x binned)"
     )
+    precondition: bool = Field(
+        False, description="divide each scan's gradient by its normalised probe illumination sum_p |P_p|^2 (ePIE-style; evens out the step over the field)"
+    )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates")
     tv_weight: float = Field(0.0, ge=0, description="total-variation regularisation weight on V (rad^-1 per pixel), 0 = off")
     l2_weight: float = Field(0.0, ge=0, description="ridge penalty pulling V towards 0, 0 = off")
@@ -45,7 +49,7 @@ class ReconOptions(BaseModel):
         True, description="scale each scan's patterns to unit mean total intensity (counts -> probabilities; the probe has unit norm)"
     )
     seed: int = Field(0, description="seed of the mini-batch order (each scan draws its own order from seed and its index)")
-    chunk_positions: int = Field(2048, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
+    chunk_positions: int = Field(512, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
     dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")
     progress: bool = Field(False, description="show a progress bar over iterations")
 
@@ -66,7 +70,7 @@ class ReconOptions(BaseModel):
         return PAPER_GD_STEP if self.loss == "intensity" else DEFAULT_GD_STEP_AMPLITUDE
 
 
-DEFAULT_ADAM_LR = 0.03
+DEFAULT_ADAM_LR = 0.01
 """Adam learning rate in rad per update (tuned on simulated MoS2, bench/RESULTS.md)."""
 DEFAULT_GD_STEP_AMPLITUDE = 50.0
-"""Gradient-descent step for the amplitude loss (tuned like the Adam rate)."""
+"""Gradient-descent step for the amplitude loss, patterns normalised to unit sum (tuned on simulated MoS2, bench/RESULTS.md)."""

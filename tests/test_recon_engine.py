@@ -44,7 +44,7 @@ def _scan(side: int, seed: int, step_nm: float = 0.05) -> tuple[ScanChunk, torch
 
 
 def _options(**kw) -> ReconOptions:
-    base = dict(detector_binning=1, iterations=8, step_size=0.02, batch_positions=16)
+    base = dict(detector_binning=1, iterations=8, optimizer="adam", step_size=0.02, batch_positions=16)
     return ReconOptions(**{**base, **kw})
 
 
@@ -69,10 +69,13 @@ def test_intensity_loss_with_paper_gd_step_decreases():
     assert result.loss_history[-1] < result.loss_history[0]
 
 
-def test_batched_equals_individual_for_scans_of_different_lengths():
+@pytest.mark.parametrize(
+    "extra", [dict(tv_weight=1e-4), dict(optimizer="gd", step_size=20.0, precondition=True, nonnegative=True)], ids=["adam-tv", "gd-precond"]
+)
+def test_batched_equals_individual_for_scans_of_different_lengths(extra):
     a, _ = _scan(6, seed=3)
     b, _ = _scan(8, seed=4, step_nm=0.04)
-    options = _options(iterations=3, batch_positions=10, tv_weight=1e-4)
+    options = _options(iterations=3, batch_positions=10, **extra)
     recon = Reconstructor(_probe(), options, "cpu")
     together = recon.reconstruct([a, b])
     alone = [recon.reconstruct([a])[0], recon.reconstruct([b])[0]]

@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", choices=["adam", "gd"])
     p.add_argument("--step-size", type=float, help="gd step (paper: 525 with the intensity loss) or Adam rate in rad")
     p.add_argument("--batch-positions", type=int, help="mini-batch of positions; 0 = full batch")
+    p.add_argument("--detector-binning", type=int, help="binning the detector applied to the patterns (default 2, the paper's; 1 for unbinned data)")
     p.add_argument("--config", help="ReconOptions as YAML/TOML/JSON; flags override it")
     p.add_argument("--seed", type=int, default=0, help="seed of random:N subsets and mini-batch order")
     p.add_argument("--png", help="write a PNG of the reconstruction (next to the ground truth when there is one)")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         "optimizer": args.optimizer,
         "step_size": args.step_size,
         "seed": args.seed,
+        "detector_binning": args.detector_binning,
         "progress": True,
     }
     options = load_model(ReconOptions, args.config, overrides)
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     ssim = None
     if dataset.ground_truth is not None:
-        ssim = ssim_against_ground_truth(result.potential, result.grid, dataset.ground_truth, fov_of(positions))
+        ssim = ssim_against_ground_truth(result.potential, result.grid, dataset.ground_truth, _region(fov_of(positions), result.grid.pixel_nm))
     path = write_reconstruction(args.out, result, positions, options, source=args.dataset, ssim=ssim)
     print(f"reconstructed {len(indices)} positions on a {result.grid.shape[0]}x{result.grid.shape[1]} grid "
           f"({result.grid.pixel_nm:.5f} nm/px) in {elapsed:.2f} s on {reconstructor.device}; loss {result.loss_history[0]:.4e} -> {result.loss_history[-1]:.4e}")
@@ -74,3 +76,11 @@ def run(args: argparse.Namespace) -> int:
     if ssim is not None:
         print(f"ssim={ssim:.4f}")
     return 0
+
+
+def _region(fov_nm: tuple[float, float, float, float], pixel_nm: float, minimum_px: int = 8) -> tuple[float, float, float, float]:
+    """The fov, widened about its centre to at least ``minimum_px`` pixels per side (SSIM needs a 7x7 window)."""
+    x0, y0, width, height = fov_nm
+    side = minimum_px * pixel_nm
+    grow_x, grow_y = max(0.0, side - width) / 2, max(0.0, side - height) / 2
+    return x0 - grow_x, y0 - grow_y, width + 2 * grow_x, height + 2 * grow_y

@@ -1,0 +1,51 @@
+"""``ptychoscan reconstruct`` end to end on a tiny simulated dataset."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from ptychoscan.cli import main
+
+
+def test_reconstruct_cli_writes_output_and_prints_ssim_last(tmp_path, tiny_dataset_file, capsys):
+    out = tmp_path / "recon.h5"
+    png = tmp_path / "recon.png"
+    code = main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--iterations", "3", "--detector-binning", "1", "--png", str(png)])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("ssim=")
+    score = float(lines[-1].split("=")[1])
+    assert -1.0 <= score <= 1.0
+    assert png.stat().st_size > 1000
+    with h5py.File(out) as f:
+        phase = f["phase"]
+        assert phase.dtype == np.float32 and phase.ndim == 2
+        assert phase.attrs["pixel_nm"] > 0 and len(phase.attrs["origin_nm"]) == 2
+        assert f["positions_nm"].shape == (36, 2)
+        loss = f["loss_history"][()]
+        assert len(loss) == 3 and loss[-1] < loss[0]
+        assert f.attrs["ssim"] == pytest.approx(score, abs=1e-4)
+
+
+def test_reconstruct_cli_subsets(tmp_path, tiny_dataset_file, capsys):
+    out = tmp_path / "r.h5"
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--iterations", "1", "--detector-binning", "1", "--positions-subset", "sparse-grid:9"]) == 0
+    with h5py.File(out) as f:
+        assert f["positions_nm"].shape == (9, 2)
+    indices = tmp_path / "idx.npy"
+    np.save(indices, np.array([0, 5, 7, 20]))
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--iterations", "1", "--detector-binning", "1", "--positions-subset", str(indices)]) == 0
+    with h5py.File(out) as f:
+        assert f["positions_nm"].shape == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("subset", "message"),
+    [("random:0", "empty subset"), ("random:999", "asks for 999"), ("grid:3", "use sparse-grid"), ("sparse-grid:x", "integer N")],
+)
+def test_reconstruct_cli_bad_subset(tmp_path, tiny_dataset_file, capsys, subset, message):
+    code = main(["reconstruct", str(tiny_dataset_file), "--out", str(tmp_path / "r.h5"), "--positions-subset", subset])
+    assert code == 2
+    assert message in capsys.readouterr().err
