@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "ptychoscan.commands.sim_detector",
     "ptychoscan.commands.sim_scan",
     "ptychoscan.commands.reconstruct",
+    "ptychoscan.commands.train",
+    "ptychoscan.commands.evaluate",
 )
 
 

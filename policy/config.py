@@ -1,0 +1,99 @@
+"""Configuration of the policy models and their training (pydantic; YAML/TOML/JSON via ptychoscan.config).
+
+Defaults are the paper's scale (Schloz et al. 2023: autoencoder input 512, channels
+16..512, GRU hidden 2048, Adam lr 1e-5, batch 24, sigma 0.0125 of the fov, gamma 0).
+``cpu_scale()`` gives the small sizes that train on two CPU cores.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class AutoencoderConfig(BaseModel):
+    """Convolutional autoencoder of the reconstruction (6 conv layers, kernel 3, stride 1)."""
+
+    input_size: int = Field(512, ge=16, description="reconstruction resampled to input_size^2 pixels over the fov")
+    channels: tuple[int, ...] = Field((16, 32, 64, 128, 256, 512), description="output channels of the 6 conv layers")
+    latent_dim: int = Field(512, ge=1, description="size of the compact latent vector z")
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoencoderConfig:
+        if len(self.channels) != 6 or min(self.channels) < 1:
+            raise ValueError("channels must list 6 positive channel counts (one per conv layer)")
+        if self.input_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"input_size must be divisible by {2 ** (len(self.channels) - 1)} (5 poolings)")
+        return self
+
+
+class PolicyNetConfig(BaseModel):
+    """GRU policy: FC_R(positions), FC_z(latent) -> concat -> FC_LC -> GRU -> FC_H -> means."""
+
+    chunk: int = Field(50, ge=1, description="positions per sub-sequence")
+    input_size: int = Field(512, ge=1, description="width of FC_R, FC_z and FC_LC (GRU input)")
+    hidden: int = Field(2048, ge=1, description="GRU hidden size")
+    gru_layers: int = Field(2, ge=1)
+
+
+class ModelConfig(BaseModel):
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    policy: PolicyNetConfig = PolicyNetConfig()
+
+
+class DataConfig(BaseModel):
+    """Training datasets (dense-raster files from ``ptychoscan simulate``)."""
+
+    train: list[str] = Field(default_factory=list, description="dataset files or glob patterns")
+    dose: float | None = Field(None, gt=0, description="electrons per position (Poisson); None: noise-free patterns")
+
+
+class StageConfig(BaseModel):
+    iterations: int = Field(200, ge=0)
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate")
+    batch: int = Field(24, ge=1, description="episodes (or images) per iteration, over all processes")
+
+
+class RLConfig(StageConfig):
+    iterations: int = 2800
+    sigma: float = Field(0.0125, gt=0, description="Gaussian policy std in fov units")
+    gamma: float = Field(0.0, ge=0, le=1, description="discount; the paper uses 0")
+    credit: Literal["voronoi", "total"] = Field("voronoi", description="per-position Voronoi reward or total reward to all")
+    baseline: bool = Field(True, description="subtract the batch-mean reward per step")
+    budget: int = Field(250, ge=2, description="positions per episode, first sub-sequence included")
+    reward_scale: float = Field(1.0, gt=0)
+
+
+class TrainConfig(BaseModel):
+    """Everything ``ptychoscan train`` needs; one file for all three stages."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    recon: dict = Field(default_factory=dict, description="recon.options.ReconOptions fields (paper defaults when empty)")
+    autoencoder: StageConfig = StageConfig(iterations=800, lr=1e-3, batch=16)
+    pretrain: StageConfig = StageConfig(iterations=400, lr=1e-4, batch=24)
+    rl: RLConfig = RLConfig()
+    out_dir: str = Field("runs/policy", description="checkpoints, metrics.jsonl and plots go here")
+    seed: int = 0
+    threads: int = Field(2, ge=1, description="torch threads per process")
+    checkpoint_every: int = Field(20, ge=1, description="iterations between checkpoints")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.rl.budget < self.model.policy.chunk:
+            raise ValueError(f"rl.budget {self.rl.budget} is smaller than one sub-sequence ({self.model.policy.chunk})")
+        return self
+
+    @property
+    def n_subsequences(self) -> int:
+        """Sub-sequences per episode, the sparse-grid first one included."""
+        return -(-self.rl.budget // self.model.policy.chunk)
+
+
+def cpu_scale() -> ModelConfig:
+    """Small model sizes that train on two CPU cores."""
+    return ModelConfig(
+        autoencoder=AutoencoderConfig(input_size=64, channels=(8, 16, 32, 64, 64, 64), latent_dim=64),
+        policy=PolicyNetConfig(chunk=16, input_size=64, hidden=128),
+    )

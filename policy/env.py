@@ -1,0 +1,185 @@
+"""The scanning environment: one episode = one specimen (a dense-raster dataset file).
+
+The agent proposes sub-sequences of continuous positions in fov units [0, 1]^2; as in
+a real experiment on a dense raster dataset, each proposed position snaps to the
+nearest raster position not yet visited (greedily, in order, so a sub-sequence never
+repeats a position). After every sub-sequence the whole history of each episode is
+reconstructed, all episodes of a batch in ONE batched ``Reconstructor.reconstruct``
+call, each warm-started from its previous potential.
+
+Rewards (Schloz et al. 2023, gamma = 0): the Voronoi diagram of all positions measured
+so far is computed on the reconstruction's pixels inside the fov (jump flooding); the
+reward of position m is the reconstructed phase summed over m's cell divided by P, the
+number of positions measured so far. ``credit="total"`` instead gives every position
+of the sub-sequence the total (the sum over all cells, i.e. over the fov, / P).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from policy.baselines import apply_dose, sparse_grid_unit, to_unit
+from policy.models import reconstruction_image
+from policy.voronoi import cell_sums, jfa_voronoi
+from recon.dataset import Dataset4D
+from recon.engine import Reconstructor, ScanChunk
+from recon.grid import ObjectGrid
+from recon.inputs import fov_of, grid_for_dataset
+
+
+@dataclass
+class Specimen:
+    """A dense raster dataset prepared for episodes."""
+
+    dataset: Dataset4D
+    fov_nm: tuple[float, float, float, float]
+    grid: ObjectGrid
+    name: str = ""
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset4D, name: str = "") -> Specimen:
+        fov = fov_of(dataset.positions_nm)
+        return cls(dataset, fov, grid_for_dataset(dataset, fov), name)
+
+    @property
+    def unit_positions(self) -> np.ndarray:
+        """(N, 2) raster positions in fov units."""
+        return to_unit(self.dataset.positions_nm, self.fov_nm)
+
+
+@dataclass
+class Episode:
+    specimen: Specimen
+    rng: np.random.Generator
+    visited: np.ndarray
+    indices: list[int] = field(default_factory=list)
+    patterns: list[np.ndarray] = field(default_factory=list)
+    potential: torch.Tensor | None = None
+
+    @property
+    def positions_nm(self) -> np.ndarray:
+        return self.specimen.dataset.positions_nm[self.indices]
+
+
+def snap_to_unvisited(unit_positions: np.ndarray, raster_unit: np.ndarray, visited: np.ndarray) -> np.ndarray:
+    """Indices of the nearest unvisited raster positions, greedily in order; marks them visited.
+
+    ``unit_positions`` (n, 2) and ``raster_unit`` (N, 2) are in fov units; ``visited`` (N,)
+    bool is updated in place.
+    """
+    n_free = int((~visited).sum())
+    if len(unit_positions) > n_free:
+        raise ValueError(f"asked for {len(unit_positions)} positions but only {n_free} raster positions are left")
+    d2 = ((np.asarray(unit_positions)[:, None, :] - raster_unit[None, :, :]) ** 2).sum(-1)
+    out = np.empty(len(unit_positions), dtype=np.int64)
+    for i in range(len(unit_positions)):
+        row = np.where(visited, np.inf, d2[i])
+        j = int(np.argmin(row))
+        visited[j] = True
+        out[i] = j
+    return out
+
+
+def fov_crop(grid: ObjectGrid, fov_nm) -> tuple[slice, slice]:
+    """Row and column slices of the grid pixels whose centres lie inside the fov."""
+    x0, y0, width, height = fov_nm
+    c0 = max(0, math.ceil((x0 - grid.origin_nm[0]) / grid.pixel_nm - 1e-9))
+    r0 = max(0, math.ceil((y0 - grid.origin_nm[1]) / grid.pixel_nm - 1e-9))
+    c1 = min(grid.shape[1], math.floor((x0 + width - grid.origin_nm[0]) / grid.pixel_nm + 1e-9) + 1)
+    r1 = min(grid.shape[0], math.floor((y0 + height - grid.origin_nm[1]) / grid.pixel_nm + 1e-9) + 1)
+    return slice(r0, r1), slice(c0, c1)
+
+
+def position_rewards(episode: Episode, new: int, credit: str = "voronoi") -> tuple[np.ndarray, float]:
+    """Rewards (new,) of the last ``new`` positions and the total reward of the episode's reconstruction."""
+    spec = episode.specimen
+    rows, cols = fov_crop(spec.grid, spec.fov_nm)
+    phase = episode.potential[rows, cols].to(torch.float32)
+    origin = np.array([spec.grid.origin_nm[0] + cols.start * spec.grid.pixel_nm, spec.grid.origin_nm[1] + rows.start * spec.grid.pixel_nm])
+    seeds = torch.as_tensor((episode.positions_nm - origin) / spec.grid.pixel_nm, dtype=torch.float32)[None]
+    p = seeds.shape[1]
+    total = float(phase.sum()) / p
+    if credit == "total":
+        return np.full(new, total), total
+    if credit != "voronoi":
+        raise ValueError(f"unknown credit {credit!r} (use 'voronoi' or 'total')")
+    labels = jfa_voronoi(seeds, tuple(phase.shape))
+    sums = cell_sums(labels, phase[None], p)[0].numpy() / p
+    return sums[p - new :], total
+
+
+class ScanEnv:
+    """A batch of episodes stepped together.
+
+    Args:
+        specimens: the prepared datasets episodes are drawn from.
+        reconstructor: runs after every sub-sequence, batched over episodes.
+        chunk: positions per sub-sequence (the first one is a sparse grid).
+        dose: electrons per position (Poisson / binomial, see ``apply_dose``); None: patterns as stored.
+        image_size: side of the normalised reconstruction image handed to the encoder.
+        credit: "voronoi" or "total" reward assignment.
+    """
+
+    def __init__(self, specimens: list[Specimen], reconstructor: Reconstructor, chunk: int, *, dose: float | None = None,
+                 image_size: int = 64, credit: str = "voronoi"):
+        if not specimens:
+            raise ValueError("the environment needs at least one specimen")
+        if credit not in ("voronoi", "total"):
+            raise ValueError(f"unknown credit {credit!r} (use 'voronoi' or 'total')")
+        self.specimens = specimens
+        self.reconstructor = reconstructor
+        self.chunk = chunk
+        self.dose = dose
+        self.image_size = image_size
+        self.credit = credit
+        self.episodes: list[Episode] = []
+
+    def reset(self, specimen_indices: list[int], seed: int, first: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start one episode per index with the sparse-grid sub-sequence (or ``first`` (B, n, 2), fov units).
+
+        Returns (first positions (B, n, 2) in fov units as measured, images (B, 1, S, S)).
+        """
+        self.episodes = [
+            Episode(self.specimens[i], np.random.default_rng([seed, b]), np.zeros(self.specimens[i].dataset.n_positions, bool))
+            for b, i in enumerate(specimen_indices)
+        ]
+        if first is None:
+            first = np.tile(sparse_grid_unit(self.chunk)[None], (len(self.episodes), 1, 1))
+        positions, images, _, _ = self.step(first)
+        return positions, images
+
+    def step(self, unit_positions: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Measure one sub-sequence per episode, reconstruct all episodes in one batched call.
+
+        Args:
+            unit_positions: (B, n, 2) proposed positions in fov units (clipped into [0, 1]);
+                n is normally ``chunk``.
+
+        Returns measured positions (B, n, 2) in fov units, encoder images (B, 1, S, S),
+        per-position rewards (B, n) and total rewards (B,).
+        """
+        proposed = np.clip(np.asarray(torch.as_tensor(unit_positions).detach().cpu(), dtype=np.float64), 0.0, 1.0)
+        if proposed.ndim != 3 or proposed.shape[0] != len(self.episodes) or proposed.shape[2] != 2 or proposed.shape[1] < 1:
+            raise ValueError(f"positions must be (B={len(self.episodes)}, n, 2), got {proposed.shape}")
+        new = proposed.shape[1]
+        measured = np.empty_like(proposed)
+        for ep, prop, out in zip(self.episodes, proposed, measured, strict=True):
+            idx = snap_to_unvisited(prop, ep.specimen.unit_positions, ep.visited)
+            ep.indices.extend(idx.tolist())
+            ep.patterns.append(apply_dose(ep.specimen.dataset.patterns[idx], self.dose, ep.rng))
+            out[:] = ep.specimen.unit_positions[idx]
+        scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.specimen.grid) for ep in self.episodes]
+        results = self.reconstructor.reconstruct(scans, init=[ep.potential for ep in self.episodes])
+        rewards = np.empty((len(self.episodes), new))
+        totals = np.empty(len(self.episodes))
+        images = []
+        for b, (ep, res) in enumerate(zip(self.episodes, results, strict=True)):
+            ep.potential = res.potential
+            rewards[b], totals[b] = position_rewards(ep, new, self.credit)
+            images.append(reconstruction_image(res.potential, res.grid, ep.specimen.fov_nm, self.image_size))
+        return (torch.as_tensor(measured, dtype=torch.float32), torch.stack(images), torch.as_tensor(rewards, dtype=torch.float32),
+                torch.as_tensor(totals, dtype=torch.float32))
