@@ -1,15 +1,16 @@
 """The GRU policy behind the service's ``PositionPlanner`` seam (``service.planner``).
 
-``load_planner(checkpoint)`` returns a planner for ONE session (the service resolves a
-planner per session): the first sub-sequence is the sparse grid, every later one comes
-from ``PolicyRunner.next_positions`` on the session's latest reconstruction, with the
-GRU hidden state kept on the planner. The loaded weights are shared between sessions.
-After a service restart the hidden state starts afresh (the reconstruction and the
-positions so far are still used).
+``load_planner(checkpoint)`` returns the planner the service shares between sessions:
+the first sub-sequence is the sparse grid, every later one comes from
+``PolicyRunner.next_positions`` on the session's latest reconstruction, with each
+session's GRU hidden state kept on the planner under its ``session_id`` (the most
+recent ``MAX_SESSIONS``). After a service restart the hidden state starts afresh (the
+reconstruction and the positions so far are still used).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 from policy.inference import PolicyRunner, PolicyState
 from recon.grid import ObjectGrid
 
+MAX_SESSIONS = 1024
+
 
 @lru_cache(maxsize=4)
 def _runner(checkpoint: str | None) -> PolicyRunner:
@@ -25,14 +28,14 @@ def _runner(checkpoint: str | None) -> PolicyRunner:
 
 
 class GRUPlanner:
-    """Adaptive positions from the trained GRU policy for one session."""
+    """Adaptive positions from the trained GRU policy, batched over the sessions of one call."""
 
     name = "gru-policy"
 
     def __init__(self, runner: PolicyRunner) -> None:
         self.runner = runner
         self.version = f"gru-policy:{runner.version}"
-        self.state: PolicyState | None = None
+        self.states: OrderedDict[str, PolicyState] = OrderedDict()
 
     def warmup(self) -> None:
         """Run the encoder and one GRU step on a blank reconstruction so the first real call is fast."""
@@ -51,12 +54,16 @@ class GRUPlanner:
                 out.append(self.runner.first_positions(r.fov_nm, n))
             else:
                 grid = ObjectGrid(r.grid_origin_nm, r.potential.shape, r.grid_pixel_nm)
-                state = self.state if self.state is not None else self.runner.new_state(r.fov_nm)
-                positions, self.state = self.runner.next_positions(state, r.potential, grid, r.positions_nm, n, fov_nm=r.fov_nm)
+                state = self.states.pop(r.session_id, None) or self.runner.new_state(r.fov_nm)
+                positions, self.states[r.session_id] = self.runner.next_positions(
+                    state, r.potential, grid, r.positions_nm, n, fov_nm=r.fov_nm
+                )
+                while len(self.states) > MAX_SESSIONS:
+                    self.states.popitem(last=False)
                 out.append(positions)
         return out
 
 
 def load_planner(checkpoint: str | Path | None = None) -> GRUPlanner:
-    """A GRU planner for one session; ``checkpoint`` None: the shipped policy."""
+    """The GRU planner; ``checkpoint`` None: the shipped policy."""
     return GRUPlanner(_runner(None if checkpoint is None else str(checkpoint)))

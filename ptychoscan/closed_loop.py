@@ -210,7 +210,7 @@ def _session_positions(path: Path) -> np.ndarray:
 def _planner_label(status: dict) -> str:
     strategy = status.get("strategy") or {}
     if isinstance(strategy, dict):
-        name = strategy.get("planner") or strategy.get("name") or ""
+        name = strategy.get("planner_version") or strategy.get("used") or ""
         if strategy.get("fallback"):
             return f"{name} (fallback: {strategy['fallback']})"
         return str(name)
@@ -245,7 +245,7 @@ def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("x (nm)")
     axes[0].set_ylabel("y (nm)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -96,5 +96,5 @@ def test_shipped_default_checkpoint_loads():
     fov = (0.0, 0.0, 1.95, 1.95)
     first = runner.first_positions(fov, runner.chunk)
     grid = type("G", (), {"shape": (110, 110), "origin_nm": (-1.0, -1.0), "pixel_nm": 0.045})()
-    pos, state = runner.next_positions(runner.new_state(fov), np.zeros((110, 110)), grid, first, runner.chunk)
+    pos, _ = runner.next_positions(runner.new_state(fov), np.zeros((110, 110)), grid, first, runner.chunk)
     assert pos.shape == (runner.chunk, 2) and np.all((pos >= 0) & (pos <= 1.95))

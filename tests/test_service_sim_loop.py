@@ -34,7 +34,7 @@ def test_sim_scan_loop_runs_a_session_to_done(tmp_path, sim_detector):
         assert result["batches"] == 3 and result["frames"] == 12
         status = httpx.get(f"{server.url}/api/v1/sessions/{result['session_id']}").json()
     assert status["state"] == "done" and status["frames_received"] == 12
-    assert status["strategy"]["fallback"], "adaptive must say it fell back to the sparse grid"
+    assert status["strategy"]["used"] == "gru-policy" and status["strategy"]["fallback"] is None
     assert backend.calls == 3
     with h5py.File(tmp_path / f"{result['session_id']}.h5", "r") as f:
         assert f["received"][()].all() and f["patterns"].shape == (12, 64, 64)
