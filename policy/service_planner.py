@@ -3,7 +3,7 @@
 ``load_planner(checkpoint)`` returns a ``PolicyPlanner`` with the attributes and
 methods the service calls (duck-typed, so policy imports nothing from service):
 
-* ``name`` ("gru-policy"), ``version`` (the checkpoint's policy version),
+* ``name`` ("gru-policy"), ``version`` ("gru-policy:" + the checkpoint's policy version),
 * ``warmup()``: one encoder + GRU step on a dummy reconstruction,
 * ``plan(requests)``: for each request (fields of ``service.planner.PlanRequest``:
   ``fov_nm`` (x0, y0, width, height) nm, ``batch_index``, ``positions_nm`` (N, 2)
@@ -16,19 +16,19 @@ Batch 0 (nothing measured yet) is the paper's first sub-sequence, a sparse grid.
 request without a reconstruction after batch 0 (the service had none to give) gets a
 sparse grid shifted by a rank-1 lattice offset, the pre-training targets' pattern.
 
-The GRU hidden state is per scan, but a ``PlanRequest`` carries no session id. The
-planner therefore remembers the hidden state under the positions it issued (rounded to
-``match_tol_nm``); the next request whose most recent positions match an issued batch
-(within ``match_tol_nm``, so that measured read-back positions still match) continues
-from that state. Without a match (a restart, a foreign history) the state is rebuilt
-by replaying the GRU over the past sub-sequences with the current latent, an
-approximation that needs no stored state. The cache is bounded (least recently used).
+The GRU hidden state is per scan: it is kept under the request's ``session_id``. A
+request without one (another caller) continues the state of the batch whose issued
+positions match its most recent positions within ``match_tol_nm`` (so measured read-back
+positions still match). With neither (a service restart, a foreign history) the state
+is rebuilt by replaying the GRU over the past sub-sequences with the current latent, an
+approximation that needs no stored state. Both memories are bounded (least recently used).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +71,12 @@ class PolicyPlanner:
         if not (math.isfinite(match_tol_nm) and match_tol_nm > 0):
             raise ValueError(f"match_tol_nm must be positive, got {match_tol_nm!r}")
         self.runner = runner
-        self.version = runner.version
+        self.version = f"gru-policy:{runner.version}"
         self.match_tol_nm = float(match_tol_nm)
         self.max_states = int(max_states)
         self._states: OrderedDict[tuple, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[tuple, int, torch.Tensor]] = OrderedDict()
+        """session_id -> (fov key, positions seen when planned + issued, hidden state)."""
 
     # -- service seam -------------------------------------------------------------
     def warmup(self) -> None:
@@ -137,6 +139,16 @@ class PolicyPlanner:
         self._states.move_to_end(best[0])
         return best[1]
 
+    def _recall_session(self, session_id: str, fov, so_far: np.ndarray) -> torch.Tensor | None:
+        """The state stored for ``session_id`` if it belongs to the same fov and an earlier, shorter history."""
+        if not session_id or session_id not in self._sessions:
+            return None
+        fov_key, n_seen, hidden = self._sessions[session_id]
+        if fov_key != self._fov_key(fov) or n_seen >= len(so_far):
+            return None
+        self._sessions.move_to_end(session_id)
+        return hidden
+
     def _replay(self, fov, so_far: np.ndarray, latent: torch.Tensor) -> torch.Tensor | None:
         """Hidden state rebuilt by stepping the GRU over past sub-sequences (all but the last) with ``latent``."""
         chunk = self.runner.chunk
@@ -162,8 +174,10 @@ class PolicyPlanner:
         with torch.no_grad():
             latents = runner.autoencoder.encode(torch.stack(images).to(runner.device))
         hiddens = []
-        for b, (fov, so_far) in enumerate(zip(fovs, histories, strict=True)):
-            h = self._recall(fov, so_far)
+        for b, (r, fov, so_far) in enumerate(zip(requests, fovs, histories, strict=True)):
+            h = self._recall_session(getattr(r, "session_id", "") or "", fov, so_far)
+            if h is None:
+                h = self._recall(fov, so_far)
             if h is None:
                 h = self._replay(fov, so_far, latents[b : b + 1])
             hiddens.append(h if h is not None else runner.policy.initial_state(1, runner.device))
@@ -182,13 +196,33 @@ class PolicyPlanner:
                 inputs = mean
         means = torch.cat(steps, dim=1).numpy()
         out = []
-        for b, (r, fov) in enumerate(zip(requests, fovs, strict=True)):
+        for b, (r, fov, so_far) in enumerate(zip(requests, fovs, histories, strict=True)):
             positions = to_nm(np.clip(means[b, : int(r.n_next)], 0.0, 1.0), fov)
-            self._remember(fov, positions, hidden[:, b : b + 1].cpu())
+            h = hidden[:, b : b + 1].cpu()
+            self._remember(fov, positions, h)
+            sid = getattr(r, "session_id", "") or ""
+            if sid:
+                self._sessions[sid] = (self._fov_key(fov), len(so_far), h)
+                self._sessions.move_to_end(sid)
+                while len(self._sessions) > self.max_states:
+                    self._sessions.popitem(last=False)
             out.append(positions)
         return out
 
 
+@lru_cache(maxsize=4)
+def _runner(checkpoint: str | None) -> PolicyRunner:
+    return PolicyRunner(checkpoint)
+
+
 def load_planner(checkpoint: str | Path | None = None, match_tol_nm: float = 0.005) -> PolicyPlanner:
-    """The service planner for ``checkpoint`` (None: the shipped ``policy/checkpoints/policy.pt``)."""
-    return PolicyPlanner(PolicyRunner(checkpoint), match_tol_nm=match_tol_nm)
+    """The service planner for ``checkpoint`` (None: the shipped ``policy/checkpoints/policy.pt``).
+
+    The loaded weights are shared between planners of the same checkpoint; each planner
+    keeps its own per-session states.
+    """
+    return PolicyPlanner(_runner(None if checkpoint is None else str(checkpoint)), match_tol_nm=match_tol_nm)
+
+
+GRUPlanner = PolicyPlanner
+"""The name main's first version of this module used."""

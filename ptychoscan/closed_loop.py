@@ -44,6 +44,9 @@ class ClosedLoopConfig(BaseModel):
     budget_fraction: float = Field(0.05, gt=0, le=1, description="positions measured / dense raster (paper: 2.5-6 %)")
     sub_sequences: int = Field(5, ge=1, description="chunks the budget is split into")
     dose_per_frame: float = Field(10_000.0, gt=0, description="electrons per frame (Poisson)")
+    defocus_nm: float = Field(
+        10.0, description="probe defocus, nm: a defocused probe overlaps between sparse positions (in focus, a 5 % scan cannot be reconstructed)"
+    )
     frame_time_s: float = Field(0.001, ge=0, description="detector frame time (dwell)")
     binning: int = Field(1, ge=1, description="detector binning of the simulated data and the reconstructor's model")
     strategies: tuple[str, ...] = ("adaptive", "sparse-grid")
@@ -107,10 +110,11 @@ def prepare_specimen(config: ClosedLoopConfig) -> tuple[Path, Dataset4D]:
     """Simulate (or reuse) the dense raster the detector replays."""
     from sim_microscope.datasets import SimulationConfig, simulate_raster_dataset
 
-    path = config.out / f"specimen_{config.seed}_{config.scan_shape[0]}x{config.scan_shape[1]}_b{config.binning}.h5"
+    ny, nx = config.scan_shape
+    path = config.out / f"specimen_{config.seed}_{ny}x{nx}_{config.step_nm:g}nm_df{config.defocus_nm:g}_b{config.binning}.h5"
     if path.exists():
         return path, read_dataset(path)
-    sim = SimulationConfig(scan_shape=config.scan_shape, step_nm=config.step_nm, binning=config.binning)
+    sim = SimulationConfig(scan_shape=config.scan_shape, step_nm=config.step_nm, binning=config.binning, defocus_nm=config.defocus_nm)
     dataset = simulate_raster_dataset(sim, seed=config.seed, progress=True)
     write_dataset(path, dataset)
     return path, dataset
@@ -169,7 +173,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> list[StrategyOutcome]:
                     service=service_url, microscope=detector_url, api_key=key, detector_endpoint=f"tcp://127.0.0.1:{zmq_port}",
                     fov_nm=fov, budget=budget, chunk=chunk, strategy=strategy, energy_ev=dataset.energy_ev,
                     convergence_mrad=dataset.convergence_mrad, detector_pixels=dataset.detector_pixels,
-                    detector_pixel_mrad=dataset.detector_pixel_mrad, frame_time_s=config.frame_time_s,
+                    detector_pixel_mrad=dataset.detector_pixel_mrad, defocus_nm=dataset.defocus_nm, frame_time_s=config.frame_time_s,
                     total_timeout_s=config.timeout_s,
                 ),
                 progress=True,
@@ -206,7 +210,7 @@ def _session_positions(path: Path) -> np.ndarray:
 def _planner_label(status: dict) -> str:
     strategy = status.get("strategy") or {}
     if isinstance(strategy, dict):
-        name = strategy.get("planner") or strategy.get("name") or ""
+        name = strategy.get("planner_version") or strategy.get("used") or ""
         if strategy.get("fallback"):
             return f"{name} (fallback: {strategy['fallback']})"
         return str(name)
@@ -241,7 +245,7 @@ def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("x (nm)")
     axes[0].set_ylabel("y (nm)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -424,7 +424,10 @@ class SessionManager:
         plan = None
         needs_plan = b is not None or not s.batches or s.current.status == "reconstructed"
         if needs_plan and n < s.budget:
-            plan = PlanRequest(s.fov, s.budget, s.chunk, len(s.batches), s.positions_used[:n].copy(), None, n_next=min(s.chunk, s.budget - n))
+            plan = PlanRequest(
+                s.fov, s.budget, s.chunk, len(s.batches), s.positions_used[:n].copy(), None,
+                n_next=min(s.chunk, s.budget - n), session_id=s.session_id,
+            )
         return WorkItem(s.session_id, None if b is None else b.batch_id, job, plan, s.planner.planner, s.last_frame_at)
 
     def publish(self, item: WorkItem, recon: ReconOutput | None, positions: np.ndarray | None, error: str | None = None) -> None:

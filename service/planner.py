@@ -37,6 +37,8 @@ class PlanRequest:
     grid_pixel_nm: float | None = None
     n_next: int = 0
     """how many positions to return (min(chunk, budget - N))."""
+    session_id: str = ""
+    """the session planned for (a stateful planner keys its per-session state on it)."""
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -108,3 +109,14 @@ def test_closed_loop_demo_runs(tmp_path, capsys):
     assert (tmp_path / "closed_loop.png").stat().st_size > 10_000
     sessions = sorted((tmp_path / "sessions").glob("*.h5"))
     assert len(sessions) == 2
+    specimen = read_dataset(next(tmp_path.glob("specimen_*.h5")), load_patterns=False)
+    lo, hi = specimen.positions_nm.min(axis=0), specimen.positions_nm.max(axis=0)
+    for path in sessions:
+        with h5py.File(path, "r") as f:
+            assert f.attrs["state"] == "done"
+            assert f["received"][()].all(), "every frame the detector sent is in the session file"
+            patterns = f["patterns"][()]
+            assert patterns.shape == (36, 64, 64) and patterns.reshape(36, -1).sum(1).min() > 0
+            positions = f["positions_nm"][()]
+            assert (positions >= lo - 1e-9).all() and (positions <= hi + 1e-9).all(), "positions stay in the field of view"
+            assert len(f["reconstructions"]) == 3

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget-fraction", type=float, default=None, help="fraction of the raster measured (default 0.05)")
     p.add_argument("--sub-sequences", type=int, default=None, help="chunks the budget is split into (default 5)")
     p.add_argument("--dose", type=float, default=None, help="electrons per frame (default 1e4)")
+    p.add_argument("--defocus-nm", type=float, default=None, help="probe defocus, nm (default 10)")
     p.add_argument("--policy", default=None, help="policy checkpoint (default: the shipped one)")
     p.set_defaults(func=run)
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         "budget_fraction": args.budget_fraction,
         "sub_sequences": args.sub_sequences,
         "dose_per_frame": args.dose,
+        "defocus_nm": args.defocus_nm,
         "policy_checkpoint": args.policy,
     }
     config = load_model(ClosedLoopConfig, None, overrides)
