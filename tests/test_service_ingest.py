@@ -138,5 +138,9 @@ def test_untold_frames_are_bounded(tmp_path, pushers):
         p.series(5, frames_for(5, 3))
         p.series(6, frames_for(6, 3))
         m = c.app.state.service.manager
-        wait_until(lambda: m.endpoint_errors.get(p.endpoint, {}).get("buffer_overflow") == 3 or None, what="overflow counted")
+        # series 5 is evicted when series 6's second frame arrives; wait for series 6's third too
+        wait_until(
+            lambda: (m.endpoint_errors.get(p.endpoint, {}).get("buffer_overflow") == 3 and m.buffered_frames == 3) or None,
+            what="overflow counted and series 6 buffered",
+        )
         assert m.buffered_frames == 3 and list(m.buffer) == [(p.endpoint, 6)]
