@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recon.device import pick_device
-from recon.forward import bin_patterns, far_field_intensity, fourier_shift, split_positions, window_indices
+from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
 
@@ -56,10 +56,11 @@ class ReconResult:
 class _Batch:
     """Everything about the B scans that does not change during the iterations."""
 
-    targets: torch.Tensor  # (M, K, K) sqrt(J) or J, normalised
-    shifted_probes: torch.Tensor  # (M, K, K) complex, probe shifted by each position's sub-pixel fraction
-    rows: torch.Tensor  # (M, K, 1)
-    cols: torch.Tensor  # (M, 1, K)
+    targets: torch.Tensor  # (M, K, K) sqrt(J) or J, normalised; ifftshifted when ``shift_model`` is False
+    shifted_probes: torch.Tensor  # (M, Kw, Kw) complex, probe shifted by each position's sub-pixel fraction
+    base: torch.Tensor  # (M,) long, flat index in the (B, H, W) potential of each window's top-left pixel
+    offsets_in_window: torch.Tensor  # (Kw * Kw,) long, flat offsets of a window's pixels from its top-left
+    shift_model: bool  # fftshift the model far field (only when the targets could not be ifftshifted instead)
     scan_index: torch.Tensor  # (M,)
     offsets: list[int]  # start of each scan's positions in the concatenation
     counts: list[int]
@@ -130,6 +131,7 @@ class Reconstructor:
         n_scans = len(scans)
         moment1 = torch.zeros_like(potential)
         moment2 = torch.zeros_like(potential)
+        grad = torch.zeros_like(potential)
         steps = torch.zeros(n_scans, dtype=torch.long)
         histories: list[list[float]] = [[] for _ in scans]
         generators = [torch.Generator().manual_seed(opts.seed) for _ in scans]
@@ -141,13 +143,14 @@ class Reconstructor:
                 active = [b for b, group in enumerate(step_groups) if group is not None]
                 index = torch.cat([batch.offsets[b] + step_groups[b] for b in active]).to(self.device)
                 weights = torch.cat([torch.full((len(step_groups[b]),), 1.0 / len(step_groups[b]), dtype=self.real_dtype) for b in active])
-                per_position = self._accumulate_gradient(potential, batch, index, weights.to(self.device))
+                grad.zero_()
+                per_position = self._accumulate_gradient(potential, grad, batch, index, weights.to(self.device))
                 scan_of = batch.scan_index[index].cpu()
                 totals += torch.zeros(n_scans, dtype=torch.float64).index_add_(0, scan_of, per_position.double())
                 if batch.illumination is not None:
-                    potential.grad /= batch.illumination
-                self._regularise(potential, batch.valid, active)
-                self._update(potential, moment1, moment2, steps, active)
+                    grad /= batch.illumination
+                self._regularise(potential, grad, batch.valid, active)
+                self._update(potential, grad, moment1, moment2, steps, active)
             for b in range(n_scans):
                 histories[b].append(float(totals[b]) / batch.counts[b])
             if opts.progress:
@@ -162,11 +165,16 @@ class Reconstructor:
     # ------------------------------------------------------------------ preparation
 
     def _prepare(self, scans: list[ScanChunk]) -> _Batch:
-        k, kw, pad = self.window, self.model_window, self.pad
+        k, kw, pad, b_ = self.window, self.model_window, self.pad, self.options.detector_binning
         height = max(s.grid.shape[0] for s in scans) + 2 * pad
         width = max(s.grid.shape[1] for s in scans) + 2 * pad
-        targets, probes, rows, cols, scan_index, offsets, counts = [], [], [], [], [], [], []
+        # The model far field is left uncentred (no fftshift per update): the targets are
+        # ifftshifted once instead. Binning commutes with the shift when the shift is a whole
+        # number of b x b blocks (always for even K); otherwise the model is fftshifted.
+        shift_model = (kw // 2) % b_ != 0
+        targets, probes, bases, scan_index, offsets, counts = [], [], [], [], [], []
         valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
+        spectrum = torch.fft.fft2(self.model_probe)
         offset = 0
         for b, scan in enumerate(scans):
             patterns = _check_patterns(scan.patterns, k, b)
@@ -184,20 +192,21 @@ class Reconstructor:
                 if not mean_total > 0:
                     raise ValueError(f"scan {b}: patterns are all zero")
                 intensity = intensity / mean_total
-            targets.append(torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity)
+            target = torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity
+            targets.append(target if shift_model else torch.fft.ifftshift(target, dim=(-2, -1)))
             px = torch.as_tensor(scan.grid.positions_px(positions), dtype=torch.float64, device=self.device) + pad
             origin, fraction = split_positions(px, kw)
-            probes.append(fourier_shift(self.model_probe.expand(len(px), kw, kw), fraction.to(self.real_dtype)))
-            r, c = window_indices(origin, kw)
-            rows.append(r)
-            cols.append(c)
+            probes.append(_shift_probe(spectrum, fraction.to(self.real_dtype), self.options.chunk_positions))
+            bases.append(b * height * width + origin[:, 1] * width + origin[:, 0])
             scan_index.append(torch.full((len(px),), b, dtype=torch.long, device=self.device))
             offsets.append(offset)
             counts.append(len(px))
             offset += len(px)
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
+        steps = torch.arange(kw, device=self.device)
+        in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
         batch = _Batch(
-            torch.cat(targets), torch.cat(probes), torch.cat(rows), torch.cat(cols), torch.cat(scan_index), offsets, counts, valid, None
+            torch.cat(targets), torch.cat(probes), torch.cat(bases), in_window, shift_model, torch.cat(scan_index), offsets, counts, valid, None
         )
         if self.options.precondition:
             batch.illumination = self._illumination(batch, (len(scans), height, width))
@@ -206,10 +215,11 @@ class Reconstructor:
     def _illumination(self, batch: _Batch, shape: tuple[int, int, int]) -> torch.Tensor:
         """Per scan: sum over its positions of |shifted probe|^2 on the grid, / its max, + 0.05 (regulariser)."""
         illumination = torch.zeros(shape, dtype=self.real_dtype, device=self.device)
+        flat = illumination.view(-1)
         for start in range(0, len(batch.scan_index), self.options.chunk_positions):
             part = slice(start, start + self.options.chunk_positions)
-            index = (batch.scan_index[part, None, None].expand_as(batch.shifted_probes[part]), batch.rows[part].expand_as(batch.shifted_probes[part]), batch.cols[part].expand_as(batch.shifted_probes[part]))
-            illumination.index_put_(index, torch.abs(batch.shifted_probes[part]) ** 2, accumulate=True)
+            lin = batch.base[part, None] + batch.offsets_in_window[None, :]
+            flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.shifted_probes[part]) ** 2).reshape(-1))
         peak = illumination.flatten(1).amax(dim=1).clamp_min(1e-30)[:, None, None]
         return illumination / peak + 0.05
 
@@ -247,29 +257,53 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ one update
 
-    def _accumulate_gradient(self, potential: torch.Tensor, batch: _Batch, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Backpropagate the weighted data loss of positions ``index`` into ``potential.grad``; return per-position losses."""
-        potential.requires_grad_(True)
-        potential.grad = None
+    def _accumulate_gradient(self, potential: torch.Tensor, grad: torch.Tensor, batch: _Batch, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Add the gradient of the weighted data loss of positions ``index`` to ``grad``; return per-position losses.
+
+        The gradient is written out by hand (no autograd graph): with Psi = F[P exp(iV)]
+        (orthonormal FFT), I = bin(|Psi|^2) and dL/dI from the loss, the gradient on V is
+        Im(conj(P exp(iV)) * F^-1[2 (dL/dI upsampled) Psi]), scattered back with index_add_.
+        """
+        opts = self.options
+        k, b_, kw = self.window, opts.detector_binning, self.model_window
+        flat = potential.view(-1)
+        grad_flat = grad.view(-1)
         losses = []
-        for start in range(0, len(index), self.options.chunk_positions):
-            part = index[start : start + self.options.chunk_positions]
-            patches = potential[batch.scan_index[part, None, None], batch.rows[part], batch.cols[part]]
-            waves = batch.shifted_probes[part] * torch.polar(torch.ones_like(patches), patches)
-            intensity = bin_patterns(far_field_intensity(waves), self.options.detector_binning)
-            target = batch.targets[part]
-            if self.options.loss == "amplitude":
+        for start in range(0, len(index), opts.chunk_positions):
+            part = index[start : start + opts.chunk_positions]
+            m = len(part)
+            lin = (batch.base[part, None] + batch.offsets_in_window[None, :]).reshape(-1)
+            phase = flat.index_select(0, lin).view(m, kw, kw)
+            waves = batch.shifted_probes.index_select(0, part) * torch.polar(torch.ones_like(phase), phase)
+            far = torch.fft.fft2(waves, norm="ortho")
+            if batch.shift_model:
+                far = torch.fft.fftshift(far, dim=(-2, -1))
+            intensity = torch.view_as_real(far).square().sum(dim=-1)
+            if b_ > 1:
+                intensity = intensity.view(m, k, b_, k, b_).sum(dim=(2, 4))
+            target = batch.targets.index_select(0, part)
+            w = weights[start : start + m, None, None]
+            if opts.loss == "amplitude":
                 model = torch.sqrt(intensity + 1e-12)
+                residual = model - target
+                d_intensity = residual / model * (2.0 * w)  # 2 * dL/dI: the 2 of d|Psi|^2 folded in
             else:
-                model = intensity
-            per_position = ((model - target) ** 2).sum(dim=(-2, -1))
-            (per_position * weights[start : start + len(part)]).sum().backward()
-            losses.append(per_position.detach())
-        potential.requires_grad_(False)
+                residual = intensity - target
+                d_intensity = residual * (4.0 * w)
+            losses.append(residual.square().sum(dim=(-2, -1)))
+            if b_ > 1:
+                far.view(m, k, b_, k, b_).mul_(d_intensity[:, :, None, :, None])
+            else:
+                far.mul_(d_intensity)
+            if batch.shift_model:
+                far = torch.fft.ifftshift(far, dim=(-2, -1))
+            back = torch.fft.ifft2(far, norm="ortho")
+            d_phase = (back * waves.conj()).imag
+            grad_flat.index_add_(0, lin, d_phase.reshape(-1))
         return torch.cat(losses).cpu()
 
-    def _regularise(self, potential: torch.Tensor, valid: torch.Tensor, active: list[int]) -> None:
-        """Add the gradients of the TV and ridge penalties of the active scans to ``potential.grad``."""
+    def _regularise(self, potential: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor, active: list[int]) -> None:
+        """Add the gradients of the TV and ridge penalties of the active scans to ``grad``."""
         opts = self.options
         if opts.tv_weight == 0 and opts.l2_weight == 0:
             return
@@ -284,31 +318,31 @@ class Reconstructor:
         if opts.l2_weight > 0:
             penalty = penalty + opts.l2_weight * ((v * mask) ** 2).sum()
         penalty.backward()
-        potential.grad[sel] += v.grad
+        grad[sel] += v.grad
 
-    def _update(self, potential: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, steps: torch.Tensor, active: list[int]) -> None:
+    def _update(self, potential: torch.Tensor, grad: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, steps: torch.Tensor, active: list[int]) -> None:
         """One optimizer step for the active scans only (the others keep V and their state)."""
         opts = self.options
         lr = opts.effective_step
-        sel = torch.tensor(active, device=potential.device)
-        grad = potential.grad[sel]
-        with torch.no_grad():
-            if opts.optimizer == "gd":
-                potential[sel] -= lr * grad
-            else:
-                b1, b2 = opts.adam_betas
-                steps[active] += 1
-                t = steps[active].to(potential.dtype).to(potential.device)[:, None, None]
-                m = b1 * m1[sel] + (1 - b1) * grad
-                v = b2 * m2[sel] + (1 - b2) * grad**2
-                m1[sel] = m
-                m2[sel] = v
-                m_hat = m / (1 - b1**t)
-                v_hat = v / (1 - b2**t)
-                potential[sel] -= lr * m_hat / (torch.sqrt(v_hat) + _ADAM_EPS)
-            if opts.nonnegative:
-                potential.clamp_(min=0)
-        potential.grad = None
+        if opts.optimizer == "gd":
+            # the inactive scans' gradient is exactly zero: one pass over the whole stack
+            potential.sub_(grad, alpha=lr)
+        else:
+            everyone = len(active) == potential.shape[0]
+            sel = slice(None) if everyone else torch.tensor(active, device=potential.device)
+            g = grad[sel]
+            b1, b2 = opts.adam_betas
+            steps[active] += 1
+            t = steps[active].to(potential.dtype).to(potential.device)[:, None, None]
+            m = b1 * m1[sel] + (1 - b1) * g
+            v = b2 * m2[sel] + (1 - b2) * g**2
+            m1[sel] = m
+            m2[sel] = v
+            m_hat = m / (1 - b1**t)
+            v_hat = v / (1 - b2**t)
+            potential[sel] -= lr * m_hat / (torch.sqrt(v_hat) + _ADAM_EPS)
+        if opts.nonnegative:
+            potential.clamp_(min=0)
 
 
 def _pad_centred(probe: torch.Tensor, size: int) -> torch.Tensor:
@@ -348,3 +382,21 @@ def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:
     if not np.isfinite(pos).all():
         raise ValueError(f"scan {b}: positions_nm contains NaN or infinite values (first at row {int(np.argwhere(~np.isfinite(pos))[0, 0])})")
     return pos
+
+
+def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(M, K, K) probes shifted by (M, 2) sub-pixel offsets (x, y), from the probe's spectrum fft2(probe).
+
+    Same as ``recon.forward.fourier_shift`` but with the probe's FFT taken once and the
+    phase ramp built as the outer product of its separable x and y factors.
+    """
+    size_y, size_x = spectrum.shape[-2:]
+    fy = torch.fft.fftfreq(size_y, device=spectrum.device, dtype=fraction.dtype)
+    fx = torch.fft.fftfreq(size_x, device=spectrum.device, dtype=fraction.dtype)
+    out = torch.empty((len(fraction), size_y, size_x), dtype=spectrum.dtype, device=spectrum.device)
+    for start in range(0, len(fraction), chunk):
+        part = fraction[start : start + chunk]
+        ramp_x = torch.exp(-2j * math.pi * part[:, 0, None] * fx[None, :]).to(spectrum.dtype)
+        ramp_y = torch.exp(-2j * math.pi * part[:, 1, None] * fy[None, :]).to(spectrum.dtype)
+        out[start : start + chunk] = torch.fft.ifft2(spectrum * ramp_y[:, :, None] * ramp_x[:, None, :])
+    return out
