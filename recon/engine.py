@@ -266,21 +266,21 @@ class Reconstructor:
         """
         opts = self.options
         k, b_, kw = self.window, opts.detector_binning, self.model_window
-        flat = potential.view(-1)
+        # exp(iV) once per update on the whole stack, not once per window pixel
+        flat = torch.complex(torch.cos(potential), torch.sin(potential)).view(-1)
         grad_flat = grad.view(-1)
         losses = []
         for start in range(0, len(index), opts.chunk_positions):
             part = index[start : start + opts.chunk_positions]
             m = len(part)
             lin = (batch.base[part, None] + batch.offsets_in_window[None, :]).reshape(-1)
-            phase = flat.index_select(0, lin).view(m, kw, kw)
-            waves = batch.shifted_probes.index_select(0, part) * torch.polar(torch.ones_like(phase), phase)
+            waves = batch.shifted_probes.index_select(0, part) * flat.index_select(0, lin).view(m, kw, kw)
             far = torch.fft.fft2(waves, norm="ortho")
             if batch.shift_model:
                 far = torch.fft.fftshift(far, dim=(-2, -1))
-            intensity = torch.view_as_real(far).square().sum(dim=-1)
+            intensity = (far * far.conj()).real
             if b_ > 1:
-                intensity = intensity.view(m, k, b_, k, b_).sum(dim=(2, 4))
+                intensity = _bin(intensity, b_)
             target = batch.targets.index_select(0, part)
             w = weights[start : start + m, None, None]
             if opts.loss == "amplitude":
@@ -399,4 +399,18 @@ def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int) -> 
         ramp_x = torch.exp(-2j * math.pi * part[:, 0, None] * fx[None, :]).to(spectrum.dtype)
         ramp_y = torch.exp(-2j * math.pi * part[:, 1, None] * fy[None, :]).to(spectrum.dtype)
         out[start : start + chunk] = torch.fft.ifft2(spectrum * ramp_y[:, :, None] * ramp_x[:, None, :])
+    return out
+
+
+def _bin(intensity: torch.Tensor, factor: int) -> torch.Tensor:
+    """Sum factor x factor blocks of (M, K*f, K*f) as strided adds (much faster on CPU than a sum over the block dims)."""
+    m, size, _ = intensity.shape
+    rows = intensity.view(m, size // factor, factor, size)
+    summed = rows[:, :, 0]
+    for i in range(1, factor):
+        summed = summed + rows[:, :, i]
+    cols = summed.view(m, size // factor, size // factor, factor)
+    out = cols[..., 0]
+    for i in range(1, factor):
+        out = out + cols[..., i]
     return out
