@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import sys
 import tempfile
 import threading
@@ -29,16 +28,11 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ptychoscan.net import free_port
 from service.stream_v1 import image_parts, series_end_parts, series_start_parts
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Apikey {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def disk_frames(n: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ptychoscan.net import free_port
 from recon.dataset import Dataset4D, read_dataset, write_dataset
 from recon.grid import ObjectGrid
 from recon.metrics import ssim_against_ground_truth
@@ -64,13 +64,6 @@ class StrategyOutcome:
     grid: ObjectGrid
     planner: str
     seconds: float
-
-
-def free_port() -> int:
-    """A TCP port that is free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:

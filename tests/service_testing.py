@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import numpy as np
 import zmq
 
+from ptychoscan.net import free_port
 from service.compute import ReconJob, ReconOutput
 from service.stream_v1 import image_parts, series_end_parts, series_start_parts
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Apikey {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Pusher:

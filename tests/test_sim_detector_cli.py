@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,13 @@ from pathlib import Path
 import httpx
 
 from ptychoscan.cli import main
+from ptychoscan.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sim_detector_process_serves_simplon(tmp_path):
-    port, rest = _free_port(), _free_port()
+    port, rest = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "ptychoscan.cli", "sim-detector", "--specimen", "synthetic", "--detector-pixels", "16",
            "--port", str(port), "--rest-port", str(rest), "--frame-time", "0.002"]
