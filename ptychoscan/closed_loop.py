@@ -129,8 +129,8 @@ def _fetch_reconstruction(service: str, session_id: str) -> tuple[np.ndarray, Ob
     return potential, ObjectGrid(origin, potential.shape, float(r.headers["X-Pixel-Nm"]))
 
 
-def run_closed_loop(config: ClosedLoopConfig) -> list[StrategyOutcome]:
-    """Run the demo end to end; returns one outcome per strategy."""
+def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyOutcome]]:
+    """Run the demo end to end; returns the specimen's dense dataset and one outcome per strategy."""
     from sim_microscope.control_loop import ScanLoopConfig, run_scan
 
     config.out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> list[StrategyOutcome]:
                     seconds=seconds,
                 )
             )
-    return outcomes
+    return dataset, outcomes
 
 
 def _session_positions(path: Path) -> np.ndarray:

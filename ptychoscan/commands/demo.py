@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ptychoscan.closed_loop import ClosedLoopConfig, plot_outcomes, prepare_specimen, run_closed_loop
+    from ptychoscan.closed_loop import ClosedLoopConfig, plot_outcomes, run_closed_loop
     from ptychoscan.config import load_model
 
     overrides = {
@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "policy_checkpoint": args.policy,
     }
     config = load_model(ClosedLoopConfig, None, overrides)
-    outcomes = run_closed_loop(config)
-    _, dataset = prepare_specimen(config)
+    dataset, outcomes = run_closed_loop(config)
     png = plot_outcomes(outcomes, dataset, config.out / "closed_loop.png")
     print(f"specimen: MoS2 seed {config.seed}, {dataset.n_positions}-position dense raster, dose {config.dose_per_frame:g} e/frame")
     for o in outcomes:
