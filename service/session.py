@@ -127,6 +127,10 @@ class Session:
         return batch.slots[~self.received[batch.slots]]
 
     def batch_complete(self, batch: Batch) -> bool:
+        """All of the batch's frames are in (called per frame: a slice, as a batch's slots are one contiguous run)."""
+        first, last = int(batch.slots[0]), int(batch.slots[-1])
+        if last - first + 1 == len(batch.slots):
+            return bool(self.received[first : last + 1].all())
         return bool(self.received[batch.slots].all())
 
     def pending_reconstruction(self) -> Batch | None:

@@ -148,3 +148,34 @@ def test_resume_requeues_a_complete_chunk_that_was_not_reconstructed(tmp_path):
     assert ask["batch_id"] == 1 and len(ask["positions_nm"]) == 3
     m1.close()
     m2.close()
+
+
+def test_frames_reach_the_file_at_flush_in_bulk_and_a_failing_flush_fails_the_session(tmp_path, pusher, monkeypatch):
+    params = session_body("tcp://127.0.0.1:1", budget=5, chunk=5) | {"energy_ev": 60000.0, "convergence_mrad": 33.0, "defocus_nm": 0.0}
+    store = SessionStore.create(tmp_path / "c.h5", "c", params, {"requested": "sparse-grid"})
+    store.append_batch(0, np.zeros((5, 2)))
+    for slot in (4, 0, 1, 3):  # two runs: 0-1 and 3-4
+        store.write_frame(slot, np.full((16, 16), slot + 1, np.uint16))
+    assert store.pending_frames == 4
+    store.flush()
+    assert store.pending_frames == 0
+    store.close()
+    _, st = SessionStore.open(tmp_path / "c.h5")
+    assert list(st.received) == [True, True, False, True, True]
+    assert [int(st.patterns[i].max()) for i in range(5)] == [1, 2, 0, 4, 5]
+
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], ask_timeout_s=3.0)
+    with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, what="ready")
+        sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint), headers=AUTH).json()["session_id"]
+        ask = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 1}, headers=AUTH)
+        session_store = c.app.state.service.manager.sessions[sid].store
+
+        def full():
+            raise StoreError(f"{session_store.path}: flush failed ([Errno 28] No space left on device)")
+
+        monkeypatch.setattr(session_store, "flush", full)
+        pusher.series(1, frames_for(1, len(ask["positions_nm"])))
+        st = wait_until(lambda: (s := c.get(f"/api/v1/sessions/{sid}").json())["state"] == "failed" and s, what="failed")
+        assert "No space left on device" in st["error"]
