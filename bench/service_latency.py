@@ -3,12 +3,15 @@
 Runs the real service (uvicorn on a free loopback port, REST ask/tell, ZeroMQ stream v1
 ingest, the compute worker with ``recon.engine.Reconstructor``) with 1, 4 and 8
 concurrent sessions and chunks of 50 and 100 positions. Each session has a control
-thread (ask -> tell -> push the chunk's frames at once -> ask ...) and its own PUSH
-socket. Frames are 64x64 uint16 Poisson counts of a bright-field disk (content does
-not change the cost). Prints p50/p99 of the decision latency and its ratio to the
-chunk's acquisition time at 1 ms dwell (goal < 1), with wall and CPU time.
+thread (ask -> tell -> push the chunk's frames, one per dwell time as a scan acquires
+them -> ask ...) and its own PUSH socket (``--burst`` sends a chunk at once instead: a
+saturation test). Frames are 64x64 uint16 Poisson counts of a bright-field disk,
+encoded once up front (content does not change the cost). Sessions use the shipped
+GRU policy (``--strategy adaptive``) and incremental chunk updates by default. Prints
+p50/p99 of the decision latency and its ratio to the chunk's acquisition time at 1 ms
+dwell (goal < 1), the mean batched reconstruction call and planner call, wall and CPU.
 
-    PYTHONPATH=$PWD python bench/service_latency.py --threads 2 --budget 250
+    PYTHONPATH=$PWD python bench/service_latency.py --threads 2 --budget 250 [--detector-binning 1] [--update full]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptychoscan.net import free_port
-from service.stream_v1 import image_parts, series_end_parts, series_start_parts
+from service.stream_v1 import encode_frames, image_parts, series_end_parts, series_start_parts
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Apikey {KEY}"}
@@ -41,14 +44,17 @@ def disk_frames(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.poisson(disk, size=(n, k, k)).astype(np.uint16)
 
 
-def control_loop(base: str, endpoint_port: int, chunk: int, budget: int, k: int, seed: int, errors: list) -> None:
+def control_loop(
+    base: str, endpoint_port: int, chunk: int, budget: int, k: int, seed: int, errors: list, strategy: str, dwell_s: float
+) -> None:
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 60_000)
     push.bind(f"tcp://127.0.0.1:{endpoint_port}")
     rng = np.random.default_rng(seed)
     frames = disk_frames(chunk, k, rng)
-    body = {"detector_endpoint": f"tcp://127.0.0.1:{endpoint_port}", "fov_nm": [0, 0, 2.0, 2.0], "budget": budget, "chunk": chunk, "strategy": "sparse-grid"}
+    blobs = encode_frames(frames, "bs16-lz4<")  # encoded once: a detector does not spend the service's CPU
+    body = {"detector_endpoint": f"tcp://127.0.0.1:{endpoint_port}", "fov_nm": [0, 0, 2.0, 2.0], "budget": budget, "chunk": chunk, "strategy": strategy}
     try:
         with httpx.Client(base_url=base, timeout=120.0) as c:
             sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
@@ -63,8 +69,13 @@ def control_loop(base: str, endpoint_port: int, chunk: int, budget: int, k: int,
                 c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH).raise_for_status()
                 config = {"ntrigger": n, "nimages": 1, "trigger_mode": "exts", "x_pixels_in_detector": k, "y_pixels_in_detector": k}
                 push.send_multipart(series_start_parts(series, config))
+                start = time.perf_counter()
                 for i in range(n):
-                    push.send_multipart(image_parts(series, i, frames[i % chunk], "bs16-lz4<", 0, 1_000_000, 1_000_000))
+                    if dwell_s > 0:  # one frame per dwell, as a scan acquires them
+                        pause = start + (i + 1) * dwell_s - time.perf_counter()
+                        if pause > 0:
+                            time.sleep(pause)
+                    push.send_multipart(image_parts(series, i, frames[i % chunk], "bs16-lz4<", 0, 1_000_000, 1_000_000, blob=blobs[i % chunk]))
                 push.send_multipart(series_end_parts(series))
                 series += 1
     except Exception as err:  # reported by the main thread
@@ -92,7 +103,7 @@ class OverheadOnlyBackend:
         return [ReconOutput(np.zeros((64, 64), np.float32), (0.0, 0.0), 0.045, [0.0]) for _ in jobs]
 
 
-def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int) -> dict:
+def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int, strategy: str, dwell_s: float) -> dict:
     import uvicorn
 
     port = free_port()
@@ -114,7 +125,7 @@ def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int) -> dic
             raise SystemExit("service did not become ready in 120 s")
         errors: list[str] = []
         cpu0, t0 = time.process_time(), time.perf_counter()
-        loops = [threading.Thread(target=control_loop, args=(base, free_port(), chunk, budget, k, s, errors)) for s in range(sessions)]
+        loops = [threading.Thread(target=control_loop, args=(base, free_port(), chunk, budget, k, s, errors, strategy, dwell_s)) for s in range(sessions)]
         for t in loops:
             t.start()
         for t in loops:
@@ -125,11 +136,18 @@ def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int) -> dic
         m = app.state.service.metrics
         recon_sum = m.recon_seconds._sum.get()
         recon_mean = recon_sum / max(1, calls)
+        policy_mean = _histogram_mean(m.policy_seconds)
         server.should_exit = True
         th.join(60)
     if errors:
         raise SystemExit(f"control loop failed: {errors[0]}")
-    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "recon_mean": recon_mean}
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "recon_mean": recon_mean, "policy_mean": policy_mean}
+
+
+def _histogram_mean(histogram) -> float:
+    """Mean observed value of a prometheus_client Histogram (its _sum / _count samples)."""
+    values = {sample.name.rsplit("_", 1)[-1]: sample.value for metric in histogram.collect() for sample in metric.samples}
+    return values.get("sum", 0.0) / values["count"] if values.get("count") else float("nan")
 
 
 def main() -> None:
@@ -138,9 +156,14 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=250, help="positions per session (paper: 250-500)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--chunks", type=int, nargs="+", default=[50, 100])
-    ap.add_argument("--dwell-ms", type=float, default=1.0)
+    ap.add_argument("--dwell-ms", type=float, default=1.0, help="frames are sent one per dwell, as a scan acquires them")
+    ap.add_argument("--burst", action="store_true", help="send each chunk's frames at once (saturates the worker: a stress test, not a scan)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 2)")
+    ap.add_argument("--strategy", default="adaptive", help="session strategy: adaptive (the shipped GRU policy) or sparse-grid")
+    ap.add_argument("--update", choices=["incremental", "full"], default="incremental", help="what a chunk's reconstruction revisits")
+    ap.add_argument("--update-iterations", type=int, default=2)
+    ap.add_argument("--replay", type=float, default=1.0)
     ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
     args = ap.parse_args()
 
@@ -152,20 +175,21 @@ def main() -> None:
 
     def factory(storage: Path):
         settings = ServiceSettings(storage=storage, api_keys=[KEY], torch_threads=args.threads, device=args.device, max_budget=10_000,
-            recon_detector_binning=args.detector_binning,
+            recon_detector_binning=args.detector_binning, recon_update=args.update, recon_update_iterations=args.update_iterations,
+            recon_replay=args.replay,
         )
         return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
 
-    print(f"backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
-    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'wall s':>7} {'cpu s':>7}")
+    print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}), backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
+    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
-            res = run_case(factory, n, chunk, args.budget, 64)
+            res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3)
             s = res["samples"]
             acq = chunk * args.dwell_ms * 1e-3
             p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
             print(
-                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['recon_mean']:7.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
+                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
                 flush=True,
             )
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.compute import ReconBackend, TorchReconBackend
+from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
 from service.ingest import Ingest
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
@@ -42,9 +42,13 @@ class Service:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.manager = SessionManager(settings, self.metrics)
-        self.backend = backend or TorchReconBackend(
-            settings.recon_iterations, settings.device, settings.torch_threads, settings.recon_detector_binning
+        update = ChunkUpdate(
+            mode=settings.recon_update, iterations=settings.recon_iterations, update_iterations=settings.recon_update_iterations, replay=settings.recon_replay
         )
+        options = {"batch_positions": settings.recon_batch_positions}
+        if settings.recon_detector_binning is not None:
+            options["detector_binning"] = settings.recon_detector_binning
+        self.backend = backend or TorchReconBackend(update, settings.device, settings.torch_threads, options)
         self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
         self.ingest = Ingest(self.manager, settings.detectors)
         self.manager.on_endpoint = self.ingest.ensure

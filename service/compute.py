@@ -1,8 +1,17 @@
 """Batched reconstruction for the scheduler: jobs of many sessions in one ``Reconstructor.reconstruct`` call per beam setting.
 
-Sessions sharing a beam/detector setting (the probe) go into one batched call; each
-job is warm-started from its session's previous potential. The reconstructor comes
-from ``recon.engine`` (section A of the contracts), imported lazily.
+Sessions sharing a beam/detector setting (the probe) and the same iteration count go
+into one batched call; each job is warm-started from its session's previous potential.
+The reconstructor comes from ``recon.engine`` (section A of the contracts), imported
+lazily.
+
+What a chunk's reconstruction covers (``ChunkUpdate``): a session's first chunk, its
+last chunk (no decision waits on it) and any job without a previous potential are
+reconstructed in full: every position so far, ``iterations`` passes. In between, with
+``mode="incremental"`` (the default), only the chunk's new positions plus a random
+sample of older ones (``replay`` times as many) are revisited, for
+``update_iterations`` passes from the previous potential. The cost of a decision then
+stays constant along the scan instead of growing with every position measured so far.
 """
 
 from __future__ import annotations
@@ -10,9 +19,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,35 @@ class ReconJob:
     """(N, 2) positions (x, y) in nm."""
     init: np.ndarray | None
     """(ny, nx) previous potential (rad) on the same grid, or None."""
+    n_new: int | None = None
+    """How many of the positions (the last ones) are new since ``init`` was made; None: all."""
+    final: bool = False
+    """The session's last chunk: no decision waits on it, so it is always reconstructed in full."""
+    seed: int = 0
+    """Seed of the replay sample (the chunk's index, so a rerun revisits the same positions)."""
+
+
+class ChunkUpdate(BaseModel):
+    """How much of a session a chunk's reconstruction revisits (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["incremental", "full"] = Field("incremental", description="incremental: new positions + a replay sample; full: every position so far")
+    iterations: int = Field(5, ge=1, description="passes of a full reconstruction (first and last chunk; paper: 5)")
+    update_iterations: int = Field(2, ge=1, description="passes of an incremental update")
+    replay: float = Field(1.0, ge=0, description="older positions revisited per new position in an incremental update")
+
+    def scope(self, job: ReconJob) -> tuple[np.ndarray, int]:
+        """(indices of the job's positions to use, iterations) for one job."""
+        n = len(job.positions_nm)
+        n_new = n if job.n_new is None else min(max(int(job.n_new), 0), n)
+        if self.mode == "full" or job.init is None or job.final or n_new >= n or n_new == 0:
+            return np.arange(n), self.iterations
+        older = n - n_new
+        k = min(older, round(self.replay * n_new))
+        rng = np.random.default_rng(job.seed)
+        replay = np.sort(rng.choice(older, size=k, replace=False)) if k else np.zeros(0, np.int64)
+        return np.concatenate([replay, np.arange(older, n)]), self.update_iterations
 
 
 @dataclass
@@ -71,16 +110,24 @@ class TorchReconBackend:
 
     name = "recon.engine.Reconstructor"
 
-    def __init__(self, iterations: int = 5, device: str = "auto", torch_threads: int | None = None, detector_binning: int | None = None) -> None:
-        self.iterations = iterations
-        self.detector_binning = detector_binning
+    def __init__(
+        self, update: ChunkUpdate | int | None = None, device: str = "auto", torch_threads: int | None = None, options: dict | None = None
+    ) -> None:
+        if isinstance(update, int):  # the full-reconstruction iteration count alone
+            update = ChunkUpdate(iterations=update)
+        self.update = update or ChunkUpdate()
+        self.options = dict(options or {})
+        """``recon.options.ReconOptions`` fields other than ``iterations`` (e.g. detector_binning, batch_positions)."""
+        from recon.options import ReconOptions
+
+        ReconOptions(**self.options)  # a bad option fails here, at start-up, not at the first chunk
         self.device = device
         self.torch_threads = torch_threads
         self.calls = 0
-        self._recons: dict[BeamKey, object] = {}
+        self._recons: dict[tuple[BeamKey, int], object] = {}
 
-    def _reconstructor(self, beam: BeamKey):
-        if beam not in self._recons:
+    def _reconstructor(self, beam: BeamKey, iterations: int):
+        if (beam, iterations) not in self._recons:
             from recon.beam import probe_for
             from recon.device import pick_device
             from recon.engine import Reconstructor
@@ -94,9 +141,8 @@ class TorchReconBackend:
                 detector_pixel_mrad=beam.detector_pixel_mrad,
                 defocus_nm=beam.defocus_nm,
             ).to(device)
-            extra = {} if self.detector_binning is None else {"detector_binning": self.detector_binning}
-            self._recons[beam] = Reconstructor(probe, ReconOptions(iterations=self.iterations, **extra), device=device)
-        return self._recons[beam]
+            self._recons[beam, iterations] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": iterations}), device=device)
+        return self._recons[beam, iterations]
 
     def warmup(self) -> None:
         """Import the engine, build a probe and reconstruct a tiny scan once (so the first chunk is not slow)."""
@@ -108,22 +154,23 @@ class TorchReconBackend:
         rng = np.random.default_rng(0)
         job = ReconJob(beam, (0.0, 0.0, 0.2, 0.2), rng.random((4, 16, 16), dtype=np.float32), rng.random((4, 2)) * 0.2, None)
         t0 = time.perf_counter()
-        self._run_group([job])
-        self._recons.pop(beam, None)
+        self._run_group([job], self.update.iterations)
+        self._recons.pop((beam, self.update.iterations), None)
         log.info("reconstructor warm in %.2f s", time.perf_counter() - t0)
 
-    def _run_group(self, jobs: list[ReconJob]) -> list[ReconOutput]:
+    def _run_group(self, jobs: list[ReconJob], iterations: int, scopes: list[np.ndarray] | None = None) -> list[ReconOutput]:
         import torch
 
         from recon.engine import ScanChunk
         from recon.grid import ObjectGrid
 
         beam = jobs[0].beam
-        recon = self._reconstructor(beam)
+        recon = self._reconstructor(beam, iterations)
         scans, init = [], []
-        for job in jobs:
+        for i, job in enumerate(jobs):
             grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
-            scans.append(ScanChunk(torch.from_numpy(job.patterns), torch.from_numpy(job.positions_nm), grid))
+            use = slice(None) if scopes is None else scopes[i]
+            scans.append(ScanChunk(torch.from_numpy(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid))
             ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
             init.append(torch.from_numpy(job.init) if ok else None)
         results = recon.reconstruct(scans, init=init)
@@ -134,13 +181,15 @@ class TorchReconBackend:
         return out
 
     def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
-        """All jobs, one batched call per beam setting; outputs in job order."""
+        """All jobs, one batched call per beam setting and iteration count; outputs in job order."""
         out: list[ReconOutput | None] = [None] * len(jobs)
-        groups: dict[BeamKey, list[int]] = {}
+        scopes = [self.update.scope(job) for job in jobs]
+        groups: dict[tuple[BeamKey, int], list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault(job.beam, []).append(i)
-        for idx in groups.values():
+            groups.setdefault((job.beam, scopes[i][1]), []).append(i)
+        for (_, iterations), idx in groups.items():
             self.calls += 1
-            for i, res in zip(idx, self._run_group([jobs[i] for i in idx]), strict=True):
+            results = self._run_group([jobs[i] for i in idx], iterations, [scopes[i][0] for i in idx])
+            for i, res in zip(idx, results, strict=True):
                 out[i] = res
         return out  # type: ignore[return-value]

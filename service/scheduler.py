@@ -63,8 +63,18 @@ class Scheduler:
                     self.busy = False
 
     def run_round(self, items: list[WorkItem]) -> None:
-        """Reconstruct the items' chunks together, plan, publish. Never raises."""
+        """Reconstruct the items' chunks together, plan, publish. Never raises.
+
+        Sessions' last chunks (no decision waits on them) go after the others are published.
+        """
         self.rounds += 1
+        urgent = [it for it in items if it.job is None or not it.job.final]
+        last = [it for it in items if it.job is not None and it.job.final]
+        for group in (urgent, last):
+            if group:
+                self._round(group)
+
+    def _round(self, items: list[WorkItem]) -> None:
         recon_items = [it for it in items if it.job is not None]
         outputs: dict[int, object] = {}
         if recon_items:

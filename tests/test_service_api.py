@@ -133,6 +133,10 @@ def test_lifecycle_ask_tell_idempotent(client, pusher):
     status = client.get(f"/api/v1/sessions/{sid}").json()
     assert status["state"] == "done" and status["frames_received"] == 12 and status["batches_reconstructed"] == 3
     assert client.backend.calls == 3
+    jobs = client.backend.jobs
+    assert [(len(j.positions_nm), j.n_new, j.final, j.init is not None) for j in jobs] == [(5, 5, False, False), (10, 5, False, True), (12, 2, True, True)], (
+        "each job says which positions are new since its warm start, and whether it is the session's last"
+    )
     # measured positions are what the reconstruction saw
     assert np.allclose(client.backend.jobs[-1].positions_nm[:5], np.asarray(client.backend.jobs[0].positions_nm[:5]))
     png = client.get(f"/api/v1/sessions/{sid}/reconstruction", headers={"Accept": "image/png"})

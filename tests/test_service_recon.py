@@ -9,7 +9,7 @@ pytest.importorskip("recon.engine", reason="recon.engine (branch recon) not merg
 
 from recon.engine import Reconstructor
 from recon.grid import ObjectGrid
-from service.compute import BeamKey, ReconJob, TorchReconBackend
+from service.compute import BeamKey, ChunkUpdate, ReconJob, TorchReconBackend
 
 BEAM = BeamKey(60_000.0, 33.0, 16, 6.0, 0.0)
 
@@ -28,7 +28,7 @@ def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
         return original(self, scans, init=init)
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
-    backend = TorchReconBackend(iterations=2, device="cpu", torch_threads=2)
+    backend = TorchReconBackend(ChunkUpdate(iterations=2), device="cpu", torch_threads=2)
     rng = np.random.default_rng(0)
     out = backend.reconstruct([_job(rng, 6), _job(rng, 9)])
     assert len(calls) == 1 and calls[0][0] == 2, "both sessions must go into one batched call"
@@ -72,3 +72,71 @@ def test_service_with_the_real_reconstructor_end_to_end(tmp_path):
     grid = ObjectGrid.covering((0.0, 0.0, 0.3, 0.3), BEAM.pixel_nm, 16)
     assert tuple(raw["shape"]) == grid.shape and np.isfinite(np.asarray(raw["potential"])).all()
     assert raw["pixel_nm"] == pytest.approx(BEAM.pixel_nm)
+
+
+def test_chunk_update_scope_full_first_and_last_incremental_between():
+    rng = np.random.default_rng(1)
+    update = ChunkUpdate(iterations=5, update_iterations=2, replay=0.5)
+    first = _job(rng, 20)
+    assert update.scope(first)[1] == 5 and np.array_equal(update.scope(first)[0], np.arange(20)), "no previous potential: full"
+    init = np.zeros((4, 4), np.float32)
+    middle = ReconJob(BEAM, first.fov_nm, first.patterns, first.positions_nm, init, n_new=8, seed=3)
+    idx, iterations = update.scope(middle)
+    assert iterations == 2
+    assert set(range(12, 20)) <= set(idx.tolist()), "every new position is revisited"
+    older = idx[idx < 12]
+    assert len(older) == 4 and len(set(older.tolist())) == 4, "replay 0.5: half as many older positions, no repeats"
+    assert np.array_equal(update.scope(middle)[0], idx), "the replay sample is seeded by the chunk"
+    last = ReconJob(BEAM, first.fov_nm, first.patterns, first.positions_nm, init, n_new=8, final=True)
+    assert update.scope(last)[1] == 5 and len(update.scope(last)[0]) == 20, "the last chunk is reconstructed in full"
+    full = ChunkUpdate(mode="full", iterations=3)
+    assert full.scope(middle)[1] == 3 and len(full.scope(middle)[0]) == 20
+    no_replay = ChunkUpdate(replay=0.0).scope(middle)[0]
+    assert np.array_equal(no_replay, np.arange(12, 20))
+
+
+def test_incremental_update_reconstructs_only_its_scope(monkeypatch):
+    seen = []
+    original = Reconstructor.reconstruct
+
+    def spy(self, scans, init=None):
+        seen.append(([len(s.positions_nm) for s in scans], self.options.iterations))
+        return original(self, scans, init=init)
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+    backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=1, replay=1.0), device="cpu", torch_threads=2)
+    rng = np.random.default_rng(2)
+    first = _job(rng, 10)
+    start = backend.reconstruct([first])[0].potential
+    grown = _job(rng, 16)
+    middle = ReconJob(BEAM, grown.fov_nm, grown.patterns, grown.positions_nm, start, n_new=4, seed=1)
+    last = ReconJob(BEAM, grown.fov_nm, grown.patterns, grown.positions_nm, start, n_new=4, final=True)
+    out = backend.reconstruct([middle, last])
+    assert seen == [([10], 3), ([8], 1), ([16], 3)], "first chunk full; update: 4 new + 4 replayed, 1 pass; last chunk: all, full passes"
+    assert all(np.isfinite(o.potential).all() and o.potential.shape == start.shape for o in out)
+
+
+def test_last_chunks_wait_until_the_others_are_published():
+    from service_testing import RecordingBackend
+
+    from service.manager import WorkItem
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+
+    events = []
+
+    class Manager:
+        def publish(self, item, recon, positions, error=None):
+            events.append(("publish", item.session_id))
+
+    class Backend(RecordingBackend):
+        def reconstruct(self, jobs):
+            events.append(("reconstruct", [j.final for j in jobs]))
+            return super().reconstruct(jobs)
+
+    rng = np.random.default_rng(3)
+    job = _job(rng, 4)
+    last = ReconJob(BEAM, job.fov_nm, job.patterns, job.positions_nm, None, final=True)
+    items = [WorkItem("last", 1, last, None, None, None), WorkItem("mid", 1, job, None, None, None)]
+    Scheduler(Manager(), Backend(), ServiceMetrics()).run_round(items)
+    assert events == [("reconstruct", [False]), ("publish", "mid"), ("reconstruct", [True]), ("publish", "last")]
