@@ -298,7 +298,7 @@ class Reconstructor:
             if batch.shift_model:
                 far = torch.fft.ifftshift(far, dim=(-2, -1))
             back = torch.fft.ifft2(far, norm="ortho")
-            d_phase = (back * waves.conj()).imag
+            d_phase = back.imag * waves.real - back.real * waves.imag  # Im(back * conj(waves)) without the complex product
             grad_flat.index_add_(0, lin, d_phase.reshape(-1))
         return torch.cat(losses).cpu()
 

@@ -146,3 +146,33 @@ def test_bad_init_and_probe():
         Reconstructor(torch.zeros(4, 5, dtype=torch.complex64), _options())
     with pytest.raises(ValueError):
         ReconOptions(iterations=0)
+
+
+@pytest.mark.parametrize("binning", [1, 2])
+@pytest.mark.parametrize("loss", ["amplitude", "intensity"])
+def test_hand_written_gradient_equals_autograd(binning, loss):
+    """One full-batch GD step moves V by -step * dL/dV, with dL/dV from autograd through the shared forward model."""
+    from recon.forward import bin_patterns, exit_waves, far_field_intensity
+
+    chunk, truth = _scan(4, seed=8)
+    k = K // binning
+    patterns = bin_patterns(torch.as_tensor(chunk.patterns, dtype=torch.float64), binning)
+    probe = make_probe(k, PIXEL_NM * 10, 60e3, 60.0).to(torch.complex128)
+    grid = ObjectGrid.covering((0.013, 0.013, 0.15, 0.15), PIXEL_NM, k)
+    start = torch.zeros(grid.shape, dtype=torch.float64)
+    start[2:-2, 2:-2] = 0.5 * truth[: grid.shape[0] - 4, : grid.shape[1] - 4].double()
+    recon_for_pad = Reconstructor(probe, _options(detector_binning=binning, dtype="float64"), "cpu")
+    pad = recon_for_pad.pad
+    v = start.clone().requires_grad_(True)
+    padded = torch.nn.functional.pad(v, (pad, pad, pad, pad))
+    px = torch.as_tensor(grid.positions_px(chunk.positions_nm), dtype=torch.float64) + pad
+    model_probe = torch.nn.functional.pad(probe, ((k * binning - k) // 2,) * 4)
+    model = bin_patterns(far_field_intensity(exit_waves(torch.polar(torch.ones_like(padded), padded), model_probe, px)), binning)
+    residual = model.sqrt() - patterns.sqrt() if loss == "amplitude" else model - patterns
+    residual.square().sum(dim=(-2, -1)).mean().backward()
+    step = 0.05 / float(v.grad.abs().max())  # the largest move 0.05 rad: far above float32 rounding of V
+    options = _options(detector_binning=binning, loss=loss, iterations=1, optimizer="gd", step_size=step, batch_positions=None,
+                       normalize_patterns=False, dtype="float64")
+    moved = Reconstructor(probe, options, "cpu").reconstruct([ScanChunk(patterns.numpy(), chunk.positions_nm, grid)], init=[start])[0].potential.double()
+    move, expected = moved - start, -step * v.grad
+    assert float((move - expected).norm() / expected.norm()) < 1e-4
