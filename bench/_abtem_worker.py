@@ -12,6 +12,17 @@ multislice at those positions with a pixelated detector, and writes (.npz):
 - ``zero_index_xy``: where abTEM put the zero frequency in the full pattern;
 - ``angular_sampling_mrad`` (2,), ``wall_s``, ``cpu_s`` (the timed scan only), ``version``.
 
+Optional job flags (absent: the behaviour above, as bench/fidelity_abtem.py uses it):
+
+- ``shifted_only``: run the multislice once and return only ``shifted_xy`` (unnormalised
+  |FFT|^2 of the ramped exit wave; ``total`` is its full sum, equal to the unshifted
+  one by Parseval); ``patterns_xy`` is then empty and the timing covers that one pass
+  (bench/abtem_dataset.py);
+- ``return_phase``: also return ``phase_xy`` (gx, gy) float32, sigma times abTEM's
+  potential summed over its slices (rad, positive on atoms; abTEM's (x, y) array order,
+  pixel [0, 0] at x = y = 0) and ``phase_sampling_a`` (2,), its pixel in Angstrom;
+- ``progress``: print progress lines to stderr.
+
 Usage: python _abtem_worker.py JOB.npz OUT.npz
 """
 
@@ -30,6 +41,7 @@ def main(job_path: str, out_path: str) -> None:
     os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
     import abtem
     import dask
+    from abtem.core.energy import energy2sigma
     from ase import Atoms
 
     dask.config.set(scheduler="threads", num_workers=threads)
@@ -48,6 +60,9 @@ def main(job_path: str, out_path: str) -> None:
     positions = np.asarray(job["probe_positions"], dtype=np.float64)
     batch = int(job["max_batch"])
     offset = float(job["shift_px"])
+    shifted_only = bool(job.get("shifted_only", False))
+    return_phase = bool(job.get("return_phase", False))
+    progress = bool(job.get("progress", False))
 
     def scan(potential_array, pos: np.ndarray, keep_waves: bool):
         waves = probe.multislice(potential_array, scan=abtem.CustomScan(pos)).compute()
@@ -59,11 +74,14 @@ def main(job_path: str, out_path: str) -> None:
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     potential_array = potential.build().compute()
-    full_batches = [scan(potential_array, positions[i : i + batch], False)[0] for i in range(0, len(positions), batch)]
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-
-    full = np.concatenate(full_batches)
-    zero = (full.shape[-2] // 2, full.shape[-1] // 2)  # fftshift puts the zero frequency at N//2
+    if shifted_only:
+        full = None
+        zero = (gpts // 2, gpts // 2)
+    else:
+        full_batches = [scan(potential_array, positions[i : i + batch], False)[0] for i in range(0, len(positions), batch)]
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        full = np.concatenate(full_batches)
+        zero = (full.shape[-2] // 2, full.shape[-1] // 2)  # fftshift puts the zero frequency at N//2
 
     def centre(a: np.ndarray) -> np.ndarray:
         return a[:, zero[0] - crop // 2 : zero[0] - crop // 2 + crop, zero[1] - crop // 2 : zero[1] - crop // 2 + crop]
@@ -73,7 +91,8 @@ def main(job_path: str, out_path: str) -> None:
     # gives the patterns whose 2x2 blocks are centred on the zero frequency; normalised as
     # abTEM normalises its own patterns (same total).
     shifted = np.zeros((len(positions), crop, crop), dtype=np.float32)
-    if offset:
+    totals = np.zeros(len(positions))
+    if offset or shifted_only:
         for i in range(0, len(positions), batch):
             waves = probe.multislice(potential_array, scan=abtem.CustomScan(positions[i : i + batch])).compute()
             psi = np.asarray(waves.array).reshape(-1, *waves.array.shape[-2:])
@@ -83,21 +102,37 @@ def main(job_path: str, out_path: str) -> None:
                 * np.exp(2j * np.pi * offset * np.arange(ny) / ny)[None, :]
             )
             far = np.abs(np.fft.fftshift(np.fft.fft2(psi * ramp), axes=(-2, -1))) ** 2
-            far *= (full[i : i + batch].sum(axis=(-2, -1)) / far.sum(axis=(-2, -1)))[:, None, None]
+            if full is not None:
+                far *= (full[i : i + batch].sum(axis=(-2, -1)) / far.sum(axis=(-2, -1)))[:, None, None]
+            totals[i : i + batch] = far.sum(axis=(-2, -1))
             shifted[i : i + batch] = centre(far)
+            if progress:
+                done = min(i + batch, len(positions))
+                elapsed = time.perf_counter() - wall0
+                eta = elapsed / done * (len(positions) - done)
+                print(f"abTEM: {done}/{len(positions)} patterns, {elapsed:.0f} s, {done / elapsed:.2f} patterns/s, ETA {eta:.0f} s",
+                      file=sys.stderr, flush=True)
+    if shifted_only:
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     wavelength = float(probe.wavelength)
     sampling = np.array(probe.reciprocal_space_sampling) * wavelength * 1e3
+    extra = {}
+    if return_phase:
+        projected = np.asarray(potential_array.array).sum(axis=0)  # V*A, summed over the slices
+        extra["phase_xy"] = (energy2sigma(float(job["energy_ev"])) * projected).astype(np.float32)
+        extra["phase_sampling_a"] = np.array(potential_array.sampling, dtype=np.float64)
     np.savez(
         out_path,
-        patterns_xy=centre(full).astype(np.float32),
+        patterns_xy=np.zeros((0, crop, crop), np.float32) if full is None else centre(full).astype(np.float32),
         shifted_xy=shifted,
-        total=full.sum(axis=(-2, -1)),
-        full_shape=np.array(full.shape[-2:]),
+        total=totals if full is None else full.sum(axis=(-2, -1)),
+        full_shape=np.array((gpts, gpts) if full is None else full.shape[-2:]),
         zero_index_xy=np.array(zero),
         angular_sampling_mrad=sampling,
         wall_s=wall,
         cpu_s=cpu,
         version=abtem.__version__,
+        **extra,
     )
 
 

@@ -90,8 +90,16 @@ def run_abtem(
     projection: str = "infinite",
     threads: int = 2,
     max_batch: int = 8,
+    shifted_only: bool = False,
+    return_phase: bool = False,
+    progress: bool = False,
 ) -> dict:
-    """abTEM's patterns (our orientation, [N, ky, kx]) and timing from the worker in the abTEM venv."""
+    """abTEM's patterns (our orientation, [N, ky, kx]) and timing from the worker in the abTEM venv.
+
+    ``shifted_only``: one multislice pass, only the half-pixel-shifted patterns (see the
+    worker). ``return_phase``: also "phase" ([y, x] rad, sigma times abTEM's projected
+    potential, pixel [0, 0] at the cell's origin) and "phase_pixel_nm".
+    """
     python = ensure_venv(install=False)
     with tempfile.TemporaryDirectory() as tmp:
         job, out = Path(tmp) / "job.npz", Path(tmp) / "out.npz"
@@ -110,13 +118,22 @@ def run_abtem(
             max_batch=max_batch,
             threads=threads,
             shift_px=shift_px,
+            shifted_only=shifted_only,
+            return_phase=return_phase,
+            progress=progress,
         )
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
         env.pop("PYTHONPATH", None)
         subprocess.run([str(python), str(WORKER), str(job), str(out)], check=True, env=env)
         data = dict(np.load(out))
-    # abTEM arrays are indexed (kx, ky); ours [ky, kx]: transpose the last two axes.
-    return {
+    # abTEM arrays are indexed (kx, ky) and (x, y); ours [ky, kx] and [y, x]: transpose the last two axes.
+    extra = {}
+    if return_phase:
+        sampling = data["phase_sampling_a"]
+        if not np.isclose(sampling[0], sampling[1], rtol=1e-9):
+            raise RuntimeError(f"abTEM's potential pixel is not square: {sampling} A")
+        extra = {"phase": np.ascontiguousarray(data["phase_xy"].T), "phase_pixel_nm": float(sampling[0]) / 10.0}
+    return extra | {
         "patterns": np.swapaxes(data["patterns_xy"], -1, -2),
         "shifted": np.swapaxes(data["shifted_xy"], -1, -2),
         "total": data["total"],

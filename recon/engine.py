@@ -93,7 +93,9 @@ class Reconstructor:
         if not float(norm) > 0:
             raise ValueError("probe is all zeros")
         self.probe = probe / norm if self.options.normalize_patterns else probe
-        self.model_probe = _pad_centred(self.probe, self.model_window)
+        self.model_probe = _pad_centred(self.probe, self.model_window) * _binned_centre_tilt(
+            self.window, self.options.detector_binning, self.device, self.complex_dtype
+        )
 
     @property
     def window(self) -> int:
@@ -354,6 +356,23 @@ def _pad_centred(probe: torch.Tensor, size: int) -> torch.Tensor:
     start = size // 2 - k // 2
     out[start : start + k, start : start + k] = probe
     return out
+
+
+def _binned_centre_tilt(k: int, binning: int, device, dtype) -> torch.Tensor | float:
+    """Tilt exp(2 pi i d (x + y) / (K b)) that centres binned pixel (K//2, K//2) on the zero frequency.
+
+    Binning the K*b-pixel far field in b x b blocks puts the zero frequency d = b (K//2) +
+    (b - 1)/2 - (K b)//2 raw pixels off the centre of binned pixel K//2 (0.5 for b = 2, K
+    even); the data (DESIGN: patterns centred at (K//2, K//2); sim_microscope does the same
+    tilt) are centred, so the model's exit waves carry this tilt. Without it the
+    reconstruction drifts into a compensating phase ramp (0.54 rad/nm at 60 kV, K = 64).
+    """
+    offset = binning * (k // 2) + (binning - 1) / 2 - (k * binning) // 2
+    if offset == 0:
+        return 1.0
+    size = k * binning
+    ramp = torch.exp(2j * math.pi * offset * torch.arange(size, dtype=torch.float64, device=device) / size)
+    return (ramp[:, None] * ramp[None, :]).to(dtype)
 
 
 def _check_patterns(patterns, window: int, b: int) -> np.ndarray | torch.Tensor:
