@@ -166,7 +166,7 @@ def test_hand_written_gradient_equals_autograd(binning, loss):
     v = start.clone().requires_grad_(True)
     padded = torch.nn.functional.pad(v, (pad, pad, pad, pad))
     px = torch.as_tensor(grid.positions_px(chunk.positions_nm), dtype=torch.float64) + pad
-    model_probe = torch.nn.functional.pad(probe, ((k * binning - k) // 2,) * 4)
+    model_probe = recon_for_pad.model_probe  # the engine's model probe: padded to K*b and carrying the binned-centre tilt
     model = bin_patterns(far_field_intensity(exit_waves(torch.polar(torch.ones_like(padded), padded), model_probe, px)), binning)
     residual = model.sqrt() - patterns.sqrt() if loss == "amplitude" else model - patterns
     residual.square().sum(dim=(-2, -1)).mean().backward()
