@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--dwell-ms", type=float, default=1.0, help="frames are sent one per dwell, as a scan acquires them")
     ap.add_argument("--burst", action="store_true", help="send each chunk's frames at once (saturates the worker: a stress test, not a scan)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 2)")
+    ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 1)")
     ap.add_argument("--strategy", default="adaptive", help="session strategy: adaptive (the shipped GRU policy) or sparse-grid")
     ap.add_argument("--update", choices=["incremental", "full"], default="incremental", help="what a chunk's reconstruction revisits")
     ap.add_argument("--update-iterations", type=int, default=2)

@@ -37,7 +37,7 @@ class ServiceSettings(BaseSettings):
         16, ge=1, description="positions per gradient update (None: full batch); 16 scored higher than recon's 32 on sparse scans (bench/RESULTS.md)"
     )
     recon_detector_binning: int | None = Field(
-        None, ge=1, description="detector binning the reconstructor models (None: recon's default, 2 as in the paper; 1 is ~4x cheaper)"
+        None, ge=1, description="detector binning the reconstructor models (None: recon's default, 1; 2 models a 2x-binned detector at ~4x the cost)"
     )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
