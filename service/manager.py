@@ -109,6 +109,19 @@ class SessionManager:
         self.metrics.recon_queue.set(len(self.queue))
         self.work_ready.notify_all()
 
+    def has_work(self) -> bool:
+        """Some session's chunk is queued for the compute worker."""
+        with self.lock:
+            return bool(self.queue)
+
+    def requeue(self, session_ids: list[str]) -> None:
+        """Put sessions back in the queue (their pending chunk is taken again by the next ``take_work``)."""
+        with self.lock:
+            for sid in session_ids:
+                s = self.sessions.get(sid)
+                if s is not None and not s.terminal:
+                    self._enqueue(s)
+
     def _fail(self, s: Session, err: Exception | str) -> None:
         msg = str(err)
         log.error("session %s failed: %s", s.session_id, msg)

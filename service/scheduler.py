@@ -65,14 +65,18 @@ class Scheduler:
     def run_round(self, items: list[WorkItem]) -> None:
         """Reconstruct the items' chunks together, plan, publish. Never raises.
 
-        Sessions' last chunks (no decision waits on them) go after the others are published.
+        Sessions' last chunks (no decision waits on them) go after the others are
+        published, and back to the queue if other sessions' chunks arrived meanwhile.
         """
         self.rounds += 1
         urgent = [it for it in items if it.job is None or not it.job.final]
         last = [it for it in items if it.job is not None and it.job.final]
-        for group in (urgent, last):
-            if group:
-                self._round(group)
+        if urgent:
+            self._round(urgent)
+        if last and urgent and self.manager.has_work():
+            self.manager.requeue([it.session_id for it in last])
+        elif last:
+            self._round(last)
 
     def _round(self, items: list[WorkItem]) -> None:
         recon_items = [it for it in items if it.job is not None]

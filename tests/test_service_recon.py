@@ -126,8 +126,16 @@ def test_last_chunks_wait_until_the_others_are_published():
     events = []
 
     class Manager:
+        waiting = False
+
         def publish(self, item, recon, positions, error=None):
             events.append(("publish", item.session_id))
+
+        def has_work(self):
+            return self.waiting
+
+        def requeue(self, sids):
+            events.append(("requeue", sids))
 
     class Backend(RecordingBackend):
         def reconstruct(self, jobs):
@@ -138,5 +146,14 @@ def test_last_chunks_wait_until_the_others_are_published():
     job = _job(rng, 4)
     last = ReconJob(BEAM, job.fov_nm, job.patterns, job.positions_nm, None, final=True)
     items = [WorkItem("last", 1, last, None, None, None), WorkItem("mid", 1, job, None, None, None)]
-    Scheduler(Manager(), Backend(), ServiceMetrics()).run_round(items)
+    manager = Manager()
+    scheduler = Scheduler(manager, Backend(), ServiceMetrics())
+    scheduler.run_round(items)
     assert events == [("reconstruct", [False]), ("publish", "mid"), ("reconstruct", [True]), ("publish", "last")]
+    events.clear()
+    manager.waiting = True  # another session's chunk arrived during the round: the last chunk waits its turn
+    scheduler.run_round(items)
+    assert events == [("reconstruct", [False]), ("publish", "mid"), ("requeue", ["last"])]
+    events.clear()
+    scheduler.run_round(items[:1])  # alone in the queue, the last chunk runs even with more work waiting
+    assert events == [("reconstruct", [True]), ("publish", "last")]
