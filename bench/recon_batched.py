@@ -7,7 +7,7 @@ and CPU time, seconds per scan, the ratio to the paper's ~1.5 s/scan on a V100 a
 peak memory (CUDA: max allocated; CPU: growth of the process's max RSS). Usage:
 
     python bench/recon_batched.py [--scans 24] [--positions 250] [--iterations 5]
-        [--threads 2] [--device auto|cpu|cuda] [--detector-binning 2] [--batch-positions 32]
+        [--threads 2] [--device auto|cpu|cuda] [--detector-binning 1] [--batch-positions 32]
 """
 
 from __future__ import annotations
