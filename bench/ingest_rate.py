@@ -29,39 +29,17 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from detector_rate import libertem_sim_into_libertem, write_dump  # noqa: E402
-
-KEY = "bench-key"
-AUTH = {"Authorization": f"Apikey {KEY}"}
+from service_latency import AUTH, KEY, OverheadOnlyBackend  # noqa: E402
 
 
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-class NoReconstruction:
-    """Backend that returns a zero potential at once (ingest only)."""
-
-    name = "no reconstruction (ingest benchmark)"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def warmup(self) -> None:
-        pass
-
-    def reconstruct(self, jobs):
-        from service.compute import ReconOutput
-
-        self.calls += 1
-        return [ReconOutput(np.zeros((8, 8), np.float32), (0.0, 0.0), 0.05, [0.0]) for _ in jobs]
 
 
 def sim_into_service(n: int, tmp: str) -> dict:
@@ -79,7 +57,7 @@ def sim_into_service(n: int, tmp: str) -> dict:
     storage = Path(tmp) / "sessions"
     settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2)
     body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid"}
-    with TestClient(create_app(settings, backend=NoReconstruction())) as client:
+    with TestClient(create_app(settings, backend=OverheadOnlyBackend())) as client:
         sid = client.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
         ask = client.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
         assert len(ask["positions_nm"]) == n, ask
