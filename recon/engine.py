@@ -174,13 +174,10 @@ class Reconstructor:
         # ifftshifted once instead. Binning commutes with the shift when the shift is a whole
         # number of b x b blocks (always for even K); otherwise the model is fftshifted.
         shift_model = (kw // 2) % b_ != 0
-        targets, probes, bases, scan_index, offsets, counts = [], [], [], [], [], []
-        valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
-        spectrum = torch.fft.fft2(self.model_probe)
-        offset = 0
-        for b, scan in enumerate(scans):
-            patterns = _check_patterns(scan.patterns, k, b)
-            positions = _check_positions(scan.positions_nm, patterns.shape[0], b)
+        checked = []
+        for b, scan in enumerate(scans):  # validate everything before allocating the batch
+            intensity = _check_patterns(scan.patterns, k, b, self.real_dtype, self.device)
+            positions = _check_positions(scan.positions_nm, intensity.shape[0], b)
             fits = scan.grid.window_fits(positions, k)
             if not fits.all():
                 i = int(np.flatnonzero(~fits)[0])
@@ -188,28 +185,35 @@ class Reconstructor:
                     f"scan {b}: {int((~fits).sum())} position(s) have probe windows outside the {scan.grid.shape[0]}x{scan.grid.shape[1]} "
                     f"object grid (first: row {i} at ({positions[i, 0]:.3f}, {positions[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
                 )
-            intensity = torch.as_tensor(patterns, dtype=self.real_dtype).to(self.device)
             if self.options.normalize_patterns:
                 mean_total = float(intensity.sum(dim=(-2, -1)).mean())
                 if not mean_total > 0:
                     raise ValueError(f"scan {b}: patterns are all zero")
-                intensity = intensity / mean_total
+                intensity = intensity / mean_total  # out of place: the tensor may share memory with the caller's array
+            checked.append((intensity, positions))
+        counts = [len(positions) for _, positions in checked]
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+        total = sum(counts)
+        # filled in place, scan by scan (no concatenation of per-scan copies)
+        targets = torch.empty((total, k, k), dtype=self.real_dtype, device=self.device)
+        probes = torch.empty((total, kw, kw), dtype=self.complex_dtype, device=self.device)
+        bases = torch.empty(total, dtype=torch.long, device=self.device)
+        scan_index = torch.empty(total, dtype=torch.long, device=self.device)
+        valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
+        spectrum = torch.fft.fft2(self.model_probe)
+        for b, ((intensity, positions), scan) in enumerate(zip(checked, scans, strict=True)):
+            rows = slice(offsets[b], offsets[b] + counts[b])
             target = torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity
-            targets.append(target if shift_model else torch.fft.ifftshift(target, dim=(-2, -1)))
+            targets[rows] = target if shift_model else torch.fft.ifftshift(target, dim=(-2, -1))
             px = torch.as_tensor(scan.grid.positions_px(positions), dtype=torch.float64, device=self.device) + pad
             origin, fraction = split_positions(px, kw)
-            probes.append(_shift_probe(spectrum, fraction.to(self.real_dtype), self.options.chunk_positions))
-            bases.append(b * height * width + origin[:, 1] * width + origin[:, 0])
-            scan_index.append(torch.full((len(px),), b, dtype=torch.long, device=self.device))
-            offsets.append(offset)
-            counts.append(len(px))
-            offset += len(px)
+            _shift_probe(spectrum, fraction.to(self.real_dtype), self.options.chunk_positions, probes[rows])
+            bases[rows] = b * height * width + origin[:, 1] * width + origin[:, 0]
+            scan_index[rows] = b
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
-        batch = _Batch(
-            torch.cat(targets), torch.cat(probes), torch.cat(bases), in_window, shift_model, torch.cat(scan_index), offsets, counts, valid, None
-        )
+        batch = _Batch(targets, probes, bases, in_window, shift_model, scan_index, offsets, counts, valid, None)
         if self.options.precondition:
             batch.illumination = self._illumination(batch, (len(scans), height, width))
         return batch
@@ -375,19 +379,24 @@ def _binned_centre_tilt(k: int, binning: int, device, dtype) -> torch.Tensor | f
     return (ramp[:, None] * ramp[None, :]).to(dtype)
 
 
-def _check_patterns(patterns, window: int, b: int) -> np.ndarray | torch.Tensor:
-    p = patterns.detach().cpu() if isinstance(patterns, torch.Tensor) else np.asarray(patterns)
-    if p.ndim != 3 or p.shape[0] == 0:
-        raise ValueError(f"scan {b}: patterns must have shape (N, K, K) with N >= 1, got {tuple(p.shape)}")
-    if tuple(p.shape[1:]) != (window, window):
-        raise ValueError(f"scan {b}: pattern size {p.shape[1]}x{p.shape[2]} does not match the {window}x{window} probe")
-    values = torch.as_tensor(np.asarray(p, dtype=np.float64) if not isinstance(p, torch.Tensor) else p.double())
+def _check_patterns(patterns, window: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Patterns as a (N, K, K) tensor of ``dtype`` on ``device``; ValueError naming the scan for bad shapes or values."""
+    if isinstance(patterns, torch.Tensor):
+        values = patterns.detach().to(device=device, dtype=dtype)
+    else:
+        p = np.asarray(patterns)
+        values = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32 if dtype == torch.float32 else np.float64)).to(device)
+    if values.ndim != 3 or values.shape[0] == 0:
+        raise ValueError(f"scan {b}: patterns must have shape (N, K, K) with N >= 1, got {tuple(values.shape)}")
+    if tuple(values.shape[1:]) != (window, window):
+        raise ValueError(f"scan {b}: pattern size {values.shape[1]}x{values.shape[2]} does not match the {window}x{window} probe")
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         frame = int(torch.nonzero(~finite)[0, 0])
         raise ValueError(f"scan {b}: patterns contain NaN or infinite values (first in frame {frame})")
-    if bool((values < 0).any()):
-        frame = int(torch.nonzero(values < 0)[0, 0])
+    negative = values < 0
+    if bool(negative.any()):
+        frame = int(torch.nonzero(negative)[0, 0])
         raise ValueError(f"scan {b}: patterns contain negative intensities (first in frame {frame})")
     return values
 
@@ -403,21 +412,22 @@ def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:
     return pos
 
 
-def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(M, K, K) probes shifted by (M, 2) sub-pixel offsets (x, y), from the probe's spectrum fft2(probe).
+def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:
+    """Write into ``out`` (M, K, K) the probe shifted by (M, 2) sub-pixel offsets (x, y), from its spectrum fft2(probe).
 
     Same as ``recon.forward.fourier_shift`` but with the probe's FFT taken once and the
-    phase ramp built as the outer product of its separable x and y factors.
+    phase ramp applied as its separable y and x factors, in place.
     """
     size_y, size_x = spectrum.shape[-2:]
     fy = torch.fft.fftfreq(size_y, device=spectrum.device, dtype=fraction.dtype)
     fx = torch.fft.fftfreq(size_x, device=spectrum.device, dtype=fraction.dtype)
-    out = torch.empty((len(fraction), size_y, size_x), dtype=spectrum.dtype, device=spectrum.device)
     for start in range(0, len(fraction), chunk):
         part = fraction[start : start + chunk]
         ramp_x = torch.exp(-2j * math.pi * part[:, 0, None] * fx[None, :]).to(spectrum.dtype)
         ramp_y = torch.exp(-2j * math.pi * part[:, 1, None] * fy[None, :]).to(spectrum.dtype)
-        out[start : start + chunk] = torch.fft.ifft2(spectrum * ramp_y[:, :, None] * ramp_x[:, None, :])
+        shifted = spectrum * ramp_y[:, :, None]
+        shifted.mul_(ramp_x[:, None, :])
+        torch.fft.ifft2(shifted, out=out[start : start + len(part)])
     return out
 
 

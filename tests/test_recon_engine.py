@@ -176,3 +176,13 @@ def test_hand_written_gradient_equals_autograd(binning, loss):
     moved = Reconstructor(probe, options, "cpu").reconstruct([ScanChunk(patterns.numpy(), chunk.positions_nm, grid)], init=[start])[0].potential.double()
     move, expected = moved - start, -step * v.grad
     assert float((move - expected).norm() / expected.norm()) < 1e-4
+
+
+def test_reconstruct_leaves_the_callers_patterns_alone():
+    chunk, _ = _scan(4, seed=9)
+    patterns = np.ascontiguousarray(chunk.patterns, dtype=np.float32)
+    before = patterns.copy()
+    as_tensor = torch.from_numpy(patterns.copy())
+    recon = Reconstructor(_probe(), _options(iterations=1), "cpu")
+    recon.reconstruct([ScanChunk(patterns, chunk.positions_nm, chunk.grid), ScanChunk(as_tensor, chunk.positions_nm, chunk.grid)])
+    assert np.array_equal(patterns, before) and np.array_equal(as_tensor.numpy(), before)
