@@ -98,7 +98,7 @@ class ReconOutput:
 class ReconBackend(Protocol):
     name: str
     calls: int
-    """batched calls made so far (one per beam setting per scheduler round)."""
+    """batched calls made so far (one per beam setting and iteration count per scheduler round)."""
 
     def warmup(self) -> None: ...
 
@@ -106,7 +106,14 @@ class ReconBackend(Protocol):
 
 
 class TorchReconBackend:
-    """``recon.engine.Reconstructor`` behind the ``ReconBackend`` seam; one Reconstructor per beam setting."""
+    """``recon.engine.Reconstructor`` behind the ``ReconBackend`` seam; one Reconstructor per beam setting and iteration count.
+
+    Args:
+        update: what each chunk's reconstruction covers (an int: the full-reconstruction passes alone).
+        device: auto (CUDA when present), cpu or cuda.
+        torch_threads: torch CPU threads set at warm-up (None: torch's default).
+        options: ``ReconOptions`` fields other than ``iterations`` (validated here, at start-up).
+    """
 
     name = "recon.engine.Reconstructor"
 
