@@ -4,7 +4,8 @@ Runs the real service (uvicorn on a free loopback port, REST ask/tell, ZeroMQ st
 ingest, the compute worker with ``recon.engine.Reconstructor``) with 1, 4 and 8
 concurrent sessions and chunks of 50 and 100 positions. Each session has a control
 thread (ask -> tell -> push the chunk's frames, one per dwell time as a scan acquires
-them -> ask ...) and its own PUSH socket (``--burst`` sends a chunk at once instead: a
+them -> ask ...) and its own PUSH socket, in a second process (the microscope side;
+``--same-process`` runs them inside the service's process, sharing its GIL) (``--burst`` sends a chunk at once instead: a
 saturation test). Frames are 64x64 uint16 Poisson counts of a bright-field disk,
 encoded once up front (content does not change the cost). Sessions use the shipped
 GRU policy (``--strategy adaptive``) and incremental chunk updates by default. Prints
@@ -17,6 +18,7 @@ dwell (goal < 1), the mean batched reconstruction call and planner call, wall an
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import sys
@@ -103,7 +105,24 @@ class OverheadOnlyBackend:
         return [ReconOutput(np.zeros((64, 64), np.float32), (0.0, 0.0), 0.045, [0.0]) for _ in jobs]
 
 
-def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int, strategy: str, dwell_s: float) -> dict:
+def _control_loops(base: str, chunk: int, budget: int, k: int, sessions: int, strategy: str, dwell_s: float) -> list[str]:
+    """One control thread (and PUSH socket) per session; returns the errors."""
+    errors: list[str] = []
+    loops = [threading.Thread(target=control_loop, args=(base, free_port(), chunk, budget, k, s, errors, strategy, dwell_s)) for s in range(sessions)]
+    for t in loops:
+        t.start()
+    for t in loops:
+        t.join()
+    return errors
+
+
+def _run_control_loops(base: str, chunk: int, budget: int, k: int, sessions: int, strategy: str, dwell_s: float, queue) -> None:
+    queue.put(_control_loops(base, chunk, budget, k, sessions, strategy, dwell_s))
+
+
+def run_case(
+    app_factory, sessions: int, chunk: int, budget: int, k: int, strategy: str, dwell_s: float, separate_process: bool = True
+) -> dict:
     import uvicorn
 
     port = free_port()
@@ -123,13 +142,17 @@ def run_case(app_factory, sessions: int, chunk: int, budget: int, k: int, strate
             time.sleep(0.1)
         else:
             raise SystemExit("service did not become ready in 120 s")
-        errors: list[str] = []
         cpu0, t0 = time.process_time(), time.perf_counter()
-        loops = [threading.Thread(target=control_loop, args=(base, free_port(), chunk, budget, k, s, errors, strategy, dwell_s)) for s in range(sessions)]
-        for t in loops:
-            t.start()
-        for t in loops:
-            t.join()
+        args = (base, chunk, budget, k, sessions, strategy, dwell_s)
+        if separate_process:  # the microscope side in its own process, as in a deployment: it does not take the service's GIL
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            sender = ctx.Process(target=_run_control_loops, args=(*args, queue))
+            sender.start()
+            sender.join()
+            errors = queue.get() if not queue.empty() else [f"sender process exited with {sender.exitcode}"]
+        else:
+            errors = _control_loops(*args)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         samples = np.asarray(app.state.service.manager.decision_samples)
         calls = app.state.service.backend.calls
@@ -157,6 +180,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--chunks", type=int, nargs="+", default=[50, 100])
     ap.add_argument("--dwell-ms", type=float, default=1.0, help="frames are sent one per dwell, as a scan acquires them")
+    ap.add_argument("--same-process", action="store_true", help="run the control loops as threads of the service's process (they then share its GIL)")
     ap.add_argument("--burst", action="store_true", help="send each chunk's frames at once (saturates the worker: a stress test, not a scan)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 1)")
@@ -184,7 +208,7 @@ def main() -> None:
     print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
-            res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3)
+            res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3, not args.same_process)
             s = res["samples"]
             acq = chunk * args.dwell_ms * 1e-3
             p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
