@@ -12,6 +12,7 @@ ratio stand-in / DectrisSim. Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import tempfile
@@ -44,29 +45,43 @@ def _drain_libertem(conn, cam, n: int, timeout: float = 120.0) -> int:
     return got
 
 
-def stand_in_into_libertem(n: int, tmp: str) -> tuple[float, float]:
+@contextlib.contextmanager
+def _libertem_receiver(uri: str, handle_path: str):
+    """libertem-dectris's receiver of 64x64 uint16 frames from ``uri``: (connection, shared-memory client), closed on exit."""
     import libertem_dectris as ld
 
+    conn = ld.DectrisConnection(uri=uri, frame_stack_size=256, handle_path=handle_path, num_slots=4000, bytes_per_frame=64 * 64 * 2)
+    cam = ld.CamClient(conn.get_socket_path())
+    try:
+        yield conn, cam
+    finally:
+        cam.close()
+        conn.close()
+
+
+def _timed_receive(conn, cam, n: int, send, wait_for_arm: bool = False) -> tuple[float, float]:
+    """Start ``send`` on a thread and drain n frames into libertem's receiver; (wall, CPU) seconds from the start."""
+    t0, c0 = time.perf_counter(), _cpu()
+    threading.Thread(target=send, daemon=True).start()
+    if wait_for_arm:
+        assert conn.wait_for_arm(timeout=10) is not None
+    got = _drain_libertem(conn, cam, n)
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    assert got == n, f"libertem received {got} of {n} frames"
+    return wall, cpu
+
+
+def stand_in_into_libertem(n: int, tmp: str) -> tuple[float, float]:
     from sim_microscope.detector import SimDetector
     from sim_microscope.frame_source import SyntheticSource
 
     det = SimDetector(SyntheticSource(64), port=0, noise=NOISE)
     det.config.update(nimages=n, ntrigger=1, trigger_mode="ints", frame_time=0.0)
-    conn = ld.DectrisConnection(uri=det.endpoint, frame_stack_size=256, handle_path=os.path.join(tmp, "a"),
-                                num_slots=4000, bytes_per_frame=64 * 64 * 2)
-    cam = ld.CamClient(conn.get_socket_path())
     try:
-        seq = det.arm()
-        conn.start(seq, timeout=10)
-        t0, c0 = time.perf_counter(), _cpu()
-        threading.Thread(target=det.trigger, daemon=True).start()
-        got = _drain_libertem(conn, cam, n)
-        wall, cpu = time.perf_counter() - t0, _cpu() - c0
-        assert got == n, f"libertem received {got} of {n} frames"
-        return wall, cpu
+        with _libertem_receiver(det.endpoint, os.path.join(tmp, "a")) as (conn, cam):
+            conn.start(det.arm(), timeout=10)
+            return _timed_receive(conn, cam, n, det.trigger)
     finally:
-        cam.close()
-        conn.close()
         det.close()
 
 
@@ -119,21 +134,9 @@ def libertem_sim_into_libertem(n: int, tmp: str) -> tuple[float, float]:
     dump = os.path.join(tmp, "dump.bin")
     write_dump(dump, n)
     sim = ld.DectrisSim("tcp://127.0.0.1", dump, random_port=True)
-    conn = ld.DectrisConnection(uri=sim.get_uri(), frame_stack_size=256, handle_path=os.path.join(tmp, "b"),
-                                num_slots=4000, bytes_per_frame=64 * 64 * 2)
-    cam = ld.CamClient(conn.get_socket_path())
-    try:
+    with _libertem_receiver(sim.get_uri(), os.path.join(tmp, "b")) as (conn, cam):
         conn.start_passive(timeout=10)
-        t0, c0 = time.perf_counter(), _cpu()
-        threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
-        assert conn.wait_for_arm(timeout=10) is not None
-        got = _drain_libertem(conn, cam, n)
-        wall, cpu = time.perf_counter() - t0, _cpu() - c0
-        assert got == n, f"libertem received {got} of {n} frames"
-        return wall, cpu
-    finally:
-        cam.close()
-        conn.close()
+        return _timed_receive(conn, cam, n, lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), wait_for_arm=True)
 
 
 def main() -> None:

@@ -23,27 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def snapped_order(raster_nm: np.ndarray, targets_nm: np.ndarray) -> np.ndarray:
-    """Indices of the nearest still-unused raster position for each target, in order."""
-    tree = cKDTree(raster_nm)
-    used = np.zeros(len(raster_nm), bool)
-    order = []
-    for target in targets_nm:
-        k = 8
-        while True:
-            _, idx = tree.query(target, k=min(k, len(raster_nm)))
-            free = [i for i in np.atleast_1d(idx) if not used[i]]
-            if free or k >= len(raster_nm):
-                break
-            k *= 4
-        used[free[0]] = True
-        order.append(free[0])
-    return np.asarray(order)
 
 
 def main() -> None:
@@ -64,6 +45,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from policy.baselines import interleaved_grids
+    from policy.env import snap_to_unvisited
     from recon.dataset import read_dataset
     from recon.grid import ObjectGrid
     from recon.inputs import fov_of
@@ -76,7 +58,7 @@ def main() -> None:
     if not 0 < args.budget <= ds.n_positions or args.chunk < 1:
         raise SystemExit(f"--budget must lie in 1..{ds.n_positions} and --chunk be >= 1")
     fov = fov_of(ds.positions_nm)
-    order = snapped_order(ds.positions_nm, interleaved_grids(fov, args.budget, args.chunk))
+    order = snap_to_unvisited(interleaved_grids(fov, args.budget, args.chunk), ds.positions_nm, np.zeros(ds.n_positions, bool))
     beam = BeamKey(ds.energy_ev, ds.convergence_mrad, ds.detector_pixels, ds.detector_pixel_mrad, ds.defocus_nm)
     patterns = ds.patterns[order].astype(np.float32)
     positions = ds.positions_nm[order]
