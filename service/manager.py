@@ -431,11 +431,14 @@ class SessionManager:
         if b is not None:
             n = int(b.slots[-1]) + 1
             init = s.potential.copy() if s.potential is not None else None
+            # s.patterns[:n] is passed as a view, not copied under the lock: rows of complete batches are
+            # never written again (a frame for a received slot is refused as a duplicate) and add_batch
+            # replaces the array rather than writing below n_issued.
             x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
             pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
             previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
             n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == "reconstructed" and init is not None else 0
-            job = ReconJob(s.beam, s.fov, s.patterns[:n].copy(), pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id)
+            job = ReconJob(s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id)
         plan = None
         needs_plan = b is not None or not s.batches or s.current.status == "reconstructed"
         if needs_plan and n < s.budget:

@@ -69,6 +69,7 @@ class Session:
     positions_used: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     received: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     patterns: np.ndarray | None = None
+    """(capacity, K, K) float32 frames by slot; capacity >= n_issued (the whole budget: untouched rows cost no memory)."""
     batches: list[Batch] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     recent_errors: deque = field(default_factory=lambda: deque(maxlen=20))
@@ -148,10 +149,13 @@ class Session:
         self.positions_issued = np.concatenate([self.positions_issued, positions])
         self.positions_used = np.concatenate([self.positions_used, positions])
         self.received = np.concatenate([self.received, np.zeros(len(slots), bool)])
-        grown = np.zeros((self.n_issued, self.k, self.k), np.float32)
-        if self.patterns is not None:
-            grown[:n0] = self.patterns
-        self.patterns = grown
+        if self.patterns is None or len(self.patterns) < self.n_issued:
+            # Allocated once for the whole budget (np.zeros pages are only backed when written), and
+            # replaced, never written into below n0: reconstruction jobs hold views of rows < n0.
+            grown = np.zeros((max(self.budget, self.n_issued), self.k, self.k), np.float32)
+            if self.patterns is not None:
+                grown[:n0] = self.patterns[:n0]
+            self.patterns = grown
         batch = Batch(batch_id, slots)
         self.batches.append(batch)
         return batch
