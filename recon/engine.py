@@ -57,7 +57,8 @@ class _Batch:
     """Everything about the B scans that does not change during the iterations."""
 
     targets: torch.Tensor  # (M, K, K) sqrt(J) or J, normalised; ifftshifted when ``shift_model`` is False
-    shifted_probes: torch.Tensor  # (M, Kw, Kw) complex, probe shifted by each position's sub-pixel fraction
+    probes: torch.Tensor  # (P, Kw, Kw) complex shifted probes (the reconstructor's cache, or this batch's own)
+    probe_rows: torch.Tensor  # (M,) long, each position's row in ``probes`` (its sub-pixel fraction's shifted probe)
     base: torch.Tensor  # (M,) long, flat index in the (B, H, W) potential of each window's top-left pixel
     offsets_in_window: torch.Tensor  # (Kw * Kw,) long, flat offsets of a window's pixels from its top-left
     shift_model: bool  # fftshift the model far field (only when the targets could not be ifftshifted instead)
@@ -96,6 +97,7 @@ class Reconstructor:
         self.model_probe = _pad_centred(self.probe, self.model_window) * _binned_centre_tilt(
             self.window, self.options.detector_binning, self.device, self.complex_dtype
         )
+        self._probe_cache = _ShiftedProbeCache(torch.fft.fft2(self.model_probe), self.options)
 
     @property
     def window(self) -> int:
@@ -113,13 +115,16 @@ class Reconstructor:
         b = self.options.detector_binning
         return 0 if b == 1 else self.model_window // 2 - self.window // 2 + 1
 
-    def reconstruct(self, scans: list[ScanChunk], init: list[torch.Tensor | np.ndarray | None] | None = None) -> list[ReconResult]:
+    def reconstruct(
+        self, scans: list[ScanChunk], init: list[torch.Tensor | np.ndarray | None] | None = None, iterations: int | None = None
+    ) -> list[ReconResult]:
         """Reconstruct B independent scans in one batched call.
 
         Args:
             scans: the B scans, each with its own positions, count and grid.
             init: optional per-scan starting potentials (ny, nx) in rad on that scan's
                 grid (warm start from a previous chunk's result); None entries start at 0.
+            iterations: passes over the positions in this call (None: ``options.iterations``).
 
         Returns one ``ReconResult`` per scan, in order.
         """
@@ -137,7 +142,9 @@ class Reconstructor:
         steps = torch.zeros(n_scans, dtype=torch.long)
         histories: list[list[float]] = [[] for _ in scans]
         generators = [torch.Generator().manual_seed(opts.seed) for _ in scans]
-        iterations = tqdm(range(opts.iterations), desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
+        if iterations is not None and iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        iterations = tqdm(range(iterations or opts.iterations), desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
         for _ in iterations:
             schedule = self._schedule(batch.counts, generators)
             totals = torch.zeros(n_scans, dtype=torch.float64)
@@ -196,24 +203,23 @@ class Reconstructor:
         total = sum(counts)
         # filled in place, scan by scan (no concatenation of per-scan copies)
         targets = torch.empty((total, k, k), dtype=self.real_dtype, device=self.device)
-        probes = torch.empty((total, kw, kw), dtype=self.complex_dtype, device=self.device)
+        fractions = torch.empty((total, 2), dtype=torch.float64, device=self.device)
         bases = torch.empty(total, dtype=torch.long, device=self.device)
         scan_index = torch.empty(total, dtype=torch.long, device=self.device)
         valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
-        spectrum = torch.fft.fft2(self.model_probe)
         for b, ((intensity, positions), scan) in enumerate(zip(checked, scans, strict=True)):
             rows = slice(offsets[b], offsets[b] + counts[b])
             target = torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity
             targets[rows] = target if shift_model else torch.fft.ifftshift(target, dim=(-2, -1))
             px = torch.as_tensor(scan.grid.positions_px(positions), dtype=torch.float64, device=self.device) + pad
-            origin, fraction = split_positions(px, kw)
-            _shift_probe(spectrum, fraction.to(self.real_dtype), self.options.chunk_positions, probes[rows])
+            origin, fractions[rows] = split_positions(px, kw)
             bases[rows] = b * height * width + origin[:, 1] * width + origin[:, 0]
             scan_index[rows] = b
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
-        batch = _Batch(targets, probes, bases, in_window, shift_model, scan_index, offsets, counts, valid, None)
+        probes, probe_rows = self._probe_cache.rows(fractions)
+        batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, scan_index, offsets, counts, valid, None)
         if self.options.precondition:
             batch.illumination = self._illumination(batch, (len(scans), height, width))
         return batch
@@ -225,7 +231,7 @@ class Reconstructor:
         for start in range(0, len(batch.scan_index), self.options.chunk_positions):
             part = slice(start, start + self.options.chunk_positions)
             lin = batch.base[part, None] + batch.offsets_in_window[None, :]
-            flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.shifted_probes[part]) ** 2).reshape(-1))
+            flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.probes[batch.probe_rows[part]]) ** 2).reshape(-1))
         peak = illumination.flatten(1).amax(dim=1).clamp_min(1e-30)[:, None, None]
         return illumination / peak + 0.05
 
@@ -285,7 +291,7 @@ class Reconstructor:
             m = len(part)
             bases = batch.base.index_select(0, part)
             waves = windows.index_select(0, bases)  # (m, kw, kw) patches of exp(iV): a strided gather, no index array
-            waves.mul_(batch.shifted_probes.index_select(0, part))
+            waves.mul_(batch.probes.index_select(0, batch.probe_rows.index_select(0, part)))
             far = torch.fft.fft2(waves, norm="ortho")
             if batch.shift_model:
                 far = torch.fft.fftshift(far, dim=(-2, -1))
@@ -418,6 +424,47 @@ def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:
     if not np.isfinite(pos).all():
         raise ValueError(f"scan {b}: positions_nm contains NaN or infinite values (first at row {int(np.argwhere(~np.isfinite(pos))[0, 0])})")
     return pos
+
+
+class _ShiftedProbeCache:
+    """Shifted probes by sub-pixel fraction, kept between calls up to ``options.probe_cache_mb``.
+
+    A warm-started scan (the service's chunk updates) revisits positions it has seen; their
+    shifted probes (one inverse FFT each) are looked up by their exact fraction instead.
+    When the cache is full it starts over; a batch larger than the cache gets its own.
+    """
+
+    def __init__(self, spectrum: torch.Tensor, options: ReconOptions) -> None:
+        self.spectrum = spectrum
+        self.chunk = options.chunk_positions
+        per_probe = spectrum.numel() * spectrum.element_size()
+        self.capacity = int(options.probe_cache_mb * 2**20 // per_probe)
+        self.bank = spectrum.new_empty((0, *spectrum.shape))
+        self.index: dict[tuple[float, float], int] = {}
+
+    def rows(self, fractions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probes, rows): the shifted probe of position i is probes[rows[i]]; fractions (M, 2) float64 (x, y)."""
+        real = torch.float64 if self.spectrum.dtype == torch.complex128 else torch.float32
+        keys = [tuple(f) for f in fractions.cpu().tolist()]
+        unique = list(dict.fromkeys(keys))
+        if len(unique) > self.capacity:  # larger than the cache: this batch's own probes
+            own = self.spectrum.new_empty((len(unique), *self.spectrum.shape))
+            _shift_probe(self.spectrum, torch.tensor(unique, dtype=real, device=own.device), self.chunk, own)
+            where = {k: i for i, k in enumerate(unique)}
+            return own, torch.tensor([where[k] for k in keys], dtype=torch.long, device=own.device)
+        missing = [k for k in unique if k not in self.index]
+        if len(self.index) + len(missing) > self.capacity:
+            self.index.clear()
+            missing = unique
+        if missing:
+            start = len(self.index)
+            if start + len(missing) > len(self.bank):
+                grown = self.spectrum.new_empty((min(self.capacity, max(2 * len(self.bank), start + len(missing))), *self.spectrum.shape))
+                grown[:start] = self.bank[:start]
+                self.bank = grown
+            _shift_probe(self.spectrum, torch.tensor(missing, dtype=real, device=self.bank.device), self.chunk, self.bank[start : start + len(missing)])
+            self.index.update((k, start + i) for i, k in enumerate(missing))
+        return self.bank, torch.tensor([self.index[k] for k in keys], dtype=torch.long, device=self.bank.device)
 
 
 def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,9 @@ class ReconOptions(BaseModel):
         True, description="scale each scan's patterns to unit mean total intensity (counts -> probabilities; the probe has unit norm)"
     )
     seed: int = Field(0, description="seed of the mini-batch order (each scan draws its own order from seed and its index)")
+    probe_cache_mb: float = Field(
+        256.0, ge=0, description="memory for shifted probes kept between calls (a warm-started scan revisits its positions); 0 = off"
+    )
     chunk_positions: int = Field(512, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
     dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")
     progress: bool = Field(False, description="show a progress bar over iterations")

@@ -1,0 +1,61 @@
+"""The reconstructor's cache of shifted probes changes no result, only what is computed again."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recon.engine import Reconstructor, ScanChunk
+from recon.grid import ObjectGrid
+from recon.options import ReconOptions
+from recon.physics import real_space_pixel_angstrom
+from recon.probe import make_probe
+
+K = 16
+PIXEL_NM = real_space_pixel_angstrom(60e3, K, 6.0) / 10
+
+
+def _scan(rng: np.random.Generator, n: int) -> ScanChunk:
+    fov = (0.0, 0.0, 0.5, 0.5)
+    return ScanChunk(rng.random((n, K, K), dtype=np.float32) + 0.1, rng.random((n, 2)) * 0.5, ObjectGrid.covering(fov, PIXEL_NM, K))
+
+
+def _recon(cache_mb: float) -> Reconstructor:
+    probe = make_probe(K, PIXEL_NM * 10, 60e3, 33.0)
+    return Reconstructor(probe, ReconOptions(iterations=2, batch_positions=4, probe_cache_mb=cache_mb), device="cpu")
+
+
+def test_cached_probes_give_the_same_reconstruction_as_fresh_ones(monkeypatch):
+    import recon.engine as engine
+
+    rng = np.random.default_rng(0)
+    scans = [_scan(rng, 12), _scan(rng, 9)]
+    shifted = []
+    original = engine._shift_probe
+    monkeypatch.setattr(engine, "_shift_probe", lambda spectrum, fraction, chunk, out: shifted.append(len(fraction)) or original(spectrum, fraction, chunk, out))
+    cached, uncached = _recon(64.0), _recon(0.0)
+    first = cached.reconstruct(scans)
+    again = cached.reconstruct(scans, init=[r.potential for r in first])
+    assert shifted == [21], "the second call found all 21 positions' probes in the cache"
+    reference = uncached.reconstruct(scans)
+    reference_again = uncached.reconstruct(scans, init=[r.potential for r in reference])
+    assert shifted == [21, 21, 21], "with the cache off every call shifts its probes"
+    for a, b in zip(first + again, reference + reference_again, strict=True):
+        torch.testing.assert_close(a.potential, b.potential, rtol=0, atol=0)
+
+
+def test_a_full_cache_starts_over_and_a_duplicate_position_is_shifted_once():
+    recon = _recon(0.0)
+    per_probe = K * K * 8  # complex64
+    recon._probe_cache.capacity = 10  # room for 10 probes
+    assert recon._probe_cache.capacity * per_probe < 2**20
+    rng = np.random.default_rng(1)
+    scan = _scan(rng, 6)
+    scan.positions_nm[3] = scan.positions_nm[0]
+    scan.patterns[3] = scan.patterns[0]
+    recon.reconstruct([scan])
+    assert len(recon._probe_cache.index) == 5, "6 positions, 5 distinct fractions"
+    recon.reconstruct([_scan(rng, 8)])  # 5 + 8 > 10: starts over
+    assert len(recon._probe_cache.index) == 8
+    big = recon.reconstruct([_scan(rng, 11)])[0]  # larger than the cache: its own probes, the cache untouched
+    assert len(recon._probe_cache.index) == 8 and torch.isfinite(big.potential).all()
