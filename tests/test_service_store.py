@@ -77,6 +77,22 @@ def test_store_roundtrip_and_damaged_file(tmp_path):
         SessionStore.open(tmp_path / "b.h5")
 
 
+def test_bind_of_scattered_slots_records_each_slot_its_frame_and_measured_position(tmp_path):
+    params = session_body("tcp://127.0.0.1:1", budget=6, chunk=6) | {"energy_ev": 60000.0, "convergence_mrad": 33.0, "defocus_nm": 0.0}
+    store = SessionStore.create(tmp_path / "d.h5", "d", params, {"requested": "sparse-grid"})
+    store.append_batch(0, np.zeros((6, 2)))
+    slots = np.array([4, 1, 2, 5])  # a re-tell of missing slots, in any order: runs 1-2 and 4-5
+    measured = np.arange(8, dtype=np.float64).reshape(4, 2) / 10
+    store.bind(slots, 9, measured)
+    store.close()
+    _, st = SessionStore.open(tmp_path / "d.h5")
+    assert list(st.slot_series) == [-1, 9, 9, -1, 9, 9]
+    assert list(st.slot_frame) == [-1, 1, 2, -1, 0, 3], "frame i of the series fills slots[i]"
+    for i, slot in enumerate(slots):
+        assert np.allclose(st.positions_measured[slot], measured[i])
+    assert np.isnan(st.positions_measured[[0, 3]]).all()
+
+
 def test_two_sessions_reconstructed_in_one_batched_call(tmp_path):
     settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
     metrics = ServiceMetrics()
