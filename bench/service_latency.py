@@ -10,7 +10,9 @@ saturation test). Frames are 64x64 uint16 Poisson counts of a bright-field disk,
 encoded once up front (content does not change the cost). Sessions use the shipped
 GRU policy (``--strategy adaptive``) and incremental chunk updates by default. Prints
 p50/p99 of the decision latency and its ratio to the chunk's acquisition time at 1 ms
-dwell (goal < 1), the mean batched reconstruction call and planner call, wall and CPU.
+dwell (goal < 1), how many incremental updates were shrunk to keep pace
+(``--deadline-fraction``, the service's ``recon_deadline_fraction``), the mean batched
+reconstruction call and planner call, wall and CPU.
 
     PYTHONPATH=$PWD python bench/service_latency.py --threads 2 --budget 250 [--detector-binning 1] [--update full]
 """
@@ -94,6 +96,7 @@ class OverheadOnlyBackend:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.reduced_updates = 0
 
     def warmup(self) -> None:
         pass
@@ -156,6 +159,7 @@ def run_case(
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         samples = np.asarray(app.state.service.manager.decision_samples)
         calls = app.state.service.backend.calls
+        reduced = app.state.service.backend.reduced_updates
         m = app.state.service.metrics
         recon_sum = m.recon_seconds._sum.get()
         recon_mean = recon_sum / max(1, calls)
@@ -164,7 +168,7 @@ def run_case(
         th.join(60)
     if errors:
         raise SystemExit(f"control loop failed: {errors[0]}")
-    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "recon_mean": recon_mean, "policy_mean": policy_mean}
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "recon_mean": recon_mean, "policy_mean": policy_mean}
 
 
 def _histogram_mean(histogram) -> float:
@@ -188,6 +192,9 @@ def main() -> None:
     ap.add_argument("--update", choices=["incremental", "full"], default="incremental", help="what a chunk's reconstruction revisits")
     ap.add_argument("--update-iterations", type=int, default=2)
     ap.add_argument("--replay", type=float, default=1.0)
+    ap.add_argument(
+        "--deadline-fraction", type=float, default=0.5, help="shrink updates that would take longer than this fraction of a chunk's acquisition (0: never)"
+    )
     ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
     args = ap.parse_args()
 
@@ -200,12 +207,12 @@ def main() -> None:
     def factory(storage: Path):
         settings = ServiceSettings(storage=storage, api_keys=[KEY], torch_threads=args.threads, device=args.device, max_budget=10_000,
             recon_detector_binning=args.detector_binning, recon_update=args.update, recon_update_iterations=args.update_iterations,
-            recon_replay=args.replay,
+            recon_replay=args.replay, recon_deadline_fraction=args.deadline_fraction or None,
         )
         return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
 
-    print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}), backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
-    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7}")
+    print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}, deadline {args.deadline_fraction or 'off'}), backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
+    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'shrunk':>6} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
             res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3, not args.same_process)
@@ -213,7 +220,7 @@ def main() -> None:
             acq = chunk * args.dwell_ms * 1e-3
             p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
             print(
-                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
+                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
                 flush=True,
             )
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -43,7 +43,8 @@ class Service:
         self.metrics = ServiceMetrics()
         self.manager = SessionManager(settings, self.metrics)
         update = ChunkUpdate(
-            mode=settings.recon_update, iterations=settings.recon_iterations, update_iterations=settings.recon_update_iterations, replay=settings.recon_replay
+            mode=settings.recon_update, iterations=settings.recon_iterations, update_iterations=settings.recon_update_iterations, replay=settings.recon_replay,
+            deadline_fraction=settings.recon_deadline_fraction,
         )
         options = {"batch_positions": settings.recon_batch_positions}
         if settings.recon_detector_binning is not None:
@@ -53,6 +54,7 @@ class Service:
         self.ingest = Ingest(self.manager, settings.detectors)
         self.manager.on_endpoint = self.ingest.ensure
         self.warm = False
+        self._warmup_thread: threading.Thread | None = None
         self.warm_error: str | None = None
         self.started = False
 
@@ -82,12 +84,15 @@ class Service:
             log.info("resumed %d session file(s) from %s", n, self.settings.storage)
         self.ingest.start()
         self.scheduler.start()
-        threading.Thread(target=self.warmup, name="warmup", daemon=True).start()
+        self._warmup_thread = threading.Thread(target=self.warmup, name="warmup", daemon=True)
+        self._warmup_thread.start()
         self.started = True
 
     def stop(self) -> None:
         self.manager.accepting = False
         self.scheduler.stop(self.settings.shutdown_timeout_s)
+        if self._warmup_thread is not None:
+            self._warmup_thread.join(self.settings.shutdown_timeout_s)
         self.ingest.stop()
         self.manager.close()
 

@@ -12,17 +12,22 @@ reconstructed in full: every position so far, ``iterations`` passes. In between,
 sample of older ones (``replay`` times as many) are revisited, for
 ``update_iterations`` passes from the previous potential. The cost of a decision then
 stays constant along the scan instead of growing with every position measured so far.
+When a round of many sessions' updates would not fit the microscope's pace, it is
+shrunk (``service.deadline``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.deadline import Level, UpdateDeadline, replayed
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,10 @@ class ReconJob:
     """The session's last chunk: no decision waits on it, so it is always reconstructed in full."""
     seed: int = 0
     """Seed of the replay sample (the chunk's index, so a rerun revisits the same positions)."""
+    acquisition_s: float | None = None
+    """How long the microscope took to acquire the new positions (s), None if unknown: the deadline of an incremental update."""
+    passes: int | None = None
+    """Passes of a full reconstruction to run in this call (None: all of them); the scheduler runs a final one pass per call."""
 
 
 class ChunkUpdate(BaseModel):
@@ -72,18 +81,30 @@ class ChunkUpdate(BaseModel):
     iterations: int = Field(5, ge=1, description="passes of a full reconstruction (first and last chunk; paper: 5)")
     update_iterations: int = Field(2, ge=1, description="passes of an incremental update")
     replay: float = Field(1.0, ge=0, description="older positions revisited per new position in an incremental update")
+    deadline_fraction: float | None = Field(
+        0.5, gt=0, description="shrink a round's incremental updates to finish within this fraction of its chunks' acquisition time (None: never)"
+    )
 
-    def scope(self, job: ReconJob) -> tuple[np.ndarray, int]:
-        """(indices of the job's positions to use, iterations) for one job."""
+    def new_positions(self, job: ReconJob) -> int | None:
+        """The job's new positions if it gets an incremental update, None if it is reconstructed in full."""
         n = len(job.positions_nm)
         n_new = n if job.n_new is None else min(max(int(job.n_new), 0), n)
         if self.mode == "full" or job.init is None or job.final or n_new >= n or n_new == 0:
-            return np.arange(n), self.iterations
+            return None
+        return n_new
+
+    def scope(self, job: ReconJob, level: Level | None = None) -> tuple[np.ndarray, int]:
+        """(indices of the job's positions to use, iterations) for one job; ``level`` (passes, replay) overrides the update's."""
+        n = len(job.positions_nm)
+        n_new = self.new_positions(job)
+        if n_new is None:
+            return np.arange(n), job.passes or self.iterations
+        passes, replay_per_new = level or (self.update_iterations, self.replay)
         older = n - n_new
-        k = min(older, round(self.replay * n_new))
+        k = replayed((passes, replay_per_new), n_new, older)
         rng = np.random.default_rng(job.seed)
         replay = np.sort(rng.choice(older, size=k, replace=False)) if k else np.zeros(0, np.int64)
-        return np.concatenate([replay, np.arange(older, n)]), self.update_iterations
+        return np.concatenate([replay, np.arange(older, n)]), passes
 
 
 @dataclass
@@ -99,6 +120,10 @@ class ReconBackend(Protocol):
     name: str
     calls: int
     """batched calls made so far (one per beam setting and iteration count per scheduler round)."""
+    reduced_updates: int
+    """incremental updates shrunk below the configured one to meet the deadline, so far."""
+    final_passes: int
+    """passes of a full reconstruction (the scheduler runs a session's final one a pass at a time)."""
 
     def warmup(self) -> None: ...
 
@@ -106,7 +131,7 @@ class ReconBackend(Protocol):
 
 
 class TorchReconBackend:
-    """``recon.engine.Reconstructor`` behind the ``ReconBackend`` seam; one Reconstructor per beam setting and iteration count.
+    """``recon.engine.Reconstructor`` behind the ``ReconBackend`` seam; one Reconstructor (probe, shifted-probe cache) per beam setting.
 
     Args:
         update: what each chunk's reconstruction covers (an int: the full-reconstruction passes alone).
@@ -131,10 +156,16 @@ class TorchReconBackend:
         self.device = device
         self.torch_threads = torch_threads
         self.calls = 0
-        self._recons: dict[tuple[BeamKey, int], object] = {}
+        self.reduced_updates = 0
+        self.final_passes = self.update.iterations
+        self.deadline = UpdateDeadline(self.update.update_iterations, self.update.replay, self.update.deadline_fraction)
+        self._lock = threading.Lock()
+        """one call at a time: a Reconstructor's cache of shifted probes is not thread-safe."""
+        self._recons: dict[BeamKey, object] = {}
+        """One reconstructor per beam setting (its probe and its cache of shifted probes); passes are per call."""
 
-    def _reconstructor(self, beam: BeamKey, iterations: int):
-        if (beam, iterations) not in self._recons:
+    def _reconstructor(self, beam: BeamKey):
+        if beam not in self._recons:
             from recon.beam import probe_for
             from recon.device import pick_device
             from recon.engine import Reconstructor
@@ -148,8 +179,8 @@ class TorchReconBackend:
                 detector_pixel_mrad=beam.detector_pixel_mrad,
                 defocus_nm=beam.defocus_nm,
             ).to(device)
-            self._recons[beam, iterations] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": iterations}), device=device)
-        return self._recons[beam, iterations]
+            self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device)
+        return self._recons[beam]
 
     def warmup(self) -> None:
         """Import the engine, build a probe and reconstruct a tiny scan once (so the first chunk is not slow)."""
@@ -161,8 +192,11 @@ class TorchReconBackend:
         rng = np.random.default_rng(0)
         job = ReconJob(beam, (0.0, 0.0, 0.2, 0.2), rng.random((4, 16, 16), dtype=np.float32), rng.random((4, 2)) * 0.2, None)
         t0 = time.perf_counter()
-        self._run_group([job], self.update.iterations)
-        self._recons.pop((beam, self.update.iterations), None)
+        with self._lock:  # the compute worker may already be running chunks (a service takes sessions while warming up)
+            existed = beam in self._recons
+            self._run_group([job], self.update.iterations)
+            if not existed:
+                self._recons.pop(beam, None)
         log.info("reconstructor warm in %.2f s", time.perf_counter() - t0)
 
     def _run_group(self, jobs: list[ReconJob], iterations: int, scopes: list[np.ndarray] | None = None) -> list[ReconOutput]:
@@ -172,7 +206,7 @@ class TorchReconBackend:
         from recon.grid import ObjectGrid
 
         beam = jobs[0].beam
-        recon = self._reconstructor(beam, iterations)
+        recon = self._reconstructor(beam)
         scans, init = [], []
         for i, job in enumerate(jobs):
             grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
@@ -180,7 +214,7 @@ class TorchReconBackend:
             scans.append(ScanChunk(torch.from_numpy(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid))
             ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
             init.append(torch.from_numpy(job.init) if ok else None)
-        results = recon.reconstruct(scans, init=init)
+        results = recon.reconstruct(scans, init=init, iterations=iterations)
         out = []
         for r in results:
             pot = r.potential.detach().to("cpu", torch.float32).numpy()
@@ -188,9 +222,21 @@ class TorchReconBackend:
         return out
 
     def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
-        """All jobs, one batched call per beam setting and iteration count; outputs in job order."""
+        """All jobs, one batched call per beam setting and iteration count; outputs in job order.
+
+        The incremental updates among them share one level (``service.deadline``), the
+        costliest that is expected to finish within the deadline.
+        """
+        with self._lock:
+            return self._reconstruct(jobs)
+
+    def _reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
         out: list[ReconOutput | None] = [None] * len(jobs)
-        scopes = [self.update.scope(job) for job in jobs]
+        level = self._level(jobs)
+        scopes = [self.update.scope(job, level) for job in jobs]
+        if level != self.deadline.ladder[0]:
+            self.reduced_updates += sum(self.update.new_positions(job) is not None for job in jobs)
+        t0 = time.perf_counter()
         groups: dict[tuple[BeamKey, int], list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault((job.beam, scopes[i][1]), []).append(i)
@@ -199,4 +245,20 @@ class TorchReconBackend:
             results = self._run_group([jobs[i] for i in idx], iterations, [scopes[i][0] for i in idx])
             for i, res in zip(idx, results, strict=True):
                 out[i] = res
+        self.deadline.observe(time.perf_counter() - t0, sum(len(use) * passes for use, passes in scopes))
         return out  # type: ignore[return-value]
+
+    def _level(self, jobs: list[ReconJob]) -> Level:
+        """The update level of this round's incremental jobs (the configured one unless it would miss the deadline)."""
+        n_new, n_older, acquisition, fixed = [], [], [], 0
+        for job in jobs:
+            new = self.update.new_positions(job)
+            if new is None:
+                fixed += len(job.positions_nm) * (job.passes or self.update.iterations)
+            else:
+                n_new.append(new)
+                n_older.append(len(job.positions_nm) - new)
+                acquisition.append(job.acquisition_s)
+        if not n_new:
+            return self.deadline.ladder[0]
+        return self.deadline.choose(n_new, n_older, acquisition, fixed)

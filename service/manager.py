@@ -368,9 +368,11 @@ class SessionManager:
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
         b = s.batches[bind.batch_id]
+        if b.first_frame_at is None:
+            b.first_frame_at = time.perf_counter()
         if b.status == "told" and s.batch_complete(b):
             b.status = "complete"
-            s.last_frame_at = time.perf_counter()
+            s.last_frame_at = b.completed_at = time.perf_counter()
             s.state = "reconstructing"
             self.metrics.batches_complete.inc()
             try:
@@ -438,7 +440,9 @@ class SessionManager:
             pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
             previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
             n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == "reconstructed" and init is not None else 0
-            job = ReconJob(s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id)
+            job = ReconJob(
+                s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id, acquisition_s=_acquisition_s(b)
+            )
         plan = None
         needs_plan = b is not None or not s.batches or s.current.status == "reconstructed"
         if needs_plan and n < s.budget:
@@ -503,3 +507,11 @@ class SessionManager:
             for s in self.sessions.values():
                 s.notify()
                 s.store.close()
+
+
+def _acquisition_s(b: Batch) -> float | None:
+    """How long the microscope took for batch ``b`` (s): first to last frame received, scaled from n - 1 dwell intervals to n."""
+    n = len(b.slots)
+    if b.first_frame_at is None or b.completed_at is None or n < 2:
+        return None
+    return max(b.completed_at - b.first_frame_at, 0.0) * n / (n - 1)

@@ -31,6 +31,9 @@ class ServiceMetrics:
         self.stream_errors = Counter("ptychoscan_ingest_errors_total", "stream problems by kind", ["kind"], registry=r)
         self.batches_issued = Counter("ptychoscan_batches_issued_total", "batches of positions published", registry=r)
         self.batches_complete = Counter("ptychoscan_batches_completed_total", "batches whose frames all arrived", registry=r)
+        self.recon_reduced = Counter(
+            "ptychoscan_reconstruction_reduced_updates_total", "incremental updates shrunk to keep pace with the microscope", registry=r
+        )
         self.recon_queue = Gauge("ptychoscan_reconstruction_queue_depth", "sessions waiting for the compute worker", registry=r)
         self.buffered_frames = Gauge("ptychoscan_ingest_buffered_frames", "frames waiting for their tell", registry=r)
         self.sessions_active = Gauge("ptychoscan_sessions_active", "sessions not done, stopped or failed", registry=r)

@@ -4,21 +4,41 @@ Per round: take everything queued, reconstruct (one ``ReconBackend.reconstruct``
 call, which batches per beam setting), run each planner once over its sessions, and
 publish the next batches. A flusher thread flushes received frames to disk every
 ``flush_interval_s``. Neither thread touches the asyncio loop.
+
+A session's last chunk gets a full reconstruction (every position, all passes) on
+which no decision waits, and which takes many times a decision's compute. It runs one
+pass at a time (warm-started, so with gradient descent it is the same reconstruction),
+in between other sessions' chunks: at least one pass per round, more while nothing else
+is queued. A decision then waits for at most one pass of one session's final
+reconstruction instead of all of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.compute import ReconBackend
+from service.compute import ReconBackend, ReconOutput
 from service.manager import SessionManager, WorkItem
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Finishing:
+    """A session's final reconstruction in progress: passes done so far and the potential they reached."""
+
+    item: WorkItem
+    passes: int
+    done: int = 0
+    output: ReconOutput | None = None
+    losses: list[float] = field(default_factory=list)
 
 
 class Scheduler:
@@ -31,6 +51,7 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self.busy = False
         self.rounds = 0
+        self._finishing: list[_Finishing] = []
 
     def start(self) -> None:
         for target, name in ((self._run, "compute-worker"), (self._flush_loop, "store-flusher")):
@@ -52,37 +73,70 @@ class Scheduler:
         while not self._stop.wait(self.flush_interval_s):
             self.manager.flush_all()
 
+    @property
+    def finishing(self) -> int:
+        """Sessions whose final reconstruction is in progress."""
+        return len(self._finishing)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            items = self.manager.take_work(timeout=0.2)
-            if items:
-                self.busy = True
-                try:
+            items = self.manager.take_work(timeout=0.0 if self._finishing else 0.2)
+            if not items and not self._finishing:
+                continue
+            self.busy = True
+            try:
+                if items:
                     self.run_round(items)
-                finally:
-                    self.busy = False
+                else:
+                    self.finish_pending()
+            finally:
+                self.busy = False
 
     def run_round(self, items: list[WorkItem]) -> None:
-        """Reconstruct the items' chunks together, plan, publish. Never raises.
+        """Reconstruct the items' chunks together, plan, publish; then advance final reconstructions. Never raises.
 
-        Sessions' last chunks (no decision waits on them) go after the others are
-        published, and back to the queue if other sessions' chunks arrived meanwhile.
+        Sessions' last chunks (no decision waits on them) join the final reconstructions
+        in progress, which advance by at least one pass per round and go on while no
+        other session's chunk is queued.
         """
         self.rounds += 1
         urgent = [it for it in items if it.job is None or not it.job.final]
-        last = [it for it in items if it.job is not None and it.job.final]
+        passes = getattr(self.backend, "final_passes", 1)
+        self._finishing += [_Finishing(it, passes) for it in items if it.job is not None and it.job.final]
         if urgent:
             self._round(urgent)
-        if last and urgent and self.manager.has_work():
-            self.manager.requeue([it.session_id for it in last])
-        elif last:
-            self._round(last)
+        self.finish_pending()
+
+    def finish_pending(self) -> None:
+        """One pass of the oldest final reconstruction, then more while no other chunk waits; publish those completed."""
+        first = True
+        while self._finishing and (first or not self.manager.has_work()) and not self._stop.is_set():
+            first = False
+            self._final_pass(self._finishing[0])
+
+    def _final_pass(self, f: _Finishing) -> None:
+        job = f.item.job
+        if f.output is not None:
+            job = dataclasses.replace(job, init=f.output.potential)
+        try:
+            f.output = self.backend.reconstruct([dataclasses.replace(job, passes=1)])[0]
+        except Exception as err:
+            log.exception("final reconstruction failed")
+            self._finishing.remove(f)
+            self.manager.publish(f.item, None, None, error=f"reconstruction failed: {type(err).__name__}: {err}")
+            return
+        f.done += 1
+        f.losses += f.output.loss_history
+        if f.done >= f.passes:
+            self._finishing.remove(f)
+            self.manager.publish(f.item, dataclasses.replace(f.output, loss_history=f.losses), None)
 
     def _round(self, items: list[WorkItem]) -> None:
         recon_items = [it for it in items if it.job is not None]
         outputs: dict[int, object] = {}
         if recon_items:
             t0 = time.perf_counter()
+            reduced_before = getattr(self.backend, "reduced_updates", 0)
             try:
                 results = self.backend.reconstruct([it.job for it in recon_items])
             except Exception as err:
@@ -94,6 +148,7 @@ class Scheduler:
             else:
                 self.metrics.recon_seconds.observe(time.perf_counter() - t0)
                 self.metrics.recon_sessions.observe(len(recon_items))
+                self.metrics.recon_reduced.inc(getattr(self.backend, "reduced_updates", 0) - reduced_before)
             for it, res in zip(recon_items, results, strict=False):
                 outputs[id(it)] = res
         positions = self._plan(items, outputs)

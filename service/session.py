@@ -54,6 +54,10 @@ class Batch:
     told_slots: np.ndarray | None = None
     """slots bound by the last tell (frame i -> told_slots[i])."""
     issued_at: float = field(default_factory=time.monotonic)
+    first_frame_at: float | None = None
+    """perf_counter() when the batch's first frame was stored."""
+    completed_at: float | None = None
+    """perf_counter() when its last frame was stored (completed_at - first_frame_at: its acquisition time)."""
 
 
 @dataclass

@@ -33,6 +33,9 @@ class ServiceSettings(BaseSettings):
     )
     recon_update_iterations: int = Field(2, ge=1, description="iterations of an incremental update")
     recon_replay: float = Field(1.0, ge=0, description="older positions revisited per new position in an incremental update")
+    recon_deadline_fraction: float | None = Field(
+        0.5, gt=0, description="shrink incremental updates when a round would take longer than this fraction of the chunks' acquisition time (None: never)"
+    )
     recon_batch_positions: int | None = Field(
         16, ge=1, description="positions per gradient update (None: full batch); 16 scored higher than recon's 32 on sparse scans (bench/RESULTS.md)"
     )
@@ -41,7 +44,7 @@ class ServiceSettings(BaseSettings):
     )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
-    policy_checkpoint: Path | None = Field(None, description="GRU policy checkpoint for strategy 'adaptive' (not yet available)")
+    policy_checkpoint: Path | None = Field(None, description="GRU policy checkpoint for strategy 'adaptive' (None: the shipped one)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="how long shutdown waits for the chunk in flight")
 
     @field_validator("detectors")

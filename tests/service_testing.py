@@ -72,6 +72,7 @@ class RecordingBackend:
         self.delay_s = delay_s
         self.pixel_nm = pixel_nm
         self.calls = 0
+        self.reduced_updates = 0
         self.call_sizes: list[int] = []
         self.jobs: list[ReconJob] = []
         self.lock = threading.Lock()

@@ -137,6 +137,7 @@ def test_lifecycle_ask_tell_idempotent(client, pusher):
     assert [(len(j.positions_nm), j.n_new, j.final, j.init is not None) for j in jobs] == [(5, 5, False, False), (10, 5, False, True), (12, 2, True, True)], (
         "each job says which positions are new since its warm start, and whether it is the session's last"
     )
+    assert all(j.acquisition_s is not None and 0 <= j.acquisition_s < 10 for j in jobs), "each chunk's acquisition time, from its frames' arrival"
     # measured positions are what the reconstruction saw
     assert np.allclose(client.backend.jobs[-1].positions_nm[:5], np.asarray(client.backend.jobs[0].positions_nm[:5]))
     png = client.get(f"/api/v1/sessions/{sid}/reconstruction", headers={"Accept": "image/png"})

@@ -23,9 +23,9 @@ def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
     calls = []
     original = Reconstructor.reconstruct
 
-    def spy(self, scans, init=None):
+    def spy(self, scans, init=None, iterations=None):
         calls.append((len(scans), init))
-        return original(self, scans, init=init)
+        return original(self, scans, init=init, iterations=iterations)
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
     backend = TorchReconBackend(ChunkUpdate(iterations=2), device="cpu", torch_threads=2)
@@ -99,9 +99,9 @@ def test_incremental_update_reconstructs_only_its_scope(monkeypatch):
     seen = []
     original = Reconstructor.reconstruct
 
-    def spy(self, scans, init=None):
-        seen.append(([len(s.positions_nm) for s in scans], self.options.iterations))
-        return original(self, scans, init=init)
+    def spy(self, scans, init=None, iterations=None):
+        seen.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
+        return original(self, scans, init=init, iterations=iterations)
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
     backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=1, replay=1.0), device="cpu", torch_threads=2)
@@ -116,7 +116,7 @@ def test_incremental_update_reconstructs_only_its_scope(monkeypatch):
     assert all(np.isfinite(o.potential).all() and o.potential.shape == start.shape for o in out)
 
 
-def test_last_chunks_wait_until_the_others_are_published():
+def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
     from service_testing import RecordingBackend
 
     from service.manager import WorkItem
@@ -129,17 +129,16 @@ def test_last_chunks_wait_until_the_others_are_published():
         waiting = False
 
         def publish(self, item, recon, positions, error=None):
-            events.append(("publish", item.session_id))
+            events.append(("publish", item.session_id, None if recon is None else len(recon.loss_history)))
 
         def has_work(self):
             return self.waiting
 
-        def requeue(self, sids):
-            events.append(("requeue", sids))
-
     class Backend(RecordingBackend):
+        final_passes = 3
+
         def reconstruct(self, jobs):
-            events.append(("reconstruct", [j.final for j in jobs]))
+            events.append(("reconstruct", [(j.final, j.passes, j.init is not None) for j in jobs]))
             return super().reconstruct(jobs)
 
     rng = np.random.default_rng(3)
@@ -149,11 +148,18 @@ def test_last_chunks_wait_until_the_others_are_published():
     manager = Manager()
     scheduler = Scheduler(manager, Backend(), ServiceMetrics())
     scheduler.run_round(items)
-    assert events == [("reconstruct", [False]), ("publish", "mid"), ("reconstruct", [True]), ("publish", "last")]
+    one_pass = [("reconstruct", [(True, 1, False)])] + [("reconstruct", [(True, 1, True)])] * 2  # warm-started from the pass before
+    assert events == [("reconstruct", [(False, None, False)]), ("publish", "mid", 1), *one_pass, ("publish", "last", 3)], (
+        "decisions first; then the final reconstruction, a pass per call, published once with every pass's loss"
+    )
     events.clear()
-    manager.waiting = True  # another session's chunk arrived during the round: the last chunk waits its turn
+    manager.waiting = True  # other sessions' chunks keep arriving: one final pass per round, no more
     scheduler.run_round(items)
-    assert events == [("reconstruct", [False]), ("publish", "mid"), ("requeue", ["last"])]
+    assert events == [("reconstruct", [(False, None, False)]), ("publish", "mid", 1), one_pass[0]] and scheduler.finishing == 1
     events.clear()
-    scheduler.run_round(items[:1])  # alone in the queue, the last chunk runs even with more work waiting
-    assert events == [("reconstruct", [True]), ("publish", "last")]
+    scheduler.run_round(items[1:])
+    assert events == [("reconstruct", [(False, None, False)]), ("publish", "mid", 1), one_pass[1]]
+    events.clear()
+    manager.waiting = False
+    scheduler.finish_pending()
+    assert events == [one_pass[2], ("publish", "last", 3)] and scheduler.finishing == 0

@@ -1,0 +1,89 @@
+"""Incremental updates shrink to keep pace with the microscope (service.deadline), and only then."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recon.engine import Reconstructor
+from service.compute import BeamKey, ChunkUpdate, ReconJob, TorchReconBackend
+from service.deadline import UpdateDeadline, position_passes
+
+BEAM = BeamKey(60_000.0, 33.0, 16, 6.0, 0.0)
+
+
+def test_ladder_runs_from_the_configured_update_down_to_one_pass_over_the_new_positions():
+    ladder = UpdateDeadline(2, 1.0, 0.5).ladder
+    assert ladder[0] == (2, 1.0) and ladder[-1] == (1, 0.0)
+    costs = [position_passes(level, 50, 1000) for level in ladder]
+    assert costs == sorted(costs, reverse=True), "costliest first"
+    assert position_passes((2, 1.0), 50, 20) == 2 * (50 + 20), "replay is capped by the older positions there are"
+
+
+def test_choose_keeps_the_full_update_until_it_knows_the_cost_or_the_pace():
+    d = UpdateDeadline(2, 1.0, 0.5)
+    assert d.choose([50] * 8, [500] * 8, [0.05] * 8) == (2, 1.0), "no timed call yet"
+    d.observe(0.1, 1000)  # 1e-4 s per position-pass
+    assert d.choose([50] * 8, [500] * 8, [None] * 8) == (2, 1.0), "acquisition time unknown (e.g. after a restart)"
+    assert UpdateDeadline(2, 1.0, None).choose([50], [500], [0.05]) == (2, 1.0), "deadline switched off"
+
+
+def test_choose_takes_the_costliest_level_that_fits_and_the_cheapest_when_none_does():
+    d = UpdateDeadline(2, 1.0, 0.5)
+    d.observe(1.0, 10_000)  # 1e-4 s per position-pass
+    # one session, chunk 50 acquired in 50 ms: budget 25 ms = 250 passes; (2, 1.0) needs 200
+    assert d.choose([50], [500], [0.05]) == (2, 1.0)
+    # 4 sessions: 800 passes for (2, 1.0); 400 for (1, 1.0) and (2, 0); 300 for (1, 0.5); 200 for (1, 0)
+    assert d.choose([50] * 4, [500] * 4, [0.05] * 4) == (1, 0.0)
+    assert d.choose([50] * 4, [500] * 4, [0.07] * 4) == (1, 0.5)
+    assert d.choose([50] * 4, [500] * 4, [0.09] * 4) == (1, 1.0)
+    assert d.choose([50] * 16, [500] * 16, [0.05] * 16) == (1, 0.0), "nothing fits: the cheapest"
+    assert d.choose([50], [500], [0.05], fixed_passes=1000) == (1, 0.0), "full reconstructions in the round count"
+    assert d.choose([50, 50], [500, 500], [0.5, 0.05]) == d.choose([50, 50], [500, 500], [0.05, 0.05]), "the shortest chunk sets the pace"
+
+
+def test_observe_averages_the_measured_cost_and_ignores_empty_calls():
+    d = UpdateDeadline(1, 0.0, 0.5, smoothing=0.5)
+    d.observe(1.0, 0)
+    assert d.seconds_per_pass is None
+    d.observe(1.0, 100)
+    d.observe(3.0, 100)
+    assert d.seconds_per_pass == pytest.approx(0.02)
+    with pytest.raises(ValueError):
+        UpdateDeadline(1, 0.0, 0.0)
+
+
+def _job(rng: np.random.Generator, n: int, **kw) -> ReconJob:
+    fov = (0.0, 0.0, 0.6, 0.6)
+    return ReconJob(BEAM, fov, rng.random((n, 16, 16), dtype=np.float32) + 0.1, rng.random((n, 2)) * 0.6, None, **kw)
+
+
+def test_backend_shrinks_an_incremental_update_that_would_miss_its_deadline(monkeypatch):
+    seen = []
+    original = Reconstructor.reconstruct
+
+    def spy(self, scans, init=None, iterations=None):
+        seen.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
+        return original(self, scans, init=init, iterations=iterations)
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+    backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=2, replay=1.0), device="cpu", torch_threads=2)
+    rng = np.random.default_rng(3)
+    start = backend.reconstruct([_job(rng, 12)])[0].potential
+    grown = _job(rng, 18)
+
+    def update(acquisition_s):
+        return ReconJob(BEAM, grown.fov_nm, grown.patterns, grown.positions_nm, start, n_new=6, seed=1, acquisition_s=acquisition_s)
+
+    backend.deadline.seconds_per_pass = 1e-6  # a fast machine: the configured update fits
+    backend.reconstruct([update(0.05)])
+    assert seen[-1] == ([12], 2) and backend.reduced_updates == 0
+    backend.deadline.seconds_per_pass = 1.0  # a slow one: one pass over the 6 new positions
+    out = backend.reconstruct([update(0.05)])[0]
+    assert seen[-1] == ([6], 1) and backend.reduced_updates == 1
+    assert np.isfinite(out.potential).all() and len(out.loss_history) == 1
+    final = ReconJob(BEAM, grown.fov_nm, grown.patterns, grown.positions_nm, start, n_new=6, final=True, acquisition_s=0.05)
+    backend.deadline.seconds_per_pass = 1.0
+    backend.reconstruct([final])
+    assert seen[-1] == ([18], 3) and backend.reduced_updates == 1, "a last chunk is never shrunk"
+    assert backend.deadline.seconds_per_pass < 1.0, "the measured cost replaced the guess"
