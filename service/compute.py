@@ -93,12 +93,17 @@ class ChunkUpdate(BaseModel):
             return None
         return n_new
 
+    def fresh(self, job: ReconJob) -> bool:
+        """A full reconstruction from zero on which a decision waits (a session's first chunk): the deadline may cut its passes."""
+        return self.mode == "incremental" and job.init is None and not job.final and job.passes is None
+
     def scope(self, job: ReconJob, level: Level | None = None) -> tuple[np.ndarray, int]:
         """(indices of the job's positions to use, iterations) for one job; ``level`` (passes, replay) overrides the update's."""
         n = len(job.positions_nm)
         n_new = self.new_positions(job)
+        reduced = level is not None and level != (self.update_iterations, self.replay)
         if n_new is None:
-            return np.arange(n), job.passes or self.iterations
+            return np.arange(n), level[0] if reduced and self.fresh(job) else job.passes or self.iterations
         passes, replay_per_new = level or (self.update_iterations, self.replay)
         older = n - n_new
         k = replayed((passes, replay_per_new), n_new, older)
@@ -183,18 +188,23 @@ class TorchReconBackend:
         return self._recons[beam]
 
     def warmup(self) -> None:
-        """Import the engine, build a probe and reconstruct a tiny scan once (so the first chunk is not slow)."""
+        """Import the engine and reconstruct a small scan (the first chunk is then not slow; it also calibrates the deadline's cost model)."""
         import torch
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        beam = BeamKey(60_000.0, 33.0, 16, 6.0, 0.0)
+        beam = BeamKey(60_000.0, 33.0, _COST_K, 1.68, 0.0)
         rng = np.random.default_rng(0)
-        job = ReconJob(beam, (0.0, 0.0, 0.2, 0.2), rng.random((4, 16, 16), dtype=np.float32), rng.random((4, 2)) * 0.2, None)
+        n = 32
+        job = ReconJob(beam, (0.0, 0.0, 0.5, 0.5), rng.random((n, _COST_K, _COST_K), dtype=np.float32), rng.random((n, 2)) * 0.5, None)
         t0 = time.perf_counter()
         with self._lock:  # the compute worker may already be running chunks (a service takes sessions while warming up)
             existed = beam in self._recons
-            self._run_group([job], self.update.iterations)
+            self._run_group([job], 1)  # compiles/allocates what a first call needs
+            t1 = time.perf_counter()
+            self._run_group([job], 1)
+            if self.deadline.seconds_per_pass is None:
+                self.deadline.observe(time.perf_counter() - t1, n)
             if not existed:
                 self._recons.pop(beam, None)
         log.info("reconstructor warm in %.2f s", time.perf_counter() - t0)
@@ -235,7 +245,7 @@ class TorchReconBackend:
         level = self._level(jobs)
         scopes = [self.update.scope(job, level) for job in jobs]
         if level != self.deadline.ladder[0]:
-            self.reduced_updates += sum(self.update.new_positions(job) is not None for job in jobs)
+            self.reduced_updates += sum(self.update.new_positions(job) is not None or self.update.fresh(job) for job in jobs)
         t0 = time.perf_counter()
         groups: dict[tuple[BeamKey, int], list[int]] = {}
         for i, job in enumerate(jobs):
@@ -245,20 +255,33 @@ class TorchReconBackend:
             results = self._run_group([jobs[i] for i in idx], iterations, [scopes[i][0] for i in idx])
             for i, res in zip(idx, results, strict=True):
                 out[i] = res
-        self.deadline.observe(time.perf_counter() - t0, sum(len(use) * passes for use, passes in scopes))
+        self.deadline.observe((time.perf_counter() - t0) / _cost_scale(jobs), sum(len(use) * passes for use, passes in scopes))
         return out  # type: ignore[return-value]
 
     def _level(self, jobs: list[ReconJob]) -> Level:
         """The update level of this round's incremental jobs (the configured one unless it would miss the deadline)."""
-        n_new, n_older, acquisition, fixed = [], [], [], 0
+        n_new, n_older, fresh, acquisition, fixed = [], [], [], [], 0
         for job in jobs:
             new = self.update.new_positions(job)
-            if new is None:
-                fixed += len(job.positions_nm) * (job.passes or self.update.iterations)
-            else:
+            if new is not None:
                 n_new.append(new)
                 n_older.append(len(job.positions_nm) - new)
-                acquisition.append(job.acquisition_s)
-        if not n_new:
+            elif self.update.fresh(job):
+                fresh.append(len(job.positions_nm))
+            else:
+                fixed += len(job.positions_nm) * (job.passes or self.update.iterations)
+                continue
+            acquisition.append(job.acquisition_s)
+        if not acquisition:
             return self.deadline.ladder[0]
-        return self.deadline.choose(n_new, n_older, acquisition, fixed)
+        return self.deadline.choose(n_new, n_older, acquisition, fixed, fresh, self.update.iterations, cost_scale=_cost_scale(jobs))
+
+
+_COST_K = 64
+"""The deadline's cost model is kept per position-pass of K = 64 patterns (what warm-up measures)."""
+
+
+def _cost_scale(jobs: list[ReconJob]) -> float:
+    """Cost of one position-pass of these jobs relative to K = 64 (the largest K: (K / 64)^2)."""
+    k = max(job.beam.detector_pixels for job in jobs)
+    return (k / _COST_K) ** 2

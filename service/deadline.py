@@ -7,8 +7,10 @@ passes over the new positions plus ``replay`` times as many older ones) does not
 ``UpdateDeadline`` then steps it down a ladder of cheaper updates, fewer replayed
 positions first, then fewer passes, down to one pass over the new positions alone, so
 that the round's expected time is at most ``fraction`` x the shortest acquisition time
-among the round's chunks. Full reconstructions (a session's first and last chunk) are
-never shrunk: the final reconstruction is the same whatever the load.
+among the round's chunks. A session's first chunk (reconstructed from zero) gets the
+level's passes instead of the full count when the round is shrunk; its last chunk's
+full reconstruction is never shrunk: the final reconstruction is the same whatever the
+load.
 
 The cost model is measured, not configured: seconds per position-pass (one position
 through one forward and backward pass), an exponential average over the backend's
@@ -44,13 +46,26 @@ class UpdateDeadline:
         """Measured cost of one position through one pass (s), None until a call was timed."""
         self.ladder = _ladder(update_iterations, replay)
 
-    def choose(self, n_new: Sequence[int], n_older: Sequence[int], acquisition_s: Sequence[float | None], fixed_passes: int = 0) -> Level:
+    def choose(
+        self,
+        n_new: Sequence[int],
+        n_older: Sequence[int],
+        acquisition_s: Sequence[float | None],
+        fixed_passes: int = 0,
+        fresh: Sequence[int] = (),
+        fresh_passes: int = 1,
+        cost_scale: float = 1.0,
+    ) -> Level:
         """The costliest level whose round fits the budget (the cheapest one when none does).
 
         Args:
             n_new, n_older: per incremental job, its new and its older positions.
-            acquisition_s: per incremental job, the time its chunk took to acquire (s), None if unknown.
+            acquisition_s: per job that a decision waits on, the time its chunk took to acquire (s), None if unknown.
             fixed_passes: position-passes of the round's full reconstructions (not shrinkable).
+            fresh: positions of each first-chunk job (reconstructed from zero): ``fresh_passes``
+                passes at the top level, the level's passes below it.
+            cost_scale: cost of these jobs' position-passes relative to the model's unit
+                (the backend keeps it per pass of 64x64 patterns).
         """
         known = [t for t in acquisition_s if t is not None]
         if self.fraction is None or self.seconds_per_pass is None or not known:
@@ -58,7 +73,8 @@ class UpdateDeadline:
         budget_s = self.fraction * min(known)
         for level in self.ladder:
             passes = fixed_passes + sum(position_passes(level, new, old) for new, old in zip(n_new, n_older, strict=True))
-            if passes * self.seconds_per_pass <= budget_s:
+            passes += sum(fresh) * (fresh_passes if level == self.ladder[0] else level[0])
+            if passes * self.seconds_per_pass * cost_scale <= budget_s:
                 return level
         return self.ladder[-1]
 

@@ -87,3 +87,44 @@ def test_backend_shrinks_an_incremental_update_that_would_miss_its_deadline(monk
     backend.reconstruct([final])
     assert seen[-1] == ([18], 3) and backend.reduced_updates == 1, "a last chunk is never shrunk"
     assert backend.deadline.seconds_per_pass < 1.0, "the measured cost replaced the guess"
+
+
+def test_first_chunks_count_their_full_passes_at_the_top_level_and_the_levels_passes_below():
+    d = UpdateDeadline(2, 1.0, 0.5)
+    d.observe(1.0, 10_000)  # 1e-4 s per position-pass; budget 25 ms = 250 passes
+    assert d.choose([], [], [0.05], fresh=[40], fresh_passes=5) == (2, 1.0), "5 x 40 = 200 passes fit at the top"
+    assert d.choose([], [], [0.05], fresh=[60], fresh_passes=5) == (2, 0.5), "5 x 60 = 300 do not; 2 x 60 do"
+    assert d.choose([], [], [0.05] * 4, fresh=[50] * 4, fresh_passes=5) == (1, 1.0), "4 first chunks: 1 pass each (nothing to replay)"
+    assert d.choose([50], [500], [0.04] * 2, fresh=[50], fresh_passes=5) == (1, 1.0), "with an update in the round (budget 200 passes): 100 + 50"
+
+
+def test_backend_cuts_a_first_chunks_passes_under_pressure_only(monkeypatch):
+    seen = []
+    original = Reconstructor.reconstruct
+
+    def spy(self, scans, init=None, iterations=None):
+        seen.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
+        return original(self, scans, init=init, iterations=iterations)
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+    backend = TorchReconBackend(ChunkUpdate(iterations=4, update_iterations=2, replay=1.0), device="cpu", torch_threads=2)
+    rng = np.random.default_rng(4)
+    first = _job(rng, 10, acquisition_s=0.05)
+    backend.reconstruct([first])
+    assert seen[-1] == ([10], 4), "cost not known yet: all passes"
+    backend.deadline.seconds_per_pass = 1.0
+    backend.reconstruct([first])
+    assert seen[-1] == ([10], 1) and backend.reduced_updates == 1
+
+
+def test_warmup_calibrates_the_cost_model_at_k64_and_costs_scale_with_k_squared():
+    from service.compute import _cost_scale
+
+    backend = TorchReconBackend(ChunkUpdate(), device="cpu", torch_threads=2)
+    assert backend.deadline.seconds_per_pass is None
+    backend.warmup()
+    assert 0 < backend.deadline.seconds_per_pass < 0.05, "one 64x64 position through one pass: well under 50 ms"
+    assert not backend._recons, "the warm-up reconstructor is not kept"
+    k128 = BeamKey(60_000.0, 33.0, 128, 1.68, 0.0)
+    assert _cost_scale([_job(np.random.default_rng(0), 2)]) == pytest.approx(1 / 16)
+    assert _cost_scale([ReconJob(k128, (0, 0, 1, 1), np.zeros((1, 128, 128), np.float32), np.zeros((1, 2)), None)]) == pytest.approx(4.0)
