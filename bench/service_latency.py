@@ -12,7 +12,8 @@ GRU policy (``--strategy adaptive``) and incremental chunk updates by default. P
 p50/p99 of the decision latency and its ratio to the chunk's acquisition time at 1 ms
 dwell (goal < 1), how many incremental updates were shrunk to keep pace
 (``--deadline-fraction``, the service's ``recon_deadline_fraction``), the mean batched
-reconstruction call and planner call, wall and CPU.
+reconstruction call and planner call, wall and CPU of the service's process and CPU
+of the microscope side's process (``mic cpu``: on the same cores here, not in a deployment).
 
     PYTHONPATH=$PWD python bench/service_latency.py --threads 2 --budget 250 [--detector-binning 1] [--update full]
 """
@@ -120,7 +121,9 @@ def _control_loops(base: str, chunk: int, budget: int, k: int, sessions: int, st
 
 
 def _run_control_loops(base: str, chunk: int, budget: int, k: int, sessions: int, strategy: str, dwell_s: float, queue) -> None:
-    queue.put(_control_loops(base, chunk, budget, k, sessions, strategy, dwell_s))
+    cpu0 = time.process_time()
+    errors = _control_loops(base, chunk, budget, k, sessions, strategy, dwell_s)
+    queue.put((errors, time.process_time() - cpu0))
 
 
 def run_case(
@@ -153,9 +156,9 @@ def run_case(
             sender = ctx.Process(target=_run_control_loops, args=(*args, queue))
             sender.start()
             sender.join()
-            errors = queue.get() if not queue.empty() else [f"sender process exited with {sender.exitcode}"]
+            errors, sender_cpu = queue.get() if not queue.empty() else ([f"sender process exited with {sender.exitcode}"], float("nan"))
         else:
-            errors = _control_loops(*args)
+            errors, sender_cpu = _control_loops(*args), float("nan")  # counted in the service's CPU
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         samples = np.asarray(app.state.service.manager.decision_samples)
         calls = app.state.service.backend.calls
@@ -168,7 +171,7 @@ def run_case(
         th.join(60)
     if errors:
         raise SystemExit(f"control loop failed: {errors[0]}")
-    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "recon_mean": recon_mean, "policy_mean": policy_mean}
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "sender_cpu": sender_cpu, "recon_mean": recon_mean, "policy_mean": policy_mean}
 
 
 def _histogram_mean(histogram) -> float:
@@ -212,7 +215,7 @@ def main() -> None:
         return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
 
     print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}, deadline {args.deadline_fraction or 'off'}), backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
-    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'shrunk':>6} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7}")
+    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'shrunk':>6} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7} {'mic cpu':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
             res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3, not args.same_process)
@@ -220,7 +223,7 @@ def main() -> None:
             acq = chunk * args.dwell_ms * 1e-3
             p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
             print(
-                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f}",
+                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} {res['sender_cpu']:7.1f}",
                 flush=True,
             )
     usage = resource.getrusage(resource.RUSAGE_SELF)
