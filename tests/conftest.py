@@ -56,3 +56,19 @@ def sim_detector():
         client.close()
         server.stop()
         detector.close()
+
+
+@pytest.fixture
+def reconstructor_calls(monkeypatch):
+    """Every ``Reconstructor.reconstruct`` call from now on, as ([positions per scan], passes); the calls still run."""
+    from recon.engine import Reconstructor
+
+    calls: list[tuple[list[int], int]] = []
+    original = Reconstructor.reconstruct
+
+    def spy(self, scans, init=None, iterations=None):
+        calls.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
+        return original(self, scans, init=init, iterations=iterations)
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+    return calls

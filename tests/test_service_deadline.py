@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recon.engine import Reconstructor
 from service.compute import BeamKey, ChunkUpdate, ReconJob, TorchReconBackend
 from service.deadline import UpdateDeadline, position_passes
 
@@ -58,15 +57,8 @@ def _job(rng: np.random.Generator, n: int, **kw) -> ReconJob:
     return ReconJob(BEAM, fov, rng.random((n, 16, 16), dtype=np.float32) + 0.1, rng.random((n, 2)) * 0.6, None, **kw)
 
 
-def test_backend_shrinks_an_incremental_update_that_would_miss_its_deadline(monkeypatch):
-    seen = []
-    original = Reconstructor.reconstruct
-
-    def spy(self, scans, init=None, iterations=None):
-        seen.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
-        return original(self, scans, init=init, iterations=iterations)
-
-    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+def test_backend_shrinks_an_incremental_update_that_would_miss_its_deadline(reconstructor_calls):
+    seen = reconstructor_calls
     backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=2, replay=1.0), device="cpu", torch_threads=2)
     rng = np.random.default_rng(3)
     start = backend.reconstruct([_job(rng, 12)])[0].potential
@@ -98,15 +90,8 @@ def test_first_chunks_count_their_full_passes_at_the_top_level_and_the_levels_pa
     assert d.choose([50], [500], [0.04] * 2, fresh=[50], fresh_passes=5) == (1, 1.0), "with an update in the round (budget 200 passes): 100 + 50"
 
 
-def test_backend_cuts_a_first_chunks_passes_under_pressure_only(monkeypatch):
-    seen = []
-    original = Reconstructor.reconstruct
-
-    def spy(self, scans, init=None, iterations=None):
-        seen.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
-        return original(self, scans, init=init, iterations=iterations)
-
-    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+def test_backend_cuts_a_first_chunks_passes_under_pressure_only(reconstructor_calls):
+    seen = reconstructor_calls
     backend = TorchReconBackend(ChunkUpdate(iterations=4, update_iterations=2, replay=1.0), device="cpu", torch_threads=2)
     rng = np.random.default_rng(4)
     first = _job(rng, 10, acquisition_s=0.05)

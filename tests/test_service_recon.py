@@ -95,15 +95,8 @@ def test_chunk_update_scope_full_first_and_last_incremental_between():
     assert np.array_equal(no_replay, np.arange(12, 20))
 
 
-def test_incremental_update_reconstructs_only_its_scope(monkeypatch):
-    seen = []
-    original = Reconstructor.reconstruct
-
-    def spy(self, scans, init=None, iterations=None):
-        seen.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
-        return original(self, scans, init=init, iterations=iterations)
-
-    monkeypatch.setattr(Reconstructor, "reconstruct", spy)
+def test_incremental_update_reconstructs_only_its_scope(reconstructor_calls):
+    seen = reconstructor_calls
     backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=1, replay=1.0), device="cpu", torch_threads=2)
     rng = np.random.default_rng(2)
     first = _job(rng, 10)
