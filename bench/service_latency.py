@@ -98,6 +98,7 @@ class OverheadOnlyBackend:
     def __init__(self) -> None:
         self.calls = 0
         self.reduced_updates = 0
+        self.final_passes = 1
 
     def warmup(self) -> None:
         pass

@@ -70,7 +70,7 @@ class _Batch:
 
 
 class Reconstructor:
-    """Gradient-descent reconstructor with a fixed, known probe.
+    """Gradient-descent reconstructor with a fixed, known probe. One call at a time (it keeps a cache between calls).
 
     Args:
         probe: (K, K) complex probe on the reconstruction grid (see ``probe_for``);
@@ -116,7 +116,11 @@ class Reconstructor:
         return 0 if b == 1 else self.model_window // 2 - self.window // 2 + 1
 
     def reconstruct(
-        self, scans: list[ScanChunk], init: list[torch.Tensor | np.ndarray | None] | None = None, iterations: int | None = None
+        self,
+        scans: list[ScanChunk],
+        init: list[torch.Tensor | np.ndarray | None] | None = None,
+        iterations: int | None = None,
+        first_pass: int = 0,
     ) -> list[ReconResult]:
         """Reconstruct B independent scans in one batched call.
 
@@ -125,6 +129,10 @@ class Reconstructor:
             init: optional per-scan starting potentials (ny, nx) in rad on that scan's
                 grid (warm start from a previous chunk's result); None entries start at 0.
             iterations: passes over the positions in this call (None: ``options.iterations``).
+            first_pass: passes already run by earlier calls that ``init`` continues: the
+                mini-batch order goes on from there, so with gradient descent k calls of
+                one pass give the same result as one call of k passes (Adam's moments
+                restart with each call).
 
         Returns one ``ReconResult`` per scan, in order.
         """
@@ -142,6 +150,8 @@ class Reconstructor:
         steps = torch.zeros(n_scans, dtype=torch.long)
         histories: list[list[float]] = [[] for _ in scans]
         generators = [torch.Generator().manual_seed(opts.seed) for _ in scans]
+        for _ in range(first_pass):  # the orders of the passes already run
+            self._schedule(batch.counts, generators)
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         iterations = tqdm(range(iterations or opts.iterations), desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
@@ -403,7 +413,7 @@ def _check_patterns(patterns, window: int, b: int, dtype: torch.dtype, device: t
     if tuple(values.shape[1:]) != (window, window):
         raise ValueError(f"scan {b}: pattern size {values.shape[1]}x{values.shape[2]} does not match the {window}x{window} probe")
     if values.numel() and bool(torch.isfinite(values.sum())) and float(values.min()) >= 0:
-        return values  # one cheap pass: a finite sum means no NaN/inf (the exact checks below only name the culprit)
+        return values  # two reductions: a finite sum means no NaN/inf (the exact checks below only name the culprit)
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         frame = int(torch.nonzero(~finite)[0, 0])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -70,6 +71,8 @@ class ReconJob:
     """How long the microscope took to acquire the new positions (s), None if unknown: the deadline of an incremental update."""
     passes: int | None = None
     """Passes of a full reconstruction to run in this call (None: all of them); the scheduler runs a final one pass per call."""
+    first_pass: int = 0
+    """Passes of this reconstruction run by earlier calls (its mini-batch order continues from there)."""
 
 
 class ChunkUpdate(BaseModel):
@@ -166,11 +169,17 @@ class TorchReconBackend:
         self.deadline = UpdateDeadline(self.update.update_iterations, self.update.replay, self.update.deadline_fraction)
         self._lock = threading.Lock()
         """one call at a time: a Reconstructor's cache of shifted probes is not thread-safe."""
-        self._recons: dict[BeamKey, object] = {}
-        """One reconstructor per beam setting (its probe and its cache of shifted probes); passes are per call."""
+        self._recons: OrderedDict[BeamKey, object] = OrderedDict()
+        """One reconstructor per beam setting (its probe and its cache of shifted probes, up to ``probe_cache_mb``),
+        the ``MAX_BEAMS`` most recently used; passes are per call."""
+
+    MAX_BEAMS = 4
+    """Beam settings whose reconstructors (and probe caches) are kept."""
 
     def _reconstructor(self, beam: BeamKey):
-        if beam not in self._recons:
+        if beam in self._recons:
+            self._recons.move_to_end(beam)
+        else:
             from recon.beam import probe_for
             from recon.device import pick_device
             from recon.engine import Reconstructor
@@ -185,6 +194,8 @@ class TorchReconBackend:
                 defocus_nm=beam.defocus_nm,
             ).to(device)
             self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device)
+            while len(self._recons) > self.MAX_BEAMS:
+                self._recons.popitem(last=False)
         return self._recons[beam]
 
     def warmup(self) -> None:
@@ -209,7 +220,7 @@ class TorchReconBackend:
                 self._recons.pop(beam, None)
         log.info("reconstructor warm in %.2f s", time.perf_counter() - t0)
 
-    def _run_group(self, jobs: list[ReconJob], iterations: int, scopes: list[np.ndarray] | None = None) -> list[ReconOutput]:
+    def _run_group(self, jobs: list[ReconJob], iterations: int, scopes: list[np.ndarray] | None = None, first_pass: int = 0) -> list[ReconOutput]:
         import torch
 
         from recon.engine import ScanChunk
@@ -224,7 +235,7 @@ class TorchReconBackend:
             scans.append(ScanChunk(torch.from_numpy(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid))
             ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
             init.append(torch.from_numpy(job.init) if ok else None)
-        results = recon.reconstruct(scans, init=init, iterations=iterations)
+        results = recon.reconstruct(scans, init=init, iterations=iterations, first_pass=first_pass)
         out = []
         for r in results:
             pot = r.potential.detach().to("cpu", torch.float32).numpy()
@@ -247,12 +258,12 @@ class TorchReconBackend:
         if level != self.deadline.ladder[0]:
             self.reduced_updates += sum(self.update.new_positions(job) is not None or self.update.fresh(job) for job in jobs)
         t0 = time.perf_counter()
-        groups: dict[tuple[BeamKey, int], list[int]] = {}
+        groups: dict[tuple[BeamKey, int, int], list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.beam, scopes[i][1]), []).append(i)
-        for (_, iterations), idx in groups.items():
+            groups.setdefault((job.beam, scopes[i][1], job.first_pass), []).append(i)
+        for (_, iterations, first_pass), idx in groups.items():
             self.calls += 1
-            results = self._run_group([jobs[i] for i in idx], iterations, [scopes[i][0] for i in idx])
+            results = self._run_group([jobs[i] for i in idx], iterations, [scopes[i][0] for i in idx], first_pass)
             for i, res in zip(idx, results, strict=True):
                 out[i] = res
         self.deadline.observe((time.perf_counter() - t0) / _cost_scale(jobs), sum(len(use) * passes for use, passes in scopes))

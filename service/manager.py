@@ -43,6 +43,8 @@ class Buffered:
     """Frames and problems of a series not yet told."""
 
     frames: dict[int, np.ndarray] = field(default_factory=dict)
+    arrived: dict[int, float] = field(default_factory=dict)
+    """perf_counter() when each frame arrived (a chunk's acquisition time is measured from arrivals, not the tell)."""
     errors: list[tuple[str, str]] = field(default_factory=list)
     ended: bool = False
 
@@ -114,13 +116,11 @@ class SessionManager:
         with self.lock:
             return bool(self.queue)
 
-    def requeue(self, session_ids: list[str]) -> None:
-        """Put sessions back in the queue (their pending chunk is taken again by the next ``take_work``)."""
+    def is_active(self, session_id: str) -> bool:
+        """The session exists and is not done, stopped or failed."""
         with self.lock:
-            for sid in session_ids:
-                s = self.sessions.get(sid)
-                if s is not None and not s.terminal:
-                    self._enqueue(s)
+            s = self.sessions.get(session_id)
+            return s is not None and not s.terminal
 
     def _fail(self, s: Session, err: Exception | str) -> None:
         msg = str(err)
@@ -256,7 +256,7 @@ class SessionManager:
                 for kind, msg in buffered.errors:
                     s.note_error(kind, msg)
                 for idx in sorted(buffered.frames):
-                    self._store_frame(key, idx, buffered.frames[idx])
+                    self._store_frame(key, idx, buffered.frames[idx], buffered.arrived[idx])
                 if buffered.ended:
                     self._series_end(key)
             return 202, self._tell_body(s, b, True)
@@ -281,9 +281,9 @@ class SessionManager:
                 key = (endpoint, event.series)
                 self.last_key[endpoint] = key
                 if key in self.bindings:
-                    self._store_frame(key, event.frame, event.image)
+                    self._store_frame(key, event.frame, event.image, t0)
                 else:
-                    self._buffer_frame(key, event.frame, event.image)
+                    self._buffer_frame(key, event.frame, event.image, t0)
             elif isinstance(event, StreamError):
                 self._stream_error(endpoint, event)
             elif isinstance(event, SeriesEnd):
@@ -320,12 +320,13 @@ class SessionManager:
             entry = self.buffer[key] = Buffered()
         return entry
 
-    def _buffer_frame(self, key: tuple[str, int], idx: int, image: np.ndarray) -> None:
+    def _buffer_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float) -> None:
         entry = self._buffer_entry(key)
         if idx in entry.frames:
             entry.errors.append(("duplicated", f"series {key[1]}: duplicated frame {idx} (before tell)"))
             return
         entry.frames[idx] = image
+        entry.arrived[idx] = arrived_at
         self.buffered_frames += 1
         while self.buffered_frames > self.settings.max_buffered_frames and self.buffer:
             old_key, old = self.buffer.popitem(last=False)
@@ -336,7 +337,7 @@ class SessionManager:
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", len(old.frames), old_key[1], old_key[0])
         self.metrics.buffered_frames.set(self.buffered_frames)
 
-    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray) -> None:
+    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float) -> None:
         bind = self.bindings[key]
         s = self.sessions.get(bind.session_id)
         if s is None:
@@ -368,11 +369,11 @@ class SessionManager:
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
         b = s.batches[bind.batch_id]
-        if b.first_frame_at is None:
-            b.first_frame_at = time.perf_counter()
+        b.first_frame_at = arrived_at if b.first_frame_at is None else min(b.first_frame_at, arrived_at)
+        b.last_frame_at = arrived_at if b.last_frame_at is None else max(b.last_frame_at, arrived_at)
         if b.status == "told" and s.batch_complete(b):
             b.status = "complete"
-            s.last_frame_at = b.completed_at = time.perf_counter()
+            s.last_frame_at = time.perf_counter()
             s.state = "reconstructing"
             self.metrics.batches_complete.inc()
             try:
@@ -510,8 +511,8 @@ class SessionManager:
 
 
 def _acquisition_s(b: Batch) -> float | None:
-    """How long the microscope took for batch ``b`` (s): first to last frame received, scaled from n - 1 dwell intervals to n."""
+    """How long the microscope took for batch ``b`` (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
     n = len(b.slots)
-    if b.first_frame_at is None or b.completed_at is None or n < 2:
+    if b.first_frame_at is None or b.last_frame_at is None or n < 2:
         return None
-    return max(b.completed_at - b.first_frame_at, 0.0) * n / (n - 1)
+    return max(b.last_frame_at - b.first_frame_at, 0.0) * n / (n - 1)

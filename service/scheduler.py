@@ -7,8 +7,8 @@ publish the next batches. A flusher thread flushes received frames to disk every
 
 A session's last chunk gets a full reconstruction (every position, all passes) on
 which no decision waits, and which takes many times a decision's compute. It runs one
-pass at a time (warm-started, so with gradient descent it is the same reconstruction),
-in between other sessions' chunks: at least one pass per round, more while nothing else
+pass at a time (warm-started, its mini-batch order continued: with gradient descent the
+same reconstruction as one call), in between other sessions' chunks: at least one pass per round, more while nothing else
 is queued. A decision then waits for at most one pass of one session's final
 reconstruction instead of all of them.
 """
@@ -60,13 +60,22 @@ class Scheduler:
             self._threads.append(t)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the round in flight (its results are published and flushed)."""
+        """Stop after the round (or final pass) in flight; its results are published and flushed.
+
+        Final reconstructions still in progress are dropped: their chunks stay complete
+        but unreconstructed in the session files, and a restart reconstructs them again.
+        """
         self._stop.set()
         with self.manager.lock:
             self.manager.work_ready.notify_all()
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        if self._finishing:
+            log.warning(
+                "stopping with %d final reconstruction(s) unfinished (%s); they run again after a restart",
+                len(self._finishing), ", ".join(f.item.session_id for f in self._finishing),
+            )
         self.manager.flush_all()
 
     def _flush_loop(self) -> None:
@@ -115,11 +124,14 @@ class Scheduler:
             self._final_pass(self._finishing[0])
 
     def _final_pass(self, f: _Finishing) -> None:
+        if not self.manager.is_active(f.item.session_id):  # stopped, failed or deleted meanwhile
+            self._finishing.remove(f)
+            return
         job = f.item.job
         if f.output is not None:
             job = dataclasses.replace(job, init=f.output.potential)
         try:
-            f.output = self.backend.reconstruct([dataclasses.replace(job, passes=1)])[0]
+            f.output = self.backend.reconstruct([dataclasses.replace(job, passes=1, first_pass=f.done)])[0]
         except Exception as err:
             log.exception("final reconstruction failed")
             self._finishing.remove(f)

@@ -55,9 +55,9 @@ class Batch:
     """slots bound by the last tell (frame i -> told_slots[i])."""
     issued_at: float = field(default_factory=time.monotonic)
     first_frame_at: float | None = None
-    """perf_counter() when the batch's first frame was stored."""
-    completed_at: float | None = None
-    """perf_counter() when its last frame was stored (completed_at - first_frame_at: its acquisition time)."""
+    """perf_counter() when the earliest of the batch's frames arrived (at ingest, even if it was buffered until the tell)."""
+    last_frame_at: float | None = None
+    """perf_counter() when the latest of them arrived (last - first: the chunk's acquisition time)."""
 
 
 @dataclass

@@ -66,9 +66,9 @@ def reconstructor_calls(monkeypatch):
     calls: list[tuple[list[int], int]] = []
     original = Reconstructor.reconstruct
 
-    def spy(self, scans, init=None, iterations=None):
+    def spy(self, scans, init=None, iterations=None, first_pass=0):
         calls.append(([len(s.positions_nm) for s in scans], iterations or self.options.iterations))
-        return original(self, scans, init=init, iterations=iterations)
+        return original(self, scans, init=init, iterations=iterations, first_pass=first_pass)
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
     return calls

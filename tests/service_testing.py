@@ -67,6 +67,7 @@ class RecordingBackend:
     """
 
     name = "recording-test-backend"
+    final_passes = 1
 
     def __init__(self, delay_s: float = 0.0, pixel_nm: float = 0.05) -> None:
         self.delay_s = delay_s

@@ -186,3 +186,21 @@ def test_reconstruct_leaves_the_callers_patterns_alone():
     recon = Reconstructor(_probe(), _options(iterations=1), "cpu")
     recon.reconstruct([ScanChunk(patterns, chunk.positions_nm, chunk.grid), ScanChunk(as_tensor, chunk.positions_nm, chunk.grid)])
     assert np.array_equal(patterns, before) and np.array_equal(as_tensor.numpy(), before)
+
+
+def test_k_one_pass_calls_continuing_the_order_equal_one_call_of_k_passes():
+    """The service runs a final reconstruction a pass per call; with gradient descent nothing changes."""
+    from recon.physics import real_space_pixel_angstrom
+
+    k = 16
+    pixel_nm = real_space_pixel_angstrom(60e3, k, 6.0) / 10
+    rng = np.random.default_rng(5)
+    scan = ScanChunk(rng.random((14, k, k), dtype=np.float32) + 0.1, rng.random((14, 2)) * 0.5, ObjectGrid.covering((0, 0, 0.5, 0.5), pixel_nm, k))
+    recon = Reconstructor(make_probe(k, pixel_nm * 10, 60e3, 33.0), ReconOptions(iterations=3, batch_positions=4), device="cpu")
+    whole = recon.reconstruct([scan])[0]
+    potential = None
+    for done in range(3):
+        potential = recon.reconstruct([scan], init=[potential], iterations=1, first_pass=done)[0].potential
+    torch.testing.assert_close(potential, whole.potential, rtol=0, atol=1e-6)
+    restarted = recon.reconstruct([scan], init=[recon.reconstruct([scan], iterations=1)[0].potential], iterations=1)[0].potential
+    assert not torch.allclose(restarted, recon.reconstruct([scan], iterations=2)[0].potential, atol=1e-6), "the order matters (the test can fail)"

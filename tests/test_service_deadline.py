@@ -113,3 +113,30 @@ def test_warmup_calibrates_the_cost_model_at_k64_and_costs_scale_with_k_squared(
     k128 = BeamKey(60_000.0, 33.0, 128, 1.68, 0.0)
     assert _cost_scale([_job(np.random.default_rng(0), 2)]) == pytest.approx(1 / 16)
     assert _cost_scale([ReconJob(k128, (0, 0, 1, 1), np.zeros((1, 128, 128), np.float32), np.zeros((1, 2)), None)]) == pytest.approx(4.0)
+
+
+def test_acquisition_time_is_measured_from_frame_arrivals_even_when_frames_come_before_the_tell(tmp_path):
+    import time
+
+    from service_testing import KEY, RecordingBackend, frames_for, session_body
+
+    from service.manager import SessionManager
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.settings import ServiceSettings
+    from service.stream_v1 import Frame
+
+    manager = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+    ep = "tcp://127.0.0.1:5003"
+    body = session_body(ep, budget=8, chunk=4) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0}
+    sid = manager.create(body)["session_id"]
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))  # the first batch
+    ask = manager.try_ask(sid)
+    for i, img in enumerate(frames_for(1, 4)):  # the microscope scans before the control software tells
+        manager.on_event(ep, Frame(1, i, img))
+        time.sleep(0.02)
+    time.sleep(0.1)
+    manager.tell(sid, ask["batch_id"], 1, None)
+    (item,) = manager.take_work(0.1)
+    assert 0.06 * 4 / 3 <= item.job.acquisition_s < 0.1 * 4 / 3 + 0.05, "first to last arrival (3 x 20 ms, scaled to 4 frames), not the tell's instant"
+    manager.close()

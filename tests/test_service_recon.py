@@ -23,9 +23,9 @@ def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
     calls = []
     original = Reconstructor.reconstruct
 
-    def spy(self, scans, init=None, iterations=None):
+    def spy(self, scans, init=None, iterations=None, first_pass=0):
         calls.append((len(scans), init))
-        return original(self, scans, init=init, iterations=iterations)
+        return original(self, scans, init=init, iterations=iterations, first_pass=first_pass)
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
     backend = TorchReconBackend(ChunkUpdate(iterations=2), device="cpu", torch_threads=2)
@@ -119,7 +119,9 @@ def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
     events = []
 
     class Manager:
-        waiting = False
+        def __init__(self):
+            self.waiting = False
+            self.gone: set[str] = set()
 
         def publish(self, item, recon, positions, error=None):
             events.append(("publish", item.session_id, None if recon is None else len(recon.loss_history)))
@@ -127,11 +129,14 @@ def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
         def has_work(self):
             return self.waiting
 
+        def is_active(self, session_id):
+            return session_id not in self.gone
+
     class Backend(RecordingBackend):
         final_passes = 3
 
         def reconstruct(self, jobs):
-            events.append(("reconstruct", [(j.final, j.passes, j.init is not None) for j in jobs]))
+            events.append(("reconstruct", [(j.final, j.passes, j.init is not None, j.first_pass) for j in jobs]))
             return super().reconstruct(jobs)
 
     rng = np.random.default_rng(3)
@@ -141,18 +146,35 @@ def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
     manager = Manager()
     scheduler = Scheduler(manager, Backend(), ServiceMetrics())
     scheduler.run_round(items)
-    one_pass = [("reconstruct", [(True, 1, False)])] + [("reconstruct", [(True, 1, True)])] * 2  # warm-started from the pass before
-    assert events == [("reconstruct", [(False, None, False)]), ("publish", "mid", 1), *one_pass, ("publish", "last", 3)], (
-        "decisions first; then the final reconstruction, a pass per call, published once with every pass's loss"
-    )
+    # warm-started from the pass before, the mini-batch order continued
+    one_pass = [("reconstruct", [(True, 1, False, 0)]), ("reconstruct", [(True, 1, True, 1)]), ("reconstruct", [(True, 1, True, 2)])]
+    mid = [("reconstruct", [(False, None, False, 0)]), ("publish", "mid", 1)]
+    assert events == [*mid, *one_pass, ("publish", "last", 3)], "decisions first; then the final reconstruction, a pass per call, published once with every pass's loss"
     events.clear()
     manager.waiting = True  # other sessions' chunks keep arriving: one final pass per round, no more
     scheduler.run_round(items)
-    assert events == [("reconstruct", [(False, None, False)]), ("publish", "mid", 1), one_pass[0]] and scheduler.finishing == 1
+    assert events == [*mid, one_pass[0]] and scheduler.finishing == 1
     events.clear()
     scheduler.run_round(items[1:])
-    assert events == [("reconstruct", [(False, None, False)]), ("publish", "mid", 1), one_pass[1]]
+    assert events == [*mid, one_pass[1]]
     events.clear()
     manager.waiting = False
     scheduler.finish_pending()
     assert events == [one_pass[2], ("publish", "last", 3)] and scheduler.finishing == 0
+    events.clear()
+    manager.waiting = True
+    scheduler.run_round(items[:1])  # a final whose session is deleted before its next pass is dropped
+    manager.waiting = False
+    manager.gone.add("last")
+    scheduler.finish_pending()
+    assert events == [one_pass[0]] and scheduler.finishing == 0
+
+
+def test_backend_keeps_the_reconstructors_of_the_most_recent_beams_only():
+    backend = TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=2)
+    beams = [BeamKey(60_000.0, 33.0, 16, 6.0, float(defocus)) for defocus in range(backend.MAX_BEAMS + 1)]
+    for beam in beams[:-1]:
+        backend._reconstructor(beam)
+    backend._reconstructor(beams[0])  # used again: now the most recent
+    backend._reconstructor(beams[-1])
+    assert list(backend._recons) == [*beams[2:-1], beams[0], beams[-1]], "the least recently used beam (its probe cache) is let go"
