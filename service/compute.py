@@ -101,12 +101,15 @@ class ChunkUpdate(BaseModel):
         return self.mode == "incremental" and job.init is None and not job.final and job.passes is None
 
     def scope(self, job: ReconJob, level: Level | None = None) -> tuple[np.ndarray, int]:
-        """(indices of the job's positions to use, iterations) for one job; ``level`` (passes, replay) overrides the update's."""
+        """(indices of the job's positions to use, iterations) for one job.
+
+        ``level`` (passes, replay), when given, is a shrunk update: it replaces the update's
+        passes and replay, and a first chunk's passes.
+        """
         n = len(job.positions_nm)
         n_new = self.new_positions(job)
-        reduced = level is not None and level != (self.update_iterations, self.replay)
         if n_new is None:
-            return np.arange(n), level[0] if reduced and self.fresh(job) else job.passes or self.iterations
+            return np.arange(n), level[0] if level is not None and self.fresh(job) else job.passes or self.iterations
         passes, replay_per_new = level or (self.update_iterations, self.replay)
         older = n - n_new
         k = replayed((passes, replay_per_new), n_new, older)
@@ -243,7 +246,7 @@ class TorchReconBackend:
         return out
 
     def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
-        """All jobs, one batched call per beam setting and iteration count; outputs in job order.
+        """All jobs, one batched call per beam setting, pass count and first pass; outputs in job order.
 
         The incremental updates among them share one level (``service.deadline``), the
         costliest that is expected to finish within the deadline.
@@ -253,10 +256,11 @@ class TorchReconBackend:
 
     def _reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
         out: list[ReconOutput | None] = [None] * len(jobs)
-        level = self._level(jobs)
-        scopes = [self.update.scope(job, level) for job in jobs]
-        if level != self.deadline.ladder[0]:
-            self.reduced_updates += sum(self.update.new_positions(job) is not None or self.update.fresh(job) for job in jobs)
+        level, shrinkable = self._level(jobs)
+        shrunk = level != self.deadline.ladder[0]
+        scopes = [self.update.scope(job, level if shrunk else None) for job in jobs]
+        if shrunk:
+            self.reduced_updates += shrinkable
         t0 = time.perf_counter()
         groups: dict[tuple[BeamKey, int, int], list[int]] = {}
         for i, job in enumerate(jobs):
@@ -269,8 +273,11 @@ class TorchReconBackend:
         self.deadline.observe((time.perf_counter() - t0) / _cost_scale(jobs), sum(len(use) * passes for use, passes in scopes))
         return out  # type: ignore[return-value]
 
-    def _level(self, jobs: list[ReconJob]) -> Level:
-        """The update level of this round's incremental jobs (the configured one unless it would miss the deadline)."""
+    def _level(self, jobs: list[ReconJob]) -> tuple[Level, int]:
+        """(the level of this round's incremental updates and first chunks, how many such jobs there are).
+
+        The level is the configured update's unless that would miss the deadline.
+        """
         n_new, n_older, fresh, acquisition, fixed = [], [], [], [], 0
         for job in jobs:
             new = self.update.new_positions(job)
@@ -284,8 +291,9 @@ class TorchReconBackend:
                 continue
             acquisition.append(job.acquisition_s)
         if not acquisition:
-            return self.deadline.ladder[0]
-        return self.deadline.choose(n_new, n_older, acquisition, fixed, fresh, self.update.iterations, cost_scale=_cost_scale(jobs))
+            return self.deadline.ladder[0], 0
+        level = self.deadline.choose(n_new, n_older, acquisition, fixed, fresh, self.update.iterations, cost_scale=_cost_scale(jobs))
+        return level, len(acquisition)
 
 
 _COST_K = 64

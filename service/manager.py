@@ -369,8 +369,8 @@ class SessionManager:
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
         b = s.batches[bind.batch_id]
-        b.first_frame_at = arrived_at if b.first_frame_at is None else min(b.first_frame_at, arrived_at)
-        b.last_frame_at = arrived_at if b.last_frame_at is None else max(b.last_frame_at, arrived_at)
+        b.first_arrival = arrived_at if b.first_arrival is None else min(b.first_arrival, arrived_at)
+        b.last_arrival = arrived_at if b.last_arrival is None else max(b.last_arrival, arrived_at)
         if b.status == "told" and s.batch_complete(b):
             b.status = "complete"
             s.last_frame_at = time.perf_counter()
@@ -513,6 +513,6 @@ class SessionManager:
 def _acquisition_s(b: Batch) -> float | None:
     """How long the microscope took for batch ``b`` (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
     n = len(b.slots)
-    if b.first_frame_at is None or b.last_frame_at is None or n < 2:
+    if b.first_arrival is None or b.last_arrival is None or n < 2:
         return None
-    return max(b.last_frame_at - b.first_frame_at, 0.0) * n / (n - 1)
+    return max(b.last_arrival - b.first_arrival, 0.0) * n / (n - 1)

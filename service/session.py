@@ -54,9 +54,9 @@ class Batch:
     told_slots: np.ndarray | None = None
     """slots bound by the last tell (frame i -> told_slots[i])."""
     issued_at: float = field(default_factory=time.monotonic)
-    first_frame_at: float | None = None
+    first_arrival: float | None = None
     """perf_counter() when the earliest of the batch's frames arrived (at ingest, even if it was buffered until the tell)."""
-    last_frame_at: float | None = None
+    last_arrival: float | None = None
     """perf_counter() when the latest of them arrived (last - first: the chunk's acquisition time)."""
 
 
