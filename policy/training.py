@@ -57,7 +57,9 @@ def setup(config: TrainConfig) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # gloo, also on a GPU machine: training keeps its tensors on the CPU, which nccl cannot reduce
+        # (seen on an H100: nccl made both torchrun ranks fail on their first all-reduce).
+        dist.init_process_group("gloo")
     torch.manual_seed(config.seed + rank)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)

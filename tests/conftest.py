@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny simulated datasets, CPU torch with few threads."""
+"""Shared fixtures: tiny simulated datasets, torch with few threads, each device the machine has."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Each torch device this machine has: the CPU always, CUDA where present (a GPU machine runs both)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

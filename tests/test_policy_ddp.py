@@ -14,12 +14,13 @@ from policy.config import TrainConfig
 from policy.training import run_stage
 from ptychoscan.config import load_model
 from tests.policy_helpers import write_tiny_config, write_tiny_datasets
+from tests.subprocess_env import repo_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _torchrun(stage: str, config: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = repo_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "ptychoscan.cli", "train", stage, "--config", str(config)]
     # own process group: on a timeout the workers go too (killing torchrun alone orphans them)

@@ -19,7 +19,7 @@ def _job(rng, n, init=None):
     return ReconJob(BEAM, (0.0, 0.0, 0.3, 0.3), frames, rng.random((n, 2)) * 0.3, init)
 
 
-def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
+def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch, device):
     calls = []
     original = Reconstructor.reconstruct
 
@@ -28,7 +28,7 @@ def test_two_sessions_in_one_reconstructor_call_and_warm_start(monkeypatch):
         return original(self, scans, init=init, iterations=iterations, first_pass=first_pass)
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
-    backend = TorchReconBackend(ChunkUpdate(iterations=2), device="cpu", torch_threads=2)
+    backend = TorchReconBackend(ChunkUpdate(iterations=2), device=device, torch_threads=2)
     rng = np.random.default_rng(0)
     out = backend.reconstruct([_job(rng, 6), _job(rng, 9)])
     assert len(calls) == 1 and calls[0][0] == 2, "both sessions must go into one batched call"
@@ -95,9 +95,9 @@ def test_chunk_update_scope_full_first_and_last_incremental_between():
     assert np.array_equal(no_replay, np.arange(12, 20))
 
 
-def test_incremental_update_reconstructs_only_its_scope(reconstructor_calls):
+def test_incremental_update_reconstructs_only_its_scope(reconstructor_calls, device):
     seen = reconstructor_calls
-    backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=1, replay=1.0), device="cpu", torch_threads=2)
+    backend = TorchReconBackend(ChunkUpdate(iterations=3, update_iterations=1, replay=1.0), device=device, torch_threads=2)
     rng = np.random.default_rng(2)
     first = _job(rng, 10)
     start = backend.reconstruct([first])[0].potential
@@ -170,8 +170,8 @@ def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
     assert events == [one_pass[0]] and scheduler.finishing == 0
 
 
-def test_backend_keeps_the_reconstructors_of_the_most_recent_beams_only():
-    backend = TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=2)
+def test_backend_keeps_the_reconstructors_of_the_most_recent_beams_only(device):
+    backend = TorchReconBackend(ChunkUpdate(iterations=1), device=device, torch_threads=2)
     beams = [BeamKey(60_000.0, 33.0, 16, 6.0, float(defocus)) for defocus in range(backend.MAX_BEAMS + 1)]
     for beam in beams[:-1]:
         backend._reconstructor(beam)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
 from ptychoscan.cli import main
 from ptychoscan.net import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.subprocess_env import repo_env
 
 
 def test_sim_detector_process_serves_simplon(tmp_path):
     port, rest = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = repo_env()
     cmd = [sys.executable, "-m", "ptychoscan.cli", "sim-detector", "--specimen", "synthetic", "--detector-pixels", "16",
            "--port", str(port), "--rest-port", str(rest), "--frame-time", "0.002"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
