@@ -26,6 +26,7 @@ from recon.device import pick_device
 from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
+from recon.schedule import minibatches, plan_passes
 
 _ADAM_EPS = 1e-8
 
@@ -147,39 +148,37 @@ class Reconstructor:
         moment1 = torch.zeros_like(potential)
         moment2 = torch.zeros_like(potential)
         grad = torch.zeros_like(potential)
-        steps = torch.zeros(n_scans, dtype=torch.long)
-        histories: list[list[float]] = [[] for _ in scans]
+        steps = torch.zeros(n_scans, dtype=torch.long, device=self.device)
         generators = [torch.Generator().manual_seed(opts.seed) for _ in scans]
         for _ in range(first_pass):  # the orders of the passes already run
-            self._schedule(batch.counts, generators)
+            minibatches(batch.counts, opts.batch_positions, generators)
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
-        iterations = tqdm(range(iterations or opts.iterations), desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
-        for _ in iterations:
-            schedule = self._schedule(batch.counts, generators)
-            totals = torch.zeros(n_scans, dtype=torch.float64)
-            for step_groups in schedule:
-                active = [b for b, group in enumerate(step_groups) if group is not None]
-                index = torch.cat([batch.offsets[b] + step_groups[b] for b in active]).to(self.device)
-                weights = torch.cat([torch.full((len(step_groups[b]),), 1.0 / len(step_groups[b]), dtype=self.real_dtype) for b in active])
+        n_passes = iterations or opts.iterations
+        passes = plan_passes(
+            [minibatches(batch.counts, opts.batch_positions, generators) for _ in range(n_passes)], batch.offsets, n_scans, self.real_dtype, self.device
+        )
+        totals = torch.zeros((n_passes, n_scans), dtype=torch.float64, device=self.device)
+        bar = tqdm(passes, desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
+        for i, schedule in enumerate(bar):
+            for step in schedule:
                 grad.zero_()
-                per_position = self._accumulate_gradient(potential, grad, batch, index, weights.to(self.device))
-                scan_of = batch.scan_index[index].cpu()
-                totals += torch.zeros(n_scans, dtype=torch.float64).index_add_(0, scan_of, per_position.double())
+                per_position = self._accumulate_gradient(potential, grad, batch, step.index, step.weights)
+                totals[i].index_add_(0, step.scan_of, per_position.to(torch.float64))
                 if batch.illumination is not None:
                     grad /= batch.illumination
-                self._regularise(potential, grad, batch.valid, active)
-                self._update(potential, grad, moment1, moment2, steps, active)
-            for b in range(n_scans):
-                histories[b].append(float(totals[b]) / batch.counts[b])
+                self._regularise(potential, grad, batch.valid, step.active)
+                self._update(potential, grad, moment1, moment2, steps, step.active)
             if opts.progress:
-                iterations.set_postfix(loss=f"{float(totals.sum()) / sum(batch.counts):.3e}")
-        results = []
-        for b, scan in enumerate(scans):
-            ny, nx = scan.grid.shape
-            pad = self.pad
-            results.append(ReconResult(potential[b, pad : pad + ny, pad : pad + nx].detach().to("cpu", torch.float32).clone(), scan.grid, histories[b]))
-        return results
+                bar.set_postfix(loss=f"{float(totals[i].sum()) / sum(batch.counts):.3e}")
+        # the one wait for the device in the passes: every pass's losses at once
+        histories = (totals.cpu() / torch.tensor(batch.counts, dtype=torch.float64)).T.tolist()
+        on_host = potential.detach().to("cpu", torch.float32)  # one copy for all scans (a no-op view on the CPU: hence the clones)
+        pad = self.pad
+        return [
+            ReconResult(on_host[b, pad : pad + scan.grid.shape[0], pad : pad + scan.grid.shape[1]].clone(), scan.grid, histories[b])
+            for b, scan in enumerate(scans)
+        ]
 
     # ------------------------------------------------------------------ preparation
 
@@ -191,9 +190,14 @@ class Reconstructor:
         # ifftshifted once instead. Binning commutes with the shift when the shift is a whole
         # number of b x b blocks (always for even K); otherwise the model is fftshifted.
         shift_model = (kw // 2) % b_ != 0
+        values = [_patterns_on_device(scan.patterns, k, b, self.real_dtype, self.device) for b, scan in enumerate(scans)]
+        # every scan's checks and normalisation from one transfer: (sum, min) per scan
+        stats = torch.stack([torch.stack([v.sum(), v.min()]) for v in values]).double().cpu()
         checked = []
-        for b, scan in enumerate(scans):  # validate everything before allocating the batch
-            intensity = _check_patterns(scan.patterns, k, b, self.real_dtype, self.device)
+        for b, (intensity, scan) in enumerate(zip(values, scans, strict=True)):  # validate everything before allocating the batch
+            total_b, least = float(stats[b, 0]), float(stats[b, 1])
+            if not (math.isfinite(total_b) and least >= 0):
+                _raise_bad_patterns(intensity, b)
             positions = _check_positions(scan.positions_nm, intensity.shape[0], b)
             fits = scan.grid.window_fits(positions, k)
             if not fits.all():
@@ -203,7 +207,7 @@ class Reconstructor:
                     f"object grid (first: row {i} at ({positions[i, 0]:.3f}, {positions[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
                 )
             if self.options.normalize_patterns:
-                mean_total = float(intensity.sum(dim=(-2, -1)).mean())
+                mean_total = total_b / intensity.shape[0]
                 if not mean_total > 0:
                     raise ValueError(f"scan {b}: patterns are all zero")
                 intensity = intensity / mean_total  # out of place: the tensor may share memory with the caller's array
@@ -211,21 +215,22 @@ class Reconstructor:
         counts = [len(positions) for _, positions in checked]
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
         total = sum(counts)
-        # filled in place, scan by scan (no concatenation of per-scan copies)
+        # targets filled in place, scan by scan (no concatenation of per-scan copies); positions split on the host
         targets = torch.empty((total, k, k), dtype=self.real_dtype, device=self.device)
-        fractions = torch.empty((total, 2), dtype=torch.float64, device=self.device)
-        bases = torch.empty(total, dtype=torch.long, device=self.device)
-        scan_index = torch.empty(total, dtype=torch.long, device=self.device)
+        fractions = torch.empty((total, 2), dtype=torch.float64)
+        bases = torch.empty(total, dtype=torch.long)
+        scan_index = torch.empty(total, dtype=torch.long)
         valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
         for b, ((intensity, positions), scan) in enumerate(zip(checked, scans, strict=True)):
             rows = slice(offsets[b], offsets[b] + counts[b])
             target = torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity
             targets[rows] = target if shift_model else torch.fft.ifftshift(target, dim=(-2, -1))
-            px = torch.as_tensor(scan.grid.positions_px(positions), dtype=torch.float64, device=self.device) + pad
+            px = torch.from_numpy(scan.grid.positions_px(positions)) + pad
             origin, fractions[rows] = split_positions(px, kw)
             bases[rows] = b * height * width + origin[:, 1] * width + origin[:, 0]
             scan_index[rows] = b
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
+        bases, scan_index = torch.cat([bases, scan_index]).to(self.device).split(total)
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
         probes, probe_rows = self._probe_cache.rows(fractions)
@@ -261,21 +266,6 @@ class Reconstructor:
                 raise ValueError(f"scan {b}: init must be a finite real potential in rad")
             potential[b, pad : pad + scan.grid.shape[0], pad : pad + scan.grid.shape[1]] = start.to(self.device, self.real_dtype)
         return potential
-
-    def _schedule(self, counts: list[int], generators: list[torch.Generator]) -> list[list[torch.Tensor | None]]:
-        """Mini-batches of one iteration: step s holds, per scan, its position indices or None."""
-        size = self.options.batch_positions
-        per_scan = []
-        for count, generator in zip(counts, generators, strict=True):
-            if size is None or size >= count:
-                per_scan.append([torch.arange(count)])
-            else:
-                order = torch.randperm(count, generator=generator)
-                n_steps = math.ceil(count / size)
-                # equal-sized groups (differ by at most one) so no update rests on a handful of positions
-                per_scan.append(list(torch.tensor_split(order, n_steps)))
-        n_steps = max(len(groups) for groups in per_scan)
-        return [[groups[s] if s < len(groups) else None for groups in per_scan] for s in range(n_steps)]
 
     # ------------------------------------------------------------------ one update
 
@@ -328,15 +318,14 @@ class Reconstructor:
             d_phase = back.mul_(waves.conj()).imag
             lin = (bases[:, None] + batch.offsets_in_window[None, :]).reshape(-1)
             grad_flat.index_add_(0, lin, d_phase.reshape(-1))
-        return torch.cat(losses).cpu()
+        return losses[0] if len(losses) == 1 else torch.cat(losses)
 
-    def _regularise(self, potential: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor, active: list[int]) -> None:
-        """Add the gradients of the TV and ridge penalties of the active scans to ``grad``."""
+    def _regularise(self, potential: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor, sel: torch.Tensor | slice) -> None:
+        """Add the gradients of the TV and ridge penalties of the scans ``sel`` (a device index or ``slice(None)``) to ``grad``."""
         opts = self.options
         if opts.tv_weight == 0 and opts.l2_weight == 0:
             return
-        sel = torch.tensor(active, device=potential.device)
-        v = potential[sel].detach().requires_grad_(True)
+        v = potential[sel].detach().clone().requires_grad_(True)
         mask = valid[sel]
         penalty = torch.zeros((), dtype=v.dtype, device=v.device)
         if opts.tv_weight > 0:
@@ -348,20 +337,20 @@ class Reconstructor:
         penalty.backward()
         grad[sel] += v.grad
 
-    def _update(self, potential: torch.Tensor, grad: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, steps: torch.Tensor, active: list[int]) -> None:
-        """One optimizer step for the active scans only (the others keep V and their state)."""
+    def _update(
+        self, potential: torch.Tensor, grad: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, steps: torch.Tensor, sel: torch.Tensor | slice
+    ) -> None:
+        """One optimizer step for the scans ``sel`` only (a device index or ``slice(None)``); the others keep V and their state."""
         opts = self.options
         lr = opts.effective_step
         if opts.optimizer == "gd":
             # the inactive scans' gradient is exactly zero: one pass over the whole stack
             potential.sub_(grad, alpha=lr)
         else:
-            everyone = len(active) == potential.shape[0]
-            sel = slice(None) if everyone else torch.tensor(active, device=potential.device)
             g = grad[sel]
             b1, b2 = opts.adam_betas
-            steps[active] += 1
-            t = steps[active].to(potential.dtype).to(potential.device)[:, None, None]
+            steps[sel] += 1
+            t = steps[sel].to(potential.dtype)[:, None, None]
             m = b1 * m1[sel] + (1 - b1) * g
             v = b2 * m2[sel] + (1 - b2) * g**2
             m1[sel] = m
@@ -401,8 +390,8 @@ def _binned_centre_tilt(k: int, binning: int, device, dtype) -> torch.Tensor | f
     return (ramp[:, None] * ramp[None, :]).to(dtype)
 
 
-def _check_patterns(patterns, window: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Patterns as a (N, K, K) tensor of ``dtype`` on ``device``; ValueError naming the scan for bad shapes or values."""
+def _patterns_on_device(patterns, window: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Patterns as a (N, K, K) tensor of ``dtype`` on ``device``; ValueError naming the scan for a bad shape."""
     if isinstance(patterns, torch.Tensor):
         values = patterns.detach().to(device=device, dtype=dtype)
     else:
@@ -412,8 +401,11 @@ def _check_patterns(patterns, window: int, b: int, dtype: torch.dtype, device: t
         raise ValueError(f"scan {b}: patterns must have shape (N, K, K) with N >= 1, got {tuple(values.shape)}")
     if tuple(values.shape[1:]) != (window, window):
         raise ValueError(f"scan {b}: pattern size {values.shape[1]}x{values.shape[2]} does not match the {window}x{window} probe")
-    if values.numel() and bool(torch.isfinite(values.sum())) and float(values.min()) >= 0:
-        return values  # two reductions: a finite sum means no NaN/inf (the exact checks below only name the culprit)
+    return values
+
+
+def _raise_bad_patterns(values: torch.Tensor, b: int) -> None:
+    """ValueError naming scan ``b``'s first non-finite or negative frame (called once its sum or minimum showed one)."""
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         frame = int(torch.nonzero(~finite)[0, 0])
@@ -422,7 +414,7 @@ def _check_patterns(patterns, window: int, b: int, dtype: torch.dtype, device: t
     if bool(negative.any()):
         frame = int(torch.nonzero(negative)[0, 0])
         raise ValueError(f"scan {b}: patterns contain negative intensities (first in frame {frame})")
-    return values
+    raise ValueError(f"scan {b}: the patterns' sum is not finite (overflow)")
 
 
 def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:

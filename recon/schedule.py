@@ -1,0 +1,87 @@
+"""The mini-batch schedule of a reconstruction call, built on the CPU and sent to the device in one go.
+
+A pass visits every position of every scan once, in mini-batches of at most
+``batch_positions`` per scan (each scan its own random order, from its own generator). A
+step updates the scans that still have a mini-batch in this pass. All steps of all passes
+of one call are packed into two host tensors and copied to the device once: the steps
+then index device memory only, and no step waits for a host-device copy (on a GPU, a
+step's handful of small copies cost more than its arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def minibatches(counts: list[int], size: int | None, generators: list[torch.Generator]) -> list[list[torch.Tensor | None]]:
+    """Mini-batches of one pass: step s holds, per scan, its position indices (within the scan) or None.
+
+    Each scan's positions are split into ceil(count / size) groups of equal size (they
+    differ by at most one) in the order drawn from its generator, so no update rests on a
+    handful of positions; ``size`` None (or >= count): one group of all positions in order.
+    """
+    per_scan = []
+    for count, generator in zip(counts, generators, strict=True):
+        if size is None or size >= count:
+            per_scan.append([torch.arange(count)])
+        else:
+            order = torch.randperm(count, generator=generator)
+            per_scan.append(list(torch.tensor_split(order, math.ceil(count / size))))
+    n_steps = max(len(groups) for groups in per_scan)
+    return [[groups[s] if s < len(groups) else None for groups in per_scan] for s in range(n_steps)]
+
+
+@dataclass
+class Step:
+    """One update: the positions it uses, on the device."""
+
+    index: torch.Tensor
+    """(m,) long: rows of the call's concatenated positions."""
+    weights: torch.Tensor
+    """(m,) real: 1 / (the scan's positions in this step), so every scan's loss is its mean."""
+    scan_of: torch.Tensor
+    """(m,) long: the scan of each position."""
+    active: torch.Tensor | slice
+    """the scans this step updates: ``slice(None)`` when all of them, else a (n_active,) long tensor."""
+
+
+def plan_passes(
+    passes: list[list[list[torch.Tensor | None]]], offsets: list[int], n_scans: int, real_dtype: torch.dtype, device: torch.device
+) -> list[list[Step]]:
+    """The steps of every pass (``minibatches`` output per pass) as views into two tensors copied to ``device`` once."""
+    longs, reals = [], []
+    layout = []  # per pass, per step: (m, n_active or None when all scans are active)
+    for schedule in passes:
+        pass_layout = []
+        for step_groups in schedule:
+            active = [b for b, group in enumerate(step_groups) if group is not None]
+            sizes = [len(step_groups[b]) for b in active]
+            longs.append(torch.cat([offsets[b] + step_groups[b] for b in active]))
+            longs.append(torch.repeat_interleave(torch.tensor(active), torch.tensor(sizes)))
+            reals.append(torch.cat([torch.full((m,), 1.0 / m, dtype=real_dtype) for m in sizes]))
+            everyone = len(active) == n_scans
+            if not everyone:
+                longs.append(torch.tensor(active))
+            pass_layout.append((sum(sizes), None if everyone else len(active)))
+        layout.append(pass_layout)
+    long_all = torch.cat(longs).to(device, non_blocking=True)
+    real_all = torch.cat(reals).to(device, non_blocking=True)
+    out: list[list[Step]] = []
+    li = ri = 0
+    for pass_layout in layout:
+        steps = []
+        for m, n_active in pass_layout:
+            index, scan_of = long_all[li : li + m], long_all[li + m : li + 2 * m]
+            li += 2 * m
+            weights = real_all[ri : ri + m]
+            ri += m
+            active: torch.Tensor | slice = slice(None)
+            if n_active is not None:
+                active = long_all[li : li + n_active]
+                li += n_active
+            steps.append(Step(index, weights, scan_of, active))
+        out.append(steps)
+    return out
