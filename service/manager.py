@@ -418,11 +418,15 @@ class SessionManager:
             if not self.queue:
                 self.work_ready.wait(timeout)
             items = []
+            now = time.perf_counter()
             for sid in self.queue:
                 s = self.sessions.get(sid)
                 if s is None or s.terminal:
                     continue
-                items.append(self._work_item(s))
+                item = self._work_item(s)
+                if item.job is not None and item.last_frame_at is not None:
+                    self.metrics.decision_wait_seconds.observe(now - item.last_frame_at)
+                items.append(item)
             self.queue.clear()
             self.metrics.recon_queue.set(0)
             return items
