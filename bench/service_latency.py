@@ -11,7 +11,8 @@ encoded once up front (content does not change the cost). Sessions use the shipp
 GRU policy (``--strategy adaptive``) and incremental chunk updates by default. Prints
 p50/p99 of the decision latency and its ratio to the chunk's acquisition time at 1 ms
 dwell (goal < 1), how many incremental updates were shrunk to keep pace
-(``--deadline-fraction``, the service's ``recon_deadline_fraction``), the mean batched
+(``--deadline-fraction``, the service's ``recon_deadline_fraction``), the mean wait of a
+complete chunk for the compute worker (``wait s``), the mean batched
 reconstruction call and planner call, wall and CPU of the service's process and CPU
 of the microscope side's process (``mic cpu``: on the same cores here, not in a deployment).
 
@@ -168,11 +169,12 @@ def run_case(
         recon_sum = m.recon_seconds._sum.get()
         recon_mean = recon_sum / max(1, calls)
         policy_mean = _histogram_mean(m.policy_seconds)
+        wait_mean = _histogram_mean(m.decision_wait_seconds)
         server.should_exit = True
         th.join(60)
     if errors:
         raise SystemExit(f"control loop failed: {errors[0]}")
-    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "sender_cpu": sender_cpu, "recon_mean": recon_mean, "policy_mean": policy_mean}
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "sender_cpu": sender_cpu, "recon_mean": recon_mean, "policy_mean": policy_mean, "wait_mean": wait_mean}
 
 
 def _histogram_mean(histogram) -> float:
@@ -200,7 +202,10 @@ def main() -> None:
         "--deadline-fraction", type=float, default=0.5, help="shrink updates that would take longer than this fraction of a chunk's acquisition (0: never)"
     )
     ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval of the service's process (s; Python's default 0.005)")
     args = ap.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
 
     import torch
 
@@ -215,8 +220,8 @@ def main() -> None:
         )
         return create_app(settings, backend=OverheadOnlyBackend() if args.backend == "overhead-only" else None)
 
-    print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}, deadline {args.deadline_fraction or 'off'}), backend {args.backend}, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
-    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'shrunk':>6} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7} {'mic cpu':>7}")
+    print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}, deadline {args.deadline_fraction or 'off'}), backend {args.backend}, switch interval {sys.getswitchinterval() * 1e3:g} ms, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
+    print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'shrunk':>6} {'wait s':>7} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7} {'mic cpu':>7}")
     for chunk in args.chunks:
         for n in args.sessions:
             res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3, not args.same_process)
@@ -224,7 +229,7 @@ def main() -> None:
             acq = chunk * args.dwell_ms * 1e-3
             p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
             print(
-                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} {res['sender_cpu']:7.1f}",
+                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['wait_mean']:7.3f} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} {res['sender_cpu']:7.1f}",
                 flush=True,
             )
     usage = resource.getrusage(resource.RUSAGE_SELF)

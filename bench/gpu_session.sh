@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# What we run on a lent GPU machine (no network there): install the wheels carried in .whl,
+# check the CUDA paths with the test suite, then the GPU benchmarks. Logs go to $OUT (or ./out/gpu).
+# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|all]...   (default: all but profile)
+set -uo pipefail
+OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=$PWD:/tmp/site
+else
+  export PYTHONPATH=$PWD
+fi
+steps=${*:-all}
+has() { [[ " $steps " == *" $1 "* || ( " $steps " == *" all "* && $1 != profile && $1 != ab ) ]]; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu.txt"
+echo "cpus $(nproc)" | tee -a "$OUT/gpu.txt"
+if has tests; then
+  # The suite picks CUDA where a test asks for device "auto".
+  timeout 300 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -25
+fi
+if has recon; then
+  python3 bench/recon_batched.py --device cuda --threads 4 2>&1 | tee "$OUT/recon_batched.log"
+  python3 bench/recon_batched.py --device cuda --threads 4 --scans 96 2>&1 | tee -a "$OUT/recon_batched.log"
+fi
+if has compute; then
+  python3 bench/decision_compute.py --device cuda --threads 4 2>&1 | tee "$OUT/decision_compute.log"
+fi
+if has ab && [ -d .ab_old ]; then  # not part of "all": the decision compute of an older tree (.ab_old, a git archive) and this one, same machine
+  for tree in .ab_old .; do
+    (cd $tree && PYTHONPATH=$PWD:/tmp/site python3 bench/decision_compute.py --device cuda --threads 4 --repeats 20) 2>&1 | tail -7 | sed "s|^|$tree |" | tee -a "$OUT/ab.log"
+  done
+fi
+if has profile; then  # not part of "all": torch.profiler tables of one decision's update
+  python3 bench/decision_compute.py --device cuda --threads 4 --sessions 1 --chunks 50 --repeats 5 --profile 2>&1 | tee "$OUT/profile.log"
+fi
+if has latency; then
+  python3 bench/service_latency.py --device cuda --threads 4 --budget 500 2>&1 | tee "$OUT/service_latency.log"
+  python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --switch-interval 0.0005 2>&1 | tee -a "$OUT/service_latency.log"
+fi
