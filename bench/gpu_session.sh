@@ -38,4 +38,5 @@ fi
 if has latency; then
   python3 bench/service_latency.py --device cuda --threads 4 --budget 500 2>&1 | tee "$OUT/service_latency.log"
   python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --switch-interval 0.0005 2>&1 | tee -a "$OUT/service_latency.log"
+  python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --backend overhead-only 2>&1 | tee -a "$OUT/service_latency.log"
 fi
