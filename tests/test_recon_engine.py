@@ -88,9 +88,10 @@ def test_batched_equals_individual_for_scans_of_different_lengths(extra, device)
             # vanishes (on the CPU too: perturb the patterns by 1e-6). The typical pixel must still agree.
             diff = (t.potential - s.potential).abs()
             assert float(diff.median()) < 1e-4 and float(diff.max()) < 2e-2
+            np.testing.assert_allclose(t.loss_history, s.loss_history, rtol=1e-2)
         else:
             torch.testing.assert_close(t.potential, s.potential, atol=2e-5, rtol=0)
-        np.testing.assert_allclose(t.loss_history, s.loss_history, rtol=1e-4)
+            np.testing.assert_allclose(t.loss_history, s.loss_history, rtol=1e-4)
 
 
 def test_warm_start_continues(device):

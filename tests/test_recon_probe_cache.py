@@ -42,7 +42,7 @@ def test_cached_probes_give_the_same_reconstruction_as_fresh_ones(monkeypatch, d
     assert shifted == [21, 21, 21], "with the cache off every call shifts its probes"
     for a, b in zip(first + again, reference + reference_again, strict=True):
         # bit for bit on the CPU; CUDA's atomic scatter adds in no fixed order, so there up to rounding
-        torch.testing.assert_close(a.potential, b.potential, rtol=0, atol=0 if device == "cpu" else 1e-5)
+        torch.testing.assert_close(a.potential, b.potential, rtol=0, atol=0 if device == "cpu" else 1e-4)
 
 
 def test_a_full_cache_starts_over_and_a_duplicate_position_is_shifted_once(device):
