@@ -190,7 +190,7 @@ class Reconstructor:
         # ifftshifted once instead. Binning commutes with the shift when the shift is a whole
         # number of b x b blocks (always for even K); otherwise the model is fftshifted.
         shift_model = (kw // 2) % b_ != 0
-        values = [_patterns_on_device(scan.patterns, k, b, self.real_dtype, self.device) for b, scan in enumerate(scans)]
+        values: list[torch.Tensor | None] = [_patterns_on_device(scan.patterns, k, b, self.real_dtype, self.device) for b, scan in enumerate(scans)]
         # every scan's checks and normalisation from one transfer: (sum, min) per scan
         stats = torch.stack([torch.stack([v.sum(), v.min()]) for v in values]).double().cpu()
         checked = []
@@ -211,6 +211,7 @@ class Reconstructor:
                 if not mean_total > 0:
                     raise ValueError(f"scan {b}: patterns are all zero")
                 intensity = intensity / mean_total  # out of place: the tensor may share memory with the caller's array
+                values[b] = None  # the unnormalised copy goes now, not after every scan's (device memory)
             checked.append((intensity, positions))
         counts = [len(positions) for _, positions in checked]
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
