@@ -150,6 +150,8 @@ def test_lifecycle_ask_tell_idempotent(client, pusher):
     metrics = client.get("/metrics").text
     assert "ptychoscan_ingest_frames_total 12.0" in metrics
     assert "ptychoscan_decision_latency_seconds_count 2.0" in metrics
+    waits = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("ptychoscan_decision_wait_seconds_count")]
+    assert waits and waits[0] >= 2, "every chunk reconstructed waited for the worker, the last one too"
     assert "ptychoscan_http_request_duration_seconds_bucket" in metrics and sid not in metrics
 
 
