@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -51,24 +52,29 @@ class Step:
 def plan_passes(
     passes: list[list[list[torch.Tensor | None]]], offsets: list[int], n_scans: int, real_dtype: torch.dtype, device: torch.device
 ) -> list[list[Step]]:
-    """The steps of every pass (``minibatches`` output per pass) as views into two tensors copied to ``device`` once."""
+    """The steps of every pass (``minibatches`` output per pass) as views into two tensors copied to ``device`` once.
+
+    Built with numpy: a final reconstruction's few dozen steps cost a few torch calls each
+    otherwise, all of it holding the GIL that the service's other threads wait for.
+    """
     longs, reals = [], []
     layout = []  # per pass, per step: (m, n_active or None when all scans are active)
+    real_np = np.float64 if real_dtype == torch.float64 else np.float32
     for schedule in passes:
         pass_layout = []
         for step_groups in schedule:
             active = [b for b, group in enumerate(step_groups) if group is not None]
-            sizes = [len(step_groups[b]) for b in active]
-            longs.append(torch.cat([offsets[b] + step_groups[b] for b in active]))
-            longs.append(torch.repeat_interleave(torch.tensor(active), torch.tensor(sizes)))
-            reals.append(torch.cat([torch.full((m,), 1.0 / m, dtype=real_dtype) for m in sizes]))
+            sizes = np.array([len(step_groups[b]) for b in active])
+            longs.append(np.concatenate([offsets[b] + step_groups[b].numpy() for b in active]))
+            longs.append(np.repeat(active, sizes))
+            reals.append(np.repeat((1.0 / sizes).astype(real_np), sizes))
             everyone = len(active) == n_scans
             if not everyone:
-                longs.append(torch.tensor(active))
-            pass_layout.append((sum(sizes), None if everyone else len(active)))
+                longs.append(np.asarray(active))
+            pass_layout.append((int(sizes.sum()), None if everyone else len(active)))
         layout.append(pass_layout)
-    long_all = torch.cat(longs).to(device, non_blocking=True)
-    real_all = torch.cat(reals).to(device, non_blocking=True)
+    long_all = torch.from_numpy(np.concatenate(longs).astype(np.int64)).to(device, non_blocking=True)
+    real_all = torch.from_numpy(np.concatenate(reals)).to(device, non_blocking=True)
     out: list[list[Step]] = []
     li = ri = 0
     for pass_layout in layout:
