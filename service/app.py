@@ -35,6 +35,38 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 
 
+class RequestTimer:
+    """ASGI middleware: each HTTP request's duration (s) by method, route template and status.
+
+    A plain ASGI wrapper rather than ``@app.middleware("http")``: Starlette's
+    BaseHTTPMiddleware runs every request through an extra task and memory streams, on the
+    event loop that shares the GIL with ingest and the compute worker.
+    """
+
+    def __init__(self, app, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500  # if the app raises before it starts a response
+
+        async def send_and_note_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")  # the router writes the matched route into the scope
+            self.metrics.request_seconds.labels(scope["method"], path, str(status)).observe(time.perf_counter() - t0)
+
+
 class Service:
     """The parts of one running service (what the app's handlers reach through ``app.state.service``)."""
 
@@ -154,14 +186,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     install_problem_handlers(app)
     auth = [Depends(_require_key)]
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        service.metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(RequestTimer, metrics=service.metrics)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz():

@@ -89,6 +89,10 @@ def test_malformed_json_and_unknown_ids(client):
     _problem(client.post("/api/v1/sessions/nope/tell", json={"batch_id": 0, "series": 1}, headers=AUTH), 404)
     _problem(client.delete("/api/v1/sessions/nope", headers=AUTH), 404)
     _problem(client.get("/api/v1/nothing-here"), 404)
+    metrics = client.get("/metrics").text  # each request timed under its route template and status, ids never in a label
+    assert 'method="POST",route="/api/v1/sessions/{session_id}/ask",status="404"' in metrics
+    assert 'method="POST",route="/api/v1/sessions",status="422"' in metrics
+    assert 'route="unmatched",status="404"' in metrics and "nope" not in metrics
 
 
 def test_lifecycle_ask_tell_idempotent(client, pusher):
