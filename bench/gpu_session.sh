@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # What we run on a lent GPU machine (no network there): install the wheels carried in .whl,
 # check the CUDA paths with the test suite, then the GPU benchmarks. Logs go to $OUT (or ./out/gpu).
-# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|all]...   (default: all but profile)
+# The GPU machine has torch, numpy, h5py, httpx, prometheus-client and tqdm but not the rest; on this
+# machine, once: python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#   fastapi starlette annotated-doc annotated-types pydantic pydantic-core pydantic-settings python-dotenv \
+#   typing-inspection typing-extensions uvicorn pyzmq lz4 bitshuffle ase opentelemetry-api [py-spy]
+# (pin the versions of .venv; .whl is ignored by git and carried to the machine).
+# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|all]...   (default: all but profile and ab;
+#   ab: the decision compute of .ab_old, e.g. `git archive OLD recon service policy ptychoscan sim_microscope bench | tar -x -C .ab_old`, then this tree)
 set -uo pipefail
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
