@@ -12,7 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     """Everything ``ptychoscan serve`` can be told. Lists come from env as JSON (``PTYCHOSCAN_API_KEYS='["k"]'``)."""
 
-    model_config = SettingsConfigDict(env_prefix="PTYCHOSCAN_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="PTYCHOSCAN_", extra="forbid", env_parse_none_str="null")
+    """An environment variable set to ``null`` is None (e.g. PTYCHOSCAN_RECON_DEADLINE_FRACTION=null: never shrink)."""
 
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")

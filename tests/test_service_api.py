@@ -199,6 +199,9 @@ def test_settings_from_env_and_file(tmp_path, monkeypatch):
     cfg.write_text("port: 9123\nmax_sessions: 3\n")
     s = load_settings(cfg, storage=str(tmp_path / "x"))
     assert (s.ask_timeout_s, s.api_keys, s.port, s.max_sessions) == (3.5, ["a", "b"], 9123, 3)
+    assert s.recon_deadline_fraction == 0.5
+    monkeypatch.setenv("PTYCHOSCAN_RECON_DEADLINE_FRACTION", "null")  # how the demo turns the deadline off
+    assert load_settings(cfg, storage=str(tmp_path / "x")).recon_deadline_fraction is None
     cfg.write_text("port: -4\n")
     with pytest.raises(ConfigError, match="port"):
         load_settings(cfg)
