@@ -77,6 +77,7 @@ def run_case(backend, planner, device: str, n_sessions: int, chunk: int, measure
     planner.plan(_plan_requests(earlier, outputs, chunk))
     states = dict(planner._sessions)
     update, plan = [], []
+    reduced = backend.reduced_updates
     for r in range(repeats + 2):
         if r == 2:
             reduced = backend.reduced_updates

@@ -26,7 +26,7 @@ from recon.device import pick_device
 from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
-from recon.schedule import minibatches, plan_passes
+from recon.schedule import minibatches, planned_passes
 
 _ADAM_EPS = 1e-8
 
@@ -155,11 +155,11 @@ class Reconstructor:
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         n_passes = iterations or opts.iterations
-        passes = plan_passes(
-            [minibatches(batch.counts, opts.batch_positions, generators) for _ in range(n_passes)], batch.offsets, n_scans, self.real_dtype, self.device
+        passes = planned_passes(
+            n_passes, lambda: minibatches(batch.counts, opts.batch_positions, generators), batch.offsets, n_scans, self.real_dtype, self.device
         )
         totals = torch.zeros((n_passes, n_scans), dtype=torch.float64, device=self.device)
-        bar = tqdm(passes, desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
+        bar = tqdm(passes, total=n_passes, desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
         for i, schedule in enumerate(bar):
             for step in schedule:
                 grad.zero_()

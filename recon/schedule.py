@@ -11,6 +11,7 @@ step's handful of small copies cost more than its arithmetic).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,3 +92,21 @@ def plan_passes(
             steps.append(Step(index, weights, scan_of, active))
         out.append(steps)
     return out
+
+
+PASSES_PER_COPY = 8
+"""Passes planned (and copied to the device) at a time: one copy for the service's few passes, bounded memory for long runs."""
+
+
+def planned_passes(
+    n_passes: int,
+    next_pass: Callable[[], list[list[torch.Tensor | None]]],
+    offsets: list[int],
+    n_scans: int,
+    real_dtype: torch.dtype,
+    device: torch.device,
+) -> Iterator[list[Step]]:
+    """The steps of ``n_passes`` passes, ``next_pass()`` drawing each pass's mini-batches in order, planned ``PASSES_PER_COPY`` at a time."""
+    for start in range(0, n_passes, PASSES_PER_COPY):
+        block = [next_pass() for _ in range(min(PASSES_PER_COPY, n_passes - start))]
+        yield from plan_passes(block, offsets, n_scans, real_dtype, device)

@@ -13,6 +13,7 @@ crash loses at most the frames received since the last flush.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import h5py
 import numpy as np
 
 from recon.dataset import FORMAT_NAME, FORMAT_VERSION
+
+log = logging.getLogger(__name__)
 
 SESSION_SUFFIX = ".h5"
 _GROWABLE_2 = (None, 2)
@@ -276,12 +279,16 @@ class SessionStore:
             self._f.flush()
 
     def close(self) -> None:
+        """Write what is queued and close; never raises (a failed write, e.g. a full disk, is logged: shutdown must go on)."""
         try:
             self._write_pending()
             self._f.flush()
+        except Exception as err:  # h5py raises OSError, ValueError or RuntimeError here
+            log.error("%s: could not write its last frames at close (%s)", self.path, err)
+        try:
             self._f.close()
-        except (OSError, ValueError):
-            pass
+        except Exception as err:
+            log.error("%s: could not close (%s)", self.path, err)
 
 
 class _Guard:

@@ -213,3 +213,17 @@ def test_k_one_pass_calls_continuing_the_order_equal_one_call_of_k_passes(device
     torch.testing.assert_close(potential, whole.potential, rtol=0, atol=1e-6 if device == "cpu" else 5e-5)
     restarted = recon.reconstruct([scan], init=[recon.reconstruct([scan], iterations=1)[0].potential], iterations=1)[0].potential
     assert not torch.allclose(restarted, recon.reconstruct([scan], iterations=2)[0].potential, atol=1e-6), "the order matters (the test can fail)"
+
+
+def test_passes_planned_in_blocks_keep_the_order_of_one_long_call(device):
+    """The schedule is copied to the device PASSES_PER_COPY passes at a time; a call longer than that is the same as two calls."""
+    from recon.schedule import PASSES_PER_COPY
+
+    chunk, _ = _scan(5, seed=11)
+    recon = Reconstructor(_probe(), _options(optimizer="gd", step_size=5.0, batch_positions=7), device)
+    n = PASSES_PER_COPY + 2
+    whole = recon.reconstruct([chunk], iterations=n)[0]
+    first = recon.reconstruct([chunk], iterations=PASSES_PER_COPY)[0]
+    rest = recon.reconstruct([chunk], init=[first.potential], iterations=2, first_pass=PASSES_PER_COPY)[0]
+    torch.testing.assert_close(rest.potential, whole.potential, rtol=0, atol=1e-6 if device == "cpu" else 5e-5)
+    assert len(whole.loss_history) == n

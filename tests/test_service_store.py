@@ -77,6 +77,24 @@ def test_store_roundtrip_and_damaged_file(tmp_path):
         SessionStore.open(tmp_path / "b.h5")
 
 
+def test_close_after_a_failed_write_logs_and_still_closes_the_file(tmp_path, monkeypatch, caplog):
+    """Shutdown closes every session's file; one whose last write fails (a full disk: h5py raises RuntimeError) must not stop it."""
+    params = session_body("tcp://127.0.0.1:1", budget=2, chunk=2) | {"energy_ev": 60000.0, "convergence_mrad": 33.0, "defocus_nm": 0.0}
+    store = SessionStore.create(tmp_path / "c.h5", "c", params, {"requested": "sparse-grid"})
+    store.append_batch(0, np.zeros((2, 2)))
+    store.write_frame(0, np.ones((16, 16), np.uint16))
+
+    def disk_full():
+        raise RuntimeError("Can't write data (file write failed)")
+
+    monkeypatch.setattr(store, "_write_pending", disk_full)
+    store.close()  # no exception
+    assert "could not write its last frames" in caplog.text
+    assert not store._f.id.valid, "the file was closed all the same"
+    _, st = SessionStore.open(tmp_path / "c.h5")  # what was flushed before is intact
+    assert st.session_id == "c" and len(st.received) == 2 and not st.received.any()
+
+
 def test_bind_of_scattered_slots_records_each_slot_its_frame_and_measured_position(tmp_path):
     params = session_body("tcp://127.0.0.1:1", budget=6, chunk=6) | {"energy_ev": 60000.0, "convergence_mrad": 33.0, "defocus_nm": 0.0}
     store = SessionStore.create(tmp_path / "d.h5", "d", params, {"requested": "sparse-grid"})
