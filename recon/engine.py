@@ -8,7 +8,7 @@ fitted to the measured patterns J_p at its positions R_p by minimising
 
 with Adam or plain gradient descent, optionally over mini-batches of positions. The B
 scans are stacked on one padded (B, H, W) tensor and their positions are concatenated
-with a ``scan_index`` (the shared forward model, ``recon.forward``); every scan keeps its
+(each step knows each position's scan, as ``recon.forward``'s ``scan_index``); every scan keeps its
 own optimizer state and step count, so a scan reconstructed in a batch gives the same
 result as reconstructed alone.
 """
@@ -63,7 +63,6 @@ class _Batch:
     base: torch.Tensor  # (M,) long, flat index in the (B, H, W) potential of each window's top-left pixel
     offsets_in_window: torch.Tensor  # (Kw * Kw,) long, flat offsets of a window's pixels from its top-left
     shift_model: bool  # fftshift the model far field (only when the targets could not be ifftshifted instead)
-    scan_index: torch.Tensor  # (M,)
     offsets: list[int]  # start of each scan's positions in the concatenation
     counts: list[int]
     valid: torch.Tensor  # (B, H, W) bool, pixels on each scan's own grid
@@ -141,6 +140,8 @@ class Reconstructor:
             raise ValueError("no scans to reconstruct")
         if init is not None and len(init) != len(scans):
             raise ValueError(f"init has {len(init)} entries but there are {len(scans)} scans")
+        if iterations is not None and iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
         opts = self.options
         batch = self._prepare(scans)
         potential = self._initial_potential(scans, init)
@@ -152,8 +153,6 @@ class Reconstructor:
         generators = [torch.Generator().manual_seed(opts.seed) for _ in scans]
         for _ in range(first_pass):  # the orders of the passes already run
             minibatches(batch.counts, opts.batch_positions, generators)
-        if iterations is not None and iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
         n_passes = iterations or opts.iterations
         passes = planned_passes(
             n_passes, lambda: minibatches(batch.counts, opts.batch_positions, generators), batch.offsets, n_scans, self.real_dtype, self.device
@@ -220,7 +219,6 @@ class Reconstructor:
         targets = torch.empty((total, k, k), dtype=self.real_dtype, device=self.device)
         fractions = torch.empty((total, 2), dtype=torch.float64)
         bases = torch.empty(total, dtype=torch.long)
-        scan_index = torch.empty(total, dtype=torch.long)
         valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
         for b, ((intensity, positions), scan) in enumerate(zip(checked, scans, strict=True)):
             rows = slice(offsets[b], offsets[b] + counts[b])
@@ -229,13 +227,12 @@ class Reconstructor:
             px = torch.from_numpy(scan.grid.positions_px(positions)) + pad
             origin, fractions[rows] = split_positions(px, kw)
             bases[rows] = b * height * width + origin[:, 1] * width + origin[:, 0]
-            scan_index[rows] = b
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
-        bases, scan_index = torch.cat([bases, scan_index]).to(self.device).split(total)
+        bases = bases.to(self.device)
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
         probes, probe_rows = self._probe_cache.rows(fractions)
-        batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, scan_index, offsets, counts, valid, None)
+        batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, offsets, counts, valid, None)
         if self.options.precondition:
             batch.illumination = self._illumination(batch, (len(scans), height, width))
         return batch
@@ -244,7 +241,7 @@ class Reconstructor:
         """Per scan: sum over its positions of |shifted probe|^2 on the grid, / its max, + 0.05 (regulariser)."""
         illumination = torch.zeros(shape, dtype=self.real_dtype, device=self.device)
         flat = illumination.view(-1)
-        for start in range(0, len(batch.scan_index), self.options.chunk_positions):
+        for start in range(0, len(batch.base), self.options.chunk_positions):
             part = slice(start, start + self.options.chunk_positions)
             lin = batch.base[part, None] + batch.offsets_in_window[None, :]
             flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.probes[batch.probe_rows[part]]) ** 2).reshape(-1))

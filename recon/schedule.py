@@ -2,10 +2,11 @@
 
 A pass visits every position of every scan once, in mini-batches of at most
 ``batch_positions`` per scan (each scan its own random order, from its own generator). A
-step updates the scans that still have a mini-batch in this pass. All steps of all passes
-of one call are packed into two host tensors and copied to the device once: the steps
-then index device memory only, and no step waits for a host-device copy (on a GPU, a
-step's handful of small copies cost more than its arithmetic).
+step updates the scans that still have a mini-batch in this pass. The steps of up to
+``PASSES_PER_COPY`` passes (all of a service call's) are packed into two host tensors and
+copied to the device at once: the steps then index device memory only, and no step waits
+for a host-device copy (on a GPU, a step's handful of small copies cost more than its
+arithmetic).
 """
 
 from __future__ import annotations

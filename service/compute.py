@@ -241,7 +241,7 @@ class TorchReconBackend:
         results = recon.reconstruct(scans, init=init, iterations=iterations, first_pass=first_pass)
         out = []
         for r in results:
-            pot = r.potential.detach().to("cpu", torch.float32).numpy()
+            pot = r.potential.numpy()  # ReconResult.potential: float32, on the CPU
             out.append(ReconOutput(pot, tuple(r.grid.origin_nm), float(r.grid.pixel_nm), [float(v) for v in r.loss_history]))
         return out
 

@@ -87,10 +87,15 @@ def _write_rows(ds: h5py.Dataset, start: int, rows) -> None:
     ds.id.write(h5py.h5s.create_simple(rows.shape), file_space, rows)
 
 
+def _grow(ds: h5py.Dataset, n: int) -> int:
+    """Add ``n`` rows to ``ds`` (unwritten rows read as the fill value); returns the old row count."""
+    old = ds.id.shape[0]
+    ds.id.set_extent((old + n, *ds.id.shape[1:]))
+    return old
+
+
 def _resize_append(ds: h5py.Dataset, rows: np.ndarray) -> None:
-    n = ds.id.shape[0]
-    ds.id.set_extent((n + rows.shape[0], *ds.id.shape[1:]))
-    _write_rows(ds, n, rows)
+    _write_rows(ds, _grow(ds, rows.shape[0]), rows)
 
 
 class SessionStore:
@@ -201,8 +206,7 @@ class SessionStore:
         """Issue a batch: its positions get new slots (no frames yet)."""
         n = positions_nm.shape[0]
         with self._guard("append batch"):
-            patterns = self._ds("patterns").id  # grown only: unwritten rows read as the fill value 0 (writing zeros cost ~1.5 ms per chunk)
-            patterns.set_extent((patterns.shape[0] + n, *patterns.shape[1:]))
+            _grow(self._ds("patterns"), n)  # grown only: unwritten rows read as the fill value 0 (writing zeros cost ~1.5 ms per chunk)
             _resize_append(self._ds("positions_nm"), positions_nm)
             _resize_append(self._ds("positions_issued_nm"), positions_nm)
             _resize_append(self._ds("positions_measured_nm"), np.full((n, 2), np.nan))
