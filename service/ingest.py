@@ -1,8 +1,10 @@
-"""Detector ingest: one ``StreamReceiver`` (PULL, stream v1) per detector endpoint, events into the session manager.
+"""Detector ingest: one ``StreamReceiver`` thread (PULL, stream v1) for every detector endpoint, events into the session manager.
 
 Endpoints come from the settings (connected at start, required for readiness) and
 from sessions (connected when a session names a new one). The receiver decodes on its
-own thread and never raises on bad input; the manager counts and attributes problems.
+own thread, hands each drained batch of one endpoint's events to the manager in one
+call (one lock acquisition per batch, not per frame) and never raises on bad input; the
+manager counts and attributes problems.
 """
 
 from __future__ import annotations
@@ -20,44 +22,57 @@ class Ingest:
     def __init__(self, manager: SessionManager, required: list[str]) -> None:
         self.manager = manager
         self.required = list(required)
-        self.receivers: dict[str, StreamReceiver] = {}
+        self.receiver: StreamReceiver | None = None
         self._lock = threading.Lock()
         self._stopped = False
 
     def start(self) -> None:
-        for ep in self.required:
-            self.ensure(ep)
+        """Start the receive thread and connect the required endpoints."""
+        self._running()
+
+    def _running(self) -> StreamReceiver | None:
+        """The receiver, started with the required endpoints on first use; None once stopped."""
+        with self._lock:
+            if self._stopped:
+                return None
+            if self.receiver is None:
+                self.receiver = StreamReceiver(self.required, on_events=self.manager.on_events)
+                self.receiver.start()
+                for ep in self.required:
+                    log.info("ingest connected PULL to %s", ep)
+            return self.receiver
 
     def ensure(self, endpoint: str) -> None:
         """Connect to ``endpoint`` unless already connected (idempotent, thread-safe)."""
-        with self._lock:
-            if self._stopped or endpoint in self.receivers:
-                return
-            rx = StreamReceiver([endpoint], self.manager.on_event)
-            rx.start()
-            self.receivers[endpoint] = rx
+        receiver = self._running()
+        if receiver is not None and endpoint not in receiver.endpoints:
+            receiver.add(endpoint)
             log.info("ingest connected PULL to %s", endpoint)
 
     def status(self) -> dict:
-        with self._lock:
-            return {
-                ep: {
-                    "connected": rx.connected,
-                    "messages": rx.messages_received,
-                    "callback_errors": rx.callback_errors,
-                    "required": ep in self.required,
-                }
-                for ep, rx in self.receivers.items()
+        receiver = self.receiver
+        if receiver is None:
+            return {ep: {"connected": False, "messages": 0, "callback_errors": 0, "required": True} for ep in self.required}
+        return {
+            ep: {
+                "connected": receiver.is_connected(ep),
+                "messages": receiver.messages_from(ep),
+                "callback_errors": receiver.callback_errors,
+                "required": ep in self.required,
             }
+            for ep in receiver.endpoints
+        }
 
     @property
     def ready(self) -> bool:
-        with self._lock:
-            return all(ep in self.receivers and self.receivers[ep].connected for ep in self.required)
+        receiver = self.receiver
+        if receiver is None:
+            return not self.required
+        return all(ep in receiver.endpoints and receiver.is_connected(ep) for ep in self.required)
 
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            receivers, self.receivers = list(self.receivers.values()), {}
-        for rx in receivers:
-            rx.stop()
+            receiver, self.receiver = self.receiver, None
+        if receiver is not None:
+            receiver.stop()

@@ -275,26 +275,45 @@ class SessionManager:
     # --- ingest (called from the receiver thread) --------------------------------------
 
     def on_event(self, endpoint: str, event) -> None:
+        """One stream event from ``endpoint`` (see ``on_events``)."""
+        self.on_events(endpoint, [event])
+
+    def on_events(self, endpoint: str, events: list) -> None:
+        """Stream events received from ``endpoint``, in order, under one acquisition of the lock (the receiver's drained batch).
+
+        An event whose handling raises does not stop the others; the last such error is
+        raised after the batch (the receiver counts it).
+        """
         t0 = time.perf_counter()
+        failed: Exception | None = None
         with self.lock:
-            if isinstance(event, Frame):
-                key = (endpoint, event.series)
-                self.last_key[endpoint] = key
-                if key in self.bindings:
-                    self._store_frame(key, event.frame, event.image, t0)
-                else:
-                    self._buffer_frame(key, event.frame, event.image, t0)
-            elif isinstance(event, StreamError):
-                self._stream_error(endpoint, event)
-            elif isinstance(event, SeriesEnd):
-                key = (endpoint, event.series)
-                if key in self.bindings:
-                    self._series_end(key)
-                elif key in self.buffer:
-                    self.buffer[key].ended = True
-            elif isinstance(event, SeriesStart):
-                self.last_key[endpoint] = (endpoint, event.series)
+            for event in events:
+                try:
+                    self._apply_event(endpoint, event, t0)
+                except Exception as err:
+                    failed = err
         self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
+        if failed is not None:
+            raise failed
+
+    def _apply_event(self, endpoint: str, event, arrived_at: float) -> None:
+        if isinstance(event, Frame):
+            key = (endpoint, event.series)
+            self.last_key[endpoint] = key
+            if key in self.bindings:
+                self._store_frame(key, event.frame, event.image, arrived_at)
+            else:
+                self._buffer_frame(key, event.frame, event.image, arrived_at)
+        elif isinstance(event, StreamError):
+            self._stream_error(endpoint, event)
+        elif isinstance(event, SeriesEnd):
+            key = (endpoint, event.series)
+            if key in self.bindings:
+                self._series_end(key)
+            elif key in self.buffer:
+                self.buffer[key].ended = True
+        elif isinstance(event, SeriesStart):
+            self.last_key[endpoint] = (endpoint, event.series)
 
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
         kind = classify_stream_error(ev.reason)

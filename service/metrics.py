@@ -28,7 +28,9 @@ class ServiceMetrics:
         self.decision_wait_seconds = Histogram(
             "ptychoscan_decision_wait_seconds", "last frame of a chunk received -> the compute worker takes the chunk", registry=r, buckets=_FAST
         )
-        self.ingest_seconds = Histogram("ptychoscan_ingest_event_duration_seconds", "handling of one stream event", registry=r, buckets=_FAST)
+        self.ingest_seconds = Histogram(
+            "ptychoscan_ingest_batch_duration_seconds", "handling of one received batch of stream events (one detector's waiting messages)", registry=r, buckets=_FAST
+        )
         self.frames = Counter("ptychoscan_ingest_frames_total", "frames stored into sessions", registry=r)
         self.bytes = Counter("ptychoscan_ingest_bytes_total", "decoded frame bytes stored", registry=r)
         self.stream_errors = Counter("ptychoscan_ingest_errors_total", "stream problems by kind", ["kind"], registry=r)

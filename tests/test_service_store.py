@@ -213,3 +213,28 @@ def test_frames_reach_the_file_at_flush_in_bulk_and_a_failing_flush_fails_the_se
         pusher.series(1, frames_for(1, len(ask["positions_nm"])))
         st = wait_until(lambda: (s := c.get(f"/api/v1/sessions/{sid}").json())["state"] == "failed" and s, what="failed")
         assert "No space left on device" in st["error"]
+
+
+def test_a_batch_of_events_is_applied_whole_even_when_one_event_fails(tmp_path, monkeypatch):
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
+    manager = SessionManager(settings, ServiceMetrics())
+    ep = "tcp://127.0.0.1:5001"
+    sid = manager.create(session_body(ep, budget=3, chunk=3) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
+    ask = manager.try_ask(sid)
+    manager.tell(sid, ask["batch_id"], 1, None)
+    apply = manager._apply_event
+
+    def failing_on_frame_1(endpoint, event, arrived_at):
+        if isinstance(event, Frame) and event.frame == 1:
+            raise RuntimeError("handler bug")
+        apply(endpoint, event, arrived_at)
+
+    monkeypatch.setattr(manager, "_apply_event", failing_on_frame_1)
+    with pytest.raises(RuntimeError, match="handler bug"):  # raised after the batch, for the receiver to count
+        manager.on_events(ep, [Frame(1, i, img) for i, img in enumerate(frames_for(0, 3))])
+    s = manager.sessions[sid]
+    assert list(s.received) == [True, False, True]
+    counts = [x.value for x in manager.metrics.ingest_seconds.collect()[0].samples if x.name.endswith("_count")]
+    assert counts == [1.0]  # one observation for the whole batch
+    manager.close()

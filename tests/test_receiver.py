@@ -1,0 +1,107 @@
+"""The stream v1 receiver: one thread for every endpoint, endpoints added while it runs, events handed over in batches."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from service_testing import Pusher, frames_for, wait_until
+
+from service.codec_threads import loaded_openmp_runtimes, set_codec_threads
+from service.receiver import StreamReceiver
+from service.stream_v1 import Frame, SeriesEnd, SeriesStart, decode_frames, encode_frames
+
+
+@pytest.fixture
+def pushers():
+    ps = [Pusher(), Pusher()]
+    yield ps
+    for p in ps:
+        p.close()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches: list[tuple[str, list]] = []
+
+    def __call__(self, endpoint: str, events: list) -> None:
+        with self.lock:
+            self.batches.append((endpoint, list(events)))
+
+    def events(self, endpoint: str) -> list:
+        with self.lock:
+            return [e for ep, batch in self.batches if ep == endpoint for e in batch]
+
+
+def test_endpoints_added_while_running_share_the_thread_and_keep_their_order(pushers):
+    first, second = pushers
+    got = Collector()
+    rx = StreamReceiver([first.endpoint], on_events=got)
+    with rx:
+        threads_before = threading.active_count()
+        rx.add(second.endpoint)
+        rx.add(second.endpoint)  # idempotent
+        assert rx.endpoints == [first.endpoint, second.endpoint]
+        assert threading.active_count() == threads_before  # no thread per detector
+        images = {p.endpoint: frames_for(n, 5) for n, p in enumerate(pushers)}
+        for p in pushers:
+            p.series(7, images[p.endpoint])
+        for p in pushers:
+            wait_until(lambda p=p: any(isinstance(e, SeriesEnd) for e in got.events(p.endpoint)) or None, what=f"end of series from {p.endpoint}")
+            events = got.events(p.endpoint)
+            assert isinstance(events[0], SeriesStart) and isinstance(events[-1], SeriesEnd)
+            frames = [e for e in events if isinstance(e, Frame)]
+            assert [f.frame for f in frames] == list(range(5))  # in order, nothing from the other detector
+            np.testing.assert_array_equal(np.stack([f.image for f in frames]), images[p.endpoint])
+            assert rx.messages_from(p.endpoint) == 7
+        assert rx.messages_received == 14
+        wait_until(lambda: rx.connected or None, what="both endpoints connected")
+
+
+def test_exactly_one_callback_and_valid_endpoints():
+    with pytest.raises(ValueError, match="exactly one"):
+        StreamReceiver(["tcp://127.0.0.1:1"])
+    with pytest.raises(ValueError, match="exactly one"):
+        StreamReceiver(["tcp://127.0.0.1:1"], lambda ep, e: None, on_events=lambda ep, es: None)
+    rx = StreamReceiver([], lambda ep, e: None)
+    with pytest.raises(ValueError, match="tcp://host:port"):
+        rx.add("localhost:5555")
+
+
+def test_a_raising_callback_neither_stops_the_receiver_nor_drops_the_other_events(pushers):
+    p = pushers[0]
+    seen: list = []
+
+    def on_event(endpoint, event):
+        if isinstance(event, Frame) and event.frame == 1:
+            raise RuntimeError("consumer bug")
+        seen.append(event)
+
+    with StreamReceiver([p.endpoint], on_event) as rx:
+        p.series(3, frames_for(3, 4))
+        wait_until(lambda: any(isinstance(e, SeriesEnd) for e in seen) or None, what="end of series")
+        p.series(4, frames_for(4, 2))
+        wait_until(lambda: sum(isinstance(e, SeriesEnd) for e in seen) == 2 or None, what="second series")
+    assert [e.frame for e in seen if isinstance(e, Frame) and e.series == 3] == [0, 2, 3]
+    assert rx.callback_errors >= 1
+
+
+def test_codec_threads_are_set_per_thread_and_decoding_is_unchanged():
+    with pytest.raises(ValueError):
+        set_codec_threads(0)
+    images = np.random.default_rng(0).poisson(30, size=(4, 64, 64)).astype(np.uint16)
+    blobs = encode_frames(images, "bs16-lz4<")
+    result: dict = {}
+
+    def decode_with_one_thread():
+        result["set"] = set_codec_threads(1)
+        result["images"] = decode_frames(blobs, (64, 64), "uint16", "bs16-lz4<")
+
+    t = threading.Thread(target=decode_with_one_thread)
+    t.start()
+    t.join()
+    assert result["set"] == len(loaded_openmp_runtimes())
+    np.testing.assert_array_equal(result["images"], images)
+    np.testing.assert_array_equal(decode_frames(blobs, (64, 64), "uint16", "bs16-lz4<"), images)
