@@ -92,6 +92,7 @@ class StreamReceiver:
         self._wake: zmq.Socket | None = None
         """PUSH end of the thread's inproc control socket (used under ``_lock``)."""
         self.callback_errors = 0
+        self.socket_errors = 0
 
     @property
     def connected(self) -> bool:
@@ -206,12 +207,17 @@ class StreamReceiver:
             while not self._stop.is_set():
                 ready = poller.poll(self.poll_ms)
                 for sock, _ in ready:
-                    if sock is control:
-                        self._open_pending(control, open_endpoint)
-                    elif sock in monitors:
-                        self._monitor(sock, monitors[sock])
-                    else:
-                        self._drain(by_socket[sock])
+                    try:
+                        if sock is control:
+                            self._open_pending(control, open_endpoint)
+                        elif sock in monitors:
+                            self._monitor(sock, monitors[sock])
+                        else:
+                            self._drain(by_socket[sock])
+                    except zmq.ZMQError as err:  # one socket's failure must not stop the others' ingest
+                        self.socket_errors += 1
+                        if self.socket_errors == 1:
+                            log.error("stream receiver: %s (further socket errors counted in socket_errors)", err)
         finally:
             self._ready.set()
             with self._lock:
