@@ -377,6 +377,13 @@ class SessionManager:
             s.note_error("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
             self.metrics.stream_errors.labels("malformed").inc()
             return
+        stored = s.pixel_dtype
+        if image.dtype.itemsize > stored.itemsize and (peak := int(image.max())) > np.iinfo(stored).max:
+            s.note_error(
+                "malformed", f"series {key[1]}: frame {idx} has counts up to {peak}, more than the session file's {stored.name} holds ({np.iinfo(stored).max})"
+            )
+            self.metrics.stream_errors.labels("malformed").inc()
+            return
         try:
             s.store.write_frame(slot, image)
         except StoreError as err:

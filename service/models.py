@@ -26,6 +26,11 @@ class SessionCreate(BaseModel):
     detector_pixels: int = Field(64, ge=4, le=1024, description="K: patterns are K x K after binning")
     detector_pixel_mrad: float = Field(1.68, gt=0, description="detector pixel after binning, mrad")
     defocus_nm: float = Field(0.0, description="probe defocus, nm")
+    detector_bit_depth: Literal[8, 16, 32] = Field(
+        32,
+        description="bits per pixel of the detector's frames (SIMPLON bit_depth_image): the session file stores counts as uint16 (8, 16)"
+        " or uint32 (32); a frame with counts that type cannot hold is refused as malformed",
+    )
 
     @field_validator("detector_endpoint")
     @classmethod

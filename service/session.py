@@ -17,7 +17,7 @@ import numpy as np
 
 from service.compute import BeamKey
 from service.planner import PlannerChoice
-from service.store import SessionStore
+from service.store import SessionStore, pixel_dtype
 
 TERMINAL = ("done", "stopped", "failed")
 ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")
@@ -110,6 +110,11 @@ class Session:
     @property
     def k(self) -> int:
         return int(self.params["detector_pixels"])
+
+    @property
+    def pixel_dtype(self) -> np.dtype:
+        """Pixel type of the counts in the session file (``service.store.pixel_dtype``)."""
+        return pixel_dtype(self.params)
 
     @property
     def beam(self) -> BeamKey:

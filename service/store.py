@@ -98,6 +98,14 @@ def _resize_append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     _write_rows(ds, _grow(ds, rows.shape[0]), rows)
 
 
+def pixel_dtype(params: dict) -> np.dtype:
+    """Pixel type of a session's stored counts: uint16 for 8- and 16-bit detectors (the dataset format has no uint8), else uint32.
+
+    Sessions created before ``detector_bit_depth`` existed store uint32.
+    """
+    return np.dtype(np.uint16 if int(params.get("detector_bit_depth", 32)) <= 16 else np.uint32)
+
+
 class SessionStore:
     """Writer of one session file. Not thread-safe: the session manager serialises calls."""
 
@@ -120,6 +128,7 @@ class SessionStore:
 
     @classmethod
     def create(cls, path: Path, session_id: str, params: dict, planner: dict) -> SessionStore:
+        """A new session file; ``patterns`` holds counts in the detector's pixel type (``pixel_dtype``)."""
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +146,7 @@ class SessionStore:
             f.attrs["state"] = "created"
             f.attrs["error"] = ""
             chunk = max(1, min(int(params["chunk"]), 64))
-            f.create_dataset("patterns", (0, k, k), maxshape=(None, k, k), dtype=np.uint32, chunks=(chunk, k, k))
+            f.create_dataset("patterns", (0, k, k), maxshape=(None, k, k), dtype=pixel_dtype(params), chunks=(chunk, k, k))
             for name in ("positions_nm", "positions_issued_nm", "positions_measured_nm"):
                 f.create_dataset(name, (0, 2), maxshape=_GROWABLE_2, dtype=np.float64, chunks=(256, 2))
             for name, dt in (("slot_batch", np.int32), ("slot_series", np.int64), ("slot_frame", np.int64), ("received", np.uint8)):

@@ -86,6 +86,8 @@ def _run(config: ScanLoopConfig, progress: bool) -> dict:
             "detector_pixels": config.detector_pixels,
             "detector_pixel_mrad": config.detector_pixel_mrad,
             "defocus_nm": config.defocus_nm,
+            # the session file stores counts in the detector's own pixel type, as SIMPLON reports it
+            "detector_bit_depth": int(_check(scope.get(f"{DETECTOR_API}/config/bit_depth_image"), "GET bit_depth_image")["value"]),
         }
         session = _check(service.post("/api/v1/sessions", json=body), "create session")["session_id"]
         _put(scope, "/scan/api/1/settle_time", config.settle_time_s)

@@ -144,3 +144,31 @@ def test_untold_frames_are_bounded(tmp_path, pushers):
             what="overflow counted and series 6 buffered",
         )
         assert m.buffered_frames == 3 and list(m.buffer) == [(p.endpoint, 6)]
+
+
+def test_session_file_keeps_the_detectors_pixel_type_and_refuses_counts_it_cannot_hold(tmp_path, pushers):
+    p = pushers[0]
+    with _client(tmp_path) as c:
+        for bits in (12, 64):  # not a stream v1 pixel type
+            r = c.post("/api/v1/sessions", json=session_body(p.endpoint) | {"detector_bit_depth": bits}, headers=AUTH)
+            assert r.status_code == 422 and "detector_bit_depth" in r.text
+        body = session_body(p.endpoint, budget=3, chunk=3) | {"detector_bit_depth": 16}
+        sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+        ask = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 5}, headers=AUTH)
+        images = frames_for(5, 3).astype(np.uint32)
+        p.start(5, 3)
+        p.frame(5, 0, images[0], "bs32-lz4<")  # 32-bit frames whose counts fit 16 bits: stored
+        too_bright = images[1].copy()
+        too_bright[3, 3] = 70_000
+        p.frame(5, 1, too_bright, "bs32-lz4<")  # refused, never wrapped round to 4464
+        p.frame(5, 2, images[2].astype(np.uint16))
+        p.end(5)
+        st = wait_until(lambda: (s := _status(c, sid))["stream_errors"].get("malformed") and s, what="the refused frame")
+        assert st["stream_errors"]["malformed"] == 1
+        assert any("70000" in e["detail"] and "uint16" in e["detail"] for e in st["recent_errors"]), st["recent_errors"]
+        c.app.state.service.manager.flush_all()
+        with h5py.File(tmp_path / "sessions" / f"{sid}.h5", "r") as f:
+            assert f["patterns"].dtype == np.uint16
+            assert list(f["received"][()]) == [1, 0, 1]
+            np.testing.assert_array_equal(f["patterns"][[0, 2]], images[[0, 2]])

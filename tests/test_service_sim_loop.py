@@ -38,5 +38,9 @@ def test_sim_scan_loop_runs_a_session_to_done(tmp_path, sim_detector):
     assert backend.calls == 3
     with h5py.File(tmp_path / f"{result['session_id']}.h5", "r") as f:
         assert f["received"][()].all() and f["patterns"].shape == (12, 64, 64)
+        assert f["patterns"].dtype == np.uint16  # the detector's bit_depth_image, read over SIMPLON by the control loop
         assert np.asarray(f["patterns"][()]).reshape(12, -1).sum(1).min() > 0
         assert list(np.unique(f["slot_series"][()])) == sorted(result["series"])
+    from recon.dataset import read_dataset
+
+    assert read_dataset(tmp_path / f"{result['session_id']}.h5").patterns.dtype == np.uint16  # a uint16 session file is a valid dataset
