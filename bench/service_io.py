@@ -30,8 +30,11 @@ from ptychoscan.net import free_port
 from service.store import SessionStore, StoredReconstruction
 
 
-def time_store(chunk: int, n_chunks: int, folder: Path) -> dict[str, list[float]]:
-    params = dict(detector_pixels=64, energy_ev=60e3, convergence_mrad=33.0, detector_pixel_mrad=1.68, defocus_nm=0.0, chunk=chunk)
+def time_store(chunk: int, n_chunks: int, folder: Path, bit_depth: int = 32) -> tuple[dict[str, list[float]], int]:
+    """Median-able timings of each store call per chunk, and the session file's size in bytes at the end."""
+    params = dict(
+        detector_pixels=64, energy_ev=60e3, convergence_mrad=33.0, detector_pixel_mrad=1.68, defocus_nm=0.0, chunk=chunk, detector_bit_depth=bit_depth
+    )
     store = SessionStore.create(folder / "bench.h5", "bench", params, {"version": "bench"})
     rng = np.random.default_rng(0)
     times: dict[str, list[float]] = {k: [] for k in ("append_batch", "bind", "flush", "write_reconstruction", "set_state")}
@@ -52,7 +55,7 @@ def time_store(chunk: int, n_chunks: int, folder: Path) -> dict[str, list[float]
         timed("write_reconstruction", store.write_reconstruction, b, rec)
         timed("set_state", store.set_state, "acquiring" if b % 2 else "reconstructing")
     store.close()
-    return times
+    return times, (folder / "bench.h5").stat().st_size
 
 
 def time_http(n: int, folder: Path) -> dict[str, float]:
@@ -100,6 +103,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--dwell-ms", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; nothing here uses torch)")
+    ap.add_argument("--bit-depth", type=int, choices=[8, 16, 32], default=16, help="the session's detector_bit_depth (16: uint16 patterns, 32: uint32)")
     args = ap.parse_args()
     import os
 
@@ -109,9 +113,9 @@ def main() -> None:
     acq_ms = args.chunk * args.dwell_ms
     wall0, cpu0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
-        store = time_store(args.chunk, args.chunks, Path(tmp))
+        store, file_bytes = time_store(args.chunk, args.chunks, Path(tmp), args.bit_depth)
         http = time_http(args.requests, Path(tmp))
-    print(f"chunk {args.chunk} positions, acquisition {acq_ms:g} ms at {args.dwell_ms:g} ms dwell, cpus {os.cpu_count()}")
+    print(f"chunk {args.chunk} positions, acquisition {acq_ms:g} ms at {args.dwell_ms:g} ms dwell, {args.bit_depth}-bit detector, cpus {os.cpu_count()}")
     print(f"{'operation':<34} {'median ms':>9} {'/ acq':>7}")
     total = 0.0
     for name, samples in store.items():
@@ -119,6 +123,7 @@ def main() -> None:
         total += ms
         print(f"{'store ' + name:<34} {ms:9.3f} {ms / acq_ms:7.4f}")
     print(f"{'store, all of one chunk':<34} {total:9.3f} {total / acq_ms:7.4f}")
+    print(f"session file: {file_bytes / (args.chunk * args.chunks) / 1024:.1f} KiB per frame (64x64 frames, reconstructions included)")
     for path, seconds in http.items():
         print(f"{'HTTP GET ' + path:<34} {seconds * 1e3:9.3f} {seconds * 1e3 / acq_ms:7.4f}")
     print(f"wall {time.perf_counter() - wall0:.1f} s, cpu {time.process_time() - cpu0:.1f} s")
