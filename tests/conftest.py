@@ -80,3 +80,14 @@ def reconstructor_calls(monkeypatch):
 
     monkeypatch.setattr(Reconstructor, "reconstruct", spy)
     return calls
+
+
+@pytest.fixture
+def pushers():
+    """Two detector stand-ins (``service_testing.Pusher``: PUSH bound on a free loopback port), closed afterwards."""
+    from service_testing import Pusher
+
+    ps = [Pusher(), Pusher()]
+    yield ps
+    for p in ps:
+        p.close()

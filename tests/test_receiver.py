@@ -6,19 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-from service_testing import Pusher, frames_for, wait_until
+from service_testing import frames_for, wait_until
 
 from service.codec_threads import loaded_openmp_runtimes, set_codec_threads
 from service.receiver import StreamReceiver
 from service.stream_v1 import Frame, SeriesEnd, SeriesStart, decode_frames, encode_frames
-
-
-@pytest.fixture
-def pushers():
-    ps = [Pusher(), Pusher()]
-    yield ps
-    for p in ps:
-        p.close()
 
 
 class Collector:

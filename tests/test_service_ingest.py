@@ -6,21 +6,12 @@ import json
 
 import h5py
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, RecordingBackend, frames_for, session_body, wait_until
+from service_testing import AUTH, KEY, RecordingBackend, frames_for, session_body, wait_until
 
 from service.app import create_app
 from service.settings import ServiceSettings
 from service.stream_v1 import image_parts
-
-
-@pytest.fixture
-def pushers():
-    ps = [Pusher(), Pusher()]
-    yield ps
-    for p in ps:
-        p.close()
 
 
 def _client(tmp_path, **kw):
