@@ -9,9 +9,10 @@ worker and doubled the decision latency (bench/RESULTS.md). The receiver's threa
 therefore decodes with one OpenMP thread.
 
 OpenMP keeps the thread count per calling thread (the ``nthreads-var`` ICV), so this
-changes nothing for torch's intra-op threads or any other thread. Every libgomp loaded
-in the process is set (a bitshuffle built against the system's libgomp shares it with
-others); on a platform without ``/proc/self/maps`` it does nothing.
+changes nothing for torch's intra-op threads or any other thread. Every OpenMP runtime
+loaded in the process is set (GNU libgomp, LLVM libomp, Intel libiomp5: a bitshuffle
+built against a shared runtime shares it with others); on a platform without
+``/proc/self/maps`` (macOS) it does nothing, and says so once in the log.
 """
 
 from __future__ import annotations
@@ -23,14 +24,22 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+_RUNTIMES = ("libgomp", "libomp", "libiomp5")
+_reported_none = False
+
+
 def loaded_openmp_runtimes() -> list[str]:
-    """Paths of the libgomp copies loaded in this process (from ``/proc/self/maps``; [] where that is unavailable)."""
+    """Paths of the OpenMP runtimes loaded in this process (from ``/proc/self/maps``; [] where that is unavailable)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return []
-    paths = {line.split(maxsplit=5)[5] for line in maps.splitlines() if line.count(" ") >= 5 and "/libgomp" in line}
-    return sorted(p.strip() for p in paths)
+    paths = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5].strip()).name.startswith(_RUNTIMES):
+            paths.add(fields[5].strip())
+    return sorted(paths)
 
 
 def set_codec_threads(threads: int) -> int:
@@ -39,6 +48,7 @@ def set_codec_threads(threads: int) -> int:
         raise ValueError(f"codec threads must be >= 1, got {threads}")
     import bitshuffle  # noqa: F401  (loads its OpenMP runtime, if it has one)
 
+    global _reported_none
     done = 0
     for path in loaded_openmp_runtimes():
         try:
@@ -46,4 +56,7 @@ def set_codec_threads(threads: int) -> int:
             done += 1
         except (OSError, AttributeError) as err:
             log.debug("cannot set OpenMP threads in %s (%s)", path, err)
+    if done == 0 and not _reported_none:
+        _reported_none = True
+        log.info("no OpenMP runtime found to set: bitshuffle decodes with its own default threads")
     return done

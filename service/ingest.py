@@ -50,25 +50,25 @@ class Ingest:
             log.info("ingest connected PULL to %s", endpoint)
 
     def status(self) -> dict:
+        """Per endpoint: connected, messages, callback_errors, required, and ``error`` when its socket could not be opened."""
         receiver = self.receiver
         if receiver is None:
             return {ep: {"connected": False, "messages": 0, "callback_errors": 0, "required": True} for ep in self.required}
-        return {
-            ep: {
-                "connected": receiver.is_connected(ep),
-                "messages": receiver.messages_from(ep),
-                "callback_errors": receiver.callback_errors,
-                "required": ep in self.required,
-            }
-            for ep in receiver.endpoints
-        }
+        out = {}
+        for ep in list(receiver.endpoints):
+            counts = receiver.counts(ep)
+            out[ep] = {"connected": receiver.is_connected(ep), "messages": counts.messages, "callback_errors": counts.callback_errors, "required": ep in self.required}
+            if ep in receiver.failures:
+                out[ep]["error"] = receiver.failures[ep]
+        return out
 
     @property
     def ready(self) -> bool:
+        """The receive thread runs and every required detector is connected."""
         receiver = self.receiver
         if receiver is None:
             return not self.required
-        return all(ep in receiver.endpoints and receiver.is_connected(ep) for ep in self.required)
+        return receiver.alive and all(receiver.is_connected(ep) for ep in self.required)
 
     def stop(self) -> None:
         with self._lock:

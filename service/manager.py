@@ -296,12 +296,13 @@ class SessionManager:
         if failed is not None:
             raise failed
 
-    def _apply_event(self, endpoint: str, event, arrived_at: float) -> None:
+    def _apply_event(self, endpoint: str, event, handled_at: float) -> None:
         if isinstance(event, Frame):
             key = (endpoint, event.series)
             self.last_key[endpoint] = key
+            arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
             if key in self.bindings:
-                self._store_frame(key, event.frame, event.image, arrived_at)
+                self._store_frame(key, event.frame, event.image, arrived_at, live=True)
             else:
                 self._buffer_frame(key, event.frame, event.image, arrived_at)
         elif isinstance(event, StreamError):
@@ -356,7 +357,12 @@ class SessionManager:
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", len(old.frames), old_key[1], old_key[0])
         self.metrics.buffered_frames.set(self.buffered_frames)
 
-    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float) -> None:
+    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> None:
+        """Put one frame into its session's slot; ``live``: it comes straight from the detector (not from the buffer at a tell).
+
+        A chunk completed by a live frame counts its decision latency from that frame's
+        arrival; one completed at a tell (its frames were buffered) from the tell.
+        """
         bind = self.bindings[key]
         s = self.sessions.get(bind.session_id)
         if s is None:
@@ -399,7 +405,7 @@ class SessionManager:
         b.last_arrival = arrived_at if b.last_arrival is None else max(b.last_arrival, arrived_at)
         if b.status == "told" and s.batch_complete(b):
             b.status = "complete"
-            s.last_frame_at = time.perf_counter()
+            s.last_frame_at = arrived_at if live else time.perf_counter()
             s.state = "reconstructing"
             self.metrics.batches_complete.inc()
             try:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.endpoints import check_endpoint
+
 Strategy = Literal["adaptive", "sparse-grid"]
 SessionState = Literal["created", "acquiring", "reconstructing", "done", "stopped", "failed"]
 
@@ -35,9 +37,7 @@ class SessionCreate(BaseModel):
     @field_validator("detector_endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if not v.startswith(("tcp://", "ipc://", "inproc://")) or len(v.split("://", 1)[1]) == 0:
-            raise ValueError("must look like tcp://host:port")
-        return v
+        return check_endpoint(v)
 
     @field_validator("fov_nm")
     @classmethod

@@ -5,20 +5,25 @@ The detector binds PUSH; each endpoint here gets its own PULL socket and its own
 runs: ``add``). Each turn the thread drains what is waiting on every socket (up to
 ``max_batch`` messages per socket, so bitshuffle frames decode in batches) and hands
 the events of one socket to the callback in order: ``on_events(endpoint, events)``
-with the whole list, or ``on_event(endpoint, event)`` once per event. One thread and
-one callback per drained batch (not one per frame) keep the ingest's share of the
-interpreter and of the consumer's lock small: at 8 detectors x 1,000 frames/s, one
-thread per detector and a lock taken per frame cost the service's compute worker
-measurable time (bench/RESULTS.md). Exceptions from the callback are caught and
-reported once per kind on stderr so that one bad batch never stops ingest. ZeroMQ
-reconnects by itself after a detector restarts; ``connected`` follows the sockets'
-monitor events.
+with the whole list, or ``on_event(endpoint, event)`` once per event. Each ``Frame``
+carries when its message came off the socket (``received_at``). One thread and one
+callback per drained batch (not one per frame) keep the ingest's share of the
+interpreter and of the consumer's lock small, and the thread count flat however many
+detectors there are (bench/RESULTS.md).
+
+One endpoint's trouble stays its own: a socket that cannot be opened is reported in
+``failures`` and skipped, an exception while serving one socket is logged and counted
+(``socket_errors``), and the callback's exceptions are counted per endpoint; the thread
+goes on serving the others. ZeroMQ reconnects by itself after a detector restarts;
+``connected`` follows the sockets' monitor events and is False for every endpoint
+once the thread has stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,29 +31,33 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from service.codec_threads import set_codec_threads
+from service.endpoints import check_endpoint
 from service.stream_v1 import Event, StreamDecoder
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Endpoint:
-    """One detector connection, owned by the receive thread (counters read by others)."""
+class EndpointCounts:
+    """What one endpoint delivered so far (kept across stop and start)."""
+
+    messages: int = 0
+    callback_errors: int = 0
+
+
+@dataclass
+class _Socket:
+    """One open detector connection, owned by the receive thread."""
 
     endpoint: str
     socket: zmq.Socket
     monitor: zmq.Socket
     decoder: StreamDecoder
-    messages: int = 0
-
-
-def _check_endpoint(endpoint: str) -> None:
-    if not isinstance(endpoint, str) or "://" not in endpoint:
-        raise ValueError(f"endpoint must look like tcp://host:port, got {endpoint!r}")
+    counts: EndpointCounts
 
 
 class StreamReceiver:
-    """Receive stream v1 from ``endpoints`` (``tcp://host:port``) in one background thread.
+    """Receive stream v1 from ``endpoints`` (``tcp://host:port`` or ``ipc://path``) in one background thread.
 
     Give exactly one of ``on_event`` (called per event) and ``on_events`` (called per
     drained batch of one endpoint's events, in order).
@@ -67,11 +76,9 @@ class StreamReceiver:
     ) -> None:
         if (on_event is None) == (on_events is None):
             raise ValueError("StreamReceiver needs exactly one of on_event and on_events")
-        for ep in endpoints:
-            _check_endpoint(ep)
         self.endpoints: list[str] = []
         for ep in endpoints:
-            if ep not in self.endpoints:
+            if check_endpoint(ep) not in self.endpoints:
                 self.endpoints.append(ep)
         self.on_events = on_events or _per_event(on_event)  # type: ignore[arg-type]
         self.max_batch = max_batch
@@ -84,42 +91,58 @@ class StreamReceiver:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._connected: set[str] = set()
-        self._open: dict[str, _Endpoint] = {}
-        """endpoints whose socket the thread has opened (written by the thread, under ``_lock``)."""
+        self._counts: dict[str, EndpointCounts] = {ep: EndpointCounts() for ep in self.endpoints}
+        self.failures: dict[str, str] = {}
+        """endpoint -> why its socket could not be opened (it is not served)."""
         self._pending: list[tuple[str, threading.Event]] = []
         """endpoints added while running, not yet opened by the thread."""
-        self._ctx: zmq.Context | None = None
         self._wake: zmq.Socket | None = None
         """PUSH end of the thread's inproc control socket (used under ``_lock``)."""
-        self.callback_errors = 0
         self.socket_errors = 0
+
+    # --- state, readable from any thread ----------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """The receive thread is running."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def connected(self) -> bool:
-        """True while every endpoint has a live TCP connection."""
-        with self._lock:
-            return all(ep in self._connected for ep in self.endpoints)
+        """True while the thread runs and every endpoint has a live connection."""
+        return self.alive and all(self.is_connected(ep) for ep in self.endpoints)
 
     @property
     def connected_endpoints(self) -> list[str]:
-        with self._lock:
-            return [ep for ep in self.endpoints if ep in self._connected]
+        return [ep for ep in self.endpoints if self.is_connected(ep)]
 
     def is_connected(self, endpoint: str) -> bool:
         with self._lock:
-            return endpoint in self._connected
+            return endpoint in self._connected and self.alive
 
     @property
     def messages_received(self) -> int:
         """Messages received on all endpoints so far."""
         with self._lock:
-            return sum(e.messages for e in self._open.values())
+            return sum(c.messages for c in self._counts.values())
+
+    @property
+    def callback_errors(self) -> int:
+        """Batches whose callback raised, all endpoints."""
+        with self._lock:
+            return sum(c.callback_errors for c in self._counts.values())
+
+    def counts(self, endpoint: str) -> EndpointCounts:
+        """A copy of what ``endpoint`` delivered so far (zeros if unknown)."""
+        with self._lock:
+            c = self._counts.get(endpoint, EndpointCounts())
+            return EndpointCounts(c.messages, c.callback_errors)
 
     def messages_from(self, endpoint: str) -> int:
         """Messages received from ``endpoint`` so far (0 if unknown)."""
-        with self._lock:
-            e = self._open.get(endpoint)
-            return e.messages if e is not None else 0
+        return self.counts(endpoint).messages
+
+    # --- control ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect and start the receive thread (returns once the sockets exist)."""
@@ -127,18 +150,18 @@ class StreamReceiver:
             raise RuntimeError("StreamReceiver already started")
         self._stop.clear()
         self._ready.clear()
-        self._ctx = zmq.Context()
         self._thread = threading.Thread(target=self._run, name="stream-v1-receiver", daemon=True)
         self._thread.start()
         self._ready.wait(5.0)
 
     def add(self, endpoint: str, timeout: float = 5.0) -> None:
-        """Connect to one more endpoint (idempotent, thread-safe); returns once its socket exists."""
-        _check_endpoint(endpoint)
+        """Connect to one more endpoint (idempotent, thread-safe); returns once the thread has tried to open it."""
+        check_endpoint(endpoint)
         with self._lock:
             if endpoint in self.endpoints:
                 return
             self.endpoints.append(endpoint)
+            self._counts.setdefault(endpoint, EndpointCounts())
             if self._wake is None:  # not running: opened at start
                 return
             opened = threading.Event()
@@ -155,8 +178,6 @@ class StreamReceiver:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        with self._lock:
-            self._connected.clear()
 
     def __enter__(self) -> StreamReceiver:
         self.start()
@@ -168,11 +189,9 @@ class StreamReceiver:
     # --- the receive thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        ctx = self._ctx
-        assert ctx is not None
-        set_codec_threads(self.codec_threads)
+        ctx = zmq.Context()
         poller = zmq.Poller()
-        by_socket: dict[zmq.Socket, _Endpoint] = {}
+        sockets: dict[zmq.Socket, _Socket] = {}
         monitors: dict[zmq.Socket, str] = {}
         control = ctx.socket(zmq.PULL)
         control.setsockopt(zmq.LINGER, 0)
@@ -181,20 +200,34 @@ class StreamReceiver:
         poller.register(control, zmq.POLLIN)
 
         def open_endpoint(endpoint: str) -> None:
-            sock = ctx.socket(zmq.PULL)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
-            mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-            sock.connect(endpoint)
-            entry = _Endpoint(endpoint, sock, mon, StreamDecoder())
-            by_socket[sock] = entry
+            sock = mon = None
+            try:
+                sock = ctx.socket(zmq.PULL)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+                mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+                sock.connect(endpoint)
+            except Exception as err:  # e.g. a host name that does not resolve: this endpoint only
+                for s in (mon, sock):
+                    if s is not None:
+                        s.close(0)
+                with self._lock:
+                    self.failures[endpoint] = f"{type(err).__name__}: {err}"
+                log.error("stream receiver: cannot connect to %s (%s); the other detectors are still served", endpoint, err)
+                return
+            with self._lock:
+                entry = _Socket(endpoint, sock, mon, StreamDecoder(), self._counts.setdefault(endpoint, EndpointCounts()))
+                self.failures.pop(endpoint, None)
+            sockets[sock] = entry
             monitors[mon] = endpoint
             poller.register(sock, zmq.POLLIN)
             poller.register(mon, zmq.POLLIN)
-            with self._lock:
-                self._open[endpoint] = entry
 
         try:
+            try:
+                set_codec_threads(self.codec_threads)
+            except Exception as err:  # decoding still works, with bitshuffle's default threads
+                log.warning("stream receiver: could not set the codec's OpenMP threads (%s)", err)
             with self._lock:
                 wake = ctx.socket(zmq.PUSH)
                 wake.setsockopt(zmq.LINGER, 0)
@@ -205,36 +238,34 @@ class StreamReceiver:
                 open_endpoint(ep)
             self._ready.set()
             while not self._stop.is_set():
-                ready = poller.poll(self.poll_ms)
-                for sock, _ in ready:
+                for sock, _ in poller.poll(self.poll_ms):
                     try:
                         if sock is control:
                             self._open_pending(control, open_endpoint)
                         elif sock in monitors:
                             self._monitor(sock, monitors[sock])
                         else:
-                            self._drain(by_socket[sock])
-                    except zmq.ZMQError as err:  # one socket's failure must not stop the others' ingest
+                            self._drain(sockets[sock])
+                    except Exception as err:  # one socket's failure must not stop the others' ingest
                         self.socket_errors += 1
                         if self.socket_errors == 1:
-                            log.error("stream receiver: %s (further socket errors counted in socket_errors)", err)
+                            log.error("stream receiver: %s: %s (further errors counted in socket_errors)", type(err).__name__, err)
+        except Exception:
+            log.exception("stream receiver: the receive thread failed; ingest has stopped")
         finally:
             self._ready.set()
             with self._lock:
-                if self._wake is not None:
-                    self._wake.close(0)
-                    self._wake = None
+                self._wake = None
                 pending, self._pending = self._pending, []
-                self._open.clear()
+                self._connected.clear()
             for _, opened in pending:
                 opened.set()
-            for sock in by_socket:
-                sock.disable_monitor()
-                sock.close(0)
-            for mon in monitors:
-                mon.close(0)
-            control.close(0)
-            ctx.term()
+            for sock in sockets:
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
 
     def _open_pending(self, control: zmq.Socket, open_endpoint: Callable[[str], None]) -> None:
         while True:
@@ -247,8 +278,6 @@ class StreamReceiver:
         for endpoint, opened in pending:
             try:
                 open_endpoint(endpoint)
-            except zmq.ZMQError as err:
-                log.error("stream receiver: cannot connect to %s (%s)", endpoint, err)
             finally:
                 opened.set()
 
@@ -264,23 +293,27 @@ class StreamReceiver:
                 elif msg["event"] == zmq.EVENT_DISCONNECTED:
                     self._connected.discard(endpoint)
 
-    def _drain(self, entry: _Endpoint) -> None:
-        messages = []
+    def _drain(self, entry: _Socket) -> None:
+        messages, received_at = [], []
         while len(messages) < self.max_batch:
             try:
                 messages.append(entry.socket.recv_multipart(zmq.NOBLOCK, copy=True))
             except zmq.Again:
                 break
-        entry.messages += len(messages)
-        events = entry.decoder.feed_many(messages)
+            received_at.append(time.perf_counter())  # per message: one batch may span a whole chunk's acquisition
+        with self._lock:
+            entry.counts.messages += len(messages)
+        events = entry.decoder.feed_many(messages, received_at)
         if not events:
             return
         try:
             self.on_events(entry.endpoint, events)
         except Exception:
-            self.callback_errors += 1
-            if self.callback_errors == 1:
-                log.exception("stream receiver: the event callback raised (further errors counted in callback_errors)")
+            with self._lock:
+                entry.counts.callback_errors += 1
+                first = entry.counts.callback_errors == 1
+            if first:
+                log.exception("stream receiver: the event callback for %s raised (further errors counted per endpoint)", entry.endpoint)
 
 
 def _per_event(on_event: Callable[[str, Event], None]) -> Callable[[str, list[Event]], None]:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.endpoints import check_endpoint
+
 
 class ServiceSettings(BaseSettings):
     """Everything ``ptychoscan serve`` can be told. Lists come from env as JSON (``PTYCHOSCAN_API_KEYS='["k"]'``)."""
@@ -51,10 +53,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("detectors")
     @classmethod
     def _endpoints(cls, v: list[str]) -> list[str]:
-        for ep in v:
-            if "://" not in ep:
-                raise ValueError(f"detector endpoint must look like tcp://host:port, got {ep!r}")
-        return v
+        return [check_endpoint(ep) for ep in v]
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServiceSettings:

@@ -245,6 +245,8 @@ class Frame:
     start_time_ns: int | None = None
     stop_time_ns: int | None = None
     real_time_ns: int | None = None
+    received_at: float | None = None
+    """``time.perf_counter()`` when the receiver took the frame's message off its socket (None: not given)."""
 
 
 @dataclass
@@ -297,6 +299,7 @@ class _Pending:
     dtype: str
     encoding: str
     times: tuple[int | None, int | None, int | None]
+    received_at: float | None = None
 
 
 @dataclass
@@ -327,15 +330,20 @@ class StreamDecoder:
         self._state: _SeriesState | None = None
         self._awaiting_config: tuple[int, str] | None = None
         self._events: list = []
+        self._received_at: float | None = None
 
     def feed(self, parts: list[bytes]) -> list[Event]:
         """Events of one zmq multipart message."""
         return self.feed_many([parts])
 
-    def feed_many(self, messages: list[list[bytes]]) -> list[Event]:
-        """Events of several messages in order, frames decoded in batches."""
+    def feed_many(self, messages: list[list[bytes]], received_at: list[float] | None = None) -> list[Event]:
+        """Events of several messages in order, frames decoded in batches.
+
+        ``received_at`` (one ``time.perf_counter()`` per message) goes to each ``Frame``'s ``received_at``.
+        """
         self._events = []
-        for parts in messages:
+        for n, parts in enumerate(messages):
+            self._received_at = received_at[n] if received_at is not None else None
             try:
                 self._message([bytes(p) if not isinstance(p, bytes) else p for p in parts])
             except Exception as err:  # belt and braces: a decoder must not raise on input
@@ -455,7 +463,7 @@ class StreamDecoder:
         if len(parts) >= 4:
             dconf = _load(parts[3]) or {}
             times = tuple(_int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
-        self._events.append(_Pending(series, frame, blob, (y, x), dtype, encoding, times))  # parts[4:]: appendix, skipped
+        self._events.append(_Pending(series, frame, blob, (y, x), dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
 
     def _end(self, head: dict) -> None:
         self._flush()
@@ -493,7 +501,7 @@ class StreamDecoder:
                     except CodecError as err:
                         self._events[i] = StreamError(f"malformed frame: {err}", p.series, p.frame)
                         continue
-                self._events[i] = Frame(p.series, p.frame, image, *p.times)
+                self._events[i] = Frame(p.series, p.frame, image, *p.times, received_at=p.received_at)
                 if self._state is not None and self._state.series == p.series:
                     self._state.received += 1
 

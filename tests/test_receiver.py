@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -97,3 +98,36 @@ def test_codec_threads_are_set_per_thread_and_decoding_is_unchanged():
     assert result["set"] == len(loaded_openmp_runtimes())
     np.testing.assert_array_equal(result["images"], images)
     np.testing.assert_array_equal(decode_frames(blobs, (64, 64), "uint16", "bs16-lz4<"), images)
+
+
+def test_an_endpoint_that_cannot_be_opened_is_reported_and_the_others_are_still_served(pushers):
+    good, later = pushers
+    unopenable = "ipc:///tmp/" + "x" * 200  # passes the endpoint check, but the path is too long for a socket
+    got = Collector()
+    rx = StreamReceiver([unopenable, good.endpoint], on_events=got)
+    with rx:
+        assert unopenable in rx.failures and "too long" in rx.failures[unopenable].lower()
+        rx.add("ipc:///tmp/" + "y" * 200)  # added while running: the same, the thread lives on
+        rx.add(later.endpoint)
+        for p in pushers:
+            p.series(2, frames_for(2, 3))
+        for p in pushers:
+            wait_until(lambda p=p: any(isinstance(e, SeriesEnd) for e in got.events(p.endpoint)) or None, what=f"series from {p.endpoint}")
+        assert rx.alive and len(rx.failures) == 2
+    assert not rx.alive and not rx.is_connected(good.endpoint)  # a stopped receiver reports nothing connected
+    assert rx.messages_from(good.endpoint) == 5  # counts survive the stop
+
+
+def test_frames_carry_when_their_message_came_off_the_socket(pushers):
+    p = pushers[0]
+    got = Collector()
+    with StreamReceiver([p.endpoint], on_events=got):
+        p.start(1, 4)
+        for i, img in enumerate(frames_for(1, 4)):
+            p.frame(1, i, img)
+            time.sleep(0.02)
+        p.end(1)
+        wait_until(lambda: any(isinstance(e, SeriesEnd) for e in got.events(p.endpoint)) or None, what="end of series")
+    stamps = [e.received_at for e in got.events(p.endpoint) if isinstance(e, Frame)]
+    assert len(stamps) == 4 and stamps == sorted(stamps), stamps
+    assert stamps[-1] - stamps[0] >= 0.03, stamps  # sent 20 ms apart: the stamps are per message, not per drained batch

@@ -66,6 +66,10 @@ def test_auth_401_403(client, pusher):
         {"chunk": 50, "budget": 10},
         {"strategy": "random"},
         {"detector_endpoint": "localhost:9999"},
+        {"detector_endpoint": "tcp://typo-no-port"},
+        {"detector_endpoint": "inproc://elsewhere"},
+        {"detector_endpoint": "tcp://host:70000"},
+        {"detector_bit_depth": 12},
         {"energy_ev": "sixty"},
         {"unknown_field": 1},
         {"budget": 10**9},
@@ -84,6 +88,8 @@ def test_malformed_json_and_unknown_ids(client):
     _problem(r, 422)
     nan = b'{"detector_endpoint": "tcp://127.0.0.1:1", "fov_nm": [0, 0, NaN, 1]}'
     _problem(client.post("/api/v1/sessions", content=nan, headers={**AUTH, "content-type": "application/json"}), 422)
+    surrogate = b'{"detector_endpoint": "tcp://h\\udcff:5", "fov_nm": [0, 0, 1, 1]}'  # pyzmq cannot encode it: it once ended the receive thread
+    _problem(client.post("/api/v1/sessions", content=surrogate, headers={**AUTH, "content-type": "application/json"}), 422)
     _problem(client.get("/api/v1/sessions/nope"), 404)
     _problem(client.post("/api/v1/sessions/nope/ask", headers=AUTH), 404)
     _problem(client.post("/api/v1/sessions/nope/tell", json={"batch_id": 0, "series": 1}, headers=AUTH), 404)
@@ -207,6 +213,8 @@ def test_settings_from_env_and_file(tmp_path, monkeypatch):
         load_settings(cfg)
     with pytest.raises(ConfigError, match="detectors"):
         load_settings(None, detectors=["localhost:1"])
+    with pytest.raises(ConfigError, match="tcp://host:port"):
+        load_settings(None, detectors=["tcp://typo-no-port"])  # once stopped every detector's ingest at start-up
 
 
 def test_readyz_waits_for_the_configured_detector(tmp_path, pusher):

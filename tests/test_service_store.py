@@ -238,3 +238,23 @@ def test_a_batch_of_events_is_applied_whole_even_when_one_event_fails(tmp_path, 
     counts = [x.value for x in manager.metrics.ingest_seconds.collect()[0].samples if x.name.endswith("_count")]
     assert counts == [1.0]  # one observation for the whole batch
     manager.close()
+
+
+def test_a_chunk_handed_over_in_one_batch_keeps_its_acquisition_time(tmp_path):
+    """Frames carry when their message came off the socket: one drained batch still spans the chunk's acquisition."""
+    from service.manager import _acquisition_s
+
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
+    manager = SessionManager(settings, ServiceMetrics())
+    ep = "tcp://127.0.0.1:5001"
+    sid = manager.create(session_body(ep, budget=4, chunk=4) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
+    ask = manager.try_ask(sid)
+    manager.tell(sid, ask["batch_id"], 1, None)
+    t0 = 1000.0
+    manager.on_events(ep, [Frame(1, i, img, received_at=t0 + 0.001 * i) for i, img in enumerate(frames_for(0, 4))])
+    b = manager.sessions[sid].batches[0]
+    assert b.status == "complete"
+    assert _acquisition_s(b) == pytest.approx(0.004)  # 3 dwell intervals scaled to 4 frames, not 0
+    assert manager.sessions[sid].last_frame_at == t0 + 0.003  # the decision latency starts at the last frame's arrival
+    manager.close()
