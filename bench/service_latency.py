@@ -202,6 +202,7 @@ def main() -> None:
         "--deadline-fraction", type=float, default=0.5, help="shrink updates that would take longer than this fraction of a chunk's acquisition (0: never)"
     )
     ap.add_argument("--backend", choices=["torch", "overhead-only"], default="torch", help="overhead-only: skip reconstruction to time the service itself")
+    ap.add_argument("--repeats", type=int, default=1, help="run every case this many times (interleaved) and print the median p50/acq and its range")
     ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval of the service's process (s; Python's default 0.005)")
     args = ap.parse_args()
     if args.switch_interval:
@@ -222,16 +223,23 @@ def main() -> None:
 
     print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}, deadline {args.deadline_fraction or 'off'}), backend {args.backend}, switch interval {sys.getswitchinterval() * 1e3:g} ms, torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, budget {args.budget}, K=64, dwell {args.dwell_ms} ms, cpus {os.cpu_count()}")
     print(f"{'sessions':>8} {'chunk':>5} {'p50 s':>8} {'p99 s':>8} {'acq s':>7} {'p50/acq':>8} {'p99/acq':>8} {'recon calls':>11} {'shrunk':>6} {'wait s':>7} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7} {'mic cpu':>7}")
-    for chunk in args.chunks:
-        for n in args.sessions:
-            res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3, not args.same_process)
-            s = res["samples"]
-            acq = chunk * args.dwell_ms * 1e-3
-            p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
-            print(
-                f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['wait_mean']:7.3f} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} {res['sender_cpu']:7.1f}",
-                flush=True,
-            )
+    spread: dict[tuple[int, int], list[float]] = {}
+    for _ in range(args.repeats):
+        for chunk in args.chunks:
+            for n in args.sessions:
+                res = run_case(factory, n, chunk, args.budget, 64, args.strategy, 0.0 if args.burst else args.dwell_ms * 1e-3, not args.same_process)
+                s = res["samples"]
+                acq = chunk * args.dwell_ms * 1e-3
+                p50, p99 = (np.percentile(s, 50), np.percentile(s, 99)) if len(s) else (float("nan"),) * 2
+                spread.setdefault((n, chunk), []).append(p50 / acq)
+                print(
+                    f"{n:>8} {chunk:>5} {p50:8.3f} {p99:8.3f} {acq:7.3f} {p50 / acq:8.2f} {p99 / acq:8.2f} {res['calls']:>11} {res['reduced']:>6} {res['wait_mean']:7.3f} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} {res['sender_cpu']:7.1f}",
+                    flush=True,
+                )
+    if args.repeats > 1:  # this machine's run-to-run spread is +-30 %: compare medians, not single runs
+        print(f"over {args.repeats} runs, p50/acq: median (min-max)")
+        for (n, chunk), ratios in spread.items():
+            print(f"{n:>8} sessions, chunk {chunk:>4}: {np.median(ratios):5.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"process CPU time {usage.ru_utime + usage.ru_stime:.1f} s")
 
