@@ -81,6 +81,8 @@ def run_case(backend, planner, device: str, n_sessions: int, chunk: int, measure
     for r in range(repeats + 2):
         if r == 2:
             reduced = backend.reduced_updates
+        for job in jobs:  # every chunk brings positions never seen before (their shifted probes are not cached), as in a scan
+            job.positions_nm[-chunk:] = rng.uniform(0.0, 2.0, size=(chunk, 2))
         _sync(device)
         t0 = time.perf_counter()
         outputs = backend.reconstruct(jobs)
@@ -122,17 +124,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--deadline-fraction", type=float, default=0.5, help="the service's recon_deadline_fraction (0: never shrink)")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's table of the update")
+    ap.add_argument("--subpixel-steps", type=int, default=32, help="the service's recon_subpixel_steps (0: exact positions)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from policy.service_planner import load_planner
 
-    backend = TorchReconBackend(ChunkUpdate(deadline_fraction=args.deadline_fraction or None), device=args.device, torch_threads=args.threads)
+    options = {"batch_positions": 16, "subpixel_steps": args.subpixel_steps or None}  # the service's defaults
+    backend = TorchReconBackend(ChunkUpdate(deadline_fraction=args.deadline_fraction or None), device=args.device, torch_threads=args.threads, options=options)
     backend.warmup()
     planner = load_planner()
     planner.warmup()
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU threads"
     print(f"device {args.device} ({name}), torch {torch.__version__}, measured {args.measured}, dwell {args.dwell_ms} ms, "
-          f"deadline {args.deadline_fraction or 'off'}, repeats {args.repeats}")
+          f"deadline {args.deadline_fraction or 'off'}, subpixel steps {args.subpixel_steps or 'exact'}, repeats {args.repeats}")
     print(f"{'sessions':>8} {'chunk':>5} {'update ms':>9} {'p90':>6} {'plan ms':>7} {'p90':>6} {'both ms':>7} {'acq ms':>6} {'both/acq':>8} {'shrunk':>7}")
     for chunk in args.chunks:
         for n in args.sessions:

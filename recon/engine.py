@@ -231,6 +231,8 @@ class Reconstructor:
         bases = bases.to(self.device)
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
+        if self.options.subpixel_steps:  # at most (steps + 1)^2 distinct shifted probes: new positions hit the cache too
+            fractions = torch.round(fractions * self.options.subpixel_steps) / self.options.subpixel_steps
         probes, probe_rows = self._probe_cache.rows(fractions)
         batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, offsets, counts, valid, None)
         if self.options.precondition:

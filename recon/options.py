@@ -57,6 +57,12 @@ class ReconOptions(BaseModel):
     probe_cache_mb: float = Field(
         256.0, ge=0, description="memory for shifted probes kept between calls (a warm-started scan revisits its positions); 0 = off"
     )
+    subpixel_steps: int | None = Field(
+        None,
+        ge=2,
+        description="round each probe position to 1/subpixel_steps of a grid pixel, so that shifted probes (one inverse FFT each) are "
+        "reused from the cache for new positions too; None: exact. 32 (the service's): <= 0.7 pm at 0.045 nm pixels, SSIM unchanged",
+    )
     chunk_positions: int = Field(512, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
     dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")
     progress: bool = Field(False, description="show a progress bar over iterations")

@@ -78,7 +78,7 @@ class Service:
             mode=settings.recon_update, iterations=settings.recon_iterations, update_iterations=settings.recon_update_iterations, replay=settings.recon_replay,
             deadline_fraction=settings.recon_deadline_fraction,
         )
-        options = {"batch_positions": settings.recon_batch_positions}
+        options = {"batch_positions": settings.recon_batch_positions, "subpixel_steps": settings.recon_subpixel_steps}
         if settings.recon_detector_binning is not None:
             options["detector_binning"] = settings.recon_detector_binning
         self.backend = backend or TorchReconBackend(update, settings.device, settings.torch_threads, options)

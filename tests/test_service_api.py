@@ -208,6 +208,11 @@ def test_settings_from_env_and_file(tmp_path, monkeypatch):
     assert s.recon_deadline_fraction == 0.5
     monkeypatch.setenv("PTYCHOSCAN_RECON_DEADLINE_FRACTION", "null")  # how the demo turns the deadline off
     assert load_settings(cfg, storage=str(tmp_path / "x")).recon_deadline_fraction is None
+    from service.app import Service
+
+    assert Service(s).backend.options["subpixel_steps"] == s.recon_subpixel_steps == 32  # the reconstructor gets it
+    monkeypatch.setenv("PTYCHOSCAN_RECON_SUBPIXEL_STEPS", "null")
+    assert load_settings(cfg, storage=str(tmp_path / "x")).recon_subpixel_steps is None  # exact positions
     cfg.write_text("port: -4\n")
     with pytest.raises(ConfigError, match="port"):
         load_settings(cfg)
