@@ -215,14 +215,18 @@ def test_frames_reach_the_file_at_flush_in_bulk_and_a_failing_flush_fails_the_se
         assert "No space left on device" in st["error"]
 
 
-def test_a_batch_of_events_is_applied_whole_even_when_one_event_fails(tmp_path, monkeypatch):
-    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
-    manager = SessionManager(settings, ServiceMetrics())
-    ep = "tcp://127.0.0.1:5001"
-    sid = manager.create(session_body(ep, budget=3, chunk=3) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+def _told_session(tmp_path, n: int, ep: str = "tcp://127.0.0.1:5001") -> tuple[SessionManager, str]:
+    """A manager with one session of budget and chunk ``n`` whose first batch is told as series 1 (no worker thread)."""
+    manager = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+    sid = manager.create(session_body(ep, budget=n, chunk=n) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
     Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
-    ask = manager.try_ask(sid)
-    manager.tell(sid, ask["batch_id"], 1, None)
+    manager.tell(sid, manager.try_ask(sid)["batch_id"], 1, None)
+    return manager, sid
+
+
+def test_a_batch_of_events_is_applied_whole_even_when_one_event_fails(tmp_path, monkeypatch):
+    manager, sid = _told_session(tmp_path, 3)
+    ep = "tcp://127.0.0.1:5001"
     apply = manager._apply_event
 
     def failing_on_frame_1(endpoint, event, arrived_at):
@@ -244,13 +248,8 @@ def test_a_chunk_handed_over_in_one_batch_keeps_its_acquisition_time(tmp_path):
     """Frames carry when their message came off the socket: one drained batch still spans the chunk's acquisition."""
     from service.manager import _acquisition_s
 
-    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY])
-    manager = SessionManager(settings, ServiceMetrics())
+    manager, sid = _told_session(tmp_path, 4)
     ep = "tcp://127.0.0.1:5001"
-    sid = manager.create(session_body(ep, budget=4, chunk=4) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
-    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
-    ask = manager.try_ask(sid)
-    manager.tell(sid, ask["batch_id"], 1, None)
     t0 = 1000.0
     manager.on_events(ep, [Frame(1, i, img, received_at=t0 + 0.001 * i) for i, img in enumerate(frames_for(0, 4))])
     b = manager.sessions[sid].batches[0]
