@@ -222,8 +222,11 @@ class Reconstructor:
         valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
         for b, ((intensity, positions), scan) in enumerate(zip(checked, scans, strict=True)):
             rows = slice(offsets[b], offsets[b] + counts[b])
-            target = torch.sqrt(intensity) if self.options.loss == "amplitude" else intensity
-            targets[rows] = target if shift_model else torch.fft.ifftshift(target, dim=(-2, -1))
+            source = intensity if shift_model else torch.fft.ifftshift(intensity, dim=(-2, -1))  # elementwise ops commute with the shift
+            if self.options.loss == "amplitude":
+                torch.sqrt(source, out=targets[rows])  # straight into the batch: no temporary of every pattern
+            else:
+                targets[rows] = source
             px = torch.from_numpy(scan.grid.positions_px(positions)) + pad
             origin, fractions[rows] = split_positions(px, kw)
             bases[rows] = b * height * width + origin[:, 1] * width + origin[:, 0]
