@@ -15,6 +15,7 @@ result as reconstructed alone.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
 from recon.schedule import minibatches, planned_passes
+
+log = logging.getLogger(__name__)
 
 _ADAM_EPS = 1e-8
 
@@ -98,6 +101,8 @@ class Reconstructor:
             self.window, self.options.detector_binning, self.device, self.complex_dtype
         )
         self._probe_cache = _ShiftedProbeCache(torch.fft.fft2(self.model_probe), self.options)
+        self.subpixel_steps = _subpixel_steps_that_fit(self.options.subpixel_steps, self._probe_cache.capacity)
+        """Steps per pixel the probe positions are rounded to (``options.subpixel_steps``, fewer if the cache cannot hold them all), or None."""
 
     @property
     def window(self) -> int:
@@ -234,8 +239,8 @@ class Reconstructor:
         bases = bases.to(self.device)
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
-        if self.options.subpixel_steps:  # at most (steps + 1)^2 distinct shifted probes: new positions hit the cache too
-            fractions = torch.round(fractions * self.options.subpixel_steps) / self.options.subpixel_steps
+        if self.subpixel_steps:  # at most (steps + 1)^2 distinct shifted probes: new positions hit the cache too
+            fractions = torch.round(fractions * self.subpixel_steps) / self.subpixel_steps
         probes, probe_rows = self._probe_cache.rows(fractions)
         batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, offsets, counts, valid, None)
         if self.options.precondition:
@@ -470,6 +475,20 @@ class _ShiftedProbeCache:
             _shift_probe(self.spectrum, torch.tensor(missing, dtype=real, device=self.bank.device), self.chunk, self.bank[start : start + len(missing)])
             self.index.update((k, start + i) for i, k in enumerate(missing))
         return self.bank, torch.tensor([self.index[k] for k in keys], dtype=torch.long, device=self.bank.device)
+
+
+def _subpixel_steps_that_fit(steps: int | None, capacity: int) -> int | None:
+    """``steps``, or the most whose (steps + 1)^2 shifted probes the cache holds (logged once per call site).
+
+    Above that, a call with more distinct fractions than the cache holds shifts all its
+    probes afresh (``_ShiftedProbeCache.rows``), and rounding would save nothing: at
+    K = 256 the default 256 MiB holds 512 probes, not 33^2 = 1,089.
+    """
+    if not steps or (steps + 1) ** 2 <= capacity or capacity < 9:  # a cache this small is off in practice: round as asked
+        return steps
+    fitted = math.isqrt(capacity) - 1
+    log.info("subpixel_steps %d needs %d cached probes, the cache holds %d: rounding to 1/%d px instead", steps, (steps + 1) ** 2, capacity, fitted)
+    return fitted
 
 
 def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:

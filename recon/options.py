@@ -61,7 +61,8 @@ class ReconOptions(BaseModel):
         None,
         ge=2,
         description="round each probe position to 1/subpixel_steps of a grid pixel, so that shifted probes (one inverse FFT each) are "
-        "reused from the cache for new positions too; None: exact. 32 (the service's): <= 0.7 pm at 0.045 nm pixels, SSIM unchanged",
+        "reused from the cache for new positions too; None: exact. 32 (the service's): <= 0.7 pm at 0.045 nm pixels, SSIM unchanged. "
+        "Lowered to what probe_cache_mb holds ((steps + 1)^2 probes; at K = 256 the default holds 512: 1/21 px)",
     )
     chunk_positions: int = Field(512, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
     dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")

@@ -77,3 +77,24 @@ def test_subpixel_steps_let_new_positions_reuse_probes(device):
     with pytest.raises(ValueError):
         ReconOptions(subpixel_steps=1)
 
+
+
+def test_subpixel_steps_shrink_to_what_the_cache_holds(device, monkeypatch):
+    """More rounded fractions than the cache holds would make every call shift its probes afresh (K = 256: 512 probes, 33^2 wanted)."""
+    probe = make_probe(K, PIXEL_NM * 10, 60e3, 33.0)
+    per_probe_mb = K * K * 8 / 2**20
+    small = Reconstructor(probe, ReconOptions(subpixel_steps=32, probe_cache_mb=100 * per_probe_mb), device=device)
+    assert small._probe_cache.capacity == 100 and small.subpixel_steps == 9  # (9 + 1)^2 = 100 probes fit
+    roomy = Reconstructor(probe, ReconOptions(subpixel_steps=32, probe_cache_mb=2000 * per_probe_mb), device=device)
+    assert roomy.subpixel_steps == 32
+    assert Reconstructor(probe, ReconOptions(subpixel_steps=32, probe_cache_mb=0), device=device).subpixel_steps == 32  # no cache: as asked
+    import recon.engine as engine
+
+    shifted = []
+    original = engine._shift_probe
+    monkeypatch.setattr(engine, "_shift_probe", lambda spectrum, fraction, chunk, out: shifted.append(len(fraction)) or original(spectrum, fraction, chunk, out))
+    small.reconstruct([_scan(np.random.default_rng(3), 150)])
+    cached = len(small._probe_cache.index)
+    small.reconstruct([_scan(np.random.default_rng(4), 150)])  # 150 new positions, on the same 1/9 px grid
+    assert sum(shifted) == len(small._probe_cache.index) <= 100, "each of the <= 100 fractions was shifted once, over both calls"
+    assert shifted[0] == cached and len(shifted) <= 2

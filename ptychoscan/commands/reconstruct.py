@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--step-size", type=float, help="gd step (paper: 525 with the intensity loss) or Adam rate in rad")
     p.add_argument("--batch-positions", type=int, help="mini-batch of positions; 0 = full batch")
     p.add_argument("--detector-binning", type=int, help="detector binning to model (default 1: a K x K far field, good for 2x-binned data too; 2 models the paper's 2x binning at ~4x the cost, +0.01 SSIM with a defocused probe)")
-    p.add_argument("--subpixel-steps", type=int, help="round probe positions to 1/N of a pixel so shifted probes are reused (default: exact; the service uses 32)")
+    p.add_argument("--subpixel-steps", type=int, help="round probe positions to 1/N of a pixel so shifted probes are reused (default and 0: exact; the service uses 32)")
     p.add_argument("--config", help="ReconOptions as YAML/TOML/JSON; flags override it")
     p.add_argument("--seed", type=int, default=0, help="seed of random:N subsets and mini-batch order")
     p.add_argument("--png", help="write a PNG of the reconstruction (next to the ground truth when there is one)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "step_size": args.step_size,
         "seed": args.seed,
         "detector_binning": args.detector_binning,
-        "subpixel_steps": args.subpixel_steps,
+        "subpixel_steps": args.subpixel_steps or None,  # 0: exact, as when not given
         "progress": True,
     }
     options = load_model(ReconOptions, args.config, overrides)
