@@ -155,7 +155,7 @@ def test_session_file_keeps_the_detectors_pixel_type_and_refuses_counts_it_canno
         p.frame(5, 1, too_bright, "bs32-lz4<")  # refused, never wrapped round to 4464
         p.frame(5, 2, images[2].astype(np.uint16))
         p.end(5)
-        st = wait_until(lambda: (s := _status(c, sid))["stream_errors"].get("malformed") and s, what="the refused frame")
+        st = wait_until(lambda: (s := _status(c, sid))["stream_errors"].get("malformed") and s["frames_received"] == 2 and s, what="the refused frame and the two others")
         assert st["stream_errors"]["malformed"] == 1
         assert any("70000" in e["detail"] and "uint16" in e["detail"] for e in st["recent_errors"]), st["recent_errors"]
         c.app.state.service.manager.flush_all()
