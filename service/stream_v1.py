@@ -38,7 +38,12 @@ class CodecError(ValueError):
     """A frame blob cannot be encoded or decoded as asked; the message says why."""
 
 
+_DTYPE_BY_NAME = {name: np.dtype(name) for name in DTYPES}
+
+
 def _check_dtype(dtype) -> np.dtype:
+    if isinstance(dtype, str) and dtype in _DTYPE_BY_NAME:  # the stream's "type" field, once per frame: skip numpy's parsing
+        return _DTYPE_BY_NAME[dtype]
     dt = np.dtype(dtype)
     if dt.name not in DTYPES:
         raise CodecError(f"unsupported pixel type {dt.name!r}; expected one of {DTYPES}")
@@ -104,7 +109,7 @@ def _bs_payload(blob: bytes, shape: tuple[int, int], dt: np.dtype, encoding: str
     if len(blob) < _BS_HEADER.size:
         raise CodecError(f"bitshuffle blob of {len(blob)} bytes is shorter than its 12-byte header")
     total, block_bytes = _BS_HEADER.unpack_from(blob, 0)
-    expected = int(np.prod(shape)) * dt.itemsize
+    expected = int(shape[0]) * int(shape[1]) * dt.itemsize
     if total not in (0, expected):
         raise CodecError(f"bitshuffle header says {total} bytes uncompressed, shape {shape} {dt.name} needs {expected}")
     if block_bytes == 0:
