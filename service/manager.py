@@ -20,6 +20,7 @@ from service.compute import ReconJob, ReconOutput
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, PlanRequest, resolve_planner
 from service.problems import Problem
+from service.receiver import handle_each
 from service.session import Batch, Session, classify_stream_error
 from service.settings import ServiceSettings
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
@@ -285,16 +286,11 @@ class SessionManager:
         raised after the batch (the receiver counts it).
         """
         t0 = time.perf_counter()
-        failed: Exception | None = None
-        with self.lock:
-            for event in events:
-                try:
-                    self._apply_event(endpoint, event, t0)
-                except Exception as err:
-                    failed = err
-        self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
-        if failed is not None:
-            raise failed
+        try:
+            with self.lock:
+                handle_each(events, lambda event: self._apply_event(endpoint, event, t0))
+        finally:
+            self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
 
     def _apply_event(self, endpoint: str, event, handled_at: float) -> None:
         if isinstance(event, Frame):

@@ -316,17 +316,18 @@ class StreamReceiver:
                 log.exception("stream receiver: the event callback for %s raised (further errors counted per endpoint)", entry.endpoint)
 
 
+def handle_each(events: list[Event], handle: Callable[[Event], None]) -> None:
+    """``handle(event)`` for every event in order: one that raises does not drop the rest; the last error is raised after them all."""
+    failed: Exception | None = None
+    for event in events:
+        try:
+            handle(event)
+        except Exception as err:
+            failed = err
+    if failed is not None:
+        raise failed
+
+
 def _per_event(on_event: Callable[[str, Event], None]) -> Callable[[str, list[Event]], None]:
-    """A batch callback that calls ``on_event`` for each event; one event's exception does not drop the rest."""
-
-    def on_events(endpoint: str, events: list[Event]) -> None:
-        failed: Exception | None = None
-        for event in events:
-            try:
-                on_event(endpoint, event)
-            except Exception as err:
-                failed = err
-        if failed is not None:
-            raise failed
-
-    return on_events
+    """A batch callback that calls ``on_event`` for each event (``handle_each``)."""
+    return lambda endpoint, events: handle_each(events, lambda event: on_event(endpoint, event))
