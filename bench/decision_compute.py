@@ -28,17 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.service_latency import disk_frames
 from service.compute import BeamKey, ChunkUpdate, ReconJob, TorchReconBackend
 from service.planner import PlanRequest
 
 FOV = (0.0, 0.0, 2.0, 2.0)
 BEAM = BeamKey(60_000.0, 33.0, 64, 1.68, 0.0)
-
-
-def _disk_frames(n: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[:64, :64] - 32
-    disk = (np.hypot(yy, xx) < 16).astype(np.float64) * 200.0 + 1.0
-    return rng.poisson(disk, size=(n, 64, 64)).astype(np.float32)
 
 
 def _sync(device: str) -> None:
@@ -51,7 +46,7 @@ def _sessions(backend: TorchReconBackend, n_sessions: int, measured: int, chunk:
     jobs = []
     for _ in range(n_sessions):
         n = measured + chunk
-        patterns = _disk_frames(n, rng)
+        patterns = disk_frames(n, 64, rng).astype(np.float32)
         positions = rng.uniform(0.0, 2.0, size=(n, 2))
         first = ReconJob(BEAM, FOV, patterns[:measured], positions[:measured], None, final=True)
         init = backend.reconstruct([first])[0].potential
