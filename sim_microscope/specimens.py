@@ -1,5 +1,9 @@
 """Specimens: monolayer transition-metal dichalcogenides and double-walled carbon nanotubes.
 
+Kinds with room to adapt (vacuum, edges, particles, boundaries): ``flake`` and
+``grain-boundary`` (``sim_microscope.flakes``) and ``particles``
+(``sim_microscope.support``).
+
 Every builder returns an ``ase.Atoms`` with the beam along z, positions in Angstrom
 (ase's unit), the in-plane field spanning x in [0, Lx] and y in [0, Ly] (the atoms'
 cell holds Lx, Ly), and takes a seed for its random rotation, translation and defects.
@@ -13,7 +17,7 @@ from typing import Literal
 import numpy as np
 from ase import Atoms
 from ase.build import mx2, nanotube
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 # Lattice constant a and chalcogen-chalcogen height (thickness) in Angstrom, 2H phase.
 TMD_LATTICE: dict[str, tuple[float, float]] = {
@@ -22,14 +26,36 @@ TMD_LATTICE: dict[str, tuple[float, float]] = {
     "WS2": (3.18, 3.14),
     "WSe2": (3.28, 3.35),
 }
-SPECIMEN_NAMES = {"mos2": "MoS2", "mose2": "MoSe2", "ws2": "WS2", "wse2": "WSe2", "dwcnt": "DWCNT"}
+SPECIMEN_NAMES = {
+    "mos2": "MoS2",
+    "mose2": "MoSe2",
+    "ws2": "WS2",
+    "wse2": "WSe2",
+    "dwcnt": "DWCNT",
+    "flake": "TMD flake",
+    "particles": "nanoparticles on a-C",
+    "grain-boundary": "TMD grain boundary",
+}
+SpecimenKind = Literal["mos2", "mose2", "ws2", "wse2", "dwcnt", "flake", "particles", "grain-boundary"]
+SPECIMEN_KINDS: tuple[str, ...] = SpecimenKind.__args__
+
+
+def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
+    if pair[0] > pair[1]:
+        raise ValueError(f"range {pair} must be (low, high) with low <= high")
+    return pair
 
 
 class SpecimenConfig(BaseModel):
-    """What specimen to build. Lengths in nm, fractions of sites in [0, 1]."""
+    """What specimen to build. Lengths in nm, fractions of sites or areas in [0, 1]; (low, high) ranges are drawn per seed."""
 
-    kind: Literal["mos2", "mose2", "ws2", "wse2", "dwcnt"] = "mos2"
+    kind: SpecimenKind = "mos2"
     size_nm: tuple[float, float] = Field((5.0, 5.0), description="field (Lx, Ly) the atoms cover, nm")
+    region_nm: tuple[float, float] | None = Field(
+        None,
+        description="(width, height) in nm of the region centred in the field (a dataset's raster) that the flake, "
+        "particles and grain-boundary kinds place their features in; None: the whole field. Datasets set it.",
+    )
     random_rotation: bool = True
     chalcogen_vacancy_fraction: float = Field(0.04, ge=0.0, le=1.0)
     metal_vacancy_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -37,6 +63,47 @@ class SpecimenConfig(BaseModel):
     """(n, m) of the inner nanotube wall: 9.78 A diameter (the paper's)."""
     outer_chirality: tuple[int, int] = (15, 9)
     """(n, m) of the outer nanotube wall: 16.44 A diameter (the paper's)."""
+    tmd_formula: Literal["MoS2", "MoSe2", "WS2", "WSe2"] = Field("MoS2", description="monolayer of the flake and grain-boundary kinds")
+    flake_vacuum_fraction: tuple[float, float] = Field(
+        (0.4, 0.6), description="flake: (low, high) of the region's target vacuum fraction, area fraction in [0, 0.95]"
+    )
+    flake_edge_roughness_nm: float = Field(0.15, ge=0.0, description="flake: RMS deviation of the edge from a straight line, nm")
+    flake_holes: tuple[int, int] = Field((1, 3), description="flake: (low, high) number of holes inside the flake, inclusive")
+    flake_hole_radius_nm: tuple[float, float] = Field((0.1, 0.4), description="flake: (low, high) hole radius, nm")
+    particle_element: Literal["Au", "Pt", "Ag", "Pd"] = Field("Au", description="particles: fcc metal of the nanoparticles")
+    particle_count: tuple[int, int] = Field((2, 4), description="particles: (low, high) number of nanoparticles, inclusive")
+    particle_radius_nm: tuple[float, float] = Field((0.3, 0.8), description="particles: (low, high) nanoparticle radius, nm")
+    support_thickness_nm: float = Field(1.0, gt=0.0, le=5.0, description="particles: amorphous-carbon film thickness, nm")
+    support_density_g_cm3: float = Field(2.0, gt=0.0, le=3.5, description="particles: amorphous-carbon mass density, g/cm^3")
+    support_holes: tuple[int, int] = Field((1, 2), description="particles: (low, high) number of holes in the film, inclusive")
+    support_hole_radius_nm: tuple[float, float] = Field((0.3, 0.6), description="particles: (low, high) film hole radius, nm")
+    grain_misorientation_deg: tuple[float, float] = Field(
+        (10.0, 50.0), description="grain-boundary: (low, high) rotation between the grains, degrees"
+    )
+    grain_min_distance_angstrom: float = Field(
+        1.5, gt=0.0, description="grain-boundary: atoms of the second grain closer than this to the first (projected) are removed, A"
+    )
+
+    @field_validator(
+        "flake_vacuum_fraction",
+        "flake_holes",
+        "flake_hole_radius_nm",
+        "particle_count",
+        "particle_radius_nm",
+        "support_holes",
+        "support_hole_radius_nm",
+        "grain_misorientation_deg",
+    )
+    @classmethod
+    def _check_range(cls, value, info):
+        _ordered(value)
+        if min(value) < 0:
+            raise ValueError(f"{info.field_name} must not be negative, got {value}")
+        if info.field_name == "flake_vacuum_fraction" and value[1] > 0.95:
+            raise ValueError(f"flake_vacuum_fraction must be at most 0.95, got {value}")
+        if info.field_name == "particle_count" and value[0] < 1:
+            raise ValueError(f"particle_count must be at least 1, got {value}")
+        return value
 
 
 def tmd_monolayer(
@@ -143,6 +210,50 @@ def double_walled_nanotube(
 
 def build_specimen(config: SpecimenConfig, seed: int | None = None) -> Atoms:
     """Build the specimen a SpecimenConfig describes."""
+    if config.kind == "flake":
+        from sim_microscope.flakes import tmd_flake
+
+        return tmd_flake(
+            config.tmd_formula,
+            config.size_nm,
+            region_nm=config.region_nm,
+            vacuum_fraction=config.flake_vacuum_fraction,
+            edge_roughness_nm=config.flake_edge_roughness_nm,
+            n_holes=config.flake_holes,
+            hole_radius_nm=config.flake_hole_radius_nm,
+            rotation_deg=None if config.random_rotation else 0.0,
+            chalcogen_vacancy_fraction=config.chalcogen_vacancy_fraction,
+            metal_vacancy_fraction=config.metal_vacancy_fraction,
+            seed=seed,
+        )
+    if config.kind == "grain-boundary":
+        from sim_microscope.flakes import tmd_grain_boundary
+
+        return tmd_grain_boundary(
+            config.tmd_formula,
+            config.size_nm,
+            region_nm=config.region_nm,
+            misorientation_deg=config.grain_misorientation_deg,
+            min_distance_angstrom=config.grain_min_distance_angstrom,
+            chalcogen_vacancy_fraction=config.chalcogen_vacancy_fraction,
+            metal_vacancy_fraction=config.metal_vacancy_fraction,
+            seed=seed,
+        )
+    if config.kind == "particles":
+        from sim_microscope.support import particles_on_carbon
+
+        return particles_on_carbon(
+            config.size_nm,
+            region_nm=config.region_nm,
+            element=config.particle_element,
+            n_particles=config.particle_count,
+            particle_radius_nm=config.particle_radius_nm,
+            support_thickness_nm=config.support_thickness_nm,
+            support_density_g_cm3=config.support_density_g_cm3,
+            n_holes=config.support_holes,
+            hole_radius_nm=config.support_hole_radius_nm,
+            seed=seed,
+        )
     if config.kind == "dwcnt":
         return double_walled_nanotube(
             config.inner_chirality,
