@@ -53,6 +53,13 @@ class Dataset4D:
     probe: np.ndarray | None = None
     """(K, K) complex64 known probe on the reconstruction grid."""
     ground_truth: GroundTruth | None = None
+    specimen_kind: str | None = None
+    """Simulated data: the specimen kind (``ptychoscan simulate --specimen``); root attribute, optional."""
+    specimen_seed: int | None = None
+    """Simulated data: the seed the specimen was built from; root attribute, optional."""
+    vacuum_fraction: float | None = None
+    """Simulated data: fraction in [0, 1] of the positions' bounding box that is vacuum
+    (``sim_microscope.vacuum.vacuum_fraction`` of the ground truth); root attribute, optional."""
 
     @property
     def n_positions(self) -> int:
@@ -124,6 +131,8 @@ def _validate_metadata(ds: Dataset4D, n_frames: int, k: int, source: str) -> Non
             _fail(source, f"ground_truth pixel_nm must be positive, got {gt.pixel_nm!r}")
         if len(gt.origin_nm) != 2:
             _fail(source, f"ground_truth origin_nm must be (x, y), got {gt.origin_nm!r}")
+    if ds.vacuum_fraction is not None and not (0.0 <= ds.vacuum_fraction <= 1.0):
+        _fail(source, f"attribute vacuum_fraction must be in [0, 1], got {ds.vacuum_fraction!r}")
 
 
 def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | None = None) -> Path:
@@ -141,6 +150,12 @@ def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | 
             f.attrs["defocus_nm"] = float(ds.defocus_nm)
             if ds.grid_shape is not None:
                 f.attrs["grid_shape"] = np.asarray(ds.grid_shape, dtype=np.int64)
+            if ds.specimen_kind is not None:
+                f.attrs["specimen_kind"] = str(ds.specimen_kind)
+            if ds.specimen_seed is not None:
+                f.attrs["specimen_seed"] = np.int64(ds.specimen_seed)
+            if ds.vacuum_fraction is not None:
+                f.attrs["vacuum_fraction"] = float(ds.vacuum_fraction)
             k = ds.patterns.shape[-1]
             f.create_dataset("patterns", data=ds.patterns, chunks=(min(256, ds.n_positions), k, k), compression=compression)
             f.create_dataset("positions_nm", data=np.asarray(ds.positions_nm, dtype=np.float64))
@@ -167,6 +182,22 @@ def _attr(f: h5py.File, name: str, source: str, default=None):
     if default is None:
         _fail(source, f"missing root attribute {name}")
     return default
+
+
+def _specimen_attrs(f: h5py.File, source: str) -> dict:
+    """The optional specimen_kind / specimen_seed / vacuum_fraction root attributes that are present."""
+    out: dict = {}
+    if "specimen_kind" in f.attrs:
+        kind = f.attrs["specimen_kind"]
+        out["specimen_kind"] = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if "specimen_seed" in f.attrs:
+        seed = f.attrs["specimen_seed"]
+        if np.ndim(seed) != 0 or np.asarray(seed).dtype.kind not in "iu":
+            _fail(source, f"attribute specimen_seed must be an integer, got {seed!r}")
+        out["specimen_seed"] = int(seed)
+    if "vacuum_fraction" in f.attrs:
+        out["vacuum_fraction"] = _attr(f, "vacuum_fraction", source)
+    return out
 
 
 def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True) -> Dataset4D:
@@ -221,6 +252,7 @@ def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True) -> Data
             grid_shape=grid_shape,
             probe=probe,
             ground_truth=ground_truth,
+            **_specimen_attrs(f, source),
         )
         if load_patterns:
             ds.validate(source)
