@@ -1,4 +1,10 @@
-"""Dense-raster simulated datasets with ground truth, in the DESIGN section 4 format."""
+"""Dense-raster simulated datasets with ground truth, in the DESIGN section 4 format.
+
+Seed splits: training, validation and test specimens come from disjoint seed ranges,
+``SPLIT_SEED_OFFSETS[split] + seed + index`` with ``seed + index`` in [0, SPLIT_SEED_RANGE)
+(train 0-99 999, val 100 000-199 999, test 200 000-299 999), so no specimen of one split
+is ever built from a seed of another.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,10 @@ from recon.dataset import Dataset4D, GroundTruth, write_dataset
 from recon.physics import real_space_pixel_angstrom
 from sim_microscope.simulate import simulate_scan
 from sim_microscope.specimens import SpecimenConfig, build_specimen
+from sim_microscope.vacuum import vacuum_fraction
+
+SPLIT_SEED_RANGE = 100_000
+SPLIT_SEED_OFFSETS: dict[str, int] = {"train": 0, "val": SPLIT_SEED_RANGE, "test": 2 * SPLIT_SEED_RANGE}
 
 
 class SimulationConfig(BaseModel):
@@ -49,6 +59,31 @@ class SimulationConfig(BaseModel):
         return ex + pad, ey + pad
 
 
+def split_seeds(split: str | None, seed: int, n_datasets: int) -> list[int]:
+    """Specimen seeds of ``n_datasets`` datasets starting at ``seed`` within a split.
+
+    ``split`` None: seed, seed + 1, ... as given (no range check). A split adds its
+    offset (SPLIT_SEED_OFFSETS) and requires 0 <= seed and seed + n_datasets <=
+    SPLIT_SEED_RANGE, so the splits' seeds never overlap.
+    """
+    if n_datasets < 1:
+        raise ValueError(f"n_datasets must be at least 1, got {n_datasets}")
+    if split is None:
+        return [seed + i for i in range(n_datasets)]
+    if split not in SPLIT_SEED_OFFSETS:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSETS)}")
+    if seed < 0 or seed + n_datasets > SPLIT_SEED_RANGE:
+        raise ValueError(f"with a split, seed .. seed + n_datasets - 1 must lie in [0, {SPLIT_SEED_RANGE - 1}], got {seed}..{seed + n_datasets - 1}")
+    return [SPLIT_SEED_OFFSETS[split] + seed + i for i in range(n_datasets)]
+
+
+def positions_per_nm2(dataset: Dataset4D) -> float:
+    """Probe positions per nm^2 of their bounding box (the raster's field; inf for a line or a point)."""
+    extent = np.ptp(np.asarray(dataset.positions_nm), axis=0)
+    area = float(extent[0] * extent[1])
+    return dataset.n_positions / area if area > 0 else float("inf")
+
+
 def raster_positions_nm(scan_shape: tuple[int, int], step_nm: float, origin_nm: tuple[float, float]) -> np.ndarray:
     """Row-major raster of (x, y) positions in nm: row i (y) then column j (x)."""
     ny, nx = scan_shape
@@ -57,11 +92,16 @@ def raster_positions_nm(scan_shape: tuple[int, int], step_nm: float, origin_nm: 
 
 
 def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bool = False, device=None) -> Dataset4D:
-    """Simulate one dense-raster dataset of a freshly built specimen (seeded)."""
+    """Simulate one dense-raster dataset of a freshly built specimen (seeded).
+
+    The specimen's features (flake edge, particles, grain boundary) are placed in the
+    raster's field; the dataset records the specimen's kind, seed and the vacuum
+    fraction of the raster's field (``sim_microscope.vacuum.vacuum_fraction``).
+    """
     size = config.specimen_size_nm()
-    specimen_config = config.specimen.model_copy(update={"size_nm": size})
-    atoms = build_specimen(specimen_config, seed=seed)
     ex, ey = config.raster_extent_nm
+    specimen_config = config.specimen.model_copy(update={"size_nm": size, "region_nm": (ex, ey)})
+    atoms = build_specimen(specimen_config, seed=seed)
     origin = ((size[0] - ex) / 2, (size[1] - ey) / 2)
     positions = raster_positions_nm(config.scan_shape, config.step_nm, origin)
     dose_per_pattern = None if config.dose_per_a2 is None else config.dose_per_a2 * (config.step_nm * 10.0) ** 2
@@ -91,17 +131,36 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
         grid_shape=tuple(config.scan_shape),
         probe=result.probe,
         ground_truth=GroundTruth(result.phase, result.phase_pixel_nm, result.phase_origin_nm),
+        specimen_kind=config.specimen.kind,
+        specimen_seed=int(seed),
+        vacuum_fraction=vacuum_fraction(result.phase, result.phase_pixel_nm, result.phase_origin_nm, positions_nm=positions),
     )
 
 
 def write_simulated_datasets(
-    config: SimulationConfig, n_datasets: int, out_dir: str | Path, *, seed: int = 0, progress: bool = True, device=None
+    config: SimulationConfig,
+    n_datasets: int,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    split: str | None = None,
+    progress: bool = True,
+    device=None,
+    on_dataset=None,
 ) -> list[Path]:
-    """Write ``n_datasets`` raster datasets ``<kind>_<index>.h5`` to ``out_dir``; seeds seed, seed+1, ..."""
+    """Write ``n_datasets`` raster datasets ``<kind>_<specimen seed>.h5`` to ``out_dir``.
+
+    Specimen seeds are ``split_seeds(split, seed, n_datasets)``: seed, seed+1, ...
+    without a split. ``on_dataset(path, dataset)`` is called after each file is written.
+    """
+    seeds = split_seeds(split, seed, n_datasets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index in tqdm(range(n_datasets), desc=f"simulate {config.specimen.kind}", unit="dataset", disable=not progress):
-        dataset = simulate_raster_dataset(config, seed + index, progress=progress, device=device)
-        paths.append(write_dataset(out / f"{config.specimen.kind}_{seed + index:04d}.h5", dataset))
+    for specimen_seed in tqdm(seeds, desc=f"simulate {config.specimen.kind}", unit="dataset", disable=not progress):
+        dataset = simulate_raster_dataset(config, specimen_seed, progress=progress, device=device)
+        path = write_dataset(out / f"{config.specimen.kind}_{specimen_seed:04d}.h5", dataset)
+        if on_dataset is not None:
+            on_dataset(path, dataset)
+        paths.append(path)
     return paths

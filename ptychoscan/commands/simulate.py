@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import argparse
 
+# The choices, without importing sim_microscope (and torch) to build the parser; a test checks they match SPECIMEN_KINDS.
+SPECIMEN_CHOICES = ("mos2", "mose2", "ws2", "wse2", "dwcnt", "flake", "particles", "grain-boundary")
+SPLIT_CHOICES = ("train", "val", "test")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="simulate dense-raster 4D-STEM datasets with ground truth",
         description="Simulate dense-raster 4D-STEM datasets (HDF5, DESIGN section 4). Defaults are the "
-        "paper's MoS2 setting: 60 kV, 33 mrad, 64x64 patterns (2x binned, 1.68 mrad/px), 100x100 raster at 0.02 nm.",
+        "paper's MoS2 setting: 60 kV, 33 mrad, 64x64 patterns (2x binned, 1.68 mrad/px), 100x100 raster at 0.02 nm. "
+        "Specimens with room to adapt: flake (monolayer flake with a rough edge, vacuum and holes), particles "
+        "(Au nanoparticles on amorphous carbon with holes), grain-boundary (two rotated MoS2 grains); dwcnt leaves "
+        "vacuum beside the tube. Each file records specimen_kind, specimen_seed and vacuum_fraction.",
     )
-    p.add_argument("--specimen", choices=["mos2", "mose2", "ws2", "wse2", "dwcnt"], default=None)
+    p.add_argument("--specimen", choices=SPECIMEN_CHOICES, default=None)
+    p.add_argument(
+        "--specimen-set",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a SpecimenConfig field (value in YAML), e.g. tmd_formula=WS2 or flake_vacuum_fraction=[0.3,0.5]; repeatable",
+    )
     p.add_argument("--n-datasets", type=int, default=1, help="number of datasets (seeds seed, seed+1, ...)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (within the split's range with --split)")
+    p.add_argument(
+        "--split",
+        choices=SPLIT_CHOICES,
+        default=None,
+        help="disjoint seed ranges so that training, validation and test specimens never share a seed: specimen seed = "
+        "offset + seed + index with offsets train 0, val 100000, test 200000 and seed + index < 100000; default: no offset",
+    )
     p.add_argument("--config", help="SimulationConfig as YAML/TOML/JSON; flags override it")
     p.add_argument("--scan-shape", type=int, nargs=2, metavar=("NY", "NX"))
     p.add_argument("--step-nm", type=float)
@@ -32,11 +61,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
     from ptychoscan.config import load_model, read_mapping
-    from sim_microscope.datasets import SimulationConfig, write_simulated_datasets
+    from sim_microscope.datasets import SimulationConfig, positions_per_nm2, split_seeds, write_simulated_datasets
 
     if args.n_datasets < 1:
         raise ValueError("--n-datasets must be at least 1")
+    seeds = split_seeds(args.split, args.seed, args.n_datasets)
     overrides = {
         "scan_shape": args.scan_shape,
         "step_nm": args.step_nm,
@@ -49,11 +81,26 @@ def run(args: argparse.Namespace) -> int:
         "oversample": args.oversample,
         "dose_per_a2": args.dose_per_a2,
     }
+    try:
+        specimen = {key: yaml.safe_load(value) for key, value in args.specimen_set}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--specimen-set: cannot parse a value ({err})".replace("\n", " ")) from None
     if args.specimen:
+        specimen["kind"] = args.specimen
+    if specimen:
         base = read_mapping(args.config) if args.config else {}
-        overrides["specimen"] = {**base.get("specimen", {}), "kind": args.specimen}
+        overrides["specimen"] = {**base.get("specimen", {}), **specimen}
     config = load_model(SimulationConfig, args.config, overrides)
-    paths = write_simulated_datasets(config, args.n_datasets, args.out, seed=args.seed, device=args.device)
-    for path in paths:
-        print(path)
+    print(f"split={args.split or 'none'} seeds={seeds[0]}..{seeds[-1]} ({len(seeds)} datasets)", flush=True)
+
+    def report(path, dataset) -> None:
+        print(
+            f"{path} kind={dataset.specimen_kind} seed={dataset.specimen_seed} vacuum_fraction={dataset.vacuum_fraction:.3f} "
+            f"positions_per_nm2={positions_per_nm2(dataset):.1f}",
+            flush=True,
+        )
+
+    write_simulated_datasets(
+        config, args.n_datasets, args.out, seed=args.seed, split=args.split, device=args.device, on_dataset=report
+    )
     return 0
