@@ -21,9 +21,13 @@ from scipy import ndimage
 from recon.dataset import GroundTruth
 from recon.grid import ObjectGrid
 
+SSIM_SIGMA_PX = 1.5
+SSIM_TRUNCATE = 3.5
+"""Gaussian window of the SSIM (Wang et al. 2004): sigma 1.5 px, cut at 3.5 sigma (an 11 x 11 window)."""
 
-def ssim(image: np.ndarray, reference: np.ndarray, *, data_range: float | None = None, sigma: float = 1.5) -> float:
-    """Mean Gaussian-window SSIM of two equally shaped 2-D images (data range: the reference's by default)."""
+
+def ssim_map(image: np.ndarray, reference: np.ndarray, *, data_range: float | None = None, sigma: float = SSIM_SIGMA_PX) -> np.ndarray:
+    """Per-pixel Gaussian-window SSIM of two equally shaped 2-D images (data range: the reference's by default)."""
     a = np.asarray(image, dtype=np.float64)
     b = np.asarray(reference, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
@@ -31,14 +35,29 @@ def ssim(image: np.ndarray, reference: np.ndarray, *, data_range: float | None =
     if data_range is None:
         data_range = float(b.max() - b.min()) or 1.0
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    blur = lambda x: ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=3.5)  # noqa: E731
+    blur = lambda x: ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=SSIM_TRUNCATE)  # noqa: E731
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return float(np.mean(num / den))
+    return num / den
+
+
+def ssim(image: np.ndarray, reference: np.ndarray, *, data_range: float | None = None, sigma: float = SSIM_SIGMA_PX) -> float:
+    """Mean Gaussian-window SSIM of two equally shaped 2-D images (data range: the reference's by default).
+
+    As scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)``: the mean is taken over the pixels whose whole window
+    lies inside the image (a border of int(3.5 sigma + 0.5) pixels is left out), so
+    that reflected edges do not count; images smaller than two windows are averaged whole.
+    """
+    smap = ssim_map(image, reference, data_range=data_range, sigma=sigma)
+    pad = int(SSIM_TRUNCATE * sigma + 0.5)
+    if min(smap.shape) > 4 * pad:
+        smap = smap[pad:-pad, pad:-pad]
+    return float(np.mean(smap))
 
 
 def lowpass(image: np.ndarray, pixel_nm: float, cutoff_per_nm: float) -> np.ndarray:
@@ -111,21 +130,25 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() or 1.0)
 
 
-def ssim_against_ground_truth(
+def registered_truth(
     potential: torch.Tensor | np.ndarray,
     grid: ObjectGrid,
     ground_truth: GroundTruth,
     region_nm: tuple[float, float, float, float] | None = None,
     *,
     max_shift_nm: float = 0.1,
-) -> float:
-    """SSIM of a reconstructed potential (rad, on ``grid``) against the ground truth.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reconstruction over ``region_nm`` and the ground truth registered onto the same pixels.
+
+    Returns ``(image, truth)``, two equally shaped float64 arrays in rad: the
+    reconstructed phase as it is, and the ground truth low-passed to the grid's Nyquist
+    and sampled at the grid's pixels shifted by the sub-pixel registration shift.
 
     Args:
-        potential: (ny, nx) reconstructed phase in rad.
+        potential: (ny, nx) reconstructed phase in rad on ``grid``.
         grid: the reconstruction's grid.
         ground_truth: the true phase on its own (finer) grid.
-        region_nm: (x0, y0, width, height) to compare, e.g. the scanned area (the
+        region_nm: (x0, y0, width, height) to compare, e.g. the scanned field (the
             potential is unconstrained beyond the probe's reach); None: the whole grid.
         max_shift_nm: largest registration shift searched, nm.
     """
@@ -135,12 +158,70 @@ def ssim_against_ground_truth(
     if not np.isfinite(v).all():
         raise ValueError("potential contains NaN or infinite values")
     rows, cols = _region_slices(grid, region_nm)
-    image = _standardise(v[rows, cols])
+    raw = v[rows, cols]
+    image = _standardise(raw)
     reference = ground_truth_on_grid(ground_truth, grid)[rows, cols]
     dx, dy = register_shift(image, _standardise(reference), max_shift_nm / grid.pixel_nm)
     for _ in range(2):  # refine: the parabolic peak is biased; re-register the residual shift
         shifted = _standardise(ground_truth_on_grid(ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols])
         rx, ry = register_shift(image, shifted, 1.5)
         dx, dy = dx + rx, dy + ry
-    shifted = _standardise(ground_truth_on_grid(ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols])
-    return ssim(image, shifted)
+    return raw, ground_truth_on_grid(ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols]
+
+
+def ssim_against_ground_truth(
+    potential: torch.Tensor | np.ndarray,
+    grid: ObjectGrid,
+    ground_truth: GroundTruth,
+    region_nm: tuple[float, float, float, float] | None = None,
+    *,
+    max_shift_nm: float = 0.1,
+) -> float:
+    """SSIM of a reconstructed potential (rad, on ``grid``) against the registered ground truth (see ``registered_truth``).
+
+    Both are standardised over the region first (the reconstruction's offset and scale
+    are not physical), then compared with ``ssim``.
+    """
+    image, truth = registered_truth(potential, grid, ground_truth, region_nm, max_shift_nm=max_shift_nm)
+    return ssim(_standardise(image), _standardise(truth))
+
+
+def quality_scores(image: np.ndarray, truth: np.ndarray, specimen: np.ndarray | None = None) -> dict[str, float | None]:
+    """Scores of a reconstruction against its registered ground truth (both (ny, nx), rad; see ``registered_truth``).
+
+    - ``ssim``: ``ssim`` of the two standardised images, over the whole region.
+    - ``pearson_r``: Pearson correlation over the region (blind to offset and scale).
+    - ``nrmse``: || (image - mean) - (truth - mean) || / || truth - mean ||, phase in rad:
+      the offset is not observable, the scale is (0 = perfect, 1 = as far off as a flat image).
+    - ``ssim_specimen``, ``pearson_r_specimen``: the same over the pixels where
+      ``specimen`` (bool, same shape) is True, the non-vacuum part; None without a mask
+      or when the mask holds fewer than 16 pixels.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if image.shape != truth.shape or image.ndim != 2:
+        raise ValueError(f"image and truth must be equally shaped 2-D arrays, got {image.shape} and {truth.shape}")
+    a, b = image - image.mean(), truth - truth.mean()
+    scores: dict[str, float | None] = {
+        "ssim": ssim(_standardise(image), _standardise(truth)),
+        "pearson_r": _pearson(image, truth),
+        "nrmse": float(np.linalg.norm(a - b) / (np.linalg.norm(b) or 1.0)),
+        "ssim_specimen": None,
+        "pearson_r_specimen": None,
+    }
+    if specimen is not None:
+        mask = np.asarray(specimen, dtype=bool)
+        if mask.shape != image.shape:
+            raise ValueError(f"specimen mask has shape {mask.shape}, the images {image.shape}")
+        if mask.sum() >= 16:
+            smap = ssim_map(_standardise(image), _standardise(truth))
+            scores["ssim_specimen"] = float(smap[mask].mean())
+            scores["pearson_r_specimen"] = _pearson(image[mask], truth[mask])
+    return scores
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.ravel(a) - np.mean(a)
+    b = np.ravel(b) - np.mean(b)
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b / den) if den > 0 else 0.0

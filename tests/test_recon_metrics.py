@@ -59,3 +59,33 @@ def test_grid_covering_fits_every_window_in_the_fov():
         ObjectGrid((0, 0), (0, 5), 0.1)
     with pytest.raises(ValueError):
         ObjectGrid.covering((0, 0, -1, 1), 0.1, 8)
+
+
+def test_ssim_is_scikit_images():
+    """Validated against an independent implementation: scikit-image's Gaussian-window SSIM (border excluded)."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(3)
+    for shape in [(44, 44), (60, 52)]:
+        a = rng.normal(size=shape)
+        b = a + 0.7 * rng.normal(size=shape)
+        ours = ssim(a, b)
+        theirs = skimage_metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                                       data_range=float(b.max() - b.min()))
+        assert ours == pytest.approx(theirs, abs=1e-9)
+
+
+def test_quality_scores_offset_scale_and_mask():
+    from recon.metrics import quality_scores
+
+    rng = np.random.default_rng(4)
+    truth = rng.normal(size=(40, 40))
+    perfect = quality_scores(truth + 2.0, truth)  # the offset is not observable
+    assert perfect["ssim"] == pytest.approx(1.0) and perfect["pearson_r"] == pytest.approx(1.0) and perfect["nrmse"] == pytest.approx(0.0, abs=1e-12)
+    half = quality_scores(0.5 * truth, truth)  # the scale is: Pearson r blind to it, NRMSE not
+    assert half["pearson_r"] == pytest.approx(1.0) and half["nrmse"] == pytest.approx(0.5)
+    noisy = truth + rng.normal(size=truth.shape)
+    mask = np.zeros(truth.shape, bool)
+    mask[:, :20] = True
+    masked = quality_scores(np.where(mask, truth, noisy), truth, mask)
+    assert masked["pearson_r_specimen"] == pytest.approx(1.0) and masked["pearson_r"] < 0.9
+    assert quality_scores(truth, truth, np.zeros_like(mask))["ssim_specimen"] is None
