@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,6 +127,7 @@ class Reconstructor:
         init: list[torch.Tensor | np.ndarray | None] | None = None,
         iterations: int | None = None,
         first_pass: int = 0,
+        on_pass: Callable[[int, list[torch.Tensor]], None] | None = None,
     ) -> list[ReconResult]:
         """Reconstruct B independent scans in one batched call.
 
@@ -138,6 +140,9 @@ class Reconstructor:
                 mini-batch order goes on from there, so with gradient descent k calls of
                 one pass give the same result as one call of k passes (Adam's moments
                 restart with each call).
+            on_pass: called after every pass with the pass number (1, 2, ...) and each
+                scan's current potential (views on its grid, on the device: copy what is
+                kept); convergence curves without restarting the optimizer.
 
         Returns one ``ReconResult`` per scan, in order.
         """
@@ -175,6 +180,8 @@ class Reconstructor:
                 self._update(potential, grad, moment1, moment2, steps, step.active)
             if opts.progress:
                 bar.set_postfix(loss=f"{float(totals[i].sum()) / sum(batch.counts):.3e}")
+            if on_pass is not None:
+                on_pass(i + 1, [potential[b, self.pad : self.pad + s.grid.shape[0], self.pad : self.pad + s.grid.shape[1]] for b, s in enumerate(scans)])
         # the one wait for the device in the passes: every pass's losses at once
         histories = (totals.cpu() / torch.tensor(batch.counts, dtype=torch.float64)).T.tolist()
         on_host = potential.detach().to("cpu", torch.float32)  # one copy for all scans (a no-op view on the CPU: hence the clones)
