@@ -16,10 +16,6 @@ import math
 import numpy as np
 from scipy.stats import qmc
 
-STRATEGIES = ("adaptive", "sparse-grid", "random", "low-discrepancy", "full-raster-low-dose")
-EXTRA_STRATEGIES = ("interleaved-grid",)
-"""Not in the default comparison: the pre-training targets as a fixed scan (isolates what the learned policy adds)."""
-
 
 def check_fov(fov_nm) -> tuple[float, float, float, float]:
     """Validate (x0, y0, width, height) in nm; returns it as floats."""
@@ -73,6 +69,55 @@ def sparse_grid_unit(n: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.nda
 def sparse_grid(fov_nm, n: int) -> np.ndarray:
     """Sparse grid of n positions (nm), cell-centred; the policy's first sub-sequence."""
     return to_nm(sparse_grid_unit(n), fov_nm)
+
+
+def sparse_grid_shape(budget: int, width: float, height: float) -> tuple[int, int]:
+    """(ny, nx) of the smallest grid with >= budget points whose spacing is close to square on the fov."""
+    aspect = width / height if height > 0 else 1.0
+    nx = max(1, round(math.sqrt(budget * aspect)))
+    ny = max(1, math.ceil(budget / nx))
+    return ny, nx
+
+
+def bit_reverse_order(n: int) -> np.ndarray:
+    """A permutation of range(n) whose every prefix is spread over the range (van der Corput order)."""
+    bits = max(1, (n - 1).bit_length())
+    keys = [int(f"{i:0{bits}b}"[::-1], 2) for i in range(n)]
+    return np.argsort(keys, kind="stable")
+
+
+def sparse_grid_coarse_to_fine(fov_nm: tuple[float, float, float, float], budget: int) -> np.ndarray:
+    """(budget, 2) positions on a regular grid over the fov, ordered so that every chunk covers the whole fov.
+
+    Rows and columns are visited in bit-reversed order, so the first chunk is itself a
+    coarse sparse grid (the paper's first sub-sequence) and later chunks fill it in.
+    """
+    x0, y0, width, height = fov_nm
+    ny, nx = sparse_grid_shape(budget, width, height)
+    xs = x0 + (np.arange(nx) + 0.5) * width / nx
+    ys = y0 + (np.arange(ny) + 0.5) * height / ny
+    order_y, order_x = bit_reverse_order(ny), bit_reverse_order(nx)
+    rank = np.empty((ny, nx))
+    ry = np.empty(ny)
+    ry[order_y] = np.arange(ny)
+    rx = np.empty(nx)
+    rx[order_x] = np.arange(nx)
+    # level of refinement first (max of the two ranks), then row-major inside a level
+    rank = np.maximum(ry[:, None], rx[None, :]) * (ny * nx) + ry[:, None] * nx + rx[None, :]
+    idx = np.argsort(rank, axis=None, kind="stable")[:budget]
+    iy, ix = np.unravel_index(idx, (ny, nx))
+    return np.stack([xs[ix], ys[iy]], axis=1)
+
+
+def candidate_raster(fov_nm, step_nm: float) -> np.ndarray:
+    """(N, 2) row-major raster of positions (x, y) in nm at ``step_nm`` over the fov, both edges included (the paper: 0.02 nm)."""
+    x0, y0, width, height = check_fov(fov_nm)
+    if not (math.isfinite(step_nm) and step_nm > 0):
+        raise ValueError(f"raster step must be positive nm, got {step_nm!r}")
+    nx = math.floor(width / step_nm + 1e-9) + 1
+    ny = math.floor(height / step_nm + 1e-9) + 1
+    ys, xs = np.meshgrid(y0 + np.arange(ny) * step_nm, x0 + np.arange(nx) * step_nm, indexing="ij")
+    return np.column_stack([xs.ravel(), ys.ravel()])
 
 
 def interleaved_grids_unit(sizes: list[int]) -> list[np.ndarray]:

@@ -10,11 +10,12 @@ stands in for it: strategy ``adaptive`` resolves to it with a logged warning and
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from policy.baselines import sparse_grid_coarse_to_fine
 
 log = logging.getLogger(__name__)
 
@@ -55,44 +56,6 @@ class PositionPlanner(Protocol):
         """(n_next, 2) positions in nm for each request, inside its fov."""
 
 
-def sparse_grid_shape(budget: int, width: float, height: float) -> tuple[int, int]:
-    """(ny, nx) of the smallest grid with >= budget points whose spacing is close to square on the fov."""
-    aspect = width / height if height > 0 else 1.0
-    nx = max(1, round(math.sqrt(budget * aspect)))
-    ny = max(1, math.ceil(budget / nx))
-    return ny, nx
-
-
-def _bit_reverse_order(n: int) -> np.ndarray:
-    """A permutation of range(n) whose every prefix is spread over the range (van der Corput order)."""
-    bits = max(1, (n - 1).bit_length())
-    keys = [int(f"{i:0{bits}b}"[::-1], 2) for i in range(n)]
-    return np.argsort(keys, kind="stable")
-
-
-def sparse_grid_positions(fov_nm: tuple[float, float, float, float], budget: int) -> np.ndarray:
-    """(budget, 2) positions on a regular grid over the fov, ordered so that every chunk covers the whole fov.
-
-    Rows and columns are visited in bit-reversed order, so the first chunk is itself a
-    coarse sparse grid (the paper's first sub-sequence) and later chunks fill it in.
-    """
-    x0, y0, width, height = fov_nm
-    ny, nx = sparse_grid_shape(budget, width, height)
-    xs = x0 + (np.arange(nx) + 0.5) * width / nx
-    ys = y0 + (np.arange(ny) + 0.5) * height / ny
-    order_y, order_x = _bit_reverse_order(ny), _bit_reverse_order(nx)
-    rank = np.empty((ny, nx))
-    ry = np.empty(ny)
-    ry[order_y] = np.arange(ny)
-    rx = np.empty(nx)
-    rx[order_x] = np.arange(nx)
-    # level of refinement first (max of the two ranks), then row-major inside a level
-    rank = np.maximum(ry[:, None], rx[None, :]) * (ny * nx) + ry[:, None] * nx + rx[None, :]
-    idx = np.argsort(rank, axis=None, kind="stable")[:budget]
-    iy, ix = np.unravel_index(idx, (ny, nx))
-    return np.stack([xs[ix], ys[iy]], axis=1)
-
-
 class SparseGridPlanner:
     """Stand-in for the policy: a fixed sparse grid over the fov, handed out chunk by chunk."""
 
@@ -100,12 +63,12 @@ class SparseGridPlanner:
     version = "sparse-grid-1"
 
     def warmup(self) -> None:
-        sparse_grid_positions((0.0, 0.0, 1.0, 1.0), 16)
+        sparse_grid_coarse_to_fine((0.0, 0.0, 1.0, 1.0), 16)
 
     def plan(self, requests: list[PlanRequest]) -> list[np.ndarray]:
         out = []
         for r in requests:
-            full = sparse_grid_positions(r.fov_nm, r.budget)
+            full = sparse_grid_coarse_to_fine(r.fov_nm, r.budget)
             start = len(r.positions_nm)
             out.append(full[start : start + r.n_next])
         return out

@@ -1,0 +1,145 @@
+"""The structure-guided planner: a non-learned rule that puts probes where the reconstruction shows structure.
+
+Ptychography needs overlapping probes everywhere it is to reconstruct, but a flake edge,
+a hole or the vacuum around a nanotube holds nothing to resolve: there a sparser
+sampling loses little, and the positions saved make the specimen denser. The planner
+turns the current reconstruction into a target sampling density and places the next
+sub-sequence by density-weighted farthest-point sampling:
+
+1. **Structure** ``s`` in [0, 1]: the local standard deviation of the reconstructed
+   phase over ``contrast_scale_nm`` (atoms give strong local contrast, vacuum only
+   noise), measured only where a probe has been (within ``probe_radius_nm`` of a
+   measured position), spread to the surroundings over ``spread_nm`` by normalised
+   convolution (unmeasured places far from every probe get the prior 0.5), divided by
+   its ``reference_percentile`` over the field and clipped to 1.
+2. **Density** ``rho = floor + (1 - floor) * s``: featureless regions keep ``floor`` of
+   the specimen's density, so the overlap that ptychography needs survives there too.
+3. **Placement**: each next position is the candidate (a ``candidate_step_nm`` raster
+   over the field) that maximises ``d * sqrt(rho)``, d its distance to the nearest
+   measured or already chosen position. In 2-D the spacing of such a sampling scales
+   as 1 / sqrt(rho); on a uniform specimen it is plain farthest-point sampling, which
+   spreads positions like a low-discrepancy pattern. Any candidate farther than
+   ``max_gap_nm`` from every position comes first, so no hole in the coverage grows
+   beyond it.
+
+Fed the ground truth instead of the reconstruction, the same rule gives the
+"oracle" bound the evaluation compares against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from policy.baselines import candidate_raster, check_fov, sparse_grid_coarse_to_fine
+
+
+class StructureGuidedOptions(BaseModel):
+    """Options of the structure-guided planner; lengths in nm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    floor: float = Field(0.3, ge=0.0, le=1.0, description="relative sampling density where the reconstruction shows no structure")
+    contrast_scale_nm: float = Field(0.08, gt=0, description="Gaussian sigma of the local phase standard deviation, nm")
+    probe_radius_nm: float = Field(0.1, gt=0, description="a pixel counts as measured within this distance of a probe position, nm")
+    spread_nm: float = Field(0.15, gt=0, description="Gaussian sigma over which measured structure is spread to its surroundings, nm")
+    reference_percentile: float = Field(90.0, gt=0, le=100, description="structure is divided by this percentile over the field")
+    candidate_step_nm: float = Field(0.02, gt=0, description="raster of candidate positions, nm (the paper's 0.02 nm)")
+    max_gap_nm: float = Field(0.3, gt=0, description="no candidate may stay farther than this from every position, nm")
+
+
+def structure_map(potential: np.ndarray, origin_nm: tuple[float, float], pixel_nm: float, positions_nm: np.ndarray,
+                  options: StructureGuidedOptions, *, measured_only: bool = True) -> np.ndarray:
+    """Structure s in [0, 1] on the potential's grid (see the module docstring).
+
+    Args:
+        potential: (ny, nx) phase in rad (a reconstruction, or the ground truth on the same grid).
+        origin_nm: (x, y) of pixel [0, 0]; pixel_nm: grid pixel, nm.
+        positions_nm: (N, 2) measured positions (x, y), nm.
+        measured_only: False for a ground truth, which is known everywhere.
+    """
+    v = np.asarray(potential, dtype=np.float64)
+    sigma = options.contrast_scale_nm / pixel_nm
+    mean = ndimage.gaussian_filter(v, sigma)
+    local_var = np.clip(ndimage.gaussian_filter(v * v, sigma) - mean * mean, 0.0, None)
+    contrast = np.sqrt(local_var)
+    if measured_only and len(positions_nm):
+        ys, xs = np.mgrid[0 : v.shape[0], 0 : v.shape[1]]
+        pixels = np.column_stack([origin_nm[0] + xs.ravel() * pixel_nm, origin_nm[1] + ys.ravel() * pixel_nm])
+        dist, _ = cKDTree(np.asarray(positions_nm, dtype=np.float64)).query(pixels)
+        seen = (dist <= options.probe_radius_nm).reshape(v.shape).astype(np.float64)
+        spread = options.spread_nm / pixel_nm
+        weight = ndimage.gaussian_filter(seen, spread)
+        prior_weight = 0.05
+        reference = np.percentile(contrast[seen > 0], options.reference_percentile) if seen.any() else 0.0
+        normalised = contrast / reference if reference > 0 else np.zeros_like(contrast)
+        s = (ndimage.gaussian_filter(np.clip(normalised, 0, 1) * seen, spread) + 0.5 * prior_weight) / (weight + prior_weight)
+    else:
+        reference = np.percentile(contrast, options.reference_percentile)
+        s = contrast / reference if reference > 0 else np.zeros_like(contrast)
+    return np.clip(s, 0.0, 1.0)
+
+
+def place_by_density(candidates_nm: np.ndarray, density: np.ndarray, positions_nm: np.ndarray, n: int, max_gap_nm: float) -> np.ndarray:
+    """Greedy density-weighted farthest-point sampling: (n, 2) of ``candidates_nm`` maximising d * sqrt(density).
+
+    ``density`` (N,) > 0 per candidate; d is the distance to the nearest of
+    ``positions_nm`` or of the positions already chosen; candidates farther than
+    ``max_gap_nm`` from all of them come first.
+    """
+    cand = np.asarray(candidates_nm, dtype=np.float64)
+    if n > len(cand):
+        raise ValueError(f"asked for {n} positions but there are only {len(cand)} candidates")
+    weight = np.sqrt(np.clip(np.asarray(density, dtype=np.float64), 1e-6, None))
+    if len(positions_nm):
+        d, _ = cKDTree(np.asarray(positions_nm, dtype=np.float64)).query(cand)
+    else:
+        d = np.full(len(cand), np.inf)
+    chosen = np.empty((n, 2))
+    for i in range(n):
+        finite = np.where(np.isfinite(d), d, 1e9)
+        score = finite * weight + np.where(finite > max_gap_nm, 1e6 * finite, 0.0)
+        j = int(np.argmax(score))
+        chosen[i] = cand[j]
+        d = np.minimum(d, np.hypot(cand[:, 0] - cand[j, 0], cand[:, 1] - cand[j, 1]))
+    return chosen
+
+
+class StructureGuidedPlanner:
+    """Next positions from the current reconstruction (see the module docstring); stateless."""
+
+    name = "structure-guided"
+    version = "structure-guided-1"
+
+    def __init__(self, options: StructureGuidedOptions | None = None):
+        self.options = options or StructureGuidedOptions()
+
+    def first_positions(self, fov_nm, n: int, budget: int | None = None) -> np.ndarray:
+        """(n, 2) nm: the first sub-sequence, the coarsest level of the coarse-to-fine sparse grid of ``budget``."""
+        return sparse_grid_coarse_to_fine(fov_nm, budget or n)[:n]
+
+    def next_positions(self, potential: np.ndarray | None, origin_nm: tuple[float, float] | None, pixel_nm: float | None,
+                       fov_nm, positions_nm: np.ndarray, n: int, *, measured_only: bool = True) -> np.ndarray:
+        """(n, 2) positions in nm inside ``fov_nm`` for the next sub-sequence.
+
+        Args:
+            potential: (ny, nx) phase in rad on the grid (origin_nm, pixel_nm); None
+                (nothing reconstructed yet): uniform density (farthest-point sampling).
+            positions_nm: (N, 2) positions measured so far.
+            n: how many to place.
+            measured_only: False when ``potential`` is the ground truth (the oracle).
+        """
+        fov = check_fov(fov_nm)
+        positions = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2)
+        candidates = candidate_raster(fov, self.options.candidate_step_nm)
+        if potential is None:
+            density = np.ones(len(candidates))
+        else:
+            s = structure_map(potential, origin_nm, pixel_nm, positions, self.options, measured_only=measured_only)
+            cols = (candidates[:, 0] - origin_nm[0]) / pixel_nm
+            rows = (candidates[:, 1] - origin_nm[1]) / pixel_nm
+            s_at = ndimage.map_coordinates(s, [rows, cols], order=1, mode="nearest")
+            density = self.options.floor + (1.0 - self.options.floor) * s_at
+        return place_by_density(candidates, density, positions, n, self.options.max_gap_nm)
