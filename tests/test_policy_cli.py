@@ -26,23 +26,20 @@ def test_train_all_stages_then_evaluate(setup):
         assert (root / "run" / png).exists()
     out = root / "eval.json"
     rc = main(["evaluate", "--datasets", *files, "--policy", str(root / "run" / "policy.pt"), "--budget", "10", "--chunk", "4",
-               "--json", str(out), "--png", str(root / "eval.png"), "--threads", "1"])
+               "--seeds", "1", "--final-iterations", "2", "--json", str(out), "--threads", "1"])
     assert rc == 0
     data = json.loads(out.read_text())
     strategies = {r["strategy"] for r in data["results"]}
-    assert strategies == {"adaptive", "sparse-grid", "random", "low-discrepancy", "full-raster-low-dose"}
-    assert len(data["results"]) == 10
+    assert {"adaptive", "structure-guided", "sparse-grid", "random", "low-discrepancy", "full-raster-low-dose"} <= strategies
     for r in data["results"]:
-        assert set(r) >= {"dataset", "strategy", "n_positions", "ssim", "ssim_vs_full_raster"}
-        assert r["n_positions"] == (64 if r["strategy"] == "full-raster-low-dose" else 10)
+        assert r["n_positions"] == 10 or r["strategy"] == "full-raster-low-dose"
         assert -1 <= r["ssim"] <= 1
-    assert (root / "eval.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--budget", "1000"], "exceeds"),
     (["--budget", "10", "--strategies", "zigzag"], "unknown strategy"),
-    (["--budget", "10", "--chunk", "20"], "--chunk must be"),
+    (["--budget", "10", "--density", "-1"], "density_per_nm2"),
 ])
 def test_evaluate_bad_input(setup, capsys, extra, message):
     root, files, _ = setup
@@ -57,30 +54,3 @@ def test_train_bad_config(tmp_path, capsys):
     bad.write_text("rl: {sigma: -1}\n")
     assert main(["train", "rl", "--config", str(bad)]) == 2
     assert "sigma" in capsys.readouterr().err
-
-
-def test_full_raster_gets_the_same_reconstruction_work():
-    from policy.evaluation import full_raster_iterations
-
-    assert full_raster_iterations(5, [16] * 5, 1600) == 1  # 5 * (16 + 32 + 48 + 64 + 80) = 1200 passes
-    assert full_raster_iterations(5, [50] * 10, 1000) == 14  # 5 * 2750 / 1000
-    assert full_raster_iterations(1, [4], 10_000) == 1
-
-
-def test_reference_cache_is_reused_only_for_the_same_settings(setup, monkeypatch):
-    import policy.evaluation as evaluation
-
-    root, files, _ = setup
-    cache = root / "ref.pt"
-    args = ["evaluate", "--datasets", *files, "--strategies", "sparse-grid", "--budget", "8", "--chunk", "4",
-            "--reference-cache", str(cache), "--threads", "1"]
-    assert main([*args, "--json", str(root / "a.json")]) == 0 and cache.exists()
-    calls = []
-    original = evaluation._all_positions
-    monkeypatch.setattr(evaluation, "_all_positions", lambda *a: calls.append(1) or original(*a))
-    assert main([*args, "--json", str(root / "b.json")]) == 0
-    assert calls == []  # the reference came from the cache
-    a, b = (json.loads((root / f"{n}.json").read_text())["results"] for n in "ab")
-    assert [r["ssim_vs_full_raster"] for r in a] == [r["ssim_vs_full_raster"] for r in b]
-    assert main([*args, "--dose", "5000", "--json", str(root / "c.json")]) == 0
-    assert calls == [1]  # another dose: recomputed

@@ -1,30 +1,41 @@
-"""``ptychoscan evaluate``: adaptive scanning against the baselines on datasets with ground truth."""
+"""``ptychoscan evaluate``: every scanning strategy at equal positions and dose, scored against the ground truth."""
 
 from __future__ import annotations
 
 import argparse
 
+from policy.evaluation import ALL_STRATEGIES, STRATEGIES
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="score adaptive scanning against sparse-grid, random, low-discrepancy and low-dose full raster",
-        description="For each dense-raster dataset and each strategy (adaptive, sparse-grid, random, low-discrepancy, "
-        "full-raster-low-dose) measure --budget positions in sub-sequences of --chunk, reconstruct, and score SSIM "
-        "against the ground truth and against the full-raster reconstruction.",
+        help="score adaptive and structure-guided scanning against fixed patterns and the low-dose full raster",
+        description="For each dataset with ground truth and each noise seed, every strategy (" + ", ".join(STRATEGIES) + ") measures "
+        "the same number of positions (--density per nm^2 of the field, default 125 = 500 over 2x2 nm, or --budget) at the same "
+        "dose in sub-sequences of --chunk; adaptive strategies plan from a live reconstruction; then every scan gets the same "
+        "final reconstruction and is scored over the field (SSIM, Pearson r, NRMSE; SSIM and r over the specimen, i.e. "
+        "without vacuum), with paired differences between strategies.",
     )
-    p.add_argument("--datasets", nargs="+", required=True, help="dense-raster dataset files (with ground truth)")
-    p.add_argument("--policy", help="policy checkpoint (default: the shipped policy/checkpoints/policy.pt)")
-    p.add_argument("--budget", type=int, required=True, help="positions per scan")
-    p.add_argument("--chunk", type=int, help="positions per sub-sequence (default: the policy's)")
-    p.add_argument("--dose", type=float, default=10000.0, help="electrons per measured position (Poisson); default 1e4")
-    p.add_argument("--strategies", nargs="+", help="subset of strategies (default: the five of the comparison; also interleaved-grid, the pre-training targets as a fixed scan)")
-    p.add_argument("--recon-config", help="ReconOptions YAML/TOML/JSON (default: the policy's training options)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reference-cache", help="file keeping the full-raster reference reconstructions between runs")
+    p.add_argument("--datasets", nargs="+", required=True, help="dataset files with ground truth (beams and detector sizes may differ)")
+    p.add_argument("--density", type=float, help="positions per nm^2 of each dataset's field (default 125; the paper: 62-125)")
+    p.add_argument("--budget", type=int, help="positions per scan (instead of --density)")
+    p.add_argument("--chunk", type=int, help="positions per sub-sequence (default 50)")
+    p.add_argument("--dose", type=float, help="electrons per measured position (default 1e4)")
+    p.add_argument("--seeds", type=int, help="noise draws per dataset (default 3)")
+    p.add_argument("--seed", type=int, help="base seed (default 0)")
+    p.add_argument("--strategies", nargs="+", help="subset of: " + ", ".join(ALL_STRATEGIES) + " (default: the first six)")
+    p.add_argument("--no-oracle", action="store_true", help="skip structure-guided fed the ground truth")
+    p.add_argument("--measurement", choices=["auto", "simulate", "raster"], help="simulate patterns on demand from the ground truth "
+                   "(exact positions on a 0.02 nm candidate raster) or snap to the file's raster (default auto: simulate)")
+    p.add_argument("--final-iterations", type=int, help="passes of the final reconstruction every strategy gets (default 30)")
+    p.add_argument("--config", help="EvaluationOptions as YAML/TOML/JSON (flags override it)")
+    p.add_argument("--policy", help="GRU policy checkpoint for 'adaptive' (default: the shipped one)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--json", required=True, help="output JSON")
-    p.add_argument("--png", help="output figure: reconstructions with positions")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--json", required=True, help="output JSON: every run's scores, the summary, the paired differences")
+    p.add_argument("--png", help="figure: positions over reconstructions, per dataset (up to 4) and strategy")
+    p.add_argument("--save-reconstructions", metavar="DIR", help="write DIR/<dataset stem>/<strategy>.h5 (first noise seed)")
     p.set_defaults(func=run)
 
 
@@ -34,52 +45,53 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from policy.baselines import EXTRA_STRATEGIES, STRATEGIES
-    from policy.env import Specimen
-    from policy.evaluation import format_table, full_raster_iterations, plot_runs, run_strategies, score, summarise
-    from policy.inference import PolicyRunner
+    from policy.eval_report import plot_positions, save_reconstructions
+    from policy.evaluation import EvaluationOptions, evaluate, prepare_case
+    from policy.scores import format_paired, format_summary, paired, score_runs, summarise
     from ptychoscan.config import load_model
-    from recon.beam import probe_for
     from recon.dataset import read_dataset
-    from recon.engine import Reconstructor
-    from recon.options import ReconOptions
+    from recon.device import pick_device
 
-    strategies = tuple(args.strategies or STRATEGIES)
-    unknown = [s for s in strategies if s not in STRATEGIES + EXTRA_STRATEGIES]
+    unknown = [s for s in args.strategies or () if s not in ALL_STRATEGIES]
     if unknown:
-        raise ValueError(f"unknown strategy {unknown[0]!r} (choose from {', '.join(STRATEGIES + EXTRA_STRATEGIES)})")
-    if args.budget < 1:
-        raise ValueError("--budget must be a positive number of positions")
-    if args.dose is not None and not args.dose > 0:
-        raise ValueError("--dose must be positive electrons per position")
+        raise ValueError(f"unknown strategy {unknown[0]!r} (choose from {', '.join(ALL_STRATEGIES)})")
+    overrides = {"density_per_nm2": args.density, "budget": args.budget, "chunk": args.chunk, "dose": args.dose, "seeds": args.seeds,
+                 "seed": args.seed, "measurement": args.measurement, "strategies": tuple(args.strategies) if args.strategies else None}
+    if args.no_oracle:
+        overrides["oracle"] = False
+    options = load_model(EvaluationOptions, args.config, overrides)
+    if args.final_iterations is not None:
+        options = options.model_copy(update={"final_recon": options.final_recon.model_copy(update={"iterations": args.final_iterations})})
+    if args.threads < 1:
+        raise ValueError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
-    runner = PolicyRunner(args.policy) if "adaptive" in strategies else None
-    chunk = args.chunk or (runner.chunk if runner else 50)
-    if chunk < 1 or chunk > args.budget:
-        raise ValueError(f"--chunk must be between 1 and the budget ({args.budget}), got {chunk}")
-    if args.recon_config:
-        options = load_model(ReconOptions, args.recon_config)
-    else:
-        options = ReconOptions(**(runner.config.recon if runner else {}))
-    datasets = [read_dataset(f) for f in args.datasets]
-    specimens = [Specimen.from_dataset(d, Path(f).stem) for d, f in zip(datasets, args.datasets, strict=True)]
-    rec = Reconstructor(probe_for(datasets[0]), options, device="cpu")
-    runs, reference = run_strategies(specimens, rec, runner, args.budget, chunk, args.dose, args.seed, strategies,
-                                       args.reference_cache)
-    rows = score(runs, specimens, reference)
+    device = pick_device(args.device)
+    runner = None
+    if "adaptive" in options.strategies:
+        from policy.inference import PolicyRunner
+
+        runner = PolicyRunner(args.policy)
+    cases = []
+    for f in args.datasets:
+        case = prepare_case(read_dataset(f), Path(f).stem, options, device)
+        n = case.budget(options)
+        print(f"{case.name}: {case.specimen_kind}, field {case.fov_nm[2]:.2f}x{case.fov_nm[3]:.2f} nm, {n} positions "
+              f"({n / case.area_nm2:.1f} per nm^2), {len(case.source.candidates_nm)} candidates, K={case.dataset.detector_pixels}")
+        cases.append(case)
+    runs = evaluate(cases, options, runner, device)
+    rows = score_runs(runs)
     summary = summarise(rows)
-    print(format_table(summary))
-    meta = {"budget": args.budget, "chunk": chunk, "dose_per_position": args.dose, "seed": args.seed,
-            "policy": str(runner.path) if runner else None, "policy_version": runner.version if runner else None,
-            "recon": options.model_dump(mode="json"), "datasets": list(args.datasets),
-            "full_raster_iterations": full_raster_iterations(options.iterations, _sizes(args.budget, chunk), min(d.n_positions for d in datasets))}
+    pairs = paired(rows, focus=("structure-guided", "adaptive", "structure-guided-oracle"))
+    print(format_summary(summary))
+    print(format_paired(pairs))
+    meta = {"options": options.model_dump(mode="json"), "datasets": list(args.datasets),
+            "policy": str(runner.path) if runner else None, "policy_version": runner.version if runner else None}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": rows, "summary": summary, "meta": meta}, indent=1))
+    out.write_text(json.dumps({"results": rows, "summary": summary, "paired": pairs, "meta": meta}, indent=1))
     if args.png:
-        plot_runs(runs, specimens, reference, args.png)
+        print(plot_positions(runs, args.png))
+    if args.save_reconstructions:
+        for path in save_reconstructions(runs, args.save_reconstructions, options.final_recon):
+            print(path)
     return 0
-
-
-def _sizes(budget: int, chunk: int) -> list[int]:
-    return [chunk] * (budget // chunk) + ([budget % chunk] if budget % chunk else [])

@@ -1,0 +1,149 @@
+"""Scores of evaluation runs, paired differences between strategies, and the tables that report them.
+
+Every run is scored against its ground truth over the same region, the field (the
+dataset's raster), by ``recon.metrics``: SSIM, Pearson r and NRMSE over the whole field,
+and SSIM and Pearson r over the specimen region (the field less its vacuum, by
+``sim_microscope.vacuum.vacuum_mask`` on the ground truth).
+
+Comparisons are paired: the same dataset and noise seed under two strategies. For each
+pair of strategies and each metric the report gives the mean difference, a 95 %
+t-interval of it over datasets (each dataset's seeds averaged first: the datasets, not
+the noise draws, are the independent units) and the number of pairs the first strategy
+wins. Higher is better for every metric but NRMSE, whose differences are reported with
+the sign turned so that positive always means "better".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+from scipy import ndimage, stats
+
+from policy.env import fov_crop
+from recon.metrics import quality_scores, registered_truth
+from sim_microscope.vacuum import vacuum_mask
+
+METRICS = ("ssim", "pearson_r", "nrmse", "ssim_specimen", "pearson_r_specimen")
+LOWER_IS_BETTER = {"nrmse"}
+
+
+def specimen_mask_on_grid(case) -> np.ndarray:
+    """(rows, cols) bool over the field on the case's grid: True where the ground truth is not vacuum."""
+    gt = case.dataset.ground_truth
+    fine = ~vacuum_mask(gt.phase, gt.pixel_nm)
+    rows, cols = fov_crop(case.grid, case.fov_nm)
+    xs, ys = case.grid.coordinates_nm()
+    r = (ys[rows] - gt.origin_nm[1]) / gt.pixel_nm
+    c = (xs[cols] - gt.origin_nm[0]) / gt.pixel_nm
+    rr, cc = np.meshgrid(r, c, indexing="ij")
+    return ndimage.map_coordinates(fine.astype(np.float32), [rr, cc], order=0, mode="nearest") > 0.5
+
+
+def score_runs(runs) -> list[dict]:
+    """One row per run: dataset, class, seed, strategy, positions, density and the METRICS."""
+    masks: dict[str, np.ndarray] = {}
+    rows = []
+    for run in runs:
+        case = run.case
+        if case.name not in masks:
+            masks[case.name] = specimen_mask_on_grid(case)
+        image, truth = registered_truth(run.potential, case.grid, case.dataset.ground_truth, case.fov_nm)
+        mask = masks[case.name]
+        if mask.shape != image.shape:  # the field's crop and the metric's region differ by a pixel at most
+            mask = mask[: image.shape[0], : image.shape[1]]
+            mask = np.pad(mask, ((0, image.shape[0] - mask.shape[0]), (0, image.shape[1] - mask.shape[1])))
+        q = quality_scores(image, truth, mask)
+        rows.append({"dataset": case.name, "class": case.specimen_kind, "seed": run.seed_index, "strategy": run.strategy,
+                     "n_positions": len(run.positions_nm), "positions_per_nm2": len(run.positions_nm) / case.area_nm2,
+                     "specimen_fraction": float(mask.mean()), **q})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per class and strategy: mean, std and count of every metric."""
+    out: dict = {}
+    for cls in sorted({r["class"] for r in rows}):
+        out[cls] = {}
+        for strategy in dict.fromkeys(r["strategy"] for r in rows if r["class"] == cls):
+            sel = [r for r in rows if r["class"] == cls and r["strategy"] == strategy]
+            entry = {"n_runs": len(sel), "n_positions": float(np.mean([r["n_positions"] for r in sel])),
+                     "positions_per_nm2": float(np.mean([r["positions_per_nm2"] for r in sel]))}
+            for m in METRICS:
+                vals = np.array([r[m] for r in sel if r[m] is not None], dtype=float)
+                if len(vals):
+                    entry[m] = {"mean": float(vals.mean()), "std": float(vals.std())}
+            out[cls][strategy] = entry
+    return out
+
+
+def paired(rows: list[dict], focus: tuple[str, ...]) -> dict:
+    """Per class, for each focus strategy A against every other B, per metric: mean difference, 95 % CI, wins / pairs.
+
+    Differences are "A better than B" (sign turned for NRMSE).
+    """
+    index = {(r["class"], r["dataset"], r["seed"], r["strategy"]): r for r in rows}
+    out: dict = {}
+    for cls in sorted({r["class"] for r in rows}):
+        strategies = list(dict.fromkeys(r["strategy"] for r in rows if r["class"] == cls))
+        out[cls] = {}
+        for a in (s for s in focus if s in strategies):
+            for b in (s for s in strategies if s != a):
+                entry = {}
+                for m in METRICS:
+                    per_dataset: dict[str, list[float]] = defaultdict(list)
+                    for (c, ds, seed, s), ra in index.items():
+                        rb = index.get((c, ds, seed, b))
+                        if c != cls or s != a or rb is None or ra[m] is None or rb[m] is None:
+                            continue
+                        d = ra[m] - rb[m]
+                        per_dataset[ds].append(-d if m in LOWER_IS_BETTER else d)
+                    diffs = [d for v in per_dataset.values() for d in v]
+                    if not diffs:
+                        continue
+                    means = np.array([np.mean(v) for v in per_dataset.values()])
+                    entry[m] = {"mean": float(np.mean(diffs)), "ci95": _t_interval(means), "wins": int(sum(d > 0 for d in diffs)),
+                                "pairs": len(diffs), "datasets": len(means)}
+                out[cls][f"{a} vs {b}"] = entry
+    return out
+
+
+def _t_interval(values: np.ndarray) -> list[float] | None:
+    """95 % t-interval of the mean of ``values`` (None for fewer than two)."""
+    n = len(values)
+    if n < 2:
+        return None
+    half = stats.t.ppf(0.975, n - 1) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return [float(np.mean(values) - half), float(np.mean(values) + half)]
+
+
+def format_summary(summary: dict) -> str:
+    """Mean +- std per class and strategy."""
+    head = f"{'strategy':<26}{'pos':>6}{'/nm2':>7}" + "".join(f"{m:>21}" for m in METRICS)
+    lines = []
+    for cls, per in summary.items():
+        lines += [f"class {cls}", head]
+        for strategy, e in per.items():
+            cells = "".join(f"{e[m]['mean']:>13.3f} +-{e[m]['std']:.3f}" if m in e else f"{'n/a':>21}" for m in METRICS)
+            lines.append(f"{strategy:<26}{e['n_positions']:>6.0f}{e['positions_per_nm2']:>7.1f}{cells}")
+    return "\n".join(lines)
+
+
+def format_paired(pairs: dict, metrics: tuple[str, ...] = ("pearson_r_specimen", "pearson_r", "ssim", "ssim_specimen")) -> str:
+    """Mean difference [95 % CI] and wins/pairs per comparison and metric (positive: the first strategy is better)."""
+    lines = []
+    for cls, per in pairs.items():
+        lines += [f"class {cls}: paired differences (first minus second), mean [95% CI over datasets] wins/pairs",
+                  f"{'comparison':<46}" + "".join(f"{m:>32}" for m in metrics)]
+        for name, e in per.items():
+            cells = ""
+            for m in metrics:
+                if m not in e:
+                    cells += f"{'n/a':>32}"
+                    continue
+                ci = e[m]["ci95"]
+                ci_text = f"[{ci[0]:+.3f},{ci[1]:+.3f}]" if ci else "[n/a]"
+                cells += f"{e[m]['mean']:>+9.3f} {ci_text:>17} {e[m]['wins']:>2}/{e[m]['pairs']:<2}"
+            lines.append(f"{name:<46}{cells}")
+    return "\n".join(lines)

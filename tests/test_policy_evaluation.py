@@ -1,0 +1,121 @@
+"""The evaluation: mixed detectors in one call, saved reconstructions, the sparse grid's order, the structure-guided planner, the statistics."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from policy.baselines import sparse_grid_coarse_to_fine
+from policy.scores import paired
+from policy.structure_guided import StructureGuidedPlanner
+from ptychoscan.cli import main
+
+
+@pytest.fixture(scope="module")
+def mixed_datasets(tmp_path_factory):
+    """Two tiny datasets with different detector sizes and beams (32 px at 3 mrad, 24 px at 4 mrad)."""
+    from recon.dataset import write_dataset
+    from sim_microscope.datasets import SimulationConfig, simulate_raster_dataset
+
+    root = tmp_path_factory.mktemp("mixed")
+    a = SimulationConfig(scan_shape=(6, 6), step_nm=0.08, detector_pixels=32, detector_pixel_mrad=3.0, binning=1, oversample=2)
+    b = a.model_copy(update={"detector_pixels": 24, "detector_pixel_mrad": 4.0, "convergence_mrad": 30.0})
+    return [str(write_dataset(root / "k32.h5", simulate_raster_dataset(a, seed=1))),
+            str(write_dataset(root / "k24.h5", simulate_raster_dataset(b, seed=2)))], root
+
+
+def test_mixed_detector_sizes_in_one_call_and_saved_reconstructions(mixed_datasets, capsys):
+    files, root = mixed_datasets
+    out = root / "eval.json"
+    rc = main(["evaluate", "--datasets", *files, "--density", "40", "--chunk", "5", "--seeds", "2", "--final-iterations", "2",
+               "--strategies", "structure-guided", "sparse-grid", "random", "full-raster-low-dose", "--json", str(out),
+               "--save-reconstructions", str(root / "rec"), "--png", str(root / "eval.png"), "--threads", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "per nm^2" in printed
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    # 2 datasets x 2 seeds x (4 strategies + the oracle)
+    assert len(rows) == 2 * 2 * 5
+    for r in rows:
+        assert {"ssim", "pearson_r", "nrmse", "ssim_specimen", "pearson_r_specimen", "positions_per_nm2"} <= set(r)
+        if r["strategy"] != "full-raster-low-dose":
+            assert r["positions_per_nm2"] == pytest.approx(40, rel=0.1)
+    assert "structure-guided vs sparse-grid" in data["paired"]["mos2"]
+    for stem in ("k32", "k24"):
+        for strategy in ("structure-guided", "sparse-grid", "random", "full-raster-low-dose", "structure-guided-oracle"):
+            path = root / "rec" / stem / f"{strategy}.h5"
+            with h5py.File(path) as f:
+                phase = f["phase"]
+                assert phase.ndim == 2 and {"pixel_nm", "origin_nm"} <= set(phase.attrs)
+                pos = f["positions_nm"][()]
+                # the phase covers every position with its whole window: the whole field
+                origin, pixel = phase.attrs["origin_nm"], phase.attrs["pixel_nm"]
+                far = origin + (np.array(phase.shape[::-1]) - 1) * pixel
+                assert (pos >= origin).all() and (pos <= far).all()
+    assert (root / "eval.png").stat().st_size > 1000
+
+
+def test_sparse_grid_is_coarse_to_fine():
+    fov = (0.0, 0.0, 2.0, 2.0)
+    positions = sparse_grid_coarse_to_fine(fov, 500)
+    assert len(np.unique(np.round(positions, 9), axis=0)) == 500
+    for start in range(0, 500, 50):
+        chunk = positions[start : start + 50]
+        # every sub-sequence spans the field
+        assert np.ptp(chunk[:, 0]) > 1.2 and np.ptp(chunk[:, 1]) > 1.2, start
+    first = positions[:50]
+    nearest = np.sort(np.hypot(*(first[:, None, :] - first[None, :, :]).transpose(2, 0, 1)), axis=1)[:, 1]
+    assert nearest.min() > 0.15  # the first chunk is itself a coarse grid, not a corner of the fine one
+
+
+def _flake_potential(shape=(60, 60), pixel=0.04, seed=0):
+    """Atom-like texture on the left half (x < 1.2 nm), vacuum with weak noise on the right."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]] * pixel
+    texture = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3) + 0.5
+    return np.where(xs < 1.2, texture, 0.0) + 0.01 * rng.normal(size=shape)
+
+
+def test_structure_guided_puts_more_positions_on_the_flake_than_in_vacuum():
+    planner = StructureGuidedPlanner()
+    fov = (0.2, 0.2, 2.0, 2.0)
+    measured = sparse_grid_coarse_to_fine(fov, 200)[:50]
+    potential = _flake_potential()
+    chosen = planner.next_positions(potential, (0.0, 0.0), 0.04, fov, measured, 60)
+    on_flake = int((chosen[:, 0] < 1.2).sum())
+    in_vacuum = len(chosen) - on_flake
+    assert on_flake > 1.5 * in_vacuum  # the flake is half the field (x 0.2-1.2 of 0.2-2.2)
+    assert ((chosen >= 0.2 - 1e-9) & (chosen <= 2.2 + 1e-9)).all()
+    # no two positions coincide, and none repeats a measured one
+    everything = np.round(np.concatenate([measured, chosen]), 6)
+    assert len(np.unique(everything, axis=0)) == len(everything)
+
+
+def test_structure_guided_spreads_evenly_on_a_uniform_specimen():
+    planner = StructureGuidedPlanner()
+    fov = (0.2, 0.2, 2.0, 2.0)
+    measured = sparse_grid_coarse_to_fine(fov, 200)[:50]
+    ys, xs = np.mgrid[0:60, 0:60] * 0.04
+    uniform = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3)
+    chosen = planner.next_positions(uniform, (0.0, 0.0), 0.04, fov, measured, 60)
+    left = int((chosen[:, 0] < 1.2).sum())
+    assert 20 <= left <= 40
+
+
+def test_paired_differences_means_wins_and_interval():
+    rows = []
+    for ds in range(4):
+        for seed in range(2):
+            base = {"class": "flake", "dataset": f"d{ds}", "seed": seed, "ssim": 0.5, "nrmse": 0.5, "ssim_specimen": None,
+                    "pearson_r_specimen": None}
+            rows.append({**base, "strategy": "a", "pearson_r": 0.80 + 0.01 * ds, "nrmse": 0.40})
+            rows.append({**base, "strategy": "b", "pearson_r": 0.78 + 0.01 * ds + (0.01 if seed else 0.0), "nrmse": 0.50})
+    result = paired(rows, focus=("a",))["flake"]["a vs b"]
+    r = result["pearson_r"]
+    assert r["mean"] == pytest.approx(0.015)
+    assert r["wins"] == 8 and r["pairs"] == 8 and r["datasets"] == 4
+    assert r["ci95"][0] == pytest.approx(0.015) and r["ci95"][1] == pytest.approx(0.015)
+    assert result["nrmse"]["mean"] == pytest.approx(0.1)  # lower NRMSE is better: sign turned
+    assert "ssim_specimen" not in result
