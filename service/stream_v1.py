@@ -31,6 +31,11 @@ BLOCK_BYTES = 8192
 """Bitshuffle block size of the DCU, in bytes."""
 _BS_ITEMSIZE = {"bs8-lz4<": 1, "bs16-lz4<": 2, "bs32-lz4<": 4}
 _BS_HEADER = struct.Struct(">QI")
+_U32 = struct.Struct(">I")
+MAX_BLOCK_BYTES = 1 << 24
+"""Largest bitshuffle block accepted (the DCU uses 8192 bytes; bitshuffle allocates one block per call)."""
+MAX_FRAME_PIXELS = 1 << 26
+"""Largest frame accepted (67 M pixels, 3.7x an EIGER2 X 16M): the decoded array is allocated from the shape."""
 _APPENDIX_PARTS = ("dflatfield-1.0", "dpixelmask-1.0", "dcountrate_table-1.0")
 
 
@@ -104,8 +109,61 @@ def encode_frames(images: np.ndarray, encoding: str) -> list[bytes]:
     return out
 
 
+def lz4_bound(nbytes: int) -> int:
+    """LZ4_compressBound: the most bytes LZ4 can turn ``nbytes`` input bytes into (a larger block length is a lie)."""
+    return nbytes + nbytes // 255 + 16
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    """``(y, x)`` as ints, each >= 1 and at most MAX_FRAME_PIXELS pixels: the output is allocated from it before decoding."""
+    try:
+        y, x = (int(v) for v in shape)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise CodecError(f"frame shape must be two integers, got {shape!r} ({err})") from None
+    if y < 1 or x < 1 or y * x > MAX_FRAME_PIXELS:
+        raise CodecError(f"frame shape {(y, x)} is outside 1..{MAX_FRAME_PIXELS} pixels")
+    return y, x
+
+
+def _check_bs_blocks(blob: bytes, pixels: int, itemsize: int, block: int) -> None:
+    """Walk the bitshuffle blocks after the 12-byte header; CodecError unless they exactly fill ``blob``.
+
+    bitshuffle's C code trusts each block's u32 big-endian compressed length and jumps
+    by it to the next block: a length past the end of the blob reads (or, for the raw
+    tail, copies) memory outside it and can kill the process. The layout for ``pixels``
+    elements in blocks of ``block`` elements (a multiple of 8) is: ``pixels // block``
+    full blocks, one partial block of the remainder rounded down to a multiple of 8
+    (if any), then the last ``pixels % 8`` elements uncompressed. Each block is a u32
+    length (1..lz4_bound of its uncompressed bytes) and that many LZ4 bytes.
+    """
+    size = len(blob)
+    full, rest = divmod(pixels, block)
+    partial = rest - rest % 8
+    nblocks = full + (1 if partial else 0)
+    pos = _BS_HEADER.size
+    for i in range(nblocks):
+        raw = (block if i < full else partial) * itemsize
+        if pos + 4 > size:
+            raise CodecError(f"bitshuffle blob of {size} bytes stops before block {i} of {nblocks}")
+        (length,) = _U32.unpack_from(blob, pos)
+        if not 0 < length <= lz4_bound(raw):
+            raise CodecError(f"bitshuffle block {i} claims {length} compressed bytes; a {raw}-byte block takes 1..{lz4_bound(raw)}")
+        pos += 4 + length
+        if pos > size:
+            raise CodecError(f"bitshuffle block {i} claims {length} compressed bytes, the blob has {size - pos + length} left")
+    tail = (pixels % 8) * itemsize
+    if size - pos != tail:
+        raise CodecError(f"bitshuffle blob has {size - pos} bytes after its {nblocks} block(s), {tail} expected")
+
+
 def _bs_payload(blob: bytes, shape: tuple[int, int], dt: np.dtype, encoding: str) -> tuple[memoryview, int]:
-    """Check the 12-byte bitshuffle header; returns the block stream and the block size in elements."""
+    """Check the 12-byte bitshuffle header and every block; returns the block stream and the block size in elements.
+
+    Nothing reaches bitshuffle's C code unchecked: the header's uncompressed size is 0
+    or exactly the shape's, the block size is 0 (the DCU default) or a multiple of 8
+    pixels up to MAX_BLOCK_BYTES, and the blocks exactly fill the blob (``_check_bs_blocks``).
+    """
+    _bs_block_elements(encoding, dt)
     if len(blob) < _BS_HEADER.size:
         raise CodecError(f"bitshuffle blob of {len(blob)} bytes is shorter than its 12-byte header")
     total, block_bytes = _BS_HEADER.unpack_from(blob, 0)
@@ -114,17 +172,20 @@ def _bs_payload(blob: bytes, shape: tuple[int, int], dt: np.dtype, encoding: str
         raise CodecError(f"bitshuffle header says {total} bytes uncompressed, shape {shape} {dt.name} needs {expected}")
     if block_bytes == 0:
         block_bytes = BLOCK_BYTES  # a zeroed header (some senders): the DCU default
-    if block_bytes % dt.itemsize or block_bytes // dt.itemsize % 8:
-        raise CodecError(f"bitshuffle block size {block_bytes} bytes is not a multiple of 8 {dt.name} elements")
-    _bs_block_elements(encoding, dt)
-    return memoryview(blob)[_BS_HEADER.size :], block_bytes // dt.itemsize
+    if block_bytes % (8 * dt.itemsize) or block_bytes > MAX_BLOCK_BYTES:
+        raise CodecError(
+            f"bitshuffle block size {block_bytes} bytes is not a multiple of 8 {dt.name} elements up to {MAX_BLOCK_BYTES} bytes"
+        )
+    block = block_bytes // dt.itemsize
+    _check_bs_blocks(blob, expected // dt.itemsize, dt.itemsize, block)
+    return memoryview(blob)[_BS_HEADER.size :], block
 
 
 def decode_frame(blob: bytes, shape: tuple[int, int], dtype: str, encoding: str) -> np.ndarray:
     """Decode one stream v1 blob to a (y, x) array of ``dtype``; raises CodecError on malformed input."""
     dt = _check_dtype(dtype)
     _check_encoding(encoding)
-    shape = (int(shape[0]), int(shape[1]))
+    shape = _check_shape(shape)
     nbytes = shape[0] * shape[1] * dt.itemsize
     le = dt.newbyteorder("<")
     try:
@@ -146,29 +207,79 @@ def decode_frame(blob: bytes, shape: tuple[int, int], dtype: str, encoding: str)
         raise CodecError(f"cannot decode {encoding} frame of {len(blob)} bytes: {err}") from None
 
 
-def decode_frames(blobs: list[bytes], shape: tuple[int, int], dtype: str, encoding: str) -> np.ndarray:
-    """Decode N blobs of one shape/type/encoding to (N, y, x); one bitshuffle call when frames are whole blocks.
+@dataclass
+class DecodedBatch:
+    """What ``decode_batch`` made of N blobs: every good frame decoded, every bad one's error by its index."""
 
-    Raises CodecError if any blob is malformed (decode them one by one to find which).
+    images: np.ndarray
+    """(N, y, x); the rows of the frames in ``errors`` are zeros."""
+    errors: dict[int, CodecError]
+
+
+def decode_batch(blobs: list[bytes], shape: tuple[int, int], dtype: str, encoding: str) -> DecodedBatch:
+    """Decode N blobs of one shape/type/encoding; a malformed blob costs only its own frame.
+
+    Every bitshuffle blob's header and blocks are checked first (``_bs_payload``); the
+    good ones that are whole 8192-byte blocks decode in one bitshuffle call, and should
+    that call fail (LZ4 data that is bad inside a well-framed block) they decode one by
+    one so that only the bad frame is lost. A bad shape, type or encoding raises
+    CodecError: it is the whole group's.
     """
     dt = _check_dtype(dtype)
     _check_encoding(encoding)
-    shape = (int(shape[0]), int(shape[1]))
-    nbytes = shape[0] * shape[1] * dt.itemsize
-    if encoding not in _BS_ITEMSIZE or len(blobs) < 2 or nbytes % BLOCK_BYTES:
-        return np.stack([decode_frame(b, shape, dtype, encoding) for b in blobs]) if blobs else np.empty((0, *shape), dt)
-    payloads = []
-    for blob in blobs:
-        payload, block = _bs_payload(blob, shape, dt, encoding)
-        if block * dt.itemsize != BLOCK_BYTES:
-            return np.stack([decode_frame(b, shape, dtype, encoding) for b in blobs])
-        payloads.append(payload)
-    joined = np.frombuffer(b"".join(payloads), dtype=np.uint8)
-    try:
-        out = bitshuffle.decompress_lz4(joined, (len(blobs), *shape), dt.newbyteorder("<"), BLOCK_BYTES // dt.itemsize)
-    except Exception as err:
-        raise CodecError(f"cannot decode a batch of {len(blobs)} {encoding} frames: {err}") from None
-    return out.astype(dt, copy=False)
+    shape = _check_shape(shape)
+    errors: dict[int, CodecError] = {}
+    if encoding not in _BS_ITEMSIZE:
+        images = np.zeros((len(blobs), *shape), dt)
+        for i, blob in enumerate(blobs):
+            try:
+                images[i] = decode_frame(blob, shape, dtype, encoding)
+            except CodecError as err:
+                errors[i] = err
+        return DecodedBatch(images, errors)
+    le = dt.newbyteorder("<")
+    payloads: dict[int, tuple[memoryview, int]] = {}
+    for i, blob in enumerate(blobs):
+        try:
+            payloads[i] = _bs_payload(blob, shape, dt, encoding)
+        except CodecError as err:
+            errors[i] = err
+    whole = [i for i, (_, block) in payloads.items() if block * dt.itemsize == BLOCK_BYTES]
+    if len(whole) >= 2 and (shape[0] * shape[1] * dt.itemsize) % BLOCK_BYTES == 0:
+        joined = np.frombuffer(b"".join(payloads[i][0] for i in whole), dtype=np.uint8)
+        try:
+            decoded = bitshuffle.decompress_lz4(joined, (len(whole), *shape), le, BLOCK_BYTES // dt.itemsize)
+        except Exception:  # bad LZ4 data inside a well-framed block: one by one below, to find which
+            decoded = None
+        if decoded is not None:
+            if len(whole) == len(blobs):
+                return DecodedBatch(decoded.astype(dt, copy=False), errors)
+            images = np.zeros((len(blobs), *shape), dt)
+            images[whole] = decoded
+            for i in whole:
+                del payloads[i]
+        else:
+            images = np.zeros((len(blobs), *shape), dt)
+    else:
+        images = np.zeros((len(blobs), *shape), dt)
+    for i, (payload, block) in payloads.items():
+        try:
+            images[i] = bitshuffle.decompress_lz4(np.frombuffer(payload, dtype=np.uint8), shape, le, block)
+        except Exception as err:
+            errors[i] = CodecError(f"cannot decode {encoding} frame of {len(blobs[i])} bytes: {err}")
+    return DecodedBatch(images, errors)
+
+
+def decode_frames(blobs: list[bytes], shape: tuple[int, int], dtype: str, encoding: str) -> np.ndarray:
+    """Decode N blobs of one shape/type/encoding to (N, y, x); one bitshuffle call when frames are whole blocks.
+
+    Raises CodecError, naming the first malformed blob, if any is (``decode_batch`` keeps the others).
+    """
+    batch = decode_batch(blobs, shape, dtype, encoding)
+    if batch.errors:
+        first = min(batch.errors)
+        raise CodecError(f"frame {first} of {len(blobs)}: {batch.errors[first]}")
+    return batch.images
 
 
 def _json(obj: dict) -> bytes:
@@ -493,20 +604,17 @@ class StreamDecoder:
             groups.setdefault((e.shape, e.dtype, e.encoding), []).append(i)
         for (shape, dtype, encoding), idx in groups.items():
             try:
-                images = decode_frames([self._events[i].blob for i in idx], shape, dtype, encoding)
-            except CodecError:
-                images = None
+                batch = decode_batch([self._events[i].blob for i in idx], shape, dtype, encoding)
+                group_error = None
+            except CodecError as err:  # the shape, type or encoding itself: every frame of the group
+                batch, group_error = None, err
             for k, i in enumerate(idx):
                 p = self._events[i]
-                if images is not None:
-                    image = images[k]
-                else:
-                    try:
-                        image = decode_frame(p.blob, shape, dtype, encoding)
-                    except CodecError as err:
-                        self._events[i] = StreamError(f"malformed frame: {err}", p.series, p.frame)
-                        continue
-                self._events[i] = Frame(p.series, p.frame, image, *p.times, received_at=p.received_at)
+                err = group_error if batch is None else batch.errors.get(k)
+                if err is not None:
+                    self._events[i] = StreamError(f"malformed frame: {err}", p.series, p.frame)
+                    continue
+                self._events[i] = Frame(p.series, p.frame, batch.images[k], *p.times, received_at=p.received_at)
                 if self._state is not None and self._state.series == p.series:
                     self._state.received += 1
 
@@ -516,19 +624,24 @@ __all__ = [
     "DTYPES",
     "ENCODINGS",
     "HEADER_DETAILS",
+    "MAX_BLOCK_BYTES",
+    "MAX_FRAME_PIXELS",
     "CodecError",
+    "DecodedBatch",
     "Event",
     "Frame",
     "SeriesEnd",
     "SeriesStart",
     "StreamDecoder",
     "StreamError",
+    "decode_batch",
     "decode_frame",
     "decode_frames",
     "encode_frame",
     "encode_frames",
     "expected_frames",
     "image_parts",
+    "lz4_bound",
     "series_end_parts",
     "series_start_parts",
 ]
