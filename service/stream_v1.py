@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import bitshuffle
 import lz4.block
@@ -37,6 +40,30 @@ MAX_BLOCK_BYTES = 1 << 24
 MAX_FRAME_PIXELS = 1 << 26
 """Largest frame accepted (67 M pixels, 3.7x an EIGER2 X 16M): the decoded array is allocated from the shape."""
 _APPENDIX_PARTS = ("dflatfield-1.0", "dpixelmask-1.0", "dcountrate_table-1.0")
+
+
+class StreamErrorKind(StrEnum):
+    """What went wrong, set where a ``StreamError`` is made (values are the service's error counter names)."""
+
+    MALFORMED = "malformed"
+    """Cannot be parsed: not a JSON object (garbage, an empty part, a JSON array), bad header fields, an undecodable blob."""
+    TRUNCATED = "truncated"
+    """Fewer parts than an image message needs, or a blob shorter or longer than its descriptor's size."""
+    CORRUPT = "corrupt"
+    """The blob's md5 does not match the image header's hash."""
+    DUPLICATED = "duplicated"
+    OUT_OF_ORDER = "out_of_order"
+    MISSING = "missing"
+    """Frames skipped: a later frame index arrived first."""
+    UNEXPECTED = "unexpected"
+    """A frame index outside the series its config announced."""
+    INCOMPLETE_SERIES = "incomplete_series"
+    """A series ended (or was cut off by the next one) before all its frames arrived."""
+    OTHER = "other"
+    """Protocol oddities: an unknown htype or header_detail, a config that never came, frames or an end of a series not open."""
+
+
+_K = StreamErrorKind
 
 
 class CodecError(ValueError):
@@ -375,6 +402,8 @@ class StreamError:
     reason: str
     series: int | None = None
     frame: int | None = None
+    kind: StreamErrorKind = field(default=StreamErrorKind.OTHER, kw_only=True)
+    """Set where the error is made; ``reason`` is for people."""
 
 
 Event = SeriesStart | Frame | SeriesEnd | StreamError
@@ -428,7 +457,10 @@ class _SeriesState:
 
 
 def _int_or_none(value) -> int | None:
-    return int(value) if isinstance(value, int | float) else None
+    """An int from a JSON number (floats truncated, as before); None for anything else, including inf and NaN."""
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, float) and math.isfinite(value) else None
 
 
 class StreamDecoder:
@@ -447,6 +479,9 @@ class StreamDecoder:
         self._awaiting_config: tuple[int, str] | None = None
         self._events: list = []
         self._received_at: float | None = None
+        self._appendix_blob_expected = False
+        self.error_counts: Counter[StreamErrorKind] = Counter()
+        """Every ``StreamError`` this decoder has returned, by kind (read it from the thread that feeds)."""
 
     def feed(self, parts: list[bytes]) -> list[Event]:
         """Events of one zmq multipart message."""
@@ -463,22 +498,32 @@ class StreamDecoder:
             try:
                 self._message([bytes(p) if not isinstance(p, bytes) else p for p in parts])
             except Exception as err:  # belt and braces: a decoder must not raise on input
-                self._events.append(StreamError(f"malformed message: {err}"))
+                self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
         self._flush()
         events, self._events = self._events, []
         return events
+
+    def _counted(self, error: StreamError) -> StreamError:
+        self.error_counts[error.kind] += 1
+        return error
+
+    def _error(self, kind: StreamErrorKind, reason: str, series: int | None = None, frame: int | None = None) -> None:
+        """Return (and count) one problem: nothing malformed is dropped without a ``StreamError``."""
+        self._events.append(self._counted(StreamError(reason, series, frame, kind=kind)))
 
     # --- message kinds -------------------------------------------------------------
 
     def _message(self, parts: list[bytes]) -> None:
         if not parts:
-            self._events.append(StreamError("empty message"))
+            self._error(_K.MALFORMED, "malformed message: empty message (no parts)")
             return
+        blob_expected, self._appendix_blob_expected = self._appendix_blob_expected, False
         head = _load(parts[0])
         if head is None:
-            if self._awaiting_config is None and not (self._state and self._state.next_frame == 0):
-                self._events.append(StreamError(f"malformed message: first part of {len(parts[0])} bytes is not JSON"))
-            return  # a header-detail "all" blob sent as its own message
+            if blob_expected and len(parts) == 1:
+                return  # the blob of a header-detail "all" part whose JSON came as its own message
+            self._error(_K.MALFORMED, f"malformed message: first part of {len(parts[0])} bytes is not a JSON object")
+            return
         htype = str(head.get("htype", ""))
         if htype.startswith("dheader-"):
             self._header(head, parts)
@@ -487,38 +532,36 @@ class StreamDecoder:
         elif htype.startswith("dseries_end-"):
             self._end(head)
         elif htype in _APPENDIX_PARTS:
-            return
+            self._appendix_blob_expected = len(parts) == 1  # its blob follows as the next message (libertem-dectris sim)
         elif not htype and self._awaiting_config is not None:
             series, detail = self._awaiting_config
             self._awaiting_config = None
             self._start(series, detail, head)
         else:
-            self._events.append(StreamError(f"unknown message htype {htype!r}"))
+            self._error(_K.OTHER, f"unknown message htype {htype!r}")
 
     def _close_open_series(self, why: str) -> None:
         state = self._state
         if state is not None:
             self._flush()
-            self._events.append(
-                StreamError(f"series {state.series} {why} without dseries_end after {state.received} frame(s)", state.series)
-            )
+            self._error(_K.INCOMPLETE_SERIES, f"series {state.series} {why} without dseries_end after {state.received} frame(s)", state.series)
             self._state = None
 
     def _header(self, head: dict, parts: list[bytes]) -> None:
         self._close_open_series("ended")
         series = _int_or_none(head.get("series"))
         if series is None:
-            self._events.append(StreamError("series header without an integer series number"))
+            self._error(_K.MALFORMED, "malformed series header: no integer series number")
             return
         detail = str(head.get("header_detail", "basic"))
         if detail not in HEADER_DETAILS:
-            self._events.append(StreamError(f"unknown header_detail {detail!r}", series))
+            self._error(_K.OTHER, f"unknown header_detail {detail!r}", series)
         if detail == "none":
             self._start(series, detail, {})
         elif len(parts) >= 2:
             config = _load(parts[1])
             if config is None:
-                self._events.append(StreamError("series header config part is not JSON", series))
+                self._error(_K.MALFORMED, "series header config part is not JSON", series)
                 config = {}
             self._start(series, detail, config)
         else:
@@ -531,15 +574,15 @@ class StreamDecoder:
     def _image(self, head: dict, parts: list[bytes]) -> None:
         series, frame = _int_or_none(head.get("series")), _int_or_none(head.get("frame"))
         if series is None or frame is None:
-            self._events.append(StreamError("image header without integer series and frame", series, frame))
+            self._error(_K.MALFORMED, "malformed image header: no integer series and frame", series, frame)
             return
         if self._awaiting_config is not None:
             awaited, detail = self._awaiting_config
             self._awaiting_config = None
-            self._events.append(StreamError("series header config never arrived", awaited))
+            self._error(_K.OTHER, "series header config never arrived", awaited)
             self._start(awaited, detail, {})
         if len(parts) < 3:
-            self._events.append(StreamError(f"truncated image message: {len(parts)} part(s), need 3 or more", series, frame))
+            self._error(_K.TRUNCATED, f"truncated image message: {len(parts)} part(s), need 3 or more", series, frame)
             return
         desc, blob = _load(parts[1]), parts[2]
         try:
@@ -548,36 +591,39 @@ class StreamDecoder:
             _check_dtype(dtype)
             _check_encoding(encoding)
         except Exception as err:
-            self._events.append(StreamError(f"malformed image descriptor: {err}", series, frame))
+            self._error(_K.MALFORMED, f"malformed image descriptor: {err}", series, frame)
             return
         size = desc.get("size")
         if isinstance(size, int) and size != len(blob):
-            self._events.append(StreamError(f"truncated frame: blob has {len(blob)} bytes, header says {size}", series, frame))
+            self._error(_K.TRUNCATED, f"truncated frame: blob has {len(blob)} bytes, header says {size}", series, frame)
             return
         digest = str(head.get("hash", ""))
         if digest and hashlib.md5(blob).hexdigest() != digest.lower():
-            self._events.append(StreamError("corrupt frame: md5 of the blob does not match its hash", series, frame))
+            self._error(_K.CORRUPT, "corrupt frame: md5 of the blob does not match its hash", series, frame)
             return
         state = self._state
         if state is None or state.series != series:
             self._close_open_series("interrupted")
-            self._events.append(StreamError(f"frames of series {series} arrived without its series header", series, frame))
+            self._error(_K.OTHER, f"frames of series {series} arrived without its series header", series, frame)
             state = self._state = _SeriesState(series)
         if frame in state.seen:
-            self._events.append(StreamError(f"duplicated frame {frame}", series, frame))
+            self._error(_K.DUPLICATED, f"duplicated frame {frame}", series, frame)
             return
         if frame < 0 or (state.total is not None and frame >= state.total):
-            self._events.append(StreamError(f"frame index {frame} outside the series of {state.total} frames", series, frame))
+            self._error(_K.UNEXPECTED, f"frame index {frame} outside the series of {state.total} frames", series, frame)
             return
         if frame > state.next_frame:
-            self._events.append(StreamError(f"missing frame(s) {state.next_frame}..{frame - 1}", series, state.next_frame))
+            self._error(_K.MISSING, f"missing frame(s) {state.next_frame}..{frame - 1}", series, state.next_frame)
         elif frame < state.next_frame:
-            self._events.append(StreamError(f"frame {frame} arrived out of order", series, frame))
+            self._error(_K.OUT_OF_ORDER, f"frame {frame} arrived out of order", series, frame)
         state.next_frame = max(state.next_frame, frame + 1)
         state.seen.add(frame)
         times = (None, None, None)
         if len(parts) >= 4:
-            dconf = _load(parts[3]) or {}
+            dconf = _load(parts[3])
+            if dconf is None:  # the frame itself is fine: kept, without its times
+                self._error(_K.MALFORMED, f"malformed image dconfig part: {len(parts[3])} bytes that are not a JSON object", series, frame)
+                dconf = {}
             times = tuple(_int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
         self._events.append(_Pending(series, frame, blob, (y, x), dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
 
@@ -588,9 +634,9 @@ class StreamDecoder:
         if self._awaiting_config is not None:
             self._awaiting_config = None
         if state is None or state.series != series:
-            self._events.append(StreamError(f"dseries_end for series {series}, which is not open", series))
+            self._error(_K.OTHER, f"dseries_end for series {series}, which is not open", series)
         elif state.total is not None and state.received < state.total:
-            self._events.append(StreamError(f"series ended after {state.received} of {state.total} frames", series))
+            self._error(_K.INCOMPLETE_SERIES, f"series ended after {state.received} of {state.total} frames", series)
         self._state = None
         self._events.append(SeriesEnd(series if series is not None else -1))
 
@@ -612,7 +658,7 @@ class StreamDecoder:
                 p = self._events[i]
                 err = group_error if batch is None else batch.errors.get(k)
                 if err is not None:
-                    self._events[i] = StreamError(f"malformed frame: {err}", p.series, p.frame)
+                    self._events[i] = self._counted(StreamError(f"malformed frame: {err}", p.series, p.frame, kind=_K.MALFORMED))
                     continue
                 self._events[i] = Frame(p.series, p.frame, batch.images[k], *p.times, received_at=p.received_at)
                 if self._state is not None and self._state.series == p.series:
@@ -634,6 +680,7 @@ __all__ = [
     "SeriesStart",
     "StreamDecoder",
     "StreamError",
+    "StreamErrorKind",
     "decode_batch",
     "decode_frame",
     "decode_frames",
