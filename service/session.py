@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector_stream.events import StreamError
 from service.compute import BeamKey
 from service.planner import PlannerChoice
 from service.store import SessionStore, pixel_dtype
-from service.stream_v1 import StreamError
 
 TERMINAL = ("done", "stopped", "failed")
 ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")

@@ -20,10 +20,11 @@ CHILD = r"""
 import json, struct
 import numpy as np
 import sys
-from service.stream_v1 import (
-    CodecError, Frame, StreamDecoder, StreamError, decode_frame, decode_frames, encode_frame,
-    image_parts, series_end_parts, series_start_parts,
-)
+from detector_stream.codec import decode_frame, decode_frames, encode_frame
+from detector_stream.decoder import StreamDecoder
+from detector_stream.errors import CodecError
+from detector_stream.events import Frame, StreamError
+from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 
 def images(shape, dtype, n=3):
     rng = np.random.default_rng(7)
@@ -66,7 +67,7 @@ for name, (shape, dtype, encoding, spoil) in cases().items():
         res["single"] = "CodecError"
         res["single_one_line"] = "\n" not in str(err)
     if sys.argv[1] == "batch":  # the API that keeps the good frames of a batch
-        from service.stream_v1 import decode_batch
+        from detector_stream.codec import decode_batch
         batch = decode_batch([blobs[0], bad, blobs[2]], shape, dtype, encoding)
         res["batch_errors"] = sorted(batch.errors)
         res["batch_good"] = all(np.array_equal(batch.images[i], ims[i]) for i in (0, 2))

@@ -10,23 +10,11 @@ import bitshuffle
 import numpy as np
 import pytest
 
-from service.stream_v1 import (
-    ENCODINGS,
-    CodecError,
-    Frame,
-    SeriesEnd,
-    SeriesStart,
-    StreamDecoder,
-    StreamError,
-    decode_frame,
-    decode_frames,
-    encode_frame,
-    encode_frames,
-    expected_frames,
-    image_parts,
-    series_end_parts,
-    series_start_parts,
-)
+from detector_stream.codec import ENCODINGS, decode_frame, decode_frames, encode_frame, encode_frames
+from detector_stream.decoder import StreamDecoder
+from detector_stream.errors import CodecError
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.messages import expected_frames, image_parts, series_end_parts, series_start_parts
 
 ALL_PAIRS = [
     (dt, enc)
