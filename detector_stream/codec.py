@@ -26,6 +26,9 @@ DTYPES = ("uint8", "uint16", "uint32")
 MAX_FRAME_PIXELS = 1 << 26
 """Largest frame accepted (67 M pixels, 3.7x an EIGER2 X 16M): the decoded array is allocated from the shape."""
 
+LZ4_MAX_RATIO = 255
+"""LZ4 turns at most about 255 bytes into one (a long match costs a byte per 255): a blob claiming more is a lie."""
+
 _DTYPE_BY_NAME = {name: np.dtype(name) for name in DTYPES}
 
 
@@ -106,6 +109,8 @@ def decode_frame(blob: bytes, shape: tuple[int, int], dtype: str, encoding: str)
                 raise CodecError(f"raw frame has {len(blob)} bytes, shape {shape} {dt.name} needs {nbytes}")
             return np.frombuffer(blob, dtype=le).reshape(shape).astype(dt)
         if encoding == "lz4<":
+            if nbytes > LZ4_MAX_RATIO * (len(blob) + 1):  # refused before lz4 allocates the output
+                raise CodecError(f"lz4 frame of {len(blob)} bytes cannot hold the {nbytes} bytes of shape {shape} {dt.name}")
             raw = lz4.block.decompress(blob, uncompressed_size=nbytes)
             if len(raw) != nbytes:
                 raise CodecError(f"lz4 frame decompressed to {len(raw)} bytes, expected {nbytes}")
