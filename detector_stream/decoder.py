@@ -50,10 +50,14 @@ class StreamDecoder:
 
     ``feed`` takes one message; ``feed_many`` takes several and decodes their
     bitshuffle frames in batches (one call for runs of same-shape frames that are
-    whole 8192-byte blocks, such as 64x64 uint16). Header-detail ``all`` parts and
-    image appendices are skipped; md5 hashes are checked (an empty hash is accepted);
-    truncated, corrupt, duplicated, missing and out-of-order frames, a series left
-    without ``dseries_end`` and unknown messages become ``StreamError`` events.
+    whole 8192-byte blocks, such as 64x64 uint16; a malformed blob costs only its own
+    frame). Header-detail ``all`` parts (in the header message, or each JSON part and
+    then its blob as messages of their own) and image appendices are skipped; md5
+    hashes are checked (an empty hash is accepted). Everything else it cannot use
+    becomes a ``StreamError`` whose ``kind`` is set here, and is counted in
+    ``error_counts``: garbage, empty parts and non-object JSON at any point of a
+    series, truncated, corrupt, duplicated, missing and out-of-order frames, a series
+    left without ``dseries_end``, unknown messages.
     """
 
     def __init__(self) -> None:
