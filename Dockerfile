@@ -13,6 +13,7 @@ COPY recon ./recon
 COPY policy ./policy
 COPY service ./service
 COPY sim_microscope ./sim_microscope
+COPY detector_stream ./detector_stream
 COPY ptychoscan ./ptychoscan
 RUN pip install .
 

@@ -20,8 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.codec_threads import set_codec_threads
-from service.stream_v1 import StreamDecoder, encode_frames, image_parts, series_end_parts, series_start_parts
+from detector_stream.codec import encode_frames
+from detector_stream.codec_threads import set_codec_threads
+from detector_stream.decoder import StreamDecoder
+from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 
 
 def messages(n: int, k: int = 64) -> list[list[bytes]]:

@@ -86,8 +86,8 @@ def stand_in_into_libertem(n: int, tmp: str) -> tuple[float, float]:
 
 
 def stand_in_into_ours(n: int) -> tuple[float, float]:
-    from service.receiver import StreamReceiver
-    from service.stream_v1 import Frame, SeriesEnd
+    from detector_stream.events import Frame, SeriesEnd
+    from detector_stream.receiver import StreamReceiver
     from sim_microscope.detector import SimDetector
     from sim_microscope.frame_source import SyntheticSource
 
@@ -114,7 +114,8 @@ def stand_in_into_ours(n: int) -> tuple[float, float]:
 
 def write_dump(path: str, n: int) -> None:
     """The same 64x64 uint16 bs16-lz4 series as a libertem-dectris dump (each zmq part: i64 LE length + bytes)."""
-    from service.stream_v1 import encode_frames, image_parts, series_start_parts
+    from detector_stream.codec import encode_frames
+    from detector_stream.messages import image_parts, series_start_parts
     from sim_microscope.detector import default_config
     from sim_microscope.frame_source import SyntheticSource, to_counts
     from sim_microscope.libertem_dump import write_dump

@@ -37,8 +37,9 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector_stream.codec import encode_frames
+from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 from ptychoscan.net import free_port
-from service.stream_v1 import encode_frames, image_parts, series_end_parts, series_start_parts
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Apikey {KEY}"}

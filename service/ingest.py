@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from detector_stream.receiver import StreamReceiver
 from service.manager import SessionManager
-from service.receiver import StreamReceiver
 
 log = logging.getLogger(__name__)
 

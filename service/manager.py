@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.receiver import handle_each
 from service.compute import ReconJob, ReconOutput
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, PlanRequest, resolve_planner
 from service.problems import Problem
-from service.receiver import handle_each
 from service.session import Batch, Session, classify_stream_error
 from service.settings import ServiceSettings
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
-from service.stream_v1 import Frame, SeriesEnd, SeriesStart, StreamError
 
 log = logging.getLogger(__name__)
 

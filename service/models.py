@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.endpoints import check_endpoint
+from detector_stream.endpoints import check_endpoint
 
 Strategy = Literal["adaptive", "sparse-grid"]
 SessionState = Literal["created", "acquiring", "reconstructing", "done", "stopped", "failed"]

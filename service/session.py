@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector_stream.events import StreamError
 from service.compute import BeamKey
 from service.planner import PlannerChoice
 from service.store import SessionStore, pixel_dtype
@@ -23,9 +24,11 @@ TERMINAL = ("done", "stopped", "failed")
 ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")
 
 
-def classify_stream_error(reason: str) -> str:
-    """Map a ``StreamError`` reason to one of ``ERROR_KINDS``."""
-    r = reason.lower()
+def classify_stream_error(error: StreamError | str) -> str:
+    """One of ``ERROR_KINDS`` for a ``StreamError``: its ``kind``, set where it was made; a bare reason string by its wording."""
+    if isinstance(error, StreamError):
+        return str(error.kind)
+    r = error.lower()
     for needle, kind in (
         ("duplicat", "duplicated"),
         ("out of order", "out_of_order"),

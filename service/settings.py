@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.endpoints import check_endpoint
+from detector_stream.endpoints import check_endpoint
 
 
 class ServiceSettings(BaseSettings):

@@ -23,7 +23,8 @@ import numpy as np
 import zmq
 from pydantic import BaseModel, Field
 
-from service.stream_v1 import encode_frames, expected_frames, image_parts, series_end_parts, series_start_parts
+from detector_stream.codec import encode_frames
+from detector_stream.messages import expected_frames, image_parts, series_end_parts, series_start_parts
 from sim_microscope.frame_source import FrameSource, to_counts
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import zmq
 
+from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 from ptychoscan.net import free_port
 from service.compute import ReconJob, ReconOutput
-from service.stream_v1 import image_parts, series_end_parts, series_start_parts
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Apikey {KEY}"}

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from service_testing import frames_for, wait_until
 
-from service.codec_threads import loaded_openmp_runtimes, set_codec_threads
-from service.receiver import StreamReceiver
-from service.stream_v1 import Frame, SeriesEnd, SeriesStart, decode_frames, encode_frames
+from detector_stream.codec import decode_frames, encode_frames
+from detector_stream.codec_threads import loaded_openmp_runtimes, set_codec_threads
+from detector_stream.errors import StreamErrorKind
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.receiver import StreamReceiver
 
 
 class Collector:
@@ -131,3 +133,20 @@ def test_frames_carry_when_their_message_came_off_the_socket(pushers):
     stamps = [e.received_at for e in got.events(p.endpoint) if isinstance(e, Frame)]
     assert len(stamps) == 4 and stamps == sorted(stamps), stamps
     assert stamps[-1] - stamps[0] >= 0.03, stamps  # sent 20 ms apart: the stamps are per message, not per drained batch
+
+
+def test_malformed_messages_are_counted_per_endpoint_by_kind(pushers):
+    p = pushers[0]
+    got = Collector()
+    rx = StreamReceiver([p.endpoint], on_events=got)
+    with rx:
+        p.start(1, 2)
+        p.raw([b"\x00garbage"])  # before the first frame: once dropped without a trace
+        p.raw([b"[1, 2]"])
+        for i, img in enumerate(frames_for(1, 2)):
+            p.frame(1, i, img)
+        p.end(1)
+        wait_until(lambda: any(isinstance(e, SeriesEnd) for e in got.events(p.endpoint)) or None, what="end of series")
+    errors = [e for e in got.events(p.endpoint) if isinstance(e, StreamError)]
+    assert [e.kind for e in errors] == [StreamErrorKind.MALFORMED] * 2
+    assert rx.counts(p.endpoint).stream_errors == {StreamErrorKind.MALFORMED: 2}  # kept after stop

@@ -120,11 +120,11 @@ def test_acquisition_time_is_measured_from_frame_arrivals_even_when_frames_come_
 
     from service_testing import KEY, RecordingBackend, frames_for, session_body
 
+    from detector_stream.events import Frame
     from service.manager import SessionManager
     from service.metrics import ServiceMetrics
     from service.scheduler import Scheduler
     from service.settings import ServiceSettings
-    from service.stream_v1 import Frame
 
     manager = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
     ep = "tcp://127.0.0.1:5003"

@@ -9,9 +9,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from service_testing import AUTH, KEY, RecordingBackend, frames_for, session_body, wait_until
 
+from detector_stream.messages import image_parts
 from service.app import create_app
 from service.settings import ServiceSettings
-from service.stream_v1 import image_parts
 
 
 def _client(tmp_path, **kw):

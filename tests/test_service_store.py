@@ -7,13 +7,13 @@ import pytest
 from fastapi.testclient import TestClient
 from service_testing import AUTH, KEY, Pusher, RecordingBackend, frames_for, session_body, wait_until
 
+from detector_stream.events import Frame
 from service.app import create_app
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 from service.store import SessionStore, StoreError
-from service.stream_v1 import Frame
 
 
 @pytest.fixture

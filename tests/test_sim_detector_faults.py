@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from service.receiver import StreamReceiver
-from service.stream_v1 import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.receiver import StreamReceiver
 
 API = "/detector/api/1.8.0"
 

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from detector_stream.events import Frame, SeriesEnd
+from detector_stream.receiver import StreamReceiver
 from recon.dataset import Dataset4D, write_dataset
-from service.receiver import StreamReceiver
-from service.stream_v1 import Frame, SeriesEnd
 
 API = "/detector/api/1.8.0"
 

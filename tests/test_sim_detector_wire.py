@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from service.receiver import StreamReceiver
-from service.stream_v1 import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.receiver import StreamReceiver
 
 ld = pytest.importorskip("libertem_dectris")
 
@@ -135,7 +135,8 @@ def test_libertem_sim_sender_decodes_with_our_decoder(tmp_path):
 
 def test_libertem_sim_replays_our_messages_bit_exact(tmp_path):
     """libertem-dectris's Rust sender parses a dump of our messages; its receiver decodes them bit-exact."""
-    from service.stream_v1 import encode_frames, image_parts, series_start_parts
+    from detector_stream.codec import encode_frames
+    from detector_stream.messages import image_parts, series_start_parts
     from sim_microscope.detector import default_config
     from sim_microscope.libertem_dump import write_dump
 

@@ -10,9 +10,9 @@ import pytest
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
+from detector_stream.events import Frame, SeriesEnd, StreamError
+from detector_stream.receiver import StreamReceiver
 from recon.dataset import Dataset4D, write_dataset
-from service.receiver import StreamReceiver
-from service.stream_v1 import Frame, SeriesEnd, StreamError
 from sim_microscope.control_loop import ScanLoopConfig, ScanLoopError, run_scan
 from sim_microscope.detector import SimDetector
 from sim_microscope.frame_source import DatasetReplay

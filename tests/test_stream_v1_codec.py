@@ -10,23 +10,11 @@ import bitshuffle
 import numpy as np
 import pytest
 
-from service.stream_v1 import (
-    ENCODINGS,
-    CodecError,
-    Frame,
-    SeriesEnd,
-    SeriesStart,
-    StreamDecoder,
-    StreamError,
-    decode_frame,
-    decode_frames,
-    encode_frame,
-    encode_frames,
-    expected_frames,
-    image_parts,
-    series_end_parts,
-    series_start_parts,
-)
+from detector_stream.codec import ENCODINGS, decode_frame, decode_frames, encode_frame, encode_frames
+from detector_stream.decoder import StreamDecoder
+from detector_stream.errors import CodecError
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.messages import expected_frames, image_parts, series_end_parts, series_start_parts
 
 ALL_PAIRS = [
     (dt, enc)
@@ -197,3 +185,12 @@ def test_series_without_end_and_garbage_never_raise():
     events = StreamDecoder().feed_many([msg, [*msg[:1], msg[1], bad, msg[3]]])
     assert any("malformed frame" in e.reason for e in events if isinstance(e, StreamError))
     assert hashlib.md5(bad).hexdigest() == json.loads(msg[0])["hash"]
+
+
+def test_lz4_frame_claiming_more_than_lz4_can_hold_is_refused_before_decompressing():
+    blob = encode_frame(np.zeros((64, 64), np.uint32), "lz4<")
+    np.testing.assert_array_equal(decode_frame(blob, (64, 64), "uint32", "lz4<"), 0)  # all zeros: the best ratio there is
+    with pytest.raises(CodecError, match="cannot hold"):
+        decode_frame(blob, (4096, 4096), "uint32", "lz4<")
+    with pytest.raises(CodecError, match="is outside 1"):
+        decode_frame(blob, (1 << 20, 1 << 20), "uint32", "lz4<")

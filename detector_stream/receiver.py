@@ -24,15 +24,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from service.codec_threads import set_codec_threads
-from service.endpoints import check_endpoint
-from service.stream_v1 import Event, StreamDecoder
+from detector_stream.codec_threads import set_codec_threads
+from detector_stream.decoder import StreamDecoder
+from detector_stream.endpoints import check_endpoint
+from detector_stream.errors import StreamErrorKind
+from detector_stream.events import Event, StreamError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class EndpointCounts:
 
     messages: int = 0
     callback_errors: int = 0
+    stream_errors: dict[StreamErrorKind, int] = field(default_factory=dict)
+    """``StreamError`` events its decoder returned, by kind."""
 
 
 @dataclass
@@ -85,7 +90,7 @@ class StreamReceiver:
         self.poll_ms = poll_ms
         self.rcvhwm = rcvhwm
         self.codec_threads = codec_threads
-        """OpenMP threads bitshuffle decodes with in the receive thread (``service.codec_threads``)."""
+        """OpenMP threads bitshuffle decodes with in the receive thread (``detector_stream.codec_threads``)."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -136,7 +141,7 @@ class StreamReceiver:
         """A copy of what ``endpoint`` delivered so far (zeros if unknown)."""
         with self._lock:
             c = self._counts.get(endpoint, EndpointCounts())
-            return EndpointCounts(c.messages, c.callback_errors)
+            return EndpointCounts(c.messages, c.callback_errors, dict(c.stream_errors))
 
     def messages_from(self, endpoint: str) -> int:
         """Messages received from ``endpoint`` so far (0 if unknown)."""
@@ -303,7 +308,13 @@ class StreamReceiver:
             received_at.append(time.perf_counter())  # per message: one batch may span a whole chunk's acquisition
         with self._lock:
             entry.counts.messages += len(messages)
+        errors_before = entry.decoder.errors_total
         events = entry.decoder.feed_many(messages, received_at)
+        if entry.decoder.errors_total != errors_before:
+            by_kind = Counter(e.kind for e in events if isinstance(e, StreamError))
+            with self._lock:
+                for kind, n in by_kind.items():
+                    entry.counts.stream_errors[kind] = entry.counts.stream_errors.get(kind, 0) + n
         if not events:
             return
         try:

@@ -1,0 +1,258 @@
+"""``StreamDecoder``: the multipart messages of one stream v1 connection, in order, to events; never raises on input."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from detector_stream.codec import check_dtype, check_encoding, decode_batch
+from detector_stream.errors import CodecError, StreamErrorKind
+from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object
+
+_K = StreamErrorKind
+
+
+@dataclass
+class _Pending:
+    """A frame whose blob awaits (batched) decoding."""
+
+    series: int
+    frame: int
+    blob: bytes
+    shape: tuple[int, int]
+    dtype: str
+    encoding: str
+    times: tuple[int | None, int | None, int | None]
+    received_at: float | None = None
+
+
+@dataclass
+class _SeriesState:
+    series: int
+    total: int | None = None
+    next_frame: int = 0
+    received: int = 0
+    seen: set = field(default_factory=set)
+
+
+def _int_or_none(value) -> int | None:
+    """An int from a JSON number (floats truncated, as before); None for anything else, including inf and NaN."""
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, float) and math.isfinite(value) else None
+
+
+class StreamDecoder:
+    """Turns the multipart messages of one connection into events; stateful, never raises on bad input.
+
+    ``feed`` takes one message; ``feed_many`` takes several and decodes their
+    bitshuffle frames in batches (one call for runs of same-shape frames that are
+    whole 8192-byte blocks, such as 64x64 uint16; a malformed blob costs only its own
+    frame). Header-detail ``all`` parts (in the header message, or each JSON part and
+    then its blob as messages of their own) and image appendices are skipped; md5
+    hashes are checked (an empty hash is accepted). Everything else it cannot use
+    becomes a ``StreamError`` whose ``kind`` is set here, and is counted in
+    ``error_counts``: garbage, empty parts and non-object JSON at any point of a
+    series, truncated, corrupt, duplicated, missing and out-of-order frames, a series
+    left without ``dseries_end``, unknown messages.
+    """
+
+    def __init__(self) -> None:
+        self._state: _SeriesState | None = None
+        self._awaiting_config: tuple[int, str] | None = None
+        self._events: list = []
+        self._received_at: float | None = None
+        self._appendix_blob_expected = False
+        self.error_counts: Counter[StreamErrorKind] = Counter()
+        """Every ``StreamError`` this decoder has returned, by kind (read it from the thread that feeds)."""
+        self._errors_total = 0
+
+    def feed(self, parts: list[bytes]) -> list[Event]:
+        """Events of one zmq multipart message."""
+        return self.feed_many([parts])
+
+    def feed_many(self, messages: list[list[bytes]], received_at: list[float] | None = None) -> list[Event]:
+        """Events of several messages in order, frames decoded in batches.
+
+        ``received_at`` (one ``time.perf_counter()`` per message) goes to each ``Frame``'s ``received_at``.
+        """
+        self._events = []
+        for n, parts in enumerate(messages):
+            self._received_at = received_at[n] if received_at is not None else None
+            try:
+                self._message([bytes(p) if not isinstance(p, bytes) else p for p in parts])
+            except Exception as err:  # belt and braces: a decoder must not raise on input
+                self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
+        self._flush()
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def errors_total(self) -> int:
+        """``StreamError`` events returned so far, all kinds."""
+        return self._errors_total
+
+    def _counted(self, error: StreamError) -> StreamError:
+        self._errors_total += 1
+        self.error_counts[error.kind] += 1
+        return error
+
+    def _error(self, kind: StreamErrorKind, reason: str, series: int | None = None, frame: int | None = None) -> None:
+        """Return (and count) one problem: nothing malformed is dropped without a ``StreamError``."""
+        self._events.append(self._counted(StreamError(reason, series, frame, kind=kind)))
+
+    # --- message kinds -------------------------------------------------------------
+
+    def _message(self, parts: list[bytes]) -> None:
+        if not parts:
+            self._error(_K.MALFORMED, "malformed message: empty message (no parts)")
+            return
+        blob_expected, self._appendix_blob_expected = self._appendix_blob_expected, False
+        head = load_json_object(parts[0])
+        if head is None:
+            if blob_expected and len(parts) == 1:
+                return  # the blob of a header-detail "all" part whose JSON came as its own message
+            self._error(_K.MALFORMED, f"malformed message: first part of {len(parts[0])} bytes is not a JSON object")
+            return
+        htype = str(head.get("htype", ""))
+        if htype.startswith("dheader-"):
+            self._header(head, parts)
+        elif htype.startswith("dimage-"):
+            self._image(head, parts)
+        elif htype.startswith("dseries_end-"):
+            self._end(head)
+        elif htype in APPENDIX_PARTS:
+            self._appendix_blob_expected = len(parts) == 1  # its blob follows as the next message (libertem-dectris sim)
+        elif not htype and self._awaiting_config is not None:
+            series, detail = self._awaiting_config
+            self._awaiting_config = None
+            self._start(series, detail, head)
+        else:
+            self._error(_K.OTHER, f"unknown message htype {htype!r}")
+
+    def _close_open_series(self, why: str) -> None:
+        state = self._state
+        if state is not None:
+            self._flush()
+            self._error(_K.INCOMPLETE_SERIES, f"series {state.series} {why} without dseries_end after {state.received} frame(s)", state.series)
+            self._state = None
+
+    def _header(self, head: dict, parts: list[bytes]) -> None:
+        self._close_open_series("ended")
+        series = _int_or_none(head.get("series"))
+        if series is None:
+            self._error(_K.MALFORMED, "malformed series header: no integer series number")
+            return
+        detail = str(head.get("header_detail", "basic"))
+        if detail not in HEADER_DETAILS:
+            self._error(_K.OTHER, f"unknown header_detail {detail!r}", series)
+        if detail == "none":
+            self._start(series, detail, {})
+        elif len(parts) >= 2:
+            config = load_json_object(parts[1])
+            if config is None:
+                self._error(_K.MALFORMED, "series header config part is not JSON", series)
+                config = {}
+            self._start(series, detail, config)
+        else:
+            self._awaiting_config = (series, detail)  # config follows as its own message (libertem-dectris sim)
+
+    def _start(self, series: int, detail: str, config: dict) -> None:
+        self._state = _SeriesState(series, expected_frames(config))
+        self._events.append(SeriesStart(series, detail, config))
+
+    def _image(self, head: dict, parts: list[bytes]) -> None:
+        series, frame = _int_or_none(head.get("series")), _int_or_none(head.get("frame"))
+        if series is None or frame is None:
+            self._error(_K.MALFORMED, "malformed image header: no integer series and frame", series, frame)
+            return
+        if self._awaiting_config is not None:
+            awaited, detail = self._awaiting_config
+            self._awaiting_config = None
+            self._error(_K.OTHER, "series header config never arrived", awaited)
+            self._start(awaited, detail, {})
+        if len(parts) < 3:
+            self._error(_K.TRUNCATED, f"truncated image message: {len(parts)} part(s), need 3 or more", series, frame)
+            return
+        desc, blob = load_json_object(parts[1]), parts[2]
+        try:
+            x, y = (int(v) for v in desc["shape"])
+            dtype, encoding = str(desc["type"]), str(desc["encoding"])
+            check_dtype(dtype)
+            check_encoding(encoding)
+        except Exception as err:
+            self._error(_K.MALFORMED, f"malformed image descriptor: {err}", series, frame)
+            return
+        size = desc.get("size")
+        if isinstance(size, int) and size != len(blob):
+            self._error(_K.TRUNCATED, f"truncated frame: blob has {len(blob)} bytes, header says {size}", series, frame)
+            return
+        digest = str(head.get("hash", ""))
+        if digest and hashlib.md5(blob).hexdigest() != digest.lower():
+            self._error(_K.CORRUPT, "corrupt frame: md5 of the blob does not match its hash", series, frame)
+            return
+        state = self._state
+        if state is None or state.series != series:
+            self._close_open_series("interrupted")
+            self._error(_K.OTHER, f"frames of series {series} arrived without its series header", series, frame)
+            state = self._state = _SeriesState(series)
+        if frame in state.seen:
+            self._error(_K.DUPLICATED, f"duplicated frame {frame}", series, frame)
+            return
+        if frame < 0 or (state.total is not None and frame >= state.total):
+            self._error(_K.UNEXPECTED, f"frame index {frame} outside the series of {state.total} frames", series, frame)
+            return
+        if frame > state.next_frame:
+            self._error(_K.MISSING, f"missing frame(s) {state.next_frame}..{frame - 1}", series, state.next_frame)
+        elif frame < state.next_frame:
+            self._error(_K.OUT_OF_ORDER, f"frame {frame} arrived out of order", series, frame)
+        state.next_frame = max(state.next_frame, frame + 1)
+        state.seen.add(frame)
+        times = (None, None, None)
+        if len(parts) >= 4:
+            dconf = load_json_object(parts[3])
+            if dconf is None:  # the frame itself is fine: kept, without its times
+                self._error(_K.MALFORMED, f"malformed image dconfig part: {len(parts[3])} bytes that are not a JSON object", series, frame)
+                dconf = {}
+            times = tuple(_int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
+        self._events.append(_Pending(series, frame, blob, (y, x), dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
+
+    def _end(self, head: dict) -> None:
+        self._flush()
+        series = _int_or_none(head.get("series"))
+        state = self._state
+        if self._awaiting_config is not None:
+            self._awaiting_config = None
+        if state is None or state.series != series:
+            self._error(_K.OTHER, f"dseries_end for series {series}, which is not open", series)
+        elif state.total is not None and state.received < state.total:
+            self._error(_K.INCOMPLETE_SERIES, f"series ended after {state.received} of {state.total} frames", series)
+        self._state = None
+        self._events.append(SeriesEnd(series if series is not None else -1))
+
+    # --- batched decoding ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        pending = [i for i, e in enumerate(self._events) if isinstance(e, _Pending)]
+        groups: dict[tuple, list[int]] = {}
+        for i in pending:
+            e = self._events[i]
+            groups.setdefault((e.shape, e.dtype, e.encoding), []).append(i)
+        for (shape, dtype, encoding), idx in groups.items():
+            try:
+                batch = decode_batch([self._events[i].blob for i in idx], shape, dtype, encoding)
+                group_error = None
+            except CodecError as err:  # the shape, type or encoding itself: every frame of the group
+                batch, group_error = None, err
+            for k, i in enumerate(idx):
+                p = self._events[i]
+                err = group_error if batch is None else batch.errors.get(k)
+                if err is not None:
+                    self._events[i] = self._counted(StreamError(f"malformed frame: {err}", p.series, p.frame, kind=_K.MALFORMED))
+                    continue
+                self._events[i] = Frame(p.series, p.frame, batch.images[k], *p.times, received_at=p.received_at)
+                if self._state is not None and self._state.series == p.series:
+                    self._state.received += 1

@@ -1,0 +1,55 @@
+"""What a ``StreamDecoder`` makes of the messages of one connection, in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detector_stream.errors import StreamErrorKind
+
+
+@dataclass
+class SeriesStart:
+    """A series header: its number, header detail and detector config (``{}`` for detail ``none``)."""
+
+    series: int
+    header_detail: str
+    config: dict
+
+
+@dataclass
+class Frame:
+    """One decoded image of a series, with its dconfig times when the message had them."""
+
+    series: int
+    frame: int
+    image: np.ndarray
+    """(y, x) pixel counts."""
+    start_time_ns: int | None = None
+    stop_time_ns: int | None = None
+    real_time_ns: int | None = None
+    received_at: float | None = None
+    """``time.perf_counter()`` when the receiver took the frame's message off its socket (None: not given)."""
+
+
+@dataclass
+class SeriesEnd:
+    """A ``dseries_end`` (series -1 if it had no integer series number)."""
+
+    series: int
+
+
+@dataclass
+class StreamError:
+    """One problem in the stream; the decoder makes one for everything it cannot use, and drops nothing silently."""
+
+    reason: str
+    """For people: one line, what and where."""
+    series: int | None = None
+    frame: int | None = None
+    kind: StreamErrorKind = field(default=StreamErrorKind.OTHER, kw_only=True)
+    """Set where the error is made: count and classify by this, never by searching ``reason``."""
+
+
+Event = SeriesStart | Frame | SeriesEnd | StreamError
