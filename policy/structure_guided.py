@@ -116,6 +116,31 @@ class StructureGuidedPlanner:
     def __init__(self, options: StructureGuidedOptions | None = None):
         self.options = options or StructureGuidedOptions()
 
+    def warmup(self) -> None:
+        """Plan once on a small synthetic field (the service calls this before it reports ready)."""
+        fov = (0.0, 0.0, 0.5, 0.5)
+        first = self.first_positions(fov, 8, 16)
+        self.next_positions(np.zeros((20, 20)), (-0.1, -0.1), 0.04, fov, first, 8)
+
+    def plan(self, requests) -> list[np.ndarray]:
+        """The service's planner seam: for each request (``service.planner.PlanRequest`` fields) its next ``n_next`` positions.
+
+        Batch 0, and any batch the service has no reconstruction for yet, continues the
+        coarse-to-fine sparse grid of the session's budget while it is unmeasured, then
+        falls back to farthest-point placement; later batches follow the reconstruction.
+        """
+        out = []
+        for r in requests:
+            measured = np.asarray(r.positions_nm, dtype=np.float64).reshape(-1, 2)
+            if r.potential is None or r.grid_origin_nm is None or r.grid_pixel_nm is None:
+                if r.batch_index == 0 or len(measured) == 0:
+                    out.append(sparse_grid_coarse_to_fine(r.fov_nm, r.budget)[len(measured) : len(measured) + r.n_next])
+                    continue
+                out.append(self.next_positions(None, None, None, r.fov_nm, measured, r.n_next))
+                continue
+            out.append(self.next_positions(np.asarray(r.potential), tuple(r.grid_origin_nm), float(r.grid_pixel_nm), r.fov_nm, measured, r.n_next))
+        return out
+
     def first_positions(self, fov_nm, n: int, budget: int | None = None) -> np.ndarray:
         """(n, 2) nm: the first sub-sequence, the coarsest level of the coarse-to-fine sparse grid of ``budget``."""
         return sparse_grid_coarse_to_fine(fov_nm, budget or n)[:n]

@@ -92,7 +92,7 @@ class Service:
 
     def warmup(self) -> None:
         try:
-            for strategy in ("sparse-grid", "adaptive"):
+            for strategy in ("sparse-grid", "structure-guided", "adaptive"):
                 self.manager.planner_for(strategy).planner.warmup()
             self.backend.warmup()
             self.warm = True

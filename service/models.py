@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from detector_stream.endpoints import check_endpoint
 
-Strategy = Literal["adaptive", "sparse-grid"]
+Strategy = Literal["adaptive", "structure-guided", "sparse-grid"]
 SessionState = Literal["created", "acquiring", "reconstructing", "done", "stopped", "failed"]
 
 
@@ -22,7 +22,7 @@ class SessionCreate(BaseModel):
     fov_nm: tuple[float, float, float, float] = Field(..., description="(x0, y0, width, height) of the probe positions, nm")
     budget: int = Field(250, ge=1, description="total probe positions (paper: 250-500)")
     chunk: int = Field(50, ge=1, description="positions per batch / reconstruction (paper: 50-100)")
-    strategy: Strategy = Field("adaptive", description="adaptive (GRU policy) or sparse-grid")
+    strategy: Strategy = Field("adaptive", description="adaptive (GRU policy), structure-guided (non-learned, from the live reconstruction) or sparse-grid")
     energy_ev: float = Field(60_000.0, gt=0, description="beam energy, eV")
     convergence_mrad: float = Field(33.0, gt=0, description="probe convergence semi-angle, mrad")
     detector_pixels: int = Field(64, ge=4, le=1024, description="K: patterns are K x K after binning")

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from policy.baselines import sparse_grid_coarse_to_fine
+from policy.structure_guided import StructureGuidedPlanner
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,10 @@ def resolve_planner(strategy: str, policy_checkpoint=None) -> PlannerChoice:
     """The planner for ``strategy``; ``adaptive`` falls back to the sparse grid while no GRU policy is available."""
     if strategy == "sparse-grid":
         return PlannerChoice(SparseGridPlanner(), strategy, None)
+    if strategy == "structure-guided":
+        return PlannerChoice(StructureGuidedPlanner(), strategy, None)
     if strategy != "adaptive":
-        raise ValueError(f"unknown strategy {strategy!r}; expected 'adaptive' or 'sparse-grid'")
+        raise ValueError(f"unknown strategy {strategy!r}; expected 'adaptive', 'structure-guided' or 'sparse-grid'")
     try:
         from policy.service_planner import load_planner  # type: ignore[import-not-found]
     except ImportError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import httpx
 import numpy as np
+import pytest
 from service_testing import KEY, RecordingBackend, UvicornThread
 
 from service.app import create_app
@@ -12,7 +13,8 @@ from service.settings import ServiceSettings
 from sim_microscope.control_loop import ScanLoopConfig, run_scan
 
 
-def test_sim_scan_loop_runs_a_session_to_done(tmp_path, sim_detector):
+@pytest.mark.parametrize("strategy,planner", [("adaptive", "gru-policy"), ("structure-guided", "structure-guided")])
+def test_sim_scan_loop_runs_a_session_to_done(tmp_path, sim_detector, strategy, planner):
     detector, scope_url, _ = sim_detector
     backend = RecordingBackend()
     app = create_app(ServiceSettings(storage=tmp_path, api_keys=[KEY], ask_timeout_s=10.0), backend=backend)
@@ -25,7 +27,7 @@ def test_sim_scan_loop_runs_a_session_to_done(tmp_path, sim_detector):
             fov_nm=(0.0, 0.0, 1.0, 1.0),
             budget=12,
             chunk=5,
-            strategy="adaptive",
+            strategy=strategy,
             frame_time_s=0.0,
             ask_timeout_s=10.0,
             total_timeout_s=60.0,
@@ -34,7 +36,7 @@ def test_sim_scan_loop_runs_a_session_to_done(tmp_path, sim_detector):
         assert result["batches"] == 3 and result["frames"] == 12
         status = httpx.get(f"{server.url}/api/v1/sessions/{result['session_id']}").json()
     assert status["state"] == "done" and status["frames_received"] == 12
-    assert status["strategy"]["used"] == "gru-policy" and status["strategy"]["fallback"] is None
+    assert status["strategy"]["used"] == planner and status["strategy"]["fallback"] is None
     assert backend.calls == 3
     with h5py.File(tmp_path / f"{result['session_id']}.h5", "r") as f:
         assert f["received"][()].all() and f["patterns"].shape == (12, 64, 64)

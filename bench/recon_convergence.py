@@ -1,0 +1,103 @@
+"""Reconstruction quality against iterations, on sparse and dense scans of each specimen class.
+
+Settles how many passes the evaluation's final reconstruction needs: every strategy is
+scored after the same reconstruction, so it must be converged for sparse scans (few
+position updates per pass) without overfitting dense, low-dose ones. For each dataset:
+a coarse-to-fine sparse grid and uniform random positions at ``--density`` per nm^2 and
+the full raster at ``--full-step-nm`` with the same total dose, patterns simulated on
+demand from the ground truth (``policy.measurement``), Poisson noise at ``--dose`` per
+sparse position. Each optimizer setting runs once per scan; SSIM, Pearson r and NRMSE
+over the field are read after the passes in ``--marks`` (``Reconstructor``'s on_pass).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/recon_convergence.py out/data/val/flake_100000.h5 --json out/bench/conv.json
+
+Prints a table per dataset and scan, the wall and CPU time per position-pass, and the
+ratio of the score at the last mark to its best along the way (1.0 = still improving
+or flat at the end; < 1: overfitting, stop earlier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policy.baselines import apply_dose, candidate_raster, sparse_grid_coarse_to_fine, uniform_random
+from policy.measurement import SimulatedSource
+from recon.beam import probe_for
+from recon.dataset import read_dataset
+from recon.engine import Reconstructor, ScanChunk
+from recon.inputs import fov_of, grid_for_dataset
+from recon.metrics import quality_scores, registered_truth
+from recon.options import ReconOptions
+
+SETTINGS = {
+    "gd50": {"optimizer": "gd", "step_size": 50.0},
+    "gd200": {"optimizer": "gd", "step_size": 200.0},
+    "gd50-precond": {"optimizer": "gd", "step_size": 50.0, "precondition": True},
+    "adam0.01": {"optimizer": "adam", "step_size": 0.01},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("datasets", nargs="+")
+    ap.add_argument("--density", type=float, default=125.0, help="positions per nm^2 of the sparse scans")
+    ap.add_argument("--full-step-nm", type=float, default=0.04)
+    ap.add_argument("--dose", type=float, default=1e4, help="electrons per sparse position")
+    ap.add_argument("--marks", type=int, nargs="+", default=[5, 10, 20, 30, 50, 100])
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default="bench/out/recon_convergence.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    for path in args.datasets:
+        ds = read_dataset(path)
+        fov = fov_of(ds.positions_nm)
+        grid = grid_for_dataset(ds, fov)
+        source = SimulatedSource(ds, fov, 0.02)
+        n = round(args.density * fov[2] * fov[3])
+        rng = np.random.default_rng(0)
+        full = candidate_raster(fov, args.full_step_nm)
+        scans = {
+            f"sparse-grid {n}": (sparse_grid_coarse_to_fine(fov, n), args.dose),
+            f"random {n}": (uniform_random(fov, n, 1), args.dose),
+            f"full raster {len(full)} (equal dose)": (full, args.dose * n / len(full)),
+        }
+        for scan_name, (positions, dose) in scans.items():
+            patterns = apply_dose(source.patterns_at(positions), dose, rng)
+            for setting in args.settings:
+                options = ReconOptions(**SETTINGS[setting], iterations=max(args.marks))
+                rec = Reconstructor(probe_for(ds), options, device="cpu")
+                curve: dict[int, dict] = {}
+
+                def on_pass(i, potentials, curve=curve):
+                    if i in args.marks:
+                        image, truth = registered_truth(potentials[0].detach().cpu().clone(), grid, ds.ground_truth, fov)
+                        curve[i] = quality_scores(image, truth)
+
+                wall, cpu = time.perf_counter(), time.process_time()
+                rec.reconstruct([ScanChunk(patterns, positions, grid)], on_pass=on_pass)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                r_last = curve[max(args.marks)]["pearson_r"]
+                r_best = max(c["pearson_r"] for c in curve.values())
+                row = {"dataset": Path(path).stem, "kind": ds.specimen_kind, "scan": scan_name, "setting": setting, "wall_s": wall,
+                       "cpu_s": cpu, "us_per_position_pass": 1e6 * wall / (len(positions) * max(args.marks)),
+                       "r_last_over_best": r_last / r_best, "curve": {str(k): v for k, v in curve.items()}}
+                results.append(row)
+                marks = "  ".join(f"{k}:{c['ssim']:.3f}/{c['pearson_r']:.3f}" for k, c in sorted(curve.items()))
+                print(f"{row['dataset']:<16} {scan_name:<30} {setting:<13} SSIM/r {marks}  r last/best {row['r_last_over_best']:.3f}  "
+                      f"wall {wall:.1f} s cpu {cpu:.1f} s ({row['us_per_position_pass']:.0f} us per position-pass)", flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
