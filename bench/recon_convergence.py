@@ -76,9 +76,9 @@ def main() -> None:
                 rec = Reconstructor(probe_for(ds), options, device="cpu")
                 curve: dict[int, dict] = {}
 
-                def on_pass(i, potentials, curve=curve):
+                def on_pass(i, potentials, curve=curve, grid=grid, truth_phase=ds.ground_truth, fov=fov):
                     if i in args.marks:
-                        image, truth = registered_truth(potentials[0].detach().cpu().clone(), grid, ds.ground_truth, fov)
+                        image, truth = registered_truth(potentials[0].detach().cpu().clone(), grid, truth_phase, fov)
                         curve[i] = quality_scores(image, truth)
 
                 wall, cpu = time.perf_counter(), time.process_time()
