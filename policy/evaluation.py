@@ -15,7 +15,7 @@ measures the same number of positions (``density_per_nm2`` x the field's area, o
 
 Every proposed position snaps to the nearest unmeasured candidate (the paper's 0.02 nm
 raster, see ``policy.measurement``). Then EVERY strategy's positions are reconstructed
-afresh with the same ``final_recon`` options, so no strategy is handicapped by how its
+afresh with the same ``final_recon`` options and stopping rule (``recon.convergence``), so no strategy is handicapped by how its
 scan was reconstructed along the way. Scores are computed over the same region (the
 field) for every strategy by ``policy.scores``.
 """
@@ -36,6 +36,7 @@ from policy.env import snap_to_unvisited
 from policy.measurement import MeasurementSource, RasterSource, SimulatedSource
 from policy.structure_guided import StructureGuidedOptions, StructureGuidedPlanner
 from recon.beam import probe_for
+from recon.convergence import reconstruct_until_converged
 from recon.dataset import Dataset4D
 from recon.engine import Reconstructor, ScanChunk
 from recon.grid import ObjectGrid
@@ -50,8 +51,8 @@ ADAPTIVE = ("adaptive", "structure-guided", ORACLE)
 
 
 def default_final_recon() -> ReconOptions:
-    """The final reconstruction every strategy gets: gradient descent, step 50, 30 passes (measured: bench/recon_convergence.py)."""
-    return ReconOptions(iterations=30)
+    """The final reconstruction every strategy gets: gradient descent, step 50, at most 60 passes (stopping rule: ``final_tolerance``)."""
+    return ReconOptions(iterations=60)
 
 
 class EvaluationOptions(BaseModel):
@@ -72,7 +73,10 @@ class EvaluationOptions(BaseModel):
     )
     strategies: tuple[str, ...] = STRATEGIES
     oracle: bool = Field(True, description="also run structure-guided fed the ground truth (the bound for the target)")
-    final_recon: ReconOptions = Field(default_factory=default_final_recon)
+    final_recon: ReconOptions = Field(default_factory=default_final_recon, description="its iterations are the most passes run")
+    final_tolerance: float = Field(
+        2e-3, ge=0, description="the final reconstruction stops once the loss fell by less than this (relative) over 5 passes"
+    )
     live_recon: ReconOptions = Field(default_factory=lambda: ReconOptions(iterations=5), description="warm-started after every sub-sequence")
     planner: StructureGuidedOptions = Field(default_factory=StructureGuidedOptions)
     max_batch: int = Field(8, ge=1, description="scans reconstructed in one batched call (memory)")
@@ -230,7 +234,8 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
                                                   + 104729 * cases.index(ep.case)), options.dose)
                     bar.update(ep.case.budget(options))
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]
-        results = _batched(final, scans, None, options.max_batch)
+        results = reconstruct_until_converged(final, scans, max_passes=options.final_recon.iterations, tolerance=options.final_tolerance,
+                                              max_batch=options.max_batch)
         for ep, scan, res in zip(episodes, scans, results, strict=True):
             runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history))
     bar.close()

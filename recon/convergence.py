@@ -1,0 +1,48 @@
+"""Reconstruct until the data loss stops falling: one stopping rule for every scan, sparse or dense.
+
+A sparse scan (a few hundred positions over 2 x 2 nm) needs many more passes than a
+dense raster, whose every pass makes many more updates; a fixed pass count either
+leaves the sparse scan unconverged or spends ten times the work on the dense one.
+``reconstruct_until_converged`` runs passes in blocks of ``block`` and stops each scan
+once its mean loss fell by less than ``tolerance`` (relative) over the last block, or at
+``max_passes``. With gradient descent the blocks continue one another exactly
+(``Reconstructor.reconstruct``'s ``first_pass``), so the result is the same as one call
+of that many passes; Adam's moments restart with each block.
+"""
+
+from __future__ import annotations
+
+from recon.engine import ReconResult, Reconstructor, ScanChunk
+
+
+def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, max_passes: int, block: int = 5,
+                                tolerance: float = 2e-3, max_batch: int = 8) -> list[ReconResult]:
+    """Per scan: passes in blocks until the loss falls by less than ``tolerance`` over a block, at most ``max_passes``.
+
+    Returns one ``ReconResult`` per scan (its ``loss_history`` holds every pass run).
+    """
+    if max_passes < 1 or block < 1 or not tolerance >= 0:
+        raise ValueError("max_passes and block must be >= 1 and tolerance >= 0")
+    potentials: list = [None] * len(scans)
+    histories: list[list[float]] = [[] for _ in scans]
+    results: list[ReconResult | None] = [None] * len(scans)
+    active = list(range(len(scans)))
+    done = 0
+    while active and done < max_passes:
+        n = min(block, max_passes - done)
+        out = []
+        for start in range(0, len(active), max_batch):
+            part = active[start : start + max_batch]
+            out.extend(rec.reconstruct([scans[i] for i in part], init=[potentials[i] for i in part], iterations=n, first_pass=done))
+        still = []
+        for i, res in zip(active, out, strict=True):
+            before = histories[i][-1] if histories[i] else None
+            histories[i].extend(res.loss_history)
+            potentials[i] = res.potential
+            results[i] = ReconResult(res.potential, res.grid, list(histories[i]))
+            after = histories[i][-1]
+            if before is None or before - after > tolerance * abs(after):
+                still.append(i)
+        active = still
+        done += n
+    return [r for r in results if r is not None]
