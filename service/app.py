@@ -207,8 +207,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
 
     @app.get(f"{API}/sessions", tags=["sessions"])
     async def list_sessions():
-        with service.manager.lock:
-            return {"sessions": [s.status() for s in service.manager.sessions.values()]}
+        return {"sessions": service.manager.statuses()}
 
     @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"])
     async def get_session(session_id: str):
@@ -262,11 +261,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         responses={200: {"content": {"image/png": {}, "application/x-npy": {}, "application/json": {}}}},
     )
     async def reconstruction(session_id: str, request: Request):
-        with service.manager.lock:
-            s = service.manager.get(session_id)
-            if s.potential is None:
-                raise Problem(409, f"session {session_id} has no reconstruction yet", kind="wrong-state")
-            pot, origin, pixel, n = s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
+        pot, origin, pixel, n = await asyncio.to_thread(service.manager.reconstruction, session_id)
         accept = request.headers.get("accept", "")
         headers = {"X-Reconstructions": str(n), "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
         if "image/png" in accept:

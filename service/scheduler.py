@@ -81,6 +81,7 @@ class Scheduler:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
             self.manager.flush_all()
+            self.manager.reissue_stalled()
 
     @property
     def finishing(self) -> int:

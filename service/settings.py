@@ -25,6 +25,12 @@ class ServiceSettings(BaseSettings):
     ask_timeout_s: float = Field(10.0, gt=0, le=300, description="default long-poll of ask before 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 from ask")
     max_buffered_frames: int = Field(20_000, ge=1, description="frames kept for series not yet told (all endpoints together)")
+    max_buffered_bytes: int = Field(
+        512 * 1024**2, ge=1, description="bytes of decoded frames kept for series not yet told (all endpoints together); the oldest series go first"
+    )
+    resume_told_timeout_s: float = Field(
+        10.0, gt=0, description="after a restart, a told batch whose series sends none of its missing frames for this long (s) is re-issued"
+    )
     flush_interval_s: float = Field(0.2, gt=0, description="frames received are flushed to disk at least this often (s)")
     max_sessions: int = Field(64, ge=1, description="active sessions at most")
     max_budget: int = Field(20_000, ge=1, description="largest budget (positions) a session may ask for")
