@@ -8,6 +8,7 @@ outside the lock and hands results back through ``publish``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -215,11 +216,17 @@ class SessionManager:
 
         k = int(params["detector_pixels"])
         beam = BeamKey(params["energy_ev"], params["convergence_mrad"], k, params["detector_pixel_mrad"], params["defocus_nm"])
-        side = max(params["fov_nm"][2], params["fov_nm"][3]) / beam.pixel_nm + k
+        try:
+            pixel_nm = beam.pixel_nm
+        except (ArithmeticError, ValueError) as err:  # the request model's ranges keep this from happening
+            raise Problem(422, f"energy_ev, detector_pixels, detector_pixel_mrad: no reconstruction pixel ({err})", kind="invalid-request") from None
+        if not (math.isfinite(pixel_nm) and pixel_nm > 0):
+            raise Problem(422, f"energy_ev, detector_pixels, detector_pixel_mrad give a reconstruction pixel of {pixel_nm} nm", kind="invalid-request")
+        side = max(params["fov_nm"][2], params["fov_nm"][3]) / pixel_nm + k
         if not side <= self.settings.max_grid_pixels:
             raise Problem(
                 422,
-                f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {beam.pixel_nm:.4g} nm/pixel (max_grid_pixels {self.settings.max_grid_pixels})",
+                f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {pixel_nm:.4g} nm/pixel (max_grid_pixels {self.settings.max_grid_pixels})",
                 kind="invalid-request",
             )
         stack = int(params["budget"]) * k * k * 4
