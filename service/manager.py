@@ -191,6 +191,12 @@ class SessionManager:
                 raise Problem(409, f"{self.settings.max_sessions} sessions are active already (max_sessions)", kind="too-many-sessions")
             if params["budget"] > self.settings.max_budget:
                 raise Problem(422, f"budget: at most {self.settings.max_budget} positions", kind="invalid-request")
+            if not self.settings.detector_allowed(params["detector_endpoint"]):
+                raise Problem(
+                    422,
+                    f"detector_endpoint: {params['detector_endpoint']} is not an allowed detector (settings detectors, detector_allow)",
+                    kind="invalid-request",
+                )
             self._check_size(params)
             choice = self.planner_for(params["strategy"])
             sid = uuid.uuid4().hex[:16]
