@@ -277,10 +277,10 @@ class SessionManager:
     def tell(self, sid: str, batch_id: int, series: int, measured: list | None) -> tuple[int, dict]:
         """Bind batch ``batch_id``'s missing slots to detector ``series`` (frame i -> i-th missing slot): (202, body).
 
-        A repeat of the tell that bound the batch (same series; also after a restart)
-        answers (200, body) and changes nothing. A series is bound once: a tell naming a
-        series already bound (to any batch) is 409, so a frame can never move to another
-        position.
+        A repeat of the tell that bound the batch (same series; also after a restart or
+        after the series ended short) answers (200, body) and changes nothing. A series is
+        bound once: a tell naming a series bound to another batch is 409, so a frame can
+        never move to another position.
         """
         with self.lock:
             s = self.get(sid)
@@ -291,12 +291,14 @@ class SessionManager:
             b = s.batches[batch_id]
             key = (s.endpoint, series)
             bound = self.bindings.get(key)
-            if b.series == series and b.status != BatchStatus.ISSUED:
-                return 200, self._tell_body(s, b, series)
+            if bound is not None and bound.session_id == sid and bound.batch_id == batch_id:
+                # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
+                told = b.told_slots if b.series == series else np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
+                return 200, self._tell_body(s, b, series, told)
+            if bound is not None:
+                raise Problem(409, f"series {series} of {s.endpoint} is already bound to another batch", kind="series-taken")
             if b.status != BatchStatus.ISSUED:
                 raise Problem(409, f"batch {batch_id} is {b.status} (told with series {b.series})", kind="wrong-state")
-            if bound is not None:
-                raise Problem(409, f"series {series} of {s.endpoint} is already bound (batch {bound.batch_id}) or has ended", kind="series-taken")
             missing = s.missing_slots(b)
             meas = None
             if measured is not None:
@@ -328,9 +330,11 @@ class SessionManager:
             return 202, self._tell_body(s, b, series)
 
     @staticmethod
-    def _tell_body(s: Session, b: Batch, series: int) -> dict:
-        """The answer to a tell of ``series`` (the batch may have gone back to issued meanwhile: its series ended short)."""
-        told = b.told_slots if b.told_slots is not None else b.slots
+    def _tell_body(s: Session, b: Batch, series: int, told: np.ndarray | None = None) -> dict:
+        """The answer to a tell of ``series`` binding slots ``told`` (default: the batch's last tell's; the batch may have gone back
+        to issued meanwhile: its series ended short)."""
+        if told is None:
+            told = b.told_slots if b.told_slots is not None else b.slots
         return {
             "batch_id": b.batch_id,
             "series": series,

@@ -138,6 +138,8 @@ def test_a_told_batch_whose_last_frames_died_with_the_old_process_is_reissued(tm
     assert m2.reissue_stalled() == 1
     ask = m2.try_ask(sid)
     assert ask["batch_id"] == 0 and len(ask["positions_nm"]) == 30
+    assert m2.tell(sid, 0, 5, None)[0] == 200, "the old tell repeated: idempotent, nothing re-bound"
+    assert m2.try_ask(sid)["positions_nm"] == ask["positions_nm"]
     assert m2.tell(sid, 0, 6, None)[0] == 202
     m2.on_events(EP, [Frame(5, 25, frames[25])])  # a late frame of the ended series: refused, not stored over series 6's slot
     m2.on_events(EP, [Frame(6, i, frames[20 + i]) for i in range(30)])
