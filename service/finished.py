@@ -26,6 +26,8 @@ class FinishedSession:
     path: Path
     summary: dict
     """the status body (``Session.status`` shape)."""
+    tells: dict[int, tuple[int, int]]
+    """batch id -> (series of its last tell, positions it bound)."""
 
     terminal = True
 
@@ -39,6 +41,13 @@ class FinishedSession:
         recent = self.summary["recent_errors"] = list(self.summary.get("recent_errors") or [])[-19:]
         recent.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
 
+    def repeated_tell(self, batch_id: int, series: int) -> dict | None:
+        """The 200 body for a repeat of a tell this session (done) recorded, None if it is not one."""
+        told = self.tells.get(batch_id)
+        if self.state != SessionState.DONE or told is None or told[0] != series:
+            return None
+        return {"batch_id": batch_id, "series": series, "accepted": True, "frames_expected": told[1], "frames_received": told[1]}
+
     def latest_reconstruction(self) -> tuple[StoredReconstruction, int] | None:
         """(the latest reconstruction, how many there are), read from the file; None if there is none (StoreError if unreadable)."""
         return read_latest_reconstruction(self.path)
@@ -46,7 +55,8 @@ class FinishedSession:
     @classmethod
     def of(cls, s: Session) -> FinishedSession:
         """The summary a session leaves when it ends (called with its state already terminal)."""
-        return cls(s.session_id, SessionState(s.state), s.error, s.store.path, s.status())
+        tells = {b.batch_id: (b.series, len(b.told_slots)) for b in s.batches if b.series is not None and b.told_slots is not None}
+        return cls(s.session_id, SessionState(s.state), s.error, s.store.path, s.status(), tells)
 
     @classmethod
     def from_file(cls, summary: SessionSummary, path: Path) -> FinishedSession:
@@ -76,4 +86,4 @@ class FinishedSession:
             "created_unix": summary.created_unix,
             "file": Path(path).name,
         }
-        return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status)
+        return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))

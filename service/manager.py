@@ -285,6 +285,8 @@ class SessionManager:
         with self.lock:
             s = self.get(sid)
             if not isinstance(s, Session):
+                if (body := s.repeated_tell(batch_id, series)) is not None:
+                    return 200, body  # a repeat reaching a session that finished meanwhile (e.g. during a restart)
                 raise Problem(409, f"session {sid} is {s.state}", kind="wrong-state")
             if batch_id >= len(s.batches):
                 raise Problem(409, f"batch {batch_id} has not been issued (ask first)", kind="wrong-state")

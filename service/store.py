@@ -88,6 +88,8 @@ class SessionSummary:
     batches_reconstructed: int
     reconstruction: dict | None
     """shape, pixel_nm, origin_nm, final_loss of the latest reconstruction, or None."""
+    tells: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """batch id -> (series of its last tell, slots bound to it): a repeated tell of a finished session is recognised."""
 
 
 def _check_format(f: h5py.File, path: Path):
@@ -137,6 +139,12 @@ def read_summary(path: Path) -> SessionSummary:
                     "final_loss": float(losses[-1]) if len(losses) else None,
                 }
             slot_batch = f["slot_batch"][()]
+            slot_series = f["slot_series"][()]
+            tells = {}
+            if "batch_series" in f:
+                for bid, series in enumerate(f["batch_series"][()]):
+                    if series >= 0:
+                        tells[bid] = (int(series), int(((slot_batch == bid) & (slot_series == series)).sum()))
             return SessionSummary(
                 session_id=str(a["session_id"]),
                 params=json.loads(a["session_params"]),
@@ -149,6 +157,7 @@ def read_summary(path: Path) -> SessionSummary:
                 batches_issued=len(np.unique(slot_batch)),
                 batches_reconstructed=len(names),
                 reconstruction=latest,
+                tells=tells,
             )
     except StoreError:
         raise

@@ -7,11 +7,13 @@ are still open and unflushed beyond the last flush (what kill -9 leaves behind).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import SessionCreate
+from service.problems import Problem
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 from service.stream_v1 import Frame, SeriesEnd
@@ -147,4 +149,21 @@ def test_a_told_batch_whose_last_frames_died_with_the_old_process_is_reissued(tm
     m2.flush_all()
     np.testing.assert_array_equal(_stored(tmp_path, sid), frames)
     m1.close()
+    m2.close()
+
+
+def test_a_repeated_tell_reaching_a_finished_session_is_200_also_after_a_restart(tmp_path):
+    m = _manager(tmp_path)
+    sid = _session(m, 4)
+    m.tell(sid, 0, 9, None)
+    m.on_events(EP, [Frame(9, i, img) for i, img in enumerate(frames_for(9, 4))])
+    Scheduler(m, RecordingBackend(), m.metrics).run_round(m.take_work(0.1))
+    assert m.get(sid).state == "done"
+    assert m.tell(sid, 0, 9, None) == (200, {"batch_id": 0, "series": 9, "accepted": True, "frames_expected": 4, "frames_received": 4})
+    m.close()
+    m2 = _manager(tmp_path)
+    m2.restore()
+    assert m2.tell(sid, 0, 9, None)[0] == 200
+    with pytest.raises(Problem):
+        m2.tell(sid, 0, 10, None)  # not a repeat: 409
     m2.close()
