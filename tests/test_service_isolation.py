@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
+from detector_stream.events import Frame
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import SessionCreate
 from service.planner import SparseGridPlanner
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
-from service.stream_v1 import Frame
 
 POISON_X0 = 0.5
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
+from detector_stream.events import Frame, SeriesEnd
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import SessionCreate
 from service.problems import Problem
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
-from service.stream_v1 import Frame, SeriesEnd
 
 EP = "tcp://127.0.0.1:5011"
 
