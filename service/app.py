@@ -8,7 +8,6 @@ uvicorn) stops taking sessions, finishes the chunk in flight and flushes every f
 from __future__ import annotations
 
 import asyncio
-import hmac
 import io
 import logging
 import threading
@@ -16,11 +15,12 @@ import time
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
+from service.gate import ApiGate
 from service.ingest import Ingest
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
@@ -33,6 +33,8 @@ from service.store import storage_writable
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""methods that get their own metric label; any other is counted as 'other' (a label per invented method grew without bound)."""
 
 
 class RequestTimer:
@@ -64,7 +66,8 @@ class RequestTimer:
             await self.app(scope, receive, send_and_note_status)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")  # the router writes the matched route into the scope
-            self.metrics.request_seconds.labels(scope["method"], path, str(status)).observe(time.perf_counter() - t0)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.request_seconds.labels(method, path, str(status)).observe(time.perf_counter() - t0)
 
 
 class Service:
@@ -141,25 +144,9 @@ class Service:
             "storage_error": storage_problem,
             "ingest": self.ingest.status(),
             "load_errors": self.manager.load_errors,
-            "auth": "api-key" if self.settings.api_keys else "disabled",
+            "auth": "api-key" if self.settings.api_keys or self.settings.read_api_keys else "disabled",
         }
         return {"ready": all(checks.values()), "checks": checks, "detail": detail}
-
-
-def _require_key(request: Request) -> None:
-    keys: list[str] = request.app.state.service.settings.api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header or scheme.lower() not in ("apikey", "bearer") or not token.strip():
-        raise Problem(401, "missing API key: send 'Authorization: Apikey <key>' or 'Bearer <key>'", headers={"WWW-Authenticate": "Apikey"})
-    token_b = token.strip().encode()
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token_b, key.encode())
-    if not ok:
-        raise Problem(403, "API key not accepted")
 
 
 def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | None = None) -> FastAPI:
@@ -184,9 +171,8 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     )
     app.state.service = service
     install_problem_handlers(app)
-    auth = [Depends(_require_key)]
-
-    app.add_middleware(RequestTimer, metrics=service.metrics)
+    app.add_middleware(ApiGate, settings=settings)  # API key and scope, then the body (size-limited)
+    app.add_middleware(RequestTimer, metrics=service.metrics)  # outermost: refusals at the gate are timed too
 
     @app.get("/healthz", tags=["operations"])
     async def healthz():
@@ -201,28 +187,26 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     async def metrics():
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(f"{API}/sessions", status_code=201, dependencies=auth, tags=["sessions"])
+    @app.post(f"{API}/sessions", status_code=201, tags=["sessions"])
     async def create_session(body: SessionCreate):
         return await asyncio.to_thread(service.manager.create, body.model_dump(mode="json"))
 
     @app.get(f"{API}/sessions", tags=["sessions"])
     async def list_sessions():
-        with service.manager.lock:
-            return {"sessions": [s.status() for s in service.manager.sessions.values()]}
+        return {"sessions": service.manager.statuses()}
 
     @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"])
     async def get_session(session_id: str):
         with service.manager.lock:
             return service.manager.get(session_id).status()
 
-    @app.delete(f"{API}/sessions/{{session_id}}", dependencies=auth, tags=["sessions"])
+    @app.delete(f"{API}/sessions/{{session_id}}", tags=["sessions"])
     async def delete_session(session_id: str):
         return await asyncio.to_thread(service.manager.delete, session_id)
 
     @app.post(
         f"{API}/sessions/{{session_id}}/ask",
         response_model=AskResponse,
-        dependencies=auth,
         tags=["ask/tell"],
         responses={503: {"description": "no batch ready within timeout_s (Retry-After)"}},
     )
@@ -250,7 +234,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
             except TimeoutError:
                 pass
 
-    @app.post(f"{API}/sessions/{{session_id}}/tell", response_model=TellResponse, status_code=202, dependencies=auth, tags=["ask/tell"])
+    @app.post(f"{API}/sessions/{{session_id}}/tell", response_model=TellResponse, status_code=202, tags=["ask/tell"])
     async def tell(session_id: str, body: TellRequest, response: Response):
         code, result = await asyncio.to_thread(service.manager.tell, session_id, body.batch_id, body.series, body.measured_positions_nm)
         response.status_code = code
@@ -262,11 +246,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         responses={200: {"content": {"image/png": {}, "application/x-npy": {}, "application/json": {}}}},
     )
     async def reconstruction(session_id: str, request: Request):
-        with service.manager.lock:
-            s = service.manager.get(session_id)
-            if s.potential is None:
-                raise Problem(409, f"session {session_id} has no reconstruction yet", kind="wrong-state")
-            pot, origin, pixel, n = s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
+        pot, origin, pixel, n = await asyncio.to_thread(service.manager.reconstruction, session_id)
         accept = request.headers.get("accept", "")
         headers = {"X-Reconstructions": str(n), "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
         if "image/png" in accept:

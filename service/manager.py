@@ -8,6 +8,7 @@ outside the lock and hands results back through ``publish``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -19,35 +20,34 @@ import numpy as np
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.receiver import handle_each
 from service.compute import ReconJob, ReconOutput
+from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, PlanRequest, resolve_planner
 from service.problems import Problem
-from service.session import Batch, Session, classify_stream_error
+from service.session import Batch, BatchStatus, Binding, Session, SessionState, classify_stream_error, restored_session
 from service.settings import ServiceSettings
-from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
+from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Binding:
-    """Detector series (endpoint, series) -> one batch of one session: frame index -> slot."""
-
-    session_id: str
-    batch_id: int
-    frame_to_slot: dict[int, int]
-    ended: bool = False
+MAX_CANDIDATES = 4
+"""Frames kept per index of an untold series: a frame refused at the tell (wrong shape, counts too high) must not
+make a valid resend of it a duplicate, so distinct arrivals are kept and the first acceptable one is stored."""
 
 
 @dataclass
 class Buffered:
     """Frames and problems of a series not yet told."""
 
-    frames: dict[int, np.ndarray] = field(default_factory=dict)
-    arrived: dict[int, float] = field(default_factory=dict)
-    """perf_counter() when each frame arrived (a chunk's acquisition time is measured from arrivals, not the tell)."""
+    frames: dict[int, list[tuple[np.ndarray, float]]] = field(default_factory=dict)
+    """per frame index, each arrival (image, perf_counter() when it arrived: a chunk's acquisition time is measured
+    from arrivals, not the tell), oldest first."""
     errors: list[tuple[str, str]] = field(default_factory=list)
     ended: bool = False
+    count: int = 0
+    """frames held."""
+    nbytes: int = 0
+    """bytes of the frames held."""
 
 
 @dataclass
@@ -67,9 +67,13 @@ class SessionManager:
         self.lock = threading.RLock()
         self.work_ready = threading.Condition(self.lock)
         self.sessions: dict[str, Session] = {}
+        """sessions in progress (frames, batches and the latest reconstruction in memory)."""
+        self.finished: dict[str, FinishedSession] = {}
+        """done, stopped or failed sessions: a summary each, their files stay in storage."""
         self.bindings: dict[tuple[str, int], Binding] = {}
         self.buffer: OrderedDict[tuple[str, int], Buffered] = OrderedDict()
         self.buffered_frames = 0
+        self.buffered_bytes = 0
         self.endpoint_errors: dict[str, dict[str, int]] = {}
         self.last_key: dict[str, tuple[str, int]] = {}
         self._logged_errors: dict[str, int] = {}
@@ -97,11 +101,50 @@ class SessionManager:
             return self.storage_error
         return None
 
-    def get(self, sid: str) -> Session:
+    def get(self, sid: str) -> Session | FinishedSession:
         s = self.sessions.get(sid)
+        if s is None:
+            s = self.finished.get(sid)
         if s is None:
             raise Problem(404, f"no session {sid!r}", kind="unknown-session")
         return s
+
+    def statuses(self) -> list[dict]:
+        """The status of every session, in progress and finished."""
+        with self.lock:
+            return [s.status() for s in self.sessions.values()] + [f.status() for f in self.finished.values()]
+
+    def reconstruction(self, sid: str) -> tuple[np.ndarray, tuple[float, float], float, int]:
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far) of session ``sid``; 409 if it has none yet."""
+        with self.lock:
+            s = self.get(sid)
+            if isinstance(s, Session):
+                if s.potential is None:
+                    raise Problem(409, f"session {sid} has no reconstruction yet", kind="wrong-state")
+                return s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
+        try:
+            latest = s.latest_reconstruction()  # outside the lock: a file read
+        except StoreError as err:
+            raise Problem(507, str(err), kind="storage-unavailable") from None
+        if latest is None:
+            raise Problem(409, f"session {sid} has no reconstruction", kind="wrong-state")
+        rec, n = latest
+        return rec.potential, rec.origin_nm, rec.pixel_nm, n
+
+    def _release(self, s: Session) -> None:
+        """A session that ended leaves memory: its file is closed, a summary answers for it, its series are forgotten."""
+        if self.sessions.get(s.session_id) is not s:
+            return
+        del self.sessions[s.session_id]
+        self.finished[s.session_id] = FinishedSession.of(s)
+        s.store.close()
+        for bind in self.bindings.values():
+            if bind.session_id == s.session_id:
+                bind.ended = True  # kept: a late frame of its series is counted against the session, not buffered as untold
+        if s.session_id in self.queue:
+            self.queue.remove(s.session_id)
+        s.patterns = None
+        s.potential = None
 
     def _active_gauge(self) -> None:
         self.metrics.sessions_active.set(sum(1 for s in self.sessions.values() if not s.terminal))
@@ -126,15 +169,16 @@ class SessionManager:
     def _fail(self, s: Session, err: Exception | str) -> None:
         msg = str(err)
         log.error("session %s failed: %s", s.session_id, msg)
-        s.state, s.error = "failed", msg
+        s.state, s.error = SessionState.FAILED, msg
         if isinstance(err, StoreError):
             self.metrics.storage_errors.inc()
             self.storage_error, self.storage_error_at = msg, time.monotonic()
         try:
-            s.store.set_state("failed", msg)
+            s.store.set_state(SessionState.FAILED, msg)
         except StoreError:
             pass
         s.notify()
+        self._release(s)
         self._active_gauge()
 
     # --- sessions --------------------------------------------------------------------
@@ -147,6 +191,12 @@ class SessionManager:
                 raise Problem(409, f"{self.settings.max_sessions} sessions are active already (max_sessions)", kind="too-many-sessions")
             if params["budget"] > self.settings.max_budget:
                 raise Problem(422, f"budget: at most {self.settings.max_budget} positions", kind="invalid-request")
+            if not self.settings.detector_allowed(params["detector_endpoint"]):
+                raise Problem(
+                    422,
+                    f"detector_endpoint: {params['detector_endpoint']} is not an allowed detector (settings detectors, detector_allow)",
+                    kind="invalid-request",
+                )
             self._check_size(params)
             choice = self.planner_for(params["strategy"])
             sid = uuid.uuid4().hex[:16]
@@ -172,11 +222,17 @@ class SessionManager:
 
         k = int(params["detector_pixels"])
         beam = BeamKey(params["energy_ev"], params["convergence_mrad"], k, params["detector_pixel_mrad"], params["defocus_nm"])
-        side = max(params["fov_nm"][2], params["fov_nm"][3]) / beam.pixel_nm + k
+        try:
+            pixel_nm = beam.pixel_nm
+        except (ArithmeticError, ValueError) as err:  # the request model's ranges keep this from happening
+            raise Problem(422, f"energy_ev, detector_pixels, detector_pixel_mrad: no reconstruction pixel ({err})", kind="invalid-request") from None
+        if not (math.isfinite(pixel_nm) and pixel_nm > 0):
+            raise Problem(422, f"energy_ev, detector_pixels, detector_pixel_mrad give a reconstruction pixel of {pixel_nm} nm", kind="invalid-request")
+        side = max(params["fov_nm"][2], params["fov_nm"][3]) / pixel_nm + k
         if not side <= self.settings.max_grid_pixels:
             raise Problem(
                 422,
-                f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {beam.pixel_nm:.4g} nm/pixel (max_grid_pixels {self.settings.max_grid_pixels})",
+                f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {pixel_nm:.4g} nm/pixel (max_grid_pixels {self.settings.max_grid_pixels})",
                 kind="invalid-request",
             )
         stack = int(params["budget"]) * k * k * 4
@@ -186,16 +242,17 @@ class SessionManager:
     def delete(self, sid: str) -> dict:
         with self.lock:
             s = self.get(sid)
-            if not s.terminal:
-                s.state = "stopped"
+            if isinstance(s, Session):
+                s.state = SessionState.STOPPED
                 try:
-                    s.store.set_state("stopped")
+                    s.store.set_state(SessionState.STOPPED)
                     s.store.flush()
                 except StoreError as err:
                     s.error = str(err)
                 s.notify()
+                self._release(s)
             self._active_gauge()
-            return s.status()
+            return self.get(sid).status()
 
     # --- ask / tell ------------------------------------------------------------------
 
@@ -203,14 +260,14 @@ class SessionManager:
         """The batch to acquire now, ``done``, or None (then ``waiter`` = (loop, asyncio.Event) is woken on change)."""
         with self.lock:
             s = self.get(sid)
-            if s.state in ("stopped", "failed"):
+            if s.state in (SessionState.STOPPED, SessionState.FAILED):
                 raise Problem(409, f"session {sid} is {s.state}" + (f": {s.error}" if s.error else ""), kind="wrong-state")
-            if s.state == "done":
+            if s.state == SessionState.DONE:
                 return {"batch_id": None, "positions_nm": [], "done": True}
             b = s.current
-            if b is not None and b.status == "issued":
-                if s.state == "created":
-                    s.state = "acquiring"
+            if b is not None and b.status == BatchStatus.ISSUED:
+                if s.state == SessionState.CREATED:
+                    s.state = SessionState.ACQUIRING
                 missing = s.missing_slots(b)
                 return {"batch_id": b.batch_id, "positions_nm": s.positions_issued[missing].tolist(), "done": False}
             if waiter is not None:
@@ -218,21 +275,32 @@ class SessionManager:
             return None
 
     def tell(self, sid: str, batch_id: int, series: int, measured: list | None) -> tuple[int, dict]:
+        """Bind batch ``batch_id``'s missing slots to detector ``series`` (frame i -> i-th missing slot): (202, body).
+
+        A repeat of the tell that bound the batch (same series; also after a restart or
+        after the series ended short) answers (200, body) and changes nothing. A series is
+        bound once: a tell naming a series bound to another batch is 409, so a frame can
+        never move to another position.
+        """
         with self.lock:
             s = self.get(sid)
-            if s.terminal:
+            if not isinstance(s, Session):
+                if (body := s.repeated_tell(batch_id, series)) is not None:
+                    return 200, body  # a repeat reaching a session that finished meanwhile (e.g. during a restart)
                 raise Problem(409, f"session {sid} is {s.state}", kind="wrong-state")
             if batch_id >= len(s.batches):
                 raise Problem(409, f"batch {batch_id} has not been issued (ask first)", kind="wrong-state")
             b = s.batches[batch_id]
             key = (s.endpoint, series)
-            if b.series == series and b.status != "issued":
-                return 200, self._tell_body(s, b, True)
-            if b.status != "issued":
-                raise Problem(409, f"batch {batch_id} is {b.status} (told with series {b.series})", kind="wrong-state")
             bound = self.bindings.get(key)
-            if bound is not None and (bound.session_id != sid or bound.batch_id != batch_id or bound.ended):
-                raise Problem(409, f"series {series} of {s.endpoint} is already bound to another batch or has ended", kind="series-taken")
+            if bound is not None and bound.session_id == sid and bound.batch_id == batch_id:
+                # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
+                told = b.told_slots if b.series == series else np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
+                return 200, self._tell_body(s, b, series, told)
+            if bound is not None:
+                raise Problem(409, f"series {series} of {s.endpoint} is already bound to another batch", kind="series-taken")
+            if b.status != BatchStatus.ISSUED:
+                raise Problem(409, f"batch {batch_id} is {b.status} (told with series {b.series})", kind="wrong-state")
             missing = s.missing_slots(b)
             meas = None
             if measured is not None:
@@ -240,35 +308,39 @@ class SessionManager:
                 if meas.shape[0] != len(missing):
                     raise Problem(422, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions", kind="invalid-request")
             try:
-                s.store.bind(missing, series, meas)
+                s.store.bind(missing, series, meas, batch_id)
             except StoreError as err:
                 self._fail(s, err)
                 raise Problem(507, str(err), kind="storage-unavailable") from None
             if meas is not None:
                 s.positions_used[missing] = meas
             self.bindings[key] = Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)})
-            b.series, b.told_slots, b.status = series, missing, "told"
-            if s.state == "created":
-                s.state = "acquiring"
+            b.series, b.told_slots, b.status = series, missing, BatchStatus.TOLD
+            if s.state == SessionState.CREATED:
+                s.state = SessionState.ACQUIRING
             buffered = self.buffer.pop(key, None)
             if buffered is not None:
-                self.buffered_frames -= len(buffered.frames)
-                self.metrics.buffered_frames.set(self.buffered_frames)
+                self._unbuffer(buffered)
                 for kind, msg in buffered.errors:
                     s.note_error(kind, msg)
                 for idx in sorted(buffered.frames):
-                    self._store_frame(key, idx, buffered.frames[idx], buffered.arrived[idx])
+                    for image, arrived in buffered.frames[idx]:
+                        if self._store_frame(key, idx, image, arrived):
+                            break
                 if buffered.ended:
                     self._series_end(key)
-            return 202, self._tell_body(s, b, True)
+            return 202, self._tell_body(s, b, series)
 
     @staticmethod
-    def _tell_body(s: Session, b: Batch, accepted: bool) -> dict:
-        told = b.told_slots if b.told_slots is not None else b.slots
+    def _tell_body(s: Session, b: Batch, series: int, told: np.ndarray | None = None) -> dict:
+        """The answer to a tell of ``series`` binding slots ``told`` (default: the batch's last tell's; the batch may have gone back
+        to issued meanwhile: its series ended short)."""
+        if told is None:
+            told = b.told_slots if b.told_slots is not None else b.slots
         return {
             "batch_id": b.batch_id,
-            "series": b.series,
-            "accepted": accepted,
+            "series": series,
+            "accepted": True,
             "frames_expected": len(told),
             "frames_received": int(s.received[told].sum()),
         }
@@ -337,100 +409,147 @@ class SessionManager:
         return entry
 
     def _buffer_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float) -> None:
+        """Hold a frame of a series not told yet; the oldest series go when ``max_buffered_frames`` or ``max_buffered_bytes`` is exceeded."""
         entry = self._buffer_entry(key)
-        if idx in entry.frames:
+        held = entry.frames.setdefault(idx, [])
+        if len(held) >= MAX_CANDIDATES:
             entry.errors.append(("duplicated", f"series {key[1]}: duplicated frame {idx} (before tell)"))
             return
-        entry.frames[idx] = image
-        entry.arrived[idx] = arrived_at
+        held.append((image, arrived_at))
+        entry.count += 1
+        entry.nbytes += image.nbytes
         self.buffered_frames += 1
-        while self.buffered_frames > self.settings.max_buffered_frames and self.buffer:
+        self.buffered_bytes += image.nbytes
+        while (self.buffered_frames > self.settings.max_buffered_frames or self.buffered_bytes > self.settings.max_buffered_bytes) and self.buffer:
             old_key, old = self.buffer.popitem(last=False)
-            self.buffered_frames -= len(old.frames)
-            self.metrics.stream_errors.labels("buffer_overflow").inc(len(old.frames))
+            self._unbuffer(old)
+            self.metrics.stream_errors.labels("buffer_overflow").inc(old.count)
             counts = self.endpoint_errors.setdefault(old_key[0], {})
-            counts["buffer_overflow"] = counts.get("buffer_overflow", 0) + len(old.frames)
-            log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", len(old.frames), old_key[1], old_key[0])
+            counts["buffer_overflow"] = counts.get("buffer_overflow", 0) + old.count
+            log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old_key[1], old_key[0])
         self.metrics.buffered_frames.set(self.buffered_frames)
 
-    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> None:
-        """Put one frame into its session's slot; ``live``: it comes straight from the detector (not from the buffer at a tell).
+    def _unbuffer(self, entry: Buffered) -> None:
+        """Account for ``entry`` leaving the buffer (told or evicted)."""
+        self.buffered_frames -= entry.count
+        self.buffered_bytes -= entry.nbytes
+        self.metrics.buffered_frames.set(self.buffered_frames)
 
+    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> bool:
+        """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell).
+
+        A frame refused (shape, counts) leaves its slot empty: a valid resend is stored.
         A chunk completed by a live frame counts its decision latency from that frame's
         arrival; one completed at a tell (its frames were buffered) from the tell.
         """
         bind = self.bindings[key]
         s = self.sessions.get(bind.session_id)
-        if s is None:
-            return
         slot = bind.frame_to_slot.get(idx)
+        if s is None:  # its session has ended
+            kind = "other" if slot is not None else "unexpected"
+            self.metrics.stream_errors.labels(kind).inc()
+            if (f := self.finished.get(bind.session_id)) is not None:
+                f.note_error(kind, f"series {key[1]}: frame {idx} arrived after the session was {f.state}")
+            return False
         if slot is None:
-            s.note_error("unexpected", f"series {key[1]}: frame {idx} beyond the {len(bind.frame_to_slot)} positions told")
+            s.note_error("unexpected", f"series {key[1]}: frame {idx} is not bound to a position (beyond the series or its series ended short)")
             self.metrics.stream_errors.labels("unexpected").inc()
-            return
+            return False
         if s.received[slot]:
             s.note_error("duplicated", f"series {key[1]}: frame {idx} already stored")
             self.metrics.stream_errors.labels("duplicated").inc()
-            return
-        if s.terminal:
-            s.note_error("other", f"series {key[1]}: frame {idx} arrived after the session was {s.state}")
-            return
+            return False
         if image.shape != (s.k, s.k):
             s.note_error("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
             self.metrics.stream_errors.labels("malformed").inc()
-            return
+            return False
         stored = s.pixel_dtype
         if image.dtype.itemsize > stored.itemsize and (peak := int(image.max())) > np.iinfo(stored).max:
             s.note_error(
                 "malformed", f"series {key[1]}: frame {idx} has counts up to {peak}, more than the session file's {stored.name} holds ({np.iinfo(stored).max})"
             )
             self.metrics.stream_errors.labels("malformed").inc()
-            return
+            return False
         try:
             s.store.write_frame(slot, image)
         except StoreError as err:
             self._fail(s, err)
-            return
+            return False
         s.patterns[slot] = image
         s.received[slot] = True
         s.frames_received += 1
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
         b = s.batches[bind.batch_id]
+        if b.stall_deadline is not None:
+            b.stall_deadline = time.monotonic() + self.settings.resume_told_timeout_s
         b.first_arrival = arrived_at if b.first_arrival is None else min(b.first_arrival, arrived_at)
         b.last_arrival = arrived_at if b.last_arrival is None else max(b.last_arrival, arrived_at)
-        if b.status == "told" and s.batch_complete(b):
-            b.status = "complete"
+        if b.status == BatchStatus.TOLD and s.batch_complete(b):
+            b.status = BatchStatus.COMPLETE
             s.last_frame_at = arrived_at if live else time.perf_counter()
-            s.state = "reconstructing"
+            s.state = SessionState.RECONSTRUCTING
             self.metrics.batches_complete.inc()
             try:
                 s.store.flush()
                 s.frames_persisted = s.frames_received
             except StoreError as err:
                 self._fail(s, err)
-                return
+                return True
             self._enqueue(s)
             s.notify()
+        return True
 
     def _series_end(self, key: tuple[str, int]) -> None:
+        """The detector ended series ``key``: a told batch still missing frames of it goes back to issued.
+
+        Its missing slots are unbound (in memory and in the file), so a late frame of the
+        ended series is refused rather than stored where a new tell's series belongs, and
+        a restart re-issues them instead of waiting for them.
+        """
         bind = self.bindings[key]
         bind.ended = True
         s = self.sessions.get(bind.session_id)
         if s is None or s.terminal:
             return
         b = s.batches[bind.batch_id]
-        if b.status == "told" and not s.batch_complete(b):
-            n = int((~s.received[b.slots]).sum())
-            s.note_error("reissued", f"series {key[1]} ended with {n} position(s) of batch {b.batch_id} missing; batch re-issued")
-            b.status, b.series = "issued", None
-            s.state = "acquiring"
+        if b.status == BatchStatus.TOLD and b.series == key[1] and not s.batch_complete(b):
+            missing = s.missing_slots(b)
+            s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {b.batch_id} missing; batch re-issued")
+            lost = {int(v) for v in missing}
+            bind.frame_to_slot = {i: slot for i, slot in bind.frame_to_slot.items() if slot not in lost}
+            try:
+                s.store.unbind(missing, b.batch_id)
+            except StoreError as err:
+                self._fail(s, err)
+                return
+            b.status, b.series = BatchStatus.ISSUED, None
+            s.state = SessionState.ACQUIRING
             s.notify()
+
+    def reissue_stalled(self) -> int:
+        """Re-issue the told batches resumed from a restart whose series sent none of their missing frames in time; returns how many.
+
+        The old process may have received (and lost) a series' last frames and its end;
+        the detector will not send them again, so their positions are acquired anew.
+        """
+        now, n = time.monotonic(), 0
+        with self.lock:
+            for s in list(self.sessions.values()):
+                for b in s.batches:
+                    if b.stall_deadline is not None and b.stall_deadline < now:
+                        b.stall_deadline = None
+                        key = (s.endpoint, b.series)
+                        if b.status == BatchStatus.TOLD and key in self.bindings:
+                            s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
+                            self._series_end(key)
+                            n += 1
+        return n
 
     def flush_all(self) -> None:
         """Flush every session with unflushed frames (the flusher thread calls this)."""
         with self.lock:
-            for s in self.sessions.values():
+            for s in list(self.sessions.values()):
                 if not s.terminal and s.frames_persisted != s.frames_received:
                     try:
                         s.store.flush()
@@ -472,12 +591,12 @@ class SessionManager:
             x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
             pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
             previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
-            n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == "reconstructed" and init is not None else 0
+            n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == BatchStatus.RECONSTRUCTED and init is not None else 0
             job = ReconJob(
                 s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id, acquisition_s=_acquisition_s(b)
             )
         plan = None
-        needs_plan = b is not None or not s.batches or s.current.status == "reconstructed"
+        needs_plan = b is not None or not s.batches or s.current.status == BatchStatus.RECONSTRUCTED
         if needs_plan and n < s.budget:
             plan = PlanRequest(
                 s.fov, s.budget, s.chunk, len(s.batches), s.positions_used[:n].copy(), None,
@@ -504,40 +623,91 @@ class SessionManager:
                     s.potential, s.grid_origin_nm, s.grid_pixel_nm = recon.potential, recon.origin_nm, recon.pixel_nm
                     s.loss_history = recon.loss_history
                     s.n_reconstructed += 1
-                    b.status = "reconstructed"
+                    b.status = BatchStatus.RECONSTRUCTED
                 if positions is not None and len(positions):
                     s.store.append_batch(len(s.batches), positions)
                     s.add_batch(len(s.batches), positions)
                     self.metrics.batches_issued.inc()
-                    if s.state != "created":
-                        s.state = "acquiring"
+                    if s.state != SessionState.CREATED:
+                        s.state = SessionState.ACQUIRING
                     if item.last_frame_at is not None:
                         latency = time.perf_counter() - item.last_frame_at
                         self.metrics.decision_seconds.observe(latency)
                         self.decision_samples.append(latency)
-                elif s.n_issued >= s.budget and all(b.status == "reconstructed" for b in s.batches):
-                    s.state = "done"
-                    s.store.set_state("done")
-                    self._active_gauge()
-                if s.state != "done":
+                elif s.n_issued >= s.budget and all(b.status == BatchStatus.RECONSTRUCTED for b in s.batches):
+                    s.state = SessionState.DONE
+                    s.store.set_state(SessionState.DONE)
+                    s.store.flush()
+                if s.state != SessionState.DONE:
                     s.store.set_state(s.state)
             except StoreError as err:
                 self._fail(s, err)
+                return
+            if s.state == SessionState.DONE:
+                s.notify()
+                self._release(s)
+                self._active_gauge()
                 return
             if s.pending_reconstruction() is not None:
                 self._enqueue(s)
             s.notify()
 
     def restore(self) -> int:
-        """Load every session file in storage; resume the unfinished ones. Returns sessions loaded."""
-        from service.resume import restore_sessions
+        """Load the session files in storage; returns how many were loaded.
 
-        return restore_sessions(self)
+        An unfinished session is rebuilt (frames, batches, series bindings, latest
+        reconstruction: ``service.session.restored_session``) and resumed; of a finished
+        one only a summary is read.
+        """
+        n = 0
+        for path in session_files(self.settings.storage):
+            try:
+                if SessionState(read_state(path)) in (SessionState.DONE, SessionState.STOPPED, SessionState.FAILED):
+                    summary = read_summary(path)
+                    with self.lock:
+                        self.finished[summary.session_id] = FinishedSession.from_file(summary, path)
+                else:
+                    store, stored = SessionStore.open(path)
+                    with self.lock:
+                        self.adopt(*restored_session(stored, store, self.planner_for(stored.params["strategy"])))
+            except (StoreError, ValueError) as err:
+                self.load_errors.append(str(err))
+                log.error("%s: %s", path, err)
+                continue
+            n += 1
+        with self.lock:
+            self._active_gauge()
+            endpoints = {s.endpoint for s in self.sessions.values()}
+        for ep in endpoints:
+            if self.on_endpoint is not None:
+                self.on_endpoint(ep)
+        return n
+
+    def adopt(self, s: Session, bindings: dict[int, Binding]) -> None:
+        """Take over a session rebuilt from its file and its series bindings; queue the work it awaits."""
+        with self.lock:
+            self.sessions[s.session_id] = s
+            for series, bind in bindings.items():
+                self.bindings[(s.endpoint, series)] = bind
+            if s.terminal:
+                try:
+                    s.store.set_state(s.state, s.error)  # a session found finished at restore (its last chunk was reconstructed)
+                except StoreError as err:
+                    log.error("%s", err)
+                self._release(s)
+                return
+            deadline = time.monotonic() + self.settings.resume_told_timeout_s
+            for b in s.batches:
+                if b.status == BatchStatus.TOLD:
+                    b.stall_deadline = deadline
+            if s.pending_reconstruction() is not None or not s.batches or (s.current.status == BatchStatus.RECONSTRUCTED and s.n_issued < s.budget):
+                self._enqueue(s)
+            log.info("resumed session %s (%d/%d frames, state %s)", s.session_id, s.frames_received, s.budget, s.state)
 
     def close(self) -> None:
         with self.lock:
             self.accepting = False
-            for s in self.sessions.values():  # SessionStore.close never raises: one full disk must not leave the other files open
+            for s in list(self.sessions.values()):  # SessionStore.close never raises: one full disk must not leave the other files open
                 s.notify()
                 s.store.close()
 

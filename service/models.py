@@ -10,7 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from detector_stream.endpoints import check_endpoint
 
 Strategy = Literal["adaptive", "structure-guided", "sparse-grid"]
-SessionState = Literal["created", "acquiring", "reconstructing", "done", "stopped", "failed"]
+
+FOV_ORIGIN_MAX_NM = 1e6
+"""|x0|, |y0| of a field of view at most 1 mm (a stage's travel): beyond it float64 positions lose the pm a probe step needs."""
+FOV_SIDE_MAX_NM = 1e4
+"""width, height of a field of view at most 10 um (the grid limit, max_grid_pixels, usually bites first)."""
+ENERGY_EV = (1e3, 1e6)
+"""beam energy range, eV (1 keV - 1 MeV; microscopes run 20-300 keV)."""
+CONVERGENCE_MAX_MRAD = 200.0
+DETECTOR_PIXEL_MAX_MRAD = 100.0
+DEFOCUS_MAX_NM = 1e5
+"""|defocus| at most 100 um."""
 
 
 class SessionCreate(BaseModel):
@@ -23,11 +33,11 @@ class SessionCreate(BaseModel):
     budget: int = Field(250, ge=1, description="total probe positions (paper: 250-500)")
     chunk: int = Field(50, ge=1, description="positions per batch / reconstruction (paper: 50-100)")
     strategy: Strategy = Field("adaptive", description="adaptive (GRU policy), structure-guided (non-learned, from the live reconstruction) or sparse-grid")
-    energy_ev: float = Field(60_000.0, gt=0, description="beam energy, eV")
-    convergence_mrad: float = Field(33.0, gt=0, description="probe convergence semi-angle, mrad")
+    energy_ev: float = Field(60_000.0, ge=ENERGY_EV[0], le=ENERGY_EV[1], description="beam energy, eV (1 keV - 1 MeV)")
+    convergence_mrad: float = Field(33.0, gt=0, le=CONVERGENCE_MAX_MRAD, description="probe convergence semi-angle, mrad (at most 200)")
     detector_pixels: int = Field(64, ge=4, le=1024, description="K: patterns are K x K after binning")
-    detector_pixel_mrad: float = Field(1.68, gt=0, description="detector pixel after binning, mrad")
-    defocus_nm: float = Field(0.0, description="probe defocus, nm")
+    detector_pixel_mrad: float = Field(1.68, gt=0, le=DETECTOR_PIXEL_MAX_MRAD, description="detector pixel after binning, mrad (at most 100)")
+    defocus_nm: float = Field(0.0, ge=-DEFOCUS_MAX_NM, le=DEFOCUS_MAX_NM, description="probe defocus, nm (|defocus| at most 100 um)")
     detector_bit_depth: Literal[8, 16, 32] = Field(
         32,
         description="bits per pixel of the detector's frames (SIMPLON bit_depth_image): the session file stores counts as uint16 (8, 16)"
@@ -46,13 +56,10 @@ class SessionCreate(BaseModel):
             raise ValueError("must be finite numbers")
         if v[2] <= 0 or v[3] <= 0:
             raise ValueError("width and height must be positive")
-        return v
-
-    @field_validator("energy_ev", "convergence_mrad", "detector_pixel_mrad", "defocus_nm")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
+        if abs(v[0]) > FOV_ORIGIN_MAX_NM or abs(v[1]) > FOV_ORIGIN_MAX_NM:
+            raise ValueError(f"x0 and y0 must be within +-{FOV_ORIGIN_MAX_NM:g} nm")
+        if v[2] > FOV_SIDE_MAX_NM or v[3] > FOV_SIDE_MAX_NM:
+            raise ValueError(f"width and height must be at most {FOV_SIDE_MAX_NM:g} nm")
         return v
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ import numpy as np
 from service.compute import ReconBackend, ReconOutput
 from service.manager import SessionManager, WorkItem
 from service.metrics import ServiceMetrics
+from service.planner import PlanRequest
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Scheduler:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
             self.manager.flush_all()
+            self.manager.reissue_stalled()
 
     @property
     def finishing(self) -> int:
@@ -144,54 +146,67 @@ class Scheduler:
             self.manager.publish(f.item, dataclasses.replace(f.output, loss_history=f.losses), None)
 
     def _round(self, items: list[WorkItem]) -> None:
-        recon_items = [it for it in items if it.job is not None]
-        outputs: dict[int, object] = {}
-        if recon_items:
+        """Reconstruct the items' chunks in one batched call, plan, publish. A session whose job or plan raises fails alone."""
+        outputs: list[ReconOutput | None] = [None] * len(items)
+        failed: dict[int, str] = {}
+        recon_idx = [i for i, it in enumerate(items) if it.job is not None]
+        if recon_idx:
             t0 = time.perf_counter()
             reduced_before = getattr(self.backend, "reduced_updates", 0)
-            try:
-                results = self.backend.reconstruct([it.job for it in recon_items])
-            except Exception as err:
-                log.exception("batched reconstruction failed")
-                for it in recon_items:
-                    self.manager.publish(it, None, None, error=f"reconstruction failed: {type(err).__name__}: {err}")
-                items = [it for it in items if it.job is None]
-                results = []
+            results, errors = self._isolated(lambda idx: self.backend.reconstruct([items[i].job for i in idx]), recon_idx, "reconstruction")
+            self.metrics.recon_seconds.observe(time.perf_counter() - t0)
+            self.metrics.recon_sessions.observe(len(recon_idx))
+            self.metrics.recon_reduced.inc(getattr(self.backend, "reduced_updates", 0) - reduced_before)
+            for i, res in results.items():
+                outputs[i] = res
+            failed.update(errors)
+        positions = self._plan(items, outputs, failed)
+        for i, it in enumerate(items):
+            if i in failed:
+                self.manager.publish(it, None, None, error=failed[i])
             else:
-                self.metrics.recon_seconds.observe(time.perf_counter() - t0)
-                self.metrics.recon_sessions.observe(len(recon_items))
-                self.metrics.recon_reduced.inc(getattr(self.backend, "reduced_updates", 0) - reduced_before)
-            for it, res in zip(recon_items, results, strict=False):
-                outputs[id(it)] = res
-        positions = self._plan(items, outputs)
-        for it in items:
-            self.manager.publish(it, outputs.get(id(it)), positions.get(id(it)))
+                self.manager.publish(it, outputs[i], positions.get(i))
 
-    def _plan(self, items: list[WorkItem], outputs: dict) -> dict[int, np.ndarray]:
-        groups: dict[int, list[WorkItem]] = {}
-        for it in items:
-            if it.plan is not None:
-                res = outputs.get(id(it))
-                if res is not None:
-                    it.plan.potential = res.potential
-                    it.plan.grid_origin_nm = res.origin_nm
-                    it.plan.grid_pixel_nm = res.pixel_nm
-                groups.setdefault(id(it.planner), []).append(it)
-        out: dict[int, np.ndarray] = {}
-        for group in groups.values():
-            planner = group[0].planner
-            t0 = time.perf_counter()
-            try:
-                planned = planner.plan([it.plan for it in group])
-            except Exception as err:
-                log.exception("planner %s failed", getattr(planner, "name", planner))
-                for it in group:
-                    self.manager.publish(it, outputs.pop(id(it), None), None, error=f"planner failed: {type(err).__name__}: {err}")
-                    items.remove(it)
+    @staticmethod
+    def _isolated(call, idx: list[int], what: str) -> tuple[dict[int, object], dict[int, str]]:
+        """``call(idx)`` -> one result per index; if it raises, each index is retried alone so that only the culprits fail.
+
+        Returns (results by index, error message by index).
+        """
+        try:
+            return dict(zip(idx, call(idx), strict=True)), {}
+        except Exception as err:
+            if len(idx) == 1:
+                log.exception("%s failed", what)
+                return {}, {idx[0]: f"{what} failed: {type(err).__name__}: {err}"}
+            log.warning("batched %s of %d sessions failed (%s: %s); retrying each alone", what, len(idx), type(err).__name__, err)
+        results: dict[int, object] = {}
+        errors: dict[int, str] = {}
+        for i in idx:
+            res, err = Scheduler._isolated(call, [i], what)
+            results.update(res)
+            errors.update(err)
+        return results, errors
+
+    def _plan(self, items: list[WorkItem], outputs: list[ReconOutput | None], failed: dict[int, str]) -> dict[int, np.ndarray]:
+        """Next positions by item index, one planner call per planner; a failing plan fails its session (into ``failed``)."""
+        requests: dict[int, PlanRequest] = {}
+        groups: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            if it.plan is None or i in failed:
                 continue
+            res = outputs[i]
+            requests[i] = it.plan if res is None else dataclasses.replace(it.plan, potential=res.potential, grid_origin_nm=res.origin_nm, grid_pixel_nm=res.pixel_nm)
+            groups.setdefault(id(it.planner), []).append(i)
+        out: dict[int, np.ndarray] = {}
+        for idx in groups.values():
+            planner = items[idx[0]].planner
+            t0 = time.perf_counter()
+            planned, errors = self._isolated(lambda sel, planner=planner: planner.plan([requests[i] for i in sel]), idx, "planner")
             self.metrics.policy_seconds.observe(time.perf_counter() - t0)
-            for it, pos in zip(group, planned, strict=True):
-                out[id(it)] = _clip(np.asarray(pos, dtype=np.float64).reshape(-1, 2), it.plan.fov_nm)
+            failed.update(errors)
+            for i, pos in planned.items():
+                out[i] = _clip(np.asarray(pos, dtype=np.float64).reshape(-1, 2), requests[i].fov_nm)
         return out
 
 

@@ -12,15 +12,40 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from detector_stream.events import StreamError
 from service.compute import BeamKey
 from service.planner import PlannerChoice
-from service.store import SessionStore, pixel_dtype
+from service.store import SessionStore, StoredSession, pixel_dtype
 
-TERMINAL = ("done", "stopped", "failed")
+
+class SessionState(StrEnum):
+    """Where a session is: created -> acquiring <-> reconstructing -> done | stopped | failed."""
+
+    CREATED = "created"
+    ACQUIRING = "acquiring"
+    RECONSTRUCTING = "reconstructing"
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class BatchStatus(StrEnum):
+    """Where a batch is: issued (awaiting tell) -> told (awaiting frames) -> complete (awaiting reconstruction) -> reconstructed.
+
+    A told batch whose series ended with positions missing goes back to issued.
+    """
+
+    ISSUED = "issued"
+    TOLD = "told"
+    COMPLETE = "complete"
+    RECONSTRUCTED = "reconstructed"
+
+
+TERMINAL = (SessionState.DONE, SessionState.STOPPED, SessionState.FAILED)
 ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")
 
 
@@ -47,12 +72,25 @@ def classify_stream_error(error: StreamError | str) -> str:
 
 
 @dataclass
+class Binding:
+    """Detector series (endpoint, series) -> one batch of one session: frame index -> slot.
+
+    A series is bound once (at its tell) and never re-bound: frame i of series S is
+    always stored at the slot bound to (S, i).
+    """
+
+    session_id: str
+    batch_id: int
+    frame_to_slot: dict[int, int]
+    ended: bool = False
+
+
+@dataclass
 class Batch:
     batch_id: int
     slots: np.ndarray
     """global slot indices of this batch."""
-    status: str = "issued"
-    """issued (awaiting tell) | told (awaiting frames) | complete (awaiting reconstruction) | reconstructed."""
+    status: BatchStatus = BatchStatus.ISSUED
     series: int | None = None
     told_slots: np.ndarray | None = None
     """slots bound by the last tell (frame i -> told_slots[i])."""
@@ -61,6 +99,9 @@ class Batch:
     """perf_counter() when the earliest of the batch's frames arrived (at ingest, even if it was buffered until the tell)."""
     last_arrival: float | None = None
     """perf_counter() when the latest of them arrived (last - first: the chunk's acquisition time)."""
+    stall_deadline: float | None = None
+    """monotonic() after which a told batch resumed from a restart, still missing frames, is re-issued
+    (its series' last frames may have died with the old process); None: no deadline."""
 
 
 @dataclass
@@ -69,7 +110,7 @@ class Session:
     params: dict
     planner: PlannerChoice
     store: SessionStore
-    state: str = "created"
+    state: SessionState = SessionState.CREATED
     error: str | None = None
     created_unix: float = field(default_factory=time.time)
     positions_issued: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
@@ -149,7 +190,7 @@ class Session:
     def pending_reconstruction(self) -> Batch | None:
         """The oldest batch whose frames are all in but is not reconstructed."""
         for b in self.batches:
-            if b.status == "complete":
+            if b.status == BatchStatus.COMPLETE:
                 return b
         return None
 
@@ -190,7 +231,7 @@ class Session:
         cur = self.current
         return {
             "session_id": self.session_id,
-            "state": self.state,
+            "state": str(self.state),
             "error": self.error,
             "params": self.params,
             "strategy": {
@@ -209,7 +250,7 @@ class Session:
             if cur is None
             else {
                 "batch_id": cur.batch_id,
-                "status": cur.status,
+                "status": str(cur.status),
                 "series": cur.series,
                 "size": len(cur.slots),
                 "frames_missing": int((~self.received[cur.slots]).sum()),
@@ -225,5 +266,71 @@ class Session:
                 "final_loss": self.loss_history[-1] if self.loss_history else None,
             },
             "created_unix": self.created_unix,
-            "file": str(self.store.path),
+            "file": self.store.path.name,
         }
+
+
+def restored_session(st: StoredSession, store: SessionStore, planner: PlannerChoice) -> tuple[Session, dict[int, Binding]]:
+    """A session rebuilt from its file after a restart (or kill -9), and its series bindings by series number.
+
+    Batches: ``reconstructed`` if a reconstruction of theirs is stored, ``complete`` if
+    every frame is in, ``told`` if their missing slots are bound to the series of their
+    last tell (frames of that series still complete them), else ``issued`` (``ask``
+    re-issues the missing positions under the same ``batch_id``). Every stored binding
+    is kept, so late frames of a told series land in their own slots and a repeated
+    tell is recognised as one.
+    """
+    s = Session(st.session_id, st.params, planner, store, state=SessionState(st.state), error=st.error, created_unix=st.created_unix)
+    s.positions_issued = st.positions_issued
+    s.positions_used = np.where(np.isnan(st.positions_measured), st.positions_issued, st.positions_measured)
+    s.received = st.received.copy()
+    s.patterns = np.zeros((max(s.budget, s.n_issued), s.k, s.k), np.float32)
+    s.patterns[: len(st.patterns)] = st.patterns
+    s.frames_received = s.frames_persisted = int(s.received.sum())
+    done_batches = set(st.reconstructed_batches)
+    bindings: dict[int, Binding] = {}
+    for bid in (np.unique(st.slot_batch) if len(st.slot_batch) else []):
+        slots = np.flatnonzero(st.slot_batch == bid)
+        b = Batch(int(bid), slots)
+        missing = slots[~s.received[slots]]
+        told = _last_told_series(st, int(bid), slots, missing)
+        if told is not None:
+            b.series, b.told_slots = told, slots[st.slot_series[slots] == told]
+        if int(bid) in done_batches:
+            b.status = BatchStatus.RECONSTRUCTED
+        elif len(missing) == 0:
+            b.status = BatchStatus.COMPLETE
+        elif told is not None and (st.slot_series[missing] == told).all():
+            b.status = BatchStatus.TOLD
+        else:
+            b.series = None
+        s.batches.append(b)
+        for series in {int(v) for v in st.slot_series[slots] if v >= 0}:
+            sel = slots[st.slot_series[slots] == series]
+            bindings[series] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel})
+    if st.latest_reconstruction is not None:
+        last = st.latest_reconstruction
+        s.potential, s.grid_origin_nm, s.grid_pixel_nm, s.loss_history = last.potential, last.origin_nm, last.pixel_nm, last.loss_history
+        s.n_reconstructed = len(st.reconstructed_batches)
+    if not s.terminal:
+        if s.pending_reconstruction() is not None:
+            s.state = SessionState.RECONSTRUCTING
+        elif s.batches and s.current.status == BatchStatus.RECONSTRUCTED and s.n_issued >= s.budget:
+            s.state = SessionState.DONE
+        elif s.state == SessionState.RECONSTRUCTING:
+            s.state = SessionState.ACQUIRING
+    return s, bindings
+
+
+def _last_told_series(st: StoredSession, batch_id: int, slots: np.ndarray, missing: np.ndarray) -> int | None:
+    """The series of batch ``batch_id``'s last tell, None if it awaits one.
+
+    From ``batch_series``; in older files, the one series its missing slots are bound to
+    (or, for a batch with every frame in, the series of its last slot).
+    """
+    if st.batch_series is not None and batch_id < len(st.batch_series):
+        v = int(st.batch_series[batch_id])
+        return v if v >= 0 else None
+    pool = st.slot_series[missing] if len(missing) else st.slot_series[slots[-1:]]
+    values = {int(v) for v in pool}
+    return values.pop() if len(values) == 1 and min(values) >= 0 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Literal
 
@@ -20,11 +21,24 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one)")
     storage: Path = Field(Path("out/sessions"), description="folder of the session files (one HDF5 file per session)")
-    api_keys: list[str] = Field(default_factory=list, description="accepted API keys for state-changing calls")
-    detectors: list[str] = Field(default_factory=list, description="detector stream endpoints to connect at start (tcp://host:port)")
+    api_keys: list[str] = Field(default_factory=list, description="API keys with scope 'control' (create, ask, tell, delete) and 'read'")
+    read_api_keys: list[str] = Field(default_factory=list, description="API keys with scope 'read' only (GET under /api/v1)")
+    open_reads: bool = Field(True, description="GET under /api/v1 needs no key (false: a key with scope 'read' or 'control')")
+    max_request_bytes: int = Field(1024**2, ge=1024, description="largest request body, bytes (413 beyond; read only after the key was accepted)")
+    detectors: list[str] = Field(default_factory=list, description="detector stream endpoints to connect at start (tcp://host:port); always allowed")
+    detector_allow: list[str] = Field(
+        default_factory=lambda: ["tcp://127.0.0.1:*", "tcp://localhost:*", "tcp://[::1]:*"],
+        description="shell-style patterns (fnmatch) of the detector endpoints a session may name, besides `detectors`; default: loopback TCP only",
+    )
     ask_timeout_s: float = Field(10.0, gt=0, le=300, description="default long-poll of ask before 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 from ask")
     max_buffered_frames: int = Field(20_000, ge=1, description="frames kept for series not yet told (all endpoints together)")
+    max_buffered_bytes: int = Field(
+        512 * 1024**2, ge=1, description="bytes of decoded frames kept for series not yet told (all endpoints together); the oldest series go first"
+    )
+    resume_told_timeout_s: float = Field(
+        10.0, gt=0, description="after a restart, a told batch whose series sends none of its missing frames for this long (s) is re-issued"
+    )
     flush_interval_s: float = Field(0.2, gt=0, description="frames received are flushed to disk at least this often (s)")
     max_sessions: int = Field(64, ge=1, description="active sessions at most")
     max_budget: int = Field(20_000, ge=1, description="largest budget (positions) a session may ask for")
@@ -57,6 +71,10 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _endpoints(cls, v: list[str]) -> list[str]:
         return [check_endpoint(ep) for ep in v]
+
+    def detector_allowed(self, endpoint: str) -> bool:
+        """A session may stream from ``endpoint``: one of ``detectors`` or matching a ``detector_allow`` pattern (case-sensitive)."""
+        return endpoint in self.detectors or any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in self.detector_allow)
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServiceSettings:

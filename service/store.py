@@ -4,6 +4,8 @@ Layout beyond the dataset format (which ``recon.dataset.read_dataset`` reads onc
 session is complete): ``positions_issued_nm`` and ``positions_measured_nm`` (NaN where
 the scan reported none), per slot (position index) ``slot_batch``, ``slot_series``,
 ``slot_frame`` (which detector series/frame fills it, -1 if unbound) and ``received``;
+per batch ``batch_series`` (the series of its last tell still awaiting frames or that
+completed it, -1 if none: files written before it existed lack it);
 ``reconstructions/chunk_NNNN/phase`` (with ``pixel_nm``, ``origin_nm``,
 ``n_positions``, ``loss_history``, ``policy_version``); session parameters, state and
 error as root attributes. ``flush`` is called after every chunk and on a timer, so a
@@ -61,7 +63,118 @@ class StoredSession:
     slot_frame: np.ndarray
     received: np.ndarray
     patterns: np.ndarray
-    reconstructions: list[StoredReconstruction] = field(default_factory=list)
+    """(n_issued, K, K) counts in the file's pixel type."""
+    batch_series: np.ndarray | None = None
+    """per batch, the series of its last tell (-1: none); None in files written before it was kept."""
+    reconstructed_batches: list[int] = field(default_factory=list)
+    """batch ids of the stored reconstructions, in order."""
+    latest_reconstruction: StoredReconstruction | None = None
+    """the last stored reconstruction (earlier ones stay on disk: a resumed session needs only the latest)."""
+
+
+@dataclass
+class SessionSummary:
+    """What a finished session's status needs, read without its frames (a few hundred bytes in memory)."""
+
+    session_id: str
+    params: dict
+    state: str
+    error: str | None
+    planner: dict
+    created_unix: float
+    positions_issued: int
+    frames_received: int
+    batches_issued: int
+    batches_reconstructed: int
+    reconstruction: dict | None
+    """shape, pixel_nm, origin_nm, final_loss of the latest reconstruction, or None."""
+    tells: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """batch id -> (series of its last tell, slots bound to it): a repeated tell of a finished session is recognised."""
+
+
+def _check_format(f: h5py.File, path: Path):
+    a = f.attrs
+    if a.get("format") != FORMAT_NAME or "session_id" not in a:
+        raise StoreError(f"{path.name}: not a ptychoscan session file")
+    return a
+
+
+def _read_reconstruction(ds: h5py.Dataset) -> StoredReconstruction:
+    return StoredReconstruction(
+        int(ds.attrs["batch_id"]),
+        ds[()],
+        tuple(float(v) for v in ds.attrs["origin_nm"]),
+        float(ds.attrs["pixel_nm"]),
+        int(ds.attrs["n_positions"]),
+        [float(v) for v in ds.attrs["loss_history"]],
+        str(ds.attrs["policy_version"]),
+    )
+
+
+def read_state(path: Path) -> str:
+    """The state attribute of a session file (opened read-only, nothing else read); StoreError if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(_check_format(f, Path(path))["state"])
+    except (OSError, KeyError, ValueError) as err:
+        raise StoreError(f"{Path(path).name}: cannot read session file ({_why(err, Path(path))})") from None
+
+
+def read_summary(path: Path) -> SessionSummary:
+    """A finished session's summary: attributes and counts, no frames, no reconstruction arrays (read-only)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            a = _check_format(f, path)
+            recons = f["reconstructions"]
+            names = sorted(recons)
+            latest = None
+            if names:
+                ds = recons[names[-1]]["phase"]
+                losses = ds.attrs["loss_history"]
+                latest = {
+                    "shape": list(ds.shape),
+                    "pixel_nm": float(ds.attrs["pixel_nm"]),
+                    "origin_nm": [float(v) for v in ds.attrs["origin_nm"]],
+                    "final_loss": float(losses[-1]) if len(losses) else None,
+                }
+            slot_batch = f["slot_batch"][()]
+            slot_series = f["slot_series"][()]
+            tells = {}
+            if "batch_series" in f:
+                for bid, series in enumerate(f["batch_series"][()]):
+                    if series >= 0:
+                        tells[bid] = (int(series), int(((slot_batch == bid) & (slot_series == series)).sum()))
+            return SessionSummary(
+                session_id=str(a["session_id"]),
+                params=json.loads(a["session_params"]),
+                state=str(a["state"]),
+                error=str(a["error"]) or None,
+                planner=json.loads(a["planner"]),
+                created_unix=float(a["created_unix"]),
+                positions_issued=int(f["positions_issued_nm"].shape[0]),
+                frames_received=int(f["received"][()].astype(bool).sum()),
+                batches_issued=len(np.unique(slot_batch)),
+                batches_reconstructed=len(names),
+                reconstruction=latest,
+                tells=tells,
+            )
+    except StoreError:
+        raise
+    except (OSError, KeyError, ValueError, IndexError) as err:
+        raise StoreError(f"{path.name}: damaged session file ({_why(err, path)})") from None
+
+
+def read_latest_reconstruction(path: Path) -> tuple[StoredReconstruction, int] | None:
+    """(the latest reconstruction, how many are stored) of a session file, None if it has none (read-only)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            recons = f["reconstructions"]
+            names = sorted(recons)
+            return (_read_reconstruction(recons[names[-1]]["phase"]), len(names)) if names else None
+    except (OSError, KeyError, ValueError) as err:
+        raise StoreError(f"{path.name}: cannot read reconstruction ({_why(err, path)})") from None
 
 
 def _runs(slots: np.ndarray):
@@ -96,6 +209,15 @@ def _grow(ds: h5py.Dataset, n: int) -> int:
 
 def _resize_append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     _write_rows(ds, _grow(ds, rows.shape[0]), rows)
+
+
+def _why(err: BaseException, path: Path) -> str:
+    """``err``'s message without the absolute path of the file or its folder (messages reach API responses)."""
+    text = str(err)
+    for p in (str(Path(path).resolve()), str(path), str(Path(path).resolve().parent), str(Path(path).parent)):
+        if p not in ("", "."):
+            text = text.replace(p, "<storage>" if not p.endswith(Path(path).name) else Path(path).name)
+    return text
 
 
 def pixel_dtype(params: dict) -> np.dtype:
@@ -151,37 +273,25 @@ class SessionStore:
                 f.create_dataset(name, (0, 2), maxshape=_GROWABLE_2, dtype=np.float64, chunks=(256, 2))
             for name, dt in (("slot_batch", np.int32), ("slot_series", np.int64), ("slot_frame", np.int64), ("received", np.uint8)):
                 f.create_dataset(name, (0,), maxshape=(None,), dtype=dt, chunks=(256,))
+            f.create_dataset("batch_series", (0,), maxshape=(None,), dtype=np.int64, chunks=(256,))
             f.create_group("reconstructions")
             f.flush()
         except OSError as err:
-            raise StoreError(f"{path}: cannot create session file ({err})") from None
+            raise StoreError(f"{path.name}: cannot create session file ({_why(err, path)})") from None
         return cls(path, f)
 
     @classmethod
     def open(cls, path: Path) -> tuple[SessionStore, StoredSession]:
+        """Reopen a session file for writing and read what resuming it needs (its frames and its latest reconstruction only)."""
         path = Path(path)
         try:
             f = h5py.File(path, "a")
         except OSError as err:
-            raise StoreError(f"{path}: cannot open session file ({err})") from None
+            raise StoreError(f"{path.name}: cannot open session file ({_why(err, path)})") from None
         try:
-            a = f.attrs
-            if a.get("format") != FORMAT_NAME or "session_id" not in a:
-                raise StoreError(f"{path}: not a ptychoscan session file")
-            recons = []
-            for name in sorted(f["reconstructions"]):
-                ds = f["reconstructions"][name]["phase"]
-                recons.append(
-                    StoredReconstruction(
-                        int(ds.attrs["batch_id"]),
-                        ds[()],
-                        tuple(float(v) for v in ds.attrs["origin_nm"]),
-                        float(ds.attrs["pixel_nm"]),
-                        int(ds.attrs["n_positions"]),
-                        [float(v) for v in ds.attrs["loss_history"]],
-                        str(ds.attrs["policy_version"]),
-                    )
-                )
+            a = _check_format(f, path)
+            recons = f["reconstructions"]
+            names = sorted(recons)
             stored = StoredSession(
                 session_id=str(a["session_id"]),
                 params=json.loads(a["session_params"]),
@@ -196,14 +306,16 @@ class SessionStore:
                 slot_frame=f["slot_frame"][()],
                 received=f["received"][()].astype(bool),
                 patterns=f["patterns"][()],
-                reconstructions=recons,
+                batch_series=f["batch_series"][()] if "batch_series" in f else None,
+                reconstructed_batches=[int(recons[name]["phase"].attrs["batch_id"]) for name in names],
+                latest_reconstruction=_read_reconstruction(recons[names[-1]]["phase"]) if names else None,
             )
         except StoreError:
             f.close()
             raise
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, IndexError) as err:
             f.close()
-            raise StoreError(f"{path}: damaged session file ({err})") from None
+            raise StoreError(f"{path.name}: damaged session file ({_why(err, path)})") from None
         return cls(path, f), stored
 
     # --- writes ----------------------------------------------------------------------
@@ -223,12 +335,29 @@ class SessionStore:
             _resize_append(self._ds("slot_series"), np.full(n, -1, np.int64))
             _resize_append(self._ds("slot_frame"), np.full(n, -1, np.int64))
             _resize_append(self._ds("received"), np.zeros(n, np.uint8))
+            batches = self._batch_series()
+            if batches is not None and batches.id.shape[0] <= batch_id:
+                _grow(batches, batch_id + 1 - batches.id.shape[0])
+                _write_rows(batches, batch_id, np.array([-1], np.int64))
             self._f.flush()
 
-    def bind(self, slots: np.ndarray, series: int, measured_nm: np.ndarray | None) -> None:
-        """Slot ``slots[i]`` is filled by frame i of ``series``; record measured positions when given."""
+    def _batch_series(self) -> h5py.Dataset | None:
+        """The ``batch_series`` dataset, None in a file written before it existed."""
+        if "batch_series" not in self._datasets and "batch_series" not in self._f:
+            return None
+        return self._ds("batch_series")
+
+    def bind(self, slots: np.ndarray, series: int, measured_nm: np.ndarray | None, batch_id: int | None = None) -> None:
+        """Slot ``slots[i]`` is filled by frame i of ``series``; record measured positions when given.
+
+        ``batch_id``: the batch told (its ``batch_series`` becomes ``series``, what a restart
+        restores as the batch's tell).
+        """
         slots = np.asarray(slots, dtype=np.int64)
         with self._guard("bind series"):
+            batches = self._batch_series()
+            if batch_id is not None and batches is not None:
+                _write_rows(batches, batch_id, np.array([series], np.int64))
             # one h5py write per run of consecutive slots (a batch is one run), not per slot: the
             # manager's lock is held meanwhile, and per-slot writes took ~10 ms per chunk of 50
             for start, stop, rows in _runs(slots):
@@ -237,6 +366,18 @@ class SessionStore:
                 if measured_nm is not None:
                     _write_rows(self._ds("positions_measured_nm"), start, measured_nm[rows])
                     _write_rows(self._ds("positions_nm"), start, measured_nm[rows])
+            self._f.flush()
+
+    def unbind(self, slots: np.ndarray, batch_id: int) -> None:
+        """Slots ``slots`` are no longer bound to any series and batch ``batch_id`` awaits a new tell (its series ended short)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        with self._guard("unbind series"):
+            for start, stop, _ in _runs(slots):
+                _write_rows(self._ds("slot_series"), start, np.full(stop - start, -1, np.int64))
+                _write_rows(self._ds("slot_frame"), start, np.full(stop - start, -1, np.int64))
+            batches = self._batch_series()
+            if batches is not None:
+                _write_rows(batches, batch_id, np.array([-1], np.int64))
             self._f.flush()
 
     def write_frame(self, slot: int, image: np.ndarray) -> None:
@@ -275,7 +416,7 @@ class SessionStore:
         if self._state_written == (state, error or ""):
             return  # called at every publish; an attribute write + flush is ~0.2 ms under the manager's lock
         with self._guard("set state"):
-            self._f.attrs["state"] = state
+            self._f.attrs["state"] = str(state)
             self._f.attrs["error"] = error or ""
             self._f.flush()
         self._state_written = (state, error or "")
@@ -315,7 +456,7 @@ class _Guard:
 
     def __exit__(self, typ, err, tb):
         if err is not None and isinstance(err, OSError | ValueError | RuntimeError | KeyError) and not isinstance(err, StoreError):
-            raise StoreError(f"{self.path}: {self.what} failed ({err})") from None
+            raise StoreError(f"{self.path.name}: {self.what} failed ({_why(err, self.path)})") from None
         return False
 
 
@@ -332,5 +473,5 @@ def storage_writable(storage: Path) -> str | None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        return f"storage {storage} is not writable ({err.strerror or err})"
+        return f"the storage folder is not writable ({err.strerror or _why(err, Path(storage))})"
     return None

@@ -19,5 +19,5 @@ from service.settings import ServiceSettings
 
 if __name__ == "__main__":
     storage, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    settings = ServiceSettings(storage=Path(storage), port=port, api_keys=[key], ask_timeout_s=5.0, flush_interval_s=0.05)
-    uvicorn.run(create_app(settings, backend=RecordingBackend()), host="127.0.0.1", port=port, log_level="warning")
+    settings = ServiceSettings(storage=Path(storage), port=port, api_keys=[key], ask_timeout_s=5.0, flush_interval_s=0.05, resume_told_timeout_s=1.0)
+    uvicorn.run(create_app(settings, backend=RecordingBackend(keep_jobs=False)), host="127.0.0.1", port=port, log_level="warning")

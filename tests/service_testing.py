@@ -69,8 +69,10 @@ class RecordingBackend:
     name = "recording-test-backend"
     final_passes = 1
 
-    def __init__(self, delay_s: float = 0.0, pixel_nm: float = 0.05) -> None:
+    def __init__(self, delay_s: float = 0.0, pixel_nm: float = 0.05, keep_jobs: bool = True) -> None:
         self.delay_s = delay_s
+        self.keep_jobs = keep_jobs
+        """record the jobs (their frame stacks stay alive); a server subprocess does not, so its memory is the service's own."""
         self.pixel_nm = pixel_nm
         self.calls = 0
         self.reduced_updates = 0
@@ -85,7 +87,8 @@ class RecordingBackend:
         with self.lock:
             self.calls += 1
             self.call_sizes.append(len(jobs))
-            self.jobs.extend(jobs)
+            if self.keep_jobs:
+                self.jobs.extend(jobs)
         time.sleep(self.delay_s)
         out = []
         for job in jobs:

@@ -76,6 +76,12 @@ def test_auth_401_403(client, pusher):
         {"fov_nm": [0, 0, 1e6, 1e6]},
         {"fov_nm": [0, 0, 1e308, 1]},
         {"detector_pixels": 1024, "budget": 20000},
+        {"energy_ev": 1.88e307},  # was a 500 (ZeroDivisionError)
+        {"energy_ev": 1e-300},
+        {"fov_nm": [1e20, 0, 1, 1]},  # was accepted, then raised in the batched reconstruction
+        {"convergence_mrad": 1e9},
+        {"detector_pixel_mrad": 1e9},
+        {"defocus_nm": -1e30},
     ],
 )
 def test_bad_session_body_is_422(client, pusher, change):

@@ -77,6 +77,8 @@ def test_kill9_mid_scan_then_restart_loses_nothing_and_ask_continues(tmp_path, p
     try:
         st = c.get(f"/api/v1/sessions/{sid}").json()
         assert st["frames_received"] == 8 and st["state"] == "acquiring"
+        # batch 1 resumes told (series 2 may still deliver); none of its frames comes within resume_told_timeout_s
+        # (1 s in tests/service_server.py), so its missing positions are re-issued while this ask long-polls
         again = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
         assert again["batch_id"] == 1
         np.testing.assert_allclose(again["positions_nm"], np.asarray(a1["positions_nm"])[3:])

@@ -1,0 +1,89 @@
+"""Finished sessions (done, stopped, failed) as small summaries: their frames leave memory, their files stay.
+
+A finished session answers ``GET /sessions/{id}`` from the summary it left (a few
+hundred bytes) and ``GET .../reconstruction`` by reading its file's latest
+reconstruction on request. A restart reads only such a summary from the file of a
+finished session, never its frames.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.session import Session, SessionState
+from service.store import SessionSummary, StoredReconstruction, read_latest_reconstruction
+
+
+@dataclass
+class FinishedSession:
+    """A session that will not change any more: its status as it ended, and where its file is."""
+
+    session_id: str
+    state: SessionState
+    error: str | None
+    path: Path
+    summary: dict
+    """the status body (``Session.status`` shape)."""
+    tells: dict[int, tuple[int, int]]
+    """batch id -> (series of its last tell, positions it bound)."""
+
+    terminal = True
+
+    def status(self) -> dict:
+        return dict(self.summary)
+
+    def note_error(self, kind: str, message: str) -> None:
+        """Count a stream problem attributed to this session after it ended (a late frame of one of its series)."""
+        counts = self.summary["stream_errors"] = dict(self.summary.get("stream_errors") or {})
+        counts[kind] = counts.get(kind, 0) + 1
+        recent = self.summary["recent_errors"] = list(self.summary.get("recent_errors") or [])[-19:]
+        recent.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
+
+    def repeated_tell(self, batch_id: int, series: int) -> dict | None:
+        """The 200 body for a repeat of a tell this session (done) recorded, None if it is not one."""
+        told = self.tells.get(batch_id)
+        if self.state != SessionState.DONE or told is None or told[0] != series:
+            return None
+        return {"batch_id": batch_id, "series": series, "accepted": True, "frames_expected": told[1], "frames_received": told[1]}
+
+    def latest_reconstruction(self) -> tuple[StoredReconstruction, int] | None:
+        """(the latest reconstruction, how many there are), read from the file; None if there is none (StoreError if unreadable)."""
+        return read_latest_reconstruction(self.path)
+
+    @classmethod
+    def of(cls, s: Session) -> FinishedSession:
+        """The summary a session leaves when it ends (called with its state already terminal)."""
+        tells = {b.batch_id: (b.series, len(b.told_slots)) for b in s.batches if b.series is not None and b.told_slots is not None}
+        return cls(s.session_id, SessionState(s.state), s.error, s.store.path, s.status(), tells)
+
+    @classmethod
+    def from_file(cls, summary: SessionSummary, path: Path) -> FinishedSession:
+        """The summary of a finished session's file (a restart: nothing but attributes and counts are read)."""
+        planner = summary.planner
+        status = {
+            "session_id": summary.session_id,
+            "state": summary.state,
+            "error": summary.error,
+            "params": summary.params,
+            "strategy": {
+                "requested": planner.get("requested"),
+                "used": planner.get("used"),
+                "planner_version": planner.get("version"),
+                "fallback": planner.get("fallback"),
+            },
+            "budget": int(summary.params["budget"]),
+            "positions_issued": summary.positions_issued,
+            "frames_received": summary.frames_received,
+            "frames_persisted": summary.frames_received,
+            "batches_issued": summary.batches_issued,
+            "batches_reconstructed": summary.batches_reconstructed,
+            "current_batch": None,
+            "stream_errors": {},
+            "recent_errors": [],
+            "reconstruction": summary.reconstruction,
+            "created_unix": summary.created_unix,
+            "file": Path(path).name,
+        }
+        return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))
