@@ -51,7 +51,7 @@ ADAPTIVE = ("adaptive", "structure-guided", ORACLE)
 
 
 def default_final_recon() -> ReconOptions:
-    """The final reconstruction every strategy gets: gradient descent, step 50, at most 60 passes (stopping rule: ``final_tolerance``)."""
+    """The final reconstruction every strategy gets: gradient descent, step 50, mini-batches of 32 (its pass count: see EvaluationOptions)."""
     return ReconOptions(iterations=60)
 
 
@@ -74,8 +74,15 @@ class EvaluationOptions(BaseModel):
     strategies: tuple[str, ...] = STRATEGIES
     oracle: bool = Field(True, description="also run structure-guided fed the ground truth (the bound for the target)")
     final_recon: ReconOptions = Field(default_factory=default_final_recon, description="its iterations are the most passes run")
+    final_position_updates: int = Field(
+        10_000, ge=1, description="the final reconstruction's work: passes = this / positions, within [final_min_passes, "
+        "final_recon.iterations] (250 positions: 40 passes, 500: 20, a 2,601-position raster: 10; all converged, "
+        "bench/recon_convergence.py)"
+    )
+    final_min_passes: int = Field(10, ge=1, description="fewest passes of the final reconstruction")
     final_tolerance: float = Field(
-        2e-3, ge=0, description="the final reconstruction stops once the loss fell by less than this (relative) over 5 passes"
+        0.0, ge=0, description="> 0: also stop once the loss fell by less than this (relative) over 5 passes (off: on noisy sparse "
+        "scans the loss flattens long before the field has converged)"
     )
     live_recon: ReconOptions = Field(default_factory=lambda: ReconOptions(iterations=5), description="warm-started after every sub-sequence")
     planner: StructureGuidedOptions = Field(default_factory=StructureGuidedOptions)
@@ -234,12 +241,19 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
                                                   + 104729 * cases.index(ep.case)), options.dose)
                     bar.update(ep.case.budget(options))
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]
-        results = reconstruct_until_converged(final, scans, max_passes=options.final_recon.iterations, tolerance=options.final_tolerance,
+        passes = final_passes(len(scans[0].positions_nm), options)
+        results = reconstruct_until_converged(final, scans, max_passes=passes, tolerance=options.final_tolerance,
                                               max_batch=options.max_batch)
         for ep, scan, res in zip(episodes, scans, results, strict=True):
             runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history))
     bar.close()
     return runs
+
+
+def final_passes(n_positions: int, options: EvaluationOptions) -> int:
+    """Passes of the final reconstruction of a scan of ``n_positions`` (the same work for every strategy, see the options)."""
+    passes = math.ceil(options.final_position_updates / max(n_positions, 1))
+    return min(options.final_recon.iterations, max(options.final_min_passes, passes))
 
 
 def _full_raster(ep: _Episode, options: EvaluationOptions) -> ScanChunk:

@@ -22,6 +22,8 @@ import numpy as np
 from scipy import ndimage, stats
 
 from policy.env import fov_crop
+from recon.dataset import GroundTruth
+from recon.grid import ObjectGrid
 from recon.metrics import quality_scores, registered_truth
 from sim_microscope.vacuum import vacuum_mask
 
@@ -29,16 +31,21 @@ METRICS = ("ssim", "pearson_r", "nrmse", "ssim_specimen", "pearson_r_specimen")
 LOWER_IS_BETTER = {"nrmse"}
 
 
-def specimen_mask_on_grid(case) -> np.ndarray:
-    """(rows, cols) bool over the field on the case's grid: True where the ground truth is not vacuum."""
-    gt = case.dataset.ground_truth
+def specimen_mask_on_grid(gt: GroundTruth, grid: ObjectGrid, fov_nm) -> np.ndarray:
+    """(rows, cols) bool over the field ``fov_nm`` on ``grid``: True where the ground truth is not vacuum."""
     fine = ~vacuum_mask(gt.phase, gt.pixel_nm)
-    rows, cols = fov_crop(case.grid, case.fov_nm)
-    xs, ys = case.grid.coordinates_nm()
+    rows, cols = fov_crop(grid, fov_nm)
+    xs, ys = grid.coordinates_nm()
     r = (ys[rows] - gt.origin_nm[1]) / gt.pixel_nm
     c = (xs[cols] - gt.origin_nm[0]) / gt.pixel_nm
     rr, cc = np.meshgrid(r, c, indexing="ij")
     return ndimage.map_coordinates(fine.astype(np.float32), [rr, cc], order=0, mode="nearest") > 0.5
+
+
+def fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``mask`` cropped or padded (False) to ``shape``: the field's crop and the metric's region differ by a pixel at most."""
+    mask = mask[: shape[0], : shape[1]]
+    return np.pad(mask, ((0, shape[0] - mask.shape[0]), (0, shape[1] - mask.shape[1])))
 
 
 def score_runs(runs) -> list[dict]:
@@ -48,12 +55,9 @@ def score_runs(runs) -> list[dict]:
     for run in runs:
         case = run.case
         if case.name not in masks:
-            masks[case.name] = specimen_mask_on_grid(case)
+            masks[case.name] = specimen_mask_on_grid(case.dataset.ground_truth, case.grid, case.fov_nm)
         image, truth = registered_truth(run.potential, case.grid, case.dataset.ground_truth, case.fov_nm)
-        mask = masks[case.name]
-        if mask.shape != image.shape:  # the field's crop and the metric's region differ by a pixel at most
-            mask = mask[: image.shape[0], : image.shape[1]]
-            mask = np.pad(mask, ((0, image.shape[0] - mask.shape[0]), (0, image.shape[1] - mask.shape[1])))
+        mask = fit_mask(masks[case.name], image.shape)
         q = quality_scores(image, truth, mask)
         rows.append({"dataset": case.name, "class": case.specimen_kind, "seed": run.seed_index, "strategy": run.strategy,
                      "n_positions": len(run.positions_nm), "positions_per_nm2": len(run.positions_nm) / case.area_nm2,
@@ -146,4 +150,53 @@ def format_paired(pairs: dict, metrics: tuple[str, ...] = ("pearson_r_specimen",
                 ci_text = f"[{ci[0]:+.3f},{ci[1]:+.3f}]" if ci else "[n/a]"
                 cells += f"{e[m]['mean']:>+9.3f} {ci_text:>17} {e[m]['wins']:>2}/{e[m]['pairs']:<2}"
             lines.append(f"{name:<46}{cells}")
+    return "\n".join(lines)
+
+
+FIXED = ("sparse-grid", "random", "low-discrepancy")
+
+
+def adaptivity_target(rows: list[dict], planner: str = "structure-guided", oracle: str = "structure-guided-oracle") -> dict:
+    """Per class, how ``planner`` fares against the best fixed pattern of each pair (same dataset and seed).
+
+    For every pair: gain = planner's specimen-region Pearson r minus the best of the fixed
+    patterns' (sparse grid, random, low-discrepancy); the oracle's gain likewise. A pair
+    meets the target when the planner's gain is positive and at least half the oracle's.
+    Also: the mean whole-field Pearson r difference to the best fixed pattern (the
+    planner must not lose it) and, per class, the share of pairs meeting the target.
+    """
+    index = {(r["dataset"], r["seed"], r["strategy"]): r for r in rows}
+    out = {}
+    for cls in sorted({r["class"] for r in rows}):
+        pairs = sorted({(r["dataset"], r["seed"]) for r in rows if r["class"] == cls})
+        met, gains, oracle_gains, field = 0, [], [], []
+        for ds, seed in pairs:
+            fixed = [index[(ds, seed, f)] for f in FIXED if (ds, seed, f) in index]
+            mine = index.get((ds, seed, planner))
+            if not fixed or mine is None:
+                continue
+            key = "pearson_r_specimen" if all(f["pearson_r_specimen"] is not None for f in [*fixed, mine]) else "pearson_r"
+            best = max(f[key] for f in fixed)
+            gain = mine[key] - best
+            gains.append(gain)
+            field.append(mine["pearson_r"] - max(f["pearson_r"] for f in fixed))
+            orc = index.get((ds, seed, oracle))
+            if orc is not None:
+                oracle_gains.append(orc[key] - best)
+                met += int(gain > 0 and gain >= 0.5 * oracle_gains[-1])
+        if gains:
+            out[cls] = {"pairs": len(gains), "mean_gain": float(np.mean(gains)), "mean_oracle_gain": float(np.mean(oracle_gains)) if oracle_gains else None,
+                        "share_meeting_target": met / len(gains) if oracle_gains else None,
+                        "mean_field_r_vs_best_fixed": float(np.mean(field))}
+    return out
+
+
+def format_target(target: dict) -> str:
+    """One line per class: the planner's gain over the best fixed pattern, the oracle's, and the share of pairs meeting the target."""
+    lines = ["structure-guided vs the best fixed pattern per pair (specimen-region Pearson r; whole-field r):"]
+    for cls, t in target.items():
+        share = "n/a" if t["share_meeting_target"] is None else f"{100 * t['share_meeting_target']:.0f} %"
+        oracle = "n/a" if t["mean_oracle_gain"] is None else f"{t['mean_oracle_gain']:+.4f}"
+        lines.append(f"  {cls:<16} pairs {t['pairs']:>3}  gain {t['mean_gain']:+.4f}  oracle gain {oracle}  pairs with gain >= "
+                     f"half the oracle's: {share}  whole-field r vs best fixed {t['mean_field_r_vs_best_fixed']:+.4f}")
     return "\n".join(lines)

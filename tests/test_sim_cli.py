@@ -100,12 +100,12 @@ def test_patterns_sum_to_one_and_counts_are_seeded():
 def test_closed_loop_demo_runs(tmp_path, capsys):
     """The README's main command on a tiny specimen: service, sim detector and control loop on loopback."""
     code = main([
-        "demo", "--out", str(tmp_path), "--scan-shape", "12", "12", "--step-nm", "0.1",
-        "--budget-fraction", "0.25", "--sub-sequences", "3",
+        "demo", "--out", str(tmp_path), "--scan-shape", "6", "6", "--step-nm", "0.1", "--density", "144", "--chunk", "12",
+        "--strategies", "adaptive", "sparse-grid",
     ])
     assert code == 0
     out = capsys.readouterr().out
-    assert "ssim adaptive=" in out and "sparse-grid=" in out
+    assert "scores adaptive=ssim:" in out and "sparse-grid=ssim:" in out and "per nm^2" in out
     assert (tmp_path / "closed_loop.png").stat().st_size > 10_000
     sessions = sorted((tmp_path / "sessions").glob("*.h5"))
     assert len(sessions) == 2

@@ -1,10 +1,13 @@
 """``ptychoscan demo``: the closed loop on an embedded default.
 
 Starts the service, the simulated detector and the control-software stand-in on
-loopback, runs an adaptive scan of a simulated MoS2 specimen (60 kV, 33 mrad, 64x64
-patterns, 40x40 dense raster at 0.05 nm; 5 % of it measured in 5 sub-sequences) with
-the shipped policy, and the sparse grid at the same dose; prints the SSIM of both
-against the ground truth and writes a PNG of positions over the reconstructions.
+loopback and scans a simulated MoS2 flake edge (60 kV, 33 mrad, in focus, 64x64
+patterns, a 2 x 2 nm field, ~50 % vacuum) three times at the same 62.5 positions per
+nm^2 (250 positions in sub-sequences of 50) and dose: with the shipped GRU policy
+(``adaptive``), the ``structure-guided`` planner and the ``sparse-grid``. Prints SSIM and
+Pearson r against the ground truth (whole field, and r over the specimen), after the
+same converged reconstruction for every strategy, and writes a PNG of positions over
+the reconstructions.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the closed-loop demo on an embedded default", description=__doc__)
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--seed", type=int, default=None, help="specimen seed (default: one never used in training)")
-    p.add_argument("--scan-shape", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="dense raster (default 40 40)")
-    p.add_argument("--step-nm", type=float, default=None, help="raster step, nm (default 0.05)")
-    p.add_argument("--budget-fraction", type=float, default=None, help="fraction of the raster measured (default 0.05)")
-    p.add_argument("--sub-sequences", type=int, default=None, help="chunks the budget is split into (default 5)")
+    p.add_argument("--specimen", default=None, help="specimen kind (default flake; any of ptychoscan simulate --specimen)")
+    p.add_argument("--seed", type=int, default=None, help="specimen seed (default: one never used in training or the test table)")
+    p.add_argument("--scan-shape", type=int, nargs=2, default=None, metavar=("NY", "NX"),
+                   help="raster of the specimen file, which sets the field (default 11 11)")
+    p.add_argument("--step-nm", type=float, default=None, help="its step, nm (default 0.2: a 2 x 2 nm field)")
+    p.add_argument("--density", type=float, default=None, help="positions per nm^2 (default 62.5; paper: 62-125)")
+    p.add_argument("--chunk", type=int, default=None, help="positions per sub-sequence (default 50)")
     p.add_argument("--dose", type=float, default=None, help="electrons per frame (default 1e4)")
-    p.add_argument("--defocus-nm", type=float, default=None, help="probe defocus, nm (default 10)")
+    p.add_argument("--defocus-nm", type=float, default=None, help="probe defocus, nm (default 0, in focus)")
+    p.add_argument("--strategies", nargs="+", default=None, help="default: adaptive structure-guided sparse-grid")
     p.add_argument("--policy", default=None, help="policy checkpoint (default: the shipped one)")
     p.set_defaults(func=run)
 
@@ -34,23 +40,30 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {
         "out": Path(args.out),
+        "specimen": args.specimen,
         "seed": args.seed,
         "scan_shape": args.scan_shape,
         "step_nm": args.step_nm,
-        "budget_fraction": args.budget_fraction,
-        "sub_sequences": args.sub_sequences,
+        "density_per_nm2": args.density,
+        "chunk": args.chunk,
         "dose_per_frame": args.dose,
         "defocus_nm": args.defocus_nm,
+        "strategies": tuple(args.strategies) if args.strategies else None,
         "policy_checkpoint": args.policy,
     }
     config = load_model(ClosedLoopConfig, None, overrides)
     dataset, outcomes = run_closed_loop(config)
     png = plot_outcomes(outcomes, dataset, config.out / "closed_loop.png")
-    print(f"specimen: MoS2 seed {config.seed}, {dataset.n_positions}-position dense raster, dose {config.dose_per_frame:g} e/frame")
+    lo, hi = dataset.positions_nm.min(axis=0), dataset.positions_nm.max(axis=0)
+    area = float((hi - lo).prod())
+    n = len(outcomes[0].positions_nm) if outcomes else 0
+    print(f"specimen: {config.specimen} seed {config.seed} (vacuum fraction {dataset.vacuum_fraction or 0:.2f}), field "
+          f"{hi[0] - lo[0]:.2f} x {hi[1] - lo[1]:.2f} nm, {n} positions ({n / area:.1f} per nm^2), dose {config.dose_per_frame:g} e/frame")
     for o in outcomes:
-        print(f"{o.strategy:>12}: {len(o.positions_nm)} positions, SSIM {o.ssim:.3f} vs ground truth, {o.seconds:.1f} s, planner {o.planner}")
+        c = o.converged
+        r_spec = "n/a" if c["pearson_r_specimen"] is None else f"{c['pearson_r_specimen']:.3f}"
+        print(f"{o.strategy:>17}: {len(o.positions_nm)} positions, converged SSIM {c['ssim']:.3f}, Pearson r {c['pearson_r']:.3f}, "
+              f"r over the specimen {r_spec} (service's live final SSIM {o.ssim:.3f}), {o.seconds:.1f} s, planner {o.planner}")
     print(f"wrote {png}")
-    by_name = {o.strategy: o.ssim for o in outcomes}
-    if "adaptive" in by_name and "sparse-grid" in by_name:
-        print(f"ssim adaptive={by_name['adaptive']:.4f} sparse-grid={by_name['sparse-grid']:.4f}")
+    print("scores " + " ".join(f"{o.strategy}=ssim:{o.converged['ssim']:.4f},r:{o.converged['pearson_r']:.4f}" for o in outcomes))
     return 0

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-oracle", action="store_true", help="skip structure-guided fed the ground truth")
     p.add_argument("--measurement", choices=["auto", "simulate", "raster"], help="simulate patterns on demand from the ground truth "
                    "(exact positions on a 0.02 nm candidate raster) or snap to the file's raster (default auto: simulate)")
-    p.add_argument("--final-iterations", type=int, help="passes of the final reconstruction every strategy gets (default 30)")
+    p.add_argument("--final-iterations", type=int, help="at most this many passes of the final reconstruction (default 60; "
+                   "passes = 10,000 position updates / positions, at least 10)")
     p.add_argument("--config", help="EvaluationOptions as YAML/TOML/JSON (flags override it)")
     p.add_argument("--policy", help="GRU policy checkpoint for 'adaptive' (default: the shipped one)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from policy.eval_report import plot_positions, save_reconstructions
     from policy.evaluation import EvaluationOptions, evaluate, prepare_case
-    from policy.scores import format_paired, format_summary, paired, score_runs, summarise
+    from policy.scores import adaptivity_target, format_paired, format_summary, format_target, paired, score_runs, summarise
     from ptychoscan.config import load_model
     from recon.dataset import read_dataset
     from recon.device import pick_device
@@ -84,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
     pairs = paired(rows, focus=("structure-guided", "adaptive", "structure-guided-oracle"))
     print(format_summary(summary))
     print(format_paired(pairs))
+    target = adaptivity_target(rows)
+    print(format_target(target))
     meta = {"options": options.model_dump(mode="json"), "datasets": list(args.datasets),
             "policy": str(runner.path) if runner else None, "policy_version": runner.version if runner else None}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": rows, "summary": summary, "paired": pairs, "meta": meta}, indent=1))
+    out.write_text(json.dumps({"results": rows, "summary": summary, "paired": pairs, "target": target, "meta": meta}, indent=1))
     if args.png:
         print(plot_positions(runs, args.png))
     if args.save_reconstructions:

@@ -14,8 +14,10 @@ def register(subparsers) -> None:
         "(--source, nearest raster position) or simulated from a specimen (--specimen) at --dose electrons per frame.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", help="dense dataset file (HDF5, DESIGN section 4) to replay")
+    src.add_argument("--source", help="dataset file (HDF5, DESIGN section 4): its nearest raster frame, or see --from-truth")
     src.add_argument("--specimen", choices=["mos2", "mose2", "ws2", "wse2", "dwcnt", "synthetic"], help="simulate on the fly")
+    p.add_argument("--from-truth", action="store_true", help="with --source: simulate every frame at its exact position from the "
+                   "file's ground-truth phase instead of replaying the nearest raster frame (any raster, even a coarse one, will do)")
     p.add_argument("--specimen-size-nm", type=float, default=3.0, help="specimen field, nm (default 3)")
     p.add_argument("--detector-pixels", type=int, default=64)
     p.add_argument("--detector-pixel-mrad", type=float, default=1.68)
@@ -33,10 +35,12 @@ def register(subparsers) -> None:
 
 
 def _source(args):
-    from sim_microscope.frame_source import DatasetReplay, SpecimenSource, SyntheticSource
+    from sim_microscope.frame_source import DatasetReplay, GroundTruthSource, SpecimenSource, SyntheticSource
 
+    if args.from_truth and not args.source:
+        raise ValueError("--from-truth needs --source (a dataset file with ground truth)")
     if args.source:
-        return DatasetReplay(args.source)
+        return GroundTruthSource(args.source) if args.from_truth else DatasetReplay(args.source)
     if args.specimen in (None, "synthetic"):
         return SyntheticSource(args.detector_pixels)
     return SpecimenSource(
