@@ -201,7 +201,7 @@ def _adaptive_positions(episodes: list[_Episode], strategy: str, options: Evalua
                     oracle = strategy == ORACLE
                     pot = ep.potential.numpy() if not oracle else ground_truth_on_grid(ep.case.dataset.ground_truth, grid)
                     proposal = planner.next_positions(pot, grid.origin_nm, grid.pixel_nm, ep.case.fov_nm, ep.positions_nm, size,
-                                                      measured_only=not oracle)
+                                                      measured_only=not oracle, budget=budget)
                 ep.measure(proposal, options.dose)
         if strategy != ORACLE and k < len(sizes) - 1:
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]

@@ -41,13 +41,17 @@ class StructureGuidedOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    floor: float = Field(0.3, ge=0.0, le=1.0, description="relative sampling density where the reconstruction shows no structure")
+    floor: float = Field(0.1, ge=0.0, le=1.0, description="relative sampling density where the reconstruction shows no structure")
     contrast_scale_nm: float = Field(0.08, gt=0, description="Gaussian sigma of the local phase standard deviation, nm")
     probe_radius_nm: float = Field(0.1, gt=0, description="a pixel counts as measured within this distance of a probe position, nm")
     spread_nm: float = Field(0.15, gt=0, description="Gaussian sigma over which measured structure is spread to its surroundings, nm")
     reference_percentile: float = Field(90.0, gt=0, le=100, description="structure is divided by this percentile over the field")
     candidate_step_nm: float = Field(0.02, gt=0, description="raster of candidate positions, nm (the paper's 0.02 nm)")
     max_gap_nm: float = Field(0.3, gt=0, description="no candidate may stay farther than this from every position, nm")
+    featureless_below: float = Field(0.25, ge=0, le=1, description="structure below this counts as featureless (vacuum)")
+    uniform_below: float = Field(
+        0.05, ge=0, le=1, description="a field with less than this share featureless continues the sparse grid (nothing to adapt to)"
+    )
 
 
 def structure_map(potential: np.ndarray, origin_nm: tuple[float, float], pixel_nm: float, positions_nm: np.ndarray,
@@ -138,7 +142,8 @@ class StructureGuidedPlanner:
                     continue
                 out.append(self.next_positions(None, None, None, r.fov_nm, measured, r.n_next))
                 continue
-            out.append(self.next_positions(np.asarray(r.potential), tuple(r.grid_origin_nm), float(r.grid_pixel_nm), r.fov_nm, measured, r.n_next))
+            out.append(self.next_positions(np.asarray(r.potential), tuple(r.grid_origin_nm), float(r.grid_pixel_nm), r.fov_nm, measured, r.n_next,
+                                           budget=r.budget))
         return out
 
     def first_positions(self, fov_nm, n: int, budget: int | None = None) -> np.ndarray:
@@ -146,7 +151,7 @@ class StructureGuidedPlanner:
         return sparse_grid_coarse_to_fine(fov_nm, budget or n)[:n]
 
     def next_positions(self, potential: np.ndarray | None, origin_nm: tuple[float, float] | None, pixel_nm: float | None,
-                       fov_nm, positions_nm: np.ndarray, n: int, *, measured_only: bool = True) -> np.ndarray:
+                       fov_nm, positions_nm: np.ndarray, n: int, *, measured_only: bool = True, budget: int | None = None) -> np.ndarray:
         """(n, 2) positions in nm inside ``fov_nm`` for the next sub-sequence.
 
         Args:
@@ -155,6 +160,11 @@ class StructureGuidedPlanner:
             positions_nm: (N, 2) positions measured so far.
             n: how many to place.
             measured_only: False when ``potential`` is the ground truth (the oracle).
+            budget: the scan's total positions; with it, a field that shows no
+                featureless part (less than ``uniform_below`` of the candidates with
+                structure below ``featureless_below``) continues the coarse-to-fine sparse
+                grid of that budget: on a uniform specimen there is nothing to adapt to,
+                and the grid is the best fixed pattern there.
         """
         fov = check_fov(fov_nm)
         positions = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2)
@@ -166,5 +176,20 @@ class StructureGuidedPlanner:
             cols = (candidates[:, 0] - origin_nm[0]) / pixel_nm
             rows = (candidates[:, 1] - origin_nm[1]) / pixel_nm
             s_at = ndimage.map_coordinates(s, [rows, cols], order=1, mode="nearest")
+            if budget is not None and float(np.mean(s_at < self.options.featureless_below)) < self.options.uniform_below:
+                grid = self._unmeasured_grid(fov, budget, positions)
+                if len(grid) >= n:
+                    return grid[:n]
             density = self.options.floor + (1.0 - self.options.floor) * s_at
         return place_by_density(candidates, density, positions, n, self.options.max_gap_nm)
+
+    def _unmeasured_grid(self, fov, budget: int, positions: np.ndarray) -> np.ndarray:
+        """The coarse-to-fine sparse grid of ``budget``, less its points within a candidate step of a measured position.
+
+        (A measured position sits at most step / sqrt(2) from the grid point it was snapped from.)
+        """
+        grid = sparse_grid_coarse_to_fine(fov, budget)
+        if not len(positions):
+            return grid
+        d, _ = cKDTree(positions).query(grid)
+        return grid[d > self.options.candidate_step_nm]

@@ -119,3 +119,27 @@ def test_paired_differences_means_wins_and_interval():
     assert r["ci95"][0] == pytest.approx(0.015) and r["ci95"][1] == pytest.approx(0.015)
     assert result["nrmse"]["mean"] == pytest.approx(0.1)  # lower NRMSE is better: sign turned
     assert "ssim_specimen" not in result
+
+
+def test_structure_guided_continues_the_sparse_grid_when_nothing_is_featureless():
+    planner = StructureGuidedPlanner()
+    fov = (0.2, 0.2, 2.0, 2.0)
+    grid = sparse_grid_coarse_to_fine(fov, 200)
+    ys, xs = np.mgrid[0:60, 0:60] * 0.04
+    uniform = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3) + 0.5
+    chosen = planner.next_positions(uniform, (0.0, 0.0), 0.04, fov, grid[:50], 50, budget=200)
+    np.testing.assert_allclose(chosen, grid[50:100])
+    # with a flake in the field it adapts instead
+    flake = planner.next_positions(_flake_potential(), (0.0, 0.0), 0.04, fov, grid[:50], 50, budget=200)
+    assert not np.allclose(flake, grid[50:100])
+
+
+def test_the_sparse_grid_continuation_skips_points_measured_at_their_snapped_positions():
+    planner = StructureGuidedPlanner()
+    fov = (0.2, 0.2, 2.0, 2.0)
+    grid = sparse_grid_coarse_to_fine(fov, 200)
+    snapped = np.round((grid[:50] - 0.2) / 0.02) * 0.02 + 0.2  # what the evaluation measured: the nearest 0.02 nm candidates
+    ys, xs = np.mgrid[0:60, 0:60] * 0.04
+    uniform = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3) + 0.5
+    chosen = planner.next_positions(uniform, (0.0, 0.0), 0.04, fov, snapped, 50, budget=200)
+    np.testing.assert_allclose(chosen, grid[50:100])
