@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
@@ -26,13 +26,23 @@ from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
 from service.png import grey_png
-from service.problems import Problem, install_problem_handlers
+from service.problems import Problem, document_problems, install_problem_handlers, problem_responses
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 from service.store import storage_writable
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
+AUTH_ERRORS = (401, 403)
+"""what the API-key gate may answer under /api/v1 (before the route runs)."""
+SESSION = "$response.body#/session_id"
+SESSION_LINKS = {
+    "GetSession": {"operationId": "get_session_api_v1_sessions__session_id__get", "parameters": {"session_id": SESSION}},
+    "Ask": {"operationId": "ask_api_v1_sessions__session_id__ask_post", "parameters": {"session_id": SESSION}},
+    "Reconstruction": {"operationId": "reconstruction_api_v1_sessions__session_id__reconstruction_get", "parameters": {"session_id": SESSION}},
+    "DeleteSession": {"operationId": "delete_session_api_v1_sessions__session_id__delete", "parameters": {"session_id": SESSION}},
+}
+"""OpenAPI links: the session_id a create answers is the one every per-session operation takes (clients, schemathesis' stateful run)."""
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """methods that get their own metric label; any other is counted as 'other' (a label per invented method grew without bound)."""
 
@@ -171,6 +181,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     )
     app.state.service = service
     install_problem_handlers(app)
+    document_problems(app)
     app.add_middleware(ApiGate, settings=settings)  # API key and scope, then the body (size-limited)
     app.add_middleware(RequestTimer, metrics=service.metrics)  # outermost: refusals at the gate are timed too
 
@@ -178,29 +189,37 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready: the same body, the failing check false", "content": {"application/json": {}}}})
     async def readyz():
         body = await asyncio.to_thread(service.readiness)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, responses={200: {"description": "Prometheus text exposition format"}})
     async def metrics():
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(f"{API}/sessions", status_code=201, tags=["sessions"])
+    @app.post(
+        f"{API}/sessions",
+        status_code=201,
+        tags=["sessions"],
+        responses={
+            201: {"description": "the session's status; plans its first batch", "links": SESSION_LINKS},
+            **problem_responses(*AUTH_ERRORS, 409, 413, 422, 503, 507, s409="max_sessions active already", s503="shutting down (Retry-After)"),
+        },
+    )
     async def create_session(body: SessionCreate):
         return await asyncio.to_thread(service.manager.create, body.model_dump(mode="json"))
 
-    @app.get(f"{API}/sessions", tags=["sessions"])
+    @app.get(f"{API}/sessions", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS))
     async def list_sessions():
         return {"sessions": service.manager.statuses()}
 
-    @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"])
+    @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS, 404, 422))
     async def get_session(session_id: str):
         with service.manager.lock:
             return service.manager.get(session_id).status()
 
-    @app.delete(f"{API}/sessions/{{session_id}}", tags=["sessions"])
+    @app.delete(f"{API}/sessions/{{session_id}}", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS, 404, 422))
     async def delete_session(session_id: str):
         return await asyncio.to_thread(service.manager.delete, session_id)
 
@@ -208,7 +227,10 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         f"{API}/sessions/{{session_id}}/ask",
         response_model=AskResponse,
         tags=["ask/tell"],
-        responses={503: {"description": "no batch ready within timeout_s (Retry-After)"}},
+        responses={
+            200: {"links": {"Tell": {"operationId": "tell_api_v1_sessions__session_id__tell_post", "parameters": {"session_id": "$request.path.session_id"}, "requestBody": {"batch_id": "$response.body#/batch_id"}}}},
+            **problem_responses(*AUTH_ERRORS, 404, 409, 422, 503, s503="no batch ready within timeout_s (Retry-After)"),
+        },
     )
     async def ask(session_id: str, timeout_s: float | None = Query(None, gt=0, le=300, description="long-poll limit, s")):
         t0 = time.perf_counter()
@@ -234,7 +256,17 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
             except TimeoutError:
                 pass
 
-    @app.post(f"{API}/sessions/{{session_id}}/tell", response_model=TellResponse, status_code=202, tags=["ask/tell"])
+    @app.post(
+        f"{API}/sessions/{{session_id}}/tell",
+        response_model=TellResponse,
+        status_code=202,
+        tags=["ask/tell"],
+        responses={
+            202: {"description": "the batch's missing positions are bound to the series"},
+            200: {"model": TellResponse, "description": "a repeat of the tell that bound the batch: nothing changed"},
+            **problem_responses(*AUTH_ERRORS, 404, 409, 413, 422, 507),
+        },
+    )
     async def tell(session_id: str, body: TellRequest, response: Response):
         code, result = await asyncio.to_thread(service.manager.tell, session_id, body.batch_id, body.series, body.measured_positions_nm)
         response.status_code = code
@@ -243,7 +275,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     @app.get(
         f"{API}/sessions/{{session_id}}/reconstruction",
         tags=["sessions"],
-        responses={200: {"content": {"image/png": {}, "application/x-npy": {}, "application/json": {}}}},
+        responses={200: {"content": {"image/png": {}, "application/x-npy": {}, "application/json": {}}}, **problem_responses(*AUTH_ERRORS, 404, 409, 422, 507)},
     )
     async def reconstruction(session_id: str, request: Request):
         pot, origin, pixel, n = await asyncio.to_thread(service.manager.reconstruction, session_id)

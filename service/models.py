@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -69,9 +69,14 @@ class SessionCreate(BaseModel):
         return self
 
 
+PositionNm = Annotated[list[float], Field(min_length=2, max_length=2)]
+"""(x, y), nm. Documented as an array of 2 numbers, not a tuple: OpenAPI 3.1's prefixItems nested in items is
+mis-read by tooling (schemathesis 4.32 refused the whole ask response schema as invalid)."""
+
+
 class AskResponse(BaseModel):
     batch_id: int | None
-    positions_nm: list[tuple[float, float]]
+    positions_nm: list[PositionNm]
     done: bool
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_TYPE = "https://ptychoscan.invalid/problems/"
@@ -25,6 +26,52 @@ TITLES = {
 }
 
 
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error response (RFC 9457): what the OpenAPI document promises for 4xx and 5xx."""
+
+    type: str = Field(..., description=f"{PROBLEM_TYPE}<kind>, e.g. unknown-session, wrong-state, invalid-request, not-ready")
+    title: str = Field(..., description="the HTTP reason phrase")
+    status: int = Field(..., ge=400, le=599, description="the HTTP status code")
+    detail: str = Field(..., description="what went wrong, one line")
+
+
+def problem_responses(*statuses: int, **descriptions: str) -> dict[int, dict]:
+    """OpenAPI ``responses`` entries for ``statuses``: each a problem+json body (``descriptions['s503']`` etc. override the title)."""
+    return {
+        status: {
+            "description": descriptions.get(f"s{status}", TITLES.get(status, "error")),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+        }
+        for status in statuses
+    }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the app's OpenAPI document say what its errors are: ProblemDetails, never FastAPI's HTTPValidationError.
+
+    FastAPI documents a 422 ``{"detail": [...]}`` as application/json for any route it
+    is not told otherwise about; the handlers here send problem+json with a string
+    detail, so a client or a schema-driven test believing the document was misled.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = generate()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas["ProblemDetails"] = ProblemDetails.model_json_schema()
+            text = str(spec["paths"])
+            for name in ("HTTPValidationError", "ValidationError"):
+                if f"#/components/schemas/{name}" not in text:
+                    schemas.pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 class Problem(Exception):
     """An error with an HTTP status and a one-line detail; rendered as application/problem+json."""
 
@@ -43,7 +90,7 @@ def problem_response(status: int, detail: str, kind: str | None = None, headers:
         "status": status,
         "detail": detail,
     }
-    return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def _loc(loc) -> str:
@@ -67,6 +114,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's 400 for a JSON body it could not decode (not UTF-8): malformed JSON is 422 everywhere else
+            return problem_response(422, f"body: not valid JSON ({type(exc.__cause__).__name__})", "invalid-request")
         return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
