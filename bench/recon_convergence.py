@@ -65,7 +65,7 @@ def stopping_pass(losses: list[float], block: int = 5, tolerance: float = 2e-3) 
     return done
 
 
-def raster_scans(ds, fov, n: int, dose: float) -> dict[str, tuple[np.ndarray, float]]:
+def raster_scans(ds, fov, n: int, dose: float, seed: int = 0) -> dict[str, tuple[np.ndarray, float]]:
     """Indices into the file's raster: sparse grid and random snapped to distinct raster points, and the whole raster."""
     origin, size = np.asarray(fov[:2]), np.maximum(np.asarray(fov[2:]), 1e-12)
     unit = lambda p: (np.asarray(p) - origin) / size  # noqa: E731
@@ -74,7 +74,7 @@ def raster_scans(ds, fov, n: int, dose: float) -> dict[str, tuple[np.ndarray, fl
     everything = np.arange(ds.n_positions)
     return {
         f"sparse-grid {n}": (snap(sparse_grid_coarse_to_fine(fov, n)), dose),
-        f"random {n}": (snap(uniform_random(fov, n, 1)), dose),
+        f"random {n}": (snap(uniform_random(fov, n, seed + 1)), dose),
         f"full raster {len(everything)} (equal dose)": (everything, dose * n / len(everything)),
     }
 
@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--marks", type=int, nargs="+", default=[5, 10, 20, 30, 50, 100])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="noise draw (and random positions: seed + 1)")
     ap.add_argument("--json", default="bench/out/recon_convergence.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,17 +101,17 @@ def main() -> None:
         fov = fov_of(ds.positions_nm)
         grid = grid_for_dataset(ds, fov)
         n = round(args.density * fov[2] * fov[3])
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(args.seed)
         if args.measurement == "raster":
             raster = RasterSource(ds)
             measured = {name: (raster.candidates_nm[idx], raster.noise_free(idx), dose)
-                        for name, (idx, dose) in raster_scans(ds, fov, n, args.dose).items()}
+                        for name, (idx, dose) in raster_scans(ds, fov, n, args.dose, args.seed).items()}
         else:
             source = SimulatedSource(ds, fov, 0.02)
             full = candidate_raster(fov, args.full_step_nm)
             scans = {
                 f"sparse-grid {n}": (sparse_grid_coarse_to_fine(fov, n), args.dose),
-                f"random {n}": (uniform_random(fov, n, 1), args.dose),
+                f"random {n}": (uniform_random(fov, n, args.seed + 1), args.dose),
                 f"full raster {len(full)} (equal dose)": (full, args.dose * n / len(full)),
             }
             measured = {name: (positions, source.patterns_at(positions), dose) for name, (positions, dose) in scans.items()}
