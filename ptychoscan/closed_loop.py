@@ -66,6 +66,7 @@ class StrategyOutcome:
     """Scores (recon.metrics.quality_scores) of the session's frames reconstructed with the evaluation's final options."""
     positions_nm: np.ndarray
     potential: np.ndarray
+    """The converged reconstruction (rad) on ``grid``."""
     grid: ObjectGrid
     planner: str
     seconds: float
@@ -184,14 +185,15 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
             seconds = time.perf_counter() - start
             session_id = result["session_id"]
             status = httpx.get(f"{service_url}/api/v1/sessions/{session_id}", timeout=10).json()
-            potential, grid = _fetch_reconstruction(service_url, session_id)
+            live_potential, live_grid = _fetch_reconstruction(service_url, session_id)
             positions = _session_positions(storage / f"{session_id}.h5")
+            converged, potential, grid = converged_scores(storage / f"{session_id}.h5", dataset, fov)
             outcomes.append(
                 StrategyOutcome(
                     strategy=strategy,
                     session_id=session_id,
-                    ssim=ssim_against_ground_truth(potential, grid, dataset.ground_truth, region_nm=fov),
-                    converged=converged_scores(storage / f"{session_id}.h5", dataset, fov),
+                    ssim=ssim_against_ground_truth(live_potential, live_grid, dataset.ground_truth, region_nm=fov),
+                    converged=converged,
                     positions_nm=positions,
                     potential=potential,
                     grid=grid,
@@ -202,13 +204,13 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
     return dataset, outcomes
 
 
-def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> dict:
+def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict, np.ndarray, ObjectGrid]:
     """Reconstruct a finished session's frames with the evaluation's final options and score them over the field.
 
     The same reconstruction for every strategy (``policy.evaluation``'s final options and
     pass rule), so the strategies are compared on what they measured, not on how far the
     service's live reconstruction had got. Scores: ``recon.metrics.quality_scores``, the
-    specimen region from ``sim_microscope.vacuum``.
+    specimen region from ``sim_microscope.vacuum``. Returns the scores, the potential (rad) and its grid.
     """
     import h5py
 
@@ -228,7 +230,7 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> dict:
     result = Reconstructor(probe_for(dataset), recon_options, device="auto").reconstruct([ScanChunk(patterns, positions, grid)])[0]
     image, truth = registered_truth(result.potential, grid, dataset.ground_truth, fov)
     mask = fit_mask(specimen_mask_on_grid(dataset.ground_truth, grid, fov), image.shape)
-    return quality_scores(image, truth, mask)
+    return quality_scores(image, truth, mask), result.potential.numpy(), grid
 
 
 def _session_positions(path: Path) -> np.ndarray:
