@@ -48,6 +48,7 @@ from recon.options import ReconOptions
 SETTINGS = {
     "gd50": {"optimizer": "gd", "step_size": 50.0},
     "gd200": {"optimizer": "gd", "step_size": 200.0},
+    "gd500": {"optimizer": "gd", "step_size": 500.0},
     "gd50-precond": {"optimizer": "gd", "step_size": 50.0, "precondition": True},
     "adam0.01": {"optimizer": "adam", "step_size": 0.01},
 }
