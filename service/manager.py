@@ -12,8 +12,8 @@ import math
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,31 +24,12 @@ from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, PlanRequest, resolve_planner
 from service.problems import Problem
+from service.routing import Buffered, FrameOutcome, FrameRouter, Key
 from service.session import Batch, BatchStatus, Binding, Session, SessionState, classify_stream_error, restored_session
 from service.settings import ServiceSettings
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
 
 log = logging.getLogger(__name__)
-
-MAX_CANDIDATES = 4
-"""Frames kept per index of an untold series: a frame refused at the tell (wrong shape, counts too high) must not
-make a valid resend of it a duplicate, so distinct arrivals are kept and the first acceptable one is stored."""
-
-
-@dataclass
-class Buffered:
-    """Frames and problems of a series not yet told."""
-
-    frames: dict[int, list[tuple[np.ndarray, float]]] = field(default_factory=dict)
-    """per frame index, each arrival (image, perf_counter() when it arrived: a chunk's acquisition time is measured
-    from arrivals, not the tell), oldest first."""
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    ended: bool = False
-    count: int = 0
-    """frames held."""
-    nbytes: int = 0
-    """bytes of the frames held."""
-
 
 @dataclass
 class WorkItem:
@@ -70,13 +51,8 @@ class SessionManager:
         """sessions in progress (frames, batches and the latest reconstruction in memory)."""
         self.finished: dict[str, FinishedSession] = {}
         """done, stopped or failed sessions: a summary each, their files stay in storage."""
-        self.bindings: dict[tuple[str, int], Binding] = {}
-        self.buffer: OrderedDict[tuple[str, int], Buffered] = OrderedDict()
-        self.buffered_frames = 0
-        self.buffered_bytes = 0
-        self.endpoint_errors: dict[str, dict[str, int]] = {}
-        self.last_key: dict[str, tuple[str, int]] = {}
-        self._logged_errors: dict[str, int] = {}
+        self.router = FrameRouter(settings.max_buffered_frames, settings.max_buffered_bytes)
+        """series bindings, the pre-tell buffer and per-endpoint error counts (``service.routing``)."""
         self.queue: list[str] = []
         self.accepting = True
         self.load_errors: list[str] = []
@@ -89,6 +65,21 @@ class SessionManager:
         """recent decision latencies (s): last frame of a chunk -> next batch published."""
 
     # --- helpers ---------------------------------------------------------------------
+
+    @property
+    def buffered_frames(self) -> int:
+        """Frames of untold series held (all detectors)."""
+        return self.router.buffered_frames
+
+    @property
+    def buffer(self) -> dict[Key, Buffered]:
+        """Untold series held, oldest first."""
+        return self.router.buffer
+
+    @property
+    def endpoint_errors(self) -> dict[str, dict[str, int]]:
+        """Per endpoint, stream error counts no session took (and buffer overflows)."""
+        return self.router.endpoint_errors
 
     def planner_for(self, strategy: str) -> PlannerChoice:
         if strategy not in self._planners:
@@ -138,9 +129,7 @@ class SessionManager:
         del self.sessions[s.session_id]
         self.finished[s.session_id] = FinishedSession.of(s)
         s.store.close()
-        for bind in self.bindings.values():
-            if bind.session_id == s.session_id:
-                bind.ended = True  # kept: a late frame of its series is counted against the session, not buffered as untold
+        self.router.session_ended(s.session_id)
         if s.session_id in self.queue:
             self.queue.remove(s.session_id)
         s.patterns = None
@@ -292,7 +281,7 @@ class SessionManager:
                 raise Problem(409, f"batch {batch_id} has not been issued (ask first)", kind="wrong-state")
             b = s.batches[batch_id]
             key = (s.endpoint, series)
-            bound = self.bindings.get(key)
+            bound = self.router.binding(key)
             if bound is not None and bound.session_id == sid and bound.batch_id == batch_id:
                 # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
                 told = b.told_slots if b.series == series else np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
@@ -314,13 +303,12 @@ class SessionManager:
                 raise Problem(507, str(err), kind="storage-unavailable") from None
             if meas is not None:
                 s.positions_used[missing] = meas
-            self.bindings[key] = Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)})
+            buffered = self.router.bind(key, Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)}))
             b.series, b.told_slots, b.status = series, missing, BatchStatus.TOLD
             if s.state == SessionState.CREATED:
                 s.state = SessionState.ACQUIRING
-            buffered = self.buffer.pop(key, None)
             if buffered is not None:
-                self._unbuffer(buffered)
+                self.metrics.buffered_frames.set(self.router.buffered_frames)
                 for kind, msg in buffered.errors:
                     s.note_error(kind, msg)
                 for idx in sorted(buffered.frames):
@@ -365,130 +353,73 @@ class SessionManager:
             self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
 
     def _apply_event(self, endpoint: str, event, handled_at: float) -> None:
+        router = self.router
         if isinstance(event, Frame):
             key = (endpoint, event.series)
-            self.last_key[endpoint] = key
+            router.last_key[endpoint] = key
             arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
-            if key in self.bindings:
+            if router.is_bound(key):
                 self._store_frame(key, event.frame, event.image, arrived_at, live=True)
             else:
                 self._buffer_frame(key, event.frame, event.image, arrived_at)
         elif isinstance(event, StreamError):
             self._stream_error(endpoint, event)
         elif isinstance(event, SeriesEnd):
-            key = (endpoint, event.series)
-            if key in self.bindings:
-                self._series_end(key)
-            elif key in self.buffer:
-                self.buffer[key].ended = True
+            self._series_end((endpoint, event.series))
         elif isinstance(event, SeriesStart):
-            self.last_key[endpoint] = (endpoint, event.series)
+            router.last_key[endpoint] = (endpoint, event.series)
 
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
+        """Count ``ev`` by its kind and charge it to its series' session, else hold it for the series' tell or the endpoint."""
         kind = classify_stream_error(ev.reason)
         self.metrics.stream_errors.labels(kind).inc()
-        self._logged_errors[endpoint] = n = self._logged_errors.get(endpoint, 0) + 1
+        n = self.router.count_logged(endpoint)
         if n <= 100 or n % 1000 == 0:  # a flood of bad input must not flood the log
             log.warning("stream %s: %s%s", endpoint, ev.reason, f" ({n} problems so far)" if n >= 100 else "")
-        key = (endpoint, ev.series) if ev.series is not None else self.last_key.get(endpoint)
-        if key is not None and key in self.bindings:
-            s = self.sessions.get(self.bindings[key].session_id)
-            if s is not None:
-                s.note_error(kind, f"series {key[1]}: {ev.reason}")
-                return
-        if ev.series is not None:
-            self._buffer_entry((endpoint, ev.series)).errors.append((kind, f"series {ev.series}: {ev.reason}"))
+        key = self.router.error_key(endpoint, ev.series)
+        bind = self.router.binding(key) if key is not None else None
+        if bind is not None and (s := self.sessions.get(bind.session_id)) is not None:
+            s.note_error(kind, f"series {key[1]}: {ev.reason}")
             return
-        counts = self.endpoint_errors.setdefault(endpoint, {})
-        counts[kind] = counts.get(kind, 0) + 1
+        self.router.hold_error(endpoint, ev.series, kind, ev.reason)
 
-    def _buffer_entry(self, key: tuple[str, int]) -> Buffered:
-        entry = self.buffer.get(key)
-        if entry is None:
-            entry = self.buffer[key] = Buffered()
-        return entry
-
-    def _buffer_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float) -> None:
-        """Hold a frame of a series not told yet; the oldest series go when ``max_buffered_frames`` or ``max_buffered_bytes`` is exceeded."""
-        entry = self._buffer_entry(key)
-        held = entry.frames.setdefault(idx, [])
-        if len(held) >= MAX_CANDIDATES:
-            entry.errors.append(("duplicated", f"series {key[1]}: duplicated frame {idx} (before tell)"))
-            return
-        held.append((image, arrived_at))
-        entry.count += 1
-        entry.nbytes += image.nbytes
-        self.buffered_frames += 1
-        self.buffered_bytes += image.nbytes
-        while (self.buffered_frames > self.settings.max_buffered_frames or self.buffered_bytes > self.settings.max_buffered_bytes) and self.buffer:
-            old_key, old = self.buffer.popitem(last=False)
-            self._unbuffer(old)
+    def _buffer_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float) -> None:
+        """Hold a frame of a series not told yet (``FrameRouter.buffer_frame``); count and log the series it evicts."""
+        result, evicted = self.router.buffer_frame(key, idx, image, arrived_at)
+        if result.outcome != FrameOutcome.BUFFERED:
+            return  # a duplicate: noted for the tell
+        for old in evicted:
             self.metrics.stream_errors.labels("buffer_overflow").inc(old.count)
-            counts = self.endpoint_errors.setdefault(old_key[0], {})
-            counts["buffer_overflow"] = counts.get("buffer_overflow", 0) + old.count
-            log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old_key[1], old_key[0])
-        self.metrics.buffered_frames.set(self.buffered_frames)
+            log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])
+        self.metrics.buffered_frames.set(self.router.buffered_frames)
 
-    def _unbuffer(self, entry: Buffered) -> None:
-        """Account for ``entry`` leaving the buffer (told or evicted)."""
-        self.buffered_frames -= entry.count
-        self.buffered_bytes -= entry.nbytes
-        self.metrics.buffered_frames.set(self.buffered_frames)
-
-    def _store_frame(self, key: tuple[str, int], idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> bool:
+    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> bool:
         """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell).
 
-        A frame refused (shape, counts) leaves its slot empty: a valid resend is stored.
-        A chunk completed by a live frame counts its decision latency from that frame's
-        arrival; one completed at a tell (its frames were buffered) from the tell.
+        The router decides (``FrameRouter.admit``, ``FrameRouter.place``); this applies the
+        side effects: error counts, the file write, metrics, and for a completed batch the
+        flush, the compute queue and waking asks.
         """
-        bind = self.bindings[key]
+        bind = self.router.bindings[key]
         s = self.sessions.get(bind.session_id)
-        slot = bind.frame_to_slot.get(idx)
-        if s is None:  # its session has ended
-            kind = "other" if slot is not None else "unexpected"
-            self.metrics.stream_errors.labels(kind).inc()
-            if (f := self.finished.get(bind.session_id)) is not None:
-                f.note_error(kind, f"series {key[1]}: frame {idx} arrived after the session was {f.state}")
-            return False
-        if slot is None:
-            s.note_error("unexpected", f"series {key[1]}: frame {idx} is not bound to a position (beyond the series or its series ended short)")
-            self.metrics.stream_errors.labels("unexpected").inc()
-            return False
-        if s.received[slot]:
-            s.note_error("duplicated", f"series {key[1]}: frame {idx} already stored")
-            self.metrics.stream_errors.labels("duplicated").inc()
-            return False
-        if image.shape != (s.k, s.k):
-            s.note_error("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
-            self.metrics.stream_errors.labels("malformed").inc()
-            return False
-        stored = s.pixel_dtype
-        if image.dtype.itemsize > stored.itemsize and (peak := int(image.max())) > np.iinfo(stored).max:
-            s.note_error(
-                "malformed", f"series {key[1]}: frame {idx} has counts up to {peak}, more than the session file's {stored.name} holds ({np.iinfo(stored).max})"
-            )
-            self.metrics.stream_errors.labels("malformed").inc()
+        f = self.finished.get(bind.session_id) if s is None else None
+        verdict = self.router.admit(key, idx, image, bind, s, None if f is None else f.state)
+        if verdict.outcome == FrameOutcome.REFUSED:
+            self.metrics.stream_errors.labels(verdict.kind).inc()
+            if s is not None:
+                s.note_error(verdict.kind, verdict.detail)
+            elif f is not None:
+                f.note_error(verdict.kind, verdict.detail)
             return False
         try:
-            s.store.write_frame(slot, image)
+            s.store.write_frame(verdict.slot, image)
         except StoreError as err:
             self._fail(s, err)
             return False
-        s.patterns[slot] = image
-        s.received[slot] = True
-        s.frames_received += 1
+        placed = self.router.place(s, bind.batch_id, verdict.slot, image, arrived_at, live, self.settings.resume_told_timeout_s)
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
-        b = s.batches[bind.batch_id]
-        if b.stall_deadline is not None:
-            b.stall_deadline = time.monotonic() + self.settings.resume_told_timeout_s
-        b.first_arrival = arrived_at if b.first_arrival is None else min(b.first_arrival, arrived_at)
-        b.last_arrival = arrived_at if b.last_arrival is None else max(b.last_arrival, arrived_at)
-        if b.status == BatchStatus.TOLD and s.batch_complete(b):
-            b.status = BatchStatus.COMPLETE
-            s.last_frame_at = arrived_at if live else time.perf_counter()
-            s.state = SessionState.RECONSTRUCTING
+        if placed.outcome == FrameOutcome.BATCH_COMPLETE:
             self.metrics.batches_complete.inc()
             try:
                 s.store.flush()
@@ -500,15 +431,16 @@ class SessionManager:
             s.notify()
         return True
 
-    def _series_end(self, key: tuple[str, int]) -> None:
+    def _series_end(self, key: Key) -> None:
         """The detector ended series ``key``: a told batch still missing frames of it goes back to issued.
 
         Its missing slots are unbound (in memory and in the file), so a late frame of the
         ended series is refused rather than stored where a new tell's series belongs, and
         a restart re-issues them instead of waiting for them.
         """
-        bind = self.bindings[key]
-        bind.ended = True
+        bind = self.router.series_end(key)
+        if bind is None:  # not told yet: the buffered series is marked ended
+            return
         s = self.sessions.get(bind.session_id)
         if s is None or s.terminal:
             return
@@ -517,7 +449,7 @@ class SessionManager:
             missing = s.missing_slots(b)
             s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {b.batch_id} missing; batch re-issued")
             lost = {int(v) for v in missing}
-            bind.frame_to_slot = {i: slot for i, slot in bind.frame_to_slot.items() if slot not in lost}
+            self.router.unbind_slots(bind, lost)
             try:
                 s.store.unbind(missing, b.batch_id)
             except StoreError as err:
@@ -540,7 +472,7 @@ class SessionManager:
                     if b.stall_deadline is not None and b.stall_deadline < now:
                         b.stall_deadline = None
                         key = (s.endpoint, b.series)
-                        if b.status == BatchStatus.TOLD and key in self.bindings:
+                        if b.status == BatchStatus.TOLD and self.router.is_bound(key):
                             s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
                             self._series_end(key)
                             n += 1
@@ -687,8 +619,7 @@ class SessionManager:
         """Take over a session rebuilt from its file and its series bindings; queue the work it awaits."""
         with self.lock:
             self.sessions[s.session_id] = s
-            for series, bind in bindings.items():
-                self.bindings[(s.endpoint, series)] = bind
+            self.router.adopt(s.endpoint, bindings)
             if s.terminal:
                 try:
                     s.store.set_state(s.state, s.error)  # a session found finished at restore (its last chunk was reconstructed)

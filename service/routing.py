@@ -1,0 +1,256 @@
+"""Frame routing: detector series -> session batches, the pre-tell buffer, and the verdict on each frame.
+
+A *key* is ``(endpoint, series)``. A series is bound once, at its tell, to the
+missing slots of one batch (``service.session.Binding``). Frames of a series not told
+yet are held in a buffer capped in frames and bytes (oldest series evicted first) and
+replayed at the tell. Nothing here writes a file, touches a metric or takes a lock:
+methods return what happened (``FrameResult``, evictions) and the session manager,
+holding its lock, applies the side effects (store writes, metrics, queueing, logging).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from service.session import BatchStatus, Binding, Session, SessionState
+
+Key = tuple[str, int]
+"""(detector endpoint, series number)."""
+
+MAX_CANDIDATES = 4
+"""Frames kept per index of an untold series: a frame refused at the tell (wrong shape, counts too high) must not
+make a valid resend of it a duplicate, so distinct arrivals are kept and the first acceptable one is stored."""
+
+
+class FrameOutcome(StrEnum):
+    """What became of one frame."""
+
+    STORED = "stored"
+    """Put into its slot (memory); its batch still misses frames."""
+    BATCH_COMPLETE = "batch_complete"
+    """Put into its slot, and that completed its told batch: the batch awaits reconstruction."""
+    ADMITTED = "admitted"
+    """May be stored at ``slot`` (the verdict before the session file is written)."""
+    BUFFERED = "buffered"
+    """Held until its series is told."""
+    REFUSED = "refused"
+    """Not stored; ``kind`` (an error counter name) and ``detail`` say why."""
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The outcome of one frame; ``kind`` and ``detail`` only for ``REFUSED``, ``slot`` only for ``ADMITTED``."""
+
+    outcome: FrameOutcome
+    kind: str | None = None
+    detail: str = ""
+    slot: int | None = None
+
+    @classmethod
+    def refused(cls, kind: str, detail: str = "") -> FrameResult:
+        return cls(FrameOutcome.REFUSED, kind, detail)
+
+
+STORED = FrameResult(FrameOutcome.STORED)
+BATCH_COMPLETE = FrameResult(FrameOutcome.BATCH_COMPLETE)
+BUFFERED = FrameResult(FrameOutcome.BUFFERED)
+
+
+@dataclass
+class Buffered:
+    """Frames and problems of a series not yet told."""
+
+    frames: dict[int, list[tuple[np.ndarray, float]]] = field(default_factory=dict)
+    """per frame index, each arrival (image, perf_counter() when it arrived (s): a chunk's acquisition time is measured
+    from arrivals, not the tell), oldest first."""
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    """(error kind, detail) noted against the series before its tell; charged to its session at the tell."""
+    ended: bool = False
+    count: int = 0
+    """frames held."""
+    nbytes: int = 0
+    """bytes of the frames held."""
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """An untold series dropped from a full buffer: ``count`` frames lost."""
+
+    key: Key
+    count: int
+
+
+class FrameRouter:
+    """Series bindings, the pre-tell buffer and per-endpoint error counts of every detector; called with the manager's lock held."""
+
+    def __init__(self, max_buffered_frames: int, max_buffered_bytes: int) -> None:
+        self.max_buffered_frames = max_buffered_frames
+        self.max_buffered_bytes = max_buffered_bytes
+        """caps of the pre-tell buffer, all series together (frames; bytes of decoded images)."""
+        self.bindings: dict[Key, Binding] = {}
+        self.buffer: OrderedDict[Key, Buffered] = OrderedDict()
+        """untold series, oldest first (evicted in this order)."""
+        self.buffered_frames = 0
+        self.buffered_bytes = 0
+        self.endpoint_errors: dict[str, dict[str, int]] = {}
+        """per endpoint, error counts no session or untold series could be charged with (and buffer overflows)."""
+        self.last_key: dict[str, Key] = {}
+        """per endpoint, the series of its latest frame or header (errors without a series number go to it)."""
+        self.logged_errors: dict[str, int] = {}
+        """per endpoint, stream errors seen (the log is thinned out past 100)."""
+
+    # --- bindings ----------------------------------------------------------------------
+
+    def binding(self, key: Key) -> Binding | None:
+        return self.bindings.get(key)
+
+    def is_bound(self, key: Key) -> bool:
+        return key in self.bindings
+
+    def bind(self, key: Key, binding: Binding) -> Buffered | None:
+        """Bind series ``key`` (at its tell); returns what was buffered of it, now out of the buffer, for the caller to replay."""
+        self.bindings[key] = binding
+        entry = self.buffer.pop(key, None)
+        if entry is not None:
+            self._unbuffer(entry)
+        return entry
+
+    def adopt(self, endpoint: str, bindings: dict[int, Binding]) -> None:
+        """Take over a restored session's bindings, by series number."""
+        for series, bind in bindings.items():
+            self.bindings[(endpoint, series)] = bind
+
+    def session_ended(self, session_id: str) -> None:
+        """Mark the series of an ended session ended; they stay bound, so a late frame is charged to the session, not buffered as untold."""
+        for bind in self.bindings.values():
+            if bind.session_id == session_id:
+                bind.ended = True
+
+    def series_end(self, key: Key) -> Binding | None:
+        """The detector ended series ``key``: its binding (marked ended), or None if it is untold (a buffered series is marked ended)."""
+        bind = self.bindings.get(key)
+        if bind is not None:
+            bind.ended = True
+        elif key in self.buffer:
+            self.buffer[key].ended = True
+        return bind
+
+    @staticmethod
+    def unbind_slots(bind: Binding, lost: set[int]) -> None:
+        """Forget the frames of ``bind`` bound to slots ``lost`` (its series ended short): a late one is then refused."""
+        bind.frame_to_slot = {i: slot for i, slot in bind.frame_to_slot.items() if slot not in lost}
+
+    # --- frames ------------------------------------------------------------------------
+
+    @staticmethod
+    def admit(key: Key, idx: int, image: np.ndarray, bind: Binding, s: Session | None, ended_state: str | None = None) -> FrameResult:
+        """Whether frame ``idx`` of bound series ``key`` may be stored: ``ADMITTED`` with its slot, or ``REFUSED``.
+
+        ``s`` is the bound session in progress (None: it has ended, as ``ended_state``). A
+        frame refused (shape, counts) leaves its slot empty: a valid resend is admitted.
+        """
+        slot = bind.frame_to_slot.get(idx)
+        if s is None:
+            kind = "other" if slot is not None else "unexpected"
+            return FrameResult.refused(kind, f"series {key[1]}: frame {idx} arrived after the session was {ended_state}")
+        if slot is None:
+            return FrameResult.refused("unexpected", f"series {key[1]}: frame {idx} is not bound to a position (beyond the series or its series ended short)")
+        if s.received[slot]:
+            return FrameResult.refused("duplicated", f"series {key[1]}: frame {idx} already stored")
+        if image.shape != (s.k, s.k):
+            return FrameResult.refused("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
+        stored = s.pixel_dtype
+        if image.dtype.itemsize > stored.itemsize and (peak := int(image.max())) > np.iinfo(stored).max:
+            return FrameResult.refused(
+                "malformed", f"series {key[1]}: frame {idx} has counts up to {peak}, more than the session file's {stored.name} holds ({np.iinfo(stored).max})"
+            )
+        return FrameResult(FrameOutcome.ADMITTED, slot=slot)
+
+    @staticmethod
+    def place(s: Session, batch_id: int, slot: int, image: np.ndarray, arrived_at: float, live: bool, resume_told_timeout_s: float) -> FrameResult:
+        """Put an admitted frame (already written to the session file) into slot ``slot`` in memory: ``STORED`` or ``BATCH_COMPLETE``.
+
+        ``arrived_at``: perf_counter() (s) when the frame came off the socket. ``live``: it
+        comes straight from the detector, not from the buffer at a tell; a chunk completed by
+        a live frame counts its decision latency from that arrival, one completed at a tell
+        from the tell. A complete batch leaves the session reconstructing.
+        """
+        s.patterns[slot] = image
+        s.received[slot] = True
+        s.frames_received += 1
+        b = s.batches[batch_id]
+        if b.stall_deadline is not None:
+            b.stall_deadline = time.monotonic() + resume_told_timeout_s
+        b.first_arrival = arrived_at if b.first_arrival is None else min(b.first_arrival, arrived_at)
+        b.last_arrival = arrived_at if b.last_arrival is None else max(b.last_arrival, arrived_at)
+        if b.status == BatchStatus.TOLD and s.batch_complete(b):
+            b.status = BatchStatus.COMPLETE
+            s.last_frame_at = arrived_at if live else time.perf_counter()
+            s.state = SessionState.RECONSTRUCTING
+            return BATCH_COMPLETE
+        return STORED
+
+    # --- the pre-tell buffer -----------------------------------------------------------
+
+    def _entry(self, key: Key) -> Buffered:
+        entry = self.buffer.get(key)
+        if entry is None:
+            entry = self.buffer[key] = Buffered()
+        return entry
+
+    def buffer_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float) -> tuple[FrameResult, list[Eviction]]:
+        """Hold a frame of a series not told yet: ``BUFFERED`` (or ``REFUSED`` as a duplicate, noted for the tell) and the series evicted.
+
+        The oldest series go when ``max_buffered_frames`` or ``max_buffered_bytes`` is
+        exceeded; their frames are counted as ``buffer_overflow`` against the endpoint.
+        """
+        entry = self._entry(key)
+        held = entry.frames.setdefault(idx, [])
+        if len(held) >= MAX_CANDIDATES:
+            detail = f"series {key[1]}: duplicated frame {idx} (before tell)"
+            entry.errors.append(("duplicated", detail))
+            return FrameResult.refused("duplicated", detail), []
+        held.append((image, arrived_at))
+        entry.count += 1
+        entry.nbytes += image.nbytes
+        self.buffered_frames += 1
+        self.buffered_bytes += image.nbytes
+        evicted = []
+        while (self.buffered_frames > self.max_buffered_frames or self.buffered_bytes > self.max_buffered_bytes) and self.buffer:
+            old_key, old = self.buffer.popitem(last=False)
+            self._unbuffer(old)
+            self.count_endpoint_error(old_key[0], "buffer_overflow", old.count)
+            evicted.append(Eviction(old_key, old.count))
+        return BUFFERED, evicted
+
+    def _unbuffer(self, entry: Buffered) -> None:
+        """Account for ``entry`` leaving the buffer (told or evicted)."""
+        self.buffered_frames -= entry.count
+        self.buffered_bytes -= entry.nbytes
+
+    # --- stream errors -----------------------------------------------------------------
+
+    def error_key(self, endpoint: str, series: int | None) -> Key | None:
+        """The series a stream error of ``endpoint`` belongs to: its own, else that of the endpoint's latest frame or header."""
+        return (endpoint, series) if series is not None else self.last_key.get(endpoint)
+
+    def hold_error(self, endpoint: str, series: int | None, kind: str, reason: str) -> None:
+        """An error no session in progress takes: noted for the tell of its series if it names one, else counted against the endpoint."""
+        if series is not None:
+            self._entry((endpoint, series)).errors.append((kind, f"series {series}: {reason}"))
+        else:
+            self.count_endpoint_error(endpoint, kind)
+
+    def count_endpoint_error(self, endpoint: str, kind: str, n: int = 1) -> None:
+        counts = self.endpoint_errors.setdefault(endpoint, {})
+        counts[kind] = counts.get(kind, 0) + n
+
+    def count_logged(self, endpoint: str) -> int:
+        """Count one more stream error of ``endpoint``; returns how many so far."""
+        self.logged_errors[endpoint] = n = self.logged_errors.get(endpoint, 0) + 1
+        return n
