@@ -25,7 +25,7 @@ from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, PlanRequest, resolve_planner
 from service.problems import Problem
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
-from service.session import Batch, BatchStatus, Binding, Session, SessionState, classify_stream_error, restored_session
+from service.session import Batch, BatchStatus, Binding, Session, SessionState, restored_session
 from service.settings import ServiceSettings
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
 
@@ -371,7 +371,7 @@ class SessionManager:
 
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
         """Count ``ev`` by its kind and charge it to its series' session, else hold it for the series' tell or the endpoint."""
-        kind = classify_stream_error(ev.reason)
+        kind = str(ev.kind)  # set where the error was found (detector_stream.errors.StreamErrorKind), never guessed from the reason text
         self.metrics.stream_errors.labels(kind).inc()
         n = self.router.count_logged(endpoint)
         if n <= 100 or n % 1000 == 0:  # a flood of bad input must not flood the log
