@@ -29,26 +29,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deadline import Level, UpdateDeadline, replayed
+from service.spec import Beam
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BeamKey:
-    """What fixes the probe: beam energy (eV), convergence (mrad), K, detector pixel (mrad), defocus (nm)."""
-
-    energy_ev: float
-    convergence_mrad: float
-    detector_pixels: int
-    detector_pixel_mrad: float
-    defocus_nm: float
-
-    @property
-    def pixel_nm(self) -> float:
-        """Reconstruction pixel in nm: wavelength / (K * detector_pixel_mrad * 1e-3)."""
-        from recon.physics import real_space_pixel_angstrom
-
-        return real_space_pixel_angstrom(self.energy_ev, self.detector_pixels, self.detector_pixel_mrad) / 10.0
+BeamKey = Beam
+"""What fixes the probe (``service.spec.Beam``): the key jobs are grouped and probes cached by."""
 
 
 @dataclass

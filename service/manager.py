@@ -27,6 +27,7 @@ from service.problems import Problem
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
 from service.session import Batch, BatchStatus, Binding, Session, SessionState, restored_session
 from service.settings import ServiceSettings
+from service.spec import Beam
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
 
 log = logging.getLogger(__name__)
@@ -207,10 +208,8 @@ class SessionManager:
 
     def _check_size(self, params: dict) -> None:
         """422 for a session whose grid or frame stack would not fit (before anything is allocated)."""
-        from service.compute import BeamKey
-
-        k = int(params["detector_pixels"])
-        beam = BeamKey(params["energy_ev"], params["convergence_mrad"], k, params["detector_pixel_mrad"], params["defocus_nm"])
+        beam = Beam.from_params(params)
+        k = beam.detector_pixels
         try:
             pixel_nm = beam.pixel_nm
         except (ArithmeticError, ValueError) as err:  # the request model's ranges keep this from happening

@@ -17,9 +17,9 @@ from enum import StrEnum
 import numpy as np
 
 from detector_stream.events import StreamError
-from service.compute import BeamKey
 from service.planner import PlannerChoice
-from service.store import SessionStore, StoredSession, pixel_dtype
+from service.spec import Beam, SessionSpec
+from service.store import SessionStore, StoredSession
 
 
 class SessionState(StrEnum):
@@ -132,38 +132,42 @@ class Session:
     version: int = 0
     waiters: list = field(default_factory=list)
     needs_plan: bool = False
+    spec: SessionSpec = field(init=False, repr=False)
+    """``params`` read once, typed (``params`` is kept verbatim: the file and the status report carry it)."""
+
+    def __post_init__(self) -> None:
+        self.spec = SessionSpec.from_params(self.params)
 
     # --- derived ---------------------------------------------------------------------
 
     @property
     def budget(self) -> int:
-        return int(self.params["budget"])
+        return self.spec.budget
 
     @property
     def chunk(self) -> int:
-        return int(self.params["chunk"])
+        return self.spec.chunk
 
     @property
     def endpoint(self) -> str:
-        return str(self.params["detector_endpoint"])
+        return self.spec.endpoint
 
     @property
     def fov(self) -> tuple[float, float, float, float]:
-        return tuple(float(v) for v in self.params["fov_nm"])  # type: ignore[return-value]
+        return self.spec.fov
 
     @property
     def k(self) -> int:
-        return int(self.params["detector_pixels"])
+        return self.spec.k
 
     @property
     def pixel_dtype(self) -> np.dtype:
         """Pixel type of the counts in the session file (``service.store.pixel_dtype``)."""
-        return pixel_dtype(self.params)
+        return self.spec.pixel_dtype
 
     @property
-    def beam(self) -> BeamKey:
-        p = self.params
-        return BeamKey(float(p["energy_ev"]), float(p["convergence_mrad"]), int(p["detector_pixels"]), float(p["detector_pixel_mrad"]), float(p["defocus_nm"]))
+    def beam(self) -> Beam:
+        return self.spec.beam
 
     @property
     def n_issued(self) -> int:
