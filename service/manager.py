@@ -8,39 +8,28 @@ outside the lock and hands results back through ``publish``).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.receiver import handle_each
-from service.compute import ReconJob, ReconOutput
+from service.compute import ReconOutput
 from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
-from service.planner import PlannerChoice, PlanRequest, resolve_planner
+from service.planner import PlannerChoice, resolve_planner
 from service.problems import Problem
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
 from service.session import Batch, BatchStatus, Binding, Session, SessionState, restored_session
 from service.settings import ServiceSettings
-from service.spec import Beam
+from service.spec import SessionSpec
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
+from service.work import WorkItem, acquisition_s, work_item
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class WorkItem:
-    session_id: str
-    batch_id: int | None
-    job: ReconJob | None
-    plan: PlanRequest | None
-    planner: object | None
-    last_frame_at: float | None
-
 
 class SessionManager:
     def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
@@ -208,24 +197,9 @@ class SessionManager:
 
     def _check_size(self, params: dict) -> None:
         """422 for a session whose grid or frame stack would not fit (before anything is allocated)."""
-        beam = Beam.from_params(params)
-        k = beam.detector_pixels
-        try:
-            pixel_nm = beam.pixel_nm
-        except (ArithmeticError, ValueError) as err:  # the request model's ranges keep this from happening
-            raise Problem(422, f"energy_ev, detector_pixels, detector_pixel_mrad: no reconstruction pixel ({err})", kind="invalid-request") from None
-        if not (math.isfinite(pixel_nm) and pixel_nm > 0):
-            raise Problem(422, f"energy_ev, detector_pixels, detector_pixel_mrad give a reconstruction pixel of {pixel_nm} nm", kind="invalid-request")
-        side = max(params["fov_nm"][2], params["fov_nm"][3]) / pixel_nm + k
-        if not side <= self.settings.max_grid_pixels:
-            raise Problem(
-                422,
-                f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {pixel_nm:.4g} nm/pixel (max_grid_pixels {self.settings.max_grid_pixels})",
-                kind="invalid-request",
-            )
-        stack = int(params["budget"]) * k * k * 4
-        if stack > self.settings.max_session_bytes:
-            raise Problem(422, f"budget x detector_pixels^2 needs {stack / 2**30:.1f} GiB of frames (max_session_bytes {self.settings.max_session_bytes / 2**30:.1f} GiB)", kind="invalid-request")
+        error = SessionSpec.from_params(params).size_error(self.settings.max_grid_pixels, self.settings.max_session_bytes)
+        if error is not None:
+            raise Problem(422, error, kind="invalid-request")
 
     def delete(self, sid: str) -> dict:
         with self.lock:
@@ -501,39 +475,13 @@ class SessionManager:
                 s = self.sessions.get(sid)
                 if s is None or s.terminal:
                     continue
-                item = self._work_item(s)
+                item = work_item(s)
                 if item.job is not None and item.last_frame_at is not None:
                     self.metrics.decision_wait_seconds.observe(now - item.last_frame_at)
                 items.append(item)
             self.queue.clear()
             self.metrics.recon_queue.set(0)
             return items
-
-    def _work_item(self, s: Session) -> WorkItem:
-        b = s.pending_reconstruction()
-        job = None
-        n = s.n_issued
-        if b is not None:
-            n = int(b.slots[-1]) + 1
-            init = s.potential.copy() if s.potential is not None else None
-            # s.patterns[:n] is passed as a view, not copied under the lock: rows of complete batches are
-            # never written again (a frame for a received slot is refused as a duplicate) and add_batch
-            # replaces the array rather than writing below n_issued.
-            x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
-            pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
-            previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
-            n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == BatchStatus.RECONSTRUCTED and init is not None else 0
-            job = ReconJob(
-                s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id, acquisition_s=_acquisition_s(b)
-            )
-        plan = None
-        needs_plan = b is not None or not s.batches or s.current.status == BatchStatus.RECONSTRUCTED
-        if needs_plan and n < s.budget:
-            plan = PlanRequest(
-                s.fov, s.budget, s.chunk, len(s.batches), s.positions_used[:n].copy(), None,
-                n_next=min(s.chunk, s.budget - n), session_id=s.session_id,
-            )
-        return WorkItem(s.session_id, None if b is None else b.batch_id, job, plan, s.planner.planner, s.last_frame_at)
 
     def publish(self, item: WorkItem, recon: ReconOutput | None, positions: np.ndarray | None, error: str | None = None) -> None:
         """Apply a worker's result: store the reconstruction, issue the next batch (or finish), wake asks."""
@@ -642,9 +590,5 @@ class SessionManager:
                 s.store.close()
 
 
-def _acquisition_s(b: Batch) -> float | None:
-    """How long the microscope took for batch ``b`` (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
-    n = len(b.slots)
-    if b.first_arrival is None or b.last_arrival is None or n < 2:
-        return None
-    return max(b.last_arrival - b.first_arrival, 0.0) * n / (n - 1)
+_acquisition_s = acquisition_s
+"""The old name (``service.work.acquisition_s``), which tests import."""

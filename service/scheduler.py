@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.compute import ReconBackend, ReconOutput
-from service.manager import SessionManager, WorkItem
+from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.planner import PlanRequest
+from service.work import WorkItem
 
 log = logging.getLogger(__name__)
 

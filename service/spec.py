@@ -7,6 +7,7 @@ service asks typed fields (``spec.beam.pixel_nm``) instead of re-reading dict ke
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,3 +85,21 @@ class SessionSpec:
     def k(self) -> int:
         """Detector pixels per side (K)."""
         return self.beam.detector_pixels
+
+    def size_error(self, max_grid_pixels: int, max_session_bytes: int) -> str | None:
+        """Why this session's reconstruction grid (at most ``max_grid_pixels`` across) or frame stack
+        (at most ``max_session_bytes``, float32 frames) would not fit; None if they fit."""
+        k = self.k
+        try:
+            pixel_nm = self.beam.pixel_nm
+        except (ArithmeticError, ValueError) as err:  # the request model's ranges keep this from happening
+            return f"energy_ev, detector_pixels, detector_pixel_mrad: no reconstruction pixel ({err})"
+        if not (math.isfinite(pixel_nm) and pixel_nm > 0):
+            return f"energy_ev, detector_pixels, detector_pixel_mrad give a reconstruction pixel of {pixel_nm} nm"
+        side = max(self.fov[2], self.fov[3]) / pixel_nm + k
+        if not side <= max_grid_pixels:
+            return f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {pixel_nm:.4g} nm/pixel (max_grid_pixels {max_grid_pixels})"
+        stack = self.budget * k * k * 4
+        if stack > max_session_bytes:
+            return f"budget x detector_pixels^2 needs {stack / 2**30:.1f} GiB of frames (max_session_bytes {max_session_bytes / 2**30:.1f} GiB)"
+        return None

@@ -1,0 +1,60 @@
+"""Work for the compute worker, built from a session under the manager's lock: a reconstruction job and/or a plan request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.compute import ReconJob
+from service.planner import PlanRequest
+from service.session import Batch, BatchStatus, Session
+
+
+@dataclass
+class WorkItem:
+    """One session's work: reconstruct batch ``batch_id`` (``job``), then plan the next batch (``plan``) with ``planner``."""
+
+    session_id: str
+    batch_id: int | None
+    job: ReconJob | None
+    plan: PlanRequest | None
+    planner: object | None
+    last_frame_at: float | None
+    """perf_counter() (s) of the frame that completed the batch (decision latency is measured from it)."""
+
+
+def work_item(s: Session) -> WorkItem:
+    """The compute worker's work for session ``s``: its oldest complete batch's reconstruction (if any) and the next batch's plan (if due)."""
+    b = s.pending_reconstruction()
+    job = None
+    n = s.n_issued
+    if b is not None:
+        n = int(b.slots[-1]) + 1
+        init = s.potential.copy() if s.potential is not None else None
+        # s.patterns[:n] is passed as a view, not copied under the lock: rows of complete batches are
+        # never written again (a frame for a received slot is refused as a duplicate) and add_batch
+        # replaces the array rather than writing below n_issued.
+        x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
+        pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
+        previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
+        n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == BatchStatus.RECONSTRUCTED and init is not None else 0
+        job = ReconJob(
+            s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id, acquisition_s=acquisition_s(b)
+        )
+    plan = None
+    needs_plan = b is not None or not s.batches or s.current.status == BatchStatus.RECONSTRUCTED
+    if needs_plan and n < s.budget:
+        plan = PlanRequest(
+            s.fov, s.budget, s.chunk, len(s.batches), s.positions_used[:n].copy(), None,
+            n_next=min(s.chunk, s.budget - n), session_id=s.session_id,
+        )
+    return WorkItem(s.session_id, None if b is None else b.batch_id, job, plan, s.planner.planner, s.last_frame_at)
+
+
+def acquisition_s(b: Batch) -> float | None:
+    """How long the microscope took for batch ``b`` (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
+    n = len(b.slots)
+    if b.first_arrival is None or b.last_arrival is None or n < 2:
+        return None
+    return max(b.last_arrival - b.first_arrival, 0.0) * n / (n - 1)
