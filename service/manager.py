@@ -275,7 +275,7 @@ class SessionManager:
                 self._fail(s, err)
                 raise Problem(507, str(err), kind="storage-unavailable") from None
             if meas is not None:
-                s.positions_used[missing] = meas
+                s.positions_measured[missing] = meas
             buffered = self.router.bind(key, Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)}))
             b.series, b.told_slots, b.status = series, missing, BatchStatus.TOLD
             if s.state == SessionState.CREATED:

@@ -114,7 +114,10 @@ class Session:
     error: str | None = None
     created_unix: float = field(default_factory=time.time)
     positions_issued: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    positions_used: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """(n_issued, 2) positions (x, y) the planner issued, nm, by slot."""
+    positions_measured: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """(n_issued, 2) positions (x, y) the scan reported reaching (a tell's measured_positions_nm), nm; NaN where none was
+    reported. Kept as the session file keeps them; ``positions_used`` is derived."""
     received: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     patterns: np.ndarray | None = None
     """(capacity, K, K) float32 frames by slot; capacity >= n_issued (the whole budget: untouched rows cost no memory)."""
@@ -170,6 +173,11 @@ class Session:
         return self.spec.beam
 
     @property
+    def positions_used(self) -> np.ndarray:
+        """(n_issued, 2) positions (x, y) the frames were taken at, nm: the measured one where reported, else the issued one."""
+        return np.where(np.isnan(self.positions_measured), self.positions_issued, self.positions_measured)
+
+    @property
     def n_issued(self) -> int:
         return int(self.positions_issued.shape[0])
 
@@ -204,7 +212,7 @@ class Session:
         n0 = self.n_issued
         slots = np.arange(n0, n0 + positions.shape[0])
         self.positions_issued = np.concatenate([self.positions_issued, positions])
-        self.positions_used = np.concatenate([self.positions_used, positions])
+        self.positions_measured = np.concatenate([self.positions_measured, np.full(positions.shape, np.nan)])
         self.received = np.concatenate([self.received, np.zeros(len(slots), bool)])
         if self.patterns is None or len(self.patterns) < self.n_issued:
             # Allocated once for the whole budget (np.zeros pages are only backed when written), and
@@ -286,7 +294,7 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
     """
     s = Session(st.session_id, st.params, planner, store, state=SessionState(st.state), error=st.error, created_unix=st.created_unix)
     s.positions_issued = st.positions_issued
-    s.positions_used = np.where(np.isnan(st.positions_measured), st.positions_issued, st.positions_measured)
+    s.positions_measured = np.array(st.positions_measured, dtype=np.float64)
     s.received = st.received.copy()
     s.patterns = np.zeros((max(s.budget, s.n_issued), s.k, s.k), np.float32)
     s.patterns[: len(st.patterns)] = st.patterns

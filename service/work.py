@@ -29,6 +29,7 @@ def work_item(s: Session) -> WorkItem:
     b = s.pending_reconstruction()
     job = None
     n = s.n_issued
+    used = s.positions_used  # derived from issued and measured: once per item
     if b is not None:
         n = int(b.slots[-1]) + 1
         init = s.potential.copy() if s.potential is not None else None
@@ -36,7 +37,7 @@ def work_item(s: Session) -> WorkItem:
         # never written again (a frame for a received slot is refused as a duplicate) and add_batch
         # replaces the array rather than writing below n_issued.
         x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
-        pos = np.stack([np.clip(s.positions_used[:n, 0], x0, x0 + w), np.clip(s.positions_used[:n, 1], y0, y0 + h)], axis=1)
+        pos = np.stack([np.clip(used[:n, 0], x0, x0 + w), np.clip(used[:n, 1], y0, y0 + h)], axis=1)
         previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
         n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == BatchStatus.RECONSTRUCTED and init is not None else 0
         job = ReconJob(
@@ -46,7 +47,7 @@ def work_item(s: Session) -> WorkItem:
     needs_plan = b is not None or not s.batches or s.current.status == BatchStatus.RECONSTRUCTED
     if needs_plan and n < s.budget:
         plan = PlanRequest(
-            s.fov, s.budget, s.chunk, len(s.batches), s.positions_used[:n].copy(), None,
+            s.fov, s.budget, s.chunk, len(s.batches), used[:n].copy(), None,
             n_next=min(s.chunk, s.budget - n), session_id=s.session_id,
         )
     return WorkItem(s.session_id, None if b is None else b.batch_id, job, plan, s.planner.planner, s.last_frame_at)
