@@ -15,6 +15,22 @@ from typing import Protocol
 import numpy as np
 
 
+def clamp_positions(positions_nm: np.ndarray, bounds: tuple[float, float, float, float]) -> np.ndarray:
+    """(N, 2) positions (x, y) in nm clamped into ``bounds`` = (x0, x1, y0, y1) nm."""
+    p = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2).copy()
+    x0, x1, y0, y1 = bounds
+    p[:, 0] = np.clip(p[:, 0], x0, x1)
+    p[:, 1] = np.clip(p[:, 1], y0, y1)
+    return p
+
+
+def raster_extent_nm(positions_nm: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, width, height) in nm of positions' bounding box."""
+    p = np.asarray(positions_nm)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    return float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])
+
+
 class FrameSource(Protocol):
     detector_pixels: int
 
@@ -81,17 +97,11 @@ class GroundTruthSource:
     @property
     def extent_nm(self) -> tuple[float, float, float, float]:
         """(x0, y0, width, height) of the dataset's raster in nm."""
-        p = np.asarray(self.dataset.positions_nm)
-        lo, hi = p.min(axis=0), p.max(axis=0)
-        return float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])
+        return raster_extent_nm(self.dataset.positions_nm)
 
     def beam_positions(self, positions_nm: np.ndarray) -> np.ndarray:
         """Requested positions clamped to where the ground truth holds a whole probe window (nm)."""
-        p = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2).copy()
-        x0, x1, y0, y1 = self._bounds
-        p[:, 0] = np.clip(p[:, 0], x0, x1)
-        p[:, 1] = np.clip(p[:, 1], y0, y1)
-        return p
+        return clamp_positions(positions_nm, self._bounds)
 
     def patterns(self, positions_nm: np.ndarray) -> np.ndarray:
         return self.simulator.patterns(self.beam_positions(positions_nm))
@@ -137,11 +147,7 @@ class SpecimenSource:
 
     def beam_positions(self, positions_nm: np.ndarray) -> np.ndarray:
         """Requested positions clamped to the specimen (nm): where the frames really come from."""
-        p = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2).copy()
-        x0, x1, y0, y1 = self._bounds
-        p[:, 0] = np.clip(p[:, 0], x0, x1)
-        p[:, 1] = np.clip(p[:, 1], y0, y1)
-        return p
+        return clamp_positions(positions_nm, self._bounds)
 
     def patterns(self, positions_nm: np.ndarray) -> np.ndarray:
         from sim_microscope.simulate import simulate_patterns
