@@ -158,10 +158,8 @@ class _Episode:
         return self.case.source.candidates_nm[self.indices]
 
     def measure(self, proposed_nm: np.ndarray, dose: float) -> None:
-        """Snap to unmeasured candidates, take their patterns at ``dose``."""
-        fov = self.case.fov_nm
-        unit = lambda p: (np.asarray(p) - np.asarray(fov[:2])) / np.asarray(fov[2:])  # noqa: E731
-        idx = snap_to_unvisited(unit(proposed_nm), unit(self.case.source.candidates_nm), self.visited)
+        """Snap to unmeasured candidates (nearest in nm), take their patterns at ``dose``."""
+        idx = snap_to_unvisited(np.asarray(proposed_nm, dtype=np.float64), self.case.source.candidates_nm, self.visited)
         self.indices.extend(idx.tolist())
         self.patterns.append(apply_dose(self.case.source.noise_free(idx), dose, self.rng))
 
@@ -234,20 +232,33 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
             bar.update(sum(ep.case.budget(options) for ep in episodes))
         else:
             if strategy in ADAPTIVE:
-                _adaptive_positions(episodes, strategy, options, live, runner, planner, bar)
+                for group in _by_key(episodes, lambda ep: ep.case.budget(options)).values():  # one sub-sequence plan per budget
+                    _adaptive_positions(group, strategy, options, live, runner, planner, bar)
             else:
                 for ep in episodes:
                     ep.measure(strategy_positions(strategy, ep.case.fov_nm, ep.case.budget(options), options.seed + 7919 * ep.seed_index
                                                   + 104729 * cases.index(ep.case)), options.dose)
                     bar.update(ep.case.budget(options))
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]
-        passes = final_passes(len(scans[0].positions_nm), options)
-        results = reconstruct_until_converged(final, scans, max_passes=passes, tolerance=options.final_tolerance,
-                                              max_batch=options.max_batch)
+        results: list = [None] * len(scans)
+        pass_counts = [final_passes(len(scan.positions_nm), options) for scan in scans]
+        for passes, idx in _by_key(list(range(len(scans))), pass_counts.__getitem__).items():
+            done = reconstruct_until_converged(final, [scans[i] for i in idx], max_passes=passes, tolerance=options.final_tolerance,
+                                               max_batch=options.max_batch)
+            for i, res in zip(idx, done, strict=True):
+                results[i] = res
         for ep, scan, res in zip(episodes, scans, results, strict=True):
             runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history))
     bar.close()
     return runs
+
+
+def _by_key(items: list, key) -> dict:
+    """``items`` grouped by ``key(item)``, in order of first appearance."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
 
 
 def final_passes(n_positions: int, options: EvaluationOptions) -> int:

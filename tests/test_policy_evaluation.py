@@ -143,3 +143,28 @@ def test_the_sparse_grid_continuation_skips_points_measured_at_their_snapped_pos
     uniform = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3) + 0.5
     chosen = planner.next_positions(uniform, (0.0, 0.0), 0.04, fov, snapped, 50, budget=200)
     np.testing.assert_allclose(chosen, grid[50:100])
+
+
+def test_each_dataset_gets_its_own_budget_and_duplicate_names_are_refused(tmp_path, capsys):
+    """Two fields of different size in one call: every strategy, adaptive ones included, measures each field's own budget."""
+    from recon.dataset import write_dataset
+    from sim_microscope.datasets import SimulationConfig, simulate_raster_dataset
+
+    base = SimulationConfig(scan_shape=(5, 5), step_nm=0.08, detector_pixels=32, detector_pixel_mrad=3.0, binning=1, oversample=2)
+    small = write_dataset(tmp_path / "small.h5", simulate_raster_dataset(base, seed=3))
+    large = write_dataset(tmp_path / "large.h5", simulate_raster_dataset(base.model_copy(update={"scan_shape": (7, 7)}), seed=4))
+    out = tmp_path / "e.json"
+    rc = main(["evaluate", "--datasets", str(small), str(large), "--density", "60", "--chunk", "4", "--seeds", "1",
+               "--final-iterations", "2", "--strategies", "structure-guided", "sparse-grid", "--no-oracle", "--json", str(out),
+               "--threads", "1"])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    budgets = {(r["dataset"], r["strategy"]): r["n_positions"] for r in rows}
+    assert budgets[("small", "structure-guided")] == budgets[("small", "sparse-grid")] == round(60 * 0.32**2)
+    assert budgets[("large", "structure-guided")] == budgets[("large", "sparse-grid")] == round(60 * 0.48**2)
+    capsys.readouterr()
+    (tmp_path / "again").mkdir()
+    copy = tmp_path / "again" / "small.h5"
+    copy.write_bytes(small.read_bytes())
+    assert main(["evaluate", "--datasets", str(small), str(copy), "--budget", "4", "--json", str(out)]) == 2
+    assert "distinct file names" in capsys.readouterr().err

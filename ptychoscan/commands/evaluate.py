@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         from policy.inference import PolicyRunner
 
         runner = PolicyRunner(args.policy)
+    stems = [Path(f).stem for f in args.datasets]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise ValueError(f"datasets must have distinct file names (results are keyed by them): {', '.join(repeated)} repeats")
     cases = []
     for f in args.datasets:
         case = prepare_case(read_dataset(f), Path(f).stem, options, device)
