@@ -75,7 +75,16 @@ def lowpass(image: np.ndarray, pixel_nm: float, cutoff_per_nm: float) -> np.ndar
 
 def ground_truth_on_grid(ground_truth: GroundTruth, grid: ObjectGrid, shift_nm: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """The ground-truth phase low-passed to ``grid``'s Nyquist and sampled at its pixels shifted by shift_nm (x, y)."""
-    smooth = lowpass(np.asarray(ground_truth.phase, dtype=np.float64), ground_truth.pixel_nm, 0.5 / grid.pixel_nm)
+    return _sample_on_grid(_lowpassed(ground_truth, grid), ground_truth, grid, shift_nm)
+
+
+def _lowpassed(ground_truth: GroundTruth, grid: ObjectGrid) -> np.ndarray:
+    """The ground-truth phase (its own grid) low-passed to ``grid``'s Nyquist frequency."""
+    return lowpass(np.asarray(ground_truth.phase, dtype=np.float64), ground_truth.pixel_nm, 0.5 / grid.pixel_nm)
+
+
+def _sample_on_grid(smooth: np.ndarray, ground_truth: GroundTruth, grid: ObjectGrid, shift_nm: tuple[float, float]) -> np.ndarray:
+    """``smooth`` (on the ground truth's grid) sampled at ``grid``'s pixels shifted by shift_nm (x, y), cubic spline."""
     xs, ys = grid.coordinates_nm()
     col = (xs + shift_nm[0] - ground_truth.origin_nm[0]) / ground_truth.pixel_nm
     row = (ys + shift_nm[1] - ground_truth.origin_nm[1]) / ground_truth.pixel_nm
@@ -160,13 +169,14 @@ def registered_truth(
     rows, cols = _region_slices(grid, region_nm)
     raw = v[rows, cols]
     image = _standardise(raw)
-    reference = ground_truth_on_grid(ground_truth, grid)[rows, cols]
+    smooth = _lowpassed(ground_truth, grid)  # once: only the sampling shift changes below
+    reference = _sample_on_grid(smooth, ground_truth, grid, (0.0, 0.0))[rows, cols]
     dx, dy = register_shift(image, _standardise(reference), max_shift_nm / grid.pixel_nm)
     for _ in range(2):  # refine: the parabolic peak is biased; re-register the residual shift
-        shifted = _standardise(ground_truth_on_grid(ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols])
+        shifted = _standardise(_sample_on_grid(smooth, ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols])
         rx, ry = register_shift(image, shifted, 1.5)
         dx, dy = dx + rx, dy + ry
-    return raw, ground_truth_on_grid(ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols]
+    return raw, _sample_on_grid(smooth, ground_truth, grid, (dx * grid.pixel_nm, dy * grid.pixel_nm))[rows, cols]
 
 
 def ssim_against_ground_truth(
