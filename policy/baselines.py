@@ -131,11 +131,15 @@ def interleaved_grids_unit(sizes: list[int]) -> list[np.ndarray]:
     return [sparse_grid_unit(size, ((0.5 + t / n_sub) % 1.0, (0.5 + 2 * t / n_sub) % 1.0)) for t, size in enumerate(sizes)]
 
 
+def chunk_sizes(n: int, chunk: int) -> list[int]:
+    """Sub-sequence lengths of n positions in chunks of ``chunk``: full chunks, then the remainder."""
+    n, chunk = _check_n(n), _check_n(chunk)
+    return [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+
+
 def interleaved_grids(fov_nm, n: int, chunk: int) -> np.ndarray:
     """n positions (nm) in sub-sequences of ``chunk``, each an interleaved sparse grid over the fov."""
-    n, chunk = _check_n(n), _check_n(chunk)
-    sizes = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
-    return to_nm(np.concatenate(interleaved_grids_unit(sizes)), fov_nm)
+    return to_nm(np.concatenate(interleaved_grids_unit(chunk_sizes(n, chunk))), fov_nm)
 
 
 def uniform_random(fov_nm, n: int, seed: int) -> np.ndarray:

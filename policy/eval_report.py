@@ -44,9 +44,7 @@ def plot_positions(runs, out: str | Path, max_datasets: int = 4) -> Path:
         x0, y0, w, h = case.fov_nm
         extent = [x0, x0 + w, y0 + h, y0]
         rows, cols = fov_crop(case.grid, case.fov_nm)
-        from recon.metrics import ground_truth_on_grid
-
-        truth = ground_truth_on_grid(case.dataset.ground_truth, case.grid)[rows, cols]
+        truth = case.truth_on_grid[rows, cols]
         axes[i, 0].imshow(truth, cmap="gray", extent=extent)
         axes[i, 0].set_ylabel(f"{name}\n{case.specimen_kind}", fontsize=7)
         if i == 0:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -31,12 +32,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from policy.baselines import apply_dose, candidate_raster, full_raster_low_dose, sparse_grid_coarse_to_fine, strategy_positions
+from policy.baselines import (
+    apply_dose,
+    candidate_raster,
+    chunk_sizes,
+    full_raster_low_dose,
+    sparse_grid_coarse_to_fine,
+    strategy_positions,
+)
 from policy.env import snap_to_unvisited
 from policy.measurement import MeasurementSource, RasterSource, SimulatedSource
 from policy.structure_guided import StructureGuidedOptions, StructureGuidedPlanner
 from recon.beam import probe_for
-from recon.convergence import reconstruct_until_converged
+from recon.convergence import reconstruct_in_batches, reconstruct_until_converged
 from recon.dataset import Dataset4D
 from recon.engine import Reconstructor, ScanChunk
 from recon.grid import ObjectGrid
@@ -102,6 +110,11 @@ class Case:
     full_raster_patterns: np.ndarray | None = None
     """Noise-free patterns of the full raster, simulated once and shared by the noise seeds."""
 
+    @cached_property
+    def truth_on_grid(self) -> np.ndarray:
+        """The ground truth low-passed and sampled on ``grid`` (rad): the oracle's input and the figure's reference."""
+        return ground_truth_on_grid(self.dataset.ground_truth, self.grid)
+
     @property
     def area_nm2(self) -> float:
         return self.fov_nm[2] * self.fov_nm[3]
@@ -164,23 +177,11 @@ class _Episode:
         self.patterns.append(apply_dose(self.case.source.noise_free(idx), dose, self.rng))
 
 
-def _sizes(budget: int, chunk: int) -> list[int]:
-    return [chunk] * (budget // chunk) + ([budget % chunk] if budget % chunk else [])
-
-
-def _batched(rec: Reconstructor, scans: list[ScanChunk], init, max_batch: int) -> list:
-    out = []
-    for start in range(0, len(scans), max_batch):
-        part_init = None if init is None else init[start : start + max_batch]
-        out.extend(rec.reconstruct(scans[start : start + max_batch], init=part_init))
-    return out
-
-
 def _adaptive_positions(episodes: list[_Episode], strategy: str, options: EvaluationOptions, live: Reconstructor, runner,
                         planner: StructureGuidedPlanner, bar) -> None:
     """Measure every episode sub-sequence by sub-sequence, planning each next one from what was measured."""
     budget = episodes[0].case.budget(options)
-    sizes = _sizes(budget, options.chunk)
+    sizes = chunk_sizes(budget, options.chunk)
     states = None
     for k, size in enumerate(sizes):
         if k == 0:
@@ -197,13 +198,13 @@ def _adaptive_positions(episodes: list[_Episode], strategy: str, options: Evalua
                     proposal, states[b] = runner.next_positions(states[b], ep.potential, grid, ep.positions_nm, size)
                 else:
                     oracle = strategy == ORACLE
-                    pot = ep.potential.numpy() if not oracle else ground_truth_on_grid(ep.case.dataset.ground_truth, grid)
+                    pot = ep.potential.numpy() if not oracle else ep.case.truth_on_grid
                     proposal = planner.next_positions(pot, grid.origin_nm, grid.pixel_nm, ep.case.fov_nm, ep.positions_nm, size,
                                                       measured_only=not oracle, budget=budget)
                 ep.measure(proposal, options.dose)
         if strategy != ORACLE and k < len(sizes) - 1:
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]
-            results = _batched(live, scans, [ep.potential for ep in episodes], options.max_batch)
+            results = reconstruct_in_batches(live, scans, [ep.potential for ep in episodes], options.max_batch)
             for ep, res in zip(episodes, results, strict=True):
                 ep.potential = res.potential
         bar.update(size * len(episodes))

@@ -15,6 +15,15 @@ from __future__ import annotations
 from recon.engine import ReconResult, Reconstructor, ScanChunk
 
 
+def reconstruct_in_batches(rec: Reconstructor, scans: list[ScanChunk], init: list | None, max_batch: int, **kwargs) -> list[ReconResult]:
+    """``rec.reconstruct`` over at most ``max_batch`` scans a call (device memory), results in order; ``kwargs`` go to each call."""
+    out: list[ReconResult] = []
+    for start in range(0, len(scans), max_batch):
+        part_init = None if init is None else init[start : start + max_batch]
+        out.extend(rec.reconstruct(scans[start : start + max_batch], init=part_init, **kwargs))
+    return out
+
+
 def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, max_passes: int, block: int = 5,
                                 tolerance: float = 2e-3, max_batch: int = 8) -> list[ReconResult]:
     """Per scan: passes in blocks until the loss falls by less than ``tolerance`` over a block, at most ``max_passes``.
@@ -30,10 +39,8 @@ def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, m
     done = 0
     while active and done < max_passes:
         n = min(block, max_passes - done)
-        out = []
-        for start in range(0, len(active), max_batch):
-            part = active[start : start + max_batch]
-            out.extend(rec.reconstruct([scans[i] for i in part], init=[potentials[i] for i in part], iterations=n, first_pass=done))
+        out = reconstruct_in_batches(rec, [scans[i] for i in active], [potentials[i] for i in active], max_batch, iterations=n,
+                                     first_pass=done)
         still = []
         for i, res in zip(active, out, strict=True):
             before = histories[i][-1] if histories[i] else None
