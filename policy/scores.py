@@ -48,6 +48,19 @@ def fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.pad(mask, ((0, shape[0] - mask.shape[0]), (0, shape[1] - mask.shape[1])))
 
 
+def score_against_truth(potential, grid: ObjectGrid, ground_truth: GroundTruth, fov_nm, specimen: np.ndarray | None = None) -> dict:
+    """``quality_scores`` of a reconstruction (rad, on ``grid``) over the field, against its registered ground truth.
+
+    ``specimen``: the field's specimen mask (``specimen_mask_on_grid``), computed here when not given;
+    the result also holds ``specimen_fraction``, the share of the field it covers.
+    """
+    image, truth = registered_truth(potential, grid, ground_truth, fov_nm)
+    if specimen is None:
+        specimen = specimen_mask_on_grid(ground_truth, grid, fov_nm)
+    mask = fit_mask(specimen, image.shape)
+    return {**quality_scores(image, truth, mask), "specimen_fraction": float(mask.mean())}
+
+
 def score_runs(runs) -> list[dict]:
     """One row per run: dataset, class, seed, strategy, positions, density and the METRICS."""
     masks: dict[str, np.ndarray] = {}
@@ -56,12 +69,9 @@ def score_runs(runs) -> list[dict]:
         case = run.case
         if case.name not in masks:
             masks[case.name] = specimen_mask_on_grid(case.dataset.ground_truth, case.grid, case.fov_nm)
-        image, truth = registered_truth(run.potential, case.grid, case.dataset.ground_truth, case.fov_nm)
-        mask = fit_mask(masks[case.name], image.shape)
-        q = quality_scores(image, truth, mask)
+        q = score_against_truth(run.potential, case.grid, case.dataset.ground_truth, case.fov_nm, masks[case.name])
         rows.append({"dataset": case.name, "class": case.specimen_kind, "seed": run.seed_index, "strategy": run.strategy,
-                     "n_positions": len(run.positions_nm), "positions_per_nm2": len(run.positions_nm) / case.area_nm2,
-                     "specimen_fraction": float(mask.mean()), **q})
+                     "n_positions": len(run.positions_nm), "positions_per_nm2": len(run.positions_nm) / case.area_nm2, **q})
     return rows
 
 

@@ -63,7 +63,7 @@ class StrategyOutcome:
     ssim: float
     """SSIM of the service's own final reconstruction."""
     converged: dict
-    """Scores (recon.metrics.quality_scores) of the session's frames reconstructed with the evaluation's final options."""
+    """Scores (policy.scores.score_against_truth) of the session's frames reconstructed with the evaluation's final options."""
     positions_nm: np.ndarray
     potential: np.ndarray
     """The converged reconstruction (rad) on ``grid``."""
@@ -209,17 +209,16 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
 
     The same reconstruction for every strategy (``policy.evaluation``'s final options and
     pass rule), so the strategies are compared on what they measured, not on how far the
-    service's live reconstruction had got. Scores: ``recon.metrics.quality_scores``, the
-    specimen region from ``sim_microscope.vacuum``. Returns the scores, the potential (rad) and its grid.
+    service's live reconstruction had got. Scores: ``policy.scores.score_against_truth``, as
+    ``ptychoscan evaluate`` scores, the specimen region from ``sim_microscope.vacuum``. Returns the scores, the potential (rad) and its grid.
     """
     import h5py
 
     from policy.evaluation import EvaluationOptions, final_passes
-    from policy.scores import fit_mask, specimen_mask_on_grid
+    from policy.scores import score_against_truth
     from recon.beam import probe_for
     from recon.engine import Reconstructor, ScanChunk
     from recon.inputs import grid_for_dataset
-    from recon.metrics import quality_scores, registered_truth
 
     with h5py.File(session_file, "r", locking=False) as f:
         patterns = np.asarray(f["patterns"][()], dtype=np.float32)
@@ -228,9 +227,7 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
     grid = grid_for_dataset(dataset, fov)
     recon_options = options.final_recon.model_copy(update={"iterations": final_passes(len(positions), options)})
     result = Reconstructor(probe_for(dataset), recon_options, device="auto").reconstruct([ScanChunk(patterns, positions, grid)])[0]
-    image, truth = registered_truth(result.potential, grid, dataset.ground_truth, fov)
-    mask = fit_mask(specimen_mask_on_grid(dataset.ground_truth, grid, fov), image.shape)
-    return quality_scores(image, truth, mask), result.potential.numpy(), grid
+    return score_against_truth(result.potential, grid, dataset.ground_truth, fov), result.potential.numpy(), grid
 
 
 def _session_positions(path: Path) -> np.ndarray:

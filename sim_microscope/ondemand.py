@@ -85,7 +85,9 @@ class PhaseObjectSimulator:
 
     def reachable(self, positions_nm: np.ndarray) -> np.ndarray:
         """(N,) bool: is each position's whole probe window on the phase grid?"""
-        corner = self._corners(positions_nm)
+        return self._inside(self._corners(positions_nm))
+
+    def _inside(self, corner: np.ndarray) -> np.ndarray:
         ny, nx = self.transmission.shape
         return (corner[:, 0] >= 0) & (corner[:, 1] >= 0) & (corner[:, 0] + self.window <= nx) & (corner[:, 1] + self.window <= ny)
 
@@ -99,8 +101,9 @@ class PhaseObjectSimulator:
     def patterns(self, positions_nm: np.ndarray) -> np.ndarray:
         """(N, K, K) float32 noise-free patterns at (N, 2) positions (x, y) in nm, each summing to 1."""
         corner = self._corners(positions_nm)
-        if not self.reachable(positions_nm).all():
-            bad = int(np.flatnonzero(~self.reachable(positions_nm))[0])
+        inside = self._inside(corner)
+        if not inside.all():
+            bad = int(np.flatnonzero(~inside)[0])
             raise ValueError(f"position {bad} {np.asarray(positions_nm)[bad].tolist()} nm: its probe window leaves the phase grid")
         out = np.empty((len(corner), self.detector_pixels, self.detector_pixels), dtype=np.float32)
         batch = max(1, _BATCH_BYTES // (self.window * self.window * 8 * 4))
