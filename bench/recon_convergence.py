@@ -51,6 +51,21 @@ SETTINGS = {
     "gd500": {"optimizer": "gd", "step_size": 500.0},
     "gd50-precond": {"optimizer": "gd", "step_size": 50.0, "precondition": True},
     "adam0.01": {"optimizer": "adam", "step_size": 0.01},
+    "gd50-m0.9": {"optimizer": "gd", "step_size": 50.0, "momentum": 0.9},
+    "gd25-m0.9": {"optimizer": "gd", "step_size": 25.0, "momentum": 0.9},
+    "gd50-m0.8": {"optimizer": "gd", "step_size": 50.0, "momentum": 0.8},
+    "gd25-m0.95": {"optimizer": "gd", "step_size": 25.0, "momentum": 0.95},
+    "gd20-m0.95": {"optimizer": "gd", "step_size": 20.0, "momentum": 0.95},
+    "gd35-m0.9": {"optimizer": "gd", "step_size": 35.0, "momentum": 0.9},
+    "fb-abs0.5-m0.9": {"optimizer": "gd", "step_size": 0.5, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs1-m0.9": {"optimizer": "gd", "step_size": 1.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs2-m0.9": {"optimizer": "gd", "step_size": 2.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs4-m0.9": {"optimizer": "gd", "step_size": 4.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs16-m0.9": {"optimizer": "gd", "step_size": 16.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs32-m0.9": {"optimizer": "gd", "step_size": 32.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs64-m0.9": {"optimizer": "gd", "step_size": 64.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs128-m0.9": {"optimizer": "gd", "step_size": 128.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
+    "fb-abs256-m0.9": {"optimizer": "gd", "step_size": 256.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
 }
 
 
@@ -91,6 +106,8 @@ def main() -> None:
     ap.add_argument("--dose", type=float, default=1e4, help="electrons per sparse position")
     ap.add_argument("--marks", type=int, nargs="+", default=[5, 10, 20, 30, 50, 100])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--scans", nargs="+", choices=("sparse-grid", "random", "full"), default=["sparse-grid", "random", "full"],
+                    help="which scans to reconstruct (simulate only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="noise draw (and random positions: seed + 1)")
     ap.add_argument("--json", default="bench/out/recon_convergence.json")
@@ -115,7 +132,8 @@ def main() -> None:
                 f"random {n}": (uniform_random(fov, n, args.seed + 1), args.dose),
                 f"full raster {len(full)} (equal dose)": (full, args.dose * n / len(full)),
             }
-            measured = {name: (positions, source.patterns_at(positions), dose) for name, (positions, dose) in scans.items()}
+            measured = {name: (positions, source.patterns_at(positions), dose) for name, (positions, dose) in scans.items()
+                        if name.split()[0] in args.scans}
         for scan_name, (positions, noise_free, dose) in measured.items():
             patterns = apply_dose(noise_free, dose, rng)
             for setting in args.settings:

@@ -7,7 +7,9 @@ leaves the sparse scan unconverged or spends ten times the work on the dense one
 once its mean loss fell by less than ``tolerance`` (relative) over the last block, or at
 ``max_passes``. With gradient descent the blocks continue one another exactly
 (``Reconstructor.reconstruct``'s ``first_pass``), so the result is the same as one call
-of that many passes; Adam's moments restart with each block.
+of that many passes; Adam's moments and gradient descent's momentum restart with each
+block. With ``tolerance`` 0 there is nothing to check between blocks: one call runs
+``max_passes`` (an optimizer with state keeps it throughout).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, m
     """
     if max_passes < 1 or block < 1 or not tolerance >= 0:
         raise ValueError("max_passes and block must be >= 1 and tolerance >= 0")
+    if tolerance == 0:
+        block = max_passes
     potentials: list = [None] * len(scans)
     histories: list[list[float]] = [[] for _ in scans]
     results: list[ReconResult | None] = [None] * len(scans)

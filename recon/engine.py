@@ -70,7 +70,7 @@ class _Batch:
     offsets: list[int]  # start of each scan's positions in the concatenation
     counts: list[int]
     valid: torch.Tensor  # (B, H, W) bool, pixels on each scan's own grid
-    illumination: torch.Tensor | None  # (B, H, W) preconditioner sum_p |P_p|^2 / max, regularised; None = off
+    illumination: torch.Tensor | None  # (B, H, W) preconditioner sum_p |P_p|^2 (/ max if relative), regularised; None = off
 
 
 class Reconstructor:
@@ -250,12 +250,12 @@ class Reconstructor:
             fractions = torch.round(fractions * self.subpixel_steps) / self.subpixel_steps
         probes, probe_rows = self._probe_cache.rows(fractions)
         batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, offsets, counts, valid, None)
-        if self.options.precondition:
+        if self.options.precondition != "none":
             batch.illumination = self._illumination(batch, (len(scans), height, width))
         return batch
 
     def _illumination(self, batch: _Batch, shape: tuple[int, int, int]) -> torch.Tensor:
-        """Per scan: sum over its positions of |shifted probe|^2 on the grid, / its max, + 0.05 (regulariser)."""
+        """Per scan: sum over its positions of |shifted probe|^2 on the grid (/ its max if relative), + 5 % of the max (regulariser)."""
         illumination = torch.zeros(shape, dtype=self.real_dtype, device=self.device)
         flat = illumination.view(-1)
         for start in range(0, len(batch.base), self.options.chunk_positions):
@@ -263,6 +263,8 @@ class Reconstructor:
             lin = batch.base[part, None] + batch.offsets_in_window[None, :]
             flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.probes[batch.probe_rows[part]]) ** 2).reshape(-1))
         peak = illumination.flatten(1).amax(dim=1).clamp_min(1e-30)[:, None, None]
+        if self.options.precondition == "absolute":
+            return illumination + 0.05 * peak
         return illumination / peak + 0.05
 
     def _initial_potential(self, scans: list[ScanChunk], init) -> torch.Tensor:
@@ -358,7 +360,15 @@ class Reconstructor:
         """One optimizer step for the scans ``sel`` only (a device index or ``slice(None)``); the others keep V and their state."""
         opts = self.options
         lr = opts.effective_step
-        if opts.optimizer == "gd":
+        if opts.optimizer == "gd" and opts.momentum > 0:
+            # Nesterov: velocity m1 <- mu m1 + g, step g + mu m1; only the active scans (the others' velocity must not move them)
+            mu = opts.momentum
+            g = grad[sel]
+            velocity = m1[sel].mul_(mu).add_(g) if isinstance(sel, slice) else m1[sel] * mu + g
+            if not isinstance(sel, slice):
+                m1[sel] = velocity
+            potential[sel] -= lr * (g + mu * velocity)
+        elif opts.optimizer == "gd":
             # the inactive scans' gradient is exactly zero: one pass over the whole stack
             potential.sub_(grad, alpha=lr)
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PAPER_GD_STEP = 525.0
 """The paper's fixed gradient-descent step for the intensity loss (patterns normalised to unit sum)."""
@@ -43,8 +43,15 @@ class ReconOptions(BaseModel):
         "1 (default): a K^2 far field, as good on 2x-binned data at ~1/4 of the cost; 2 scores ~0.01 higher on noise-free defocused "
         "full rasters and ~0.01 lower on noisy 5 % scans",
     )
-    precondition: bool = Field(
-        False, description="divide each scan's gradient by its normalised probe illumination sum_p |P_p|^2 (ePIE-style; evens out the step over the field)"
+    momentum: float = Field(
+        0.0, ge=0, lt=1, description="gd only: Nesterov momentum (0 = plain gradient descent); speeds up the slowly converging large-scale "
+        "phase of specimens with vacuum by up to 1 / (1 - momentum)",
+    )
+    precondition: Literal["none", "relative", "absolute"] = Field(
+        "none",
+        description="divide each scan's gradient by its probe illumination sum_p |P_p|^2 (ePIE-style, evens out the step over the "
+        "field): relative = normalised to its peak (the step keeps its units); absolute = as it is, so the step is a dimensionless "
+        "fraction of a Newton step (~0.5-1; the same for sparse and dense scans, any probe); a 5 %-of-peak floor either way",
     )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates")
     tv_weight: float = Field(0.0, ge=0, description="total-variation regularisation weight on V (rad^-1 per pixel), 0 = off")
@@ -68,11 +75,21 @@ class ReconOptions(BaseModel):
     dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")
     progress: bool = Field(False, description="show a progress bar over iterations")
 
+    @field_validator("precondition", mode="before")
+    @classmethod
+    def _precondition_from_bool(cls, value):
+        """true/false (older configs) mean relative/none."""
+        if isinstance(value, bool):
+            return "relative" if value else "none"
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ReconOptions:
         b1, b2 = self.adam_betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
+        if self.momentum > 0 and self.optimizer != "gd":
+            raise ValueError("momentum applies to optimizer 'gd' only (Adam has its own moments)")
         return self
 
     @property

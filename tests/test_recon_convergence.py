@@ -22,9 +22,23 @@ def test_blocks_continue_exactly_and_stop_when_flat():
     ds, scans = _scans()
     rec = Reconstructor(probe_for(ds), ReconOptions(iterations=6, batch_positions=8, step_size=5.0), device="cpu")
     whole = rec.reconstruct(scans)
-    blocks = reconstruct_until_converged(rec, scans, max_passes=6, block=2, tolerance=0.0)
+    blocks = reconstruct_until_converged(rec, scans, max_passes=6, block=2, tolerance=1e-12)
     for a, b in zip(whole, blocks, strict=True):
         torch.testing.assert_close(a.potential, b.potential, rtol=1e-5, atol=1e-6)
         assert len(b.loss_history) == 6
     early = reconstruct_until_converged(rec, scans, max_passes=20, block=2, tolerance=10.0)
     assert [len(r.loss_history) for r in early] == [4, 4]  # the second block fell by less than 1000 %: stop
+
+
+def test_without_a_tolerance_one_call_keeps_the_momentum():
+    """Momentum restarts with every block; with nothing to check between blocks (tolerance 0) the passes run as one call."""
+    torch.set_num_threads(1)
+    ds, scans = _scans()
+    options = ReconOptions(iterations=6, batch_positions=None, step_size=2.0, momentum=0.9, precondition="absolute")
+    rec = Reconstructor(probe_for(ds), options, device="cpu")
+    whole = rec.reconstruct(scans)
+    fixed = reconstruct_until_converged(rec, scans, max_passes=6, block=2, tolerance=0.0)
+    restarted = reconstruct_until_converged(rec, scans, max_passes=6, block=2, tolerance=1e-12)
+    for a, b, c in zip(whole, fixed, restarted, strict=True):
+        torch.testing.assert_close(a.potential, b.potential, rtol=1e-5, atol=1e-6)
+        assert float((a.potential - c.potential).abs().max()) > 1e-4  # restarting the velocity changes the path

@@ -83,7 +83,9 @@ def test_intensity_loss_with_paper_gd_step_decreases(device):
 
 
 @pytest.mark.parametrize(
-    "extra", [dict(tv_weight=1e-4), dict(optimizer="gd", step_size=20.0, precondition=True, nonnegative=True)], ids=["adam-tv", "gd-precond"]
+    "extra",
+    [dict(tv_weight=1e-4), dict(optimizer="gd", step_size=20.0, precondition=True, nonnegative=True), dict(optimizer="gd", step_size=10.0, momentum=0.9)],
+    ids=["adam-tv", "gd-precond", "gd-momentum"],
 )
 def test_batched_equals_individual_for_scans_of_different_lengths(extra, device):
     a, _ = _scan(6, seed=3)
@@ -167,6 +169,8 @@ def test_bad_init_and_probe(device):
         Reconstructor(torch.zeros(4, 5, dtype=torch.complex64), _options())
     with pytest.raises(ValueError):
         ReconOptions(iterations=0)
+    with pytest.raises(ValueError, match="momentum"):
+        ReconOptions(optimizer="adam", momentum=0.9)
 
 
 @pytest.mark.parametrize("binning", [1, 2])
