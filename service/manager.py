@@ -18,10 +18,10 @@ import numpy as np
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.receiver import handle_each
 from service.compute import ReconOutput
+from service.errors import ErrorKind, SessionError
 from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, resolve_planner
-from service.problems import Problem
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
 from service.session import Batch, BatchStatus, Binding, Session, SessionState, restored_session
 from service.settings import ServiceSettings
@@ -87,7 +87,7 @@ class SessionManager:
         if s is None:
             s = self.finished.get(sid)
         if s is None:
-            raise Problem(404, f"no session {sid!r}", kind="unknown-session")
+            raise SessionError(ErrorKind.UNKNOWN_SESSION, f"no session {sid!r}")
         return s
 
     def statuses(self) -> list[dict]:
@@ -96,19 +96,19 @@ class SessionManager:
             return [s.status() for s in self.sessions.values()] + [f.status() for f in self.finished.values()]
 
     def reconstruction(self, sid: str) -> tuple[np.ndarray, tuple[float, float], float, int]:
-        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far) of session ``sid``; 409 if it has none yet."""
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far) of session ``sid``; SessionError if it has none yet."""
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
                 if s.potential is None:
-                    raise Problem(409, f"session {sid} has no reconstruction yet", kind="wrong-state")
+                    raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} has no reconstruction yet")
                 return s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
         try:
             latest = s.latest_reconstruction()  # outside the lock: a file read
         except StoreError as err:
-            raise Problem(507, str(err), kind="storage-unavailable") from None
+            raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
         if latest is None:
-            raise Problem(409, f"session {sid} has no reconstruction", kind="wrong-state")
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} has no reconstruction")
         rec, n = latest
         return rec.potential, rec.origin_nm, rec.pixel_nm, n
 
@@ -165,16 +165,15 @@ class SessionManager:
     def create(self, params: dict) -> dict:
         with self.lock:
             if not self.accepting:
-                raise Problem(503, "the service is shutting down and takes no new sessions", headers={"Retry-After": "5"})
+                raise SessionError(ErrorKind.SHUTTING_DOWN, "the service is shutting down and takes no new sessions", retry_after_s=5)
             if sum(1 for s in self.sessions.values() if not s.terminal) >= self.settings.max_sessions:
-                raise Problem(409, f"{self.settings.max_sessions} sessions are active already (max_sessions)", kind="too-many-sessions")
+                raise SessionError(ErrorKind.TOO_MANY_SESSIONS, f"{self.settings.max_sessions} sessions are active already (max_sessions)")
             if params["budget"] > self.settings.max_budget:
-                raise Problem(422, f"budget: at most {self.settings.max_budget} positions", kind="invalid-request")
+                raise SessionError(ErrorKind.INVALID_REQUEST, f"budget: at most {self.settings.max_budget} positions")
             if not self.settings.detector_allowed(params["detector_endpoint"]):
-                raise Problem(
-                    422,
+                raise SessionError(
+                    ErrorKind.INVALID_REQUEST,
                     f"detector_endpoint: {params['detector_endpoint']} is not an allowed detector (settings detectors, detector_allow)",
-                    kind="invalid-request",
                 )
             self._check_size(params)
             choice = self.planner_for(params["strategy"])
@@ -185,7 +184,7 @@ class SessionManager:
             except StoreError as err:
                 self.metrics.storage_errors.inc()
                 self.storage_error, self.storage_error_at = str(err), time.monotonic()
-                raise Problem(507, str(err), kind="storage-unavailable") from None
+                raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
             s = Session(sid, params, choice, store)
             self.sessions[sid] = s
             self._enqueue(s)  # plans the first batch
@@ -196,10 +195,10 @@ class SessionManager:
         return status
 
     def _check_size(self, params: dict) -> None:
-        """422 for a session whose grid or frame stack would not fit (before anything is allocated)."""
+        """Refuse (invalid-request) a session whose grid or frame stack would not fit (before anything is allocated)."""
         error = SessionSpec.from_params(params).size_error(self.settings.max_grid_pixels, self.settings.max_session_bytes)
         if error is not None:
-            raise Problem(422, error, kind="invalid-request")
+            raise SessionError(ErrorKind.INVALID_REQUEST, error)
 
     def delete(self, sid: str) -> dict:
         with self.lock:
@@ -223,7 +222,7 @@ class SessionManager:
         with self.lock:
             s = self.get(sid)
             if s.state in (SessionState.STOPPED, SessionState.FAILED):
-                raise Problem(409, f"session {sid} is {s.state}" + (f": {s.error}" if s.error else ""), kind="wrong-state")
+                raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}" + (f": {s.error}" if s.error else ""))
             if s.state == SessionState.DONE:
                 return {"batch_id": None, "positions_nm": [], "done": True}
             b = s.current
@@ -241,7 +240,7 @@ class SessionManager:
 
         A repeat of the tell that bound the batch (same series; also after a restart or
         after the series ended short) answers (200, body) and changes nothing. A series is
-        bound once: a tell naming a series bound to another batch is 409, so a frame can
+        bound once: a tell naming a series bound to another batch is refused (series-taken), so a frame can
         never move to another position.
         """
         with self.lock:
@@ -249,9 +248,9 @@ class SessionManager:
             if not isinstance(s, Session):
                 if (body := s.repeated_tell(batch_id, series)) is not None:
                     return 200, body  # a repeat reaching a session that finished meanwhile (e.g. during a restart)
-                raise Problem(409, f"session {sid} is {s.state}", kind="wrong-state")
+                raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}")
             if batch_id >= len(s.batches):
-                raise Problem(409, f"batch {batch_id} has not been issued (ask first)", kind="wrong-state")
+                raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} has not been issued (ask first)")
             b = s.batches[batch_id]
             key = (s.endpoint, series)
             bound = self.router.binding(key)
@@ -260,20 +259,20 @@ class SessionManager:
                 told = b.told_slots if b.series == series else np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
                 return 200, self._tell_body(s, b, series, told)
             if bound is not None:
-                raise Problem(409, f"series {series} of {s.endpoint} is already bound to another batch", kind="series-taken")
+                raise SessionError(ErrorKind.SERIES_TAKEN, f"series {series} of {s.endpoint} is already bound to another batch")
             if b.status != BatchStatus.ISSUED:
-                raise Problem(409, f"batch {batch_id} is {b.status} (told with series {b.series})", kind="wrong-state")
+                raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} is {b.status} (told with series {b.series})")
             missing = s.missing_slots(b)
             meas = None
             if measured is not None:
                 meas = np.asarray(measured, dtype=np.float64).reshape(-1, 2)
                 if meas.shape[0] != len(missing):
-                    raise Problem(422, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions", kind="invalid-request")
+                    raise SessionError(ErrorKind.INVALID_REQUEST, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions")
             try:
                 s.store.bind(missing, series, meas, batch_id)
             except StoreError as err:
                 self._fail(s, err)
-                raise Problem(507, str(err), kind="storage-unavailable") from None
+                raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
             if meas is not None:
                 s.positions_measured[missing] = meas
             buffered = self.router.bind(key, Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)}))

@@ -11,10 +11,10 @@ import pytest
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
 from detector_stream.events import Frame, SeriesEnd
+from service.errors import ErrorKind, SessionError
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import SessionCreate
-from service.problems import Problem
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 
@@ -164,6 +164,7 @@ def test_a_repeated_tell_reaching_a_finished_session_is_200_also_after_a_restart
     m2 = _manager(tmp_path)
     m2.restore()
     assert m2.tell(sid, 0, 9, None)[0] == 200
-    with pytest.raises(Problem):
-        m2.tell(sid, 0, 10, None)  # not a repeat: 409
+    with pytest.raises(SessionError) as refused:
+        m2.tell(sid, 0, 10, None)  # not a repeat
+    assert refused.value.kind == ErrorKind.WRONG_STATE
     m2.close()
