@@ -22,11 +22,12 @@ from service.errors import ErrorKind, SessionError
 from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, resolve_planner
+from service.restore import load_session
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
-from service.session import Batch, BatchStatus, Binding, Session, SessionState, restored_session
+from service.session import Batch, BatchStatus, Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
-from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
+from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, session_files
 from service.work import WorkItem, acquisition_s, work_item
 
 log = logging.getLogger(__name__)
@@ -531,27 +532,25 @@ class SessionManager:
             s.notify()
 
     def restore(self) -> int:
-        """Load the session files in storage; returns how many were loaded.
+        """Load the session files in storage (``service.restore.load_session``); returns how many were loaded.
 
         An unfinished session is rebuilt (frames, batches, series bindings, latest
-        reconstruction: ``service.session.restored_session``) and resumed; of a finished
-        one only a summary is read.
+        reconstruction) and resumed; of a finished one only a summary is read. A file that
+        cannot be loaded is logged and listed in ``load_errors`` (readiness reports them).
         """
         n = 0
         for path in session_files(self.settings.storage):
             try:
-                if SessionState(read_state(path)) in (SessionState.DONE, SessionState.STOPPED, SessionState.FAILED):
-                    summary = read_summary(path)
-                    with self.lock:
-                        self.finished[summary.session_id] = FinishedSession.from_file(summary, path)
-                else:
-                    store, stored = SessionStore.open(path)
-                    with self.lock:
-                        self.adopt(*restored_session(stored, store, self.planner_for(stored.params["strategy"])))
+                loaded = load_session(path, self.planner_for)
             except (StoreError, ValueError) as err:
                 self.load_errors.append(str(err))
                 log.error("%s: %s", path, err)
                 continue
+            with self.lock:
+                if isinstance(loaded, FinishedSession):
+                    self.finished[loaded.session_id] = loaded
+                else:
+                    self.adopt(*loaded)
             n += 1
         with self.lock:
             self._active_gauge()
