@@ -14,7 +14,7 @@ import numpy as np
 from service.finished import FinishedSession
 from service.planner import PlannerChoice
 from service.session import TERMINAL, Batch, BatchStatus, Binding, Session, SessionState
-from service.store import SessionStore, StoredSession, read_state, read_summary
+from service.store import SessionStore, StoredSession, StoreError, read_state, read_summary
 
 Resumed = tuple[Session, dict[int, Binding]]
 """a session rebuilt from its file and its series bindings by series number."""
@@ -24,12 +24,30 @@ def load_session(path: Path, planner_for: Callable[[str], PlannerChoice]) -> Fin
     """What the session file at ``path`` holds: the summary of a finished session (nothing else is read), or an unfinished
     session rebuilt to resume (``restored_session``, its planner from ``planner_for(strategy)``).
 
-    Raises ``StoreError`` for a file that cannot be read, ``ValueError`` for an unknown state or strategy.
+    Raises ``StoreError`` for a file that cannot be read or whose stored request lacks a field or has one of the wrong type
+    (a file that opened is closed again), ``ValueError`` for an unknown state or strategy.
     """
+    path = Path(path)
     if SessionState(read_state(path)) in TERMINAL:
-        return FinishedSession.from_file(read_summary(path), path)
+        summary = read_summary(path)
+        try:
+            return FinishedSession.from_file(summary, path)
+        except (KeyError, TypeError) as err:
+            raise _damaged_params(path, err) from None
     store, stored = SessionStore.open(path)
-    return restored_session(stored, store, planner_for(stored.params["strategy"]))
+    try:
+        return restored_session(stored, store, planner_for(stored.params["strategy"]))
+    except (KeyError, TypeError, ValueError) as err:
+        store.close()
+        if isinstance(err, ValueError):
+            raise
+        raise _damaged_params(path, err) from None
+
+
+def _damaged_params(path: Path, err: KeyError | TypeError) -> StoreError:
+    """The load error of a file whose stored session request cannot be read (a field missing or of the wrong type)."""
+    why = f"no {err} in its session parameters" if isinstance(err, KeyError) else f"session parameters: {err}"
+    return StoreError(f"{path.name}: damaged session file ({why})")
 
 
 def restored_session(st: StoredSession, store: SessionStore, planner: PlannerChoice) -> tuple[Session, dict[int, Binding]]:
