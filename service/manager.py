@@ -169,14 +169,8 @@ class SessionManager:
                 raise SessionError(ErrorKind.SHUTTING_DOWN, "the service is shutting down and takes no new sessions", retry_after_s=5)
             if sum(1 for s in self.sessions.values() if not s.terminal) >= self.settings.max_sessions:
                 raise SessionError(ErrorKind.TOO_MANY_SESSIONS, f"{self.settings.max_sessions} sessions are active already (max_sessions)")
-            if params["budget"] > self.settings.max_budget:
-                raise SessionError(ErrorKind.INVALID_REQUEST, f"budget: at most {self.settings.max_budget} positions")
-            if not self.settings.detector_allowed(params["detector_endpoint"]):
-                raise SessionError(
-                    ErrorKind.INVALID_REQUEST,
-                    f"detector_endpoint: {params['detector_endpoint']} is not an allowed detector (settings detectors, detector_allow)",
-                )
-            self._check_size(params)
+            if (refusal := SessionSpec.from_params(params).limit_error(self.settings)) is not None:
+                raise SessionError(ErrorKind.INVALID_REQUEST, refusal)
             choice = self.planner_for(params["strategy"])
             sid = uuid.uuid4().hex[:16]
             planner_info = {"requested": choice.requested, "used": choice.planner.name, "version": choice.planner.version, "fallback": choice.fallback}
@@ -194,12 +188,6 @@ class SessionManager:
         if self.on_endpoint is not None:
             self.on_endpoint(params["detector_endpoint"])
         return status
-
-    def _check_size(self, params: dict) -> None:
-        """Refuse (invalid-request) a session whose grid or frame stack would not fit (before anything is allocated)."""
-        error = SessionSpec.from_params(params).size_error(self.settings.max_grid_pixels, self.settings.max_session_bytes)
-        if error is not None:
-            raise SessionError(ErrorKind.INVALID_REQUEST, error)
 
     def delete(self, sid: str) -> dict:
         with self.lock:
