@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
 from service.store import SessionSummary, StoredReconstruction, read_latest_reconstruction
 
@@ -40,6 +41,12 @@ class FinishedSession:
         counts[kind] = counts.get(kind, 0) + 1
         recent = self.summary["recent_errors"] = list(self.summary.get("recent_errors") or [])[-19:]
         recent.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
+
+    def ask(self) -> dict:
+        """The answer to an ask: ``done``; refused (wrong-state) if the session was stopped or failed."""
+        if self.state != SessionState.DONE:
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} is {self.state}" + (f": {self.error}" if self.error else ""))
+        return {"batch_id": None, "positions_nm": [], "done": True}
 
     def repeated_tell(self, batch_id: int, series: int) -> dict | None:
         """The 200 body for a repeat of a tell this session (done) recorded, None if it is not one."""

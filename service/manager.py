@@ -24,11 +24,11 @@ from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, resolve_planner
 from service.restore import load_session
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
-from service.session import Batch, BatchStatus, Binding, Session, SessionState
+from service.session import BatchStatus, Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
-from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, session_files
-from service.work import WorkItem, acquisition_s, work_item
+from service.store import SESSION_SUFFIX, SessionStore, StoreError, session_files
+from service.work import WorkItem, work_item
 
 log = logging.getLogger(__name__)
 
@@ -210,27 +210,18 @@ class SessionManager:
         """The batch to acquire now, ``done``, or None (then ``waiter`` = (loop, asyncio.Event) is woken on change)."""
         with self.lock:
             s = self.get(sid)
-            if s.state in (SessionState.STOPPED, SessionState.FAILED):
-                raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}" + (f": {s.error}" if s.error else ""))
-            if s.state == SessionState.DONE:
-                return {"batch_id": None, "positions_nm": [], "done": True}
-            b = s.current
-            if b is not None and b.status == BatchStatus.ISSUED:
-                if s.state == SessionState.CREATED:
-                    s.state = SessionState.ACQUIRING
-                missing = s.missing_slots(b)
-                return {"batch_id": b.batch_id, "positions_nm": s.positions_issued[missing].tolist(), "done": False}
-            if waiter is not None:
+            answer = s.ask()
+            if answer is None and waiter is not None:
                 s.waiters.append(waiter)
-            return None
+            return answer
 
     def tell(self, sid: str, batch_id: int, series: int, measured: list | None) -> tuple[int, dict]:
         """Bind batch ``batch_id``'s missing slots to detector ``series`` (frame i -> i-th missing slot): (202, body).
 
-        A repeat of the tell that bound the batch (same series; also after a restart or
-        after the series ended short) answers (200, body) and changes nothing. A series is
-        bound once: a tell naming a series bound to another batch is refused (series-taken), so a frame can
-        never move to another position.
+        A repeat of the tell that bound the batch (also after a restart or after the series
+        ended short, or reaching a session that finished meanwhile) answers (200, body) and
+        changes nothing; ``Session.check_tell`` says which tells are refused. The series'
+        frames buffered before the tell are stored now.
         """
         with self.lock:
             s = self.get(sid)
@@ -238,36 +229,16 @@ class SessionManager:
                 if (body := s.repeated_tell(batch_id, series)) is not None:
                     return 200, body  # a repeat reaching a session that finished meanwhile (e.g. during a restart)
                 raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}")
-            if batch_id >= len(s.batches):
-                raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} has not been issued (ask first)")
-            b = s.batches[batch_id]
             key = (s.endpoint, series)
-            bound = self.router.binding(key)
-            if bound is not None and bound.session_id == sid and bound.batch_id == batch_id:
-                # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
-                told = b.told_slots if b.series == series else np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
-                return 200, self._tell_body(s, b, series, told)
-            if bound is not None:
-                raise SessionError(ErrorKind.SERIES_TAKEN, f"series {series} of {s.endpoint} is already bound to another batch")
-            if b.status != BatchStatus.ISSUED:
-                raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} is {b.status} (told with series {b.series})")
-            missing = s.missing_slots(b)
-            meas = None
-            if measured is not None:
-                meas = np.asarray(measured, dtype=np.float64).reshape(-1, 2)
-                if meas.shape[0] != len(missing):
-                    raise SessionError(ErrorKind.INVALID_REQUEST, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions")
+            tell = s.check_tell(batch_id, series, measured, self.router.binding(key))
+            if tell.repeat:
+                return 200, s.tell_body(tell)
             try:
-                s.store.bind(missing, series, meas, batch_id)
+                s.store.bind(tell.slots, series, tell.measured, batch_id)
             except StoreError as err:
                 self._fail(s, err)
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
-            if meas is not None:
-                s.positions_measured[missing] = meas
-            buffered = self.router.bind(key, Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)}))
-            b.series, b.told_slots, b.status = series, missing, BatchStatus.TOLD
-            if s.state == SessionState.CREATED:
-                s.state = SessionState.ACQUIRING
+            buffered = self.router.bind(key, s.apply_tell(tell))
             if buffered is not None:
                 self.metrics.buffered_frames.set(self.router.buffered_frames)
                 for kind, msg in buffered.errors:
@@ -278,21 +249,7 @@ class SessionManager:
                             break
                 if buffered.ended:
                     self._series_end(key)
-            return 202, self._tell_body(s, b, series)
-
-    @staticmethod
-    def _tell_body(s: Session, b: Batch, series: int, told: np.ndarray | None = None) -> dict:
-        """The answer to a tell of ``series`` binding slots ``told`` (default: the batch's last tell's; the batch may have gone back
-        to issued meanwhile: its series ended short)."""
-        if told is None:
-            told = b.told_slots if b.told_slots is not None else b.slots
-        return {
-            "batch_id": b.batch_id,
-            "series": series,
-            "accepted": True,
-            "frames_expected": len(told),
-            "frames_received": int(s.received[told].sum()),
-        }
+            return 202, s.tell_body(tell)
 
     # --- ingest (called from the receiver thread) --------------------------------------
 
@@ -472,7 +429,7 @@ class SessionManager:
             return items
 
     def publish(self, item: WorkItem, recon: ReconOutput | None, positions: np.ndarray | None, error: str | None = None) -> None:
-        """Apply a worker's result: store the reconstruction, issue the next batch (or finish), wake asks."""
+        """Apply a worker's result (``Session.record_result``): store the reconstruction, issue the next batch (or finish), wake asks."""
         with self.lock:
             s = self.sessions.get(item.session_id)
             if s is None or s.terminal:
@@ -480,35 +437,19 @@ class SessionManager:
             if error is not None:
                 self._fail(s, error)
                 return
+            n_batches, failed = len(s.batches), None
             try:
-                if recon is not None and item.batch_id is not None:
-                    b = s.batches[item.batch_id]
-                    rec = StoredReconstruction(
-                        b.batch_id, recon.potential, recon.origin_nm, recon.pixel_nm, int(b.slots[-1]) + 1, recon.loss_history, s.planner.planner.version
-                    )
-                    s.store.write_reconstruction(s.n_reconstructed, rec)
-                    s.potential, s.grid_origin_nm, s.grid_pixel_nm = recon.potential, recon.origin_nm, recon.pixel_nm
-                    s.loss_history = recon.loss_history
-                    s.n_reconstructed += 1
-                    b.status = BatchStatus.RECONSTRUCTED
-                if positions is not None and len(positions):
-                    s.store.append_batch(len(s.batches), positions)
-                    s.add_batch(len(s.batches), positions)
-                    self.metrics.batches_issued.inc()
-                    if s.state != SessionState.CREATED:
-                        s.state = SessionState.ACQUIRING
-                    if item.last_frame_at is not None:
-                        latency = time.perf_counter() - item.last_frame_at
-                        self.metrics.decision_seconds.observe(latency)
-                        self.decision_samples.append(latency)
-                elif s.n_issued >= s.budget and all(b.status == BatchStatus.RECONSTRUCTED for b in s.batches):
-                    s.state = SessionState.DONE
-                    s.store.set_state(SessionState.DONE)
-                    s.store.flush()
-                if s.state != SessionState.DONE:
-                    s.store.set_state(s.state)
+                s.record_result(item.batch_id, recon, positions)
             except StoreError as err:
-                self._fail(s, err)
+                failed = err
+            if len(s.batches) > n_batches:  # a batch was issued (counted even if the file failed after it)
+                self.metrics.batches_issued.inc()
+                if item.last_frame_at is not None:
+                    latency = time.perf_counter() - item.last_frame_at
+                    self.metrics.decision_seconds.observe(latency)
+                    self.decision_samples.append(latency)
+            if failed is not None:
+                self._fail(s, failed)
                 return
             if s.state == SessionState.DONE:
                 s.notify()
@@ -560,11 +501,8 @@ class SessionManager:
                     log.error("%s", err)
                 self._release(s)
                 return
-            deadline = time.monotonic() + self.settings.resume_told_timeout_s
-            for b in s.batches:
-                if b.status == BatchStatus.TOLD:
-                    b.stall_deadline = deadline
-            if s.pending_reconstruction() is not None or not s.batches or (s.current.status == BatchStatus.RECONSTRUCTED and s.n_issued < s.budget):
+            s.set_stall_deadline(time.monotonic() + self.settings.resume_told_timeout_s)
+            if s.awaits_work:
                 self._enqueue(s)
             log.info("resumed session %s (%d/%d frames, state %s)", s.session_id, s.frames_received, s.budget, s.state)
 
@@ -575,6 +513,3 @@ class SessionManager:
                 s.notify()
                 s.store.close()
 
-
-_acquisition_s = acquisition_s
-"""The old name (``service.work.acquisition_s``), which tests import."""

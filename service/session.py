@@ -17,9 +17,11 @@ from enum import StrEnum
 import numpy as np
 
 from detector_stream.events import StreamError
+from service.compute import ReconOutput
+from service.errors import ErrorKind, SessionError
 from service.planner import PlannerChoice
 from service.spec import Beam, SessionSpec
-from service.store import SessionStore
+from service.store import SessionStore, StoredReconstruction
 
 
 class SessionState(StrEnum):
@@ -102,6 +104,19 @@ class Batch:
     stall_deadline: float | None = None
     """monotonic() after which a told batch resumed from a restart, still missing frames, is re-issued
     (its series' last frames may have died with the old process); None: no deadline."""
+
+
+@dataclass(frozen=True)
+class Tell:
+    """A tell the session accepted: bind ``slots`` of ``batch`` to detector ``series``, frame i -> ``slots[i]``."""
+
+    batch: Batch
+    series: int
+    slots: np.ndarray
+    measured: np.ndarray | None = None
+    """(len(slots), 2) positions (x, y) the scan reported reaching, nm; None if not reported."""
+    repeat: bool = False
+    """a repeat of the tell that bound the batch: nothing changes (``slots``: the slots it bound)."""
 
 
 @dataclass
@@ -224,6 +239,116 @@ class Session:
         batch = Batch(batch_id, slots)
         self.batches.append(batch)
         return batch
+
+    def set_stall_deadline(self, deadline: float) -> None:
+        """Told batches (resumed after a restart) must see a frame of their series by ``deadline`` (monotonic()), else they are re-issued."""
+        for b in self.batches:
+            if b.status == BatchStatus.TOLD:
+                b.stall_deadline = deadline
+
+    @property
+    def awaits_work(self) -> bool:
+        """The compute worker has something to do for it: a complete batch to reconstruct, or the next batch to plan."""
+        cur = self.current
+        return self.pending_reconstruction() is not None or cur is None or (cur.status == BatchStatus.RECONSTRUCTED and self.n_issued < self.budget)
+
+    # --- ask / tell / results --------------------------------------------------------
+
+    def ask(self) -> dict | None:
+        """The answer to an ask: the batch to acquire now (its positions still missing a frame), ``done``, or None (none yet).
+
+        Refused (wrong-state) for a stopped or failed session.
+        """
+        if self.state in (SessionState.STOPPED, SessionState.FAILED):
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} is {self.state}" + (f": {self.error}" if self.error else ""))
+        if self.state == SessionState.DONE:
+            return {"batch_id": None, "positions_nm": [], "done": True}
+        b = self.current
+        if b is not None and b.status == BatchStatus.ISSUED:
+            if self.state == SessionState.CREATED:
+                self.state = SessionState.ACQUIRING
+            return {"batch_id": b.batch_id, "positions_nm": self.positions_issued[self.missing_slots(b)].tolist(), "done": False}
+        return None
+
+    def check_tell(self, batch_id: int, series: int, measured: list | None, bound: Binding | None) -> Tell:
+        """A tell of batch ``batch_id`` as detector ``series`` (``bound``: that series' binding, if any), checked; nothing changes.
+
+        It binds the batch's missing slots (frame i -> i-th missing slot). A repeat of the tell
+        that bound the batch (same series; also after a restart or after the series ended
+        short) comes back with ``repeat``. Refused (``SessionError``): a batch not issued, a
+        series bound to another batch (a series is bound once, so a frame never moves to
+        another position), a batch told already, measured positions not one per missing slot.
+        """
+        if batch_id >= len(self.batches):
+            raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} has not been issued (ask first)")
+        b = self.batches[batch_id]
+        if bound is not None and bound.session_id == self.session_id and bound.batch_id == batch_id:
+            # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
+            if b.series == series:
+                told = b.told_slots if b.told_slots is not None else b.slots
+            else:
+                told = np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
+            return Tell(b, series, told, repeat=True)
+        if bound is not None:
+            raise SessionError(ErrorKind.SERIES_TAKEN, f"series {series} of {self.endpoint} is already bound to another batch")
+        if b.status != BatchStatus.ISSUED:
+            raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} is {b.status} (told with series {b.series})")
+        missing = self.missing_slots(b)
+        meas = None
+        if measured is not None:
+            meas = np.asarray(measured, dtype=np.float64).reshape(-1, 2)
+            if meas.shape[0] != len(missing):
+                raise SessionError(ErrorKind.INVALID_REQUEST, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions")
+        return Tell(b, series, missing, meas)
+
+    def apply_tell(self, tell: Tell) -> Binding:
+        """Record an accepted tell (already written to the session file): its batch is told; returns the series' binding."""
+        if tell.measured is not None:
+            self.positions_measured[tell.slots] = tell.measured
+        b = tell.batch
+        b.series, b.told_slots, b.status = tell.series, tell.slots, BatchStatus.TOLD
+        if self.state == SessionState.CREATED:
+            self.state = SessionState.ACQUIRING
+        return Binding(self.session_id, b.batch_id, {i: int(slot) for i, slot in enumerate(tell.slots)})
+
+    def tell_body(self, tell: Tell) -> dict:
+        """The answer to ``tell``: the frames it expects and how many of them are in."""
+        return {
+            "batch_id": tell.batch.batch_id,
+            "series": tell.series,
+            "accepted": True,
+            "frames_expected": len(tell.slots),
+            "frames_received": int(self.received[tell.slots].sum()),
+        }
+
+    def record_result(self, batch_id: int | None, recon: ReconOutput | None, positions: np.ndarray | None) -> None:
+        """Apply the compute worker's result, each step to the file first: store batch ``batch_id``'s reconstruction
+        (``recon``), then issue the next batch (``positions``) or, with the budget issued and every batch
+        reconstructed, finish (state done). ``StoreError`` if the file fails (the caller fails the session).
+        """
+        if recon is not None and batch_id is not None:
+            b = self.batches[batch_id]
+            rec = StoredReconstruction(
+                b.batch_id, recon.potential, recon.origin_nm, recon.pixel_nm, int(b.slots[-1]) + 1, recon.loss_history, self.planner.planner.version
+            )
+            self.store.write_reconstruction(self.n_reconstructed, rec)
+            self.potential, self.grid_origin_nm, self.grid_pixel_nm = recon.potential, recon.origin_nm, recon.pixel_nm
+            self.loss_history = recon.loss_history
+            self.n_reconstructed += 1
+            b.status = BatchStatus.RECONSTRUCTED
+        if positions is not None and len(positions):
+            self.store.append_batch(len(self.batches), positions)
+            self.add_batch(len(self.batches), positions)
+            if self.state != SessionState.CREATED:
+                self.state = SessionState.ACQUIRING
+        elif self.n_issued >= self.budget and all(b.status == BatchStatus.RECONSTRUCTED for b in self.batches):
+            self.state = SessionState.DONE
+            self.store.set_state(SessionState.DONE)
+            self.store.flush()
+        if self.state != SessionState.DONE:
+            self.store.set_state(self.state)
+
+    # --- notes and notices -----------------------------------------------------------
 
     def note_error(self, kind: str, message: str) -> None:
         self.counters[kind] = self.counters.get(kind, 0) + 1
