@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
-from service.store import SessionSummary, StoredReconstruction, read_latest_reconstruction
+from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
 
 
 @dataclass
@@ -58,6 +60,20 @@ class FinishedSession:
     def latest_reconstruction(self) -> tuple[StoredReconstruction, int] | None:
         """(the latest reconstruction, how many there are), read from the file; None if there is none (StoreError if unreadable)."""
         return read_latest_reconstruction(self.path)
+
+    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int]:
+        """(latest potential (rad), grid origin (nm), pixel (nm), reconstructions), read from the file (not under the manager's lock).
+
+        Refused if it has none (wrong-state) or the file cannot be read (storage-unavailable).
+        """
+        try:
+            latest = self.latest_reconstruction()
+        except StoreError as err:
+            raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
+        if latest is None:
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} has no reconstruction")
+        rec, n = latest
+        return rec.potential, rec.origin_nm, rec.pixel_nm, n
 
     @classmethod
     def of(cls, s: Session) -> FinishedSession:

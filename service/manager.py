@@ -24,7 +24,7 @@ from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, resolve_planner
 from service.restore import load_session
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
-from service.session import BatchStatus, Binding, Session, SessionState
+from service.session import Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
 from service.store import SESSION_SUFFIX, SessionStore, StoreError, session_files
@@ -101,17 +101,8 @@ class SessionManager:
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
-                if s.potential is None:
-                    raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} has no reconstruction yet")
-                return s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
-        try:
-            latest = s.latest_reconstruction()  # outside the lock: a file read
-        except StoreError as err:
-            raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
-        if latest is None:
-            raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} has no reconstruction")
-        rec, n = latest
-        return rec.potential, rec.origin_nm, rec.pixel_nm, n
+                return s.reconstruction()
+        return s.reconstruction()  # a finished session's: read from its file, outside the lock
 
     def _release(self, s: Session) -> None:
         """A session that ended leaves memory: its file is closed, a summary answers for it, its series are forgotten."""
@@ -146,17 +137,17 @@ class SessionManager:
             s = self.sessions.get(session_id)
             return s is not None and not s.terminal
 
+    def _storage_failed(self, err: StoreError) -> None:
+        """Count a storage failure and keep it for readiness (``recent_storage_error``)."""
+        self.metrics.storage_errors.inc()
+        self.storage_error, self.storage_error_at = str(err), time.monotonic()
+
     def _fail(self, s: Session, err: Exception | str) -> None:
-        msg = str(err)
-        log.error("session %s failed: %s", s.session_id, msg)
-        s.state, s.error = SessionState.FAILED, msg
+        """Session ``s`` failed (a storage or worker error): it ends, its asks wake, it leaves memory."""
+        log.error("session %s failed: %s", s.session_id, err)
         if isinstance(err, StoreError):
-            self.metrics.storage_errors.inc()
-            self.storage_error, self.storage_error_at = msg, time.monotonic()
-        try:
-            s.store.set_state(SessionState.FAILED, msg)
-        except StoreError:
-            pass
+            self._storage_failed(err)
+        s.fail(str(err))
         s.notify()
         self._release(s)
         self._active_gauge()
@@ -177,8 +168,7 @@ class SessionManager:
             try:
                 store = SessionStore.create(self.settings.storage / f"{sid}{SESSION_SUFFIX}", sid, params, planner_info)
             except StoreError as err:
-                self.metrics.storage_errors.inc()
-                self.storage_error, self.storage_error_at = str(err), time.monotonic()
+                self._storage_failed(err)
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
             s = Session(sid, params, choice, store)
             self.sessions[sid] = s
@@ -193,12 +183,7 @@ class SessionManager:
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
-                s.state = SessionState.STOPPED
-                try:
-                    s.store.set_state(SessionState.STOPPED)
-                    s.store.flush()
-                except StoreError as err:
-                    s.error = str(err)
+                s.stop()
                 s.notify()
                 self._release(s)
             self._active_gauge()
@@ -340,8 +325,7 @@ class SessionManager:
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
             self.metrics.batches_complete.inc()
             try:
-                s.store.flush()
-                s.frames_persisted = s.frames_received
+                s.flush_frames()
             except StoreError as err:
                 self._fail(s, err)
                 return True
@@ -362,20 +346,18 @@ class SessionManager:
         s = self.sessions.get(bind.session_id)
         if s is None or s.terminal:
             return
-        b = s.batches[bind.batch_id]
-        if b.status == BatchStatus.TOLD and b.series == key[1] and not s.batch_complete(b):
-            missing = s.missing_slots(b)
-            s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {b.batch_id} missing; batch re-issued")
-            lost = {int(v) for v in missing}
-            self.router.unbind_slots(bind, lost)
-            try:
-                s.store.unbind(missing, b.batch_id)
-            except StoreError as err:
-                self._fail(s, err)
-                return
-            b.status, b.series = BatchStatus.ISSUED, None
-            s.state = SessionState.ACQUIRING
-            s.notify()
+        missing = s.short_of(bind.batch_id, key[1])
+        if missing is None:
+            return
+        s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {bind.batch_id} missing; batch re-issued")
+        self.router.unbind_slots(bind, {int(v) for v in missing})
+        try:
+            s.store.unbind(missing, bind.batch_id)
+        except StoreError as err:
+            self._fail(s, err)
+            return
+        s.reissue(bind.batch_id)
+        s.notify()
 
     def reissue_stalled(self) -> int:
         """Re-issue the told batches resumed from a restart whose series sent none of their missing frames in time; returns how many.
@@ -386,24 +368,20 @@ class SessionManager:
         now, n = time.monotonic(), 0
         with self.lock:
             for s in list(self.sessions.values()):
-                for b in s.batches:
-                    if b.stall_deadline is not None and b.stall_deadline < now:
-                        b.stall_deadline = None
-                        key = (s.endpoint, b.series)
-                        if b.status == BatchStatus.TOLD and self.router.is_bound(key):
-                            s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
-                            self._series_end(key)
-                            n += 1
+                for b in s.stalled_batches(now):
+                    if self.router.is_bound(key := (s.endpoint, b.series)):
+                        s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
+                        self._series_end(key)
+                        n += 1
         return n
 
     def flush_all(self) -> None:
         """Flush every session with unflushed frames (the flusher thread calls this)."""
         with self.lock:
             for s in list(self.sessions.values()):
-                if not s.terminal and s.frames_persisted != s.frames_received:
+                if s.unflushed:
                     try:
-                        s.store.flush()
-                        s.frames_persisted = s.frames_received
+                        s.flush_frames()
                     except StoreError as err:
                         self._fail(s, err)
 

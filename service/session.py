@@ -21,7 +21,7 @@ from service.compute import ReconOutput
 from service.errors import ErrorKind, SessionError
 from service.planner import PlannerChoice
 from service.spec import Beam, SessionSpec
-from service.store import SessionStore, StoredReconstruction
+from service.store import SessionStore, StoredReconstruction, StoreError
 
 
 class SessionState(StrEnum):
@@ -252,7 +252,65 @@ class Session:
         cur = self.current
         return self.pending_reconstruction() is not None or cur is None or (cur.status == BatchStatus.RECONSTRUCTED and self.n_issued < self.budget)
 
+    def stalled_batches(self, now: float) -> list[Batch]:
+        """Told batches resumed after a restart whose stall deadline passed before ``now`` (each deadline is cleared: reported once)."""
+        stalled = []
+        for b in self.batches:
+            if b.stall_deadline is not None and b.stall_deadline < now:
+                b.stall_deadline = None
+                if b.status == BatchStatus.TOLD:
+                    stalled.append(b)
+        return stalled
+
+    def short_of(self, batch_id: int, series: int) -> np.ndarray | None:
+        """The slots batch ``batch_id`` still misses if it is told as ``series`` and incomplete (that series ended short), else None."""
+        b = self.batches[batch_id]
+        if b.status == BatchStatus.TOLD and b.series == series and not self.batch_complete(b):
+            return self.missing_slots(b)
+        return None
+
+    def reissue(self, batch_id: int) -> None:
+        """Batch ``batch_id``, its series ended short and its missing slots unbound, is to be told again: back to issued."""
+        b = self.batches[batch_id]
+        b.status, b.series = BatchStatus.ISSUED, None
+        self.state = SessionState.ACQUIRING
+
+    # --- the file ----------------------------------------------------------------------
+
+    @property
+    def unflushed(self) -> bool:
+        """In progress with frames received since the last flush."""
+        return not self.terminal and self.frames_persisted != self.frames_received
+
+    def flush_frames(self) -> None:
+        """Make every frame received durable (``frames_persisted``); StoreError if the file fails."""
+        self.store.flush()
+        self.frames_persisted = self.frames_received
+
+    def stop(self) -> None:
+        """Stopped by its client: the file says so and holds every frame received (if it fails, ``error`` says why)."""
+        self.state = SessionState.STOPPED
+        try:
+            self.store.set_state(SessionState.STOPPED)
+            self.store.flush()
+        except StoreError as err:
+            self.error = str(err)
+
+    def fail(self, message: str) -> None:
+        """Failed for ``message``: so in memory, and in the file as far as it can still be written."""
+        self.state, self.error = SessionState.FAILED, message
+        try:
+            self.store.set_state(SessionState.FAILED, message)
+        except StoreError:
+            pass
+
     # --- ask / tell / results --------------------------------------------------------
+
+    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int]:
+        """(a copy of the latest potential (rad), grid origin (nm), pixel (nm), reconstructions so far); refused (wrong-state) if none yet."""
+        if self.potential is None:
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} has no reconstruction yet")
+        return self.potential.copy(), self.grid_origin_nm, self.grid_pixel_nm, self.n_reconstructed
 
     def ask(self) -> dict | None:
         """The answer to an ask: the batch to acquire now (its positions still missing a frame), ``done``, or None (none yet).
