@@ -22,12 +22,12 @@ from service.errors import ErrorKind, SessionError
 from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
 from service.planner import PlannerChoice, resolve_planner
-from service.restore import load_session
+from service.restore import load_sessions
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
 from service.session import Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
-from service.store import SESSION_SUFFIX, SessionStore, StoreError, session_files
+from service.store import SESSION_SUFFIX, SessionStore, StoreError
 from service.work import WorkItem, work_item
 
 log = logging.getLogger(__name__)
@@ -439,44 +439,33 @@ class SessionManager:
             s.notify()
 
     def restore(self) -> int:
-        """Load the session files in storage (``service.restore.load_session``); returns how many were loaded.
+        """Load the session files in storage (``service.restore.load_sessions``); returns how many were loaded.
 
         An unfinished session is rebuilt (frames, batches, series bindings, latest
         reconstruction) and resumed; of a finished one only a summary is read. A file that
         cannot be loaded is logged and listed in ``load_errors`` (readiness reports them).
         """
-        n = 0
-        for path in session_files(self.settings.storage):
-            try:
-                loaded = load_session(path, self.planner_for)
-            except (StoreError, ValueError) as err:
-                self.load_errors.append(str(err))
-                log.error("%s: %s", path, err)
-                continue
-            with self.lock:
-                if isinstance(loaded, FinishedSession):
-                    self.finished[loaded.session_id] = loaded
-                else:
-                    self.adopt(*loaded)
-            n += 1
+        loaded, errors = load_sessions(self.settings.storage, self.planner_for)
+        self.load_errors.extend(errors)
         with self.lock:
+            for item in loaded:
+                if isinstance(item, FinishedSession):
+                    self.finished[item.session_id] = item
+                else:
+                    self.adopt(*item)
             self._active_gauge()
             endpoints = {s.endpoint for s in self.sessions.values()}
-        for ep in endpoints:
-            if self.on_endpoint is not None:
+        if self.on_endpoint is not None:
+            for ep in endpoints:
                 self.on_endpoint(ep)
-        return n
+        return len(loaded)
 
     def adopt(self, s: Session, bindings: dict[int, Binding]) -> None:
         """Take over a session rebuilt from its file and its series bindings; queue the work it awaits."""
         with self.lock:
             self.sessions[s.session_id] = s
             self.router.adopt(s.endpoint, bindings)
-            if s.terminal:
-                try:
-                    s.store.set_state(s.state, s.error)  # a session found finished at restore (its last chunk was reconstructed)
-                except StoreError as err:
-                    log.error("%s", err)
+            if s.terminal:  # found finished at restore (``service.restore.load_session``)
                 self._release(s)
                 return
             s.set_stall_deadline(time.monotonic() + self.settings.resume_told_timeout_s)

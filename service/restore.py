@@ -6,6 +6,7 @@ Nothing here touches the manager: ``load_session`` returns what one file holds a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,15 +15,30 @@ import numpy as np
 from service.finished import FinishedSession
 from service.planner import PlannerChoice
 from service.session import TERMINAL, Batch, BatchStatus, Binding, Session, SessionState
-from service.store import SessionStore, StoredSession, StoreError, read_state, read_summary
+from service.store import SessionStore, StoredSession, StoreError, read_state, read_summary, session_files
+
+log = logging.getLogger(__name__)
 
 Resumed = tuple[Session, dict[int, Binding]]
 """a session rebuilt from its file and its series bindings by series number."""
 
 
+def load_sessions(storage: Path, planner_for: Callable[[str], PlannerChoice]) -> tuple[list[FinishedSession | Resumed], list[str]]:
+    """Every session file in ``storage`` loaded (``load_session``), and the error of each one that could not be (logged)."""
+    loaded: list[FinishedSession | Resumed] = []
+    errors: list[str] = []
+    for path in session_files(storage):
+        try:
+            loaded.append(load_session(path, planner_for))
+        except (StoreError, ValueError) as err:
+            errors.append(str(err))
+            log.error("%s: %s", path, err)
+    return loaded, errors
+
+
 def load_session(path: Path, planner_for: Callable[[str], PlannerChoice]) -> FinishedSession | Resumed:
     """What the session file at ``path`` holds: the summary of a finished session (nothing else is read), or an unfinished
-    session rebuilt to resume (``restored_session``, its planner from ``planner_for(strategy)``).
+    session rebuilt to resume (``restored_session``, its planner from ``planner_for(strategy)``; it may turn out finished).
 
     Raises ``StoreError`` for a file that cannot be read or whose stored request lacks a field or has one of the wrong type
     (a file that opened is closed again), ``ValueError`` for an unknown state or strategy.
@@ -36,12 +52,18 @@ def load_session(path: Path, planner_for: Callable[[str], PlannerChoice]) -> Fin
             raise _damaged_params(path, err) from None
     store, stored = SessionStore.open(path)
     try:
-        return restored_session(stored, store, planner_for(stored.params["strategy"]))
+        s, bindings = restored_session(stored, store, planner_for(stored.params["strategy"]))
     except (KeyError, TypeError, ValueError) as err:
         store.close()
         if isinstance(err, ValueError):
             raise
         raise _damaged_params(path, err) from None
+    if s.terminal:  # found finished (its last chunk was reconstructed before the restart): the file says so too
+        try:
+            store.set_state(s.state, s.error)
+        except StoreError as err:
+            log.error("%s", err)
+    return s, bindings
 
 
 def _damaged_params(path: Path, err: KeyError | TypeError) -> StoreError:
