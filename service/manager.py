@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 
 import numpy as np
@@ -21,13 +20,14 @@ from service.compute import ReconOutput
 from service.errors import ErrorKind, SessionError
 from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
-from service.planner import PlannerChoice, resolve_planner
+from service.planner import Planners
 from service.restore import load_sessions
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
 from service.session import Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
-from service.store import SESSION_SUFFIX, SessionStore, StoreError
+from service.store import StoreError
+from service.tell import apply_tell, check_tell, tell_body
 from service.work import WorkItem, work_item
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ class SessionManager:
         self.storage_error_at: float | None = None
         self.on_endpoint = None
         """callback(endpoint) so the ingest connects to a session's detector."""
-        self._planners: dict[str, PlannerChoice] = {}
+        self.planner_for = Planners(settings.policy_checkpoint)
+        """strategy -> its planner (``PlannerChoice``), resolved once."""
         self.decision_samples: deque[float] = deque(maxlen=10_000)
         """recent decision latencies (s): last frame of a chunk -> next batch published."""
 
@@ -71,11 +72,6 @@ class SessionManager:
     def endpoint_errors(self) -> dict[str, dict[str, int]]:
         """Per endpoint, stream error counts no session took (and buffer overflows)."""
         return self.router.endpoint_errors
-
-    def planner_for(self, strategy: str) -> PlannerChoice:
-        if strategy not in self._planners:
-            self._planners[strategy] = resolve_planner(strategy, self.settings.policy_checkpoint)
-        return self._planners[strategy]
 
     def recent_storage_error(self, within_s: float = 60.0) -> str | None:
         """The last storage failure if it happened within ``within_s`` seconds (readiness reports it)."""
@@ -110,12 +106,10 @@ class SessionManager:
             return
         del self.sessions[s.session_id]
         self.finished[s.session_id] = FinishedSession.of(s)
-        s.store.close()
+        s.close()
         self.router.session_ended(s.session_id)
         if s.session_id in self.queue:
             self.queue.remove(s.session_id)
-        s.patterns = None
-        s.potential = None
 
     def _active_gauge(self) -> None:
         self.metrics.sessions_active.set(sum(1 for s in self.sessions.values() if not s.terminal))
@@ -162,16 +156,12 @@ class SessionManager:
                 raise SessionError(ErrorKind.TOO_MANY_SESSIONS, f"{self.settings.max_sessions} sessions are active already (max_sessions)")
             if (refusal := SessionSpec.from_params(params).limit_error(self.settings)) is not None:
                 raise SessionError(ErrorKind.INVALID_REQUEST, refusal)
-            choice = self.planner_for(params["strategy"])
-            sid = uuid.uuid4().hex[:16]
-            planner_info = {"requested": choice.requested, "used": choice.planner.name, "version": choice.planner.version, "fallback": choice.fallback}
             try:
-                store = SessionStore.create(self.settings.storage / f"{sid}{SESSION_SUFFIX}", sid, params, planner_info)
+                s = Session.create(self.settings.storage, params, self.planner_for(params["strategy"]))
             except StoreError as err:
                 self._storage_failed(err)
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
-            s = Session(sid, params, choice, store)
-            self.sessions[sid] = s
+            self.sessions[s.session_id] = s
             self._enqueue(s)  # plans the first batch
             self._active_gauge()
             status = s.status()
@@ -205,7 +195,7 @@ class SessionManager:
 
         A repeat of the tell that bound the batch (also after a restart or after the series
         ended short, or reaching a session that finished meanwhile) answers (200, body) and
-        changes nothing; ``Session.check_tell`` says which tells are refused. The series'
+        changes nothing; ``service.tell.check_tell`` says which tells are refused. The series'
         frames buffered before the tell are stored now.
         """
         with self.lock:
@@ -215,15 +205,15 @@ class SessionManager:
                     return 200, body  # a repeat reaching a session that finished meanwhile (e.g. during a restart)
                 raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}")
             key = (s.endpoint, series)
-            tell = s.check_tell(batch_id, series, measured, self.router.binding(key))
+            tell = check_tell(s, batch_id, series, measured, self.router.binding(key))
             if tell.repeat:
-                return 200, s.tell_body(tell)
+                return 200, tell_body(s, tell)
             try:
                 s.store.bind(tell.slots, series, tell.measured, batch_id)
             except StoreError as err:
                 self._fail(s, err)
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
-            buffered = self.router.bind(key, s.apply_tell(tell))
+            buffered = self.router.bind(key, apply_tell(s, tell))
             if buffered is not None:
                 self.metrics.buffered_frames.set(self.router.buffered_frames)
                 for kind, msg in buffered.errors:
@@ -234,7 +224,7 @@ class SessionManager:
                             break
                 if buffered.ended:
                     self._series_end(key)
-            return 202, s.tell_body(tell)
+            return 202, tell_body(s, tell)
 
     # --- ingest (called from the receiver thread) --------------------------------------
 

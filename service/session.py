@@ -10,9 +10,11 @@ with the manager's lock held.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from service.compute import ReconOutput
 from service.errors import ErrorKind, SessionError
 from service.planner import PlannerChoice
 from service.spec import Beam, SessionSpec
-from service.store import SessionStore, StoredReconstruction, StoreError
+from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
 
 
 class SessionState(StrEnum):
@@ -106,19 +108,6 @@ class Batch:
     (its series' last frames may have died with the old process); None: no deadline."""
 
 
-@dataclass(frozen=True)
-class Tell:
-    """A tell the session accepted: bind ``slots`` of ``batch`` to detector ``series``, frame i -> ``slots[i]``."""
-
-    batch: Batch
-    series: int
-    slots: np.ndarray
-    measured: np.ndarray | None = None
-    """(len(slots), 2) positions (x, y) the scan reported reaching, nm; None if not reported."""
-    repeat: bool = False
-    """a repeat of the tell that bound the batch: nothing changes (``slots``: the slots it bound)."""
-
-
 @dataclass
 class Session:
     session_id: str
@@ -155,6 +144,14 @@ class Session:
 
     def __post_init__(self) -> None:
         self.spec = SessionSpec.from_params(self.params)
+
+    @classmethod
+    def create(cls, storage: Path, params: dict, planner: PlannerChoice) -> Session:
+        """A new session with a new id and its file in ``storage`` (StoreError if the file cannot be created)."""
+        sid = uuid.uuid4().hex[:16]
+        p = planner
+        info = {"requested": p.requested, "used": p.planner.name, "version": p.planner.version, "fallback": p.fallback}
+        return cls(sid, params, planner, SessionStore.create(Path(storage) / f"{sid}{SESSION_SUFFIX}", sid, params, info))
 
     # --- derived ---------------------------------------------------------------------
 
@@ -287,6 +284,12 @@ class Session:
         self.store.flush()
         self.frames_persisted = self.frames_received
 
+    def close(self) -> None:
+        """It has ended (and left its summary): its file is closed, its frames and potential leave memory."""
+        self.store.close()
+        self.patterns = None
+        self.potential = None
+
     def stop(self) -> None:
         """Stopped by its client: the file says so and holds every frame received (if it fails, ``error`` says why)."""
         self.state = SessionState.STOPPED
@@ -327,57 +330,6 @@ class Session:
                 self.state = SessionState.ACQUIRING
             return {"batch_id": b.batch_id, "positions_nm": self.positions_issued[self.missing_slots(b)].tolist(), "done": False}
         return None
-
-    def check_tell(self, batch_id: int, series: int, measured: list | None, bound: Binding | None) -> Tell:
-        """A tell of batch ``batch_id`` as detector ``series`` (``bound``: that series' binding, if any), checked; nothing changes.
-
-        It binds the batch's missing slots (frame i -> i-th missing slot). A repeat of the tell
-        that bound the batch (same series; also after a restart or after the series ended
-        short) comes back with ``repeat``. Refused (``SessionError``): a batch not issued, a
-        series bound to another batch (a series is bound once, so a frame never moves to
-        another position), a batch told already, measured positions not one per missing slot.
-        """
-        if batch_id >= len(self.batches):
-            raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} has not been issued (ask first)")
-        b = self.batches[batch_id]
-        if bound is not None and bound.session_id == self.session_id and bound.batch_id == batch_id:
-            # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
-            if b.series == series:
-                told = b.told_slots if b.told_slots is not None else b.slots
-            else:
-                told = np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
-            return Tell(b, series, told, repeat=True)
-        if bound is not None:
-            raise SessionError(ErrorKind.SERIES_TAKEN, f"series {series} of {self.endpoint} is already bound to another batch")
-        if b.status != BatchStatus.ISSUED:
-            raise SessionError(ErrorKind.WRONG_STATE, f"batch {batch_id} is {b.status} (told with series {b.series})")
-        missing = self.missing_slots(b)
-        meas = None
-        if measured is not None:
-            meas = np.asarray(measured, dtype=np.float64).reshape(-1, 2)
-            if meas.shape[0] != len(missing):
-                raise SessionError(ErrorKind.INVALID_REQUEST, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions")
-        return Tell(b, series, missing, meas)
-
-    def apply_tell(self, tell: Tell) -> Binding:
-        """Record an accepted tell (already written to the session file): its batch is told; returns the series' binding."""
-        if tell.measured is not None:
-            self.positions_measured[tell.slots] = tell.measured
-        b = tell.batch
-        b.series, b.told_slots, b.status = tell.series, tell.slots, BatchStatus.TOLD
-        if self.state == SessionState.CREATED:
-            self.state = SessionState.ACQUIRING
-        return Binding(self.session_id, b.batch_id, {i: int(slot) for i, slot in enumerate(tell.slots)})
-
-    def tell_body(self, tell: Tell) -> dict:
-        """The answer to ``tell``: the frames it expects and how many of them are in."""
-        return {
-            "batch_id": tell.batch.batch_id,
-            "series": tell.series,
-            "accepted": True,
-            "frames_expected": len(tell.slots),
-            "frames_received": int(self.received[tell.slots].sum()),
-        }
 
     def record_result(self, batch_id: int | None, recon: ReconOutput | None, positions: np.ndarray | None) -> None:
         """Apply the compute worker's result, each step to the file first: store batch ``batch_id``'s reconstruction
