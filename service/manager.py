@@ -1,8 +1,11 @@
-"""The session manager: sessions, ask/tell, matching detector frames to sessions, work for the compute worker.
+"""The session manager: the registry of sessions, the one lock over their state, and the compute worker's queue.
 
-One lock guards all session state. REST handlers, the ingest thread, the flusher and
-the compute worker call in; nothing here computes (the worker reconstructs and plans
-outside the lock and hands results back through ``publish``).
+REST handlers, the ingest thread, the flusher and the compute worker call in. The rules
+live elsewhere (``service.session``, ``service.tell``, ``service.routing``,
+``service.restore``) and decide without side effects or raise ``SessionError``; the
+manager looks sessions up, holds the lock, and applies what follows: file failures end
+a session, metrics, the queue, waking asks. Nothing here computes (the worker
+reconstructs and plans outside the lock and hands results back through ``publish``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from service.work import WorkItem, work_item
 
 log = logging.getLogger(__name__)
 
+
 class SessionManager:
+    """Sessions in progress and finished, the lock that serialises every change to them, and the sessions queued for work."""
+
     def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -80,6 +86,7 @@ class SessionManager:
         return None
 
     def get(self, sid: str) -> Session | FinishedSession:
+        """Session ``sid``, in progress or finished (call with the lock held); refused (unknown-session) if there is none."""
         s = self.sessions.get(sid)
         if s is None:
             s = self.finished.get(sid)
@@ -149,6 +156,7 @@ class SessionManager:
     # --- sessions --------------------------------------------------------------------
 
     def create(self, params: dict) -> dict:
+        """A new session for request ``params`` (``SessionCreate`` fields), queued to plan its first batch; its status."""
         with self.lock:
             if not self.accepting:
                 raise SessionError(ErrorKind.SHUTTING_DOWN, "the service is shutting down and takes no new sessions", retry_after_s=5)
@@ -170,6 +178,7 @@ class SessionManager:
         return status
 
     def delete(self, sid: str) -> dict:
+        """Stop session ``sid`` (a finished one stays as it is); its status."""
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
@@ -464,6 +473,7 @@ class SessionManager:
             log.info("resumed session %s (%d/%d frames, state %s)", s.session_id, s.frames_received, s.budget, s.state)
 
     def close(self) -> None:
+        """Take no new sessions, wake every ask and close every file (shutdown)."""
         with self.lock:
             self.accepting = False
             for s in list(self.sessions.values()):  # SessionStore.close never raises: one full disk must not leave the other files open
