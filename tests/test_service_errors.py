@@ -90,3 +90,23 @@ def test_each_domain_error_is_answered_as_it_always_was(client, monkeypatch):
         client.post(create, json=session_body(EP), headers=AUTH), 503, "Service Unavailable", "service-unavailable",
         "the service is shutting down and takes no new sessions", retry_after="5",
     )
+
+
+def test_the_manager_refuses_with_domain_errors_that_carry_no_http(tmp_path):
+    from service.manager import SessionManager
+    from service.metrics import ServiceMetrics
+    from service.models import SessionCreate
+    from service.problems import Problem
+
+    m = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY], max_budget=10), ServiceMetrics())
+    body = SessionCreate(**session_body(EP, budget=20, chunk=5)).model_dump(mode="json")
+    with pytest.raises(SessionError) as unknown:
+        m.get("nope")
+    with pytest.raises(SessionError) as too_big:
+        m.create(body)
+    m.accepting = False
+    with pytest.raises(SessionError) as closing:
+        m.create(body)
+    assert [e.value.kind for e in (unknown, too_big, closing)] == [ErrorKind.UNKNOWN_SESSION, ErrorKind.INVALID_REQUEST, ErrorKind.SHUTTING_DOWN]
+    assert closing.value.retry_after_s == 5 and not any(isinstance(e.value, Problem) for e in (unknown, too_big, closing))
+    m.close()
