@@ -12,8 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
-from service.store import SessionSummary, StoredReconstruction, read_latest_reconstruction
+from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
 
 
 @dataclass
@@ -41,6 +44,12 @@ class FinishedSession:
         recent = self.summary["recent_errors"] = list(self.summary.get("recent_errors") or [])[-19:]
         recent.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
 
+    def ask(self) -> dict:
+        """The answer to an ask: ``done``; refused (wrong-state) if the session was stopped or failed."""
+        if self.state != SessionState.DONE:
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} is {self.state}" + (f": {self.error}" if self.error else ""))
+        return {"batch_id": None, "positions_nm": [], "done": True}
+
     def repeated_tell(self, batch_id: int, series: int) -> dict | None:
         """The 200 body for a repeat of a tell this session (done) recorded, None if it is not one."""
         told = self.tells.get(batch_id)
@@ -51,6 +60,20 @@ class FinishedSession:
     def latest_reconstruction(self) -> tuple[StoredReconstruction, int] | None:
         """(the latest reconstruction, how many there are), read from the file; None if there is none (StoreError if unreadable)."""
         return read_latest_reconstruction(self.path)
+
+    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int]:
+        """(latest potential (rad), grid origin (nm), pixel (nm), reconstructions), read from the file (not under the manager's lock).
+
+        Refused if it has none (wrong-state) or the file cannot be read (storage-unavailable).
+        """
+        try:
+            latest = self.latest_reconstruction()
+        except StoreError as err:
+            raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
+        if latest is None:
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} has no reconstruction")
+        rec, n = latest
+        return rec.potential, rec.origin_nm, rec.pixel_nm, n
 
     @classmethod
     def of(cls, s: Session) -> FinishedSession:

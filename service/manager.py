@@ -1,8 +1,11 @@
-"""The session manager: sessions, ask/tell, matching detector frames to sessions, work for the compute worker.
+"""The session manager: the registry of sessions, the one lock over their state, and the compute worker's queue.
 
-One lock guards all session state. REST handlers, the ingest thread, the flusher and
-the compute worker call in; nothing here computes (the worker reconstructs and plans
-outside the lock and hands results back through ``publish``).
+REST handlers, the ingest thread, the flusher and the compute worker call in. The rules
+live elsewhere (``service.session``, ``service.tell``, ``service.routing``,
+``service.restore``) and decide without side effects or raise ``SessionError``; the
+manager looks sessions up, holds the lock, and applies what follows: file failures end
+a session, metrics, the queue, waking asks. Nothing here computes (the worker
+reconstructs and plans outside the lock and hands results back through ``publish``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 
 import numpy as np
@@ -18,20 +20,25 @@ import numpy as np
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.receiver import handle_each
 from service.compute import ReconOutput
+from service.errors import ErrorKind, SessionError
 from service.finished import FinishedSession
 from service.metrics import ServiceMetrics
-from service.planner import PlannerChoice, resolve_planner
-from service.problems import Problem
+from service.planner import Planners
+from service.restore import load_sessions
 from service.routing import Buffered, FrameOutcome, FrameRouter, Key
-from service.session import Batch, BatchStatus, Binding, Session, SessionState, restored_session
+from service.session import Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
-from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError, read_state, read_summary, session_files
-from service.work import WorkItem, acquisition_s, work_item
+from service.store import StoreError
+from service.tell import apply_tell, check_tell, tell_body
+from service.work import WorkItem, work_item
 
 log = logging.getLogger(__name__)
 
+
 class SessionManager:
+    """Sessions in progress and finished, the lock that serialises every change to them, and the sessions queued for work."""
+
     def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -50,7 +57,8 @@ class SessionManager:
         self.storage_error_at: float | None = None
         self.on_endpoint = None
         """callback(endpoint) so the ingest connects to a session's detector."""
-        self._planners: dict[str, PlannerChoice] = {}
+        self.planner_for = Planners(settings.policy_checkpoint)
+        """strategy -> its planner (``PlannerChoice``), resolved once."""
         self.decision_samples: deque[float] = deque(maxlen=10_000)
         """recent decision latencies (s): last frame of a chunk -> next batch published."""
 
@@ -71,11 +79,6 @@ class SessionManager:
         """Per endpoint, stream error counts no session took (and buffer overflows)."""
         return self.router.endpoint_errors
 
-    def planner_for(self, strategy: str) -> PlannerChoice:
-        if strategy not in self._planners:
-            self._planners[strategy] = resolve_planner(strategy, self.settings.policy_checkpoint)
-        return self._planners[strategy]
-
     def recent_storage_error(self, within_s: float = 60.0) -> str | None:
         """The last storage failure if it happened within ``within_s`` seconds (readiness reports it)."""
         if self.storage_error_at is not None and time.monotonic() - self.storage_error_at < within_s:
@@ -83,11 +86,12 @@ class SessionManager:
         return None
 
     def get(self, sid: str) -> Session | FinishedSession:
+        """Session ``sid``, in progress or finished (call with the lock held); refused (unknown-session) if there is none."""
         s = self.sessions.get(sid)
         if s is None:
             s = self.finished.get(sid)
         if s is None:
-            raise Problem(404, f"no session {sid!r}", kind="unknown-session")
+            raise SessionError(ErrorKind.UNKNOWN_SESSION, f"no session {sid!r}")
         return s
 
     def statuses(self) -> list[dict]:
@@ -96,21 +100,12 @@ class SessionManager:
             return [s.status() for s in self.sessions.values()] + [f.status() for f in self.finished.values()]
 
     def reconstruction(self, sid: str) -> tuple[np.ndarray, tuple[float, float], float, int]:
-        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far) of session ``sid``; 409 if it has none yet."""
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far) of session ``sid``; SessionError if it has none yet."""
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
-                if s.potential is None:
-                    raise Problem(409, f"session {sid} has no reconstruction yet", kind="wrong-state")
-                return s.potential.copy(), s.grid_origin_nm, s.grid_pixel_nm, s.n_reconstructed
-        try:
-            latest = s.latest_reconstruction()  # outside the lock: a file read
-        except StoreError as err:
-            raise Problem(507, str(err), kind="storage-unavailable") from None
-        if latest is None:
-            raise Problem(409, f"session {sid} has no reconstruction", kind="wrong-state")
-        rec, n = latest
-        return rec.potential, rec.origin_nm, rec.pixel_nm, n
+                return s.reconstruction()
+        return s.reconstruction()  # a finished session's: read from its file, outside the lock
 
     def _release(self, s: Session) -> None:
         """A session that ended leaves memory: its file is closed, a summary answers for it, its series are forgotten."""
@@ -118,12 +113,10 @@ class SessionManager:
             return
         del self.sessions[s.session_id]
         self.finished[s.session_id] = FinishedSession.of(s)
-        s.store.close()
+        s.close()
         self.router.session_ended(s.session_id)
         if s.session_id in self.queue:
             self.queue.remove(s.session_id)
-        s.patterns = None
-        s.potential = None
 
     def _active_gauge(self) -> None:
         self.metrics.sessions_active.set(sum(1 for s in self.sessions.values() if not s.terminal))
@@ -145,17 +138,17 @@ class SessionManager:
             s = self.sessions.get(session_id)
             return s is not None and not s.terminal
 
+    def _storage_failed(self, err: StoreError) -> None:
+        """Count a storage failure and keep it for readiness (``recent_storage_error``)."""
+        self.metrics.storage_errors.inc()
+        self.storage_error, self.storage_error_at = str(err), time.monotonic()
+
     def _fail(self, s: Session, err: Exception | str) -> None:
-        msg = str(err)
-        log.error("session %s failed: %s", s.session_id, msg)
-        s.state, s.error = SessionState.FAILED, msg
+        """Session ``s`` failed (a storage or worker error): it ends, its asks wake, it leaves memory."""
+        log.error("session %s failed: %s", s.session_id, err)
         if isinstance(err, StoreError):
-            self.metrics.storage_errors.inc()
-            self.storage_error, self.storage_error_at = msg, time.monotonic()
-        try:
-            s.store.set_state(SessionState.FAILED, msg)
-        except StoreError:
-            pass
+            self._storage_failed(err)
+        s.fail(str(err))
         s.notify()
         self._release(s)
         self._active_gauge()
@@ -163,31 +156,20 @@ class SessionManager:
     # --- sessions --------------------------------------------------------------------
 
     def create(self, params: dict) -> dict:
+        """A new session for request ``params`` (``SessionCreate`` fields), queued to plan its first batch; its status."""
         with self.lock:
             if not self.accepting:
-                raise Problem(503, "the service is shutting down and takes no new sessions", headers={"Retry-After": "5"})
+                raise SessionError(ErrorKind.SHUTTING_DOWN, "the service is shutting down and takes no new sessions", retry_after_s=5)
             if sum(1 for s in self.sessions.values() if not s.terminal) >= self.settings.max_sessions:
-                raise Problem(409, f"{self.settings.max_sessions} sessions are active already (max_sessions)", kind="too-many-sessions")
-            if params["budget"] > self.settings.max_budget:
-                raise Problem(422, f"budget: at most {self.settings.max_budget} positions", kind="invalid-request")
-            if not self.settings.detector_allowed(params["detector_endpoint"]):
-                raise Problem(
-                    422,
-                    f"detector_endpoint: {params['detector_endpoint']} is not an allowed detector (settings detectors, detector_allow)",
-                    kind="invalid-request",
-                )
-            self._check_size(params)
-            choice = self.planner_for(params["strategy"])
-            sid = uuid.uuid4().hex[:16]
-            planner_info = {"requested": choice.requested, "used": choice.planner.name, "version": choice.planner.version, "fallback": choice.fallback}
+                raise SessionError(ErrorKind.TOO_MANY_SESSIONS, f"{self.settings.max_sessions} sessions are active already (max_sessions)")
+            if (refusal := SessionSpec.from_params(params).limit_error(self.settings)) is not None:
+                raise SessionError(ErrorKind.INVALID_REQUEST, refusal)
             try:
-                store = SessionStore.create(self.settings.storage / f"{sid}{SESSION_SUFFIX}", sid, params, planner_info)
+                s = Session.create(self.settings.storage, params, self.planner_for(params["strategy"]))
             except StoreError as err:
-                self.metrics.storage_errors.inc()
-                self.storage_error, self.storage_error_at = str(err), time.monotonic()
-                raise Problem(507, str(err), kind="storage-unavailable") from None
-            s = Session(sid, params, choice, store)
-            self.sessions[sid] = s
+                self._storage_failed(err)
+                raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
+            self.sessions[s.session_id] = s
             self._enqueue(s)  # plans the first batch
             self._active_gauge()
             status = s.status()
@@ -195,22 +177,12 @@ class SessionManager:
             self.on_endpoint(params["detector_endpoint"])
         return status
 
-    def _check_size(self, params: dict) -> None:
-        """422 for a session whose grid or frame stack would not fit (before anything is allocated)."""
-        error = SessionSpec.from_params(params).size_error(self.settings.max_grid_pixels, self.settings.max_session_bytes)
-        if error is not None:
-            raise Problem(422, error, kind="invalid-request")
-
     def delete(self, sid: str) -> dict:
+        """Stop session ``sid`` (a finished one stays as it is); its status."""
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
-                s.state = SessionState.STOPPED
-                try:
-                    s.store.set_state(SessionState.STOPPED)
-                    s.store.flush()
-                except StoreError as err:
-                    s.error = str(err)
+                s.stop()
                 s.notify()
                 self._release(s)
             self._active_gauge()
@@ -222,64 +194,35 @@ class SessionManager:
         """The batch to acquire now, ``done``, or None (then ``waiter`` = (loop, asyncio.Event) is woken on change)."""
         with self.lock:
             s = self.get(sid)
-            if s.state in (SessionState.STOPPED, SessionState.FAILED):
-                raise Problem(409, f"session {sid} is {s.state}" + (f": {s.error}" if s.error else ""), kind="wrong-state")
-            if s.state == SessionState.DONE:
-                return {"batch_id": None, "positions_nm": [], "done": True}
-            b = s.current
-            if b is not None and b.status == BatchStatus.ISSUED:
-                if s.state == SessionState.CREATED:
-                    s.state = SessionState.ACQUIRING
-                missing = s.missing_slots(b)
-                return {"batch_id": b.batch_id, "positions_nm": s.positions_issued[missing].tolist(), "done": False}
-            if waiter is not None:
+            answer = s.ask()
+            if answer is None and waiter is not None:
                 s.waiters.append(waiter)
-            return None
+            return answer
 
     def tell(self, sid: str, batch_id: int, series: int, measured: list | None) -> tuple[int, dict]:
         """Bind batch ``batch_id``'s missing slots to detector ``series`` (frame i -> i-th missing slot): (202, body).
 
-        A repeat of the tell that bound the batch (same series; also after a restart or
-        after the series ended short) answers (200, body) and changes nothing. A series is
-        bound once: a tell naming a series bound to another batch is 409, so a frame can
-        never move to another position.
+        A repeat of the tell that bound the batch (also after a restart or after the series
+        ended short, or reaching a session that finished meanwhile) answers (200, body) and
+        changes nothing; ``service.tell.check_tell`` says which tells are refused. The series'
+        frames buffered before the tell are stored now.
         """
         with self.lock:
             s = self.get(sid)
             if not isinstance(s, Session):
                 if (body := s.repeated_tell(batch_id, series)) is not None:
                     return 200, body  # a repeat reaching a session that finished meanwhile (e.g. during a restart)
-                raise Problem(409, f"session {sid} is {s.state}", kind="wrong-state")
-            if batch_id >= len(s.batches):
-                raise Problem(409, f"batch {batch_id} has not been issued (ask first)", kind="wrong-state")
-            b = s.batches[batch_id]
+                raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}")
             key = (s.endpoint, series)
-            bound = self.router.binding(key)
-            if bound is not None and bound.session_id == sid and bound.batch_id == batch_id:
-                # a repeat (also after a restart, or after the series ended short and the batch went back to issued)
-                told = b.told_slots if b.series == series else np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
-                return 200, self._tell_body(s, b, series, told)
-            if bound is not None:
-                raise Problem(409, f"series {series} of {s.endpoint} is already bound to another batch", kind="series-taken")
-            if b.status != BatchStatus.ISSUED:
-                raise Problem(409, f"batch {batch_id} is {b.status} (told with series {b.series})", kind="wrong-state")
-            missing = s.missing_slots(b)
-            meas = None
-            if measured is not None:
-                meas = np.asarray(measured, dtype=np.float64).reshape(-1, 2)
-                if meas.shape[0] != len(missing):
-                    raise Problem(422, f"measured_positions_nm has {meas.shape[0]} rows, the batch has {len(missing)} positions", kind="invalid-request")
+            tell = check_tell(s, batch_id, series, measured, self.router.binding(key))
+            if tell.repeat:
+                return 200, tell_body(s, tell)
             try:
-                s.store.bind(missing, series, meas, batch_id)
+                s.store.bind(tell.slots, series, tell.measured, batch_id)
             except StoreError as err:
                 self._fail(s, err)
-                raise Problem(507, str(err), kind="storage-unavailable") from None
-            if meas is not None:
-                s.positions_measured[missing] = meas
-            buffered = self.router.bind(key, Binding(sid, batch_id, {i: int(slot) for i, slot in enumerate(missing)}))
-            b.series, b.told_slots, b.status = series, missing, BatchStatus.TOLD
-            if s.state == SessionState.CREATED:
-                s.state = SessionState.ACQUIRING
+                raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
+            buffered = self.router.bind(key, apply_tell(s, tell))
             if buffered is not None:
                 self.metrics.buffered_frames.set(self.router.buffered_frames)
                 for kind, msg in buffered.errors:
@@ -290,21 +233,7 @@ class SessionManager:
                             break
                 if buffered.ended:
                     self._series_end(key)
-            return 202, self._tell_body(s, b, series)
-
-    @staticmethod
-    def _tell_body(s: Session, b: Batch, series: int, told: np.ndarray | None = None) -> dict:
-        """The answer to a tell of ``series`` binding slots ``told`` (default: the batch's last tell's; the batch may have gone back
-        to issued meanwhile: its series ended short)."""
-        if told is None:
-            told = b.told_slots if b.told_slots is not None else b.slots
-        return {
-            "batch_id": b.batch_id,
-            "series": series,
-            "accepted": True,
-            "frames_expected": len(told),
-            "frames_received": int(s.received[told].sum()),
-        }
+            return 202, tell_body(s, tell)
 
     # --- ingest (called from the receiver thread) --------------------------------------
 
@@ -395,8 +324,7 @@ class SessionManager:
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
             self.metrics.batches_complete.inc()
             try:
-                s.store.flush()
-                s.frames_persisted = s.frames_received
+                s.flush_frames()
             except StoreError as err:
                 self._fail(s, err)
                 return True
@@ -417,20 +345,18 @@ class SessionManager:
         s = self.sessions.get(bind.session_id)
         if s is None or s.terminal:
             return
-        b = s.batches[bind.batch_id]
-        if b.status == BatchStatus.TOLD and b.series == key[1] and not s.batch_complete(b):
-            missing = s.missing_slots(b)
-            s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {b.batch_id} missing; batch re-issued")
-            lost = {int(v) for v in missing}
-            self.router.unbind_slots(bind, lost)
-            try:
-                s.store.unbind(missing, b.batch_id)
-            except StoreError as err:
-                self._fail(s, err)
-                return
-            b.status, b.series = BatchStatus.ISSUED, None
-            s.state = SessionState.ACQUIRING
-            s.notify()
+        missing = s.short_of(bind.batch_id, key[1])
+        if missing is None:
+            return
+        s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {bind.batch_id} missing; batch re-issued")
+        self.router.unbind_slots(bind, {int(v) for v in missing})
+        try:
+            s.store.unbind(missing, bind.batch_id)
+        except StoreError as err:
+            self._fail(s, err)
+            return
+        s.reissue(bind.batch_id)
+        s.notify()
 
     def reissue_stalled(self) -> int:
         """Re-issue the told batches resumed from a restart whose series sent none of their missing frames in time; returns how many.
@@ -441,24 +367,20 @@ class SessionManager:
         now, n = time.monotonic(), 0
         with self.lock:
             for s in list(self.sessions.values()):
-                for b in s.batches:
-                    if b.stall_deadline is not None and b.stall_deadline < now:
-                        b.stall_deadline = None
-                        key = (s.endpoint, b.series)
-                        if b.status == BatchStatus.TOLD and self.router.is_bound(key):
-                            s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
-                            self._series_end(key)
-                            n += 1
+                for b in s.stalled_batches(now):
+                    if self.router.is_bound(key := (s.endpoint, b.series)):
+                        s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
+                        self._series_end(key)
+                        n += 1
         return n
 
     def flush_all(self) -> None:
         """Flush every session with unflushed frames (the flusher thread calls this)."""
         with self.lock:
             for s in list(self.sessions.values()):
-                if not s.terminal and s.frames_persisted != s.frames_received:
+                if s.unflushed:
                     try:
-                        s.store.flush()
-                        s.frames_persisted = s.frames_received
+                        s.flush_frames()
                     except StoreError as err:
                         self._fail(s, err)
 
@@ -484,7 +406,7 @@ class SessionManager:
             return items
 
     def publish(self, item: WorkItem, recon: ReconOutput | None, positions: np.ndarray | None, error: str | None = None) -> None:
-        """Apply a worker's result: store the reconstruction, issue the next batch (or finish), wake asks."""
+        """Apply a worker's result (``Session.record_result``): store the reconstruction, issue the next batch (or finish), wake asks."""
         with self.lock:
             s = self.sessions.get(item.session_id)
             if s is None or s.terminal:
@@ -492,35 +414,19 @@ class SessionManager:
             if error is not None:
                 self._fail(s, error)
                 return
+            n_batches, failed = len(s.batches), None
             try:
-                if recon is not None and item.batch_id is not None:
-                    b = s.batches[item.batch_id]
-                    rec = StoredReconstruction(
-                        b.batch_id, recon.potential, recon.origin_nm, recon.pixel_nm, int(b.slots[-1]) + 1, recon.loss_history, s.planner.planner.version
-                    )
-                    s.store.write_reconstruction(s.n_reconstructed, rec)
-                    s.potential, s.grid_origin_nm, s.grid_pixel_nm = recon.potential, recon.origin_nm, recon.pixel_nm
-                    s.loss_history = recon.loss_history
-                    s.n_reconstructed += 1
-                    b.status = BatchStatus.RECONSTRUCTED
-                if positions is not None and len(positions):
-                    s.store.append_batch(len(s.batches), positions)
-                    s.add_batch(len(s.batches), positions)
-                    self.metrics.batches_issued.inc()
-                    if s.state != SessionState.CREATED:
-                        s.state = SessionState.ACQUIRING
-                    if item.last_frame_at is not None:
-                        latency = time.perf_counter() - item.last_frame_at
-                        self.metrics.decision_seconds.observe(latency)
-                        self.decision_samples.append(latency)
-                elif s.n_issued >= s.budget and all(b.status == BatchStatus.RECONSTRUCTED for b in s.batches):
-                    s.state = SessionState.DONE
-                    s.store.set_state(SessionState.DONE)
-                    s.store.flush()
-                if s.state != SessionState.DONE:
-                    s.store.set_state(s.state)
+                s.record_result(item.batch_id, recon, positions)
             except StoreError as err:
-                self._fail(s, err)
+                failed = err
+            if len(s.batches) > n_batches:  # a batch was issued (counted even if the file failed after it)
+                self.metrics.batches_issued.inc()
+                if item.last_frame_at is not None:
+                    latency = time.perf_counter() - item.last_frame_at
+                    self.metrics.decision_seconds.observe(latency)
+                    self.decision_samples.append(latency)
+            if failed is not None:
+                self._fail(s, failed)
                 return
             if s.state == SessionState.DONE:
                 s.notify()
@@ -532,63 +438,45 @@ class SessionManager:
             s.notify()
 
     def restore(self) -> int:
-        """Load the session files in storage; returns how many were loaded.
+        """Load the session files in storage (``service.restore.load_sessions``); returns how many were loaded.
 
         An unfinished session is rebuilt (frames, batches, series bindings, latest
-        reconstruction: ``service.session.restored_session``) and resumed; of a finished
-        one only a summary is read.
+        reconstruction) and resumed; of a finished one only a summary is read. A file that
+        cannot be loaded is logged and listed in ``load_errors`` (readiness reports them).
         """
-        n = 0
-        for path in session_files(self.settings.storage):
-            try:
-                if SessionState(read_state(path)) in (SessionState.DONE, SessionState.STOPPED, SessionState.FAILED):
-                    summary = read_summary(path)
-                    with self.lock:
-                        self.finished[summary.session_id] = FinishedSession.from_file(summary, path)
-                else:
-                    store, stored = SessionStore.open(path)
-                    with self.lock:
-                        self.adopt(*restored_session(stored, store, self.planner_for(stored.params["strategy"])))
-            except (StoreError, ValueError) as err:
-                self.load_errors.append(str(err))
-                log.error("%s: %s", path, err)
-                continue
-            n += 1
+        loaded, errors = load_sessions(self.settings.storage, self.planner_for)
+        self.load_errors.extend(errors)
         with self.lock:
+            for item in loaded:
+                if isinstance(item, FinishedSession):
+                    self.finished[item.session_id] = item
+                else:
+                    self.adopt(*item)
             self._active_gauge()
             endpoints = {s.endpoint for s in self.sessions.values()}
-        for ep in endpoints:
-            if self.on_endpoint is not None:
+        if self.on_endpoint is not None:
+            for ep in endpoints:
                 self.on_endpoint(ep)
-        return n
+        return len(loaded)
 
     def adopt(self, s: Session, bindings: dict[int, Binding]) -> None:
         """Take over a session rebuilt from its file and its series bindings; queue the work it awaits."""
         with self.lock:
             self.sessions[s.session_id] = s
             self.router.adopt(s.endpoint, bindings)
-            if s.terminal:
-                try:
-                    s.store.set_state(s.state, s.error)  # a session found finished at restore (its last chunk was reconstructed)
-                except StoreError as err:
-                    log.error("%s", err)
+            if s.terminal:  # found finished at restore (``service.restore.load_session``)
                 self._release(s)
                 return
-            deadline = time.monotonic() + self.settings.resume_told_timeout_s
-            for b in s.batches:
-                if b.status == BatchStatus.TOLD:
-                    b.stall_deadline = deadline
-            if s.pending_reconstruction() is not None or not s.batches or (s.current.status == BatchStatus.RECONSTRUCTED and s.n_issued < s.budget):
+            s.set_stall_deadline(time.monotonic() + self.settings.resume_told_timeout_s)
+            if s.awaits_work:
                 self._enqueue(s)
             log.info("resumed session %s (%d/%d frames, state %s)", s.session_id, s.frames_received, s.budget, s.state)
 
     def close(self) -> None:
+        """Take no new sessions, wake every ask and close every file (shutdown)."""
         with self.lock:
             self.accepting = False
             for s in list(self.sessions.values()):  # SessionStore.close never raises: one full disk must not leave the other files open
                 s.notify()
                 s.store.close()
 
-
-_acquisition_s = acquisition_s
-"""The old name (``service.work.acquisition_s``), which tests import."""

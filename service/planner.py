@@ -83,6 +83,20 @@ class PlannerChoice:
     """why the requested strategy was not used, or None."""
 
 
+class Planners:
+    """The planner of each strategy, resolved once (``resolve_planner``) and shared by every session that asks for it."""
+
+    def __init__(self, policy_checkpoint=None) -> None:
+        self.policy_checkpoint = policy_checkpoint
+        self.resolved: dict[str, PlannerChoice] = {}
+
+    def __call__(self, strategy: str) -> PlannerChoice:
+        """The planner for ``strategy`` (ValueError if there is no such strategy)."""
+        if strategy not in self.resolved:
+            self.resolved[strategy] = resolve_planner(strategy, self.policy_checkpoint)
+        return self.resolved[strategy]
+
+
 def resolve_planner(strategy: str, policy_checkpoint=None) -> PlannerChoice:
     """The planner for ``strategy``; ``adaptive`` falls back to the sparse grid while no GRU policy is available."""
     if strategy == "sparse-grid":

@@ -1,4 +1,8 @@
-"""RFC 9457 problem-details errors: one exception type, handlers that render every error (validation included) as problem JSON."""
+"""RFC 9457 problem-details errors: one exception type, handlers that render every error (validation included) as problem JSON.
+
+The session layer raises ``service.errors.SessionError`` (no HTTP in it); ``HTTP_OF_ERROR``
+here is the one place its kinds become HTTP statuses and problem types.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import ErrorKind, SessionError
 
 PROBLEM_TYPE = "https://ptychoscan.invalid/problems/"
 TITLES = {
@@ -83,6 +89,25 @@ class Problem(Exception):
         self.headers = headers or {}
 
 
+HTTP_OF_ERROR: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.UNKNOWN_SESSION: (404, "unknown-session"),
+    ErrorKind.WRONG_STATE: (409, "wrong-state"),
+    ErrorKind.SERIES_TAKEN: (409, "series-taken"),
+    ErrorKind.TOO_MANY_SESSIONS: (409, "too-many-sessions"),
+    ErrorKind.INVALID_REQUEST: (422, "invalid-request"),
+    ErrorKind.STORAGE_UNAVAILABLE: (507, "storage-unavailable"),
+    ErrorKind.SHUTTING_DOWN: (503, "service-unavailable"),
+}
+"""domain error kind -> (HTTP status, problem type after ``PROBLEM_TYPE``); shutting-down keeps the generic type it always had."""
+
+
+def session_problem(err: SessionError) -> Problem:
+    """The HTTP problem a domain error is answered with (``HTTP_OF_ERROR``; Retry-After from ``retry_after_s``)."""
+    status, kind = HTTP_OF_ERROR[err.kind]
+    headers = None if err.retry_after_s is None else {"Retry-After": str(err.retry_after_s)}
+    return Problem(status, err.message, kind=kind, headers=headers)
+
+
 def problem_response(status: int, detail: str, kind: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {
         "type": PROBLEM_TYPE + (kind or TITLES.get(status, "error").lower().replace(" ", "-")),
@@ -104,6 +129,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem):
         return problem_response(exc.status, exc.detail, exc.kind, exc.headers)
+
+    @app.exception_handler(SessionError)
+    async def _refused(_: Request, exc: SessionError):
+        problem = session_problem(exc)
+        return problem_response(problem.status, problem.detail, problem.kind, problem.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):

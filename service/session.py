@@ -10,16 +10,20 @@ with the manager's lock held.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
 from detector_stream.events import StreamError
+from service.compute import ReconOutput
+from service.errors import ErrorKind, SessionError
 from service.planner import PlannerChoice
 from service.spec import Beam, SessionSpec
-from service.store import SessionStore, StoredSession
+from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
 
 
 class SessionState(StrEnum):
@@ -141,6 +145,14 @@ class Session:
     def __post_init__(self) -> None:
         self.spec = SessionSpec.from_params(self.params)
 
+    @classmethod
+    def create(cls, storage: Path, params: dict, planner: PlannerChoice) -> Session:
+        """A new session with a new id and its file in ``storage`` (StoreError if the file cannot be created)."""
+        sid = uuid.uuid4().hex[:16]
+        p = planner
+        info = {"requested": p.requested, "used": p.planner.name, "version": p.planner.version, "fallback": p.fallback}
+        return cls(sid, params, planner, SessionStore.create(Path(storage) / f"{sid}{SESSION_SUFFIX}", sid, params, info))
+
     # --- derived ---------------------------------------------------------------------
 
     @property
@@ -225,6 +237,129 @@ class Session:
         self.batches.append(batch)
         return batch
 
+    def set_stall_deadline(self, deadline: float) -> None:
+        """Told batches (resumed after a restart) must see a frame of their series by ``deadline`` (monotonic()), else they are re-issued."""
+        for b in self.batches:
+            if b.status == BatchStatus.TOLD:
+                b.stall_deadline = deadline
+
+    @property
+    def awaits_work(self) -> bool:
+        """The compute worker has something to do for it: a complete batch to reconstruct, or the next batch to plan."""
+        cur = self.current
+        return self.pending_reconstruction() is not None or cur is None or (cur.status == BatchStatus.RECONSTRUCTED and self.n_issued < self.budget)
+
+    def stalled_batches(self, now: float) -> list[Batch]:
+        """Told batches resumed after a restart whose stall deadline passed before ``now`` (each deadline is cleared: reported once)."""
+        stalled = []
+        for b in self.batches:
+            if b.stall_deadline is not None and b.stall_deadline < now:
+                b.stall_deadline = None
+                if b.status == BatchStatus.TOLD:
+                    stalled.append(b)
+        return stalled
+
+    def short_of(self, batch_id: int, series: int) -> np.ndarray | None:
+        """The slots batch ``batch_id`` still misses if it is told as ``series`` and incomplete (that series ended short), else None."""
+        b = self.batches[batch_id]
+        if b.status == BatchStatus.TOLD and b.series == series and not self.batch_complete(b):
+            return self.missing_slots(b)
+        return None
+
+    def reissue(self, batch_id: int) -> None:
+        """Batch ``batch_id``, its series ended short and its missing slots unbound, is to be told again: back to issued."""
+        b = self.batches[batch_id]
+        b.status, b.series = BatchStatus.ISSUED, None
+        self.state = SessionState.ACQUIRING
+
+    # --- the file ----------------------------------------------------------------------
+
+    @property
+    def unflushed(self) -> bool:
+        """In progress with frames received since the last flush."""
+        return not self.terminal and self.frames_persisted != self.frames_received
+
+    def flush_frames(self) -> None:
+        """Make every frame received durable (``frames_persisted``); StoreError if the file fails."""
+        self.store.flush()
+        self.frames_persisted = self.frames_received
+
+    def close(self) -> None:
+        """It has ended (and left its summary): its file is closed, its frames and potential leave memory."""
+        self.store.close()
+        self.patterns = None
+        self.potential = None
+
+    def stop(self) -> None:
+        """Stopped by its client: the file says so and holds every frame received (if it fails, ``error`` says why)."""
+        self.state = SessionState.STOPPED
+        try:
+            self.store.set_state(SessionState.STOPPED)
+            self.store.flush()
+        except StoreError as err:
+            self.error = str(err)
+
+    def fail(self, message: str) -> None:
+        """Failed for ``message``: so in memory, and in the file as far as it can still be written."""
+        self.state, self.error = SessionState.FAILED, message
+        try:
+            self.store.set_state(SessionState.FAILED, message)
+        except StoreError:
+            pass
+
+    # --- ask / tell / results --------------------------------------------------------
+
+    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int]:
+        """(a copy of the latest potential (rad), grid origin (nm), pixel (nm), reconstructions so far); refused (wrong-state) if none yet."""
+        if self.potential is None:
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} has no reconstruction yet")
+        return self.potential.copy(), self.grid_origin_nm, self.grid_pixel_nm, self.n_reconstructed
+
+    def ask(self) -> dict | None:
+        """The answer to an ask: the batch to acquire now (its positions still missing a frame), ``done``, or None (none yet).
+
+        Refused (wrong-state) for a stopped or failed session.
+        """
+        if self.state in (SessionState.STOPPED, SessionState.FAILED):
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} is {self.state}" + (f": {self.error}" if self.error else ""))
+        if self.state == SessionState.DONE:
+            return {"batch_id": None, "positions_nm": [], "done": True}
+        b = self.current
+        if b is not None and b.status == BatchStatus.ISSUED:
+            if self.state == SessionState.CREATED:
+                self.state = SessionState.ACQUIRING
+            return {"batch_id": b.batch_id, "positions_nm": self.positions_issued[self.missing_slots(b)].tolist(), "done": False}
+        return None
+
+    def record_result(self, batch_id: int | None, recon: ReconOutput | None, positions: np.ndarray | None) -> None:
+        """Apply the compute worker's result, each step to the file first: store batch ``batch_id``'s reconstruction
+        (``recon``), then issue the next batch (``positions``) or, with the budget issued and every batch
+        reconstructed, finish (state done). ``StoreError`` if the file fails (the caller fails the session).
+        """
+        if recon is not None and batch_id is not None:
+            b = self.batches[batch_id]
+            rec = StoredReconstruction(
+                b.batch_id, recon.potential, recon.origin_nm, recon.pixel_nm, int(b.slots[-1]) + 1, recon.loss_history, self.planner.planner.version
+            )
+            self.store.write_reconstruction(self.n_reconstructed, rec)
+            self.potential, self.grid_origin_nm, self.grid_pixel_nm = recon.potential, recon.origin_nm, recon.pixel_nm
+            self.loss_history = recon.loss_history
+            self.n_reconstructed += 1
+            b.status = BatchStatus.RECONSTRUCTED
+        if positions is not None and len(positions):
+            self.store.append_batch(len(self.batches), positions)
+            self.add_batch(len(self.batches), positions)
+            if self.state != SessionState.CREATED:
+                self.state = SessionState.ACQUIRING
+        elif self.n_issued >= self.budget and all(b.status == BatchStatus.RECONSTRUCTED for b in self.batches):
+            self.state = SessionState.DONE
+            self.store.set_state(SessionState.DONE)
+            self.store.flush()
+        if self.state != SessionState.DONE:
+            self.store.set_state(self.state)
+
+    # --- notes and notices -----------------------------------------------------------
+
     def note_error(self, kind: str, message: str) -> None:
         self.counters[kind] = self.counters.get(kind, 0) + 1
         self.recent_errors.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
@@ -280,69 +415,3 @@ class Session:
             "created_unix": self.created_unix,
             "file": self.store.path.name,
         }
-
-
-def restored_session(st: StoredSession, store: SessionStore, planner: PlannerChoice) -> tuple[Session, dict[int, Binding]]:
-    """A session rebuilt from its file after a restart (or kill -9), and its series bindings by series number.
-
-    Batches: ``reconstructed`` if a reconstruction of theirs is stored, ``complete`` if
-    every frame is in, ``told`` if their missing slots are bound to the series of their
-    last tell (frames of that series still complete them), else ``issued`` (``ask``
-    re-issues the missing positions under the same ``batch_id``). Every stored binding
-    is kept, so late frames of a told series land in their own slots and a repeated
-    tell is recognised as one.
-    """
-    s = Session(st.session_id, st.params, planner, store, state=SessionState(st.state), error=st.error, created_unix=st.created_unix)
-    s.positions_issued = st.positions_issued
-    s.positions_measured = np.array(st.positions_measured, dtype=np.float64)
-    s.received = st.received.copy()
-    s.patterns = np.zeros((max(s.budget, s.n_issued), s.k, s.k), np.float32)
-    s.patterns[: len(st.patterns)] = st.patterns
-    s.frames_received = s.frames_persisted = int(s.received.sum())
-    done_batches = set(st.reconstructed_batches)
-    bindings: dict[int, Binding] = {}
-    for bid in (np.unique(st.slot_batch) if len(st.slot_batch) else []):
-        slots = np.flatnonzero(st.slot_batch == bid)
-        b = Batch(int(bid), slots)
-        missing = slots[~s.received[slots]]
-        told = _last_told_series(st, int(bid), slots, missing)
-        if told is not None:
-            b.series, b.told_slots = told, slots[st.slot_series[slots] == told]
-        if int(bid) in done_batches:
-            b.status = BatchStatus.RECONSTRUCTED
-        elif len(missing) == 0:
-            b.status = BatchStatus.COMPLETE
-        elif told is not None and (st.slot_series[missing] == told).all():
-            b.status = BatchStatus.TOLD
-        else:
-            b.series = None
-        s.batches.append(b)
-        for series in {int(v) for v in st.slot_series[slots] if v >= 0}:
-            sel = slots[st.slot_series[slots] == series]
-            bindings[series] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel})
-    if st.latest_reconstruction is not None:
-        last = st.latest_reconstruction
-        s.potential, s.grid_origin_nm, s.grid_pixel_nm, s.loss_history = last.potential, last.origin_nm, last.pixel_nm, last.loss_history
-        s.n_reconstructed = len(st.reconstructed_batches)
-    if not s.terminal:
-        if s.pending_reconstruction() is not None:
-            s.state = SessionState.RECONSTRUCTING
-        elif s.batches and s.current.status == BatchStatus.RECONSTRUCTED and s.n_issued >= s.budget:
-            s.state = SessionState.DONE
-        elif s.state == SessionState.RECONSTRUCTING:
-            s.state = SessionState.ACQUIRING
-    return s, bindings
-
-
-def _last_told_series(st: StoredSession, batch_id: int, slots: np.ndarray, missing: np.ndarray) -> int | None:
-    """The series of batch ``batch_id``'s last tell, None if it awaits one.
-
-    From ``batch_series``; in older files, the one series its missing slots are bound to
-    (or, for a batch with every frame in, the series of its last slot).
-    """
-    if st.batch_series is not None and batch_id < len(st.batch_series):
-        v = int(st.batch_series[batch_id])
-        return v if v >= 0 else None
-    pool = st.slot_series[missing] if len(missing) else st.slot_series[slots[-1:]]
-    values = {int(v) for v in pool}
-    return values.pop() if len(values) == 1 and min(values) >= 0 else None

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.store import pixel_dtype
+
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,14 @@ class SessionSpec:
     def k(self) -> int:
         """Detector pixels per side (K)."""
         return self.beam.detector_pixels
+
+    def limit_error(self, settings: ServiceSettings) -> str | None:
+        """Why the service's limits refuse this session (budget, detector, grid or frame stack), None if they take it."""
+        if self.budget > settings.max_budget:
+            return f"budget: at most {settings.max_budget} positions"
+        if not settings.detector_allowed(self.endpoint):
+            return f"detector_endpoint: {self.endpoint} is not an allowed detector (settings detectors, detector_allow)"
+        return self.size_error(settings.max_grid_pixels, settings.max_session_bytes)
 
     def size_error(self, max_grid_pixels: int, max_session_bytes: int) -> str | None:
         """Why this session's reconstruction grid (at most ``max_grid_pixels`` across) or frame stack

@@ -112,9 +112,9 @@ def test_incremental_update_reconstructs_only_its_scope(reconstructor_calls, dev
 def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
     from service_testing import RecordingBackend
 
-    from service.manager import WorkItem
     from service.metrics import ServiceMetrics
     from service.scheduler import Scheduler
+    from service.work import WorkItem
 
     events = []
 

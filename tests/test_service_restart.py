@@ -11,10 +11,10 @@ import pytest
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
 from detector_stream.events import Frame, SeriesEnd
+from service.errors import ErrorKind, SessionError
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import SessionCreate
-from service.problems import Problem
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 
@@ -164,6 +164,32 @@ def test_a_repeated_tell_reaching_a_finished_session_is_200_also_after_a_restart
     m2 = _manager(tmp_path)
     m2.restore()
     assert m2.tell(sid, 0, 9, None)[0] == 200
-    with pytest.raises(Problem):
-        m2.tell(sid, 0, 10, None)  # not a repeat: 409
+    with pytest.raises(SessionError) as refused:
+        m2.tell(sid, 0, 10, None)  # not a repeat
+    assert refused.value.kind == ErrorKind.WRONG_STATE
     m2.close()
+
+
+def test_a_session_file_with_damaged_params_is_a_load_error_not_a_failed_start(tmp_path):
+    """A file that opens but whose stored request lacks a field (one in progress, one stopped) is reported like any damaged
+    file (``load_errors``, readiness); the other files still load and the service still starts."""
+    import json
+
+    import h5py
+
+    m1 = _manager(tmp_path)
+    good, running, stopped = _session(m1, 4), _session(m1, 4), _session(m1, 4)
+    m1.delete(stopped)
+    m1.close()
+    for sid in (running, stopped):
+        with h5py.File(tmp_path / f"{sid}.h5", "a") as f:
+            params = json.loads(f.attrs["session_params"])
+            del params["budget"]
+            f.attrs["session_params"] = json.dumps(params)
+    m2 = _manager(tmp_path)
+    assert m2.restore() == 1
+    assert set(m2.sessions) == {good} and not m2.finished
+    assert sorted(len([e for e in m2.load_errors if sid in e]) for sid in (running, stopped)) == [1, 1], m2.load_errors
+    m2.close()
+    with h5py.File(tmp_path / f"{running}.h5", "w"):  # the damaged file was closed again (h5py refuses to truncate an open file)
+        pass

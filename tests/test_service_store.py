@@ -246,7 +246,7 @@ def test_a_batch_of_events_is_applied_whole_even_when_one_event_fails(tmp_path, 
 
 def test_a_chunk_handed_over_in_one_batch_keeps_its_acquisition_time(tmp_path):
     """Frames carry when their message came off the socket: one drained batch still spans the chunk's acquisition."""
-    from service.manager import _acquisition_s
+    from service.work import acquisition_s
 
     manager, sid = _told_session(tmp_path, 4)
     ep = "tcp://127.0.0.1:5001"
@@ -254,6 +254,6 @@ def test_a_chunk_handed_over_in_one_batch_keeps_its_acquisition_time(tmp_path):
     manager.on_events(ep, [Frame(1, i, img, received_at=t0 + 0.001 * i) for i, img in enumerate(frames_for(0, 4))])
     b = manager.sessions[sid].batches[0]
     assert b.status == "complete"
-    assert _acquisition_s(b) == pytest.approx(0.004)  # 3 dwell intervals scaled to 4 frames, not 0
+    assert acquisition_s(b) == pytest.approx(0.004)  # 3 dwell intervals scaled to 4 frames, not 0
     assert manager.sessions[sid].last_frame_at == t0 + 0.003  # the decision latency starts at the last frame's arrival
     manager.close()
