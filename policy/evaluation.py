@@ -44,7 +44,7 @@ from policy.env import snap_to_unvisited
 from policy.measurement import MeasurementSource, RasterSource, SimulatedSource
 from policy.structure_guided import StructureGuidedOptions, StructureGuidedPlanner
 from recon.beam import probe_for
-from recon.convergence import reconstruct_in_batches, reconstruct_until_converged
+from recon.convergence import reconstruct_in_batches, reconstruct_with_backoff
 from recon.dataset import Dataset4D
 from recon.engine import Reconstructor, ScanChunk
 from recon.grid import ObjectGrid
@@ -58,9 +58,19 @@ ALL_STRATEGIES = (*STRATEGIES, ORACLE)
 ADAPTIVE = ("adaptive", "structure-guided", ORACLE)
 
 
+FINAL_STEP = 128.0
+"""The final reconstruction's step, in units of the inverse probe illumination (``precondition="absolute"``)."""
+
+
 def default_final_recon() -> ReconOptions:
-    """The final reconstruction every strategy gets: gradient descent, step 50, mini-batches of 32 (its pass count: see EvaluationOptions)."""
-    return ReconOptions(iterations=60)
+    """The final reconstruction every strategy gets, sparse or dense: full-batch gradient descent with Nesterov momentum 0.9.
+
+    The step is ``FINAL_STEP`` over each pixel's probe illumination sum_p |P_p|^2, so the same recipe fits 250 and 2,601
+    positions and any probe. 60 passes: the specimen-region r has plateaued on sparse scans of flakes, nanotubes and
+    MoS2 by 40 and the dense raster is within ~0.01 of its 100-pass value (bench/RESULTS.md, "One final reconstruction
+    for every scan"). A scan whose loss diverges is rerun with half the step (``recon.convergence.reconstruct_with_backoff``).
+    """
+    return ReconOptions(optimizer="gd", step_size=FINAL_STEP, momentum=0.9, precondition="absolute", batch_positions=None, iterations=60)
 
 
 class EvaluationOptions(BaseModel):
@@ -82,10 +92,9 @@ class EvaluationOptions(BaseModel):
     strategies: tuple[str, ...] = STRATEGIES
     oracle: bool = Field(True, description="also run structure-guided fed the ground truth (the bound for the target)")
     final_recon: ReconOptions = Field(default_factory=default_final_recon, description="its iterations are the most passes run")
-    final_position_updates: int = Field(
-        10_000, ge=1, description="the final reconstruction's work: passes = this / positions, within [final_min_passes, "
-        "final_recon.iterations] (250 positions: 40 passes, 500: 20, a 2,601-position raster: 10; all converged, "
-        "bench/recon_convergence.py)"
+    final_position_updates: int | None = Field(
+        None, ge=1, description="None (default): every scan gets final_recon.iterations passes; a number: passes = this / positions, "
+        "within [final_min_passes, final_recon.iterations] (for mini-batch optimizers, whose passes make more updates on more positions)"
     )
     final_min_passes: int = Field(10, ge=1, description="fewest passes of the final reconstruction")
     final_tolerance: float = Field(
@@ -154,6 +163,8 @@ class Run:
     positions_nm: np.ndarray
     potential: torch.Tensor | None = None
     loss_history: list[float] = field(default_factory=list)
+    final_step: float | None = None
+    """The final reconstruction's step (smaller than final_recon's where its loss diverged and it was rerun)."""
 
 
 @dataclass
@@ -244,12 +255,12 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
         results: list = [None] * len(scans)
         pass_counts = [final_passes(len(scan.positions_nm), options) for scan in scans]
         for passes, idx in _by_key(list(range(len(scans))), pass_counts.__getitem__).items():
-            done = reconstruct_until_converged(final, [scans[i] for i in idx], max_passes=passes, tolerance=options.final_tolerance,
-                                               max_batch=options.max_batch)
-            for i, res in zip(idx, done, strict=True):
-                results[i] = res
-        for ep, scan, res in zip(episodes, scans, results, strict=True):
-            runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history))
+            done, steps = reconstruct_with_backoff(final, [scans[i] for i in idx], max_passes=passes, tolerance=options.final_tolerance,
+                                                   max_batch=options.max_batch)
+            for i, res, step in zip(idx, done, steps, strict=True):
+                results[i] = (res, step)
+        for ep, scan, (res, step) in zip(episodes, scans, results, strict=True):
+            runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history, step))
     bar.close()
     return runs
 
@@ -264,6 +275,8 @@ def _by_key(items: list, key) -> dict:
 
 def final_passes(n_positions: int, options: EvaluationOptions) -> int:
     """Passes of the final reconstruction of a scan of ``n_positions`` (the same work for every strategy, see the options)."""
+    if options.final_position_updates is None:
+        return options.final_recon.iterations
     passes = math.ceil(options.final_position_updates / max(n_positions, 1))
     return min(options.final_recon.iterations, max(options.final_min_passes, passes))
 

@@ -14,7 +14,12 @@ block. With ``tolerance`` 0 there is nothing to check between blocks: one call r
 
 from __future__ import annotations
 
+import math
+
 from recon.engine import ReconResult, Reconstructor, ScanChunk
+
+DIVERGED_LOSS_RATIO = 2.0
+"""A run whose last loss is above this multiple of its lowest (or not finite) has diverged."""
 
 
 def reconstruct_in_batches(rec: Reconstructor, scans: list[ScanChunk], init: list | None, max_batch: int, **kwargs) -> list[ReconResult]:
@@ -57,3 +62,33 @@ def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, m
         active = still
         done += n
     return [r for r in results if r is not None]
+
+
+def diverged(loss_history: list[float]) -> bool:
+    """True when the loss ended non-finite or above ``DIVERGED_LOSS_RATIO`` x its lowest value (the step was too large)."""
+    if not loss_history:
+        return False
+    last = loss_history[-1]
+    return not math.isfinite(last) or last > DIVERGED_LOSS_RATIO * min(loss_history)
+
+
+def reconstruct_with_backoff(rec: Reconstructor, scans: list[ScanChunk], *, max_passes: int, tolerance: float = 0.0,
+                             max_batch: int = 8, halvings: int = 3) -> tuple[list[ReconResult], list[float]]:
+    """``reconstruct_until_converged``; a scan whose loss diverged is run again from the start with half the step, up to ``halvings`` times.
+
+    Returns the results and the step each scan ended with (rec.options' step for those that never diverged).
+    """
+    results = reconstruct_until_converged(rec, scans, max_passes=max_passes, tolerance=tolerance, max_batch=max_batch)
+    steps = [rec.options.effective_step] * len(scans)
+    step = rec.options.effective_step
+    for _ in range(halvings):
+        again = [i for i, res in enumerate(results) if diverged(res.loss_history)]
+        if not again:
+            break
+        step /= 2
+        smaller = Reconstructor(rec.probe, rec.options.model_copy(update={"step_size": step}), device=rec.device)
+        redone = reconstruct_until_converged(smaller, [scans[i] for i in again], max_passes=max_passes, tolerance=tolerance,
+                                             max_batch=max_batch)
+        for i, res in zip(again, redone, strict=True):
+            results[i], steps[i] = res, step
+    return results, steps

@@ -42,3 +42,21 @@ def test_without_a_tolerance_one_call_keeps_the_momentum():
     for a, b, c in zip(whole, fixed, restarted, strict=True):
         torch.testing.assert_close(a.potential, b.potential, rtol=1e-5, atol=1e-6)
         assert float((a.potential - c.potential).abs().max()) > 1e-4  # restarting the velocity changes the path
+
+
+def test_a_diverging_scan_is_rerun_with_half_the_step():
+    """Only the scan whose loss blew up is redone, from the start, with a halved step; the stable one keeps its result."""
+    from recon.convergence import diverged, reconstruct_with_backoff
+
+    torch.set_num_threads(1)
+    ds, scans = _scans()
+    assert diverged([1.0, 0.5, 2.0]) and diverged([1.0, float("nan")]) and not diverged([1.0, 0.5, 0.6])
+    options = ReconOptions(iterations=8, batch_positions=None, step_size=1e4, momentum=0.9, precondition="absolute")
+    rec = Reconstructor(probe_for(ds), options, device="cpu")
+    first = rec.reconstruct(scans)
+    assert all(diverged(r.loss_history) for r in first)  # the test needs a step that blows up
+    results, steps = reconstruct_with_backoff(rec, scans, max_passes=8, halvings=20)
+    assert all(step < 1e4 for step in steps)
+    assert not any(diverged(r.loss_history) for r in results)
+    calm = Reconstructor(probe_for(ds), options.model_copy(update={"step_size": steps[0]}), device="cpu").reconstruct(scans[:1])[0]
+    torch.testing.assert_close(results[0].potential, calm.potential)
