@@ -254,11 +254,13 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]
         results: list = [None] * len(scans)
         pass_counts = [final_passes(len(scan.positions_nm), options) for scan in scans]
+        final_bar = tqdm(total=sum(pass_counts), desc=f"final reconstruction ({strategy})", unit="pass", disable=not progress, leave=False)
         for passes, idx in _by_key(list(range(len(scans))), pass_counts.__getitem__).items():
             done, steps = reconstruct_with_backoff(final, [scans[i] for i in idx], max_passes=passes, tolerance=options.final_tolerance,
-                                                   max_batch=options.max_batch)
+                                                   max_batch=options.max_batch, on_pass=lambda _, potentials, bar=final_bar: bar.update(len(potentials)))
             for i, res, step in zip(idx, done, steps, strict=True):
                 results[i] = (res, step)
+        final_bar.close()
         for ep, scan, (res, step) in zip(episodes, scans, results, strict=True):
             runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history, step))
     bar.close()

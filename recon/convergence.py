@@ -32,10 +32,11 @@ def reconstruct_in_batches(rec: Reconstructor, scans: list[ScanChunk], init: lis
 
 
 def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, max_passes: int, block: int = 5,
-                                tolerance: float = 2e-3, max_batch: int = 8) -> list[ReconResult]:
+                                tolerance: float = 2e-3, max_batch: int = 8, on_pass=None) -> list[ReconResult]:
     """Per scan: passes in blocks until the loss falls by less than ``tolerance`` over a block, at most ``max_passes``.
 
-    Returns one ``ReconResult`` per scan (its ``loss_history`` holds every pass run).
+    ``on_pass(pass_number, potentials)`` is called after every pass of every batched call (progress). Returns one
+    ``ReconResult`` per scan (its ``loss_history`` holds every pass run).
     """
     if max_passes < 1 or block < 1 or not tolerance >= 0:
         raise ValueError("max_passes and block must be >= 1 and tolerance >= 0")
@@ -49,7 +50,7 @@ def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, m
     while active and done < max_passes:
         n = min(block, max_passes - done)
         out = reconstruct_in_batches(rec, [scans[i] for i in active], [potentials[i] for i in active], max_batch, iterations=n,
-                                     first_pass=done)
+                                     first_pass=done, on_pass=on_pass)
         still = []
         for i, res in zip(active, out, strict=True):
             before = histories[i][-1] if histories[i] else None
@@ -73,12 +74,12 @@ def diverged(loss_history: list[float]) -> bool:
 
 
 def reconstruct_with_backoff(rec: Reconstructor, scans: list[ScanChunk], *, max_passes: int, tolerance: float = 0.0,
-                             max_batch: int = 8, halvings: int = 3) -> tuple[list[ReconResult], list[float]]:
+                             max_batch: int = 8, halvings: int = 3, on_pass=None) -> tuple[list[ReconResult], list[float]]:
     """``reconstruct_until_converged``; a scan whose loss diverged is run again from the start with half the step, up to ``halvings`` times.
 
     Returns the results and the step each scan ended with (rec.options' step for those that never diverged).
     """
-    results = reconstruct_until_converged(rec, scans, max_passes=max_passes, tolerance=tolerance, max_batch=max_batch)
+    results = reconstruct_until_converged(rec, scans, max_passes=max_passes, tolerance=tolerance, max_batch=max_batch, on_pass=on_pass)
     steps = [rec.options.effective_step] * len(scans)
     step = rec.options.effective_step
     for _ in range(halvings):
@@ -88,7 +89,7 @@ def reconstruct_with_backoff(rec: Reconstructor, scans: list[ScanChunk], *, max_
         step /= 2
         smaller = Reconstructor(rec.probe, rec.options.model_copy(update={"step_size": step}), device=rec.device)
         redone = reconstruct_until_converged(smaller, [scans[i] for i in again], max_passes=max_passes, tolerance=tolerance,
-                                             max_batch=max_batch)
+                                             max_batch=max_batch, on_pass=on_pass)
         for i, res in zip(again, redone, strict=True):
             results[i], steps[i] = res, step
     return results, steps
