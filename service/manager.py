@@ -159,7 +159,7 @@ class SessionManager:
         """A new session for request ``params`` (``SessionCreate`` fields), queued to plan its first batch; its status."""
         with self.lock:
             if not self.accepting:
-                raise SessionError(ErrorKind.SHUTTING_DOWN, "the service is shutting down and takes no new sessions", retry_after_s=5)
+                raise SessionError(ErrorKind.SHUTTING_DOWN, "the service is shutting down and takes no new sessions", retry_after_s=self.settings.retry_after_s)
             if sum(1 for s in self.sessions.values() if not s.terminal) >= self.settings.max_sessions:
                 raise SessionError(ErrorKind.TOO_MANY_SESSIONS, f"{self.settings.max_sessions} sessions are active already (max_sessions)")
             if (refusal := SessionSpec.from_params(params).limit_error(self.settings)) is not None:

@@ -80,7 +80,8 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
     last tell (frames of that series still complete them), else ``issued`` (``ask``
     re-issues the missing positions under the same ``batch_id``). Every stored binding
     is kept, so late frames of a told series land in their own slots and a repeated
-    tell is recognised as one.
+    tell is recognised as one; but the missing slots of an issued batch are bound to no
+    series (as after a series end), since the next tell binds them anew.
     """
     s = Session(st.session_id, st.params, planner, store, state=SessionState(st.state), error=st.error, created_unix=st.created_unix)
     s.positions_issued = st.positions_issued
@@ -107,9 +108,15 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
         else:
             b.series = None
         s.batches.append(b)
+        # A missing slot stays bound only to the series a told batch awaits. In an issued batch it is asked for again
+        # and the next tell binds it to a new series, so a frame of an earlier series (received before the restart but
+        # lost with the process, or still to come) must not land there as well: it is refused, as after a series end.
+        live = s.received[slots].copy()
+        if b.status == BatchStatus.TOLD:
+            live |= st.slot_series[slots] == b.series
         for series in {int(v) for v in st.slot_series[slots] if v >= 0}:
-            sel = slots[st.slot_series[slots] == series]
-            bindings[series] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel})
+            sel = slots[(st.slot_series[slots] == series) & live]
+            bindings[series] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel})  # kept if empty: a repeated tell
     if st.latest_reconstruction is not None:
         last = st.latest_reconstruction
         s.potential, s.grid_origin_nm, s.grid_pixel_nm, s.loss_history = last.potential, last.origin_nm, last.pixel_nm, last.loss_history

@@ -138,7 +138,6 @@ class Session:
     last_frame_at: float | None = None
     version: int = 0
     waiters: list = field(default_factory=list)
-    needs_plan: bool = False
     spec: SessionSpec = field(init=False, repr=False)
     """``params`` read once, typed (``params`` is kept verbatim: the file and the status report carry it)."""
 

@@ -31,7 +31,7 @@ class ServiceSettings(BaseSettings):
         description="shell-style patterns (fnmatch) of the detector endpoints a session may name, besides `detectors`; default: loopback TCP only",
     )
     ask_timeout_s: float = Field(10.0, gt=0, le=300, description="default long-poll of ask before 503 + Retry-After")
-    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 from ask")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 (ask found no batch ready in time; the service is shutting down)")
     max_buffered_frames: int = Field(20_000, ge=1, description="frames kept for series not yet told (all endpoints together)")
     max_buffered_bytes: int = Field(
         512 * 1024**2, ge=1, description="bytes of decoded frames kept for series not yet told (all endpoints together); the oldest series go first"

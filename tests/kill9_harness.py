@@ -89,6 +89,8 @@ class Report:
     misplaced: int = 0
     repeated_tells: dict[int, int] = field(default_factory=dict)
     """status code -> count of tells repeated after a restart."""
+    late_frames_unsent: int = 0
+    """late duplicates not sent: no server was listening (restarted after the session was done, it connects to no detector)."""
 
 
 class Control:
@@ -164,7 +166,7 @@ class Control:
                 if self.maybe_kill(sid, "between series and tell"):
                     continue  # untold frames died with the process: ask again, acquire again
                 assert self.tell(sid, ask["batch_id"], series).status_code == 202
-                self.maybe_late_frame(series)
+                self.maybe_late_frame(sid)
                 continue
             assert self.tell(sid, ask["batch_id"], series).status_code == 202
             if self.maybe_kill(sid, "after tell"):
@@ -181,7 +183,7 @@ class Control:
             self.send(series, list(range(cut, n)), True, n)
             if self.maybe_kill(sid, "after series (reconstructing)"):
                 self.repeat_tell(sid, ask["batch_id"], series)
-            self.maybe_late_frame(series)
+            self.maybe_late_frame(sid)
 
     def repeat_tell(self, sid: str, batch_id: int, series: int) -> None:
         r = self.tell(sid, batch_id, series)
@@ -191,11 +193,19 @@ class Control:
         self.report.repeated_tells[code] = self.report.repeated_tells.get(code, 0) + 1
         assert code == 200, f"a repeated tell after a restart answered {code}: {r.text}"
 
-    def maybe_late_frame(self, series: int) -> None:
-        """Now and then a late duplicate of an old frame (it must be refused, never stored elsewhere)."""
+    def maybe_late_frame(self, sid: str) -> None:
+        """Now and then a late duplicate of an old frame (it must be refused, never stored elsewhere).
+
+        Not sent when no server listens: one restarted after session ``sid`` (the only one)
+        was done connects to no detector, and a PUSH with no peer blocks until SNDTIMEO.
+        """
         if self.rng.random() < 0.3:
             old = self.rng.choice(list(self.told))
             idx = self.rng.randrange(len(self.told[old]))
+            if not self.pusher.sock.poll(5000, zmq.POLLOUT):
+                assert self.c.get(f"/api/v1/sessions/{sid}").json()["state"] == "done", "no server listens to the detector mid-session"
+                self.report.late_frames_unsent += 1
+                return
             self.pusher.frame(old, idx, image(old, idx))
 
     def check_file(self, sid: str) -> None:

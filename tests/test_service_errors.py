@@ -38,7 +38,9 @@ def _pinned(r, status: int, title: str, kind: str, detail: str, retry_after: str
 
 @pytest.fixture
 def client(tmp_path):
-    settings = ServiceSettings(storage=tmp_path / "sessions", api_keys=[KEY], ask_timeout_s=5.0, max_sessions=2, max_budget=100, max_grid_pixels=64)
+    settings = ServiceSettings(
+        storage=tmp_path / "sessions", api_keys=[KEY], ask_timeout_s=5.0, max_sessions=2, max_budget=100, max_grid_pixels=64, retry_after_s=7
+    )
     with TestClient(create_app(settings, backend=RecordingBackend())) as c:
         yield c
 
@@ -88,8 +90,8 @@ def test_each_domain_error_is_answered_as_it_always_was(client, monkeypatch):
     client.app.state.service.manager.accepting = False
     _pinned(
         client.post(create, json=session_body(EP), headers=AUTH), 503, "Service Unavailable", "service-unavailable",
-        "the service is shutting down and takes no new sessions", retry_after="5",
-    )
+        "the service is shutting down and takes no new sessions", retry_after="7",
+    )  # Retry-After is settings.retry_after_s (7 here), as for ask's 503
 
 
 def test_the_manager_refuses_with_domain_errors_that_carry_no_http(tmp_path):
@@ -98,7 +100,7 @@ def test_the_manager_refuses_with_domain_errors_that_carry_no_http(tmp_path):
     from service.models import SessionCreate
     from service.problems import Problem
 
-    m = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY], max_budget=10), ServiceMetrics())
+    m = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY], max_budget=10, retry_after_s=3), ServiceMetrics())
     body = SessionCreate(**session_body(EP, budget=20, chunk=5)).model_dump(mode="json")
     with pytest.raises(SessionError) as unknown:
         m.get("nope")
@@ -108,5 +110,5 @@ def test_the_manager_refuses_with_domain_errors_that_carry_no_http(tmp_path):
     with pytest.raises(SessionError) as closing:
         m.create(body)
     assert [e.value.kind for e in (unknown, too_big, closing)] == [ErrorKind.UNKNOWN_SESSION, ErrorKind.INVALID_REQUEST, ErrorKind.SHUTTING_DOWN]
-    assert closing.value.retry_after_s == 5 and not any(isinstance(e.value, Problem) for e in (unknown, too_big, closing))
+    assert closing.value.retry_after_s == 3 and not any(isinstance(e.value, Problem) for e in (unknown, too_big, closing))
     m.close()

@@ -193,3 +193,71 @@ def test_a_session_file_with_damaged_params_is_a_load_error_not_a_failed_start(t
     m2.close()
     with h5py.File(tmp_path / f"{running}.h5", "w"):  # the damaged file was closed again (h5py refuses to truncate an open file)
         pass
+
+
+def _bound_as_stored(tmp_path, sid: str) -> list[bool]:
+    """Per slot: the file's pattern is frame (S, i) of the series and index the slot is recorded as bound to."""
+    import h5py
+
+    with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+        series, frame, patterns = f["slot_series"][()], f["slot_frame"][()], f["patterns"][()]
+    return [bool(np.array_equal(patterns[k], frames_for(int(series[k]), 10)[int(frame[k])])) for k in range(len(series))]
+
+
+def test_a_slot_asked_for_again_after_a_restart_is_bound_to_the_new_series_only(tmp_path):
+    """Series 3 ended short (slots 8, 9 re-issued) and the process died before frames 6, 7 were flushed: after the restart
+    the batch asks for 6-9 and series 4 is told for them. A late frame 6 of series 3 must not land in slot 6, which now
+    holds frame 0 of series 4 (the kill -9 property run stored frames under another series' record this way)."""
+    m1 = _manager(tmp_path)
+    sid = _session(m1, 10)
+    f3 = frames_for(3, 10)
+    m1.tell(sid, 0, 3, None)
+    m1.on_events(EP, [Frame(3, i, f3[i]) for i in range(6)])
+    m1.flush_all()
+    m1.on_events(EP, [Frame(3, 6, f3[6]), Frame(3, 7, f3[7]), SeriesEnd(3)])  # received, not flushed: lost with the process
+    m2 = _manager(tmp_path)
+    m2.restore()
+    ask = m2.try_ask(sid)
+    assert ask["batch_id"] == 0 and len(ask["positions_nm"]) == 4
+    assert m2.tell(sid, 0, 4, None)[0] == 202
+    m2.on_events(EP, [Frame(3, 6, f3[6])])  # a late frame of the ended series
+    s = m2.sessions[sid]
+    assert not s.received[6] and s.counters["unexpected"] == 1, "slot 6 is series 4's now"
+    f4 = frames_for(4, 10)
+    m2.on_events(EP, [Frame(4, i, f4[i]) for i in range(4)])
+    assert s.batches[0].status == "complete"
+    m2.flush_all()
+    assert _bound_as_stored(tmp_path, sid) == [True] * 10
+    m1.close()
+    m2.close()
+
+
+def test_a_series_told_before_a_restart_for_part_of_an_issued_batch_keeps_no_slot_it_may_lose(tmp_path):
+    """Series 4 was told for slots 8, 9 after series 3 ended short; the process died with frames 6, 7 (series 3) and 8 (series 4)
+    unflushed. After the restart the batch is issued again (6-9) and series 5 is told for what is missing: a frame of series 4
+    arriving later must not land in a slot series 5 was told for."""
+    m1 = _manager(tmp_path)
+    sid = _session(m1, 10)
+    f3, f4 = frames_for(3, 10), frames_for(4, 10)
+    m1.tell(sid, 0, 3, None)
+    m1.on_events(EP, [Frame(3, i, f3[i]) for i in range(6)])
+    m1.flush_all()
+    m1.on_events(EP, [Frame(3, 6, f3[6]), Frame(3, 7, f3[7]), SeriesEnd(3)])
+    assert m1.tell(sid, 0, 4, None)[0] == 202
+    m1.on_events(EP, [Frame(4, 0, f4[0])])
+    m2 = _manager(tmp_path)
+    m2.restore()
+    assert m2.tell(sid, 0, 4, None)[0] == 200, "a repeated tell after a restart"
+    ask = m2.try_ask(sid)
+    assert ask["batch_id"] == 0 and len(ask["positions_nm"]) == 4
+    assert m2.tell(sid, 0, 5, None)[0] == 202
+    m2.on_events(EP, [Frame(4, 0, f4[0]), Frame(4, 1, f4[1])])  # series 4 goes on after the restart
+    s = m2.sessions[sid]
+    assert not s.received[6:].any()
+    f5 = frames_for(5, 10)
+    m2.on_events(EP, [Frame(5, i, f5[i]) for i in range(4)])
+    assert s.batches[0].status == "complete"
+    m2.flush_all()
+    assert _bound_as_stored(tmp_path, sid) == [True] * 10
+    m1.close()
+    m2.close()
