@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from policy.baselines import (
@@ -104,6 +104,14 @@ class EvaluationOptions(BaseModel):
     live_recon: ReconOptions = Field(default_factory=lambda: ReconOptions(iterations=5), description="warm-started after every sub-sequence")
     planner: StructureGuidedOptions = Field(default_factory=StructureGuidedOptions)
     max_batch: int = Field(8, ge=1, description="scans reconstructed in one batched call (memory)")
+
+    @field_validator("final_recon", mode="before")
+    @classmethod
+    def _final_recon_over_default(cls, value):
+        """A config's ``final_recon`` fields change the default recipe; the fields it leaves out keep the default's."""
+        if isinstance(value, dict):
+            return {**default_final_recon().model_dump(), **value}
+        return value
 
 
 @dataclass

@@ -168,3 +168,14 @@ def test_each_dataset_gets_its_own_budget_and_duplicate_names_are_refused(tmp_pa
     copy.write_bytes(small.read_bytes())
     assert main(["evaluate", "--datasets", str(small), str(copy), "--budget", "4", "--json", str(out)]) == 2
     assert "distinct file names" in capsys.readouterr().err
+
+
+def test_a_config_changes_only_the_final_reconstruction_fields_it_names():
+    """`final_recon: {iterations: 7}` in a config must not silently swap the converged recipe for ReconOptions' defaults."""
+    from policy.evaluation import EvaluationOptions, default_final_recon
+
+    options = EvaluationOptions.model_validate({"final_recon": {"iterations": 7, "detector_binning": 2}})
+    default = default_final_recon()
+    assert options.final_recon.iterations == 7 and options.final_recon.detector_binning == 2
+    assert options.final_recon.model_dump(exclude={"iterations", "detector_binning"}) == default.model_dump(exclude={"iterations", "detector_binning"})
+    assert EvaluationOptions().final_recon == default
