@@ -23,7 +23,8 @@ def save_reconstructions(runs, out_dir: str | Path, options: ReconOptions) -> li
         if run.seed_index != 0:
             continue
         result = ReconResult(run.potential, run.case.grid, run.loss_history)
-        paths.append(write_reconstruction(Path(out_dir) / run.case.name / f"{run.strategy}.h5", result, run.positions_nm, options,
+        used = options if run.final_step is None else options.model_copy(update={"step_size": run.final_step})  # after a back-off
+        paths.append(write_reconstruction(Path(out_dir) / run.case.name / f"{run.strategy}.h5", result, run.positions_nm, used,
                                           source=run.case.name))
     return paths
 

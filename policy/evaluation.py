@@ -62,13 +62,19 @@ FINAL_STEP = 128.0
 """The final reconstruction's step, in units of the inverse probe illumination (``precondition="absolute"``)."""
 
 
+RECIPE_FIELDS = frozenset({"optimizer", "precondition", "step_size", "momentum", "batch_positions"})
+"""A config's final_recon naming any of these is a recipe of its own, not a change to the default one."""
+
+
 def default_final_recon() -> ReconOptions:
     """The final reconstruction every strategy gets, sparse or dense: full-batch gradient descent with Nesterov momentum 0.9.
 
-    The step is ``FINAL_STEP`` over each pixel's probe illumination sum_p |P_p|^2, so the same recipe fits 250 and 2,601
-    positions and any probe. 60 passes: the specimen-region r has plateaued on sparse scans of flakes, nanotubes and
-    MoS2 by 40 and the dense raster is within ~0.01 of its 100-pass value (bench/RESULTS.md, "One final reconstruction
-    for every scan"). A scan whose loss diverges is rerun with half the step (``recon.convergence.reconstruct_with_backoff``).
+    The step is ``FINAL_STEP`` over each pixel's probe illumination sum_p |P_p|^2 (any probe). The loss is a mean over a
+    scan's N positions, so the step relative to a Newton step shrinks as 1/N: measured to converge 250-841 positions
+    (sparse flakes, nanotubes and MoS2 plateau by pass 20-40); the 2,601-position raster gets ~10x less than it could
+    take and is within ~0.01 r of its 100-pass value at 60 (a small handicap for full-raster-low-dose); fewer than ~100
+    positions diverge at this step and are rerun with half the step until they do not
+    (``recon.convergence.reconstruct_with_backoff``). bench/RESULTS.md, "One final reconstruction for every scan".
     """
     return ReconOptions(optimizer="gd", step_size=FINAL_STEP, momentum=0.9, precondition="absolute", batch_positions=None, iterations=60)
 
@@ -99,7 +105,7 @@ class EvaluationOptions(BaseModel):
     final_min_passes: int = Field(10, ge=1, description="fewest passes of the final reconstruction")
     final_tolerance: float = Field(
         0.0, ge=0, description="> 0: also stop once the loss fell by less than this (relative) over 5 passes (off: on noisy sparse "
-        "scans the loss flattens long before the field has converged)"
+        "scans the loss flattens long before the field has converged; the default recipe's momentum would restart every 5 passes)"
     )
     live_recon: ReconOptions = Field(default_factory=lambda: ReconOptions(iterations=5), description="warm-started after every sub-sequence")
     planner: StructureGuidedOptions = Field(default_factory=StructureGuidedOptions)
@@ -108,8 +114,9 @@ class EvaluationOptions(BaseModel):
     @field_validator("final_recon", mode="before")
     @classmethod
     def _final_recon_over_default(cls, value):
-        """A config's ``final_recon`` fields change the default recipe; the fields it leaves out keep the default's."""
-        if isinstance(value, dict):
+        """A config's ``final_recon`` fields change the default recipe, the fields it leaves out keep the default's; unless it
+        names another optimizer, preconditioner, step or batch: then the recipe is its own (ReconOptions' defaults for the rest)."""
+        if isinstance(value, dict) and not RECIPE_FIELDS & value.keys():
             return {**default_final_recon().model_dump(), **value}
         return value
 
@@ -265,7 +272,7 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
         final_bar = tqdm(total=sum(pass_counts), desc=f"final reconstruction ({strategy})", unit="pass", disable=not progress, leave=False)
         for passes, idx in _by_key(list(range(len(scans))), pass_counts.__getitem__).items():
             done, steps = reconstruct_with_backoff(final, [scans[i] for i in idx], max_passes=passes, tolerance=options.final_tolerance,
-                                                   max_batch=options.max_batch, on_pass=lambda _, potentials, bar=final_bar: bar.update(len(potentials)))
+                                                   max_batch=options.max_batch, on_pass=lambda _, potentials, bar=final_bar: _advance(bar, len(potentials)))
             for i, res, step in zip(idx, done, steps, strict=True):
                 results[i] = (res, step)
         final_bar.close()
@@ -273,6 +280,13 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
             runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history, step))
     bar.close()
     return runs
+
+
+def _advance(bar, n: int) -> None:
+    """``bar.update(n)``, growing its total first if a back-off rerun takes it past it."""
+    if bar.total is not None and bar.n + n > bar.total:
+        bar.total = bar.n + n
+    bar.update(n)
 
 
 def _by_key(items: list, key) -> dict:

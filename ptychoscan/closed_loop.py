@@ -217,6 +217,7 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
     from policy.evaluation import EvaluationOptions, final_passes
     from policy.scores import score_against_truth
     from recon.beam import probe_for
+    from recon.convergence import reconstruct_with_backoff
     from recon.engine import Reconstructor, ScanChunk
     from recon.inputs import grid_for_dataset
 
@@ -225,8 +226,8 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
         positions = f["positions_nm"][()]
     options = EvaluationOptions()
     grid = grid_for_dataset(dataset, fov)
-    recon_options = options.final_recon.model_copy(update={"iterations": final_passes(len(positions), options)})
-    result = Reconstructor(probe_for(dataset), recon_options, device="auto").reconstruct([ScanChunk(patterns, positions, grid)])[0]
+    rec = Reconstructor(probe_for(dataset), options.final_recon, device="auto")
+    (result,), _ = reconstruct_with_backoff(rec, [ScanChunk(patterns, positions, grid)], max_passes=final_passes(len(positions), options))
     return score_against_truth(result.potential, grid, dataset.ground_truth, fov), result.potential.numpy(), grid
 
 

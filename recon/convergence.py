@@ -15,6 +15,7 @@ block. With ``tolerance`` 0 there is nothing to check between blocks: one call r
 from __future__ import annotations
 
 import math
+import warnings
 
 from recon.engine import ReconResult, Reconstructor, ScanChunk
 
@@ -74,10 +75,11 @@ def diverged(loss_history: list[float]) -> bool:
 
 
 def reconstruct_with_backoff(rec: Reconstructor, scans: list[ScanChunk], *, max_passes: int, tolerance: float = 0.0,
-                             max_batch: int = 8, halvings: int = 3, on_pass=None) -> tuple[list[ReconResult], list[float]]:
+                             max_batch: int = 8, halvings: int = 6, on_pass=None) -> tuple[list[ReconResult], list[float]]:
     """``reconstruct_until_converged``; a scan whose loss diverged is run again from the start with half the step, up to ``halvings`` times.
 
-    Returns the results and the step each scan ended with (rec.options' step for those that never diverged).
+    Returns the results and the step each scan ended with (rec.options' step for those that never diverged). A scan
+    still diverged after the last halving is returned as it is, with a ``RuntimeWarning``.
     """
     results = reconstruct_until_converged(rec, scans, max_passes=max_passes, tolerance=tolerance, max_batch=max_batch, on_pass=on_pass)
     steps = [rec.options.effective_step] * len(scans)
@@ -92,4 +94,8 @@ def reconstruct_with_backoff(rec: Reconstructor, scans: list[ScanChunk], *, max_
                                              max_batch=max_batch, on_pass=on_pass)
         for i, res in zip(again, redone, strict=True):
             results[i], steps[i] = res, step
+    still = [i for i, res in enumerate(results) if diverged(res.loss_history)]
+    if still:
+        warnings.warn(f"scans {still} still diverge at step {step:g} after {halvings} halvings; their results are not usable",
+                      RuntimeWarning, stacklevel=2)
     return results, steps

@@ -137,9 +137,9 @@ class Reconstructor:
                 grid (warm start from a previous chunk's result); None entries start at 0.
             iterations: passes over the positions in this call (None: ``options.iterations``).
             first_pass: passes already run by earlier calls that ``init`` continues: the
-                mini-batch order goes on from there, so with gradient descent k calls of
-                one pass give the same result as one call of k passes (Adam's moments
-                restart with each call).
+                mini-batch order goes on from there, so with plain gradient descent k
+                calls of one pass give the same result as one call of k passes (Adam's
+                moments and gradient descent's momentum restart with each call).
             on_pass: called after every pass with the pass number (1, 2, ...) and each
                 scan's current potential (views on its grid, on the device: copy what is
                 kept); convergence curves without restarting the optimizer.

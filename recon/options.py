@@ -45,13 +45,15 @@ class ReconOptions(BaseModel):
     )
     momentum: float = Field(
         0.0, ge=0, lt=1, description="gd only: Nesterov momentum (0 = plain gradient descent); speeds up the slowly converging large-scale "
-        "phase of specimens with vacuum by up to 1 / (1 - momentum)",
+        "phase of specimens with vacuum by up to 1 / (1 - momentum). Lower the step with it: mini-batches at step 50 with 0.8-0.9 diverge, "
+        "25 converges (bench/RESULTS.md); restarts with every reconstruct call",
     )
     precondition: Literal["none", "relative", "absolute"] = Field(
         "none",
         description="divide each scan's gradient by its probe illumination sum_p |P_p|^2 (ePIE-style, evens out the step over the "
-        "field): relative = normalised to its peak (the step keeps its units); absolute = as it is, so the step is a dimensionless "
-        "fraction of a Newton step (~0.5-1; the same for sparse and dense scans, any probe); a 5 %-of-peak floor either way",
+        "field): relative = normalised to its peak (the step keeps its units); absolute = as it is (any probe). The loss is a mean over "
+        "a scan's N positions, so with absolute the step is ~N x a fraction of a Newton step: 128 suits 250-850 positions (evaluate's "
+        "final reconstruction), diverges below ~100 and is ~10x too cautious for a 2,601-position raster; a 5 %-of-peak floor either way",
     )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates")
     tv_weight: float = Field(0.0, ge=0, description="total-variation regularisation weight on V (rad^-1 per pixel), 0 = off")

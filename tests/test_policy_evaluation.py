@@ -179,3 +179,11 @@ def test_a_config_changes_only_the_final_reconstruction_fields_it_names():
     assert options.final_recon.iterations == 7 and options.final_recon.detector_binning == 2
     assert options.final_recon.model_dump(exclude={"iterations", "detector_binning"}) == default.model_dump(exclude={"iterations", "detector_binning"})
     assert EvaluationOptions().final_recon == default
+
+
+def test_a_config_with_its_own_optimizer_is_its_own_recipe():
+    """`final_recon: {optimizer: adam, step_size: 0.01}` (bench/RESULTS.md's robustness runs) must validate as plain Adam."""
+    from policy.evaluation import EvaluationOptions
+
+    adam = EvaluationOptions.model_validate({"final_recon": {"optimizer": "adam", "step_size": 0.01, "iterations": 60}}).final_recon
+    assert (adam.optimizer, adam.step_size, adam.momentum, adam.precondition, adam.batch_positions) == ("adam", 0.01, 0.0, "none", 32)

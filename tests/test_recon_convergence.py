@@ -60,3 +60,16 @@ def test_a_diverging_scan_is_rerun_with_half_the_step():
     assert not any(diverged(r.loss_history) for r in results)
     calm = Reconstructor(probe_for(ds), options.model_copy(update={"step_size": steps[0]}), device="cpu").reconstruct(scans[:1])[0]
     torch.testing.assert_close(results[0].potential, calm.potential)
+
+
+def test_a_scan_that_still_diverges_after_every_halving_is_flagged():
+    import pytest
+
+    from recon.convergence import reconstruct_with_backoff
+
+    torch.set_num_threads(1)
+    ds, scans = _scans()
+    options = ReconOptions(iterations=4, batch_positions=None, step_size=1e6, momentum=0.9, precondition="absolute")
+    rec = Reconstructor(probe_for(ds), options, device="cpu")
+    with pytest.warns(RuntimeWarning, match="still diverge"):
+        reconstruct_with_backoff(rec, scans[:1], max_passes=4, halvings=1)
