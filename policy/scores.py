@@ -72,7 +72,7 @@ def score_runs(runs) -> list[dict]:
         q = score_against_truth(run.potential, case.grid, case.dataset.ground_truth, case.fov_nm, masks[case.name])
         rows.append({"dataset": case.name, "class": case.specimen_kind, "seed": run.seed_index, "strategy": run.strategy,
                      "n_positions": len(run.positions_nm), "positions_per_nm2": len(run.positions_nm) / case.area_nm2,
-                     "final_passes": len(run.loss_history), "final_step": getattr(run, "final_step", None), **q})
+                     "final_passes": len(run.loss_history), "final_step": run.final_step, **q})
     return rows
 
 

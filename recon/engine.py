@@ -364,9 +364,8 @@ class Reconstructor:
             # Nesterov: velocity m1 <- mu m1 + g, step g + mu m1; only the active scans (the others' velocity must not move them)
             mu = opts.momentum
             g = grad[sel]
-            velocity = m1[sel].mul_(mu).add_(g) if isinstance(sel, slice) else m1[sel] * mu + g
-            if not isinstance(sel, slice):
-                m1[sel] = velocity
+            velocity = m1[sel] * mu + g
+            m1[sel] = velocity
             potential[sel] -= lr * (g + mu * velocity)
         elif opts.optimizer == "gd":
             # the inactive scans' gradient is exactly zero: one pass over the whole stack
