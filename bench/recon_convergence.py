@@ -57,16 +57,12 @@ SETTINGS = {
     "gd25-m0.95": {"optimizer": "gd", "step_size": 25.0, "momentum": 0.95},
     "gd20-m0.95": {"optimizer": "gd", "step_size": 20.0, "momentum": 0.95},
     "gd35-m0.9": {"optimizer": "gd", "step_size": 35.0, "momentum": 0.9},
-    "fb-abs0.5-m0.9": {"optimizer": "gd", "step_size": 0.5, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs1-m0.9": {"optimizer": "gd", "step_size": 1.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs2-m0.9": {"optimizer": "gd", "step_size": 2.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs4-m0.9": {"optimizer": "gd", "step_size": 4.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs16-m0.9": {"optimizer": "gd", "step_size": 16.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs32-m0.9": {"optimizer": "gd", "step_size": 32.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs64-m0.9": {"optimizer": "gd", "step_size": 64.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs128-m0.9": {"optimizer": "gd", "step_size": 128.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
-    "fb-abs256-m0.9": {"optimizer": "gd", "step_size": 256.0, "momentum": 0.9, "precondition": "absolute", "batch_positions": None},
 }
+# full batch, step = this fraction of a Newton step (the inverse illumination per position, precondition="absolute"), Nesterov 0.9
+SETTINGS.update(
+    {f"fb-abs{step:g}-m0.9": {"optimizer": "gd", "step_size": step, "momentum": 0.9, "precondition": "absolute", "batch_positions": None}
+     for step in (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0)}
+)
 
 
 def stopping_pass(losses: list[float], block: int = 5, tolerance: float = 2e-3) -> int:

@@ -58,8 +58,9 @@ ALL_STRATEGIES = (*STRATEGIES, ORACLE)
 ADAPTIVE = ("adaptive", "structure-guided", ORACLE)
 
 
-FINAL_STEP = 128.0
-"""The final reconstruction's step, in units of the inverse probe illumination (``precondition="absolute"``)."""
+FINAL_STEP = 0.25
+"""The final reconstruction's step as a fraction of a Newton step: the inverse probe illumination per position
+(``precondition="absolute"``), the same at any number of positions."""
 
 
 RECIPE_FIELDS = frozenset({"optimizer", "precondition", "step_size", "momentum", "batch_positions"})
@@ -69,12 +70,12 @@ RECIPE_FIELDS = frozenset({"optimizer", "precondition", "step_size", "momentum",
 def default_final_recon() -> ReconOptions:
     """The final reconstruction every strategy gets, sparse or dense: full-batch gradient descent with Nesterov momentum 0.9.
 
-    The step is ``FINAL_STEP`` over each pixel's probe illumination sum_p |P_p|^2 (any probe). The loss is a mean over a
-    scan's N positions, so the step relative to a Newton step shrinks as 1/N: measured to converge 250-841 positions
-    (sparse flakes, nanotubes and MoS2 plateau by pass 20-40); the 2,601-position raster gets ~10x less than it could
-    take and is within ~0.01 r of its 100-pass value at 60 (a small handicap for full-raster-low-dose); fewer than ~100
-    positions diverge at this step and are rerun with half the step until they do not
-    (``recon.convergence.reconstruct_with_backoff``). bench/RESULTS.md, "One final reconstruction for every scan".
+    The step is ``FINAL_STEP`` over each pixel's probe illumination per position (sum_p |P_p|^2 / N, any probe): the loss is
+    a mean over the scan's N positions, so this is the same fraction of a Newton step at any N. Measured on validation
+    flakes: 1.0 diverges at 250 positions and on the 2,601-position raster, 0.5 is stable, 0.25 (a quarter of the
+    diverging step) has sparse scans plateau by pass 20-40 and the raster by pass 20. A scan that still diverges is rerun
+    with half the step until it does not (``recon.convergence.reconstruct_with_backoff``). bench/RESULTS.md, "One final
+    reconstruction for every scan".
     """
     return ReconOptions(optimizer="gd", step_size=FINAL_STEP, momentum=0.9, precondition="absolute", batch_positions=None, iterations=60)
 

@@ -70,7 +70,7 @@ class _Batch:
     offsets: list[int]  # start of each scan's positions in the concatenation
     counts: list[int]
     valid: torch.Tensor  # (B, H, W) bool, pixels on each scan's own grid
-    illumination: torch.Tensor | None  # (B, H, W) preconditioner sum_p |P_p|^2 (/ max if relative), regularised; None = off
+    illumination: torch.Tensor | None  # (B, H, W) preconditioner sum_p |P_p|^2 (/ max if relative, / N if absolute), regularised; None = off
 
 
 class Reconstructor:
@@ -255,7 +255,8 @@ class Reconstructor:
         return batch
 
     def _illumination(self, batch: _Batch, shape: tuple[int, int, int]) -> torch.Tensor:
-        """Per scan: sum over its positions of |shifted probe|^2 on the grid (/ its max if relative), + 5 % of the max (regulariser)."""
+        """Per scan: sum over its positions of |shifted probe|^2 on the grid, + 5 % of its max (regulariser); relative: / the max,
+        absolute: / the scan's N positions (the loss is a mean over them, so the step is then a fraction of a Newton step at any N)."""
         illumination = torch.zeros(shape, dtype=self.real_dtype, device=self.device)
         flat = illumination.view(-1)
         for start in range(0, len(batch.base), self.options.chunk_positions):
@@ -264,7 +265,8 @@ class Reconstructor:
             flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.probes[batch.probe_rows[part]]) ** 2).reshape(-1))
         peak = illumination.flatten(1).amax(dim=1).clamp_min(1e-30)[:, None, None]
         if self.options.precondition == "absolute":
-            return illumination + 0.05 * peak
+            positions = torch.tensor(batch.counts, dtype=self.real_dtype, device=self.device)[:, None, None]
+            return (illumination + 0.05 * peak) / positions
         return illumination / peak + 0.05
 
     def _initial_potential(self, scans: list[ScanChunk], init) -> torch.Tensor:

@@ -51,9 +51,9 @@ class ReconOptions(BaseModel):
     precondition: Literal["none", "relative", "absolute"] = Field(
         "none",
         description="divide each scan's gradient by its probe illumination sum_p |P_p|^2 (ePIE-style, evens out the step over the "
-        "field): relative = normalised to its peak (the step keeps its units); absolute = as it is (any probe). The loss is a mean over "
-        "a scan's N positions, so with absolute the step is ~N x a fraction of a Newton step: 128 suits 250-850 positions (evaluate's "
-        "final reconstruction), diverges below ~100 and is ~10x too cautious for a 2,601-position raster; a 5 %-of-peak floor either way",
+        "field): relative = normalised to its peak (the step keeps its units); absolute = divided by the scan's N positions (any "
+        "probe; the loss is a mean over them), so the step is a fraction of a Newton step at any N: 0.25 for evaluate's final "
+        "reconstruction, 1 diverges; a 5 %-of-peak floor either way",
     )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates")
     tv_weight: float = Field(0.0, ge=0, description="total-variation regularisation weight on V (rad^-1 per pixel), 0 = off")

@@ -34,7 +34,7 @@ def test_without_a_tolerance_one_call_keeps_the_momentum():
     """Momentum restarts with every block; with nothing to check between blocks (tolerance 0) the passes run as one call."""
     torch.set_num_threads(1)
     ds, scans = _scans()
-    options = ReconOptions(iterations=6, batch_positions=None, step_size=2.0, momentum=0.9, precondition="absolute")
+    options = ReconOptions(iterations=6, batch_positions=None, step_size=0.25, momentum=0.9, precondition="absolute")
     rec = Reconstructor(probe_for(ds), options, device="cpu")
     whole = rec.reconstruct(scans)
     fixed = reconstruct_until_converged(rec, scans, max_passes=6, block=2, tolerance=0.0)
@@ -73,3 +73,19 @@ def test_a_scan_that_still_diverges_after_every_halving_is_flagged():
     rec = Reconstructor(probe_for(ds), options, device="cpu")
     with pytest.warns(RuntimeWarning, match="still diverge"):
         reconstruct_with_backoff(rec, scans[:1], max_passes=4, halvings=1)
+
+
+def test_the_absolute_step_is_a_newton_fraction_whatever_the_number_of_positions():
+    """Measuring every position twice doubles the illumination but not the (mean) loss: the step must not halve.
+
+    Before the step was divided by the scan's N, the doubled scan moved half as far per pass (bench/RESULTS.md: a
+    2,601-position raster got ~10x less step than a 250-position scan at the same setting).
+    """
+    torch.set_num_threads(1)
+    ds, _ = _scans()
+    once = chunk_from_dataset(ds)
+    twice = chunk_from_dataset(ds, np.concatenate([np.arange(25), np.arange(25)]))
+    options = ReconOptions(iterations=5, batch_positions=None, step_size=0.25, momentum=0.9, precondition="absolute")
+    a, b = Reconstructor(probe_for(ds), options, device="cpu").reconstruct([once, twice])
+    assert float(a.potential.abs().max()) > 1e-3  # it moved
+    torch.testing.assert_close(a.potential, b.potential, rtol=1e-4, atol=1e-5)
