@@ -7,7 +7,7 @@
 #   fastapi starlette annotated-doc annotated-types pydantic pydantic-core pydantic-settings python-dotenv \
 #   typing-inspection typing-extensions uvicorn pyzmq lz4 bitshuffle ase opentelemetry-api [py-spy]
 # (pin the versions of .venv; .whl is ignored by git and carried to the machine).
-# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|all]...   (default: all but profile and ab;
+# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|evaluate|all]...   (default: all but profile, ab, evaluate;
 #   ab: the decision compute of .ab_old, e.g. `git archive OLD recon service policy ptychoscan sim_microscope bench | tar -x -C .ab_old`, then this tree)
 set -uo pipefail
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
@@ -19,20 +19,35 @@ else
   export PYTHONPATH=$PWD
 fi
 steps=${*:-all}
-has() { [[ " $steps " == *" $1 "* || ( " $steps " == *" all "* && $1 != profile && $1 != ab ) ]]; }
+GPUDATA=${GPUDATA:-.gpudata/test}  # evaluate: specimens carried to the machine (gzip copies of out/data/test/{flake,mos2})
+has() { [[ " $steps " == *" $1 "* || ( " $steps " == *" all "* && $1 != profile && $1 != ab && $1 != evaluate ) ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu.txt"
 echo "cpus $(nproc)" | tee -a "$OUT/gpu.txt"
+if has evaluate && [ -d "$GPUDATA" ]; then  # the evaluation table (bench/evaluation_table.sh) on the GPU, in the background
+  # beside the tests: each class in parts of EVAL_PER_PART specimens, one process each on the one GPU; one JSON per part
+  # (bench/evaluation_summary.py merges them), packed into $OUT/eval_parts.tgz at the end; one log
+  export TQDM_DISABLE=1
+  mkdir -p "$OUT/parts"
+  per=${EVAL_PER_PART:-2}
+  for class in flake mos2; do
+    files=("$GPUDATA/$class"/*.h5)
+    for ((first = 0; first < ${#files[@]}; first += per)); do
+      (timeout "${EVAL_TIMEOUT:-480}" python3 -m ptychoscan.cli evaluate --datasets "${files[@]:first:per}" --density 62.5 --seeds 3 \
+        --device cuda --threads 1 --json "$OUT/parts/${class}_$first.json" 2>&1 | sed "s|^|$class/$first |" >> "$OUT/evaluate.log") &
+    done
+  done
+fi
 if has tests; then
   # The suite picks CUDA where a test asks for device "auto".
   timeout 300 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -25
 fi
 if has recon; then
-  python3 bench/recon_batched.py --device cuda --threads 4 2>&1 | tee "$OUT/recon_batched.log"
-  python3 bench/recon_batched.py --device cuda --threads 4 --scans 96 2>&1 | tee -a "$OUT/recon_batched.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/recon_batched.py --device cuda --threads 4 2>&1 | tee -a "$OUT/bench.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/recon_batched.py --device cuda --threads 4 --scans 96 2>&1 | tee -a "$OUT/bench.log"
 fi
 if has compute; then
-  python3 bench/decision_compute.py --device cuda --threads 4 2>&1 | tee "$OUT/decision_compute.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/decision_compute.py --device cuda --threads 4 2>&1 | tee -a "$OUT/bench.log"
 fi
 if has ab && [ -d .ab_old ]; then  # not part of "all": the decision compute of an older tree (.ab_old, a git archive) and this one, same machine
   for tree in .ab_old .; do
@@ -43,7 +58,9 @@ if has profile; then  # not part of "all": torch.profiler tables of one decision
   python3 bench/decision_compute.py --device cuda --threads 4 --sessions 1 --chunks 50 --repeats 5 --profile 2>&1 | tee "$OUT/profile.log"
 fi
 if has latency; then
-  python3 bench/service_latency.py --device cuda --threads 4 --budget 500 2>&1 | tee "$OUT/service_latency.log"
-  python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --switch-interval 0.0005 2>&1 | tee -a "$OUT/service_latency.log"
-  python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --backend overhead-only 2>&1 | tee -a "$OUT/service_latency.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 2>&1 | tee -a "$OUT/bench.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --switch-interval 0.0005 2>&1 | tee -a "$OUT/bench.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --backend overhead-only 2>&1 | tee -a "$OUT/bench.log"
 fi
+wait  # the evaluations
+if [ -d "$OUT/parts" ]; then tar -czf "$OUT/eval_parts.tgz" -C "$OUT" parts && rm -r "$OUT/parts"; fi
