@@ -12,8 +12,9 @@
 set -uo pipefail
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+WHEELS=${WHEELS:-.whl}
+if [ -d "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=$PWD:/tmp/site
 else
   export PYTHONPATH=$PWD
@@ -25,16 +26,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu.txt"
 echo "cpus $(nproc)" | tee -a "$OUT/gpu.txt"
 if has evaluate && [ -d "$GPUDATA" ]; then  # the evaluation table (bench/evaluation_table.sh) on the GPU, in the background
-  # beside the tests: each class in parts of EVAL_PER_PART specimens, one process each on the one GPU; one JSON per part
-  # (bench/evaluation_summary.py merges them), packed into $OUT/eval_parts.tgz at the end; one log
-  export TQDM_DISABLE=1
+  # beside the tests: each class of EVAL_CLASSES in parts of EVAL_PER_PART specimens, one process each on the one GPU; one
+  # JSON per part (bench/evaluation_summary.py merges them) and the first seed's reconstructions, packed into
+  # $OUT/eval_parts.tgz at the end; one log. Wheels: evaluate needs only pydantic and ase (WHEELS=.whlmin, 6 MB).
   mkdir -p "$OUT/parts"
   per=${EVAL_PER_PART:-2}
-  for class in flake mos2; do
+  for class in ${EVAL_CLASSES:-flake mos2}; do
     files=("$GPUDATA/$class"/*.h5)
+    if [ "$class" = dwcnt ]; then sampling=(--budget 840 --chunk 100); else sampling=(--density 62.5); fi
     for ((first = 0; first < ${#files[@]}; first += per)); do
-      (timeout "${EVAL_TIMEOUT:-480}" python3 -m ptychoscan.cli evaluate --datasets "${files[@]:first:per}" --density 62.5 --seeds 3 \
-        --device cuda --threads 1 --json "$OUT/parts/${class}_$first.json" 2>&1 | sed "s|^|$class/$first |" >> "$OUT/evaluate.log") &
+      (timeout "${EVAL_TIMEOUT:-480}" python3 -m ptychoscan.cli evaluate --datasets "${files[@]:first:per}" "${sampling[@]}" --seeds 3 \
+        --device cuda --threads 1 --json "$OUT/parts/${class}_$first.json" --save-reconstructions "$OUT/parts/reconstructions" 2>&1 \
+        | tr '\r' '\n' | grep -v "it/s\|pos/s\|pass/s\|^ *$" | sed "s|^|$class/$first |" >> "$OUT/evaluate.log") &
     done
   done
 fi
