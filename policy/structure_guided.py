@@ -52,6 +52,45 @@ class StructureGuidedOptions(BaseModel):
     uniform_below: float = Field(
         0.05, ge=0, le=1, description="a field with less than this share featureless continues the sparse grid (nothing to adapt to)"
     )
+    level_separation: float | None = Field(
+        None, gt=0, description="also count as structure where the phase, smoothed over level_scale_nm, sits on the upper of two "
+        "levels (specimen over vacuum) that lie at least this many within-level standard deviations apart; None: contrast only",
+    )
+    level_scale_nm: float = Field(0.2, gt=0, description="Gaussian sigma of the smoothed phase for level_separation, nm (averages out a lattice)")
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that splits ``values`` into two classes of largest between-class variance (Otsu)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_high - mean_low) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def phase_level(potential: np.ndarray, sigma_px: float, mask: np.ndarray, separation: float) -> np.ndarray | None:
+    """Where the smoothed phase splits into a low (vacuum) and a high (specimen) level: its place between them in [0, 1].
+
+    The phase smoothed over ``sigma_px`` on the ``mask`` pixels is split in two by Otsu's threshold; the split counts
+    only when each side holds >= 5 % of them and their means lie >= ``separation`` pooled standard deviations apart
+    (a uniform specimen, whose smoothed phase is one level plus noise, gives None).
+    """
+    smooth = ndimage.gaussian_filter(potential, sigma_px)
+    values = smooth[mask]
+    if values.size < 20 or not np.ptp(values) > 0:
+        return None
+    threshold = otsu_threshold(values)
+    low, high = values[values <= threshold], values[values > threshold]
+    if min(low.size, high.size) < 0.05 * values.size:
+        return None
+    pooled = np.sqrt((low.var() * low.size + high.var() * high.size) / values.size)
+    if high.mean() - low.mean() < separation * pooled:
+        return None
+    return np.clip((smooth - low.mean()) / (high.mean() - low.mean()), 0.0, 1.0)
 
 
 def structure_map(potential: np.ndarray, origin_nm: tuple[float, float], pixel_nm: float, positions_nm: np.ndarray,
@@ -78,12 +117,25 @@ def structure_map(potential: np.ndarray, origin_nm: tuple[float, float], pixel_n
         weight = ndimage.gaussian_filter(seen, spread)
         prior_weight = 0.05
         reference = np.percentile(contrast[seen > 0], options.reference_percentile) if seen.any() else 0.0
-        normalised = contrast / reference if reference > 0 else np.zeros_like(contrast)
-        s = (ndimage.gaussian_filter(np.clip(normalised, 0, 1) * seen, spread) + 0.5 * prior_weight) / (weight + prior_weight)
+        normalised = np.clip(contrast / reference, 0, 1) if reference > 0 else np.zeros_like(contrast)
+        normalised = _with_level(normalised, v, seen > 0, pixel_nm, options)
+        s = (ndimage.gaussian_filter(normalised * seen, spread) + 0.5 * prior_weight) / (weight + prior_weight)
     else:
         reference = np.percentile(contrast, options.reference_percentile)
-        s = contrast / reference if reference > 0 else np.zeros_like(contrast)
+        s = np.clip(contrast / reference, 0, 1) if reference > 0 else np.zeros_like(contrast)
+        s = _with_level(s, v, np.ones(v.shape, dtype=bool), pixel_nm, options)
     return np.clip(s, 0.0, 1.0)
+
+
+def _with_level(structure: np.ndarray, potential: np.ndarray, mask: np.ndarray, pixel_nm: float, options: StructureGuidedOptions) -> np.ndarray:
+    """``structure`` times the phase level where the field splits into vacuum and specimen (``level_separation``).
+
+    In vacuum a sparse reconstruction's contrast is noise, as strong as a weak specimen's; its level tells them apart.
+    """
+    if options.level_separation is None:
+        return structure
+    level = phase_level(potential, options.level_scale_nm / pixel_nm, mask, options.level_separation)
+    return structure if level is None else structure * level
 
 
 def place_by_density(candidates_nm: np.ndarray, density: np.ndarray, positions_nm: np.ndarray, n: int, max_gap_nm: float) -> np.ndarray:
