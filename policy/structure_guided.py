@@ -53,8 +53,9 @@ class StructureGuidedOptions(BaseModel):
         0.05, ge=0, le=1, description="a field with less than this share featureless continues the sparse grid (nothing to adapt to)"
     )
     level_separation: float | None = Field(
-        None, gt=0, description="also count as structure where the phase, smoothed over level_scale_nm, sits on the upper of two "
-        "levels (specimen over vacuum) that lie at least this many within-level standard deviations apart; None: contrast only",
+        3.8, gt=0, description="where the phase, smoothed over level_scale_nm, splits into two levels (vacuum, specimen) at least "
+        "this many within-level standard deviations apart, structure is the contrast times the level in [0, 1] (vacuum noise is "
+        "not structure); None: contrast only. A uniform specimen's smoothed phase splits at ~2.5-3.3 (bench/RESULTS.md)",
     )
     level_scale_nm: float = Field(0.2, gt=0, description="Gaussian sigma of the smoothed phase for level_separation, nm (averages out a lattice)")
 
