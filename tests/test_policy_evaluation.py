@@ -187,3 +187,43 @@ def test_a_config_with_its_own_optimizer_is_its_own_recipe():
 
     adam = EvaluationOptions.model_validate({"final_recon": {"optimizer": "adam", "step_size": 0.01, "iterations": 60}}).final_recon
     assert (adam.optimizer, adam.step_size, adam.momentum, adam.precondition, adam.batch_positions) == ("adam", 0.01, 0.0, "none", 32)
+
+
+def _tube_potential(shape=(60, 60), pixel=0.04, seed=0):
+    """A nanotube-like band (y < 1.2 nm: a raised phase with weak texture) and vacuum whose noise has as much local contrast."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]] * pixel
+    texture = 0.05 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3)
+    return np.where(ys < 1.2, 0.6 + texture, 0.0) + 0.05 * rng.normal(size=shape)
+
+
+def test_the_phase_level_splits_vacuum_from_specimen_and_not_a_uniform_field():
+    from policy.structure_guided import phase_level
+
+    mask = np.ones((60, 60), dtype=bool)
+    level = phase_level(_tube_potential(), 0.2 / 0.04, mask, 3.8)
+    assert level is not None
+    assert level[5:25].mean() > 0.9 and level[35:55].mean() < 0.1  # rows are y / 0.04 nm: the band is y < 1.2 nm
+    ys, xs = np.mgrid[0:60, 0:60] * 0.04
+    lattice = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3) + np.random.default_rng(1).normal(0, 0.05, (60, 60))
+    assert phase_level(lattice, 0.2 / 0.04, mask, 3.8) is None  # one level plus noise: nothing to split
+
+
+def test_vacuum_noise_is_not_structure_where_the_phase_level_says_vacuum():
+    """Without the level gate the vacuum's noise contrast draws more positions than the tube; with it the tube gets most.
+
+    (The tube's edge, a phase step, has the largest contrast of all and sets the contrast reference, so the tube's own
+    texture counts ~0.35 and the gated vacuum ~0.12: a density ratio of ~2, not more.)
+    """
+    from policy.structure_guided import StructureGuidedOptions
+
+    fov = (0.2, 0.2, 2.0, 2.0)
+    measured = sparse_grid_coarse_to_fine(fov, 200)[:50]
+    potential = _tube_potential()
+    on_tube = {}
+    for separation in (None, 3.8):
+        planner = StructureGuidedPlanner(StructureGuidedOptions(level_separation=separation))
+        chosen = planner.next_positions(potential, (0.0, 0.0), 0.04, fov, measured, 60)
+        on_tube[separation] = int((chosen[:, 1] < 1.2).sum())
+    assert on_tube[None] < 30 < on_tube[3.8]  # the tube is half the field (y 0.2-1.2 of 0.2-2.2)
+    assert on_tube[3.8] >= on_tube[None] + 10
