@@ -168,7 +168,7 @@ class StructureGuidedPlanner:
     """Next positions from the current reconstruction (see the module docstring); stateless."""
 
     name = "structure-guided"
-    version = "structure-guided-1"
+    version = "structure-guided-2"  # 2: the phase-level gate (level_separation)
 
     def __init__(self, options: StructureGuidedOptions | None = None):
         self.options = options or StructureGuidedOptions()
