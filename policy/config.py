@@ -47,6 +47,10 @@ class DataConfig(BaseModel):
 
     train: list[str] = Field(default_factory=list, description="dataset files or glob patterns")
     dose: float | None = Field(None, gt=0, description="electrons per position (Poisson); None: noise-free patterns")
+    measurement: Literal["raster", "simulate", "auto"] = Field(
+        "raster", description="the files' stored rasters, or candidates every candidate_step_nm with patterns simulated on demand "
+        "from their ground truth (the paper's 0.02 nm raster without storing it); auto: simulate when a file has a ground truth")
+    candidate_step_nm: float = Field(0.02, gt=0, description="candidate raster for measurement 'simulate', nm (the paper's 0.02 nm)")
 
 
 class StageConfig(BaseModel):
@@ -79,6 +83,7 @@ class TrainConfig(BaseModel):
     out_dir: str = Field("runs/policy", description="checkpoints, metrics.jsonl and plots go here")
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch threads per process")
+    device: str = Field("auto", description="where the environment reconstructs and simulates: auto (CUDA when present), cpu, cuda")
     checkpoint_every: int = Field(20, ge=1, description="iterations between checkpoints")
 
     @model_validator(mode="after")

@@ -1,9 +1,12 @@
-"""The scanning environment: one episode = one specimen (a dense-raster dataset file).
+"""The scanning environment: one episode = one specimen (a dataset file).
 
-The agent proposes sub-sequences of continuous positions in fov units [0, 1]^2; as in
-a real experiment on a dense raster dataset, each proposed position snaps to the
-nearest raster position not yet visited (greedily, in order, so a sub-sequence never
-repeats a position). After every sub-sequence the whole history of each episode is
+The agent proposes sub-sequences of continuous positions in fov units [0, 1]^2; each
+proposed position snaps to the nearest candidate position not yet visited (greedily, in
+order, so a sub-sequence never repeats a position). The candidates and their patterns
+come from a ``policy.measurement`` source, as in the evaluation: the file's own dense
+raster (``measurement="raster"``), or candidates on a 0.02 nm raster over the field with
+patterns simulated on demand from the file's ground truth (``"simulate"``: the paper's
+regime without storing a 10,000-pattern raster per specimen). After every sub-sequence the whole history of each episode is
 reconstructed, all episodes of a batch in ONE batched ``Reconstructor.reconstruct``
 call, each warm-started from its previous potential.
 
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from policy.baselines import apply_dose, sparse_grid_unit, to_unit
+from policy.measurement import MeasurementSource, RasterSource, SimulatedSource
 from policy.models import reconstruction_image
 from policy.voronoi import cell_sums, jfa_voronoi
 from recon.dataset import Dataset4D
@@ -38,25 +42,44 @@ from recon.engine import Reconstructor, ScanChunk
 from recon.grid import ObjectGrid
 from recon.inputs import fov_of, grid_for_dataset
 
+MEASUREMENTS = ("raster", "simulate", "auto")
+
 
 @dataclass
 class Specimen:
-    """A dense raster dataset prepared for episodes."""
+    """A dataset prepared for episodes: its field, reconstruction grid and where its patterns come from."""
 
     dataset: Dataset4D
     fov_nm: tuple[float, float, float, float]
     grid: ObjectGrid
     name: str = ""
+    source: MeasurementSource | None = None
+    """Candidates and their noise-free patterns; None: the dataset's raster."""
+
+    def __post_init__(self):
+        if self.source is None:
+            self.source = RasterSource(self.dataset)
+        self.unit_positions = to_unit(self.source.candidates_nm, self.fov_nm)
+        """(N, 2) candidate positions in fov units."""
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset4D, name: str = "") -> Specimen:
+    def from_dataset(cls, dataset: Dataset4D, name: str = "", *, measurement: str = "raster", candidate_step_nm: float = 0.02,
+                     device=None) -> Specimen:
+        """The field is the bounding box of the dataset's positions; ``measurement`` as in the module docstring ("auto":
+        simulate when the file has a ground truth); ``device`` runs the on-demand simulation."""
+        if measurement not in MEASUREMENTS:
+            raise ValueError(f"unknown measurement {measurement!r} (use {', '.join(MEASUREMENTS)})")
+        if measurement == "auto":
+            measurement = "simulate" if dataset.ground_truth is not None else "raster"
+        if measurement == "simulate" and dataset.ground_truth is None:
+            raise ValueError(f"{name or 'dataset'}: measurement 'simulate' needs a dataset with a ground truth")
         fov = fov_of(dataset.positions_nm)
-        return cls(dataset, fov, grid_for_dataset(dataset, fov), name)
+        source = SimulatedSource(dataset, fov, candidate_step_nm, device) if measurement == "simulate" else RasterSource(dataset)
+        return cls(dataset, fov, grid_for_dataset(dataset, fov), name, source)
 
     @property
-    def unit_positions(self) -> np.ndarray:
-        """(N, 2) raster positions in fov units."""
-        return to_unit(self.dataset.positions_nm, self.fov_nm)
+    def n_candidates(self) -> int:
+        return len(self.unit_positions)
 
 
 @dataclass
@@ -70,7 +93,7 @@ class Episode:
 
     @property
     def positions_nm(self) -> np.ndarray:
-        return self.specimen.dataset.positions_nm[self.indices]
+        return self.specimen.source.candidates_nm[self.indices]
 
 
 def snap_to_unvisited(unit_positions: np.ndarray, raster_unit: np.ndarray, visited: np.ndarray) -> np.ndarray:
@@ -163,7 +186,7 @@ class ScanEnv:
         Returns (first positions (B, n, 2) in fov units as measured, images (B, 1, S, S)).
         """
         self.episodes = [
-            Episode(self.specimens[i], np.random.default_rng([seed, b]), np.zeros(self.specimens[i].dataset.n_positions, bool))
+            Episode(self.specimens[i], np.random.default_rng([seed, b]), np.zeros(self.specimens[i].n_candidates, bool))
             for b, i in enumerate(specimen_indices)
         ]
         if first is None:
@@ -189,7 +212,7 @@ class ScanEnv:
         for ep, prop, out in zip(self.episodes, proposed, measured, strict=True):
             idx = snap_to_unvisited(prop, ep.specimen.unit_positions, ep.visited)
             ep.indices.extend(idx.tolist())
-            ep.patterns.append(apply_dose(ep.specimen.dataset.patterns[idx], self.dose, ep.rng))
+            ep.patterns.append(apply_dose(ep.specimen.source.noise_free(idx), self.dose, ep.rng))
             out[:] = ep.specimen.unit_positions[idx]
         scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.specimen.grid) for ep in self.episodes]
         results = self.reconstructor.reconstruct(scans, init=[ep.potential for ep in self.episodes])

@@ -91,16 +91,20 @@ def resolve_datasets(patterns: list[str]) -> list[str]:
 
 
 def make_env(config: TrainConfig, files: list[str], credit: str = "voronoi"):
-    """Environment over the given dataset files, with the reconstructor of ``config.recon``."""
+    """Environment over the given dataset files, with the reconstructor of ``config.recon`` on ``config.device``."""
     from policy.env import ScanEnv, Specimen
     from recon.beam import probe_for
     from recon.dataset import read_dataset
+    from recon.device import pick_device
     from recon.engine import Reconstructor
     from recon.options import ReconOptions
 
+    device = pick_device(config.device)
     datasets = [read_dataset(f) for f in files]
-    specimens = [Specimen.from_dataset(d, Path(f).stem) for d, f in zip(datasets, files, strict=True)]
-    rec = Reconstructor(probe_for(datasets[0]), ReconOptions(**config.recon), device="cpu")
+    specimens = [Specimen.from_dataset(d, Path(f).stem, measurement=config.data.measurement,
+                                       candidate_step_nm=config.data.candidate_step_nm, device=device)
+                 for d, f in zip(datasets, files, strict=True)]
+    rec = Reconstructor(probe_for(datasets[0]), ReconOptions(**config.recon), device=device)
     return ScanEnv(specimens, rec, config.model.policy.chunk, dose=config.data.dose,
                    image_size=config.model.autoencoder.input_size, credit=credit, reward_phase=config.rl.reward_phase)
 
@@ -391,5 +395,5 @@ def pretrain_check(config: TrainConfig, checkpoint: str | Path, files: list[str]
     err = np.linalg.norm(np.stack(errors), axis=-1)  # (T-1, B, chunk)
     fov_nm = env.specimens[0].fov_nm[2]
     return {"rms_fov": float(np.sqrt((err**2).mean())), "max_fov": float(err.max()), "rms_nm": float(np.sqrt((err**2).mean()) * fov_nm),
-            "raster_step_fov": float(1.0 / (np.sqrt(env.specimens[0].dataset.n_positions) - 1)),
+            "raster_step_fov": float(1.0 / (np.sqrt(env.specimens[0].n_candidates) - 1)),
             "same_snapped_fraction": float(np.mean(same))}

@@ -80,3 +80,48 @@ def test_contrast_reward_ignores_the_unobservable_phase_offset(specimens):
         position_rewards(ep, 4, "voronoi", "phase")
     with pytest.raises(ValueError, match="unknown reward_phase"):
         ScanEnv(specimens, env.reconstructor, 4, reward_phase="phase")
+
+
+def test_simulated_measurement_snaps_to_a_fine_candidate_raster_and_simulates_there(specimens):
+    """measurement="simulate": candidates every 0.02 nm over the field, each pattern simulated from the ground truth at
+    exactly the candidate the position snapped to (the paper's raster without storing it)."""
+    dataset = specimens[0].dataset
+    assert dataset.ground_truth is not None
+    fine = Specimen.from_dataset(dataset, "fine", measurement="simulate", candidate_step_nm=0.02)
+    assert fine.n_candidates > 4 * dataset.n_positions  # 0.02 nm candidates vs the file's 0.08 nm raster
+    rec = Reconstructor(probe_for(dataset), ReconOptions(iterations=2, detector_binning=1), device="cpu")
+    env = ScanEnv([fine], rec, 4, dose=None, image_size=32)
+    env.reset([0], seed=0)
+    proposal = np.array([[[0.31, 0.52], [0.77, 0.13], [0.5, 0.5], [0.05, 0.95]]])
+    measured, images, rewards, _ = env.step(proposal)
+    ep = env.episodes[0]
+    np.testing.assert_allclose(measured[0].numpy(), fine.unit_positions[ep.indices[-4:]], atol=1e-6)
+    assert np.abs(measured[0].numpy() - proposal[0]).max() < 0.02 / fine.fov_nm[2]  # within one candidate step
+    fresh = fine.source.simulator.patterns(fine.source.candidates_nm[ep.indices[-4:]])
+    np.testing.assert_allclose(ep.patterns[-1], fresh, rtol=1e-5, atol=1e-8)  # noise-free: the patterns at those positions
+    assert torch.isfinite(images).all() and torch.isfinite(rewards).all()
+    with pytest.raises(ValueError, match="unknown measurement"):
+        Specimen.from_dataset(dataset, measurement="dense")
+
+
+def test_the_training_environment_reconstructs_on_the_configured_device(tmp_path, monkeypatch):
+    """make_env used to build its reconstructor on the CPU even with CUDA present; it now follows config.device."""
+    import policy.training as training
+    import recon.device
+    from policy.config import TrainConfig
+    from tests.policy_helpers import write_tiny_datasets
+
+    files = write_tiny_datasets(tmp_path, 1)
+    asked = []
+
+    def pick(requested=None):
+        asked.append(requested)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(recon.device, "pick_device", pick)
+    config = TrainConfig(data={"train": files, "measurement": "simulate"}, device="auto",
+                         model={"autoencoder": {"input_size": 32, "channels": [4, 4, 8, 8, 8, 8], "latent_dim": 8},
+                                "policy": {"chunk": 4, "input_size": 8, "hidden": 8}}, rl={"budget": 8})
+    env = training.make_env(config, files)
+    assert asked == ["auto"]
+    assert env.reconstructor.device == torch.device("cpu") and env.specimens[0].n_candidates > 64
