@@ -23,6 +23,7 @@ field) for every strategy by ``policy.scores``.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
@@ -249,11 +250,11 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
     runs: list[Run] = []
     total = sum(c.budget(options) for c in cases) * options.seeds * len(strategies)
     bar = tqdm(total=total, desc="evaluate", unit="pos", disable=not progress)
-    for si, strategy in enumerate(strategies):
+    for strategy in strategies:
         bar.set_postfix(strategy=strategy)
         episodes = [
-            _Episode(c, s, np.random.default_rng([options.seed, s, ci, si]), np.zeros(len(c.source.candidates_nm), bool))
-            for ci, c in enumerate(cases) for s in range(options.seeds)
+            _Episode(c, s, np.random.default_rng(draw_key(options.seed, s, c.name, strategy)), np.zeros(len(c.source.candidates_nm), bool))
+            for c in cases for s in range(options.seeds)
         ]
         if strategy == "full-raster-low-dose":
             scans = [_full_raster(ep, options) for ep in episodes]
@@ -264,8 +265,8 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
                     _adaptive_positions(group, strategy, options, live, runner, planner, bar)
             else:
                 for ep in episodes:
-                    ep.measure(strategy_positions(strategy, ep.case.fov_nm, ep.case.budget(options), options.seed + 7919 * ep.seed_index
-                                                  + 104729 * cases.index(ep.case)), options.dose)
+                    ep.measure(strategy_positions(strategy, ep.case.fov_nm, ep.case.budget(options),
+                                                  position_seed(options.seed, ep.seed_index, ep.case.name)), options.dose)
                     bar.update(ep.case.budget(options))
             scans = [ScanChunk(np.concatenate(ep.patterns), ep.positions_nm, ep.case.grid) for ep in episodes]
         results: list = [None] * len(scans)
@@ -281,6 +282,21 @@ def run_group(cases: list[Case], options: EvaluationOptions, runner=None, device
             runs.append(Run(ep.case, ep.seed_index, strategy, np.asarray(scan.positions_nm), res.potential, res.loss_history, step))
     bar.close()
     return runs
+
+
+def draw_key(seed: int, seed_index: int, case_name: str, strategy: str = "") -> list[int]:
+    """The seed of one (dataset, noise seed, strategy) draw, from names, not from places in a list.
+
+    So a run's noise (and the random strategy's positions) are the same whichever other datasets or strategies share
+    the call: before, they came from the dataset's and the strategy's indices, and splitting a table over processes or
+    leaving a strategy out changed every draw (bench/RESULTS.md, third session).
+    """
+    return [seed, seed_index, zlib.crc32(case_name.encode()), zlib.crc32(strategy.encode())]
+
+
+def position_seed(seed: int, seed_index: int, case_name: str) -> int:
+    """The seed of a fixed strategy's positions (random, low-discrepancy) for one dataset and noise seed, from its name."""
+    return int(np.random.SeedSequence(draw_key(seed, seed_index, case_name)).generate_state(1)[0])
 
 
 def _advance(bar, n: int) -> None:

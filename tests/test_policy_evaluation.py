@@ -227,3 +227,24 @@ def test_vacuum_noise_is_not_structure_where_the_phase_level_says_vacuum():
         on_tube[separation] = int((chosen[:, 1] < 1.2).sum())
     assert on_tube[None] < 30 < on_tube[3.8]  # the tube is half the field (y 0.2-1.2 of 0.2-2.2)
     assert on_tube[3.8] >= on_tube[None] + 10
+
+
+def test_a_runs_draws_do_not_depend_on_the_other_datasets_or_strategies_in_the_call(tmp_path):
+    """Noise and random positions came from the dataset's and strategy's places in the call: splitting a table over
+    processes (as on the GPU) or leaving a strategy out changed every draw. They now come from the names."""
+    from recon.dataset import write_dataset
+    from sim_microscope.datasets import SimulationConfig, simulate_raster_dataset
+
+    base = SimulationConfig(scan_shape=(5, 5), step_nm=0.08, detector_pixels=32, detector_pixel_mrad=3.0, binning=1, oversample=2)
+    a = write_dataset(tmp_path / "a.h5", simulate_raster_dataset(base, seed=3))
+    b = write_dataset(tmp_path / "b.h5", simulate_raster_dataset(base, seed=4))
+    common = ["--budget", "8", "--chunk", "4", "--seeds", "2", "--final-iterations", "2", "--no-oracle", "--threads", "1"]
+
+    def scores(name, datasets, strategies):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--datasets", *map(str, datasets), "--strategies", *strategies, "--json", str(out), *common]) == 0
+        return {(r["dataset"], r["seed"], r["strategy"]): r["pearson_r"] for r in json.loads(out.read_text())["results"]}
+
+    together = scores("together", [a, b], ["sparse-grid", "random"])
+    alone = scores("alone", [b], ["random"])
+    assert {k: v for k, v in together.items() if k[0] == "b" and k[2] == "random"} == alone
