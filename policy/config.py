@@ -18,6 +18,13 @@ class AutoencoderConfig(BaseModel):
     input_size: int = Field(512, ge=16, description="reconstruction resampled to input_size^2 pixels over the fov")
     channels: tuple[int, ...] = Field((16, 32, 64, 128, 256, 512), description="output channels of the 6 conv layers")
     latent_dim: int = Field(512, ge=1, description="size of the compact latent vector z")
+    normalization: Literal["none", "group"] = Field(
+        "none", description="none (the paper): conv + ReLU; group: GroupNorm after every hidden conv and He initialisation, so "
+        "deep ReLU layers keep firing (without it 3-4 % of the last layers' units ever fired)")
+    latent_norm: bool = Field(False, description="normalise z to zero mean, unit variance over its components (the policy sees O(1) features)")
+    target_sigma_px: float = Field(
+        0.0, ge=0, description="Gaussian sigma (input pixels) of the low-pass applied to the training target: the encoder "
+        "keeps the structure the planner needs, not each pixel's noise; 0: the image itself (the paper)")
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderConfig:

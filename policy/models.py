@@ -6,6 +6,11 @@ nearest-neighbour upsampling. Its input is the reconstructed potential over the 
 of view resampled to ``input_size`` pixels and normalised to zero mean, unit variance
 (``reconstruction_image``).
 
+Options beyond the paper (``AutoencoderConfig``): GroupNorm after every hidden conv with
+He initialisation (``normalization="group"``), a normalised latent (``latent_norm``), and a
+low-passed training target (``target_sigma_px``, see ``lowpass``). With the defaults the
+module and its state dict are the paper's.
+
 Policy (one step per sub-sequence): FC_R(positions of the last sub-sequence, fov units)
 and FC_z(latent of the current reconstruction) -> concat -> FC_LC -> GRU (2 layers) ->
 FC_H -> sigmoid: the mean of the next sub-sequence's positions in fov units [0, 1].
@@ -34,25 +39,61 @@ class ConvAutoencoder(nn.Module):
         self.from_latent = nn.Linear(config.latent_dim, flat)
         rev = ch[::-1]
         self.decoder_convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, 1, 1) for c_in, c_out in zip(rev, (*rev[1:], 1), strict=True))
+        grouped = config.normalization == "group"
+        self.encoder_norms = nn.ModuleList(_norm(c, grouped) for c in ch)
+        self.decoder_norms = nn.ModuleList(_norm(c, grouped) for c in rev[1:])
+        self.latent_norm = nn.LayerNorm(config.latent_dim, elementwise_affine=False) if config.latent_norm else nn.Identity()
+        if grouped:
+            for conv in (*self.encoder_convs, *self.decoder_convs):
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         x = image
-        for i, conv in enumerate(self.encoder_convs):
-            x = F.relu(conv(x))
+        for i, (conv, norm) in enumerate(zip(self.encoder_convs, self.encoder_norms, strict=True)):
+            x = F.relu(norm(conv(x)))
             if i < len(self.encoder_convs) - 1:
                 x = F.max_pool2d(x, 2)
-        return self.to_latent(x.flatten(1))
+        return self.latent_norm(self.to_latent(x.flatten(1)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.from_latent(z)).reshape(z.shape[0], self.config.channels[-1], self.bottom, self.bottom)
         for i, conv in enumerate(self.decoder_convs):
             x = conv(x)
             if i < len(self.decoder_convs) - 1:
-                x = F.interpolate(F.relu(x), scale_factor=2, mode="nearest")
+                x = F.interpolate(F.relu(self.decoder_norms[i](x)), scale_factor=2, mode="nearest")
         return x
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(image))
+
+
+def _norm(channels: int, grouped: bool) -> nn.Module:
+    """GroupNorm of up to 8 groups (a divisor of ``channels``), or nothing (the paper)."""
+    if not grouped:
+        return nn.Identity()
+    groups = max(g for g in range(1, min(8, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+def lowpass(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """(B, 1, S, S) images blurred by a Gaussian of ``sigma_px`` pixels (reflecting borders); 0: unchanged."""
+    if sigma_px <= 0:
+        return images
+    radius = max(1, round(3 * sigma_px))
+    t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (t / sigma_px) ** 2)
+    kernel = kernel / kernel.sum()
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.reshape(1, 1, 1, -1))
+    return F.conv2d(x, kernel.reshape(1, 1, -1, 1))
+
+
+def r_squared(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - sum of squared errors / sum of squares about each image's mean, over a batch (B, 1, S, S)."""
+    sse = ((prediction - target) ** 2).sum()
+    sst = ((target - target.mean(dim=(-2, -1), keepdim=True)) ** 2).sum()
+    return float(1.0 - sse / sst.clamp_min(1e-12))
 
 
 class ScanPolicy(nn.Module):

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from policy.baselines import interleaved_grids_unit
 from policy.checkpoint import build_models, read_checkpoint, save_checkpoint, weights_digest
 from policy.config import TrainConfig
+from policy.models import lowpass
 
 STAGES = ("autoencoder", "pretrain", "rl")
 
@@ -269,7 +270,7 @@ def train_autoencoder(ctx: Context) -> None:
     def step(it: int) -> dict:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 97 + ctx.rank)
         batch = _augment(images[torch.randint(len(images), (per_rank,), generator=gen)], gen)
-        loss = torch.nn.functional.mse_loss(net(batch), batch)
+        loss = torch.nn.functional.mse_loss(net(batch), lowpass(batch, cfg.model.autoencoder.target_sigma_px))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -50,3 +50,43 @@ def test_config_validation():
     with pytest.raises(ValueError, match="smaller than one sub-sequence"):
         TrainConfig.model_validate({"rl": {"budget": 10}, "model": {"policy": {"chunk": 50}}})
     assert TrainConfig().n_subsequences == 5  # paper: 250 positions in sub-sequences of 50
+
+
+def test_the_paper_encoder_keeps_its_state_dict_and_the_options_add_only_what_they_name():
+    """Defaults are the paper's (the shipped checkpoint's keys); GroupNorm adds parameters, the latent norm none."""
+    small = {"input_size": 32, "channels": (4, 4, 8, 8, 8, 8), "latent_dim": 8}
+    paper = set(ConvAutoencoder(AutoencoderConfig(**small)).state_dict())
+    assert not any("norm" in k for k in paper)
+    assert set(ConvAutoencoder(AutoencoderConfig(**small, latent_norm=True)).state_dict()) == paper
+    grouped = set(ConvAutoencoder(AutoencoderConfig(**small, normalization="group")).state_dict())
+    assert paper < grouped and all("norms" in k for k in grouped - paper)
+
+
+def test_grouped_encoder_units_fire_and_the_latent_is_normalised():
+    """He initialisation and GroupNorm keep the deep ReLU layers alive at the start; the normalised latent is O(1)."""
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(input_size=64, channels=(8, 16, 32, 64, 64, 64), latent_dim=16, normalization="group", latent_norm=True)
+    ae = ConvAutoencoder(cfg)
+    images = torch.randn(8, 1, 64, 64)
+    x = images
+    for i, (conv, norm) in enumerate(zip(ae.encoder_convs, ae.encoder_norms, strict=True)):
+        x = torch.relu(norm(conv(x)))
+        if i < len(ae.encoder_convs) - 1:
+            x = torch.nn.functional.max_pool2d(x, 2)
+    assert float((x > 0).float().mean()) > 0.3  # about half of the last layer's units fire
+    z = ae.encode(images)
+    torch.testing.assert_close(z.mean(dim=1), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=1, unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
+
+
+def test_lowpass_keeps_the_mean_and_removes_fine_detail_and_r_squared_scores_it():
+    from policy.models import lowpass, r_squared
+
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    coarse = torch.cos(2 * torch.pi * xs / 16)[None, None]
+    fine = 0.5 * torch.cos(torch.pi * (xs + ys))[None, None]  # the Nyquist checkerboard
+    blurred = lowpass(coarse + fine, 1.5)
+    assert float((blurred - lowpass(coarse, 1.5))[..., 8:24, 8:24].abs().max()) < 0.01  # the checkerboard is gone
+    assert float(lowpass(coarse, 1.5)[..., 8:24, 8:24].abs().max()) > 0.8  # the 16-pixel wave keeps > 80 % of its amplitude
+    assert lowpass(coarse, 0.0) is coarse
+    assert r_squared(coarse, coarse) == 1.0 and abs(r_squared(torch.zeros_like(coarse), coarse)) < 1e-6
