@@ -73,6 +73,9 @@ class RLConfig(StageConfig):
     credit: Literal["voronoi", "total"] = Field("voronoi", description="per-position Voronoi reward or total reward to all")
     reward_phase: Literal["contrast", "raw"] = Field(
         "contrast", description="per cell sum of |V - mean| (contrast, gauge-free) or of V (raw, the paper's wording; ~0 here)")
+    reward: Literal["phase", "quality"] = Field(
+        "phase", description="phase: the paper's (phase per Voronoi cell, reward_phase); quality: each sub-sequence's gain in fit "
+        "to the ground truth, per position by the error fall nearest to it (policy.quality_reward; use gamma 1)")
     baseline: bool = Field(True, description="subtract the batch-mean reward per step")
     budget: int = Field(250, ge=2, description="positions per episode, first sub-sequence included")
     reward_scale: float = Field(1.0, gt=0)

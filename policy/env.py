@@ -36,11 +36,13 @@ import torch
 from policy.baselines import apply_dose, sparse_grid_unit, to_unit
 from policy.measurement import MeasurementSource, RasterSource, SimulatedSource
 from policy.models import reconstruction_image
+from policy.quality_reward import fitted_error, initial_error, quality_rewards
 from policy.voronoi import cell_sums, jfa_voronoi
 from recon.dataset import Dataset4D
 from recon.engine import Reconstructor, ScanChunk
 from recon.grid import ObjectGrid
 from recon.inputs import fov_of, grid_for_dataset
+from recon.metrics import ground_truth_on_grid
 
 MEASUREMENTS = ("raster", "simulate", "auto")
 
@@ -90,6 +92,8 @@ class Episode:
     indices: list[int] = field(default_factory=list)
     patterns: list[np.ndarray] = field(default_factory=list)
     potential: torch.Tensor | None = None
+    error: torch.Tensor | None = None
+    """reward "quality": the fitted error map over the field after the last sub-sequence (``policy.quality_reward``)."""
 
     @property
     def positions_nm(self) -> np.ndarray:
@@ -126,6 +130,7 @@ def fov_crop(grid: ObjectGrid, fov_nm) -> tuple[slice, slice]:
 
 
 REWARD_PHASES = ("contrast", "raw")
+REWARDS = ("phase", "quality")
 
 
 def position_rewards(episode: Episode, new: int, credit: str = "voronoi", reward_phase: str = "contrast") -> tuple[np.ndarray, float]:
@@ -161,17 +166,25 @@ class ScanEnv:
         image_size: side of the normalised reconstruction image handed to the encoder.
         credit: "voronoi" or "total" reward assignment.
         reward_phase: "contrast" (|V - mean|) or "raw" (V) summed per cell, see the module docstring.
+        reward: "phase" (the paper's, above) or "quality" (the gain in fit to the ground truth, ``policy.quality_reward``;
+            the datasets need a ground truth).
     """
 
     def __init__(self, specimens: list[Specimen], reconstructor: Reconstructor, chunk: int, *, dose: float | None = None,
-                 image_size: int = 64, credit: str = "voronoi", reward_phase: str = "contrast"):
+                 image_size: int = 64, credit: str = "voronoi", reward_phase: str = "contrast", reward: str = "phase"):
         if not specimens:
             raise ValueError("the environment needs at least one specimen")
         if credit not in ("voronoi", "total"):
             raise ValueError(f"unknown credit {credit!r} (use 'voronoi' or 'total')")
         if reward_phase not in REWARD_PHASES:
             raise ValueError(f"unknown reward_phase {reward_phase!r} (use {' or '.join(REWARD_PHASES)})")
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r} (use {' or '.join(REWARDS)})")
+        if reward == "quality" and any(sp.dataset.ground_truth is None for sp in specimens):
+            raise ValueError("reward 'quality' needs datasets with a ground truth")
         self.reward_phase = reward_phase
+        self.reward = reward
+        self._truths: dict[int, torch.Tensor] = {}
         self.specimens = specimens
         self.reconstructor = reconstructor
         self.chunk = chunk
@@ -221,7 +234,23 @@ class ScanEnv:
         images = []
         for b, (ep, res) in enumerate(zip(self.episodes, results, strict=True)):
             ep.potential = res.potential
-            rewards[b], totals[b] = position_rewards(ep, new, self.credit, self.reward_phase)
+            if self.reward == "quality":
+                rewards[b], totals[b] = self._quality_rewards(ep, new)
+            else:
+                rewards[b], totals[b] = position_rewards(ep, new, self.credit, self.reward_phase)
             images.append(reconstruction_image(res.potential, res.grid, ep.specimen.fov_nm, self.image_size))
         return (torch.as_tensor(measured, dtype=torch.float32), torch.stack(images), torch.as_tensor(rewards, dtype=torch.float32),
                 torch.as_tensor(totals, dtype=torch.float32))
+
+    def _quality_rewards(self, ep: Episode, new: int) -> tuple[np.ndarray, float]:
+        """reward "quality": per-position error falls and the quality gain of the last ``new`` positions."""
+        spec = ep.specimen
+        rows, cols = fov_crop(spec.grid, spec.fov_nm)
+        key = id(spec)
+        if key not in self._truths:
+            self._truths[key] = torch.as_tensor(ground_truth_on_grid(spec.dataset.ground_truth, spec.grid)[rows, cols])
+        truth = self._truths[key]
+        before = ep.error if ep.error is not None and len(ep.indices) > new else initial_error(truth)
+        ep.error = fitted_error(ep.potential[rows, cols], truth)
+        origin = np.array([spec.grid.origin_nm[0] + cols.start * spec.grid.pixel_nm, spec.grid.origin_nm[1] + rows.start * spec.grid.pixel_nm])
+        return quality_rewards(before, ep.error, (ep.positions_nm[-new:] - origin) / spec.grid.pixel_nm, self.credit)

@@ -107,7 +107,8 @@ def make_env(config: TrainConfig, files: list[str], credit: str = "voronoi"):
                  for d, f in zip(datasets, files, strict=True)]
     rec = Reconstructor(probe_for(datasets[0]), ReconOptions(**config.recon), device=device)
     return ScanEnv(specimens, rec, config.model.policy.chunk, dose=config.data.dose,
-                   image_size=config.model.autoencoder.input_size, credit=credit, reward_phase=config.rl.reward_phase)
+                   image_size=config.model.autoencoder.input_size, credit=credit, reward_phase=config.rl.reward_phase,
+                   reward=config.rl.reward)
 
 
 def collect_rollouts(ctx: Context) -> dict:

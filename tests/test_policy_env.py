@@ -125,3 +125,40 @@ def test_the_training_environment_reconstructs_on_the_configured_device(tmp_path
     env = training.make_env(config, files)
     assert asked == ["auto"]
     assert env.reconstructor.device == torch.device("cpu") and env.specimens[0].n_candidates > 64
+
+
+def test_fitted_error_is_one_minus_r_squared_and_zero_for_any_affine_copy():
+    from policy.quality_reward import fitted_error, initial_error
+
+    truth = torch.randn(20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(float(initial_error(truth).sum()) - 1.0) < 1e-12  # nothing measured: q = 0
+    assert float(fitted_error(3.0 * truth - 7.0, truth).sum()) < 1e-20  # offset and scale are not errors
+    noisy = truth + 0.5 * torch.randn(20, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    r = np.corrcoef(noisy.flatten().numpy(), truth.flatten().numpy())[0, 1]
+    assert abs((1.0 - float(fitted_error(noisy, truth).sum())) - r**2) < 1e-9
+
+
+def test_quality_rewards_split_each_gain_and_telescope_to_the_final_quality(specimens):
+    """reward="quality": a sub-sequence's per-position rewards sum to its quality gain, and the gains over an episode
+    add up to the final reconstruction's fitted quality (gamma = 1 returns are the quality itself)."""
+    from policy.env import fov_crop
+    from policy.quality_reward import fitted_error
+    from recon.metrics import ground_truth_on_grid
+
+    rec = Reconstructor(probe_for(specimens[0].dataset), ReconOptions(iterations=2, detector_binning=1), device="cpu")
+    env = ScanEnv(specimens[:1], rec, 4, dose=1e4, image_size=32, reward="quality")
+    env.reset([0], seed=0)
+    ep = env.episodes[0]
+    spec = ep.specimen
+    rows, cols = fov_crop(spec.grid, spec.fov_nm)
+    truth = torch.as_tensor(ground_truth_on_grid(spec.dataset.ground_truth, spec.grid)[rows, cols])
+    gains = [1.0 - float(fitted_error(ep.potential[rows, cols], truth).sum())]  # the first sub-sequence's gain from q = 0
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        _, _, rewards, totals = env.step(rng.random((1, 4, 2)))
+        assert abs(float(rewards.sum()) - float(totals[0])) < 1e-4
+        gains.append(float(totals[0]))
+    final_q = 1.0 - float(fitted_error(ep.potential[rows, cols], truth).sum())
+    assert abs(sum(gains) - final_q) < 1e-4 and final_q > 0.01
+    with pytest.raises(ValueError, match="unknown reward"):
+        ScanEnv(specimens, rec, 4, reward="ssim")
