@@ -8,15 +8,8 @@
 #   WHEELS=.whlmin bash bench/gpu_planner_sweep.sh
 #   PYTHONPATH=$PWD .venv/bin/python bench/evaluation_summary.py out/sweep/B-*/val/*.json
 set -uo pipefail
-OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-WHEELS=${WHEELS:-.whlmin}
-if [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=$PWD:/tmp/site
-else
-  export PYTHONPATH=$PWD
-fi
+DEFAULT_WHEELS=.whlmin
+source "$(dirname "$0")/gpu_env.sh"
 DEVICE=${DEVICE:-cuda}
 JOBS=${JOBS:-14}
 VAL_SEED=${VAL_SEED:-30}

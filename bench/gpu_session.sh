@@ -10,15 +10,8 @@
 # Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|evaluate|all]...   (default: all but profile, ab, evaluate;
 #   ab: the decision compute of .ab_old, e.g. `git archive OLD recon service policy ptychoscan sim_microscope bench | tar -x -C .ab_old`, then this tree)
 set -uo pipefail
-OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-WHEELS=${WHEELS:-.whl}
-if [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=$PWD:/tmp/site
-else
-  export PYTHONPATH=$PWD
-fi
+DEFAULT_WHEELS=.whl
+source "$(dirname "$0")/gpu_env.sh"
 steps=${*:-all}
 GPUDATA=${GPUDATA:-.gpudata/test}  # evaluate: specimens carried to the machine (gzip copies of out/data/test/{flake,mos2})
 has() { [[ " $steps " == *" $1 "* || ( " $steps " == *" all "* && $1 != profile && $1 != ab && $1 != evaluate ) ]]; }
