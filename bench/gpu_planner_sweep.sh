@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Structure-guided planner settings (bench/planner_sweep/*.yaml) chosen on validation specimens, then read on the test
 # specimens, in one run on a lent GPU (bench/RESULTS.md "Structure-guided planner: the phase level"). Specimens are
-# simulated on the machine (nothing to carry but the wheels): the validation split's seeds VAL_SEEDS (never used to tune
+# simulated on the machine (nothing to carry but the wheels): the validation split's seeds from VAL_SEED (never used to tune
 # before) and the test split's first 10 (the files of bench/make_test_specimens.sh; their ground-truth checksums are
 # printed to compare with the local copies). Every (config, split, class, pair of specimens) is one evaluate process, JOBS
 # at a time; the JSONs come back packed in $OUT/sweep.tgz. Usage (on the device machine, or on CPU with DEVICE=cpu, slowly):
@@ -45,6 +45,7 @@ for split in val test; do
     name=$(basename "$config" .yaml)
     for class in flake mos2 dwcnt; do
       files=("$DATA/$split/$class"/*.h5)
+      if (( ${#files[@]} % 2 )); then echo "N must be even (two specimens per job)" >&2; exit 2; fi
       for ((first = 0; first < ${#files[@]}; first += 2)); do
         echo "$config $name $split $class $first ${files[first]} ${files[first + 1]} $strategies" >> "$jobs_file"
       done

@@ -32,6 +32,8 @@ class AutoencoderConfig(BaseModel):
             raise ValueError("channels must list 6 positive channel counts (one per conv layer)")
         if self.input_size % 2 ** (len(self.channels) - 1):
             raise ValueError(f"input_size must be divisible by {2 ** (len(self.channels) - 1)} (5 poolings)")
+        if round(3 * self.target_sigma_px) >= self.input_size:
+            raise ValueError(f"target_sigma_px {self.target_sigma_px} is too wide for {self.input_size}-pixel images (3 sigma must fit)")
         return self
 
 

@@ -73,8 +73,8 @@ def default_final_recon() -> ReconOptions:
 
     The step is ``FINAL_STEP`` over each pixel's probe illumination per position (sum_p |P_p|^2 / N, any probe): the loss is
     a mean over the scan's N positions, so this is the same fraction of a Newton step at any N. Measured on validation
-    flakes: 1.0 diverges at 250 positions and on the 2,601-position raster, 0.5 is stable, 0.25 (a quarter of the
-    diverging step) has sparse scans plateau by pass 20-40 and the raster by pass 20. A scan that still diverges is rerun
+    flakes and nanotubes: 1.0 diverges at 250 flake positions and on the 2,601-position flake raster, 0.5 is stable,
+    0.25 has sparse scans plateau by pass 20-40, the flake raster by 20 and the 3,364-position nanotube raster by 40. A scan that still diverges is rerun
     with half the step until it does not (``recon.convergence.reconstruct_with_backoff``). bench/RESULTS.md, "One final
     reconstruction for every scan".
     """

@@ -15,6 +15,7 @@ the same physics and only its positions and its noise draw differ.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Protocol
 
 import numpy as np
@@ -48,8 +49,11 @@ class RasterSource:
 class SimulatedSource:
     """Candidates on a raster over ``fov_nm``, patterns simulated on demand from the ground truth and cached."""
 
-    def __init__(self, dataset: Dataset4D, fov_nm, candidate_step_nm: float, device=None):
+    def __init__(self, dataset: Dataset4D, fov_nm, candidate_step_nm: float, device=None, cache_limit: int | None = None):
+        """``cache_limit``: keep at most this many patterns, the least recently used go first (None: all; an evaluation
+        frees its cases after use, but training keeps every specimen for the whole run)."""
         self.simulator = PhaseObjectSimulator.from_dataset(dataset, device=device)
+        self.cache_limit = cache_limit
         self.candidates_nm = candidate_raster(fov_nm, candidate_step_nm)
         reachable = self.simulator.reachable(self.candidates_nm)
         if not reachable.all():
@@ -57,15 +61,20 @@ class SimulatedSource:
                 f"{int((~reachable).sum())} of {len(reachable)} candidate positions lie too close to the edge of the dataset's "
                 "ground truth for a whole probe window: use a smaller field"
             )
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def noise_free(self, indices: np.ndarray) -> np.ndarray:
         idx = [int(i) for i in np.asarray(indices).ravel()]
         missing = sorted({i for i in idx if i not in self._cache})
-        if missing:
-            for i, pattern in zip(missing, self.simulator.patterns(self.candidates_nm[missing]), strict=True):
-                self._cache[i] = pattern
-        return np.stack([self._cache[i] for i in idx])
+        fresh = dict(zip(missing, self.simulator.patterns(self.candidates_nm[missing]), strict=True)) if missing else {}
+        out = np.stack([fresh[i] if i in fresh else self._cache[i] for i in idx])
+        for i in idx:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+        self._cache.update(fresh)
+        while self.cache_limit is not None and len(self._cache) > self.cache_limit:
+            self._cache.popitem(last=False)
+        return out
 
     def patterns_at(self, positions_nm: np.ndarray) -> np.ndarray:
         """Noise-free patterns at arbitrary positions (not cached): the full raster at its own step."""

@@ -9,7 +9,8 @@ earns less. In simulation the ground truth is known, so the reward can be the qu
   uncertain), SST the truth's sum of squares about its mean; q equals Pearson r squared.
   Before anything is measured q = 0 (the best fit of nothing is the truth's mean).
 - **Per sub-sequence**: the gain q_t - q_(t-1); with gamma = 1 the returns telescope to the
-  final quality, so the policy is trained on what the evaluation scores.
+  final quality less what the first (fixed, sparse-grid) sub-sequence gave, so the policy is
+  trained on what the evaluation scores.
 - **Per position**: each pixel's fall in squared error (e_(t-1) - e_t) / SST is credited to
   the nearest position of the new sub-sequence (Voronoi cells of the new positions only), so
   a sub-sequence's rewards sum exactly to its gain and each position earns what improved

@@ -82,7 +82,7 @@ def phase_level(potential: np.ndarray, sigma_px: float, mask: np.ndarray, separa
     """
     smooth = ndimage.gaussian_filter(potential, sigma_px)
     values = smooth[mask]
-    if values.size < 20 or not np.ptp(values) > 0:
+    if values.size < 20 or not np.isfinite(values).all() or not np.ptp(values) > 0:
         return None
     threshold = otsu_threshold(values)
     low, high = values[values <= threshold], values[values > threshold]

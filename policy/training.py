@@ -101,6 +101,8 @@ def make_env(config: TrainConfig, files: list[str], credit: str = "voronoi"):
     from recon.options import ReconOptions
 
     device = pick_device(config.device)
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun rank
     datasets = [read_dataset(f) for f in files]
     specimens = [Specimen.from_dataset(d, Path(f).stem, measurement=config.data.measurement,
                                        candidate_step_nm=config.data.candidate_step_nm, device=device)
@@ -313,7 +315,7 @@ def pretrain(ctx: Context) -> None:
 
 
 def reinforce(ctx: Context) -> None:
-    """REINFORCE with a fixed-sigma Gaussian policy, gamma = 0, Voronoi (or total) rewards."""
+    """REINFORCE with a fixed-sigma Gaussian policy, discount rl.gamma (the paper: 0), Voronoi (or total) credit of rl.reward."""
     cfg = ctx.config
     rl = cfg.rl
     ae, pol = build_models(cfg)
@@ -355,7 +357,10 @@ def reinforce(ctx: Context) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        final = torch.stack(totals, 1)[:, -1]
+        if rl.reward == "quality":  # totals are per-sub-sequence gains: log the episode's final quality instead
+            final = torch.tensor([env.quality(ep) for ep in env.episodes])
+        else:
+            final = torch.stack(totals, 1)[:, -1]
         return {"loss": loss.item(), "reward": float(reward.sum(-1).mean()), "final_total_reward": float(final.mean())}
 
     _loop(ctx, "rl", start, rl.iterations, step, ae, pol, opt, ["reward", "final_total_reward"])

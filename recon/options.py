@@ -52,8 +52,8 @@ class ReconOptions(BaseModel):
         "none",
         description="divide each scan's gradient by its probe illumination sum_p |P_p|^2 (ePIE-style, evens out the step over the "
         "field): relative = normalised to its peak (the step keeps its units); absolute = divided by the scan's N positions (any "
-        "probe; the loss is a mean over them), so the step is a fraction of a Newton step at any N: 0.25 for evaluate's final "
-        "reconstruction, 1 diverges; a 5 %-of-peak floor either way",
+        "probe; the loss is a mean over them), so the step is a fraction of a Newton step at any N (full batches only): 0.25 for "
+        "evaluate's final reconstruction, 1 diverges on 250-position flake scans; a 5 %-of-peak floor either way",
     )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam moment decay rates")
     tv_weight: float = Field(0.0, ge=0, description="total-variation regularisation weight on V (rad^-1 per pixel), 0 = off")
@@ -92,6 +92,9 @@ class ReconOptions(BaseModel):
             raise ValueError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
         if self.momentum > 0 and self.optimizer != "gd":
             raise ValueError("momentum applies to optimizer 'gd' only (Adam has its own moments)")
+        if self.precondition == "absolute" and self.batch_positions is not None:
+            raise ValueError("precondition 'absolute' needs full batches (batch_positions None): its step is a Newton fraction of the "
+                             "whole scan's loss, and a mini-batch of m positions would take N / m times that step")
         return self
 
     @property

@@ -162,3 +162,58 @@ def test_quality_rewards_split_each_gain_and_telescope_to_the_final_quality(spec
     assert abs(sum(gains) - final_q) < 1e-4 and final_q > 0.01
     with pytest.raises(ValueError, match="unknown reward"):
         ScanEnv(specimens, rec, 4, reward="ssim")
+
+
+def test_the_simulated_source_keeps_at_most_its_cache_limit_and_returns_the_same_patterns(specimens):
+    """Training keeps every specimen for the whole run: an unbounded cache grows to ~170 MB per 2 x 2 nm specimen."""
+    from policy.measurement import SimulatedSource
+
+    dataset = specimens[0].dataset
+    fov = specimens[0].fov_nm
+    bounded = SimulatedSource(dataset, fov, 0.02, cache_limit=5)
+    unbounded = SimulatedSource(dataset, fov, 0.02)
+    for picks in ([0, 1, 2], [3, 4, 5, 6], [0, 6, 6, 1], [7, 8, 9, 10, 11, 12, 13]):
+        np.testing.assert_array_equal(bounded.noise_free(np.array(picks)), unbounded.noise_free(np.array(picks)))
+        assert bounded.cached <= 5
+    assert unbounded.cached == 14
+
+
+def test_the_quality_reward_logs_the_final_quality(specimens):
+    rec = Reconstructor(probe_for(specimens[0].dataset), ReconOptions(iterations=2, detector_binning=1), device="cpu")
+    env = ScanEnv(specimens[:1], rec, 4, dose=1e4, image_size=32, reward="quality")
+    env.reset([0], seed=0)
+    gains = [env.quality(env.episodes[0])]
+    for _ in range(2):
+        gains.append(float(env.step(np.random.default_rng(1).random((1, 4, 2)))[3][0]))
+    assert abs(env.quality(env.episodes[0]) - sum(gains)) < 1e-4
+    phase = _env(specimens)
+    phase.reset([0], seed=0)
+    with pytest.raises(ValueError, match="no quality yet"):
+        phase.quality(phase.episodes[0])
+
+
+def test_each_torchrun_rank_reconstructs_on_its_own_gpu(tmp_path, monkeypatch):
+    """pick_device("auto") gives plain "cuda", i.e. GPU 0 for every rank; under torchrun each rank takes cuda:LOCAL_RANK."""
+    import policy.training as training
+    import recon.device
+    import recon.engine
+    from policy.config import TrainConfig
+    from tests.policy_helpers import write_tiny_datasets
+
+    files = write_tiny_datasets(tmp_path, 1)
+    built = []
+
+    class Recorder:
+        def __init__(self, probe, options, device=None):
+            built.append(device)
+
+    monkeypatch.setattr(recon.device, "pick_device", lambda requested=None: torch.device("cuda"))
+    monkeypatch.setattr(recon.engine, "Reconstructor", Recorder)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    config = TrainConfig(data={"train": files}, model={"autoencoder": {"input_size": 32, "channels": [4, 4, 8, 8, 8, 8], "latent_dim": 8},
+                                                        "policy": {"chunk": 4, "input_size": 8, "hidden": 8}}, rl={"budget": 8})
+    training.make_env(config, files)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    training.make_env(config, files)
+    assert built == [torch.device("cuda", 2), torch.device("cuda")]

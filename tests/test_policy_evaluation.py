@@ -248,3 +248,13 @@ def test_a_runs_draws_do_not_depend_on_the_other_datasets_or_strategies_in_the_c
     together = scores("together", [a, b], ["sparse-grid", "random"])
     alone = scores("alone", [b], ["random"])
     assert {k: v for k, v in together.items() if k[0] == "b" and k[2] == "random"} == alone
+
+
+def test_a_non_finite_reconstruction_does_not_crash_the_phase_level():
+    """With the gate on (the default), an infinite pixel made np.histogram raise; the planner must still place positions."""
+    fov = (0.2, 0.2, 2.0, 2.0)
+    measured = sparse_grid_coarse_to_fine(fov, 200)[:50]
+    potential = _tube_potential()
+    potential[:3] = np.inf
+    chosen = StructureGuidedPlanner().next_positions(potential, (0.0, 0.0), 0.04, fov, measured, 20)
+    assert chosen.shape == (20, 2) and np.isfinite(chosen).all()

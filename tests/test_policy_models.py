@@ -90,3 +90,9 @@ def test_lowpass_keeps_the_mean_and_removes_fine_detail_and_r_squared_scores_it(
     assert float(lowpass(coarse, 1.5)[..., 8:24, 8:24].abs().max()) > 0.8  # the 16-pixel wave keeps > 80 % of its amplitude
     assert lowpass(coarse, 0.0) is coarse
     assert r_squared(coarse, coarse) == 1.0 and abs(r_squared(torch.zeros_like(coarse), coarse)) < 1e-6
+
+
+def test_a_low_pass_wider_than_the_image_is_refused():
+    with pytest.raises(ValueError, match="too wide"):
+        AutoencoderConfig(input_size=32, channels=(4, 4, 8, 8, 8, 8), latent_dim=8, target_sigma_px=11.0)
+    AutoencoderConfig(input_size=32, channels=(4, 4, 8, 8, 8, 8), latent_dim=8, target_sigma_px=5.0)

@@ -89,3 +89,14 @@ def test_the_absolute_step_is_a_newton_fraction_whatever_the_number_of_positions
     a, b = Reconstructor(probe_for(ds), options, device="cpu").reconstruct([once, twice])
     assert float(a.potential.abs().max()) > 1e-3  # it moved
     torch.testing.assert_close(a.potential, b.potential, rtol=1e-4, atol=1e-5)
+
+
+def test_the_absolute_preconditioner_refuses_mini_batches():
+    """Its step is a Newton fraction of the whole scan's loss: a mini-batch of m positions took N / m times it and diverged."""
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="full batches"):
+        ReconOptions(precondition="absolute", batch_positions=32, step_size=0.25)
+    ReconOptions(precondition="absolute", batch_positions=None, step_size=0.25)
+    ReconOptions(precondition="relative", batch_positions=32)
