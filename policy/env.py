@@ -196,14 +196,20 @@ class ScanEnv:
         self.credit = credit
         self.episodes: list[Episode] = []
 
-    def reset(self, specimen_indices: list[int], seed: int, first: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def reset(self, specimen_indices: list[int], seed: int, first: np.ndarray | None = None,
+              noise_groups: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Start one episode per index with the sparse-grid sub-sequence (or ``first`` (B, n, 2), fov units).
 
+        ``noise_groups`` (B,): episodes of one group draw their noise from the same seed (common random numbers, for
+        leave-one-out baselines); None: every episode its own.
         Returns (first positions (B, n, 2) in fov units as measured, images (B, 1, S, S)).
         """
+        groups = list(range(len(specimen_indices))) if noise_groups is None else list(noise_groups)
+        if len(groups) != len(specimen_indices):
+            raise ValueError(f"noise_groups has {len(groups)} entries for {len(specimen_indices)} episodes")
         self.episodes = [
-            Episode(self.specimens[i], np.random.default_rng([seed, b]), np.zeros(self.specimens[i].n_candidates, bool))
-            for b, i in enumerate(specimen_indices)
+            Episode(self.specimens[i], np.random.default_rng([seed, g]), np.zeros(self.specimens[i].n_candidates, bool))
+            for i, g in zip(specimen_indices, groups, strict=True)
         ]
         if first is None:
             first = np.tile(sparse_grid_unit(self.chunk)[None], (len(self.episodes), 1, 1))

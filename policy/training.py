@@ -327,16 +327,21 @@ def reinforce(ctx: Context) -> None:
     per_rank = max(1, rl.batch // ctx.world)
     n_sub = cfg.n_subsequences
 
+    k = rl.rollouts_per_specimen
+    if per_rank % k:
+        raise ValueError(f"rl.batch per process ({per_rank}) must be a multiple of rl.rollouts_per_specimen ({k})")
+
     def step(it: int) -> dict:
         rng = np.random.default_rng([cfg.seed, it, ctx.rank])
-        ids = rng.integers(len(env.specimens), size=per_rank).tolist()
-        pos, img = env.reset(ids, seed=int(rng.integers(2**31)))
+        ids = np.repeat(rng.integers(len(env.specimens), size=per_rank // k), k).tolist()
+        pos, img = env.reset(ids, seed=int(rng.integers(2**31)), noise_groups=[b // k for b in range(per_rank)])
+        sigma = rl.sigma_at(it)
         state, logps, rewards, totals = None, [], [], []
         for _ in range(1, n_sub):
             with torch.no_grad():
                 z = ae.encode(img)
             mean, state = net(pos, z, state)
-            gauss = torch.distributions.Normal(mean, rl.sigma)
+            gauss = torch.distributions.Normal(mean, sigma)
             action = gauss.sample()
             logps.append(gauss.log_prob(action).sum(-1))  # (B, chunk)
             pos, img, r, tot = env.step(action.clamp(0.0, 1.0))
@@ -348,22 +353,36 @@ def reinforce(ctx: Context) -> None:
             for t in range(reward.shape[1] - 2, -1, -1):
                 reward[:, t] += rl.gamma * reward[:, t + 1]
         advantage = reward
-        if rl.baseline:
+        if rl.baseline and k > 1:
+            advantage = leave_one_out(reward, k)
+        elif rl.baseline:
             mean_r = reward.sum(0)
             if ctx.distributed:
                 dist.all_reduce(mean_r)
             advantage = reward - mean_r / (per_rank * ctx.world)
+        if rl.normalize_advantages:
+            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         loss = -(advantage * logp).sum() / (per_rank * (n_sub - 1))
         opt.zero_grad()
         loss.backward()
+        if rl.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(pol.parameters(), rl.max_grad_norm)
         opt.step()
         if rl.reward == "quality":  # totals are per-sub-sequence gains: log the episode's final quality instead
             final = torch.tensor([env.quality(ep) for ep in env.episodes])
         else:
             final = torch.stack(totals, 1)[:, -1]
-        return {"loss": loss.item(), "reward": float(reward.sum(-1).mean()), "final_total_reward": float(final.mean())}
+        return {"loss": loss.item(), "reward": float(reward.sum(-1).mean()), "final_total_reward": float(final.mean()), "sigma": sigma}
 
     _loop(ctx, "rl", start, rl.iterations, step, ae, pol, opt, ["reward", "final_total_reward"])
+
+
+def leave_one_out(reward: torch.Tensor, k: int) -> torch.Tensor:
+    """Advantages of (B, ...) rewards whose episodes come in consecutive groups of ``k`` (same specimen and noise):
+    each minus the mean of the other k - 1 of its group."""
+    grouped = reward.reshape(-1, k, *reward.shape[1:])
+    others = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - others).reshape(reward.shape)
 
 
 def run_stage(stage: str, config: TrainConfig) -> Context:

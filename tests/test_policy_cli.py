@@ -54,3 +54,32 @@ def test_train_bad_config(tmp_path, capsys):
     bad.write_text("rl: {sigma: -1}\n")
     assert main(["train", "rl", "--config", str(bad)]) == 2
     assert "sigma" in capsys.readouterr().err
+
+
+def test_rl_with_leave_one_out_annealed_sigma_clipping_and_the_quality_reward(setup, tmp_path):
+    """The variance-reduction options and the quality reward train end to end, from the same pre-trained checkpoint."""
+    import shutil
+
+    import yaml
+
+    root, _files, config = setup
+    if not (root / "run" / "pretrain.pt").exists():
+        for stage in ("autoencoder", "pretrain"):
+            assert main(["train", stage, "--config", str(config)]) == 0
+    cfg = yaml.safe_load(config.read_text())
+    cfg["out_dir"] = str(tmp_path / "run")
+    cfg["data"]["measurement"] = "simulate"
+    cfg["rl"].update({"rollouts_per_specimen": 2, "normalize_advantages": True, "sigma_start": 0.1, "sigma_anneal_iterations": 2,
+                      "max_grad_norm": 1.0, "reward": "quality", "gamma": 1.0})
+    (tmp_path / "run").mkdir()
+    shutil.copy(root / "run" / "pretrain.pt", tmp_path / "run" / "pretrain.pt")
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "rl", "--config", str(path)]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rl = [m for m in lines if m.get("stage") == "rl"]
+    assert [round(m["sigma"], 4) for m in rl] == [0.1, round(0.1 * (0.0125 / 0.1) ** 0.5, 4)]
+    assert all(0.0 <= m["final_total_reward"] <= 1.0 for m in rl)  # the quality reward logs the final r^2
+    cfg["rl"]["batch"] = 3
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "rl", "--config", str(path), "--iterations", "3"]) == 2  # 3 episodes do not split into pairs

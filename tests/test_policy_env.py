@@ -217,3 +217,28 @@ def test_each_torchrun_rank_reconstructs_on_its_own_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     training.make_env(config, files)
     assert built == [torch.device("cuda", 2), torch.device("cuda")]
+
+
+def test_episodes_of_one_noise_group_share_their_noise(specimens):
+    env = _env(specimens)
+    env.reset([0, 0, 0], seed=5, noise_groups=[0, 0, 1])
+    a, b, c = (ep.patterns[0] for ep in env.episodes)
+    np.testing.assert_array_equal(a, b)  # same specimen, same sparse-grid positions, same noise seed
+    assert not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="noise_groups"):
+        env.reset([0, 0], seed=5, noise_groups=[0])
+
+
+def test_leave_one_out_baseline_and_annealed_sigma():
+    from policy.config import RLConfig
+    from policy.training import leave_one_out
+
+    reward = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 0.0], [5.0, 0.0]])  # two groups of k = 2
+    adv = leave_one_out(reward, 2)
+    torch.testing.assert_close(adv, torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    adv3 = leave_one_out(torch.tensor([1.0, 2.0, 6.0]), 3)
+    torch.testing.assert_close(adv3, torch.tensor([1.0 - 4.0, 2.0 - 3.5, 6.0 - 1.5]))
+    rl = RLConfig(sigma=0.0125, sigma_start=0.1, sigma_anneal_iterations=100)
+    assert rl.sigma_at(0) == pytest.approx(0.1) and rl.sigma_at(100) == pytest.approx(0.0125) and rl.sigma_at(500) == pytest.approx(0.0125)
+    assert rl.sigma_at(50) == pytest.approx((0.1 * 0.0125) ** 0.5)
+    assert RLConfig(sigma=0.02).sigma_at(7) == 0.02
