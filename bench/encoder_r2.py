@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,6 +136,7 @@ def main() -> None:
     best = max((r["unseen"]["r2_lowpass"] for n, r in results.items() if n != "shipped"), default=float("nan"))
     print(f"gate (R^2 >= 0.5 on unseen specimens, against the low-passed image): best {best:+.3f} -> {'met' if best >= 0.5 else 'NOT met'}; "
           f"total {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU, {args.threads} threads")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"args": vars(args), "results": results, "images": {"train": len(seen), "unseen": len(unseen)}}, f, indent=1)
 

@@ -45,6 +45,7 @@ for split in val test; do
     name=$(basename "$config" .yaml)
     for class in flake mos2 dwcnt; do
       files=("$DATA/$split/$class"/*.h5)
+      if [ ! -e "${files[0]}" ]; then echo "no $split $class specimens in $DATA (did the simulation fail?)" >&2; exit 2; fi
       if (( ${#files[@]} % 2 )); then echo "N must be even (two specimens per job)" >&2; exit 2; fi
       for ((first = 0; first < ${#files[@]}; first += 2)); do
         echo "$config $name $split $class $first ${files[first]} ${files[first + 1]} $strategies" >> "$jobs_file"

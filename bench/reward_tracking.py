@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,6 +114,7 @@ def main() -> None:
         print(f"{kind:>11} | {np.mean([e['final_q'] for e in sel]):.3f} | {np.mean([e['return_phase'] for e in sel]):.4f} | "
               f"{np.mean([e['return_quality'] for e in sel]):+.4f}")
     print(f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU, {args.threads} threads")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"args": vars(args), **out, "episodes": episodes}, f, indent=1)
 

@@ -77,17 +77,24 @@ class RLConfig(StageConfig):
         "contrast", description="per cell sum of |V - mean| (contrast, gauge-free) or of V (raw, the paper's wording; ~0 here)")
     reward: Literal["phase", "quality"] = Field(
         "phase", description="phase: the paper's (phase per Voronoi cell, reward_phase); quality: each sub-sequence's gain in fit "
-        "to the ground truth, per position by the error fall nearest to it (policy.quality_reward; use gamma 1)")
+        "to the ground truth, per position by the error fall nearest to it (policy.quality_reward; with gamma 1 each "
+        "position's return adds every later sub-sequence's gain)")
     baseline: bool = Field(True, description="subtract the batch-mean reward per step (with rollouts_per_specimen > 1: leave-one-out)")
     budget: int = Field(250, ge=2, description="positions per episode, first sub-sequence included")
     reward_scale: float = Field(1.0, gt=0)
     rollouts_per_specimen: int = Field(
         1, ge=1, description="K episodes of each sampled specimen on the same noise seed; the baseline of each is the mean of the "
         "other K - 1 (leave-one-out: same specimen, same noise, only the actions differ); batch per process must divide by K")
-    normalize_advantages: bool = Field(False, description="scale the advantages to zero mean, unit std over the batch")
+    normalize_advantages: bool = Field(False, description="scale the advantages to zero mean, unit std over each process's batch")
     sigma_start: float | None = Field(None, gt=0, description="anneal sigma geometrically from this (e.g. 0.1 of the fov) to sigma")
     sigma_anneal_iterations: int = Field(0, ge=0, description="iterations over which sigma_start anneals to sigma")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the policy gradient's norm to this; None: no clipping")
+
+    @model_validator(mode="after")
+    def _check_anneal(self) -> RLConfig:
+        if (self.sigma_start is None) != (self.sigma_anneal_iterations == 0):
+            raise ValueError("sigma_start and sigma_anneal_iterations go together (set both, or neither)")
+        return self
 
     def sigma_at(self, iteration: int) -> float:
         """The Gaussian's std at ``iteration``: sigma, or sigma_start annealed geometrically to it."""

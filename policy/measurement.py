@@ -52,6 +52,8 @@ class SimulatedSource:
     def __init__(self, dataset: Dataset4D, fov_nm, candidate_step_nm: float, device=None, cache_limit: int | None = None):
         """``cache_limit``: keep at most this many patterns, the least recently used go first (None: all; an evaluation
         frees its cases after use, but training keeps every specimen for the whole run)."""
+        if cache_limit is not None and cache_limit < 0:
+            raise ValueError(f"cache_limit must be >= 0 or None, got {cache_limit}")
         self.simulator = PhaseObjectSimulator.from_dataset(dataset, device=device)
         self.cache_limit = cache_limit
         self.candidates_nm = candidate_raster(fov_nm, candidate_step_nm)
@@ -66,7 +68,8 @@ class SimulatedSource:
     def noise_free(self, indices: np.ndarray) -> np.ndarray:
         idx = [int(i) for i in np.asarray(indices).ravel()]
         missing = sorted({i for i in idx if i not in self._cache})
-        fresh = dict(zip(missing, self.simulator.patterns(self.candidates_nm[missing]), strict=True)) if missing else {}
+        # copies: a row view would keep its whole call's array alive after the row itself is evicted
+        fresh = {i: p.copy() for i, p in zip(missing, self.simulator.patterns(self.candidates_nm[missing]), strict=True)} if missing else {}
         out = np.stack([fresh[i] if i in fresh else self._cache[i] for i in idx])
         for i in idx:
             if i in self._cache:
@@ -82,5 +85,5 @@ class SimulatedSource:
 
     @property
     def cached(self) -> int:
-        """How many distinct candidates have been simulated so far."""
+        """How many patterns the cache holds now (all simulated so far when it has no limit)."""
         return len(self._cache)

@@ -102,7 +102,7 @@ def make_env(config: TrainConfig, files: list[str], credit: str = "voronoi"):
 
     device = pick_device(config.device)
     if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per torchrun rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())  # a GPU per rank
     datasets = [read_dataset(f) for f in files]
     specimens = [Specimen.from_dataset(d, Path(f).stem, measurement=config.data.measurement,
                                        candidate_step_nm=config.data.candidate_step_nm, device=device)
@@ -320,16 +320,15 @@ def reinforce(ctx: Context) -> None:
     rl = cfg.rl
     ae, pol = build_models(cfg)
     opt = torch.optim.Adam(pol.parameters(), lr=rl.lr)
+    per_rank = max(1, rl.batch // ctx.world)
+    k = rl.rollouts_per_specimen
+    if per_rank % k:
+        raise ValueError(f"rl.batch per process ({per_rank}) must be a multiple of rl.rollouts_per_specimen ({k})")
     start = _resume(ctx, "rl", "pretrain", ae, pol, opt)
     env = make_env(cfg, resolve_datasets(cfg.data.train), credit=rl.credit)
     net = _wrap(ctx, pol)
     ae.requires_grad_(False)
-    per_rank = max(1, rl.batch // ctx.world)
     n_sub = cfg.n_subsequences
-
-    k = rl.rollouts_per_specimen
-    if per_rank % k:
-        raise ValueError(f"rl.batch per process ({per_rank}) must be a multiple of rl.rollouts_per_specimen ({k})")
 
     def step(it: int) -> dict:
         rng = np.random.default_rng([cfg.seed, it, ctx.rank])
@@ -349,9 +348,8 @@ def reinforce(ctx: Context) -> None:
             totals.append(tot)
         logp = torch.stack(logps, 1)  # (B, T-1, chunk)
         reward = torch.stack(rewards, 1)
-        if rl.gamma > 0:  # discounted return over sub-sequences, per position index
-            for t in range(reward.shape[1] - 2, -1, -1):
-                reward[:, t] += rl.gamma * reward[:, t + 1]
+        if rl.gamma > 0:
+            reward = reward_to_go(reward, rl.gamma)
         advantage = reward
         if rl.baseline and k > 1:
             advantage = leave_one_out(reward, k)
@@ -375,6 +373,18 @@ def reinforce(ctx: Context) -> None:
         return {"loss": loss.item(), "reward": float(reward.sum(-1).mean()), "final_total_reward": float(final.mean()), "sigma": sigma}
 
     _loop(ctx, "rl", start, rl.iterations, step, ae, pol, opt, ["reward", "final_total_reward"])
+
+
+def reward_to_go(reward: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B, T, n) per-position rewards -> each position's own reward plus the discounted rewards of *every* position of
+    the later sub-sequences (their sum, not only the same index j). With gamma 1 and the quality reward, a
+    sub-sequence's positions then carry its gain plus everything after it: the final quality less what came before."""
+    later = torch.zeros_like(reward[:, 0, :1])
+    out = torch.empty_like(reward)
+    for t in range(reward.shape[1] - 1, -1, -1):
+        out[:, t] = reward[:, t] + gamma * later
+        later = reward[:, t].sum(-1, keepdim=True) + gamma * later
+    return out
 
 
 def leave_one_out(reward: torch.Tensor, k: int) -> torch.Tensor:

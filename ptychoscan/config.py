@@ -42,12 +42,17 @@ def read_mapping(path: str | Path) -> dict:
     return data
 
 
-def load_model(model: type[ModelT], path: str | Path | None = None, overrides: dict | None = None) -> ModelT:
-    """Build ``model`` from an optional file, then apply non-None ``overrides`` on top."""
+def load_model(model: type[ModelT], path: str | Path | None = None, overrides: dict | None = None,
+               nulls: dict[str, bool] | None = None) -> ModelT:
+    """Build ``model`` from an optional file, then apply non-None ``overrides`` on top, and set to None each field whose
+    ``nulls`` entry is true (a flag's "none" value, e.g. ``--batch-positions 0``); validated as a whole."""
     data = read_mapping(path) if path else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
+    for key, null in (nulls or {}).items():
+        if null:
+            data[key] = None
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -209,14 +209,17 @@ def test_each_torchrun_rank_reconstructs_on_its_own_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(recon.device, "pick_device", lambda requested=None: torch.device("cuda"))
     monkeypatch.setattr(recon.engine, "Reconstructor", Recorder)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "2")
     config = TrainConfig(data={"train": files}, model={"autoencoder": {"input_size": 32, "channels": [4, 4, 8, 8, 8, 8], "latent_dim": 8},
                                                         "policy": {"chunk": 4, "input_size": 8, "hidden": 8}}, rl={"budget": 8})
     training.make_env(config, files)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # more ranks than GPUs: they share, round robin
+    training.make_env(config, files)
     monkeypatch.setenv("WORLD_SIZE", "1")
     training.make_env(config, files)
-    assert built == [torch.device("cuda", 2), torch.device("cuda")]
+    assert built == [torch.device("cuda", 2), torch.device("cuda", 0), torch.device("cuda")]
 
 
 def test_episodes_of_one_noise_group_share_their_noise(specimens):
@@ -242,3 +245,31 @@ def test_leave_one_out_baseline_and_annealed_sigma():
     assert rl.sigma_at(0) == pytest.approx(0.1) and rl.sigma_at(100) == pytest.approx(0.0125) and rl.sigma_at(500) == pytest.approx(0.0125)
     assert rl.sigma_at(50) == pytest.approx((0.1 * 0.0125) ** 0.5)
     assert RLConfig(sigma=0.02).sigma_at(7) == 0.02
+
+
+def test_cached_patterns_own_their_memory(specimens):
+    """Row views of one simulation call kept the whole call's array alive after their neighbours were evicted."""
+    from policy.measurement import SimulatedSource
+
+    source = SimulatedSource(specimens[0].dataset, specimens[0].fov_nm, 0.02, cache_limit=2)
+    source.noise_free(np.array([0, 1, 2, 3]))
+    assert source.cached == 2 and all(p.base is None for p in source._cache.values())
+    with pytest.raises(ValueError, match="cache_limit"):
+        SimulatedSource(specimens[0].dataset, specimens[0].fov_nm, 0.02, cache_limit=-1)
+
+
+def test_reward_to_go_credits_every_later_position_and_sigma_schedules_go_together():
+    from pydantic import ValidationError
+
+    from policy.config import RLConfig
+    from policy.training import reward_to_go
+
+    reward = torch.tensor([[[1.0, 2.0], [3.0, 0.0], [0.5, 0.5]]])  # (B=1, T=3, n=2)
+    out = reward_to_go(reward, 1.0)
+    torch.testing.assert_close(out, torch.tensor([[[1.0 + 4.0, 2.0 + 4.0], [3.0 + 1.0, 0.0 + 1.0], [0.5, 0.5]]]))
+    half = reward_to_go(reward, 0.5)
+    torch.testing.assert_close(half[0, 0], torch.tensor([1.0 + 0.5 * 3.0 + 0.25 * 1.0, 2.0 + 0.5 * 3.0 + 0.25 * 1.0]))
+    with pytest.raises(ValidationError, match="go together"):
+        RLConfig(sigma_start=0.1)
+    with pytest.raises(ValidationError, match="go together"):
+        RLConfig(sigma_anneal_iterations=10)

@@ -49,3 +49,15 @@ def test_reconstruct_cli_bad_subset(tmp_path, tiny_dataset_file, capsys, subset,
     code = main(["reconstruct", str(tiny_dataset_file), "--out", str(tmp_path / "r.h5"), "--positions-subset", subset])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_batch_positions_flag_is_validated_with_the_config(tmp_path, tiny_dataset_file, capsys):
+    """--batch-positions used to be applied after validation: 16 slipped an absolute preconditioner into mini-batches
+    (which diverge), and 0 (full batch) could not rescue a config that needs it."""
+    config = tmp_path / "abs.yaml"
+    config.write_text("precondition: absolute\nstep_size: 0.25\nmomentum: 0.9\n")
+    out = str(tmp_path / "r.h5")
+    base = ["reconstruct", str(tiny_dataset_file), "--out", out, "--iterations", "1", "--detector-binning", "1", "--config", str(config)]
+    assert main([*base, "--batch-positions", "16"]) == 2
+    assert "full batches" in capsys.readouterr().err
+    assert main([*base, "--batch-positions", "0"]) == 0

@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         "subpixel_steps": args.subpixel_steps or None,  # 0: exact, as when not given
         "progress": True,
     }
-    options = load_model(ReconOptions, args.config, overrides)
-    if args.batch_positions is not None:
-        options = options.model_copy(update={"batch_positions": args.batch_positions or None})
+    options = load_model(ReconOptions, args.config, overrides, nulls={"batch_positions": args.batch_positions == 0})
+    if args.batch_positions:
+        options = load_model(ReconOptions, args.config, {**overrides, "batch_positions": args.batch_positions})
     dataset = read_dataset(args.dataset)
     indices = select_subset(dataset, args.positions_subset, seed=args.seed)
     positions = dataset.positions_nm[indices]
