@@ -49,8 +49,11 @@ def main() -> None:
         t = target.get(cls)
         if t:
             share = "n/a" if t["share_meeting_target"] is None else f"{100 * t['share_meeting_target']:.0f} %"
+            if t.get("share_ci95"):
+                share += f" [95 %: {100 * t['share_ci95'][0]:.0f}, {100 * t['share_ci95'][1]:.0f}]"
             oracle = "n/a" if t["mean_oracle_gain"] is None else f"{t['mean_oracle_gain']:+.4f}"
-            print(f"\nAgainst the best fixed pattern of each pair: gain {t['mean_gain']:+.4f} (specimen r), oracle gain {oracle}, "
+            gain = f"{t['mean_gain']:+.4f}" + (f" [{t['gain_ci95'][0]:+.4f}, {t['gain_ci95'][1]:+.4f}]" if t.get("gain_ci95") else "")
+            print(f"\nAgainst the best fixed pattern of each pair: gain {gain} (specimen r), oracle gain {oracle}, "
                   f"pairs with gain > 0 and >= half the oracle's: {share}; whole-field r {t['mean_field_r_vs_best_fixed']:+.4f}.")
 
 

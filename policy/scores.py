@@ -174,7 +174,11 @@ def adaptivity_target(rows: list[dict], planner: str = "structure-guided", oracl
     patterns' (sparse grid, random, low-discrepancy); the oracle's gain likewise. A pair
     meets the target when the planner's gain is positive and at least half the oracle's.
     Also: the mean whole-field Pearson r difference to the best fixed pattern (the
-    planner must not lose it) and, per class, the share of pairs meeting the target.
+    planner must not lose it) and, per class, the share of pairs meeting the target; with
+    their uncertainty over specimens (the independent units): a 95 % t-interval of the mean
+    gain (seeds averaged per specimen first) and a 95 % bootstrap interval of the share
+    (specimens resampled with their seeds, 2,000 draws, fixed seed). On 10 specimens x 3
+    seeds the share's interval is ~+-15 points wide (bench/RESULTS.md, third session).
     """
     index = {(r["dataset"], r["seed"], r["strategy"]): r for r in rows}
     out = {}
@@ -183,6 +187,7 @@ def adaptivity_target(rows: list[dict], planner: str = "structure-guided", oracl
         in_class = [r for r in rows if r["class"] == cls]
         key = "pearson_r_specimen" if all(r["pearson_r_specimen"] is not None for r in in_class) else "pearson_r"
         met, gains, oracle_gains, field = 0, [], [], []
+        per_dataset: dict[str, list[tuple[float, bool]]] = {}
         for ds, seed in pairs:
             fixed = [index[(ds, seed, f)] for f in FIXED if (ds, seed, f) in index]
             mine = index.get((ds, seed, planner))
@@ -195,12 +200,27 @@ def adaptivity_target(rows: list[dict], planner: str = "structure-guided", oracl
             orc = index.get((ds, seed, oracle))
             if orc is not None:
                 oracle_gains.append(orc[key] - best)
-                met += int(gain > 0 and gain >= 0.5 * oracle_gains[-1])
+                hit = gain > 0 and gain >= 0.5 * oracle_gains[-1]
+                met += int(hit)
+                per_dataset.setdefault(ds, []).append((gain, hit))
         if gains:
             out[cls] = {"pairs": len(gains), "mean_gain": float(np.mean(gains)), "mean_oracle_gain": float(np.mean(oracle_gains)) if oracle_gains else None,
                         "share_meeting_target": met / len(oracle_gains) if oracle_gains else None, "metric": key,
-                        "mean_field_r_vs_best_fixed": float(np.mean(field))}
+                        "mean_field_r_vs_best_fixed": float(np.mean(field)),
+                        "gain_ci95": _t_interval(np.array([np.mean([g for g, _ in v]) for v in per_dataset.values()])),
+                        "share_ci95": _bootstrap_share(list(per_dataset.values()))}
     return out
+
+
+def _bootstrap_share(per_dataset: list[list[tuple[float, bool]]], draws: int = 2000, seed: int = 0) -> list[float] | None:
+    """95 % percentile interval of the share of pairs meeting the target, specimens resampled with all their seeds."""
+    if len(per_dataset) < 2:
+        return None
+    hits = np.array([sum(h for _, h in v) for v in per_dataset], dtype=float)
+    sizes = np.array([len(v) for v in per_dataset], dtype=float)
+    picks = np.random.default_rng(seed).integers(len(per_dataset), size=(draws, len(per_dataset)))
+    shares = hits[picks].sum(1) / sizes[picks].sum(1)
+    return [float(np.percentile(shares, 2.5)), float(np.percentile(shares, 97.5))]
 
 
 def format_target(target: dict) -> str:
@@ -208,7 +228,10 @@ def format_target(target: dict) -> str:
     lines = ["structure-guided vs the best fixed pattern per pair (specimen-region Pearson r; whole-field r):"]
     for cls, t in target.items():
         share = "n/a" if t["share_meeting_target"] is None else f"{100 * t['share_meeting_target']:.0f} %"
+        if t.get("share_ci95"):
+            share += f" [{100 * t['share_ci95'][0]:.0f}, {100 * t['share_ci95'][1]:.0f}]"
         oracle = "n/a" if t["mean_oracle_gain"] is None else f"{t['mean_oracle_gain']:+.4f}"
-        lines.append(f"  {cls:<16} pairs {t['pairs']:>3}  gain {t['mean_gain']:+.4f}  oracle gain {oracle}  pairs with gain >= "
+        gain = f"{t['mean_gain']:+.4f}" + (f" [{t['gain_ci95'][0]:+.4f}, {t['gain_ci95'][1]:+.4f}]" if t.get("gain_ci95") else "")
+        lines.append(f"  {cls:<16} pairs {t['pairs']:>3}  gain {gain}  oracle gain {oracle}  pairs with gain >= "
                      f"half the oracle's: {share}  whole-field r vs best fixed {t['mean_field_r_vs_best_fixed']:+.4f}")
     return "\n".join(lines)

@@ -258,3 +258,23 @@ def test_a_non_finite_reconstruction_does_not_crash_the_phase_level():
     potential[:3] = np.inf
     chosen = StructureGuidedPlanner().next_positions(potential, (0.0, 0.0), 0.04, fov, measured, 20)
     assert chosen.shape == (20, 2) and np.isfinite(chosen).all()
+
+
+def test_the_target_line_carries_intervals_over_specimens():
+    """The share of pairs meeting the target moved 13 points between two noise draws of one planner: it needs an interval."""
+    from policy.scores import adaptivity_target
+
+    rows = []
+    for ds in range(6):
+        for seed in range(3):
+            base = {"class": "flake", "dataset": f"d{ds}", "seed": seed, "ssim": 0.5, "nrmse": 0.5, "ssim_specimen": 0.5}
+            gain = 0.02 if ds < 4 or seed == 0 else -0.01  # specimens 0-3 gain in every seed, 4-5 in one of three
+            for strategy, r in (("sparse-grid", 0.80), ("random", 0.79), ("low-discrepancy", 0.78),
+                                ("structure-guided", 0.80 + gain), ("structure-guided-oracle", 0.83)):
+                rows.append({**base, "strategy": strategy, "pearson_r": r, "pearson_r_specimen": r})
+    t = adaptivity_target(rows)["flake"]
+    assert t["share_meeting_target"] == pytest.approx(14 / 18)
+    low, high = t["share_ci95"]
+    assert 0.0 <= low < 14 / 18 < high <= 1.0
+    assert t["gain_ci95"][0] <= t["mean_gain"] <= t["gain_ci95"][1]
+    assert adaptivity_target(rows)["flake"]["share_ci95"] == [low, high]  # the bootstrap is seeded
