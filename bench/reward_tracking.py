@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policy.env import fov_crop, position_rewards
+from policy.env import crop_pixels, fov_crop, position_rewards
 from policy.voronoi import cell_sums, jfa_voronoi
 
 KINDS = ("sparse-grid", "random", "clustered")
@@ -40,8 +40,7 @@ def cell_areas(ep, new: int) -> np.ndarray:
     spec = ep.specimen
     rows, cols = fov_crop(spec.grid, spec.fov_nm)
     shape = (rows.stop - rows.start, cols.stop - cols.start)
-    origin = np.array([spec.grid.origin_nm[0] + cols.start * spec.grid.pixel_nm, spec.grid.origin_nm[1] + rows.start * spec.grid.pixel_nm])
-    seeds = torch.as_tensor((ep.positions_nm - origin) / spec.grid.pixel_nm, dtype=torch.float32)[None]
+    seeds = torch.as_tensor(crop_pixels(spec.grid, rows, cols, ep.positions_nm), dtype=torch.float32)[None]
     labels = jfa_voronoi(seeds, shape)
     return cell_sums(labels, torch.ones((1, *shape)), seeds.shape[1])[0].numpy()[-new:]
 

@@ -132,6 +132,12 @@ def fov_crop(grid: ObjectGrid, fov_nm) -> tuple[slice, slice]:
     return slice(r0, r1), slice(c0, c1)
 
 
+def crop_pixels(grid: ObjectGrid, rows: slice, cols: slice, positions_nm: np.ndarray) -> np.ndarray:
+    """(N, 2) positions (x, y) in pixels of the crop ``grid[rows, cols]`` (``fov_crop``), pixel centres at integers."""
+    origin = np.array([grid.origin_nm[0] + cols.start * grid.pixel_nm, grid.origin_nm[1] + rows.start * grid.pixel_nm])
+    return (np.asarray(positions_nm, dtype=np.float64) - origin) / grid.pixel_nm
+
+
 REWARD_PHASES = ("contrast", "raw")
 REWARDS = ("phase", "quality")
 
@@ -145,8 +151,7 @@ def position_rewards(episode: Episode, new: int, credit: str = "voronoi", reward
         phase = (phase - phase.mean()).abs()
     elif reward_phase != "raw":
         raise ValueError(f"unknown reward_phase {reward_phase!r} (use {' or '.join(REWARD_PHASES)})")
-    origin = np.array([spec.grid.origin_nm[0] + cols.start * spec.grid.pixel_nm, spec.grid.origin_nm[1] + rows.start * spec.grid.pixel_nm])
-    seeds = torch.as_tensor((episode.positions_nm - origin) / spec.grid.pixel_nm, dtype=torch.float32)[None]
+    seeds = torch.as_tensor(crop_pixels(spec.grid, rows, cols, episode.positions_nm), dtype=torch.float32)[None]
     p = seeds.shape[1]
     total = float(phase.sum()) / p
     if credit == "total":
@@ -265,7 +270,6 @@ class ScanEnv:
         if key not in self._truths:
             self._truths[key] = torch.as_tensor(ground_truth_on_grid(spec.dataset.ground_truth, spec.grid)[rows, cols])
         truth = self._truths[key]
-        before = ep.error if ep.error is not None and len(ep.indices) > new else initial_error(truth)
+        before = ep.error if ep.error is not None else initial_error(truth)  # a fresh episode (reset) has none yet
         ep.error = fitted_error(ep.potential[rows, cols], truth)
-        origin = np.array([spec.grid.origin_nm[0] + cols.start * spec.grid.pixel_nm, spec.grid.origin_nm[1] + rows.start * spec.grid.pixel_nm])
-        return quality_rewards(before, ep.error, (ep.positions_nm[-new:] - origin) / spec.grid.pixel_nm, self.credit)
+        return quality_rewards(before, ep.error, crop_pixels(spec.grid, rows, cols, ep.positions_nm[-new:]), self.credit)

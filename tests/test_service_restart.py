@@ -204,17 +204,34 @@ def _bound_as_stored(tmp_path, sid: str) -> list[bool]:
     return [bool(np.array_equal(patterns[k], frames_for(int(series[k]), 10)[int(frame[k])])) for k in range(len(series))]
 
 
+def _series_3_ends_short_with_6_7_unflushed(manager: SessionManager, sid: str) -> np.ndarray:
+    """Series 3 is told for the 10-slot batch; frames 0-5 are flushed, 6 and 7 received but not (lost with the process),
+    and the series ends short (slots 8, 9 re-issued). Returns series 3's frames."""
+    f3 = frames_for(3, 10)
+    manager.tell(sid, 0, 3, None)
+    manager.on_events(EP, [Frame(3, i, f3[i]) for i in range(6)])
+    manager.flush_all()
+    manager.on_events(EP, [Frame(3, 6, f3[6]), Frame(3, 7, f3[7]), SeriesEnd(3)])
+    return f3
+
+
+def _series_fills_the_reissued_slots(tmp_path, manager: SessionManager, sid: str, series: int) -> None:
+    """Frames 0-3 of ``series`` (told for the re-issued slots 6-9) complete the batch, and every stored slot holds the
+    frame its record names."""
+    frames = frames_for(series, 10)
+    manager.on_events(EP, [Frame(series, i, frames[i]) for i in range(4)])
+    assert manager.sessions[sid].batches[0].status == "complete"
+    manager.flush_all()
+    assert _bound_as_stored(tmp_path, sid) == [True] * 10
+
+
 def test_a_slot_asked_for_again_after_a_restart_is_bound_to_the_new_series_only(tmp_path):
     """Series 3 ended short (slots 8, 9 re-issued) and the process died before frames 6, 7 were flushed: after the restart
     the batch asks for 6-9 and series 4 is told for them. A late frame 6 of series 3 must not land in slot 6, which now
     holds frame 0 of series 4 (the kill -9 property run stored frames under another series' record this way)."""
     m1 = _manager(tmp_path)
     sid = _session(m1, 10)
-    f3 = frames_for(3, 10)
-    m1.tell(sid, 0, 3, None)
-    m1.on_events(EP, [Frame(3, i, f3[i]) for i in range(6)])
-    m1.flush_all()
-    m1.on_events(EP, [Frame(3, 6, f3[6]), Frame(3, 7, f3[7]), SeriesEnd(3)])  # received, not flushed: lost with the process
+    f3 = _series_3_ends_short_with_6_7_unflushed(m1, sid)
     m2 = _manager(tmp_path)
     m2.restore()
     ask = m2.try_ask(sid)
@@ -223,11 +240,7 @@ def test_a_slot_asked_for_again_after_a_restart_is_bound_to_the_new_series_only(
     m2.on_events(EP, [Frame(3, 6, f3[6])])  # a late frame of the ended series
     s = m2.sessions[sid]
     assert not s.received[6] and s.counters["unexpected"] == 1, "slot 6 is series 4's now"
-    f4 = frames_for(4, 10)
-    m2.on_events(EP, [Frame(4, i, f4[i]) for i in range(4)])
-    assert s.batches[0].status == "complete"
-    m2.flush_all()
-    assert _bound_as_stored(tmp_path, sid) == [True] * 10
+    _series_fills_the_reissued_slots(tmp_path, m2, sid, 4)
     m1.close()
     m2.close()
 
@@ -238,11 +251,8 @@ def test_a_series_told_before_a_restart_for_part_of_an_issued_batch_keeps_no_slo
     arriving later must not land in a slot series 5 was told for."""
     m1 = _manager(tmp_path)
     sid = _session(m1, 10)
-    f3, f4 = frames_for(3, 10), frames_for(4, 10)
-    m1.tell(sid, 0, 3, None)
-    m1.on_events(EP, [Frame(3, i, f3[i]) for i in range(6)])
-    m1.flush_all()
-    m1.on_events(EP, [Frame(3, 6, f3[6]), Frame(3, 7, f3[7]), SeriesEnd(3)])
+    _series_3_ends_short_with_6_7_unflushed(m1, sid)
+    f4 = frames_for(4, 10)
     assert m1.tell(sid, 0, 4, None)[0] == 202
     m1.on_events(EP, [Frame(4, 0, f4[0])])
     m2 = _manager(tmp_path)
@@ -254,10 +264,6 @@ def test_a_series_told_before_a_restart_for_part_of_an_issued_batch_keeps_no_slo
     m2.on_events(EP, [Frame(4, 0, f4[0]), Frame(4, 1, f4[1])])  # series 4 goes on after the restart
     s = m2.sessions[sid]
     assert not s.received[6:].any()
-    f5 = frames_for(5, 10)
-    m2.on_events(EP, [Frame(5, i, f5[i]) for i in range(4)])
-    assert s.batches[0].status == "complete"
-    m2.flush_all()
-    assert _bound_as_stored(tmp_path, sid) == [True] * 10
+    _series_fills_the_reissued_slots(tmp_path, m2, sid, 5)
     m1.close()
     m2.close()

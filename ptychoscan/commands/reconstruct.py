@@ -51,11 +51,10 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "detector_binning": args.detector_binning,
         "subpixel_steps": args.subpixel_steps or None,  # 0: exact, as when not given
+        "batch_positions": args.batch_positions or None,  # not given: the config's; 0: full batch (nulls below)
         "progress": True,
     }
     options = load_model(ReconOptions, args.config, overrides, nulls={"batch_positions": args.batch_positions == 0})
-    if args.batch_positions:
-        options = load_model(ReconOptions, args.config, {**overrides, "batch_positions": args.batch_positions})
     dataset = read_dataset(args.dataset)
     indices = select_subset(dataset, args.positions_subset, seed=args.seed)
     positions = dataset.positions_nm[indices]
