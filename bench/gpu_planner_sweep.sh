@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Structure-guided planner settings (bench/planner_sweep/*.yaml) chosen on validation specimens, then read on the test
 # specimens, in one run on a lent GPU (bench/RESULTS.md "Structure-guided planner: the phase level"). Specimens are
-# simulated on the machine (nothing to carry but the wheels): the validation split's seeds from VAL_SEED (never used to tune
-# before) and the test split's first 10 (the files of bench/make_test_specimens.sh; their ground-truth checksums are
-# printed to compare with the local copies). Every (config, split, class, pair of specimens) is one evaluate process, JOBS
+# simulated on the machine (nothing to carry but the wheels): VAL_N of the validation split's seeds from VAL_SEED (never used
+# to tune before) and the test split's first TEST_N (the first 10 are the files of bench/make_test_specimens.sh; their
+# ground-truth checksums are printed to compare with the local copies). Every (config, split, class, pair of specimens) is one evaluate process, JOBS
 # at a time; the JSONs come back packed in $OUT/sweep.tgz. Usage (on the device machine, or on CPU with DEVICE=cpu, slowly):
 #   WHEELS=.whlmin bash bench/gpu_planner_sweep.sh
-#   PYTHONPATH=$PWD .venv/bin/python bench/evaluation_summary.py out/sweep/B-*/val/*.json
+#   PYTHONPATH=$PWD .venv/bin/python bench/evaluation_summary.py out/sweep/fixed/val/*.json out/sweep/B-*/val/*.json
 set -uo pipefail
 DEFAULT_WHEELS=.whlmin
 source "$(dirname "$0")/gpu_env.sh"
@@ -20,14 +20,15 @@ WORK=${WORK:-/tmp/sweep}
 mkdir -p "$DATA" "$WORK"
 P="python3 -m ptychoscan.cli"
 start=$(date +%s)
-simulate() {  # split seed class
+simulate() {  # split first-seed count class
   local extra=(--scan-shape 3 3 --step-nm 1.0)
-  [ "$3" = dwcnt ] && extra=(--scan-shape 3 3 --step-nm 1.15 --convergence-mrad 40 --detector-pixels 86 --detector-pixel-mrad 0.91)
-  $P simulate --specimen "$3" --split "$1" --seed "$2" --n-datasets "${N:-10}" "${extra[@]}" --device cpu --out "$DATA/$1/$3" >/dev/null 2>&1
+  [ "$4" = dwcnt ] && extra=(--scan-shape 3 3 --step-nm 1.15 --convergence-mrad 40 --detector-pixels 86 --detector-pixel-mrad 0.91)
+  OMP_NUM_THREADS=1 $P simulate --specimen "$4" --split "$1" --seed "$2" --n-datasets "$3" "${extra[@]}" --device cpu --out "$DATA/$1/$4" >/dev/null 2>&1
 }
-for class in flake mos2 dwcnt; do
-  simulate val "$VAL_SEED" $class &
-  simulate test 0 $class &
+VAL_N=${VAL_N:-${N:-10}}; TEST_N=${TEST_N:-${N:-10}}
+for class in flake mos2 dwcnt; do  # five specimens per process
+  for ((k = 0; k < VAL_N; k += 5)); do simulate val $((VAL_SEED + k)) $((VAL_N - k < 5 ? VAL_N - k : 5)) $class & done
+  for ((k = 0; k < TEST_N; k += 5)); do simulate test $k $((TEST_N - k < 5 ? TEST_N - k : 5)) $class & done
 done
 wait
 echo "simulated in $(( $(date +%s) - start )) s: $(ls "$DATA"/*/*/*.h5 | wc -l) specimens"
@@ -38,11 +39,14 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("test/*/*.h5")):
         print(path.name, hashlib.sha256(f["ground_truth/phase"][()].tobytes()).hexdigest()[:16])
 EOF
 jobs_file=$WORK/jobs.txt; : > "$jobs_file"
+# The fixed patterns do not depend on a config and their draws are seeded from the dataset's and the strategy's names, so
+# they run once per split (pseudo-config "fixed", no oracle); each config runs structure-guided and its oracle.
 for split in val test; do
-  configs=$VAL_CONFIGS; strategies="structure-guided sparse-grid random low-discrepancy"
-  [ $split = test ] && configs=$TEST_CONFIGS && strategies="adaptive structure-guided sparse-grid random low-discrepancy full-raster-low-dose"
-  for config in $configs; do
-    name=$(basename "$config" .yaml)
+  configs=$VAL_CONFIGS; fixed="sparse-grid random low-discrepancy"
+  [ $split = test ] && configs=$TEST_CONFIGS && fixed="adaptive sparse-grid random low-discrepancy full-raster-low-dose"
+  for config in fixed $configs; do
+    name=$(basename "$config" .yaml); strategies=structure-guided
+    [ "$config" = fixed ] && strategies="$fixed --no-oracle"
     for class in flake mos2 dwcnt; do
       files=("$DATA/$split/$class"/*.h5)
       if [ ! -e "${files[0]}" ]; then echo "no $split $class specimens in $DATA (did the simulation fail?)" >&2; exit 2; fi
@@ -60,7 +64,8 @@ run_job() {
   local sampling=(--density 62.5)
   [ "$class" = dwcnt ] && sampling=(--budget 840 --chunk 100)
   mkdir -p "$WORK/out/$name/$split"
-  $P evaluate --datasets "$a" "$b" "${sampling[@]}" --seeds "${SEEDS:-3}" --strategies "$@" --config "$config" --device "$DEVICE" --threads 1 \
+  local config_flag=(--config "$config"); [ "$config" = fixed ] && config_flag=()
+  $P evaluate --datasets "$a" "$b" "${sampling[@]}" --seeds "${SEEDS:-3}" --strategies "$@" "${config_flag[@]}" --device "$DEVICE" --threads 1 \
     --json "$WORK/out/$name/$split/${class}_$first.json" > "$WORK/out/$name/$split/${class}_$first.log" 2>&1 \
     || echo "FAILED $name $split $class $first: $(tail -2 "$WORK/out/$name/$split/${class}_$first.log")"
 }

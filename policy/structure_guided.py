@@ -58,6 +58,12 @@ class StructureGuidedOptions(BaseModel):
         "not structure); None: contrast only. A uniform specimen's smoothed phase splits at ~2.5-3.3 (bench/RESULTS.md)",
     )
     level_scale_nm: float = Field(0.2, gt=0, description="Gaussian sigma of the smoothed phase for level_separation, nm (averages out a lattice)")
+    contrast_split_ratio: float | None = Field(
+        None, gt=1, description="where the measured local contrast, smoothed over contrast_scale_nm, splits into two classes whose "
+        "means differ by at least this factor (vacuum noise vs specimen), structure is the contrast rescaled between them (the low "
+        "class's mean to 0, the high class's to 1) instead of divided by reference_percentile; None: off. A sparse live "
+        "reconstruction lacks the low spatial frequencies that the phase level needs, its contrast does not",
+    )
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -117,15 +123,40 @@ def structure_map(potential: np.ndarray, origin_nm: tuple[float, float], pixel_n
         spread = options.spread_nm / pixel_nm
         weight = ndimage.gaussian_filter(seen, spread)
         prior_weight = 0.05
-        reference = np.percentile(contrast[seen > 0], options.reference_percentile) if seen.any() else 0.0
-        normalised = np.clip(contrast / reference, 0, 1) if reference > 0 else np.zeros_like(contrast)
+        normalised = _normalised_contrast(contrast, seen > 0, sigma, options)
         normalised = _with_level(normalised, v, seen > 0, pixel_nm, options)
         s = (ndimage.gaussian_filter(normalised * seen, spread) + 0.5 * prior_weight) / (weight + prior_weight)
     else:
-        reference = np.percentile(contrast, options.reference_percentile)
-        s = np.clip(contrast / reference, 0, 1) if reference > 0 else np.zeros_like(contrast)
+        s = _normalised_contrast(contrast, np.ones(v.shape, dtype=bool), sigma, options)
         s = _with_level(s, v, np.ones(v.shape, dtype=bool), pixel_nm, options)
     return np.clip(s, 0.0, 1.0)
+
+
+def contrast_split(contrast: np.ndarray, mask: np.ndarray, ratio: float) -> tuple[float, float] | None:
+    """The means (low, high) of the two Otsu classes of ``contrast[mask]`` when each holds >= 5 % and high >= ``ratio`` x low."""
+    values = contrast[mask]
+    if values.size < 20 or not np.isfinite(values).all() or not np.ptp(values) > 0:
+        return None
+    threshold = otsu_threshold(values)
+    low, high = values[values <= threshold], values[values > threshold]
+    if min(low.size, high.size) < 0.05 * values.size or high.mean() < ratio * low.mean():
+        return None
+    return float(low.mean()), float(high.mean())
+
+
+def _normalised_contrast(contrast: np.ndarray, mask: np.ndarray, sigma_px: float, options: StructureGuidedOptions) -> np.ndarray:
+    """Contrast in [0, 1]: rescaled between its two classes where it splits (``contrast_split_ratio``), else divided by its
+    ``reference_percentile`` over ``mask``."""
+    if not mask.any():
+        return np.zeros_like(contrast)
+    if options.contrast_split_ratio is not None:
+        smooth = ndimage.gaussian_filter(contrast, sigma_px)
+        split = contrast_split(smooth, mask, options.contrast_split_ratio)
+        if split is not None:
+            low, high = split
+            return np.clip((smooth - low) / (high - low), 0.0, 1.0)
+    reference = np.percentile(contrast[mask], options.reference_percentile)
+    return np.clip(contrast / reference, 0, 1) if reference > 0 else np.zeros_like(contrast)
 
 
 def _with_level(structure: np.ndarray, potential: np.ndarray, mask: np.ndarray, pixel_nm: float, options: StructureGuidedOptions) -> np.ndarray:

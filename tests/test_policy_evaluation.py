@@ -278,3 +278,40 @@ def test_the_target_line_carries_intervals_over_specimens():
     assert 0.0 <= low < 14 / 18 < high <= 1.0
     assert t["gain_ci95"][0] <= t["mean_gain"] <= t["gain_ci95"][1]
     assert adaptivity_target(rows)["flake"]["share_ci95"] == [low, high]  # the bootstrap is seeded
+
+
+def _lattice_beside_noise(noise: float) -> np.ndarray:
+    """(60, 60) phase at 0.04 nm: a lattice with zero mean for y < 1.2 nm (as a sparse live reconstruction shows a
+    specimen: its high spatial frequencies without the mean phase that the level gate needs) and noise everywhere."""
+    ys, xs = np.mgrid[0:60, 0:60] * 0.04
+    lattice = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3)
+    return np.where(ys < 1.2, lattice, 0.0) + noise * np.random.default_rng(2).normal(size=(60, 60))
+
+
+def test_the_contrast_split_tells_vacuum_noise_from_a_lattice_without_a_phase_level():
+    """A live reconstruction lacks the mean phase, so the phase level cannot split it; its contrast still does: the vacuum's
+    noise then counts as no structure and the lattice gets more of the next positions. A uniform lattice does not split."""
+    from scipy import ndimage
+
+    from policy.structure_guided import StructureGuidedOptions, contrast_split, structure_map
+
+    mask = np.ones((60, 60), dtype=bool)
+    assert contrast_split(np.r_[np.full(1800, 0.3), np.full(1800, 0.05)].reshape(60, 60), mask, 2.5) == pytest.approx((0.05, 0.3))
+    assert contrast_split(np.r_[np.full(1800, 0.3), np.full(1800, 0.2)].reshape(60, 60), mask, 2.5) is None  # 1.5x apart
+    fov = (0.2, 0.2, 2.0, 2.0)
+    measured = sparse_grid_coarse_to_fine(fov, 200)[:50]
+    potential = _lattice_beside_noise(0.05)
+    on_lattice, vacuum_structure = {}, {}
+    for ratio in (None, 2.5):
+        options = StructureGuidedOptions(contrast_split_ratio=ratio)
+        s = structure_map(potential, (0.0, 0.0), 0.04, measured, options)
+        vacuum_structure[ratio] = float(s[35:55, 5:55].mean())  # rows are y / 0.04 nm: vacuum is y >= 1.2 nm
+        chosen = StructureGuidedPlanner(options).next_positions(potential, (0.0, 0.0), 0.04, fov, measured, 60)
+        on_lattice[ratio] = int((chosen[:, 1] < 1.2).sum())
+    assert vacuum_structure[2.5] < 0.5 * vacuum_structure[None]  # (0.10 vs 0.25: the lattice's structure spreads over its border)
+    assert on_lattice[2.5] > on_lattice[None]  # (max_gap_nm keeps the vacuum covered: the shift is a few positions)
+    ys, xs = np.mgrid[0:60, 0:60] * 0.04
+    uniform = 0.5 * np.cos(2 * np.pi * xs / 0.3) * np.cos(2 * np.pi * ys / 0.3) + 0.1 * np.random.default_rng(3).normal(size=(60, 60))
+    sigma = 0.08 / 0.04
+    contrast = np.sqrt(np.clip(ndimage.gaussian_filter(uniform**2, sigma) - ndimage.gaussian_filter(uniform, sigma) ** 2, 0, None))
+    assert contrast_split(ndimage.gaussian_filter(contrast, sigma), mask, 2.5) is None
