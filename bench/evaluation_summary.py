@@ -1,6 +1,7 @@
 """Markdown tables from ``ptychoscan evaluate`` JSON files (the evaluation table in bench/RESULTS.md).
 
     PYTHONPATH=$PWD .venv/bin/python bench/evaluation_summary.py bench/out/evaluation/{flake,mos2,dwcnt}.json
+    ... --min-specimen-fraction 0.1   # without the fields that a nanotube only clips
 
 Per class: mean +- std of every score per strategy; structure-guided's paired
 differences against every other strategy (mean [95 % CI over datasets] wins/pairs); the
@@ -19,8 +20,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+")
     ap.add_argument("--focus", default="structure-guided")
+    ap.add_argument("--min-specimen-fraction", type=float, default=0.0,
+                    help="leave out the specimens whose specimen region is less than this share of the field (default 0: none)")
     args = ap.parse_args()
     rows = [r for path in args.json for r in json.load(open(path))["results"]]
+    small = sorted({r["dataset"] for r in rows if r["specimen_fraction"] < args.min_specimen_fraction})
+    if small:
+        print(f"left out ({len(small)} specimens whose specimen region is < {args.min_specimen_fraction:.0%} of the field): {', '.join(small)}")
+        rows = [r for r in rows if r["dataset"] not in small]
     summary = summarise(rows)
     pairs = paired(rows, focus=(args.focus,))
     target = adaptivity_target(rows)

@@ -222,7 +222,7 @@ def test_vacuum_noise_is_not_structure_where_the_phase_level_says_vacuum():
     potential = _tube_potential()
     on_tube = {}
     for separation in (None, 3.8):
-        planner = StructureGuidedPlanner(StructureGuidedOptions(level_separation=separation))
+        planner = StructureGuidedPlanner(StructureGuidedOptions(level_separation=separation, contrast_split_ratio=None))
         chosen = planner.next_positions(potential, (0.0, 0.0), 0.04, fov, measured, 60)
         on_tube[separation] = int((chosen[:, 1] < 1.2).sum())
     assert on_tube[None] < 30 < on_tube[3.8]  # the tube is half the field (y 0.2-1.2 of 0.2-2.2)
