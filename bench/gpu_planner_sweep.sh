@@ -26,7 +26,8 @@ simulate() {  # split first-seed count class
   OMP_NUM_THREADS=1 $P simulate --specimen "$4" --split "$1" --seed "$2" --n-datasets "$3" "${extra[@]}" --device cpu --out "$DATA/$1/$4" >/dev/null 2>&1
 }
 VAL_N=${VAL_N:-${N:-10}}; TEST_N=${TEST_N:-${N:-10}}
-for class in flake mos2 dwcnt; do  # five specimens per process
+CLASSES=${CLASSES:-flake mos2 dwcnt}
+for class in $CLASSES; do  # five specimens per process
   for ((k = 0; k < VAL_N; k += 5)); do simulate val $((VAL_SEED + k)) $((VAL_N - k < 5 ? VAL_N - k : 5)) $class & done
   for ((k = 0; k < TEST_N; k += 5)); do simulate test $k $((TEST_N - k < 5 ? TEST_N - k : 5)) $class & done
 done
@@ -44,10 +45,10 @@ jobs_file=$WORK/jobs.txt; : > "$jobs_file"
 for split in val test; do
   configs=$VAL_CONFIGS; fixed="sparse-grid random low-discrepancy"
   [ $split = test ] && configs=$TEST_CONFIGS && fixed="adaptive sparse-grid random low-discrepancy full-raster-low-dose"
-  for config in fixed $configs; do
+  for config in ${FIXED-fixed} $configs; do  # FIXED= (empty): configs only, to merge with an earlier run's fixed patterns
     name=$(basename "$config" .yaml); strategies=structure-guided
     [ "$config" = fixed ] && strategies="$fixed --no-oracle"
-    for class in flake mos2 dwcnt; do
+    for class in $CLASSES; do
       files=("$DATA/$split/$class"/*.h5)
       if [ ! -e "${files[0]}" ]; then echo "no $split $class specimens in $DATA (did the simulation fail?)" >&2; exit 2; fi
       if (( ${#files[@]} % 2 )); then echo "N must be even (two specimens per job)" >&2; exit 2; fi

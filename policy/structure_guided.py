@@ -62,6 +62,11 @@ class StructureGuidedOptions(BaseModel):
         "not structure); None: contrast only. A uniform specimen's smoothed phase splits at ~2.5-3.3 (bench/RESULTS.md)",
     )
     level_scale_nm: float = Field(0.2, gt=0, description="Gaussian sigma of the smoothed phase for level_separation, nm (averages out a lattice)")
+    max_enrichment: float | None = Field(
+        None, gt=1, description="the floor is raised where needed so that structure draws at most this many times its share of the "
+        "field's area (a tube that clips a corner of the field would otherwise take ~6x its share and starve the vacuum around "
+        "it); None: off",
+    )
     contrast_split_ratio: float | None = Field(
         2.0, gt=1, description="where the measured local contrast, smoothed over contrast_scale_nm, splits into two classes whose "
         "means differ by at least this factor (vacuum noise vs specimen), structure is the contrast rescaled between them (the low "
@@ -175,6 +180,16 @@ def _with_level(structure: np.ndarray, potential: np.ndarray, mask: np.ndarray, 
     return structure if level is None else structure * level
 
 
+def enrichment_floor(structure_share: float, floor: float, max_enrichment: float | None) -> float:
+    """The density floor, raised so that a field whose structure covers ``structure_share`` of it (mean s in [0, 1]) gives
+    structure at most ``max_enrichment`` times its share of the positions: with s in {0, 1} structure draws
+    1 / (share + (1 - share) floor) times its share."""
+    if max_enrichment is None or structure_share >= 1.0:
+        return floor
+    needed = (1.0 / max_enrichment - structure_share) / (1.0 - structure_share)
+    return float(min(1.0, max(floor, needed)))
+
+
 def place_by_density(candidates_nm: np.ndarray, density: np.ndarray, positions_nm: np.ndarray, n: int, max_gap_nm: float) -> np.ndarray:
     """Greedy density-weighted farthest-point sampling: (n, 2) of ``candidates_nm`` maximising d * sqrt(density).
 
@@ -269,7 +284,8 @@ class StructureGuidedPlanner:
                 grid = self._unmeasured_grid(fov, budget, positions)
                 if len(grid) >= n:
                     return grid[:n]
-            density = self.options.floor + (1.0 - self.options.floor) * s_at
+            floor = enrichment_floor(float(np.mean(s_at)), self.options.floor, self.options.max_enrichment)
+            density = floor + (1.0 - floor) * s_at
         return place_by_density(candidates, density, positions, n, self.options.max_gap_nm)
 
     def _unmeasured_grid(self, fov, budget: int, positions: np.ndarray) -> np.ndarray:

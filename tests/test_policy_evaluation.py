@@ -315,3 +315,17 @@ def test_the_contrast_split_tells_vacuum_noise_from_a_lattice_without_a_phase_le
     sigma = 0.08 / 0.04
     contrast = np.sqrt(np.clip(ndimage.gaussian_filter(uniform**2, sigma) - ndimage.gaussian_filter(uniform, sigma) ** 2, 0, None))
     assert contrast_split(ndimage.gaussian_filter(contrast, sigma), mask, 2.5) is None
+
+
+def test_the_enrichment_cap_raises_the_floor_only_where_structure_covers_little_of_the_field():
+    """A tube that clips 7 % of the field drew ~6x its share of the positions and starved the vacuum around it (whole-field r
+    fell on those fields); with the cap it draws at most max_enrichment x its share; a flake over half the field is unchanged."""
+    from policy.structure_guided import enrichment_floor
+
+    def enrichment(share, floor):
+        return 1.0 / (share + (1.0 - share) * floor)
+
+    assert enrichment(0.07, 0.1) > 6
+    assert enrichment(0.07, enrichment_floor(0.07, 0.1, 2.5)) == pytest.approx(2.5)
+    assert enrichment_floor(0.5, 0.1, 2.5) == 0.1 and enrichment_floor(0.07, 0.1, None) == 0.1
+    assert enrichment_floor(0.0, 0.1, 2.5) == pytest.approx(0.4) and enrichment_floor(1.0, 0.1, 2.5) == 0.1
