@@ -17,7 +17,9 @@ sub-sequence by density-weighted farthest-point sampling:
    smoothed phase splits into two levels (``level_separation``), structure is also
    multiplied by the pixel's place between them.
 2. **Density** ``rho = floor + (1 - floor) * s``: featureless regions keep ``floor`` of
-   the specimen's density, so the overlap that ptychography needs survives there too.
+   the specimen's density, so the overlap that ptychography needs survives there too;
+   where structure covers little of the field the floor rises so that it draws at most
+   ``max_enrichment`` times its share of the positions.
 3. **Placement**: each next position is the candidate (a ``candidate_step_nm`` raster
    over the field) that maximises ``d * sqrt(rho)``, d its distance to the nearest
    measured or already chosen position. In 2-D the spacing of such a sampling scales
@@ -63,7 +65,7 @@ class StructureGuidedOptions(BaseModel):
     )
     level_scale_nm: float = Field(0.2, gt=0, description="Gaussian sigma of the smoothed phase for level_separation, nm (averages out a lattice)")
     max_enrichment: float | None = Field(
-        None, gt=1, description="the floor is raised where needed so that structure draws at most this many times its share of the "
+        4.0, gt=1, description="the floor is raised where needed so that structure draws at most this many times its share of the "
         "field's area (a tube that clips a corner of the field would otherwise take ~6x its share and starve the vacuum around "
         "it); None: off",
     )
@@ -219,7 +221,7 @@ class StructureGuidedPlanner:
     """Next positions from the current reconstruction (see the module docstring); stateless."""
 
     name = "structure-guided"
-    version = "structure-guided-3"  # 2: the phase-level gate (level_separation); 3: the contrast split (contrast_split_ratio)
+    version = "structure-guided-4"  # 2: the phase-level gate; 3: the contrast split; 4: the enrichment cap (max_enrichment)
 
     def __init__(self, options: StructureGuidedOptions | None = None):
         self.options = options or StructureGuidedOptions()
