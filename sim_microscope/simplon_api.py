@@ -138,6 +138,11 @@ def create_app(detector: SimDetector) -> FastAPI:
             frames += detector.trigger(external=True)
         return {"frames": frames}
 
+    @app.get("/sim/api/1/stream")
+    def stream_endpoint() -> dict:
+        """Where this stand-in's PUSH socket listens (``tcp://host:port``); a real DCU streams on port 9999 of its own host."""
+        return {"endpoint": detector.endpoint}
+
     @app.get("/sim/api/1/faults")
     def get_faults() -> dict:
         return detector.faults.model_dump()

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--service", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--microscope", required=True, help="sim-detector REST base URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--api-key", required=True)
-    p.add_argument("--detector-endpoint", default="tcp://127.0.0.1:9999", help="stream the service connects to")
+    p.add_argument("--detector-endpoint", default=None, help="detector stream the session reads (tcp://host:port); default: the "
+                   "service's configured detector (serve --detector), else the one sim-detector streams on, else tcp://127.0.0.1:9999")
     p.add_argument("--fov-nm", type=float, nargs=4, metavar=("X0", "Y0", "W", "H"), default=(0.0, 0.0, 2.0, 2.0))
     p.add_argument("--budget", type=int, default=250, help="positions in total (paper: 250-500)")
     p.add_argument("--chunk", type=int, default=50, help="positions per sub-sequence (paper: 50-100)")
@@ -30,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--defocus-nm", type=float, default=0.0)
     p.add_argument("--frame-time", type=float, default=0.001, help="s")
     p.add_argument("--settle-time", type=float, default=0.0, help="s")
+    p.add_argument("--ask-timeout", type=float, default=30.0, help="long-poll of each ask, s")
+    p.add_argument("--max-idle-asks", type=int, default=3, help="stop after this many 503s from ask in a row while no frame of the "
+                   "told batch arrives (the frames go to a stream the session does not read)")
     p.set_defaults(func=run)
 
 
@@ -44,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
             detector_endpoint=args.detector_endpoint, fov_nm=tuple(args.fov_nm), budget=args.budget, chunk=args.chunk,
             strategy=args.strategy, energy_ev=args.energy_ev, convergence_mrad=args.convergence_mrad,
             detector_pixels=args.detector_pixels, detector_pixel_mrad=args.detector_pixel_mrad, defocus_nm=args.defocus_nm,
-            frame_time_s=args.frame_time, settle_time_s=args.settle_time,
+            frame_time_s=args.frame_time, settle_time_s=args.settle_time, ask_timeout_s=args.ask_timeout, max_idle_asks=args.max_idle_asks,
         )
         summary = run_scan(config)
     except ValidationError as err:
         raise ValueError(f"invalid sim-scan option: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
     except ScanLoopError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(json.dumps(summary))
     return 0
