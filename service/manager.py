@@ -290,6 +290,12 @@ class SessionManager:
         result, evicted = self.router.buffer_frame(key, idx, image, arrived_at)
         if result.outcome != FrameOutcome.BUFFERED:
             return  # a duplicate: noted for the tell
+        entry = self.router.buffer.get(key)
+        if entry is not None and entry.count == 1 and not any(s.endpoint == key[0] and not s.terminal for s in self.sessions.values()):
+            entry.unclaimed = True  # e.g. the sessions name another endpoint for this detector: say so, or the scan waits in silence
+            log.warning("frames of series %s arrive from %s, but no session in progress reads that stream; they are held for a tell", key[1], key[0])
+        if entry is not None and entry.unclaimed:
+            self.metrics.unclaimed_frames.inc()
         for old in evicted:
             self.metrics.stream_errors.labels("buffer_overflow").inc(old.count)
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])

@@ -75,6 +75,8 @@ class Buffered:
     """frames held."""
     nbytes: int = 0
     """bytes of the frames held."""
+    unclaimed: bool = False
+    """when its first frame came, no session in progress read its endpoint: its frames may wait for a tell that never comes."""
 
 
 @dataclass(frozen=True)
