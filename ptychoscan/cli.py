@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: outputs written so far are complete; the one in progress was discarded", file=sys.stderr)
         return 130
-    except (DatasetError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DatasetError, ConfigError, ValueError, OSError) as err:  # OSError: a path or port the user gave (FileNotFoundError, IsADirectoryError, ...)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
 
 

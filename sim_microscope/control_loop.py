@@ -23,7 +23,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from tqdm.auto import tqdm
 
 DETECTOR_API = "/detector/api/1.8.0"
@@ -62,6 +62,13 @@ class ScanLoopConfig(BaseModel):
     max_idle_asks: int = Field(
         3, ge=1, description="give up after this many 503s from ask in a row with no frame of the told batch arriving and nothing reconstructed"
     )
+
+    @field_validator("service", "microscope")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname:
+            raise ValueError(f"must be an http(s) URL like http://127.0.0.1:8000, got {v!r}")
+        return v
 
 
 def _check(response: httpx.Response, what: str) -> dict:

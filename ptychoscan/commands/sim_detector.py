@@ -56,18 +56,27 @@ def _source(args):
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    import zmq
 
+    from ptychoscan.net import listen_socket
     from sim_microscope.detector import ScanController, SimDetector
     from sim_microscope.simplon_api import create_app
 
     if args.frame_time < 0 or args.settle_time < 0 or args.dose <= 0:
         raise ValueError("--frame-time and --settle-time must be >= 0 and --dose > 0")
-    detector = SimDetector(_source(args), host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
-                           scan=ScanController(args.settle_time))
-    detector.config["frame_time"] = args.frame_time
-    print(f"stream v1 on {detector.endpoint}; REST on http://{args.host}:{args.rest_port}", flush=True)
+    source = _source(args)
+    rest = listen_socket(args.host, args.rest_port)
     try:
-        uvicorn.run(create_app(detector), host=args.host, port=args.rest_port, log_level="warning")
+        detector = SimDetector(source, host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
+                               scan=ScanController(args.settle_time))
+    except zmq.ZMQError as err:
+        rest.close()
+        raise ValueError(f"cannot stream on {args.host}:{args.port}: {err}") from None
+    detector.config["frame_time"] = args.frame_time
+    print(f"stream v1 on {detector.endpoint}; REST on http://{args.host}:{rest.getsockname()[1]}", flush=True)
+    try:
+        with rest:
+            uvicorn.Server(uvicorn.Config(create_app(detector), host=args.host, port=args.rest_port, log_level="warning")).run(sockets=[rest])
     finally:
         detector.close()
     return 0
