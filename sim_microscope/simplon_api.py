@@ -1,4 +1,4 @@
-"""REST of the simulated microscope: the SIMPLON subset (DESIGN.md section 5), the scan controller and faults.
+"""REST of the simulated microscope: the SIMPLON subset (docs/DESIGN.md section 5), the scan controller and faults.
 
 SIMPLON (what DECTRIS clients call): ``GET /detector/api/version/``,
 ``GET|PUT /detector/api/1.8.0/config/{key}`` (GET returns ``{"value", "value_type",

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         "(--source, nearest raster position) or simulated from a specimen (--specimen) at --dose electrons per frame.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", help="dataset file (HDF5, DESIGN section 4): its nearest raster frame, or see --from-truth")
+    src.add_argument("--source", help="dataset file (HDF5, docs/DESIGN.md section 4): its nearest raster frame, or see --from-truth")
     src.add_argument("--specimen", choices=["mos2", "mose2", "ws2", "wse2", "dwcnt", "synthetic"], help="simulate on the fly")
     p.add_argument("--from-truth", action="store_true", help="with --source: simulate every frame at its exact position from the "
                    "file's ground-truth phase instead of replaying the nearest raster frame (any raster, even a coarse one, will do)")
