@@ -21,12 +21,18 @@ def read_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such configuration file")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror if isinstance(err, OSError) else err})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:  # not a ValueError
+                raise ValueError(" ".join(str(err).split())) from None
         elif path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix == ".json":

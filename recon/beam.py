@@ -10,7 +10,7 @@ from recon.probe import make_probe
 
 
 def reconstruction_pixel_nm(energy_ev: float, detector_pixels: int, detector_pixel_mrad: float) -> float:
-    """DESIGN pixel: wavelength / (K * detector_pixel_mrad * 1e-3), in nm (0.04526 nm at 60 kV, K=64, 1.68 mrad)."""
+    """The docs/DESIGN.md pixel: wavelength / (K * detector_pixel_mrad * 1e-3), in nm (0.04526 nm at 60 kV, K=64, 1.68 mrad)."""
     return real_space_pixel_angstrom(energy_ev, detector_pixels, detector_pixel_mrad) / 10.0
 
 

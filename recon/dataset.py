@@ -1,4 +1,4 @@
-"""4D-STEM dataset files (HDF5, format "ptychoscan-4dstem", version 1; DESIGN.md section 4).
+"""4D-STEM dataset files (HDF5, format "ptychoscan-4dstem", version 1; docs/DESIGN.md section 4).
 
 ``read_dataset`` validates shapes, dtypes and attributes and raises ``DatasetError``
 with a one-line message that names what is wrong. ``write_dataset`` writes to a

@@ -404,7 +404,7 @@ def _binned_centre_tilt(k: int, binning: int, device, dtype) -> torch.Tensor | f
 
     Binning the K*b-pixel far field in b x b blocks puts the zero frequency d = b (K//2) +
     (b - 1)/2 - (K b)//2 raw pixels off the centre of binned pixel K//2 (0.5 for b = 2, K
-    even); the data (DESIGN: patterns centred at (K//2, K//2); sim_microscope does the same
+    even); the data (docs/DESIGN.md: patterns centred at (K//2, K//2); sim_microscope does the same
     tilt) are centred, so the model's exit waves carry this tilt. Without it the
     reconstruction drifts into a compensating phase ramp (0.54 rad/nm at 60 kV, K = 64).
     """

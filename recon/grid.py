@@ -39,7 +39,7 @@ class ObjectGrid:
 
         Args:
             fov_nm: (x0, y0, width, height) of the field of view in nm (probe centres).
-            pixel_nm: grid pixel in nm (DESIGN: wavelength / (K * detector_pixel_mrad)).
+            pixel_nm: grid pixel in nm (docs/DESIGN.md: wavelength / (K * detector_pixel_mrad)).
             window: K, the probe window in pixels.
 
         One spare pixel on each side absorbs rounding, so a centre exactly on the fov's

@@ -22,7 +22,7 @@ def fov_of(positions_nm: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def grid_for_dataset(dataset: Dataset4D, fov_nm: tuple[float, float, float, float] | None = None) -> ObjectGrid:
-    """Grid at the DESIGN pixel covering ``fov_nm`` (default: all the dataset's positions) with whole probe windows."""
+    """Grid at the docs/DESIGN.md pixel covering ``fov_nm`` (default: all the dataset's positions) with whole probe windows."""
     pixel = reconstruction_pixel_nm(dataset.energy_ev, dataset.detector_pixels, dataset.detector_pixel_mrad)
     return ObjectGrid.covering(fov_nm or fov_of(dataset.positions_nm), pixel, dataset.detector_pixels)
 

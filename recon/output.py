@@ -1,4 +1,4 @@
-"""Reconstruction files (DESIGN section 4) and their PNG."""
+"""Reconstruction files (docs/DESIGN.md section 4) and their PNG."""
 
 from __future__ import annotations
 

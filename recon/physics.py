@@ -1,7 +1,7 @@
 """Physical constants and relativistic electron optics.
 
 Internally the physics code works in Angstrom (A); public interfaces take nm, mrad
-and eV and convert at the edge (see DESIGN.md section 3).
+and eV and convert at the edge (see docs/DESIGN.md section 3).
 """
 
 from __future__ import annotations

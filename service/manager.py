@@ -35,6 +35,9 @@ from service.work import WorkItem, work_item
 
 log = logging.getLogger(__name__)
 
+NEW_RUN_WAIT_S = 2.0
+"""How long a tell naming a series bound elsewhere waits for a restarted detector's header of that series (it may be behind the tell)."""
+
 
 class SessionManager:
     """Sessions in progress and finished, the lock that serialises every change to them, and the sessions queued for work."""
@@ -44,6 +47,8 @@ class SessionManager:
         self.metrics = metrics
         self.lock = threading.RLock()
         self.work_ready = threading.Condition(self.lock)
+        self.series_started = threading.Condition(self.lock)
+        """notified on every series header (a tell may wait for a restarted detector's new run, ``NEW_RUN_WAIT_S``)."""
         self.sessions: dict[str, Session] = {}
         """sessions in progress (frames, batches and the latest reconstruction in memory)."""
         self.finished: dict[str, FinishedSession] = {}
@@ -208,6 +213,9 @@ class SessionManager:
         frames buffered before the tell are stored now.
         """
         with self.lock:
+            if (live := self.sessions.get(sid)) is not None and (old := self.router.binding((live.endpoint, series))) is not None:
+                if (old.session_id, old.batch_id) != (sid, batch_id):  # a new run's header may be behind this tell: let it retire the old binding
+                    self.series_started.wait_for(lambda: self.router.binding((live.endpoint, series)) is not old, NEW_RUN_WAIT_S)
             s = self.get(sid)
             if not isinstance(s, Session):
                 if (body := s.repeated_tell(batch_id, series)) is not None:
@@ -259,6 +267,7 @@ class SessionManager:
         if isinstance(event, Frame):
             key = (endpoint, event.series)
             router.last_key[endpoint] = key
+            router.started.add(key)
             arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
             if router.is_bound(key):
                 self._store_frame(key, event.frame, event.image, arrived_at, live=True)
@@ -269,7 +278,22 @@ class SessionManager:
         elif isinstance(event, SeriesEnd):
             self._series_end((endpoint, event.series))
         elif isinstance(event, SeriesStart):
-            router.last_key[endpoint] = (endpoint, event.series)
+            router.last_key[endpoint] = key = (endpoint, event.series)
+            if router.series_start(key):
+                self._new_run(key)
+            self.series_started.notify_all()
+
+    def _new_run(self, key: Key) -> None:
+        """Series ``key`` started again: the detector restarted. The earlier run's batch is ended short (re-issued) and its series retired."""
+        if self.router.is_bound(key):
+            self._series_end(key)
+        stale = self.router.new_run(key)
+        dropped = 0 if stale is None else stale.count
+        if dropped:
+            self.router.count_endpoint_error(key[0], "stale_series", dropped)
+            self.metrics.stream_errors.labels("stale_series").inc(dropped)
+            self.metrics.buffered_frames.set(self.router.buffered_frames)
+        log.warning("series %s of %s started again (a restarted detector?): a new run; %d untold frame(s) of the earlier one dropped", key[1], key[0], dropped)
 
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
         """Count ``ev`` by its kind and charge it to its series' session, else hold it for the series' tell or the endpoint."""
@@ -290,6 +314,12 @@ class SessionManager:
         result, evicted = self.router.buffer_frame(key, idx, image, arrived_at)
         if result.outcome != FrameOutcome.BUFFERED:
             return  # a duplicate: noted for the tell
+        entry = self.router.buffer.get(key)
+        if entry is not None and entry.count == 1 and not any(s.endpoint == key[0] and not s.terminal for s in self.sessions.values()):
+            entry.unclaimed = True  # e.g. the sessions name another endpoint for this detector: say so, or the scan waits in silence
+            log.warning("frames of series %s arrive from %s, but no session in progress reads that stream; they are held for a tell", key[1], key[0])
+        if entry is not None and entry.unclaimed:
+            self.metrics.unclaimed_frames.inc()
         for old in evicted:
             self.metrics.stream_errors.labels("buffer_overflow").inc(old.count)
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])

@@ -33,6 +33,9 @@ class ServiceMetrics:
         )
         self.frames = Counter("ptychoscan_ingest_frames_total", "frames stored into sessions", registry=r)
         self.bytes = Counter("ptychoscan_ingest_bytes_total", "decoded frame bytes stored", registry=r)
+        self.unclaimed_frames = Counter(
+            "ptychoscan_ingest_unclaimed_frames_total", "frames from a detector endpoint no session in progress reads (held for a tell)", registry=r
+        )
         self.stream_errors = Counter("ptychoscan_ingest_errors_total", "stream problems by kind", ["kind"], registry=r)
         self.batches_issued = Counter("ptychoscan_batches_issued_total", "batches of positions published", registry=r)
         self.batches_complete = Counter("ptychoscan_batches_completed_total", "batches whose frames all arrived", registry=r)

@@ -1,7 +1,11 @@
 """Frame routing: detector series -> session batches, the pre-tell buffer, and the verdict on each frame.
 
 A *key* is ``(endpoint, series)``. A series is bound once, at its tell, to the
-missing slots of one batch (``service.session.Binding``). Frames of a series not told
+missing slots of one batch (``service.session.Binding``). A detector numbers its series
+anew when it restarts (the simulated one from 1): a second header for a key that has
+already started (header or frames seen) is a new run of that series number, so the
+earlier run's binding and untold frames are retired (``new_run``) and the new run is
+bound by its own tell; frames of one run never reach the other's slots. Frames of a series not told
 yet are held in a buffer capped in frames and bytes (oldest series evicted first) and
 replayed at the tell. Nothing here writes a file, touches a metric or takes a lock:
 methods return what happened (``FrameResult``, evictions) and the session manager,
@@ -75,6 +79,8 @@ class Buffered:
     """frames held."""
     nbytes: int = 0
     """bytes of the frames held."""
+    unclaimed: bool = False
+    """when its first frame came, no session in progress read its endpoint: its frames may wait for a tell that never comes."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ class FrameRouter:
         """per endpoint, the series of its latest frame or header (errors without a series number go to it)."""
         self.logged_errors: dict[str, int] = {}
         """per endpoint, stream errors seen (the log is thinned out past 100)."""
+        self.started: set[Key] = set()
+        """series whose header or frames arrived (restored bindings count as started: their series was armed before the tell)."""
 
     # --- bindings ----------------------------------------------------------------------
 
@@ -124,6 +132,7 @@ class FrameRouter:
         """Take over a restored session's bindings, by series number."""
         for series, bind in bindings.items():
             self.bindings[(endpoint, series)] = bind
+            self.started.add((endpoint, series))
 
     def session_ended(self, session_id: str) -> None:
         """Mark the series of an ended session ended; they stay bound, so a late frame is charged to the session, not buffered as untold."""
@@ -144,6 +153,24 @@ class FrameRouter:
     def unbind_slots(bind: Binding, lost: set[int]) -> None:
         """Forget the frames of ``bind`` bound to slots ``lost`` (its series ended short): a late one is then refused."""
         bind.frame_to_slot = {i: slot for i, slot in bind.frame_to_slot.items() if slot not in lost}
+
+    def series_start(self, key: Key) -> bool:
+        """A header of series ``key`` arrived; True if that series had started already: a new detector run reuses its number."""
+        reused = key in self.started
+        self.started.add(key)
+        return reused
+
+    def new_run(self, key: Key) -> Buffered | None:
+        """Retire series ``key`` of the earlier detector run: its binding is forgotten, its untold frames leave the buffer (returned).
+
+        Call after ending the bound batch's series (its missing positions are re-issued):
+        the new run's frames are then held for their own tell, never stored in the old slots.
+        """
+        self.bindings.pop(key, None)
+        entry = self.buffer.pop(key, None)
+        if entry is not None:
+            self._unbuffer(entry)
+        return entry
 
     # --- frames ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A session on disk: one dataset file (DESIGN section 4, ``recon.dataset`` format) that grows chunk by chunk.
+"""A session on disk: one dataset file (docs/DESIGN.md section 4, ``recon.dataset`` format) that grows chunk by chunk.
 
 Layout beyond the dataset format (which ``recon.dataset.read_dataset`` reads once a
 session is complete): ``positions_issued_nm`` and ``positions_measured_nm`` (NaN where

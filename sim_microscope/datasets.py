@@ -1,4 +1,4 @@
-"""Dense-raster simulated datasets with ground truth, in the DESIGN section 4 format.
+"""Dense-raster simulated datasets with ground truth, in the docs/DESIGN.md section 4 format.
 
 Seed splits: training, validation and test specimens come from disjoint seed ranges,
 ``SPLIT_SEED_OFFSETS[split] + seed + index`` with ``seed + index`` in [0, SPLIT_SEED_RANGE)

@@ -1,4 +1,4 @@
-"""REST of the simulated microscope: the SIMPLON subset (DESIGN.md section 5), the scan controller and faults.
+"""REST of the simulated microscope: the SIMPLON subset (docs/DESIGN.md section 5), the scan controller and faults.
 
 SIMPLON (what DECTRIS clients call): ``GET /detector/api/version/``,
 ``GET|PUT /detector/api/1.8.0/config/{key}`` (GET returns ``{"value", "value_type",
@@ -137,6 +137,11 @@ def create_app(detector: SimDetector) -> FastAPI:
         while detector.state == "ready":
             frames += detector.trigger(external=True)
         return {"frames": frames}
+
+    @app.get("/sim/api/1/stream")
+    def stream_endpoint() -> dict:
+        """Where this stand-in's PUSH socket listens (``tcp://host:port``); a real DCU streams on port 9999 of its own host."""
+        return {"endpoint": detector.endpoint}
 
     @app.get("/sim/api/1/faults")
     def get_faults() -> dict:

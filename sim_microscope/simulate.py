@@ -12,7 +12,7 @@ edge, typically 1-3 % for MoS2 at 60 kV / 33 mrad / 64 px, is reported by
 
 With binning, the far field is sampled half a raw pixel off the FFT grid (even binning,
 a tilt of the exit wave) so that the zero frequency falls at the centre of binned pixel
-(K//2, K//2), the convention of DESIGN.md and of the reconstructor's forward model;
+(K//2, K//2), the convention of docs/DESIGN.md and of the reconstructor's forward model;
 without it a 2x-binned pattern is centred at K//2 - 0.25.
 """
 

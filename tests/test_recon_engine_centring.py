@@ -1,4 +1,4 @@
-"""The reconstructor's binned model is centred like the data (DESIGN: zero frequency at (K//2, K//2))."""
+"""The reconstructor's binned model is centred like the data (docs/DESIGN.md: zero frequency at (K//2, K//2))."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_sim_scan_bad_option_and_unreachable_service(capsys):
     args = ["sim-scan", "--service", "http://127.0.0.1:9", "--microscope", "http://127.0.0.1:9", "--api-key", "k"]
     assert main([*args, "--budget", "0"]) == 2
     assert "invalid sim-scan option: budget" in capsys.readouterr().err
-    assert main(args) == 1
+    assert main(args) == 2
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 

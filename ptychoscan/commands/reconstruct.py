@@ -1,6 +1,6 @@
 """``ptychoscan reconstruct``: gradient ptychography of one dataset file.
 
-Writes the reconstruction (DESIGN section 4: ``phase`` (H, W) float32 with attrs
+Writes the reconstruction (docs/DESIGN.md section 4: ``phase`` (H, W) float32 with attrs
 ``pixel_nm`` and ``origin_nm``, ``positions_nm`` used, ``loss_history``) and, when the
 dataset has ground truth, prints ``ssim=<value>`` as the last line (registered to
 sub-pixel accuracy, ground truth low-passed to the reconstruction's Nyquist, over the

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from ptychoscan.net import listen_socket
+    from recon.device import pick_device
     from service.app import create_app
     from service.settings import load_settings
 
@@ -47,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         ask_timeout_s=args.ask_timeout_s,
     )
+    if settings.storage.exists() and not settings.storage.is_dir():
+        raise ValueError(f"--storage {settings.storage}: exists and is not a folder (session files go into a folder)")
+    pick_device(settings.device)  # DeviceError (one line) for a device this machine does not have, before anything starts
+    sock = listen_socket(settings.host, settings.port)
     if not settings.api_keys:
         key = secrets.token_urlsafe(24)
         settings.api_keys = [key]
@@ -55,5 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(settings.torch_threads)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)  # long-polling asks are cut after 5 s; the chunk in flight is finished in the lifespan
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)  # long-polling asks are cut after 5 s; the chunk in flight is finished in the lifespan
+    server = uvicorn.Server(config)
+    with sock:
+        server.run(sockets=[sock])
+    if not server.started:
+        raise ValueError("the service did not start (see the log above)")
     return 0

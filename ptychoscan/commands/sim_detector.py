@@ -14,23 +14,25 @@ def register(subparsers) -> None:
         "(--source, nearest raster position) or simulated from a specimen (--specimen) at --dose electrons per frame.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", help="dataset file (HDF5, DESIGN section 4): its nearest raster frame, or see --from-truth")
+    src.add_argument("--source", help="dataset file (HDF5, docs/DESIGN.md section 4): its nearest raster frame, or see --from-truth")
     src.add_argument("--specimen", choices=["mos2", "mose2", "ws2", "wse2", "dwcnt", "synthetic"], help="simulate on the fly")
     p.add_argument("--from-truth", action="store_true", help="with --source: simulate every frame at its exact position from the "
                    "file's ground-truth phase instead of replaying the nearest raster frame (any raster, even a coarse one, will do)")
     p.add_argument("--specimen-size-nm", type=float, default=3.0, help="specimen field, nm (default 3)")
-    p.add_argument("--detector-pixels", type=int, default=64)
-    p.add_argument("--detector-pixel-mrad", type=float, default=1.68)
-    p.add_argument("--energy-ev", type=float, default=60_000.0)
-    p.add_argument("--convergence-mrad", type=float, default=33.0)
+    p.add_argument("--detector-pixels", type=int, default=64, help="pattern side K, pixels")
+    p.add_argument("--detector-pixel-mrad", type=float, default=1.68, help="detector pixel, mrad (after binning)")
+    p.add_argument("--energy-ev", type=float, default=60_000.0, help="beam energy, eV")
+    p.add_argument("--convergence-mrad", type=float, default=33.0, help="probe convergence semi-angle, mrad")
+    p.add_argument("--defocus-nm", type=float, default=0.0, help="probe defocus with --specimen, nm (a larger probe overlaps more between "
+                   "sparse positions; a dataset given with --source carries its own)")
     p.add_argument("--dose", type=float, default=10_000.0, help="electrons per frame for float patterns (Poisson)")
     p.add_argument("--noise", choices=["poisson", "none"], default="poisson", help="shot noise on float patterns")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="interface for the stream and REST")
     p.add_argument("--port", type=int, default=9999, help="ZeroMQ PUSH port (stream v1)")
     p.add_argument("--rest-port", type=int, default=8080, help="SIMPLON + scan controller REST port")
     p.add_argument("--frame-time", type=float, default=0.001, help="frame time, s")
     p.add_argument("--settle-time", type=float, default=0.0, help="beam settle time per position, s")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="specimen and noise seed")
     p.set_defaults(func=run)
 
 
@@ -39,6 +41,8 @@ def _source(args):
 
     if args.from_truth and not args.source:
         raise ValueError("--from-truth needs --source (a dataset file with ground truth)")
+    if args.defocus_nm and not args.specimen:
+        raise ValueError("--defocus-nm applies to --specimen mos2|...: a --source dataset carries its own defocus, the synthetic pattern has none")
     if args.source:
         return GroundTruthSource(args.source) if args.from_truth else DatasetReplay(args.source)
     if args.specimen in (None, "synthetic"):
@@ -51,23 +55,43 @@ def _source(args):
         convergence_mrad=args.convergence_mrad,
         detector_pixels=args.detector_pixels,
         detector_pixel_mrad=args.detector_pixel_mrad,
+        defocus_nm=args.defocus_nm,
     )
+
+
+def field_of_view_line(source) -> str:
+    """One line: where frames can come from (nm), to match sim-scan's --fov-nm; probe positions outside are clamped."""
+    extent = getattr(source, "extent_nm", None)
+    if extent is None:
+        return "field of view: unbounded (synthetic pattern: a disc that shifts with the probe, no specimen)"
+    x0, y0, w, h = extent
+    return f"field of view: x0 {x0:.3f} nm, y0 {y0:.3f} nm, {w:.3f} x {h:.3f} nm (sim-scan --fov-nm {x0:.3f} {y0:.3f} {w:.3f} {h:.3f} or inside it)"
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    import zmq
 
+    from ptychoscan.net import listen_socket
     from sim_microscope.detector import ScanController, SimDetector
     from sim_microscope.simplon_api import create_app
 
     if args.frame_time < 0 or args.settle_time < 0 or args.dose <= 0:
         raise ValueError("--frame-time and --settle-time must be >= 0 and --dose > 0")
-    detector = SimDetector(_source(args), host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
-                           scan=ScanController(args.settle_time))
-    detector.config["frame_time"] = args.frame_time
-    print(f"stream v1 on {detector.endpoint}; REST on http://{args.host}:{args.rest_port}", flush=True)
+    source = _source(args)
+    rest = listen_socket(args.host, args.rest_port)
     try:
-        uvicorn.run(create_app(detector), host=args.host, port=args.rest_port, log_level="warning")
+        detector = SimDetector(source, host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
+                               scan=ScanController(args.settle_time))
+    except zmq.ZMQError as err:
+        rest.close()
+        raise ValueError(f"cannot stream on {args.host}:{args.port}: {err}") from None
+    detector.config["frame_time"] = args.frame_time
+    print(f"stream v1 on {detector.endpoint}; REST on http://{args.host}:{rest.getsockname()[1]}", flush=True)
+    print(field_of_view_line(source), flush=True)
+    try:
+        with rest:
+            uvicorn.Server(uvicorn.Config(create_app(detector), host=args.host, port=args.rest_port, log_level="warning")).run(sockets=[rest])
     finally:
         detector.close()
     return 0

@@ -17,19 +17,24 @@ def register(subparsers) -> None:
     )
     p.add_argument("--service", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--microscope", required=True, help="sim-detector REST base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--api-key", required=True)
-    p.add_argument("--detector-endpoint", default="tcp://127.0.0.1:9999", help="stream the service connects to")
-    p.add_argument("--fov-nm", type=float, nargs=4, metavar=("X0", "Y0", "W", "H"), default=(0.0, 0.0, 2.0, 2.0))
+    p.add_argument("--api-key", required=True, help="a key the service accepts (scope control)")
+    p.add_argument("--detector-endpoint", default=None, help="detector stream the session reads (tcp://host:port); default: the "
+                   "service's configured detector (serve --detector), else the one sim-detector streams on, else tcp://127.0.0.1:9999")
+    p.add_argument("--fov-nm", type=float, nargs=4, metavar=("X0", "Y0", "W", "H"), default=(0.0, 0.0, 2.0, 2.0),
+                   help="field to scan, nm (sim-detector prints its own at start)")
     p.add_argument("--budget", type=int, default=250, help="positions in total (paper: 250-500)")
     p.add_argument("--chunk", type=int, default=50, help="positions per sub-sequence (paper: 50-100)")
-    p.add_argument("--strategy", default="adaptive", choices=["adaptive", "sparse-grid"])
-    p.add_argument("--energy-ev", type=float, default=60_000.0)
-    p.add_argument("--convergence-mrad", type=float, default=33.0)
-    p.add_argument("--detector-pixels", type=int, default=64)
-    p.add_argument("--detector-pixel-mrad", type=float, default=1.68)
-    p.add_argument("--defocus-nm", type=float, default=0.0)
+    p.add_argument("--strategy", default="adaptive", choices=["adaptive", "structure-guided", "sparse-grid"], help="the service's planner")
+    p.add_argument("--energy-ev", type=float, default=60_000.0, help="beam energy, eV")
+    p.add_argument("--convergence-mrad", type=float, default=33.0, help="probe convergence semi-angle, mrad")
+    p.add_argument("--detector-pixels", type=int, default=64, help="pattern side K, pixels")
+    p.add_argument("--detector-pixel-mrad", type=float, default=1.68, help="detector pixel, mrad")
+    p.add_argument("--defocus-nm", type=float, default=0.0, help="probe defocus the service reconstructs with, nm (as sim-detector's)")
     p.add_argument("--frame-time", type=float, default=0.001, help="s")
     p.add_argument("--settle-time", type=float, default=0.0, help="s")
+    p.add_argument("--ask-timeout", type=float, default=30.0, help="long-poll of each ask, s")
+    p.add_argument("--max-idle-asks", type=int, default=3, help="stop after this many 503s from ask in a row while no frame of the "
+                   "told batch arrives (the frames go to a stream the session does not read)")
     p.set_defaults(func=run)
 
 
@@ -44,13 +49,22 @@ def run(args: argparse.Namespace) -> int:
             detector_endpoint=args.detector_endpoint, fov_nm=tuple(args.fov_nm), budget=args.budget, chunk=args.chunk,
             strategy=args.strategy, energy_ev=args.energy_ev, convergence_mrad=args.convergence_mrad,
             detector_pixels=args.detector_pixels, detector_pixel_mrad=args.detector_pixel_mrad, defocus_nm=args.defocus_nm,
-            frame_time_s=args.frame_time, settle_time_s=args.settle_time,
+            frame_time_s=args.frame_time, settle_time_s=args.settle_time, ask_timeout_s=args.ask_timeout, max_idle_asks=args.max_idle_asks,
         )
         summary = run_scan(config)
     except ValidationError as err:
         raise ValueError(f"invalid sim-scan option: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
     except ScanLoopError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(json.dumps(summary))
+    print(fetch_hint(args.service, summary["session_id"]), file=sys.stderr)
     return 0
+
+
+def fetch_hint(service: str, session_id: str) -> str:
+    """How to get the session's reconstruction and data once sim-scan is done."""
+    base = service.rstrip("/")
+    return (f"result: curl -o recon.png -H 'Accept: image/png' {base}/api/v1/sessions/{session_id}/reconstruction "
+            f"(application/x-npy: the phase, rad); status: {base}/api/v1/sessions/{session_id}; "
+            f"data: {session_id}.h5 in the service's --storage (ptychoscan reconstruct FILE --out RECON.h5 --png RECON.png)")

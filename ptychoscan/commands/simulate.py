@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="simulate dense-raster 4D-STEM datasets with ground truth",
-        description="Simulate dense-raster 4D-STEM datasets (HDF5, DESIGN section 4). Defaults are the "
+        description="Simulate dense-raster 4D-STEM datasets (HDF5, docs/DESIGN.md section 4). Defaults are the "
         "paper's MoS2 setting: 60 kV, 33 mrad, 64x64 patterns (2x binned, 1.68 mrad/px), 100x100 raster at 0.02 nm. "
         "Specimens with room to adapt: flake (monolayer flake with a rough edge, vacuum and holes), particles "
         "(Au nanoparticles on amorphous carbon with holes), grain-boundary (two rotated MoS2 grains); dwcnt leaves "

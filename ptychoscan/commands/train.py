@@ -15,9 +15,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("stage", choices=["autoencoder", "pretrain", "rl"])
     p.add_argument("--config", required=True, help="TrainConfig as YAML/TOML/JSON (policy/config.py)")
-    p.add_argument("--out-dir", help="override out_dir")
-    p.add_argument("--iterations", type=int, help="override this stage's iterations")
-    p.add_argument("--credit", choices=["voronoi", "total"], help="override rl.credit")
+    p.add_argument("--out-dir", help="override out_dir (default: the config's)")
+    p.add_argument("--iterations", type=int, help="override this stage's iterations (default: the config's)")
+    p.add_argument("--credit", choices=["voronoi", "total"], help="override rl.credit (default: the config's)")
     p.set_defaults(func=run)
 
 
