@@ -7,14 +7,14 @@
 #   fastapi starlette annotated-doc annotated-types pydantic pydantic-core pydantic-settings python-dotenv \
 #   typing-inspection typing-extensions uvicorn pyzmq lz4 bitshuffle ase opentelemetry-api [py-spy]
 # (pin the versions of .venv; .whl is ignored by git and carried to the machine).
-# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|evaluate|all]...   (default: all but profile, ab, evaluate;
+# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|evaluate|qvp|all]...   (default: all but profile, ab, evaluate, qvp;
 #   ab: the decision compute of .ab_old, e.g. `git archive OLD recon service policy ptychoscan sim_microscope bench | tar -x -C .ab_old`, then this tree)
 set -uo pipefail
 DEFAULT_WHEELS=.whl
 source "$(dirname "$0")/gpu_env.sh"
 steps=${*:-all}
 GPUDATA=${GPUDATA:-.gpudata/test}  # evaluate: specimens carried to the machine (gzip copies of out/data/test/{flake,mos2})
-has() { [[ " $steps " == *" $1 "* || ( " $steps " == *" all "* && $1 != profile && $1 != ab && $1 != evaluate ) ]]; }
+has() { [[ " $steps " == *" $1 "* || ( " $steps " == *" all "* && $1 != profile && $1 != ab && $1 != evaluate && $1 != qvp ) ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu.txt"
 echo "cpus $(nproc)" | tee -a "$OUT/gpu.txt"
@@ -32,6 +32,18 @@ if has evaluate && [ -d "$GPUDATA" ]; then  # the evaluation table (bench/evalua
         --device cuda --threads 1 --json "$OUT/parts/${class}_$first.json" --save-reconstructions "$OUT/parts/reconstructions" 2>&1 \
         | tr '\r' '\n' | grep -v "it/s\|pos/s\|pass/s\|^ *$" | sed "s|^|$class/$first |" >> "$OUT/evaluate.log") &
     done
+  done
+fi
+if has qvp; then  # not part of "all": quality against the number of positions (bench/quality_vs_positions.py), QVP_N test
+  # specimens per class simulated on the machine, one process per class in the background beside the tests
+  for class in flake mos2 dwcnt; do
+    extra=(--scan-shape 3 3 --step-nm 1.0); budgets=(100 200 400 800); chunk=50
+    [ $class = dwcnt ] && extra=(--scan-shape 3 3 --step-nm 1.15 --convergence-mrad 40 --detector-pixels 86 --detector-pixel-mrad 0.91) \
+      && budgets=(210 420 840 1680) && chunk=100
+    (OMP_NUM_THREADS=1 python3 -m ptychoscan.cli simulate --specimen $class --split test --seed 0 --n-datasets "${QVP_N:-2}" "${extra[@]}" \
+       --device cpu --out /tmp/qvp/$class > /dev/null 2>&1 \
+     && timeout "${QVP_TIMEOUT:-200}" python3 bench/quality_vs_positions.py /tmp/qvp/$class/*.h5 --budgets "${budgets[@]}" --chunk $chunk \
+       --device cuda --threads 1 --json "$OUT/qvp_$class.json" --png "$OUT/qvp_$class.png" > "$OUT/qvp_$class.log" 2>&1) &
   done
 fi
 if has tests; then
@@ -60,3 +72,4 @@ if has latency; then
 fi
 wait  # the evaluations
 if [ -d "$OUT/parts" ]; then tar -czf "$OUT/eval_parts.tgz" -C "$OUT" parts && rm -r "$OUT/parts"; fi
+if compgen -G "$OUT/qvp_*" > /dev/null; then (cd "$OUT" && tar -czf qvp.tgz qvp_* && rm qvp_*); fi  # (few files come back)

@@ -27,6 +27,7 @@ from policy.evaluation import EvaluationOptions, evaluate, prepare_case
 from policy.inference import PolicyRunner
 from policy.scores import score_runs
 from recon.dataset import read_dataset
+from recon.device import pick_device
 
 
 def main() -> None:
@@ -38,17 +39,20 @@ def main() -> None:
                                                          "full-raster-low-dose"])
     ap.add_argument("--metric", default="pearson_r_specimen")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=50, help="positions per sub-sequence (the nanotube case: 100)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument("--json", default="bench/out/quality_vs_positions.json")
     ap.add_argument("--png", default="bench/out/quality_vs_positions.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wall, cpu = time.perf_counter(), time.process_time()
-    runner = PolicyRunner() if "adaptive" in args.strategies else None
+    device = pick_device(args.device)
+    runner = PolicyRunner(device=device) if "adaptive" in args.strategies else None
     rows = []
     for budget in args.budgets:
-        options = EvaluationOptions(budget=budget, seeds=args.seeds, strategies=tuple(args.strategies), oracle=False)
-        cases = [prepare_case(read_dataset(f), Path(f).stem, options) for f in args.datasets]
-        for row in score_runs(evaluate(cases, options, runner)):
+        options = EvaluationOptions(budget=budget, chunk=args.chunk, seeds=args.seeds, strategies=tuple(args.strategies), oracle=False)
+        cases = [prepare_case(read_dataset(f), Path(f).stem, options, device) for f in args.datasets]
+        for row in score_runs(evaluate(cases, options, runner, device=device, progress=False)):
             rows.append({**row, "budget": budget})
     table: dict = {}
     for cls in sorted({r["class"] for r in rows}):
