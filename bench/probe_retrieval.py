@@ -13,10 +13,15 @@ and the dataset is cached under ``--out-dir``. For the full raster and a seeded 
   retrieved aberrations, (c) the true probe, with the evaluation's final reconstruction
   (``policy.evaluation.default_final_recon``: full-batch, preconditioned, Nesterov, 60
   passes, halving the step on divergence);
+- (d) reconstructs refining the aberrations with the object
+  (``recon.probe_refinement.reconstruct_refining_aberrations``, same options and
+  passes), from the retrieved ones and from the nominal ones;
 - prints SSIM and Pearson r over the scanned field against the ground truth, and the
-  recovered aberrations against the true ones.
+  recovered (retrieved, refined) aberrations against the true ones.
 
-    PYTHONPATH=$PWD python bench/probe_retrieval.py --threads 2 --json bench/out/probe_retrieval.json
+    PYTHONPATH=$PWD python bench/probe_retrieval.py --json bench/out/probe_retrieval.json
+    PYTHONPATH=$PWD python bench/probe_retrieval.py --defocus-nm -6 --astigmatism-nm 1.5 --astigmatism-angle-deg 120 --cs-um 0 \
+        --sparse 250 --json bench/out/probe_retrieval_b.json
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from recon.dataset import read_dataset, write_dataset
 from recon.engine import Reconstructor, ScanChunk
 from recon.inputs import fov_of, grid_for_dataset
 from recon.metrics import quality_scores, registered_truth
+from recon.probe_refinement import ProbeRefinementOptions, reconstruct_refining_aberrations
 from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
 from sim_microscope.datasets import SimulationConfig, simulate_raster_dataset
 
@@ -87,7 +93,8 @@ def main() -> None:
     ap.add_argument("--dose", type=float, default=1e4, help="electrons per position (Poisson); 0: noise-free")
     ap.add_argument("--passes", type=int, default=60, help="passes of the final reconstructions")
     ap.add_argument("--retrieval", default="{}", help="RetrievalOptions as JSON, e.g. '{\"max_positions\": 128}'")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refinement", default="{}", help="ProbeRefinementOptions as JSON; 'off' skips (d)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine 2 threads spin against other jobs)")
     ap.add_argument("--json", default="bench/out/probe_retrieval.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -129,8 +136,25 @@ def main() -> None:
                    "retrieved": found.aberrations.model_dump(), "true": true.model_dump(), "errors": err,
                    "retrieval_wall_s": found.wall_s, "retrieval_cpu_s": found.cpu_s, "retrieval_evaluations": len(found.evaluations)}
             rows.append(row)
-            print(f"  {probe_name:<10} SSIM {scores['ssim']:.3f}  r {scores['pearson_r']:.3f}  (step {step:g}; wall {wall:.1f} s, "
+            print(f"  {probe_name:<20} SSIM {scores['ssim']:.3f}  r {scores['pearson_r']:.3f}  (step {step:g}; wall {wall:.1f} s, "
                   f"cpu {cpu:.1f} s)", flush=True)
+        if args.refinement == "off":
+            continue
+        refinement = ProbeRefinementOptions.model_validate(json.loads(args.refinement))
+        for start_name, start in (("retrieved", found.aberrations), ("nominal", ProbeAberrations(defocus_nm=dataset.defocus_nm))):
+            cpu = time.process_time()
+            refined = reconstruct_refining_aberrations(chunk, start, energy_ev=dataset.energy_ev, convergence_mrad=dataset.convergence_mrad,
+                                                       options=final, refinement=refinement, passes=args.passes, device="cpu")
+            cpu = time.process_time() - cpu
+            scores = score(refined.result.potential, grid, dataset, fov)
+            err = errors(refined.aberrations, true)
+            rows.append({"scan": scan_name, "positions": len(idx), "dose": args.dose, "probe": f"{start_name} + refined",
+                         "ssim": scores["ssim"], "pearson_r": scores["pearson_r"], "nrmse": scores["nrmse"], "recon_wall_s": refined.wall_s,
+                         "recon_cpu_s": cpu, "refined": refined.aberrations.model_dump(), "true": true.model_dump(), "errors": err,
+                         "history": [h.model_dump() for h in refined.history]})
+            print(f"  {start_name + ' + refined':<20} SSIM {scores['ssim']:.3f}  r {scores['pearson_r']:.3f}  ended at "
+                  f"{refined.aberrations.summary()} (error defocus {err['defocus_nm']:+.2f} nm, astigmatism {err['astigmatism_nm']:.2f} nm, "
+                  f"Cs {err['cs_um']:+.2f} um; wall {refined.wall_s:.1f} s, cpu {cpu:.1f} s)", flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
