@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from pydantic import ValidationError
 
 from ptychoscan.cli import main
 from recon.aberrations import ProbeAberrations
-from recon.dataset import read_dataset, write_dataset
+from recon.dataset import DatasetError, read_dataset, write_dataset
 from recon.engine import Reconstructor
 from recon.inputs import chunk_from_dataset, fov_of
 from recon.metrics import quality_scores, registered_truth
@@ -128,3 +129,16 @@ def test_simulate_cli_flags_reach_the_file(tmp_path, capsys):
     assert "true_probe.astigmatism_nm: Input should be greater than or equal to 0" in capsys.readouterr().err
     assert main([*args, "--scan-distortion", "-0.9", "0", "0", "0"]) != 0
     assert "scan_errors.distortion" in capsys.readouterr().err
+
+
+def test_a_malformed_truth_group_is_named(tmp_path):
+    dataset = simulate_raster_dataset(tiny(true_probe=TRUE_PROBE), seed=3)
+    dataset.acquisition_truth.positions_nm = dataset.acquisition_truth.positions_nm[:-1]
+    with pytest.raises(DatasetError, match=r"acquisition_truth/positions_nm must be finite with shape \(36, 2\)"):
+        write_dataset(tmp_path / "bad.h5", dataset)
+    good = write_dataset(tmp_path / "good.h5", simulate_raster_dataset(tiny(true_probe=TRUE_PROBE), seed=3))
+    with h5py.File(good, "r+") as f:
+        del f["acquisition_truth/probe"]
+    assert read_dataset(good).acquisition_truth is None  # the default read never opens the group
+    with pytest.raises(DatasetError, match="acquisition_truth lacks dataset 'probe'"):
+        read_dataset(good, with_acquisition_truth=True)
