@@ -9,6 +9,9 @@ and the dataset is cached under ``--out-dir``. For the full raster and a seeded 
 
 - retrieves the aberrations from that scan's patterns and nominal positions only
   (``recon.probe_retrieval.retrieve_aberrations``, no truth), timed;
+- with ``--jitter-nm`` / ``--scan-distortion`` the patterns are at the true positions,
+  everything above uses the nominal ones, and a last row reconstructs with the true
+  probe at the true positions (what position correction could reach);
 - reconstructs with (a) the nominal probe (what the file says), (b) the probe of the
   retrieved aberrations, (c) the true probe, with the evaluation's final reconstruction
   (``policy.evaluation.default_final_recon``: full-batch, preconditioned, Nesterov, 60
@@ -45,12 +48,20 @@ from recon.metrics import quality_scores, registered_truth
 from recon.probe_refinement import ProbeRefinementOptions, reconstruct_refining_aberrations
 from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
 from sim_microscope.datasets import SimulationConfig, simulate_raster_dataset
+from sim_microscope.scan_errors import ScanErrors
 
 
 def dataset_path(args: argparse.Namespace) -> Path:
     name = (f"mos2_{args.seed}_{args.scan_shape[0]}x{args.scan_shape[1]}_df{args.defocus_nm:g}_a{args.astigmatism_nm:g}"
-            f"_{args.astigmatism_angle_deg:g}deg_cs{args.cs_um:g}.h5")
-    return Path(args.out_dir) / name
+            f"_{args.astigmatism_angle_deg:g}deg_cs{args.cs_um:g}")
+    if scan_errors(args) is not None:
+        name += f"_jitter{args.jitter_nm:g}_dist{'_'.join(f'{v:g}' for v in args.scan_distortion)}"
+    return Path(args.out_dir) / f"{name}.h5"
+
+
+def scan_errors(args: argparse.Namespace) -> ScanErrors | None:
+    errors = ScanErrors(jitter_nm=args.jitter_nm, distortion=tuple(args.scan_distortion))
+    return None if errors.is_zero else errors
 
 
 def load_or_simulate(args: argparse.Namespace):
@@ -59,7 +70,7 @@ def load_or_simulate(args: argparse.Namespace):
     if not path.exists():
         truth = ProbeAberrations(defocus_nm=args.defocus_nm, astigmatism_nm=args.astigmatism_nm,
                                  astigmatism_angle_deg=args.astigmatism_angle_deg, cs_um=args.cs_um)
-        config = SimulationConfig(scan_shape=tuple(args.scan_shape), step_nm=args.step_nm, true_probe=truth)
+        config = SimulationConfig(scan_shape=tuple(args.scan_shape), step_nm=args.step_nm, true_probe=truth, scan_errors=scan_errors(args))
         wall, cpu = time.perf_counter(), time.process_time()
         dataset = simulate_raster_dataset(config, args.seed, progress=False, device="cpu")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +100,9 @@ def main() -> None:
     ap.add_argument("--astigmatism-nm", type=float, default=2.5)
     ap.add_argument("--astigmatism-angle-deg", type=float, default=30.0)
     ap.add_argument("--cs-um", type=float, default=2.0)
+    ap.add_argument("--jitter-nm", type=float, default=0.0, help="scan errors: Gaussian position jitter per axis, nm")
+    ap.add_argument("--scan-distortion", type=float, nargs=4, default=[0.0, 0.0, 0.0, 0.0], metavar=("DXX", "DXY", "DYX", "DYY"),
+                    help="scan errors: linear distortion (true = centre + (I + D)(nominal - centre))")
     ap.add_argument("--sparse", type=int, default=500, help="positions of the sparse scan (a seeded random subset of the raster)")
     ap.add_argument("--dose", type=float, default=1e4, help="electrons per position (Poisson); 0: noise-free")
     ap.add_argument("--passes", type=int, default=60, help="passes of the final reconstructions")
@@ -126,11 +140,17 @@ def main() -> None:
                                                                 dataset.detector_pixel_mrad),
             "true": torch.as_tensor(dataset.acquisition_truth.probe),
         }
+        if scan_errors(args) is not None:
+            probes["true, true positions"] = probes["true"]
         for probe_name, probe in probes.items():
             wall, cpu = time.perf_counter(), time.process_time()
-            (result,), (step,) = reconstruct_with_backoff(Reconstructor(probe, final, device="cpu"), [chunk], max_passes=args.passes)
+            at = chunk
+            if probe_name == "true, true positions":  # a grid covering the true positions (they reach past the nominal ones)
+                true_positions = dataset.acquisition_truth.positions_nm[idx]
+                at = ScanChunk(patterns, true_positions, grid_for_dataset(dataset, fov_of(true_positions)))
+            (result,), (step,) = reconstruct_with_backoff(Reconstructor(probe, final, device="cpu"), [at], max_passes=args.passes)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            scores = score(result.potential, grid, dataset, fov)
+            scores = score(result.potential, at.grid, dataset, fov)
             row = {"scan": scan_name, "positions": len(idx), "dose": args.dose, "probe": probe_name, "ssim": scores["ssim"],
                    "pearson_r": scores["pearson_r"], "nrmse": scores["nrmse"], "step": step, "recon_wall_s": wall, "recon_cpu_s": cpu,
                    "retrieved": found.aberrations.model_dump(), "true": true.model_dump(), "errors": err,
