@@ -1,5 +1,11 @@
 """4D-STEM dataset files (HDF5, format "ptychoscan-4dstem", version 1; docs/DESIGN.md section 4).
 
+Simulated data with an aberrated probe or scan errors record what really happened in a
+separate group, ``acquisition_truth`` (the true probe, its aberrations, the true
+positions), for scoring only: ``read_dataset`` leaves it out unless asked
+(``with_acquisition_truth=True``), so what a reconstructor reads by default is the
+nominal beam and the nominal (commanded) positions.
+
 ``read_dataset`` validates shapes, dtypes and attributes and raises ``DatasetError``
 with a one-line message that names what is wrong. ``write_dataset`` writes to a
 temporary file and renames it into place, so an interrupted write never leaves a
@@ -36,6 +42,23 @@ class GroundTruth:
     """(x, y) in nm of pixel [0, 0]."""
 
 
+ACQUISITION_TRUTH_GROUP = "acquisition_truth"
+ABERRATION_NAMES = ("defocus_nm", "astigmatism_nm", "astigmatism_angle_deg", "cs_um")
+"""The true probe's aberrations recorded as attributes of the truth group (``recon.aberrations.ProbeAberrations``'s fields)."""
+
+
+@dataclass
+class AcquisitionTruth:
+    """What the microscope really did (simulated data only; for scoring, never for reconstructing)."""
+
+    positions_nm: np.ndarray
+    """(N, 2) float64 true probe positions (x, y) in nm (the file's ``positions_nm`` are the nominal ones)."""
+    probe: np.ndarray
+    """(K, K) complex64 true probe on the reconstruction grid."""
+    aberrations: dict[str, float]
+    """The true probe's aberrations, keys ``ABERRATION_NAMES`` (nm, nm, deg, um)."""
+
+
 @dataclass
 class Dataset4D:
     """A 4D-STEM dataset: patterns at probe positions plus beam and detector parameters."""
@@ -60,6 +83,8 @@ class Dataset4D:
     vacuum_fraction: float | None = None
     """Simulated data: fraction in [0, 1] of the positions' bounding box that is vacuum
     (``sim_microscope.vacuum.vacuum_fraction`` of the ground truth); root attribute, optional."""
+    acquisition_truth: AcquisitionTruth | None = None
+    """Simulated data with probe or scan errors: the truth, read only when asked (``read_dataset(with_acquisition_truth=True)``)."""
 
     @property
     def n_positions(self) -> int:
@@ -133,6 +158,24 @@ def _validate_metadata(ds: Dataset4D, n_frames: int, k: int, source: str) -> Non
             _fail(source, f"ground_truth origin_nm must be (x, y), got {gt.origin_nm!r}")
     if ds.vacuum_fraction is not None and not (0.0 <= ds.vacuum_fraction <= 1.0):
         _fail(source, f"attribute vacuum_fraction must be in [0, 1], got {ds.vacuum_fraction!r}")
+    if ds.acquisition_truth is not None:
+        _validate_truth(ds.acquisition_truth, n_frames, k, source)
+
+
+def _validate_truth(truth: AcquisitionTruth, n_frames: int, k: int, source: str) -> None:
+    group = ACQUISITION_TRUTH_GROUP
+    pos = np.asarray(truth.positions_nm)
+    if pos.shape != (n_frames, 2) or not np.isfinite(pos).all():
+        _fail(source, f"{group}/positions_nm must be finite with shape ({n_frames}, 2), got {pos.shape}")
+    probe = np.asarray(truth.probe)
+    if probe.shape != (k, k) or not np.iscomplexobj(probe) or not np.isfinite(probe).all():
+        _fail(source, f"{group}/probe must be finite complex with shape ({k}, {k}), got {probe.dtype} {probe.shape}")
+    missing = [name for name in ABERRATION_NAMES if name not in truth.aberrations]
+    if missing:
+        _fail(source, f"{group} lacks aberration attribute(s) {', '.join(missing)}")
+    bad = [name for name in ABERRATION_NAMES if not np.isfinite(truth.aberrations[name])]
+    if bad:
+        _fail(source, f"{group} aberration attribute(s) {', '.join(bad)} must be finite")
 
 
 def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | None = None) -> Path:
@@ -165,6 +208,12 @@ def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | 
                 gt = f.create_dataset("ground_truth/phase", data=ds.ground_truth.phase.astype(np.float32))
                 gt.attrs["pixel_nm"] = float(ds.ground_truth.pixel_nm)
                 gt.attrs["origin_nm"] = np.asarray(ds.ground_truth.origin_nm, dtype=np.float64)
+            if ds.acquisition_truth is not None:
+                truth = f.create_group(ACQUISITION_TRUTH_GROUP)
+                truth.create_dataset("positions_nm", data=np.asarray(ds.acquisition_truth.positions_nm, dtype=np.float64))
+                truth.create_dataset("probe", data=np.asarray(ds.acquisition_truth.probe).astype(np.complex64))
+                for name in ABERRATION_NAMES:
+                    truth.attrs[name] = float(ds.acquisition_truth.aberrations[name])
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -172,7 +221,7 @@ def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | 
     return path
 
 
-def _attr(f: h5py.File, name: str, source: str, default=None):
+def _attr(f: h5py.File | h5py.Group, name: str, source: str, default=None):
     if name in f.attrs:
         value = f.attrs[name]
         try:
@@ -200,11 +249,25 @@ def _specimen_attrs(f: h5py.File, source: str) -> dict:
     return out
 
 
-def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True) -> Dataset4D:
+def _read_truth(f: h5py.File, source: str) -> AcquisitionTruth | None:
+    """The ``acquisition_truth`` group, or None when the file has none."""
+    if ACQUISITION_TRUTH_GROUP not in f:
+        return None
+    group = f[ACQUISITION_TRUTH_GROUP]
+    for name in ("positions_nm", "probe"):
+        if name not in group:
+            _fail(source, f"{ACQUISITION_TRUTH_GROUP} lacks dataset {name!r}")
+    aberrations = {name: _attr(group, name, source) for name in ABERRATION_NAMES if name in group.attrs}
+    return AcquisitionTruth(group["positions_nm"][()].astype(np.float64), group["probe"][()], aberrations)
+
+
+def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True, with_acquisition_truth: bool = False) -> Dataset4D:
     """Read and validate a dataset file; raise DatasetError naming the problem.
 
     With ``load_patterns=False`` the patterns are returned as an empty (0, K, K)
     array (the metadata, positions and ground truth are still read and checked).
+    ``acquisition_truth`` (true probe and positions of simulated data) is read only with
+    ``with_acquisition_truth=True``: for scoring and tests, never for reconstructing.
     """
     source = str(path)
     if not Path(path).exists():
@@ -252,6 +315,7 @@ def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True) -> Data
             grid_shape=grid_shape,
             probe=probe,
             ground_truth=ground_truth,
+            acquisition_truth=_read_truth(f, source) if with_acquisition_truth else None,
             **_specimen_attrs(f, source),
         )
         if load_patterns:

@@ -14,8 +14,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from recon.dataset import Dataset4D, GroundTruth, write_dataset
+from recon.aberrations import ProbeAberrations
+from recon.dataset import AcquisitionTruth, Dataset4D, GroundTruth, write_dataset
 from recon.physics import real_space_pixel_angstrom
+from sim_microscope.scan_errors import ScanErrors
 from sim_microscope.simulate import simulate_scan
 from sim_microscope.specimens import SpecimenConfig, build_specimen
 from sim_microscope.vacuum import vacuum_fraction
@@ -40,6 +42,26 @@ class SimulationConfig(BaseModel):
     dose_per_a2: float | None = Field(None, gt=0, description="electrons per A^2 over the whole raster; None: noise-free")
     specimen: SpecimenConfig = SpecimenConfig()
     specimen_margin_nm: float = Field(0.3, ge=0, description="specimen beyond the probe window around the raster, nm")
+    true_probe: ProbeAberrations | None = Field(
+        None,
+        description="the probe's real aberrations, when they differ from the nominal beam (defocus_nm, cs_mm, no astigmatism): the "
+        "patterns are simulated with them, the file's beam attributes and probe stay nominal, the truth goes to acquisition_truth",
+    )
+    scan_errors: ScanErrors | None = Field(
+        None, description="jitter, drift and distortion of the scan: patterns at the true positions, the file's positions_nm nominal"
+    )
+
+    @property
+    def nominal_aberrations(self) -> ProbeAberrations:
+        """The aberrations the nominal beam claims: defocus_nm and cs_mm, no astigmatism."""
+        return ProbeAberrations(defocus_nm=self.defocus_nm, cs_um=self.cs_mm * 1e3)
+
+    @property
+    def has_acquisition_errors(self) -> bool:
+        """True when the true probe or positions differ from the nominal ones (the file then records acquisition_truth)."""
+        return (self.true_probe is not None and self.true_probe != self.nominal_aberrations) or (
+            self.scan_errors is not None and not self.scan_errors.is_zero
+        )
 
     @property
     def pixel_nm(self) -> float:
@@ -97,6 +119,9 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
     The specimen's features (flake edge, particles, grain boundary) are placed in the
     raster's field; the dataset records the specimen's kind, seed and the vacuum
     fraction of the raster's field (``sim_microscope.vacuum.vacuum_fraction``).
+    With ``config.true_probe`` or ``config.scan_errors`` the patterns are simulated with
+    the true probe at the true positions; the dataset's beam, ``probe`` and
+    ``positions_nm`` stay nominal and the truth is in ``acquisition_truth``.
     """
     size = config.specimen_size_nm()
     ex, ey = config.raster_extent_nm
@@ -104,16 +129,17 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
     atoms = build_specimen(specimen_config, seed=seed)
     origin = ((size[0] - ex) / 2, (size[1] - ey) / 2)
     positions = raster_positions_nm(config.scan_shape, config.step_nm, origin)
+    true_positions = positions if config.scan_errors is None else config.scan_errors.true_positions(positions)
+    true_probe = config.true_probe or config.nominal_aberrations
     dose_per_pattern = None if config.dose_per_a2 is None else config.dose_per_a2 * (config.step_nm * 10.0) ** 2
     result = simulate_scan(
         atoms,
-        positions,
+        true_positions,
         energy_ev=config.energy_ev,
         convergence_mrad=config.convergence_mrad,
         detector_pixels=config.detector_pixels,
         detector_pixel_mrad=config.detector_pixel_mrad,
-        defocus_nm=config.defocus_nm,
-        cs_mm=config.cs_mm,
+        aberrations=true_probe,
         binning=config.binning,
         oversample=config.oversample,
         dose=dose_per_pattern,
@@ -121,6 +147,13 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
         device=device,
         progress=progress,
     )
+    truth = None
+    probe = result.probe
+    if config.has_acquisition_errors:
+        truth = AcquisitionTruth(true_positions, result.probe, true_probe.model_dump())
+        probe = config.nominal_aberrations.reconstruction_probe(
+            config.energy_ev, config.convergence_mrad, config.detector_pixels, config.detector_pixel_mrad
+        ).numpy()
     return Dataset4D(
         patterns=result.patterns if dose_per_pattern is not None else result.patterns.astype(np.float32),
         positions_nm=positions,
@@ -129,11 +162,12 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
         detector_pixel_mrad=config.detector_pixel_mrad,
         defocus_nm=config.defocus_nm,
         grid_shape=tuple(config.scan_shape),
-        probe=result.probe,
+        probe=probe,
         ground_truth=GroundTruth(result.phase, result.phase_pixel_nm, result.phase_origin_nm),
         specimen_kind=config.specimen.kind,
         specimen_seed=int(seed),
         vacuum_fraction=vacuum_fraction(result.phase, result.phase_pixel_nm, result.phase_origin_nm, positions_nm=positions),
+        acquisition_truth=truth,
     )
 
 

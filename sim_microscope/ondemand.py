@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recon.aberrations import ProbeAberrations
 from recon.dataset import Dataset4D
 from recon.device import pick_device
 from recon.physics import real_space_pixel_angstrom
@@ -38,6 +39,8 @@ class PhaseObjectSimulator:
         origin_nm: (x, y) of phase pixel [0, 0], nm.
         energy_ev, convergence_mrad, detector_pixels, detector_pixel_mrad, defocus_nm:
             beam (eV, mrad, nm) and detector (K, mrad per pixel).
+        aberrations: the probe's aberrations (defocus nm, astigmatism nm and deg, Cs um);
+            when given they replace ``defocus_nm``.
         device: torch device (default CUDA when present).
         max_window: largest simulation window, pixels: a finer phase grid is block-averaged
             by the smallest divisor of its oversampling that fits (the DWCNT case, 86 px at
@@ -46,7 +49,7 @@ class PhaseObjectSimulator:
 
     def __init__(self, phase: np.ndarray, pixel_nm: float, origin_nm: tuple[float, float], *, energy_ev: float,
                  convergence_mrad: float, detector_pixels: int, detector_pixel_mrad: float, defocus_nm: float = 0.0,
-                 device: torch.device | str | None = None, max_window: int = 384):
+                 aberrations: ProbeAberrations | None = None, device: torch.device | str | None = None, max_window: int = 384):
         recon_pixel_nm = real_space_pixel_angstrom(energy_ev, detector_pixels, detector_pixel_mrad) / 10.0
         ratio = recon_pixel_nm / pixel_nm
         oversample = round(ratio)
@@ -70,18 +73,28 @@ class PhaseObjectSimulator:
         self.window = self.detector_pixels * oversample
         phase_t = torch.as_tensor(phase, device=self.device)
         self.transmission = torch.polar(torch.ones_like(phase_t), phase_t)
-        self.probe = make_probe(self.window, pixel_nm * 10.0, energy_ev, convergence_mrad, defocus_angstrom=defocus_nm * 10.0,
-                                device=self.device)
+        if aberrations is None:
+            self.probe = make_probe(self.window, pixel_nm * 10.0, energy_ev, convergence_mrad, defocus_angstrom=defocus_nm * 10.0,
+                                    device=self.device)
+        else:
+            self.probe = aberrations.probe(self.window, pixel_nm * 10.0, energy_ev, convergence_mrad, device=self.device)
 
     @classmethod
     def from_dataset(cls, dataset: Dataset4D, device: torch.device | str | None = None, max_window: int = 384) -> PhaseObjectSimulator:
-        """The simulator of a dataset's ground truth (raises ValueError when it has none)."""
+        """The simulator of a dataset's ground truth (raises ValueError when it has none).
+
+        The probe is the true one when the dataset was read with its acquisition truth
+        (``read_dataset(..., with_acquisition_truth=True)``: the microscope's side), else
+        the nominal beam's. Scan errors are not applied to the positions asked for.
+        """
         gt = dataset.ground_truth
         if gt is None:
             raise ValueError("the dataset has no ground truth phase to simulate patterns from")
+        truth = dataset.acquisition_truth
+        aberrations = None if truth is None else ProbeAberrations(**truth.aberrations)
         return cls(gt.phase, gt.pixel_nm, gt.origin_nm, energy_ev=dataset.energy_ev, convergence_mrad=dataset.convergence_mrad,
                    detector_pixels=dataset.detector_pixels, detector_pixel_mrad=dataset.detector_pixel_mrad,
-                   defocus_nm=dataset.defocus_nm, device=device, max_window=max_window)
+                   defocus_nm=dataset.defocus_nm, aberrations=aberrations, device=device, max_window=max_window)
 
     def reachable(self, positions_nm: np.ndarray) -> np.ndarray:
         """(N,) bool: is each position's whole probe window on the phase grid?"""

@@ -26,11 +26,11 @@ import torch
 from ase import Atoms
 from tqdm.auto import tqdm
 
+from recon.aberrations import ProbeAberrations
 from recon.device import pick_device
 from recon.forward import bin_patterns, exit_waves, far_field_intensity
 from recon.physics import interaction_parameter, real_space_pixel_angstrom
 from recon.potential import projected_potential
-from recon.probe import make_probe
 
 POTENTIAL_PIXEL_TARGET_ANGSTROM = 0.12
 """Finest pixel the potential needs; sets the default oversampling (see bench/fidelity_abtem.py)."""
@@ -108,6 +108,7 @@ def simulate_scan(
     detector_pixel_mrad: float,
     defocus_nm: float = 0.0,
     cs_mm: float = 0.0,
+    aberrations: ProbeAberrations | None = None,
     binning: int = 1,
     oversample: int | None = None,
     dose: float | None = None,
@@ -125,6 +126,8 @@ def simulate_scan(
         detector_pixels: K, pixels per side of the returned (binned) patterns.
         detector_pixel_mrad: angular size of one returned (binned) pixel in mrad.
         defocus_nm: defocus (nm, abTEM's sign); cs_mm: spherical aberration (mm).
+        aberrations: the probe's aberrations (defocus, two-fold astigmatism, Cs); when
+            given they replace ``defocus_nm`` and ``cs_mm``.
         binning: the detector is simulated at K*binning pixels of
             detector_pixel_mrad/binning and summed binning x binning.
         oversample: potential sampling relative to the reconstruction pixel; None picks
@@ -142,6 +145,8 @@ def simulate_scan(
         raise ValueError("binning and detector_pixels must be >= 1")
     positions = _check_positions(positions_nm, atoms)
     device = pick_device(device)
+    if aberrations is None:
+        aberrations = ProbeAberrations(defocus_nm=defocus_nm, cs_um=cs_mm * 1e3)
     raw_pixels = detector_pixels * binning
     pixel = real_space_pixel_angstrom(energy_ev, raw_pixels, detector_pixel_mrad / binning)
     if oversample is None:
@@ -164,9 +169,7 @@ def simulate_scan(
     phase = (interaction_parameter(energy_ev) * potential).float()
     transmission = torch.polar(torch.ones_like(phase), phase)
 
-    probe_fine = make_probe(
-        window, fine_pixel, energy_ev, convergence_mrad, defocus_angstrom=defocus_nm * 10.0, cs_angstrom=cs_mm * 1e7, device=device
-    )
+    probe_fine = aberrations.probe(window, fine_pixel, energy_ev, convergence_mrad, device=device)
     positions_px = torch.as_tensor((pos_a - origin) / fine_pixel, device=device, dtype=torch.float32)
     ramp = _binned_centre_ramp(window, raw_pixels, detector_pixels, binning, device)
     batch = max(1, _MEMORY_PER_BATCH_BYTES // (window * window * 8 * 6))
@@ -189,7 +192,7 @@ def simulate_scan(
             raise ValueError(f"dose must be positive, got {dose}")
         rng = np.random.default_rng(seed)
         result = rng.poisson(result.astype(np.float64) * dose).astype(np.uint32)
-    probe = make_probe(detector_pixels, pixel, energy_ev, convergence_mrad, defocus_angstrom=defocus_nm * 10.0, cs_angstrom=cs_mm * 1e7)
+    probe = aberrations.reconstruction_probe(energy_ev, convergence_mrad, detector_pixels, detector_pixel_mrad)
     return SimulationResult(
         patterns=result,
         phase=phase.cpu().numpy(),

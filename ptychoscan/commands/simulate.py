@@ -56,8 +56,54 @@ def register(subparsers) -> None:
     p.add_argument("--binning", type=int)
     p.add_argument("--oversample", type=int)
     p.add_argument("--dose-per-a2", type=float, help="electrons per A^2 (Poisson counts); default noise-free")
+    truth = p.add_argument_group(
+        "acquisition errors",
+        "the true probe's aberrations and the scan's errors: the patterns are simulated with them, the file keeps the nominal beam "
+        "(--defocus-nm, no astigmatism) and the nominal positions, and records the truth in its acquisition_truth group (scoring only)",
+    )
+    truth.add_argument("--true-defocus-nm", type=float, help="the true probe's defocus, nm (abTEM sign); default the nominal --defocus-nm")
+    truth.add_argument("--true-astigmatism-nm", type=float, help="the true probe's two-fold astigmatism |C12|, nm")
+    truth.add_argument("--true-astigmatism-angle-deg", type=float, help="its angle, deg from the scan's x axis towards y")
+    truth.add_argument("--true-cs-um", type=float, help="the true probe's spherical aberration C30, um")
+    truth.add_argument("--jitter-nm", type=float, help="Gaussian position jitter, standard deviation per axis, nm")
+    truth.add_argument("--drift-nm-per-position", type=float, nargs=2, metavar=("DX", "DY"), help="drift per position in scan order, nm")
+    truth.add_argument(
+        "--scan-distortion",
+        type=float,
+        nargs=4,
+        metavar=("DXX", "DXY", "DYX", "DYY"),
+        help="linear scan distortion D: true = centre + (I + D)(nominal - centre); 0.01 0 0 0.01 is a 1 %% scale error",
+    )
+    truth.add_argument("--scan-error-seed", type=int, help="seed of the jitter (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(func=run)
+
+
+def acquisition_error_overrides(args: argparse.Namespace, base: dict) -> dict:
+    """``true_probe`` and ``scan_errors`` from the flags, on top of the config file's (empty when no flag is given)."""
+    probe_flags = {
+        "defocus_nm": args.true_defocus_nm,
+        "astigmatism_nm": args.true_astigmatism_nm,
+        "astigmatism_angle_deg": args.true_astigmatism_angle_deg,
+        "cs_um": args.true_cs_um,
+    }
+    scan_flags = {
+        "jitter_nm": args.jitter_nm,
+        "drift_nm_per_position": args.drift_nm_per_position,
+        "distortion": args.scan_distortion,
+        "seed": args.scan_error_seed,
+    }
+    out = {}
+    for field, flags in (("true_probe", probe_flags), ("scan_errors", scan_flags)):
+        given = {key: value for key, value in flags.items() if value is not None}
+        if given:
+            out[field] = {**(base.get(field) or {}), **given}
+    if "true_probe" in out and "defocus_nm" not in out["true_probe"]:
+        nominal = args.defocus_nm if args.defocus_nm is not None else base.get("defocus_nm", 0.0)
+        out["true_probe"]["defocus_nm"] = nominal  # the unstated coefficients are the nominal beam's
+    if "true_probe" in out and "cs_um" not in out["true_probe"]:
+        out["true_probe"]["cs_um"] = 1e3 * float(base.get("cs_mm", 0.0))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,9 +133,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--specimen-set: cannot parse a value ({err})".replace("\n", " ")) from None
     if args.specimen:
         specimen["kind"] = args.specimen
+    base = read_mapping(args.config) if args.config else {}
     if specimen:
-        base = read_mapping(args.config) if args.config else {}
         overrides["specimen"] = {**base.get("specimen", {}), **specimen}
+    overrides.update(acquisition_error_overrides(args, base))
     config = load_model(SimulationConfig, args.config, overrides)
     print(f"split={args.split or 'none'} seeds={seeds[0]}..{seeds[-1]} ({len(seeds)} datasets)", flush=True)
 
