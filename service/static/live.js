@@ -279,13 +279,10 @@ function renderView() {
   view.textContent = '';
   if (!s) return;
   const fov = (st.positions && st.positions.fov_nm) || (s.params && s.params.fov_nm) || [0, 0, 1, 1];
-  let [x0, y0, x1, y1] = [fov[0], fov[1], fov[0] + fov[2], fov[1] + fov[3]];
+  // the field of view and a margin: the reconstruction grid's padding beyond it holds nothing an operator needs
+  const [x0, y0, x1, y1] = [fov[0], fov[1], fov[0] + fov[2], fov[1] + fov[3]];
   const rc = st.recon;
-  if (rc) {
-    x0 = Math.min(x0, rc.origin[0] - rc.pixel / 2); y0 = Math.min(y0, rc.origin[1] - rc.pixel / 2);
-    x1 = Math.max(x1, rc.origin[0] + (rc.nx - 0.5) * rc.pixel); y1 = Math.max(y1, rc.origin[1] + (rc.ny - 0.5) * rc.pixel);
-  }
-  const span = Math.max(x1 - x0, y1 - y0), m = 0.06 * span;
+  const span = Math.max(x1 - x0, y1 - y0), m = 0.1 * span;
   view.setAttribute('viewBox', [x0 - m, y0 - m, x1 - x0 + 2 * m, y1 - y0 + 2 * m].join(' '));
   const font = 0.032 * span, r = 0.009 * span;
   if (rc) {
@@ -391,7 +388,7 @@ function renderChunks(s) {
   chart.append(svg('line', { x1: L, x2: L, y1: T, y2: H - B, stroke: '#444' }), svg('line', { x1: L, x2: W, y1: H - B, y2: H - B, stroke: '#444' }));
   chart.append(svg('text', { x: 2, y: T + 10, 'font-size': 10 }, (1000 * max).toFixed(0) + ' ms'));
   chart.append(svg('text', { x: 2, y: H - B, 'font-size': 10 }, '0'));
-  chart.append(svg('text', { x: L, y: H - 4, 'font-size': 10 }, 'chunk →   bars: decision latency; grey ticks: chunk acquisition time'));
+  chart.append(svg('text', { x: L, y: H - 4, 'font-size': 10 }, 'chunks →  bars: decision; grey: acquisition'));
   chunks.forEach((c, i) => {
     const x = L + 2 + i * bw;
     if (c.decision_latency_s != null) {
