@@ -20,8 +20,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
+from service.feed import ChangeFeed, close_on_signals
 from service.gate import ApiGate
 from service.ingest import Ingest
+from service.live_routes import install_live_view
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
@@ -87,6 +89,9 @@ class Service:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.manager = SessionManager(settings, self.metrics)
+        self.feed = ChangeFeed()
+        """wakes the live view's event streams when a session changes; closed at shutdown."""
+        self.manager.on_change = self.feed.notify
         update = ChunkUpdate(
             mode=settings.recon_update, iterations=settings.recon_iterations, update_iterations=settings.recon_update_iterations, replay=settings.recon_replay,
             deadline_fraction=settings.recon_deadline_fraction,
@@ -135,6 +140,7 @@ class Service:
 
     def stop(self) -> None:
         self.manager.accepting = False
+        self.feed.close()
         self.scheduler.stop(self.settings.shutdown_timeout_s)
         if self._warmup_thread is not None:
             self._warmup_thread.join(self.settings.shutdown_timeout_s)
@@ -166,12 +172,14 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        restore_signals = close_on_signals(service.feed)  # event streams end as soon as the server is told to stop
         await asyncio.to_thread(service.start)
         try:
             yield
         finally:
             log.info("shutting down: finishing the chunk in flight and flushing sessions")
             await asyncio.to_thread(service.stop)
+            restore_signals()
 
     app = FastAPI(
         title="ptychoscan acquisition service",
@@ -184,6 +192,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     document_problems(app)
     app.add_middleware(ApiGate, settings=settings)  # API key and scope, then the body (size-limited)
     app.add_middleware(RequestTimer, metrics=service.metrics)  # outermost: refusals at the gate are timed too
+    install_live_view(app, service.manager, service.feed, service.ingest.status)  # /live and its event streams
 
     @app.get("/healthz", tags=["operations"])
     async def healthz():

@@ -62,6 +62,8 @@ class SessionManager:
         self.storage_error_at: float | None = None
         self.on_endpoint = None
         """callback(endpoint) so the ingest connects to a session's detector."""
+        self.on_change = None
+        """callback() each time a session changes (``Session.on_change``): the live view's change feed."""
         self.planner_for = Planners(settings.policy_checkpoint)
         """strategy -> its planner (``PlannerChoice``), resolved once."""
         self.decision_samples: deque[float] = deque(maxlen=10_000)
@@ -175,6 +177,7 @@ class SessionManager:
                 self._storage_failed(err)
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
             self.sessions[s.session_id] = s
+            s.on_change = self.on_change
             self._enqueue(s)  # plans the first batch
             self._active_gauge()
             status = s.status()
@@ -455,6 +458,8 @@ class SessionManager:
                     latency = time.perf_counter() - item.last_frame_at
                     self.metrics.decision_seconds.observe(latency)
                     self.decision_samples.append(latency)
+                    if item.batch_id is not None:
+                        s.batches[item.batch_id].decision_latency_s = latency
             if failed is not None:
                 self._fail(s, failed)
                 return
@@ -493,6 +498,7 @@ class SessionManager:
         """Take over a session rebuilt from its file and its series bindings; queue the work it awaits."""
         with self.lock:
             self.sessions[s.session_id] = s
+            s.on_change = self.on_change
             self.router.adopt(s.endpoint, bindings)
             if s.terminal:  # found finished at restore (``service.restore.load_session``)
                 self._release(s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -106,6 +107,28 @@ class Batch:
     stall_deadline: float | None = None
     """monotonic() after which a told batch resumed from a restart, still missing frames, is re-issued
     (its series' last frames may have died with the old process); None: no deadline."""
+    decision_latency_s: float | None = None
+    """last frame of this batch received -> the next batch issued, s (set by the manager; None before, and for the last batch)."""
+
+    @property
+    def acquisition_s(self) -> float | None:
+        """How long the microscope took for this batch (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
+        n = len(self.slots)
+        if self.first_arrival is None or self.last_arrival is None or n < 2:
+            return None
+        return max(self.last_arrival - self.first_arrival, 0.0) * n / (n - 1)
+
+    def timeline(self) -> dict:
+        """This chunk for the live view: positions, status, acquisition time (s), ingest rate (frames/s), decision latency (s)."""
+        acq = self.acquisition_s
+        return {
+            "batch_id": self.batch_id,
+            "positions": len(self.slots),
+            "status": str(self.status),
+            "acquisition_s": acq,
+            "frames_per_s": len(self.slots) / acq if acq else None,
+            "decision_latency_s": self.decision_latency_s,
+        }
 
 
 @dataclass
@@ -138,6 +161,8 @@ class Session:
     last_frame_at: float | None = None
     version: int = 0
     waiters: list = field(default_factory=list)
+    on_change: Callable[[], None] | None = field(default=None, repr=False)
+    """called (lock held, any thread; must not block) each time ``notify`` runs: the live view's change feed."""
     spec: SessionSpec = field(init=False, repr=False)
     """``params`` read once, typed (``params`` is kept verbatim: the file and the status report carry it)."""
 
@@ -372,6 +397,8 @@ class Session:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # loop closed
                 pass
+        if self.on_change is not None:
+            self.on_change()
 
     def status(self) -> dict:
         cur = self.current
@@ -401,6 +428,7 @@ class Session:
                 "size": len(cur.slots),
                 "frames_missing": int((~self.received[cur.slots]).sum()),
             },
+            "chunks": [b.timeline() for b in self.batches],
             "stream_errors": {k: v for k, v in self.counters.items() if v},
             "recent_errors": list(self.recent_errors),
             "reconstruction": None

@@ -55,7 +55,4 @@ def work_item(s: Session) -> WorkItem:
 
 def acquisition_s(b: Batch) -> float | None:
     """How long the microscope took for batch ``b`` (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
-    n = len(b.slots)
-    if b.first_arrival is None or b.last_arrival is None or n < 2:
-        return None
-    return max(b.last_arrival - b.first_arrival, 0.0) * n / (n - 1)
+    return b.acquisition_s
