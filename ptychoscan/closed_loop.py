@@ -54,6 +54,7 @@ class ClosedLoopConfig(BaseModel):
     strategies: tuple[str, ...] = ("adaptive", "structure-guided", "sparse-grid")
     policy_checkpoint: Path | None = Field(None, description="None: the shipped checkpoint")
     timeout_s: float = Field(600.0, gt=0, description="give up on one scan after this long")
+    hold_s: float = Field(0.0, ge=0, description="keep the service up this long after the last scan, s (to look at its live view)")
 
 
 @dataclass
@@ -170,6 +171,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
     ):
         _wait_until_up(f"{detector_url}/detector/api/version/", detector, config.out / "sim-detector.log")
         _wait_until_up(f"{service_url}/readyz", service, config.out / "service.log")
+        print(f"live view: {service_url}/live#key={key}", flush=True)
         for strategy in config.strategies:
             start = time.perf_counter()
             result = run_scan(
@@ -201,6 +203,11 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
                     seconds=seconds,
                 )
             )
+        if config.hold_s > 0:
+            print(f"scans done; the service stays up {config.hold_s:g} s for the live view (Ctrl-C ends it): {service_url}/live#key={key}",
+                  flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(config.hold_s)
     return dataset, outcomes
 
 
@@ -250,36 +257,54 @@ def _planner_label(status: dict) -> str:
     return str(strategy)
 
 
-def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path) -> Path:
-    """Positions over each strategy's reconstruction, next to the ground truth."""
+def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path, *, chunk: int, dose_per_frame: float) -> Path:
+    """Positions over each strategy's reconstruction, next to the ground truth.
+
+    Every panel shares one phase scale (colour bar in rad); positions are coloured by the
+    sub-sequence (``chunk`` positions each) they were issued in; the dashed box is the field.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from ptychoscan.plots import image_extent_nm
     from recon.metrics import ground_truth_on_grid
 
     grid = outcomes[0].grid
-    fig, axes = plt.subplots(1, len(outcomes) + 1, figsize=(4.6 * (len(outcomes) + 1), 4.6))
+    fig, axes = plt.subplots(1, len(outcomes) + 1, figsize=(4.6 * (len(outcomes) + 1) + 1.2, 4.9))
     truth = ground_truth_on_grid(dataset.ground_truth, grid)
     x0, y0, w, h = fov_of(dataset)
     panels = [("ground truth (low-passed)", truth, None)] + [
         (f"{o.strategy}: {len(o.positions_nm)} positions\nconverged: SSIM {o.converged['ssim']:.3f}, r {o.converged['pearson_r']:.3f}",
          o.potential, o.positions_nm) for o in outcomes
     ]
-    for ax, (title, image, positions) in zip(axes, panels, strict=True):
-        ax.imshow(image, cmap="magma", extent=image_extent_nm(image.shape, grid.pixel_nm, grid.origin_nm))
+    lo, hi = np.percentile(truth, [0.5, 99.5])
+    n_chunks = max(-(-len(o.positions_nm) // chunk) for o in outcomes)
+    colours = plt.get_cmap("viridis", max(n_chunks, 2))
+    image = None
+    for ax, (title, phase, positions) in zip(axes, panels, strict=True):
+        image = ax.imshow(phase, cmap="magma", vmin=lo, vmax=hi, extent=image_extent_nm(phase.shape, grid.pixel_nm, grid.origin_nm))
         if positions is not None:
-            order = np.arange(len(positions))
-            ax.scatter(positions[:, 0], positions[:, 1], c=order, cmap="cool", s=9, edgecolors="white", linewidths=0.3)
+            sub_sequence = np.arange(len(positions)) // chunk
+            ax.scatter(positions[:, 0], positions[:, 1], c=colours(sub_sequence), s=9, edgecolors="white", linewidths=0.3)
         ax.add_patch(matplotlib.patches.Rectangle((x0, y0), w, h, fill=False, edgecolor="white", linestyle="--", linewidth=0.8))
+        ax.text(x0, y0 - 0.05, f"field of view {w:.2f} x {h:.2f} nm", color="white", fontsize=7, va="bottom")
         ax.set_xlim(x0 - 0.3, x0 + w + 0.3)
         ax.set_ylim(y0 + h + 0.3, y0 - 0.3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("x (nm)")
     axes[0].set_ylabel("y (nm)")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    n = len(outcomes[0].positions_nm)
+    area = w * h
+    fig.suptitle(f"{n} positions per scan ({n / area:.1f} per nm$^2$, sub-sequences of {chunk}), {dose_per_frame:g} e per position, "
+                 f"{n * dose_per_frame / area:.3g} e/nm$^2$ in total, same for every strategy", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    bar = fig.colorbar(image, ax=list(axes), fraction=0.015, pad=0.01)
+    bar.set_label("phase (rad)")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours(k), label=f"sub-sequence {k + 1}") for k in range(n_chunks)]
+    fig.legend(handles=handles, loc="center right", fontsize=7, title="issued in", title_fontsize=8, frameon=False)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

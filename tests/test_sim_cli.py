@@ -106,6 +106,7 @@ def test_closed_loop_demo_runs(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "scores adaptive=ssim:" in out and "sparse-grid=ssim:" in out and "per nm^2" in out
+    assert "live view: http://127.0.0.1:" in out and "/live#key=" in out  # the operator's page, with the demo's key
     assert (tmp_path / "closed_loop.png").stat().st_size > 10_000
     sessions = sorted((tmp_path / "sessions").glob("*.h5"))
     assert len(sessions) == 2
@@ -120,3 +121,36 @@ def test_closed_loop_demo_runs(tmp_path, capsys):
             positions = f["positions_nm"][()]
             assert (positions >= lo - 1e-9).all() and (positions <= hi + 1e-9).all(), "positions stay in the field of view"
             assert len(f["reconstructions"]) == 3
+
+
+def test_the_demo_holds_its_service_up_for_the_live_view_on_request(tmp_path):
+    """``demo --hold``: after the scans the service stays up and its live view answers at the URL the demo printed."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.subprocess_env import repo_env
+
+    cmd = [sys.executable, "-m", "ptychoscan.cli", "demo", "--out", str(tmp_path), "--scan-shape", "6", "6", "--step-nm", "0.1",
+           "--density", "144", "--chunk", "12", "--strategies", "sparse-grid", "--hold", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=repo_env())
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith("scans done;"):
+                url = line.rsplit(": ", 1)[1].strip()
+                break
+        assert url is not None, "the demo never said it holds the service"
+        page, key = url.split("#key=")
+        assert httpx.get(page, timeout=10).status_code == 200
+        sessions = httpx.get(page.replace("/live", "/api/v1/sessions"), headers={"Authorization": f"Apikey {key}"}, timeout=10)
+        assert sessions.status_code == 200 and "done" in sessions.text
+        proc.terminate()  # SIGTERM during the hold: the demo stops the service and detector it started (they were orphaned)
+        assert proc.wait(timeout=60) != 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(page, timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

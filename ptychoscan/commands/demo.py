@@ -29,10 +29,14 @@ def register(subparsers) -> None:
     p.add_argument("--defocus-nm", type=float, default=None, help="probe defocus, nm (default 0, in focus)")
     p.add_argument("--strategies", nargs="+", default=None, help="default: adaptive structure-guided sparse-grid")
     p.add_argument("--policy", default=None, help="policy checkpoint (default: the shipped one)")
+    p.add_argument("--hold", type=float, default=None, metavar="SECONDS",
+                   help="keep the service up this long after the scans, to look at its live view (default 0; the URL is printed)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import sys
     from pathlib import Path
 
     from ptychoscan.closed_loop import ClosedLoopConfig, plot_outcomes, run_closed_loop
@@ -50,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
         "defocus_nm": args.defocus_nm,
         "strategies": tuple(args.strategies) if args.strategies else None,
         "policy_checkpoint": args.policy,
+        "hold_s": args.hold,
     }
     config = load_model(ClosedLoopConfig, None, overrides)
+    # SIGTERM (a stopped job, `kill`) unwinds like Ctrl-C, so the service and detector it started are stopped with it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     dataset, outcomes = run_closed_loop(config)
-    png = plot_outcomes(outcomes, dataset, config.out / "closed_loop.png")
+    png = plot_outcomes(outcomes, dataset, config.out / "closed_loop.png", chunk=config.chunk, dose_per_frame=config.dose_per_frame)
     lo, hi = dataset.positions_nm.min(axis=0), dataset.positions_nm.max(axis=0)
     area = float((hi - lo).prod())
     n = len(outcomes[0].positions_nm) if outcomes else 0
