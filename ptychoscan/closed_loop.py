@@ -300,7 +300,7 @@ def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path
     area = w * h
     fig.suptitle(f"{n} positions per scan ({n / area:.1f} per nm$^2$, sub-sequences of {chunk}), {dose_per_frame:g} e per position, "
                  f"{n * dose_per_frame / area:.3g} e/nm$^2$ in total, same for every strategy", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    fig.tight_layout(rect=(0, 0.03, 0.9, 0.95))
     bar = fig.colorbar(image, ax=list(axes), fraction=0.015, pad=0.01)
     bar.set_label("phase (rad)")
     handles = [Line2D([], [], marker="o", linestyle="", color=colours(k), label=f"sub-sequence {k + 1}") for k in range(n_chunks)]
