@@ -217,7 +217,7 @@ class SessionManager:
         """
         with self.lock:
             if (live := self.sessions.get(sid)) is not None and (old := self.router.binding((live.endpoint, series))) is not None:
-                if (old.session_id, old.batch_id) != (sid, batch_id):  # a new run's header may be behind this tell: let it retire the old binding
+                if (old.session_id, old.batch_id) != (sid, batch_id) and old.run_begun:  # a new run's header may be behind this tell
                     self.series_started.wait_for(lambda: self.router.binding((live.endpoint, series)) is not old, NEW_RUN_WAIT_S)
             s = self.get(sid)
             if not isinstance(s, Session):
@@ -238,11 +238,20 @@ class SessionManager:
                 self.metrics.buffered_frames.set(self.router.buffered_frames)
                 for kind, msg in buffered.errors:
                     s.note_error(kind, msg)
+                stale = 0
+                handed_out = s.batches[batch_id].handed_out_at
                 for idx in sorted(buffered.frames):
                     for image, arrived in buffered.frames[idx]:
-                        if self._store_frame(key, idx, image, arrived):
+                        if handed_out is not None and arrived < handed_out:
+                            stale += 1  # taken before the client had these positions: an earlier run's frame of this series number
+                        elif self._store_frame(key, idx, image, arrived):
                             break
-                if buffered.ended:
+                if stale:
+                    s.note_error("unexpected", f"series {series}: {stale} frame(s) held from before batch {batch_id} was handed out dropped")
+                    self.metrics.stream_errors.labels("stale_series").inc(stale)
+                if buffered.ended and stale:  # an earlier run's end may not be this run's: re-issued if no frame comes in time
+                    s.batches[batch_id].stall_deadline = time.monotonic() + self.settings.resume_told_timeout_s
+                elif buffered.ended:
                     self._series_end(key)
             return 202, tell_body(s, tell)
 
@@ -282,7 +291,8 @@ class SessionManager:
             self._series_end((endpoint, event.series))
         elif isinstance(event, SeriesStart):
             router.last_key[endpoint] = key = (endpoint, event.series)
-            if router.series_start(key):
+            bind = router.binding(key)
+            if router.series_start(key) and (bind is None or bind.run_begun):  # else: the header of the run its tell named
                 self._new_run(key)
             self.series_started.notify_all()
 
@@ -336,6 +346,7 @@ class SessionManager:
         flush, the compute queue and waking asks.
         """
         bind = self.router.bindings[key]
+        bind.run_begun = True
         s = self.sessions.get(bind.session_id)
         f = self.finished.get(bind.session_id) if s is None else None
         verdict = self.router.admit(key, idx, image, bind, s, None if f is None else f.state)

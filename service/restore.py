@@ -116,7 +116,8 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
             live |= st.slot_series[slots] == b.series
         for series in {int(v) for v in st.slot_series[slots] if v >= 0}:
             sel = slots[(st.slot_series[slots] == series) & live]
-            bindings[series] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel})  # kept if empty: a repeated tell
+            begun = bool(s.received[slots[st.slot_series[slots] == series]].any())  # else its header may still come (told before it)
+            bindings[series] = Binding(s.session_id, int(bid), {int(st.slot_frame[i]): int(i) for i in sel}, run_begun=begun)  # kept if empty: a repeated tell
     if st.latest_reconstruction is not None:
         last = st.latest_reconstruction
         s.potential, s.grid_origin_nm, s.grid_pixel_nm, s.loss_history = last.potential, last.origin_nm, last.pixel_nm, last.loss_history

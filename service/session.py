@@ -88,6 +88,9 @@ class Binding:
     batch_id: int
     frame_to_slot: dict[int, int]
     ended: bool = False
+    run_begun: bool = False
+    """a frame of its series has come through it (or it was restored with frames received): a later header of the same
+    series number is a new detector run, not the start of the run its tell named (a tell may come before the header)."""
 
 
 @dataclass
@@ -107,6 +110,9 @@ class Batch:
     stall_deadline: float | None = None
     """monotonic() after which a told batch resumed from a restart, still missing frames, is re-issued
     (its series' last frames may have died with the old process); None: no deadline."""
+    handed_out_at: float | None = None
+    """perf_counter() when an ask first handed this batch out since it was (re-)issued: no frame of it can arrive earlier;
+    None after a restart (the client may still hold the positions from before)."""
     decision_latency_s: float | None = None
     """last frame of this batch received -> the next batch issued, s (set by the manager; None before, and for the last batch)."""
 
@@ -293,7 +299,7 @@ class Session:
     def reissue(self, batch_id: int) -> None:
         """Batch ``batch_id``, its series ended short and its missing slots unbound, is to be told again: back to issued."""
         b = self.batches[batch_id]
-        b.status, b.series = BatchStatus.ISSUED, None
+        b.status, b.series, b.handed_out_at = BatchStatus.ISSUED, None, None
         self.state = SessionState.ACQUIRING
 
     # --- the file ----------------------------------------------------------------------
@@ -352,6 +358,8 @@ class Session:
         if b is not None and b.status == BatchStatus.ISSUED:
             if self.state == SessionState.CREATED:
                 self.state = SessionState.ACQUIRING
+            if b.handed_out_at is None:
+                b.handed_out_at = time.perf_counter()
             return {"batch_id": b.batch_id, "positions_nm": self.positions_issued[self.missing_slots(b)].tolist(), "done": False}
         return None
 

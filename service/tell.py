@@ -34,8 +34,10 @@ def check_tell(s: Session, batch_id: int, series: int, measured: list | None, bo
     """A tell of session ``s``'s batch ``batch_id`` as detector ``series`` (``bound``: that series' binding, if any), checked; nothing changes.
 
     It binds the batch's missing slots (frame i -> i-th missing slot). A repeat of the tell
-    that bound the batch (same series; also after a restart or after the series ended
-    short) comes back with ``repeat``. Refused (``SessionError``): a batch not issued, a
+    that bound the batch (same series; also after a restart, after the series ended
+    short, or after a restarted detector began a new run of that series number) comes back
+    with ``repeat``. (A repeat arriving after its batch was cut short and re-issued cannot
+    be told from a new tell of the new run: it binds that run.) Refused (``SessionError``): a batch not issued, a
     series bound to another batch (a series is bound once, so a frame never moves to
     another position), a batch told already, measured positions not one per missing slot.
     """
@@ -49,6 +51,9 @@ def check_tell(s: Session, batch_id: int, series: int, measured: list | None, bo
         else:
             told = np.fromiter(sorted(bound.frame_to_slot.values()), np.int64)
         return Tell(b, series, told, repeat=True)
+    if bound is None and b.series == series and b.status != BatchStatus.ISSUED:
+        # a repeat after a restarted detector's new run of that series number retired the binding: the batch's record answers
+        return Tell(b, series, b.told_slots if b.told_slots is not None else b.slots, repeat=True)
     if bound is not None:
         raise SessionError(ErrorKind.SERIES_TAKEN, f"series {series} of {s.endpoint} is already bound to another batch")
     if b.status != BatchStatus.ISSUED:

@@ -83,12 +83,34 @@ def test_detector_restart_mid_series_reissues_the_cut_batch(tmp_path, pushers):
         assert again["batch_id"] == ask["batch_id"] and len(again["positions_nm"]) == 2
         status = c.get(f"/api/v1/sessions/{sid}").json()
         assert status["frames_received"] == 1  # none of the new run's frames went into the cut batch's slots
-        wait_until(lambda: manager.buffered_frames == 3, what="the new run's series 4 held for its tell")
-        r = c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 4}, headers=AUTH)
+        wait_until(lambda: manager.buffered_frames == 3, what="the new run's series 4 held")
+        later = frames_for(901, 2)  # the scan of the re-issued positions: a series armed after the re-ask
+        pusher.series(5, later)
+        wait_until(lambda: manager.buffered_frames == 5, what="series 5 held for its tell")
+        r = c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 5}, headers=AUTH)
         assert r.status_code == 202 and r.json()["frames_received"] == 2
     with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
         patterns = f["patterns"][()]
-    np.testing.assert_array_equal(patterns[:3], np.stack([old[0], new[0], new[1]]).astype(patterns.dtype))
+    np.testing.assert_array_equal(patterns[:3], np.stack([old[0], later[0], later[1]]).astype(patterns.dtype))
+
+
+def test_frames_taken_before_a_reissued_batch_was_asked_for_are_not_its_frames(tmp_path, pushers):
+    """The new run's series 4 was acquired before the client had the re-issued positions: telling it for them stores nothing."""
+    pusher = pushers[0]
+    with client(tmp_path) as c:
+        manager = c.app.state.service.manager
+        sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=6, chunk=3), headers=AUTH).json()["session_id"]
+        ask = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
+        pusher.start(4, 3)
+        pusher.frame(4, 0, frames_for(4, 3)[0])
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 4}, headers=AUTH)
+        wait_until(lambda: c.get(f"/api/v1/sessions/{sid}").json()["frames_received"] == 1, what="first frame")
+        pusher.series(4, frames_for(900, 3))  # the restarted detector's series 4, before the re-ask
+        wait_until(lambda: manager.buffered_frames == 3, what="the new run's series 4 held")
+        wait_until(lambda: c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json().get("positions_nm"), what="re-issued batch")
+        r = c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 4}, headers=AUTH)
+        assert r.status_code == 202 and r.json()["frames_received"] == 0  # (was 2: frames taken elsewhere stored at these positions)
+        assert c.get(f"/api/v1/sessions/{sid}").json()["frames_received"] == 1
 
 
 def test_tell_that_overtakes_the_new_runs_header_waits_for_it(tmp_path, pushers):
