@@ -122,6 +122,10 @@ def default_config(detector_pixels: int) -> dict:
         "countrate_correction_applied": False,
         "flatfield_correction_applied": False,
         "pixel_mask_applied": False,
+        "threshold_energy": 4020.0,
+        "photon_energy": 8041.0,
+        "nexpi": 1,
+        "countrate_correction_count_cutoff": 65535,
     }
 
 
@@ -412,6 +416,12 @@ _CONFIG_RULES = {
     "trigger_mode": (str, TRIGGER_MODES, None),
     "bit_depth_image": (int, (8, 16, 32), None),
     "compression": (str, tuple(COMPRESSIONS), None),
+    "threshold_energy": (float, 0.0, 1e6),
+    "photon_energy": (float, 0.0, 1e6),
+    "nexpi": (int, 1, 1_000_000),
+    "pixel_mask_applied": (bool, (True, False), None),
+    "countrate_correction_applied": (bool, (True, False), None),
+    "flatfield_correction_applied": (bool, (True, False), None),
 }
 READ_ONLY = ("x_pixels_in_detector", "y_pixels_in_detector", "software_version", "description", "detector_number")
 
@@ -444,4 +454,6 @@ def config_description(key: str, value) -> dict:
         desc["min"], desc["max"] = rule[1], rule[2]
     if key in ("count_time", "frame_time"):
         desc["unit"] = "s"
+    elif key in ("threshold_energy", "photon_energy"):
+        desc["unit"] = "eV"
     return desc
