@@ -2,14 +2,16 @@
 
 The detector binds PUSH; each endpoint here gets its own PULL socket and its own
 ``StreamDecoder``, all polled by one background thread (endpoints can be added while it
-runs: ``add``). Each turn the thread drains what is waiting on every socket (up to
+runs: ``add``; and removed: ``remove`` hands on what is queued, then closes). Each turn the thread drains what is waiting on every socket (up to
 ``max_batch`` messages per socket, so bitshuffle frames decode in batches) and hands
 the events of one socket to the callback in order: ``on_events(endpoint, events)``
 with the whole list, or ``on_event(endpoint, event)`` once per event. Each ``Frame``
 carries when its message came off the socket (``received_at``). One thread and one
 callback per drained batch (not one per frame) keep the ingest's share of the
 interpreter and of the consumer's lock small, and the thread count flat however many
-detectors there are (bench/RESULTS.md).
+detectors there are (bench/RESULTS.md). ``on_raw(endpoint, messages)``, if given, sees
+every drained batch of raw multipart messages before they are decoded (e.g. to forward
+them byte for byte), on the receive thread.
 
 One endpoint's trouble stays its own: a socket that cannot be opened is reported in
 ``failures`` and skipped, an exception while serving one socket is logged and counted
@@ -48,6 +50,8 @@ class EndpointCounts:
     callback_errors: int = 0
     stream_errors: dict[StreamErrorKind, int] = field(default_factory=dict)
     """``StreamError`` events its decoder returned, by kind."""
+    last_message_at: float | None = None
+    """time.monotonic() (s) when its latest message came off the socket; None before the first."""
 
 
 @dataclass
@@ -78,6 +82,7 @@ class StreamReceiver:
         poll_ms: int = 50,
         rcvhwm: int = 100_000,
         codec_threads: int = 1,
+        on_raw: Callable[[str, list[list[bytes]]], None] | None = None,
     ) -> None:
         if (on_event is None) == (on_events is None):
             raise ValueError("StreamReceiver needs exactly one of on_event and on_events")
@@ -90,6 +95,8 @@ class StreamReceiver:
         self.poll_ms = poll_ms
         self.rcvhwm = rcvhwm
         self.codec_threads = codec_threads
+        self.on_raw = on_raw
+        """sees each drained batch of raw multipart messages before decoding (receive thread); its exceptions are counted as socket errors."""
         """OpenMP threads bitshuffle decodes with in the receive thread (``detector_stream.codec_threads``)."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -101,6 +108,8 @@ class StreamReceiver:
         """endpoint -> why its socket could not be opened (it is not served)."""
         self._pending: list[tuple[str, threading.Event]] = []
         """endpoints added while running, not yet opened by the thread."""
+        self._removing: list[tuple[str, threading.Event]] = []
+        """endpoints removed while running, not yet drained and closed by the thread."""
         self._wake: zmq.Socket | None = None
         """PUSH end of the thread's inproc control socket (used under ``_lock``)."""
         self.socket_errors = 0
@@ -141,7 +150,7 @@ class StreamReceiver:
         """A copy of what ``endpoint`` delivered so far (zeros if unknown)."""
         with self._lock:
             c = self._counts.get(endpoint, EndpointCounts())
-            return EndpointCounts(c.messages, c.callback_errors, dict(c.stream_errors))
+            return EndpointCounts(c.messages, c.callback_errors, dict(c.stream_errors), c.last_message_at)
 
     def messages_from(self, endpoint: str) -> int:
         """Messages received from ``endpoint`` so far (0 if unknown)."""
@@ -173,6 +182,25 @@ class StreamReceiver:
             self._pending.append((endpoint, opened))
             self._wake.send(b"")
         opened.wait(timeout)
+
+    def remove(self, endpoint: str, timeout: float = 5.0) -> bool:
+        """Disconnect from ``endpoint`` (thread-safe): what its socket holds already is decoded and handed on first; True once closed.
+
+        Messages the sender has queued for this connection but not yet delivered are
+        lost with it (ZeroMQ PUSH does not re-deal them): remove an endpoint only while
+        its sender is quiet. Its counts are kept; ``add`` connects it again.
+        """
+        with self._lock:
+            if endpoint not in self.endpoints:
+                return True
+            self.endpoints.remove(endpoint)
+            self.failures.pop(endpoint, None)
+            if self._wake is None:  # not running: nothing open
+                return True
+            closed = threading.Event()
+            self._removing.append((endpoint, closed))
+            self._wake.send(b"")
+        return closed.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the sockets (messages still queued are dropped)."""
@@ -228,6 +256,25 @@ class StreamReceiver:
             poller.register(sock, zmq.POLLIN)
             poller.register(mon, zmq.POLLIN)
 
+        def close_endpoint(endpoint: str) -> None:
+            for sock, entry in list(sockets.items()):
+                if entry.endpoint != endpoint:
+                    continue
+                while self._drain(entry) == self.max_batch:  # hand on everything already received
+                    pass
+                for s in (entry.socket, entry.monitor):
+                    poller.unregister(s)
+                monitors.pop(entry.monitor, None)
+                del sockets[sock]
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                entry.monitor.close(0)
+                sock.close(0)
+            with self._lock:
+                self._connected.discard(endpoint)
+
         try:
             try:
                 set_codec_threads(self.codec_threads)
@@ -246,7 +293,7 @@ class StreamReceiver:
                 for sock, _ in poller.poll(self.poll_ms):
                     try:
                         if sock is control:
-                            self._open_pending(control, open_endpoint)
+                            self._open_pending(control, open_endpoint, close_endpoint)
                         elif sock in monitors:
                             self._monitor(sock, monitors[sock])
                         else:
@@ -262,8 +309,9 @@ class StreamReceiver:
             with self._lock:
                 self._wake = None
                 pending, self._pending = self._pending, []
+                removing, self._removing = self._removing, []
                 self._connected.clear()
-            for _, opened in pending:
+            for _, opened in pending + removing:
                 opened.set()
             for sock in sockets:
                 try:
@@ -272,7 +320,8 @@ class StreamReceiver:
                     pass
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
 
-    def _open_pending(self, control: zmq.Socket, open_endpoint: Callable[[str], None]) -> None:
+    def _open_pending(self, control: zmq.Socket, open_endpoint: Callable[[str], None], close_endpoint: Callable[[str], None]) -> None:
+        """Apply the removals, then the additions, asked for since the last turn (in this order: remove then add reconnects)."""
         while True:
             try:
                 control.recv(zmq.NOBLOCK)
@@ -280,6 +329,12 @@ class StreamReceiver:
                 break
         with self._lock:
             pending, self._pending = self._pending, []
+            removing, self._removing = self._removing, []
+        for endpoint, closed in removing:
+            try:
+                close_endpoint(endpoint)
+            finally:
+                closed.set()
         for endpoint, opened in pending:
             try:
                 open_endpoint(endpoint)
@@ -298,7 +353,8 @@ class StreamReceiver:
                 elif msg["event"] == zmq.EVENT_DISCONNECTED:
                     self._connected.discard(endpoint)
 
-    def _drain(self, entry: _Socket) -> None:
+    def _drain(self, entry: _Socket) -> int:
+        """Receive what is waiting (up to ``max_batch`` messages), decode it and hand it on; returns how many messages."""
         messages, received_at = [], []
         while len(messages) < self.max_batch:
             try:
@@ -306,8 +362,17 @@ class StreamReceiver:
             except zmq.Again:
                 break
             received_at.append(time.perf_counter())  # per message: one batch may span a whole chunk's acquisition
+        if not messages:
+            return 0
         with self._lock:
             entry.counts.messages += len(messages)
+            entry.counts.last_message_at = time.monotonic()
+        if self.on_raw is not None:
+            try:
+                self.on_raw(entry.endpoint, messages)
+            except Exception as err:  # forwarding must never stop ingest
+                self.socket_errors += 1
+                log.warning("stream receiver: raw-message hook failed for %s: %s", entry.endpoint, err)
         errors_before = entry.decoder.errors_total
         events = entry.decoder.feed_many(messages, received_at)
         if entry.decoder.errors_total != errors_before:
@@ -316,7 +381,7 @@ class StreamReceiver:
                 for kind, n in by_kind.items():
                     entry.counts.stream_errors[kind] = entry.counts.stream_errors.get(kind, 0) + n
         if not events:
-            return
+            return len(messages)
         try:
             self.on_events(entry.endpoint, events)
         except Exception:
@@ -325,6 +390,7 @@ class StreamReceiver:
                 first = entry.counts.callback_errors == 1
             if first:
                 log.exception("stream receiver: the event callback for %s raised (further errors counted per endpoint)", entry.endpoint)
+        return len(messages)
 
 
 def handle_each(events: list[Event], handle: Callable[[Event], None]) -> None:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
 from service.feed import ChangeFeed, close_on_signals
+from service.forward import Forwarder
 from service.gate import ApiGate
 from service.ingest import Ingest
 from service.live_routes import install_live_view
@@ -101,8 +102,12 @@ class Service:
             options["detector_binning"] = settings.recon_detector_binning
         self.backend = backend or TorchReconBackend(update, settings.device, settings.torch_threads, options)
         self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
-        self.ingest = Ingest(self.manager, settings.detectors)
+        forwarder = None
+        if settings.forward_endpoint is not None:
+            forwarder = Forwarder(settings.forward_endpoint, settings.forward_hwm, self.metrics.forwarded, self.metrics.forward_dropped)
+        self.ingest = Ingest(self.manager, settings.detectors, on_demand=settings.detectors_on_demand, quiet_s=settings.detector_quiet_s, forwarder=forwarder)
         self.manager.on_endpoint = self.ingest.ensure
+        self.manager.on_batch_issued = self.ingest.poke
         self.warm = False
         self._warmup_thread: threading.Thread | None = None
         self.warm_error: str | None = None
@@ -250,6 +255,8 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
             event = asyncio.Event()
             result = service.manager.try_ask(session_id, (loop, event))
             if result is not None:
+                if result.get("positions_nm"):  # the detector is listened to before the microscope learns where to go
+                    await asyncio.to_thread(service.ingest.wait_listening, session_id)
                 service.metrics.ask_seconds.observe(time.perf_counter() - t0)
                 return result
             remaining = deadline - loop.time()

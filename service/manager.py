@@ -64,6 +64,8 @@ class SessionManager:
         """callback(endpoint) so the ingest connects to a session's detector."""
         self.on_change = None
         """callback() each time a session changes (``Session.on_change``): the live view's change feed."""
+        self.on_batch_issued = None
+        """callback() on each batch issued, lock held, must not block: the ingest connects its detector."""
         self.planner_for = Planners(settings.policy_checkpoint)
         """strategy -> its planner (``PlannerChoice``), resolved once."""
         self.decision_samples: deque[float] = deque(maxlen=10_000)
@@ -465,6 +467,8 @@ class SessionManager:
                 failed = err
             if len(s.batches) > n_batches:  # a batch was issued (counted even if the file failed after it)
                 self.metrics.batches_issued.inc()
+                if self.on_batch_issued is not None:
+                    self.on_batch_issued()
                 if item.last_frame_at is not None:
                     latency = time.perf_counter() - item.last_frame_at
                     self.metrics.decision_seconds.observe(latency)

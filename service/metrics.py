@@ -36,6 +36,10 @@ class ServiceMetrics:
         self.unclaimed_frames = Counter(
             "ptychoscan_ingest_unclaimed_frames_total", "frames from a detector endpoint no session in progress reads (held for a tell)", registry=r
         )
+        self.forwarded = Counter("ptychoscan_forward_messages_total", "detector messages forwarded on the forward endpoint", registry=r)
+        self.forward_dropped = Counter(
+            "ptychoscan_forward_dropped_messages_total", "detector messages not forwarded: nobody connected or the consumer fell behind (forward_hwm)", registry=r
+        )
         self.stream_errors = Counter("ptychoscan_ingest_errors_total", "stream problems by kind", ["kind"], registry=r)
         self.batches_issued = Counter("ptychoscan_batches_issued_total", "batches of positions published", registry=r)
         self.batches_complete = Counter("ptychoscan_batches_completed_total", "batches whose frames all arrived", registry=r)

@@ -30,6 +30,23 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: ["tcp://127.0.0.1:*", "tcp://localhost:*", "tcp://[::1]:*"],
         description="shell-style patterns (fnmatch) of the detector endpoints a session may name, besides `detectors`; default: loopback TCP only",
     )
+    detector_connection: Literal["in_flight", "always"] = Field(
+        "in_flight",
+        description="in_flight: hold a PULL connection to a detector only while a session has a batch in flight on it, so another consumer "
+        "(LiberTEM-live) can share the detector (PUSH deals messages round-robin); always: stay connected to every detector configured or named "
+        "by a session (forward_endpoint implies always)",
+    )
+    detector_quiet_s: float = Field(
+        1.0, gt=0, le=60, description="in_flight: a detector with nothing in flight is disconnected once it has sent nothing for this long (s)"
+    )
+    forward_endpoint: str | None = Field(
+        None,
+        description="forward every message received from the detectors, byte for byte, on a PUSH socket bound here (tcp://host:port) for a "
+        "second consumer such as LiberTEM-live; port 0 picks a free one; the detectors then stay connected (None: off)",
+    )
+    forward_hwm: int = Field(
+        1000, ge=1, description="messages queued for the forward socket's consumer at most; beyond (or with nobody connected) they are dropped and counted"
+    )
     ask_timeout_s: float = Field(10.0, gt=0, le=300, description="default long-poll of ask before 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 (ask found no batch ready in time; the service is shutting down)")
     max_buffered_frames: int = Field(20_000, ge=1, description="frames kept for series not yet told (all endpoints together)")
@@ -71,6 +88,19 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _endpoints(cls, v: list[str]) -> list[str]:
         return [check_endpoint(ep) for ep in v]
+
+    @field_validator("forward_endpoint")
+    @classmethod
+    def _forward(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, port = v.rsplit(":", 1) if ":" in v else (v, "")
+            check_endpoint(f"{host}:1" if port == "0" else v)  # port 0: a free one, picked at bind
+        return v
+
+    @property
+    def detectors_on_demand(self) -> bool:
+        """Connect a detector only while a batch is in flight on it (not when forwarding: the second consumer needs the whole stream)."""
+        return self.detector_connection == "in_flight" and self.forward_endpoint is None
 
     def detector_allowed(self, endpoint: str) -> bool:
         """A session may stream from ``endpoint``: one of ``detectors`` or matching a ``detector_allow`` pattern (case-sensitive)."""

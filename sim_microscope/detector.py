@@ -3,7 +3,9 @@
 ``SimDetector`` holds the detector config (SIMPLON key names), arms series (sequence
 ids count from 1), acquires frames when triggered and streams them from one worker
 thread that owns the PUSH socket. Frame i of a series is taken at the scan
-controller's i-th probe position (``ScanController``). Trigger modes: ``ints``
+controller's i-th probe position (``ScanController``) as it stands when frame i's
+trigger comes: a position list (or a parked beam) changed between triggers of one
+series moves the frames of the later triggers. Trigger modes: ``ints``
 (each trigger command: nimages frames), ``inte`` (each trigger: one frame),
 ``exts``/``exte`` (external triggers from the scan controller's start command: nimages
 frames resp. one frame per trigger). The series ends, and ``dseries_end`` is sent,
@@ -120,6 +122,10 @@ def default_config(detector_pixels: int) -> dict:
         "countrate_correction_applied": False,
         "flatfield_correction_applied": False,
         "pixel_mask_applied": False,
+        "threshold_energy": 4020.0,
+        "photon_energy": 8041.0,
+        "nexpi": 1,
+        "countrate_correction_count_cutoff": 65535,
     }
 
 
@@ -135,6 +141,8 @@ class _Series:
     triggers: int = 0
     images: np.ndarray | None = None
     blobs: list[bytes] | None = None
+    positions: np.ndarray | None = None
+    """(total, 2) nm: where each frame's pattern was computed (the scan controller's positions at its trigger)."""
     ended: bool = False
 
 
@@ -246,8 +254,9 @@ class SimDetector:
             s.next_frame += len(frames)
             s.triggers += 1
             self.state = "acquire"
+            where = self.scan.positions_for(np.arange(s.total))  # the beam as it stands at this trigger
         done = threading.Event()
-        self._jobs.put(("acquire", s, frames, done))
+        self._jobs.put(("acquire", s, frames, where, done))
         per_frame = float(s.config["frame_time"]) + self.scan.settle_time_s
         if not done.wait(timeout if timeout is not None else 60 + 2 * per_frame * len(frames) + s.faults.stall_s):
             raise DetectorError("acquisition did not finish in time (is a receiver connected?)", 504)
@@ -305,9 +314,9 @@ class SimDetector:
                     self._end(job[1])
                 elif job[0] == "acquire":
                     try:
-                        self._acquire(*job[1:3])
+                        self._acquire(*job[1:4])
                     finally:
-                        job[3].set()
+                        job[4].set()
             except Exception:
                 log.exception("sim detector: stream job %s failed", job[0])
 
@@ -318,21 +327,32 @@ class SimDetector:
         if self.stream_config["mode"] == "enabled":
             self._send(series_end_parts(s.series))
 
-    def _prepare(self, s: _Series) -> None:
-        """Patterns of the whole series in one batch, at the positions the scan controller holds now."""
-        positions = self.scan.positions_for(np.arange(s.total))
-        patterns = self.source.patterns(positions)
-        beam_positions = getattr(self.source, "beam_positions", None)
-        self.scan.readback = (s.series, positions if beam_positions is None else beam_positions(positions))
-        s.images = to_counts(patterns, s.dtype, self.dose, self._rng, self.noise)
-        s.blobs = encode_frames(s.images, s.encoding)
-        self.last_images = s.images
-        if len(positions):
-            self.scan.probe_nm = tuple(positions[-1])
-
-    def _acquire(self, s: _Series, frames: np.ndarray) -> None:
+    def _prepare(self, s: _Series, where: np.ndarray, frames: np.ndarray) -> None:
+        """Patterns at ``where`` ((total, 2) nm, the scan controller at a trigger): the whole series in one batch at the first trigger, later
+        only ``frames`` whose position moved since (parked or re-listed between triggers)."""
         if s.images is None:
-            self._prepare(s)
+            todo = np.arange(s.total)
+        else:
+            todo = frames[np.any(where[frames] != s.positions[frames], axis=1)]
+            if not len(todo):
+                return
+        images = to_counts(self.source.patterns(where[todo]), s.dtype, self.dose, self._rng, self.noise)
+        blobs = encode_frames(images, s.encoding)
+        if s.images is None:
+            s.images, s.blobs, s.positions = images, list(blobs), where.copy()
+        else:
+            s.images[todo] = images
+            for j, i in enumerate(todo.tolist()):
+                s.blobs[i] = blobs[j]
+            s.positions[todo] = where[todo]
+        beam_positions = getattr(self.source, "beam_positions", None)
+        self.scan.readback = (s.series, s.positions.copy() if beam_positions is None else beam_positions(s.positions))
+        self.last_images = s.images
+        if len(frames):
+            self.scan.probe_nm = tuple(where[frames[-1]])
+
+    def _acquire(self, s: _Series, frames: np.ndarray, where: np.ndarray) -> None:
+        self._prepare(s, where, frames)
         f = s.faults
         frame_time = float(s.config["frame_time"])
         period = frame_time + self.scan.settle_time_s
@@ -396,6 +416,12 @@ _CONFIG_RULES = {
     "trigger_mode": (str, TRIGGER_MODES, None),
     "bit_depth_image": (int, (8, 16, 32), None),
     "compression": (str, tuple(COMPRESSIONS), None),
+    "threshold_energy": (float, 0.0, 1e6),
+    "photon_energy": (float, 0.0, 1e6),
+    "nexpi": (int, 1, 1_000_000),
+    "pixel_mask_applied": (bool, (True, False), None),
+    "countrate_correction_applied": (bool, (True, False), None),
+    "flatfield_correction_applied": (bool, (True, False), None),
 }
 READ_ONLY = ("x_pixels_in_detector", "y_pixels_in_detector", "software_version", "description", "detector_number")
 
@@ -428,4 +454,6 @@ def config_description(key: str, value) -> dict:
         desc["min"], desc["max"] = rule[1], rule[2]
     if key in ("count_time", "frame_time"):
         desc["unit"] = "s"
+    elif key in ("threshold_energy", "photon_energy"):
+        desc["unit"] = "eV"
     return desc

@@ -5,7 +5,9 @@ SIMPLON (what DECTRIS clients call): ``GET /detector/api/version/``,
 "access_mode", ...}``, PUT takes ``{"value": v}``), ``PUT
 /detector/api/1.8.0/command/{arm,trigger,disarm,cancel,abort,initialize}`` (arm
 returns ``{"sequence id": N}``), ``GET /detector/api/1.8.0/status/state``,
-``GET|PUT /stream/api/1.8.0/config/{mode,header_detail,image_appendix}``.
+``GET|PUT /stream/api/1.8.0/config/{mode,header_detail,image_appendix}``; the rest
+LiberTEM-live and DEigerClient call (pixel mask, keys listings, filewriter, monitor, ...):
+``sim_microscope.simplon_extra``.
 
 Scan controller (Nion stand-in), positions in nm: ``PUT /scan/api/1/positions``
 ``{"positions_nm": [[x, y], ...]}``, ``PUT /scan/api/1/park`` ``{"position_nm": [x, y]}``,
@@ -25,6 +27,7 @@ from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from sim_microscope.detector import DetectorError, FaultPlan, SimDetector, config_description
+from sim_microscope.simplon_extra import add_simplon_extras
 
 API = "1.8.0"
 
@@ -44,9 +47,7 @@ def create_app(detector: SimDetector) -> FastAPI:
     async def _detector_error(_: Request, err: DetectorError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
-    @app.get("/detector/api/version/")
-    def version() -> dict:
-        return {"value": API, "value_type": "string"}
+    add_simplon_extras(app, detector)  # before the generic routes: config/keys, pixel_mask, filewriter, monitor, ...
 
     @app.get(f"/detector/api/{API}/config/{{key}}")
     def get_config(key: str) -> dict:

@@ -228,13 +228,20 @@ def test_settings_from_env_and_file(tmp_path, monkeypatch):
         load_settings(None, detectors=["tcp://typo-no-port"])  # once stopped every detector's ingest at start-up
 
 
-def test_readyz_waits_for_the_configured_detector(tmp_path, pusher):
+@pytest.mark.parametrize("connection", ["always", "in_flight"])
+def test_readyz_waits_for_the_configured_detector(tmp_path, pusher, connection):
+    """Always connected: readiness needs the connection; connected only in flight: a detector not in use must be reachable."""
     from service_testing import free_port
 
     nobody = f"tcp://127.0.0.1:{free_port()}"
-    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], detectors=[pusher.endpoint, nobody])
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], detectors=[pusher.endpoint, nobody], detector_connection=connection)
     with TestClient(create_app(settings, backend=RecordingBackend())) as c:
         body = wait_until(lambda: (r := c.get("/readyz")).json()["checks"]["planner_warm"] and r, what="warm").json()
         assert body["ready"] is False and body["checks"]["ingest_connected"] is False
-        assert body["detail"]["ingest"][pusher.endpoint]["connected"] is True
+        assert body["detail"]["ingest"][pusher.endpoint]["connected"] is (connection == "always")
         assert body["detail"]["ingest"][nobody]["connected"] is False
+    if connection == "in_flight":  # the unreachable one alone held readiness back
+        settings = ServiceSettings(storage=tmp_path / "s2", api_keys=[KEY], detectors=[pusher.endpoint])
+        with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+            body = wait_until(lambda: (r := c.get("/readyz")).json()["checks"]["planner_warm"] and r, what="warm").json()
+            assert body["checks"]["ingest_connected"] is True

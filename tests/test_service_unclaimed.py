@@ -13,7 +13,8 @@ from service.settings import ServiceSettings
 
 def test_frames_no_session_reads_are_logged_and_counted(tmp_path, pushers, caplog):
     configured, other = pushers
-    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], detectors=[configured.endpoint], ask_timeout_s=1.0)
+    # connected always: the default (in_flight) would not listen to a detector no session has a batch in flight on at all
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], detectors=[configured.endpoint], ask_timeout_s=1.0, detector_connection="always")
     caplog.set_level(logging.WARNING, logger="service.manager")
     with TestClient(create_app(settings, backend=RecordingBackend())) as c:
         manager = c.app.state.service.manager

@@ -43,7 +43,10 @@ def test_sim_scan_without_a_service_detector_takes_the_microscopes_stream(tmp_pa
 def test_sim_scan_stops_with_one_line_when_no_frame_reaches_the_session(tmp_path, sim_detector):
     detector, scope_url, _ = sim_detector
     nowhere = f"tcp://127.0.0.1:{free_port()}"  # the session reads a stream nobody sends on; the frames go to the service's other socket
-    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], detectors=[detector.endpoint.replace("0.0.0.0", "127.0.0.1")])
+    # always connected: with the default (in_flight) nothing reads the configured detector, whose trigger then waits for a receiver
+    settings = ServiceSettings(
+        storage=tmp_path, api_keys=[KEY], detectors=[detector.endpoint.replace("0.0.0.0", "127.0.0.1")], detector_connection="always"
+    )
     app = create_app(settings, backend=RecordingBackend())
     lines: list[str] = []
     with UvicornThread(app) as server:

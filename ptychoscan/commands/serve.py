@@ -17,6 +17,13 @@ def register(subparsers) -> None:
     p.add_argument("--storage", help="folder of the session files (default out/sessions)")
     p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key (repeatable); none: a random key is printed")
     p.add_argument("--detector", action="append", dest="detectors", help="detector stream endpoint tcp://host:port (repeatable)")
+    p.add_argument(
+        "--forward",
+        dest="forward_endpoint",
+        metavar="ENDPOINT",
+        help="forward every detector message byte for byte on a PUSH socket bound here (tcp://host:port), for LiberTEM-live or another "
+        "second consumer; the detectors then stay connected (default: off; without it the service connects to a detector only while a batch is in flight)",
+    )
     p.add_argument("--config", help="settings file (YAML/TOML/JSON)")
     p.add_argument("--torch-threads", type=int, help="torch threads of the compute worker (default 2)")
     p.add_argument("--device", help="auto, cpu or cuda")
@@ -45,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         api_keys=args.api_keys,
         detectors=args.detectors,
+        forward_endpoint=args.forward_endpoint,
         torch_threads=args.torch_threads,
         device=args.device,
         ask_timeout_s=args.ask_timeout_s,
