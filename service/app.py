@@ -19,7 +19,10 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.batch_routes import ABANDON_OPERATION, install_batch_routes
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
+from service.contract import document_security, ok
+from service.docs_routes import install_api_docs
 from service.feed import ChangeFeed, close_on_signals
 from service.forward import Forwarder
 from service.gate import ApiGate
@@ -30,6 +33,7 @@ from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
 from service.png import grey_png
 from service.problems import Problem, document_problems, install_problem_handlers, problem_responses
+from service.responses import Health, Readiness, Reconstruction, SessionList, SessionStatus
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 from service.store import storage_writable
@@ -46,6 +50,11 @@ SESSION_LINKS = {
     "DeleteSession": {"operationId": "delete_session_api_v1_sessions__session_id__delete", "parameters": {"session_id": SESSION}},
 }
 """OpenAPI links: the session_id a create answers is the one every per-session operation takes (clients, schemathesis' stateful run)."""
+BATCH_LINKS = {
+    "Tell": {"operationId": "tell_api_v1_sessions__session_id__tell_post", "parameters": {"session_id": "$request.path.session_id"}, "requestBody": {"batch_id": "$response.body#/batch_id"}},
+    "Abandon": {"operationId": ABANDON_OPERATION, "parameters": {"session_id": "$request.path.session_id", "batch_id": "$response.body#/batch_id"}},
+}
+"""OpenAPI links from an ask's batch: tell it, or abandon it."""
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """methods that get their own metric label; any other is counted as 'other' (a label per invented method grew without bound)."""
 
@@ -191,19 +200,28 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         version="1",
         description="Ask/tell adaptive scanning for 4D-STEM ptychography (Schloz et al. 2023). Units: nm, mrad, eV; positions (x, y).",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: install_api_docs serves a local one
+        redoc_url=None,
     )
     app.state.service = service
     install_problem_handlers(app)
     document_problems(app)
+    document_security(app, settings)
+    install_api_docs(app)
     app.add_middleware(ApiGate, settings=settings)  # API key and scope, then the body (size-limited)
     app.add_middleware(RequestTimer, metrics=service.metrics)  # outermost: refusals at the gate are timed too
     install_live_view(app, service.manager, service.feed, service.ingest.status)  # /live and its event streams
+    install_batch_routes(app, service.manager)  # abandon a batch
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], responses={200: ok(Health, "the process serves requests")})
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready: the same body, the failing check false", "content": {"application/json": {}}}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={200: ok(Readiness, "ready: every check true"), 503: ok(Readiness, "not ready: the same body, the failing check false")},
+    )
     async def readyz():
         body = await asyncio.to_thread(service.readiness)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
@@ -217,23 +235,27 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         status_code=201,
         tags=["sessions"],
         responses={
-            201: {"description": "the session's status; plans its first batch", "links": SESSION_LINKS},
+            201: ok(SessionStatus, "the session's status; plans its first batch", links=SESSION_LINKS),
             **problem_responses(*AUTH_ERRORS, 409, 413, 422, 503, 507, s409="max_sessions active already", s503="shutting down (Retry-After)"),
         },
     )
     async def create_session(body: SessionCreate):
         return await asyncio.to_thread(service.manager.create, body.model_dump(mode="json"))
 
-    @app.get(f"{API}/sessions", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS))
+    @app.get(f"{API}/sessions", tags=["sessions"], responses={200: ok(SessionList, "every session, in progress and finished"), **problem_responses(*AUTH_ERRORS)})
     async def list_sessions():
         return {"sessions": service.manager.statuses()}
 
-    @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS, 404, 422))
+    @app.get(f"{API}/sessions/{{session_id}}", tags=["sessions"], responses={200: ok(SessionStatus, "the session's status"), **problem_responses(*AUTH_ERRORS, 404, 422)})
     async def get_session(session_id: str):
         with service.manager.lock:
             return service.manager.get(session_id).status()
 
-    @app.delete(f"{API}/sessions/{{session_id}}", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS, 404, 422))
+    @app.delete(
+        f"{API}/sessions/{{session_id}}",
+        tags=["sessions"],
+        responses={200: ok(SessionStatus, "stopped (a finished session stays as it is): its status"), **problem_responses(*AUTH_ERRORS, 404, 422)},
+    )
     async def delete_session(session_id: str):
         return await asyncio.to_thread(service.manager.delete, session_id)
 
@@ -242,7 +264,7 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         response_model=AskResponse,
         tags=["ask/tell"],
         responses={
-            200: {"links": {"Tell": {"operationId": "tell_api_v1_sessions__session_id__tell_post", "parameters": {"session_id": "$request.path.session_id"}, "requestBody": {"batch_id": "$response.body#/batch_id"}}}},
+            200: {"links": BATCH_LINKS},
             **problem_responses(*AUTH_ERRORS, 404, 409, 422, 503, s503="no batch ready within timeout_s (Retry-After)"),
         },
     )
@@ -291,7 +313,15 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
     @app.get(
         f"{API}/sessions/{{session_id}}/reconstruction",
         tags=["sessions"],
-        responses={200: {"content": {"image/png": {}, "application/x-npy": {}, "application/json": {}}}, **problem_responses(*AUTH_ERRORS, 404, 409, 422, 507)},
+        responses={
+            200: ok(
+                Reconstruction,
+                "the latest reconstruction, by Accept: JSON (default), image/png (greyscale) or application/x-npy (float32);"
+                " headers X-Reconstructions, X-Pixel-Nm, X-Origin-Nm",
+                content={"image/png": {}, "application/x-npy": {}},
+            ),
+            **problem_responses(*AUTH_ERRORS, 404, 409, 422, 507),
+        },
     )
     async def reconstruction(session_id: str, request: Request):
         pot, origin, pixel, n = await asyncio.to_thread(service.manager.reconstruction, session_id)

@@ -22,6 +22,7 @@ from service.feed import ChangeFeed
 from service.live import service_view, session_file, session_positions, statuses_by_id
 from service.manager import SessionManager
 from service.problems import problem_responses
+from service.responses import SessionPositions
 
 API = "/api/v1"
 STATIC = Path(__file__).resolve().with_name("static")
@@ -30,6 +31,12 @@ AUTH_ERRORS = (401, 403)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 """no caching, no buffering in a reverse proxy (nginx): each event reaches the page when it is sent."""
 HDF5_MEDIA_TYPE = "application/x-hdf5"
+
+
+class Hdf5FileResponse(FileResponse):
+    """A session file download: documented as HDF5 (binary), not as FastAPI's default JSON."""
+
+    media_type = HDF5_MEDIA_TYPE
 
 
 def install_live_view(app: FastAPI, manager: SessionManager, feed: ChangeFeed, ingest_status: Callable[[], dict]) -> None:
@@ -54,7 +61,11 @@ def install_live_view(app: FastAPI, manager: SessionManager, feed: ChangeFeed, i
         stream = change_events(feed, lambda: statuses_by_id(manager, session_id))
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @app.get(f"{API}/sessions/{{session_id}}/positions", tags=["sessions"], responses=problem_responses(*AUTH_ERRORS, 404, 422, 507))
+    @app.get(
+        f"{API}/sessions/{{session_id}}/positions",
+        tags=["sessions"],
+        responses={200: {"model": SessionPositions, "description": "the positions by slot"}, **problem_responses(*AUTH_ERRORS, 404, 422, 507)},
+    )
     async def positions(session_id: str):
         """Every issued position (x, y), nm, by slot: its sub-sequence (batch), whether its frame is in; the field of view, nm."""
         return await asyncio.to_thread(session_positions, manager, session_id)
@@ -62,12 +73,13 @@ def install_live_view(app: FastAPI, manager: SessionManager, feed: ChangeFeed, i
     @app.get(
         f"{API}/sessions/{{session_id}}/file",
         tags=["sessions"],
+        response_class=Hdf5FileResponse,
         responses={
-            200: {"description": "the session's HDF5 file (dataset format)", "content": {HDF5_MEDIA_TYPE: {}}},
+            200: {"description": "the session's HDF5 file (dataset format)", "content": {HDF5_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
             **problem_responses(*AUTH_ERRORS, 404, 409, 422, 507, s409="the session is in progress (its file is being written)"),
         },
     )
     async def session_file_download(session_id: str):
         """The file of a finished (done, stopped, failed) session."""
         path = await asyncio.to_thread(session_file, manager, session_id)
-        return FileResponse(path, media_type=HDF5_MEDIA_TYPE, filename=path.name)
+        return Hdf5FileResponse(path, media_type=HDF5_MEDIA_TYPE, filename=path.name)

@@ -392,17 +392,23 @@ class SessionManager:
         if s is None or s.terminal:
             return
         missing = s.short_of(bind.batch_id, key[1])
-        if missing is None:
-            return
-        s.note_error("reissued", f"series {key[1]} ended with {len(missing)} position(s) of batch {bind.batch_id} missing; batch re-issued")
+        if missing is not None:
+            self.reissue_missing(s, bind, missing, f"series {key[1]} ended with {len(missing)} position(s) of batch {bind.batch_id} missing; batch re-issued")
+
+    def reissue_missing(self, s: Session, bind: Binding, missing: np.ndarray, note: str) -> bool:
+        """Batch ``bind.batch_id`` of ``s`` goes back to issued: its slots ``missing`` are unbound from the series (memory, then
+        file), so a late frame of it is refused, and ask offers them again. False if the file failed (``s`` failed). Lock held.
+        """
+        s.note_error("reissued", note)
         self.router.unbind_slots(bind, {int(v) for v in missing})
         try:
             s.store.unbind(missing, bind.batch_id)
         except StoreError as err:
             self._fail(s, err)
-            return
+            return False
         s.reissue(bind.batch_id)
         s.notify()
+        return True
 
     def reissue_stalled(self) -> int:
         """Re-issue the told batches resumed from a restart whose series sent none of their missing frames in time; returns how many.

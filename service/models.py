@@ -20,6 +20,8 @@ ENERGY_EV = (1e3, 1e6)
 CONVERGENCE_MAX_MRAD = 200.0
 DETECTOR_PIXEL_MAX_MRAD = 100.0
 DEFOCUS_MAX_NM = 1e5
+ENDPOINT_PATTERN = r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}|ipc://[!-~]+)$"
+"""what ``detector_stream.endpoints.check_endpoint`` accepts, as the OpenAPI document's pattern (the check also bounds the port)."""
 """|defocus| at most 100 um."""
 
 
@@ -28,7 +30,14 @@ class SessionCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detector_endpoint: str = Field(..., description="detector stream v1 endpoint (tcp://host:port), the detector binds PUSH")
+    detector_endpoint: str = Field(
+        ...,
+        description="where the service connects (PULL) to the detector's stream v1, which the detector binds (PUSH): tcp://host:port"
+        " (host a name, IPv4 or [IPv6] address; port 1-65535) or ipc://path; it must also be allowed by the service's settings"
+        " (detectors, detector_allow), else 422",
+        examples=["tcp://127.0.0.1:9999", "tcp://detector.local:31001"],
+        json_schema_extra={"pattern": ENDPOINT_PATTERN},
+    )
     fov_nm: tuple[float, float, float, float] = Field(..., description="(x0, y0, width, height) of the probe positions, nm")
     budget: int = Field(250, ge=1, description="total probe positions (paper: 250-500)")
     chunk: int = Field(50, ge=1, description="positions per batch / reconstruction (paper: 50-100)")

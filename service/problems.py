@@ -9,12 +9,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ErrorKind, SessionError
+from service.responses import PROBLEM_TYPE, FieldError, ProblemDetails
 
-PROBLEM_TYPE = "https://ptychoscan.invalid/problems/"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -35,13 +34,7 @@ TITLES = {
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
-class ProblemDetails(BaseModel):
-    """The body of every error response (RFC 9457): what the OpenAPI document promises for 4xx and 5xx."""
-
-    type: str = Field(..., description=f"{PROBLEM_TYPE}<kind>, e.g. unknown-session, wrong-state, invalid-request, not-ready")
-    title: str = Field(..., description="the HTTP reason phrase")
-    status: int = Field(..., ge=400, le=599, description="the HTTP status code")
-    detail: str = Field(..., description="what went wrong, one line")
+__all__ = ["PROBLEM_TYPE", "FieldError", "Problem", "ProblemDetails", "install_problem_handlers", "problem_response", "problem_responses"]
 
 
 def problem_responses(*statuses: int, **descriptions: str) -> dict[int, dict]:
@@ -68,7 +61,9 @@ def document_problems(app: FastAPI) -> None:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            schemas["ProblemDetails"] = ProblemDetails.model_json_schema()
+            problem = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}))  # FieldError, referenced from ProblemDetails.errors
+            schemas["ProblemDetails"] = problem
             text = str(spec["paths"])
             for name in ("HTTPValidationError", "ValidationError"):
                 if f"#/components/schemas/{name}" not in text:
@@ -108,19 +103,29 @@ def session_problem(err: SessionError) -> Problem:
     return Problem(status, err.message, kind=kind, headers=headers)
 
 
-def problem_response(status: int, detail: str, kind: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    status: int, detail: str, kind: str | None = None, headers: dict[str, str] | None = None, errors: list[dict] | None = None
+) -> JSONResponse:
+    """The problem+json answer (``ProblemDetails``); ``errors``: the fields a request was refused for (validation 422 only)."""
     body = {
         "type": PROBLEM_TYPE + (kind or TITLES.get(status, "error").lower().replace(" ", "-")),
         "title": TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
     }
+    if errors is not None:
+        body["errors"] = errors
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def _loc(loc) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
+
+
+def field_errors(errors: list[dict]) -> list[dict]:
+    """pydantic's validation errors as ``FieldError`` dicts (loc dot-joined, message, type); input values are not echoed."""
+    return [FieldError(loc=_loc(e.get("loc", ())), msg=str(e.get("msg", "invalid")), type=str(e.get("type", "value_error"))).model_dump() for e in errors]
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -140,7 +145,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return problem_response(422, f"{_loc(first.get('loc', ()))}: {first.get('msg', 'invalid')}{more}", "invalid-request")
+        detail = f"{_loc(first.get('loc', ()))}: {first.get('msg', 'invalid')}{more}"
+        return problem_response(422, detail, "invalid-request", errors=field_errors(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):

@@ -93,7 +93,7 @@ def api(tmp_path):
 def test_stateless_every_operation(api):
     t0 = time.perf_counter()
     operations = [result.ok() for result in api.schema.get_all_operations()]
-    assert len(operations) == 10  # healthz, readyz, metrics, 7 under /api/v1
+    assert len(operations) == 13  # healthz, readyz, metrics, 10 under /api/v1 (positions, file and abandon counted)
     examples = 0
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -132,17 +132,30 @@ def _valid_session_hooks(api: Api, endpoints: list[str]) -> None:
         if not isinstance(body, dict):
             return st.just(body)
         body = dict(body)
-        k = min(int(body.get("detector_pixels", 16)), 32)
-        mrad = min(max(float(body.get("detector_pixel_mrad", 1.68)), 0.5), 100.0)
-        budget = min(int(body.get("budget", 12)), 60)
-        beam = BeamKey(float(body.get("energy_ev", 60e3)), float(body.get("convergence_mrad", 33.0)), k, mrad, float(body.get("defocus_nm", 0.0)))
+
+        def num(name: str, default: float) -> float:
+            """The body's number ``name``, else ``default`` (a negative example may put a list or a string there)."""
+            v = body.get(name, default)
+            return v if isinstance(v, int | float) and not isinstance(v, bool) else default
+
+        k = min(int(num("detector_pixels", 16)), 32)
+        mrad = min(max(float(num("detector_pixel_mrad", 1.68)), 0.5), 100.0)
+        budget = max(1, min(int(num("budget", 12)), 60))
+        energy = min(max(float(num("energy_ev", 60e3)), 1e3), 1e6)
+        convergence = min(max(float(num("convergence_mrad", 33.0)), 1.0), 200.0)
+        defocus = _within(float(num("defocus_nm", 0.0)), 1e5)
+        beam = BeamKey(energy, convergence, k, mrad, defocus)
         fit = 0.9 * (api.settings.max_grid_pixels - k) * beam.pixel_nm  # the grid side limit, nm
-        x0, y0, w, h = body.get("fov_nm", (0.0, 0.0, 1.0, 1.0))
+        fov = body.get("fov_nm")
+        x0, y0, w, h = fov if isinstance(fov, list | tuple) and len(fov) == 4 and all(isinstance(v, int | float) for v in fov) else (0.0, 0.0, 1.0, 1.0)
         body.update(
+            energy_ev=energy,
+            convergence_mrad=convergence,
+            defocus_nm=defocus,
             detector_pixels=k,
             detector_pixel_mrad=mrad,
             budget=budget,
-            chunk=max(1, min(int(body.get("chunk", 5)), budget)),
+            chunk=max(1, min(int(num("chunk", 5)), budget)),
             fov_nm=[_within(x0, 1e6), _within(y0, 1e6), _side(w, min(5.0, fit)), _side(h, min(5.0, fit))],
         )
         return st.sampled_from(endpoints).map(lambda ep: {**body, "detector_endpoint": ep})
@@ -174,7 +187,7 @@ def test_stateful_links_with_valid_sessions(api, pushers):
                     api.client.delete(f"{SESSIONS}/{status['session_id']}")
 
     t0 = time.perf_counter()
-    Workflow.run(settings=settings(max_examples=10, stateful_step_count=10, phases=[Phase.generate], **FAST))
+    Workflow.run(settings=settings(max_examples=25, stateful_step_count=10, phases=[Phase.generate], **FAST))
     created = api.calls.get((f"POST {SESSIONS}", 201), 0)
     live = {label for (label, status) in api.calls if status in (200, 202) and "{session_id}" in label}
     print(f"stateful: {sum(api.calls.values())} calls, {created} sessions created, {api.not_ready} ask 503 not-ready, {time.perf_counter() - t0:.1f} s, {sorted(api.calls.items())}")

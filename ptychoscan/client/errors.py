@@ -1,0 +1,48 @@
+"""The client's one exception: an error answer of the service, with its problem details (RFC 9457)."""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import ValidationError
+
+from service.responses import ProblemDetails
+
+
+class ApiError(Exception):
+    """The service answered ``status`` >= 400; ``problem`` is its problem+json body (None if the body was not one).
+
+    ``problem.kind`` says why (unknown-session, wrong-state, invalid-request, not-ready, ...);
+    ``problem.errors`` lists the refused fields of a 422; ``retry_after_s`` is the
+    Retry-After header, s (None if absent).
+    """
+
+    def __init__(self, status: int, problem: ProblemDetails | None, text: str, retry_after_s: float | None = None) -> None:
+        self.status = status
+        self.problem = problem
+        self.text = text
+        self.retry_after_s = retry_after_s
+        super().__init__(f"HTTP {status}: {problem.detail if problem is not None else text[:200]}")
+
+    @property
+    def kind(self) -> str | None:
+        """The problem's kind (``ProblemDetails.kind``), None without a problem body."""
+        return None if self.problem is None else self.problem.kind
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> ApiError:
+        """The error for an answer >= 400 (the body is read already)."""
+        problem = None
+        try:
+            problem = ProblemDetails.model_validate(response.json())
+        except (ValueError, ValidationError):
+            pass
+        return cls(response.status_code, problem, response.text, retry_after(response))
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (its delta-seconds form, the one the service sends); None if absent or not a number."""
+    value = response.headers.get("Retry-After")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None

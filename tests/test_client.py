@@ -1,0 +1,97 @@
+"""``ptychoscan.client`` against a real service process: a session to done (sync and async), errors as typed ApiError."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+from service_process import ServiceProcess
+from service_testing import KEY, Pusher, frames_for, session_body
+
+from ptychoscan.client import ApiError, AsyncClient, Client
+from ptychoscan.client.calls import Call
+from service.responses import SessionStatus
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    with ServiceProcess(tmp_path_factory.mktemp("sessions")) as svc:
+        yield svc
+
+
+@pytest.fixture
+def pusher():
+    p = Pusher()
+    yield p
+    p.close()
+
+
+def test_client_runs_a_session_to_done(service, pusher):
+    with Client(service.url, api_key=KEY) as c:
+        assert c.health().status == "ok" and c.readiness().ready
+        status = c.create_session(session_body(pusher.endpoint))
+        assert isinstance(status, SessionStatus) and status.budget == 12
+        series, told = 100, 0
+        while not (batch := c.ask(status.session_id, poll_s=5.0, wait_s=60.0)).done:
+            n = len(batch.positions_nm)
+            series += 1
+            assert c.tell(status.session_id, batch.batch_id, series).frames_expected == n
+            pusher.series(series, frames_for(series, n))
+            told += n
+        final = c.session(status.session_id)
+        assert final.state == "done" and final.frames_received == told == 12
+        assert status.session_id in {s.session_id for s in c.sessions()}
+        recon = c.reconstruction(status.session_id)
+        assert recon.reconstructions == final.batches_reconstructed and len(recon.potential) == recon.shape[0]
+        assert c.reconstruction_bytes(status.session_id).startswith(b"\x89PNG")
+        assert sum(c.positions(status.session_id).received) == 12
+        assert "ptychoscan" in c.metrics()
+
+
+def test_client_errors_are_typed_with_the_problem(service, pusher):
+    with Client(service.url, api_key=KEY) as c:
+        with pytest.raises(ApiError) as missing:
+            c.session("nope")
+        assert missing.value.status == 404 and missing.value.kind == "unknown-session" and missing.value.problem.detail == "no session 'nope'"
+        with pytest.raises(ApiError) as invalid:  # valid for the model, refused by the service's limits
+            c.create_session(session_body("tcp://10.0.0.1:5000"))
+        assert invalid.value.status == 422 and invalid.value.kind == "invalid-request"
+        with pytest.raises(ApiError) as fields:  # the service's field errors, sent raw (a client's own model check skipped)
+            c.send(Call("POST", "/api/v1/sessions", SessionStatus, json={"fov_nm": [0, 0, 1]}))
+        assert fields.value.status == 422 and {e.loc for e in fields.value.problem.errors} == {"detector_endpoint", "fov_nm.3"}
+        with pytest.raises(ValidationError):  # the shared model refuses a bad body before it is sent
+            c.create_session({"detector_endpoint": "nowhere", "fov_nm": [0, 0, 1, 1]})
+    with Client(service.url) as anonymous, pytest.raises(ApiError) as unauthorised:
+        anonymous.create_session(session_body(pusher.endpoint))
+    assert unauthorised.value.status == 401
+
+
+def test_ask_honours_retry_after_until_wait_s(service, pusher):
+    """No frames arrive: each long-poll answers 503 not-ready with Retry-After; ask retries, then raises it after wait_s."""
+    with Client(service.url, api_key=KEY) as c:
+        sid = c.create_session(session_body(pusher.endpoint)).session_id
+        batch = c.ask(sid, poll_s=5.0, wait_s=30.0)
+        c.tell(sid, batch.batch_id, 900)
+        with pytest.raises(ApiError) as busy:
+            c.ask(sid, poll_s=0.2, wait_s=1.5)
+        assert busy.value.status == 503 and busy.value.kind == "not-ready" and busy.value.retry_after_s is not None
+        c.delete_session(sid)
+
+
+def test_async_client_runs_a_session_to_done(service, pusher):
+    async def run() -> SessionStatus:
+        async with AsyncClient(service.url, api_key=KEY) as c:
+            sid = (await c.create_session(session_body(pusher.endpoint, budget=6, chunk=3))).session_id
+            series = 500
+            while not (batch := await c.ask(sid, poll_s=5.0, wait_s=60.0)).done:
+                series += 1
+                await c.tell(sid, batch.batch_id, series)
+                await asyncio.to_thread(pusher.series, series, frames_for(series, len(batch.positions_nm)))
+            with pytest.raises(ApiError) as gone:
+                await c.abandon(sid, 0)
+            assert gone.value.status == 409
+            return await c.session(sid)
+
+    final = asyncio.run(run())
+    assert final.state == "done" and final.frames_received == 6
