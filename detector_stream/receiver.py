@@ -23,35 +23,24 @@ once the thread has stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from detector_stream.codec_threads import set_codec_threads
 from detector_stream.decoder import StreamDecoder
+from detector_stream.endpoint_counts import EndpointCounts
 from detector_stream.endpoints import check_endpoint
-from detector_stream.errors import StreamErrorKind
 from detector_stream.events import Event, StreamError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EndpointCounts:
-    """What one endpoint delivered so far (kept across stop and start)."""
-
-    messages: int = 0
-    callback_errors: int = 0
-    stream_errors: dict[StreamErrorKind, int] = field(default_factory=dict)
-    """``StreamError`` events its decoder returned, by kind."""
-    last_message_at: float | None = None
-    """time.monotonic() (s) when its latest message came off the socket; None before the first."""
 
 
 @dataclass
@@ -95,9 +84,9 @@ class StreamReceiver:
         self.poll_ms = poll_ms
         self.rcvhwm = rcvhwm
         self.codec_threads = codec_threads
+        """OpenMP threads bitshuffle decodes with in the receive thread (``detector_stream.codec_threads``)."""
         self.on_raw = on_raw
         """sees each drained batch of raw multipart messages before decoding (receive thread); its exceptions are counted as socket errors."""
-        """OpenMP threads bitshuffle decodes with in the receive thread (``detector_stream.codec_threads``)."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -266,10 +255,8 @@ class StreamReceiver:
                     poller.unregister(s)
                 monitors.pop(entry.monitor, None)
                 del sockets[sock]
-                try:
+                with contextlib.suppress(zmq.ZMQError):
                     sock.disable_monitor()
-                except zmq.ZMQError:
-                    pass
                 entry.monitor.close(0)
                 sock.close(0)
             with self._lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.gate import API_PREFIX, READ_METHODS, Scope
+from service.gate import API_PREFIX, READ_METHODS, Scope, open_read
 from service.settings import ServiceSettings
 
 SECURITY_SCHEMES = {
@@ -32,13 +32,13 @@ def ok(model: type[BaseModel], description: str, **extra) -> dict:
     return {"model": model, "description": description, **extra}
 
 
-def security_for(method: str, settings: ServiceSettings) -> list[dict] | None:
+def security_for(method: str, settings: ServiceSettings, path: str = "") -> list[dict] | None:
     """The security requirement of an operation under /api/v1 (None: no key needed, auth off)."""
     if not (settings.api_keys or settings.read_api_keys):
         return None
     scope = Scope.READ if method.upper() in READ_METHODS else Scope.CONTROL
     requirement = [{name: [str(scope)]} for name in SECURITY_SCHEMES]
-    if scope == Scope.READ and settings.open_reads:
+    if open_read(method.upper(), path, settings.open_reads):
         requirement.append({})  # reads need no key
     return requirement
 
@@ -56,7 +56,7 @@ def document_security(app: FastAPI, settings: ServiceSettings) -> None:
                 if not path.startswith(API_PREFIX + "/"):
                     continue
                 for method, operation in operations.items():
-                    if (requirement := security_for(method, settings)) is not None:
+                    if (requirement := security_for(method, settings, path)) is not None:
                         operation["security"] = requirement
         return spec
 

@@ -54,7 +54,7 @@ class ChangeFeed:
     """Subscribers (event streams) woken when any session changes; closed once, at shutdown."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler (close_on_signals) may run while this thread holds it
         self._subscribers: set[Subscription] = set()
         self._closed = threading.Event()
 

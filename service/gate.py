@@ -8,7 +8,8 @@ being kept.
 
 Scopes: a key in ``api_keys`` may read and control (create, ask, tell, delete); a key
 in ``read_api_keys`` may only read (GET/HEAD under ``/api/v1``). Reads need no key
-while ``open_reads`` is true. With no keys configured at all, auth is off.
+while ``open_reads`` is true, but for a session's raw data (``/file``). With no keys
+configured at all, auth is off.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from service.settings import ServiceSettings
 
 API_PREFIX = "/api/v1"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+KEYED_READ_SUFFIXES = ("/file",)
+"""reads that need a read key even while ``open_reads``: a session's raw 4D data (status and images stay open)."""
+
+
+def open_read(method: str, path: str, open_reads: bool) -> bool:
+    """True if ``method`` on ``path`` may go without a key (``open_reads``, and not a raw-data download)."""
+    return open_reads and method in READ_METHODS and not path.rstrip("/").endswith(KEYED_READ_SUFFIXES)
 
 
 class Scope(StrEnum):
@@ -53,7 +61,7 @@ class KeyRing:
         if not self.enabled or (not path.startswith(API_PREFIX + "/") and path != API_PREFIX):
             return None
         needed = Scope.READ if method in READ_METHODS else Scope.CONTROL
-        if needed == Scope.READ and self.open_reads:
+        if open_read(method, path, self.open_reads):
             return None
         scheme, _, token = authorization.partition(" ")
         if not authorization or scheme.lower() not in ("apikey", "bearer") or not token.strip():

@@ -52,6 +52,9 @@ def test_sim_detector_defocus_and_field_of_view(monkeypatch, capsys):
 def test_sim_detector_defocus_needs_a_specimen(capsys):
     assert main(["sim-detector", "--defocus-nm", "12", "--port", "0", "--rest-port", "0"]) == 2
     assert "--defocus-nm applies to --specimen" in capsys.readouterr().err
+    # the synthetic pattern has no probe to defocus: it was ignored silently (review)
+    assert main(["sim-detector", "--specimen", "synthetic", "--defocus-nm", "12", "--port", "0", "--rest-port", "0"]) == 2
+    assert "--defocus-nm applies to --specimen" in capsys.readouterr().err
 
 
 def test_sim_scan_says_how_to_fetch_the_result(monkeypatch, capsys):

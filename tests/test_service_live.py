@@ -131,16 +131,18 @@ def test_positions_and_file_download_follow_the_session(server, pusher):
         assert pos["fov_nm"] == [0.0, 0.0, 1.0, 1.0] and pos["latest_batch"] == 1
         assert pos["batch"] == [0] * 5 + [1] * 5 and pos["received"] == [True] * 5 + [False] * 5
         assert np.allclose(pos["positions_nm"][:5], ask["positions_nm"])
-        r = c.get(f"/api/v1/sessions/{sid}/file")
+        r = c.get(f"/api/v1/sessions/{sid}/file", headers=AUTH)
         assert r.status_code == 409 and r.json()["type"].endswith("/wrong-state"), "a file being written is not handed out"
         assert c.delete(f"/api/v1/sessions/{sid}", headers=AUTH).json()["state"] == "stopped"
-        r = c.get(f"/api/v1/sessions/{sid}/file")
+        # status and positions stay open to read, the raw 4D data need a key (review: anyone on the network could pull them)
+        assert c.get(f"/api/v1/sessions/{sid}/file").status_code == 401
+        r = c.get(f"/api/v1/sessions/{sid}/file", headers=AUTH)
         assert r.status_code == 200 and r.headers["content-type"] == "application/x-hdf5"
         assert r.content.startswith(b"\x89HDF\r\n\x1a\n") and f'filename="{sid}.h5"' in r.headers["content-disposition"]
         after = c.get(f"/api/v1/sessions/{sid}/positions").json()
         assert after["batch"] == pos["batch"] and after["received"] == pos["received"], "a finished session's positions come from its file"
         assert np.allclose(after["positions_nm"], pos["positions_nm"])
-        assert c.get("/api/v1/sessions/nope/file").status_code == 404
+        assert c.get("/api/v1/sessions/nope/file", headers=AUTH).status_code == 404
 
 
 def test_live_page_and_its_files_are_served_without_the_network(server):

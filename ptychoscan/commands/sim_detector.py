@@ -41,7 +41,7 @@ def _source(args):
 
     if args.from_truth and not args.source:
         raise ValueError("--from-truth needs --source (a dataset file with ground truth)")
-    if args.defocus_nm and not args.specimen:
+    if args.defocus_nm and args.specimen in (None, "synthetic"):
         raise ValueError("--defocus-nm applies to --specimen mos2|...: a --source dataset carries its own defocus, the synthetic pattern has none")
     if args.source:
         return GroundTruthSource(args.source) if args.from_truth else DatasetReplay(args.source)
