@@ -48,7 +48,7 @@ if has qvp; then  # not part of "all": quality against the number of positions (
 fi
 if has tests; then
   # The suite picks CUDA where a test asks for device "auto".
-  timeout 300 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -25
+  timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q --maxfail=20 -p no:cacheprovider ${TESTS:-tests} 2>&1 | tee "$OUT/tests.log" | tail -25
 fi
 if has recon; then
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/recon_batched.py --device cuda --threads 4 2>&1 | tee -a "$OUT/bench.log"
