@@ -83,6 +83,16 @@ def reconstructor_calls(monkeypatch):
 
 
 @pytest.fixture
+def pusher():
+    """One detector stand-in (``service_testing.Pusher``: PUSH bound on a free loopback port), closed afterwards."""
+    from service_testing import Pusher
+
+    p = Pusher()
+    yield p
+    p.close()
+
+
+@pytest.fixture
 def pushers():
     """Two detector stand-ins (``service_testing.Pusher``: PUSH bound on a free loopback port), closed afterwards."""
     from service_testing import Pusher

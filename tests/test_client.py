@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 from service_process import ServiceProcess
-from service_testing import KEY, Pusher, frames_for, session_body
+from service_testing import KEY, frames_for, session_body
 
 from ptychoscan.client import ApiError, AsyncClient, Client
 from ptychoscan.client.calls import Call
@@ -18,13 +18,6 @@ from service.responses import SessionStatus
 def service(tmp_path_factory):
     with ServiceProcess(tmp_path_factory.mktemp("sessions")) as svc:
         yield svc
-
-
-@pytest.fixture
-def pusher():
-    p = Pusher()
-    yield p
-    p.close()
 
 
 def test_client_runs_a_session_to_done(service, pusher):

@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, RecordingBackend, frames_for, session_body, wait_until
+from service_testing import AUTH, KEY, RecordingBackend, frames_for, session_body, wait_until
 
 from service.app import create_app
 from service.settings import ServiceSettings
-
-
-@pytest.fixture
-def pusher():
-    p = Pusher()
-    yield p
-    p.close()
 
 
 @pytest.fixture

@@ -60,13 +60,6 @@ class SseReader:
 
 
 @pytest.fixture
-def pusher():
-    p = Pusher()
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def server(tmp_path):
     settings = ServiceSettings(storage=tmp_path / "sessions", api_keys=[KEY], ask_timeout_s=5.0)
     with UvicornThread(create_app(settings, backend=RecordingBackend())) as s:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, RecordingBackend, frames_for, session_body, wait_until
+from service_testing import AUTH, KEY, RecordingBackend, frames_for, session_body, wait_until
 
 from detector_stream.events import Frame
 from service.app import create_app
@@ -14,13 +14,6 @@ from service.metrics import ServiceMetrics
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 from service.store import SessionStore, StoreError
-
-
-@pytest.fixture
-def pusher():
-    p = Pusher()
-    yield p
-    p.close()
 
 
 def test_full_disk_fails_the_session_not_the_service(tmp_path, pusher, monkeypatch):
