@@ -227,7 +227,7 @@ class StreamReceiver:
                 sock = ctx.socket(zmq.PULL)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
-                mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+                mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)  # dealt to once the handshake is done
                 sock.connect(endpoint)
             except Exception as err:  # e.g. a host name that does not resolve: this endpoint only
                 for s in (mon, sock):
@@ -335,7 +335,7 @@ class StreamReceiver:
             except zmq.Again:
                 return
             with self._lock:
-                if msg["event"] == zmq.EVENT_CONNECTED:
+                if msg["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # (TCP connected is not enough: a PUSH deals to a peer once the ZMTP handshake is done)
                     self._connected.add(endpoint)
                 elif msg["event"] == zmq.EVENT_DISCONNECTED:
                     self._connected.discard(endpoint)

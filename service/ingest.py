@@ -36,6 +36,8 @@ from service.manager import SessionManager
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.1
+IDLE_CAP_FACTOR = 3.0
+"""with nothing in flight, an endpoint is let go after this many ``quiet_s`` even while messages keep arriving."""
 """How often (s) the in-flight connections are brought in line with the sessions (and at once when a batch is issued)."""
 
 
@@ -151,7 +153,8 @@ class Ingest:
         return receiver is not None
 
     def reconcile(self) -> None:
-        """Connect the endpoints with a batch in flight; disconnect those with none that have been quiet for ``quiet_s``."""
+        """Connect the endpoints with a batch in flight; disconnect those with none that have been quiet for ``quiet_s`` (or
+        idle for ``IDLE_CAP_FACTOR`` x ``quiet_s`` while messages keep coming: another consumer's acquisition)."""
         receiver = self._running()
         if receiver is None:
             return
@@ -167,7 +170,10 @@ class Ingest:
             for ep in [ep for ep in receiver.endpoints if ep not in wanted]:
                 since = self._idle_since.setdefault(ep, now)
                 last = receiver.counts(ep).last_message_at
-                if now - since >= self.quiet_s and (last is None or now - last >= self.quiet_s):
+                # quiet, or idle for IDLE_CAP_FACTOR x quiet_s whatever arrives: with nothing in flight, what another consumer's
+                # acquisition deals us is not ours, and it would keep us connected (and taking half its frames) for good (review)
+                quiet = last is None or now - last >= self.quiet_s or now - since >= IDLE_CAP_FACTOR * self.quiet_s
+                if now - since >= self.quiet_s and quiet:
                     receiver.remove(ep)
                     self._idle_since.pop(ep, None)
                     log.info("ingest disconnected from %s (no batch in flight, quiet for %.1f s)", ep, self.quiet_s)

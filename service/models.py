@@ -20,9 +20,9 @@ ENERGY_EV = (1e3, 1e6)
 CONVERGENCE_MAX_MRAD = 200.0
 DETECTOR_PIXEL_MAX_MRAD = 100.0
 DEFOCUS_MAX_NM = 1e5
+"""|defocus| at most 100 um."""
 ENDPOINT_PATTERN = r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}|ipc://[!-~]+)$"
 """what ``detector_stream.endpoints.check_endpoint`` accepts, as the OpenAPI document's pattern (the check also bounds the port)."""
-"""|defocus| at most 100 um."""
 
 
 class SessionCreate(BaseModel):

@@ -14,7 +14,7 @@ import numpy as np
 
 from service.finished import FinishedSession
 from service.planner import PlannerChoice
-from service.session import TERMINAL, Batch, BatchStatus, Binding, Session, SessionState
+from service.session import TERMINAL, UNKNOWN_HAND_OUT, Batch, BatchStatus, Binding, Session, SessionState
 from service.store import SessionStore, StoredSession, StoreError, read_state, read_summary, session_files
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
     bindings: dict[int, Binding] = {}
     for bid in (np.unique(st.slot_batch) if len(st.slot_batch) else []):
         slots = np.flatnonzero(st.slot_batch == bid)
-        b = Batch(int(bid), slots)
+        b = Batch(int(bid), slots, handed_out_at=UNKNOWN_HAND_OUT)  # the client may hold its positions from before the restart
         missing = slots[~s.received[slots]]
         told = _last_told_series(st, int(bid), slots, missing)
         if told is not None:

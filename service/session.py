@@ -93,6 +93,10 @@ class Binding:
     series number is a new detector run, not the start of the run its tell named (a tell may come before the header)."""
 
 
+UNKNOWN_HAND_OUT = float("-inf")
+"""``Batch.handed_out_at`` of a batch restored after a restart: when its positions were handed out is not known."""
+
+
 @dataclass
 class Batch:
     batch_id: int
@@ -112,7 +116,8 @@ class Batch:
     (its series' last frames may have died with the old process); None: no deadline."""
     handed_out_at: float | None = None
     """perf_counter() when an ask first handed this batch out since it was (re-)issued: no frame of it can arrive earlier;
-    None after a restart (the client may still hold the positions from before)."""
+    None before that; ``UNKNOWN_HAND_OUT`` for a batch restored after a restart (the client may hold its positions from
+    before: no frame is judged too early) until it is re-issued."""
     decision_latency_s: float | None = None
     """last frame of this batch received -> the next batch issued, s (set by the manager; None before, and for the last batch)."""
 

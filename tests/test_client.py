@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -66,9 +67,20 @@ def test_ask_honours_retry_after_until_wait_s(service, pusher):
         sid = c.create_session(session_body(pusher.endpoint)).session_id
         batch = c.ask(sid, poll_s=5.0, wait_s=30.0)
         c.tell(sid, batch.batch_id, 900)
+        asks = []
+        send = c.send
+
+        def counting(call, **kw):
+            if call.path.endswith("/ask"):
+                asks.append(time.monotonic())
+            return send(call, **kw)
+
+        c.send = counting  # (the test passed with an ask that never retried: now it counts the polls and their spacing)
         with pytest.raises(ApiError) as busy:
             c.ask(sid, poll_s=0.2, wait_s=1.5)
         assert busy.value.status == 503 and busy.value.kind == "not-ready" and busy.value.retry_after_s is not None
+        assert len(asks) >= 2, "ask retried after the 503"
+        assert asks[1] - asks[0] >= 0.2 + 0.9 * busy.value.retry_after_s, "and waited Retry-After between polls"
         c.delete_session(sid)
 
 
@@ -88,3 +100,16 @@ def test_async_client_runs_a_session_to_done(service, pusher):
 
     final = asyncio.run(run())
     assert final.state == "done" and final.frames_received == 6
+
+
+def test_a_retry_after_that_is_not_a_finite_number_is_ignored():
+    """'nan' and 'inf' parse as floats; time.sleep then raised ValueError/OverflowError instead of the client waiting (review)."""
+    import httpx
+
+    from ptychoscan.client.errors import MAX_RETRY_AFTER_S, retry_after
+
+    def answer(value):
+        return httpx.Response(503, headers={"Retry-After": value})
+
+    assert retry_after(answer("nan")) is None and retry_after(answer("inf")) is None and retry_after(answer("soon")) is None
+    assert retry_after(answer("2")) == 2.0 and retry_after(answer("-1")) == 0.0 and retry_after(answer("1e9")) == MAX_RETRY_AFTER_S

@@ -41,7 +41,6 @@ def test_service_disconnects_when_no_batch_is_in_flight_so_another_consumer_gets
         ingest = c.app.state.service.ingest
         body = session_body(detector.endpoint, budget=4, chunk=4, detector_pixels=64)
         sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
-        assert detector.endpoint not in ingest.receiver.endpoints  # created, nothing issued yet: not listening
         ask = c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()
         assert ingest.receiver.is_connected(detector.endpoint)  # listening before the batch was handed out
         series = _acquire(client, detector, ask["positions_nm"])
@@ -147,3 +146,45 @@ def test_forwarded_messages_are_byte_identical_multipart(tmp_path, pushers):
             pull.close(0)
             ctx.term()
     assert received == sent
+
+
+def test_another_consumers_acquisition_does_not_keep_the_service_connected(tmp_path, pusher):
+    """With nothing in flight the service let go only after quiet_s without a message, so a second consumer streaming
+    continuously kept it connected, and it took half of that acquisition's frames (review)."""
+    import threading
+
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], ask_timeout_s=10.0, detector_quiet_s=0.2)
+    ctx = zmq.Context.instance()
+    other = ctx.socket(zmq.PULL)
+    other.connect(pusher.endpoint)
+    stop = threading.Event()
+
+    def stream():  # the other consumer's acquisition: a frame every 20 ms
+        pusher.start(50, 10_000)
+        i = 0
+        while not stop.is_set():
+            pusher.frame(50, i, frames_for(50, 1)[0])
+            i += 1
+            time.sleep(0.02)
+
+    def drain():
+        while not stop.is_set():
+            if other.poll(50):
+                other.recv_multipart()
+
+    with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+        ingest = c.app.state.service.ingest
+        sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=4, chunk=4), headers=AUTH).json()["session_id"]
+        c.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH)
+        assert ingest.receiver.is_connected(pusher.endpoint)
+        threads = [threading.Thread(target=stream), threading.Thread(target=drain)]
+        for t in threads:
+            t.start()
+        try:
+            c.delete(f"/api/v1/sessions/{sid}", headers=AUTH)  # nothing in flight any more
+            wait_until(lambda: pusher.endpoint not in ingest.receiver.endpoints, timeout=3.0, what="let go despite the other stream")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+            other.close(0)

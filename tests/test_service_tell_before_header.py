@@ -105,3 +105,20 @@ def test_a_conflicting_tell_is_answered_at_once_when_the_other_batch_has_no_fram
         m.tell(b, 0, 1, None)
     assert time.monotonic() - t0 < 1.0
     m.close()
+
+
+def test_frames_that_arrive_between_a_service_restart_and_the_re_ask_are_kept(tmp_path):
+    """The first ask after a restart set the hand-out time, so the told series' frames that came before it (the client
+    held the positions from before the restart) were dropped as an earlier run's (second review)."""
+    m1 = manager(tmp_path)
+    sid = new_session(m1)
+    m1.try_ask(sid)
+    m1.flush_all()
+    m2 = manager(tmp_path)
+    assert m2.restore() == 1
+    m2.on_events(EP, series(5, frames_for(5, 10)))
+    assert m2.try_ask(sid)["batch_id"] == 0  # the client re-asks: the same batch, the same positions
+    assert m2.tell(sid, 0, 5, None)[0] == 202
+    assert m2.sessions[sid].frames_received == 10
+    m1.close()
+    m2.close()

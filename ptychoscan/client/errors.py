@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 from pydantic import ValidationError
 
@@ -39,10 +41,17 @@ class ApiError(Exception):
         return cls(response.status_code, problem, response.text, retry_after(response))
 
 
+MAX_RETRY_AFTER_S = 300.0
+"""a longer Retry-After is waited out in this many seconds, s."""
+
+
 def retry_after(response: httpx.Response) -> float | None:
     """Retry-After in seconds (its delta-seconds form, the one the service sends); None if absent or not a number."""
     value = response.headers.get("Retry-After")
     try:
-        return max(float(value), 0.0) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds):
+        return None  # 'nan' or 'inf' parse as floats and would make time.sleep raise (review)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
