@@ -17,15 +17,14 @@ from collections import deque
 
 import numpy as np
 
-from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
-from detector_stream.receiver import handle_each
 from service.compute import ReconOutput
 from service.errors import ErrorKind, SessionError
 from service.finished import FinishedSession
+from service.manager_stream import StreamHandling
 from service.metrics import ServiceMetrics
 from service.planner import Planners
 from service.restore import load_sessions
-from service.routing import Buffered, FrameOutcome, FrameRouter, Key
+from service.routing import Buffered, FrameRouter, Key
 from service.session import Binding, Session, SessionState
 from service.settings import ServiceSettings
 from service.spec import SessionSpec
@@ -39,7 +38,7 @@ NEW_RUN_WAIT_S = 2.0
 """How long a tell naming a series bound elsewhere waits for a restarted detector's header of that series (it may be behind the tell)."""
 
 
-class SessionManager:
+class SessionManager(StreamHandling):
     """Sessions in progress and finished, the lock that serialises every change to them, and the sessions queued for work."""
 
     def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
@@ -256,185 +255,6 @@ class SessionManager:
                 elif buffered.ended:
                     self._series_end(key)
             return 202, tell_body(s, tell)
-
-    # --- ingest (called from the receiver thread) --------------------------------------
-
-    def on_event(self, endpoint: str, event) -> None:
-        """One stream event from ``endpoint`` (see ``on_events``)."""
-        self.on_events(endpoint, [event])
-
-    def on_events(self, endpoint: str, events: list) -> None:
-        """Stream events received from ``endpoint``, in order, under one acquisition of the lock (the receiver's drained batch).
-
-        An event whose handling raises does not stop the others; the last such error is
-        raised after the batch (the receiver counts it).
-        """
-        t0 = time.perf_counter()
-        try:
-            with self.lock:
-                handle_each(events, lambda event: self._apply_event(endpoint, event, t0))
-        finally:
-            self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
-
-    def _apply_event(self, endpoint: str, event, handled_at: float) -> None:
-        router = self.router
-        if isinstance(event, Frame):
-            key = (endpoint, event.series)
-            router.last_key[endpoint] = key
-            router.started.add(key)
-            arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
-            if router.is_bound(key):
-                self._store_frame(key, event.frame, event.image, arrived_at, live=True)
-            else:
-                self._buffer_frame(key, event.frame, event.image, arrived_at)
-        elif isinstance(event, StreamError):
-            self._stream_error(endpoint, event)
-        elif isinstance(event, SeriesEnd):
-            self._series_end((endpoint, event.series))
-        elif isinstance(event, SeriesStart):
-            router.last_key[endpoint] = key = (endpoint, event.series)
-            bind = router.binding(key)
-            if router.series_start(key) and (bind is None or bind.run_begun):  # else: the header of the run its tell named
-                self._new_run(key)
-            self.series_started.notify_all()
-
-    def _new_run(self, key: Key) -> None:
-        """Series ``key`` started again: the detector restarted. The earlier run's batch is ended short (re-issued) and its series retired."""
-        if self.router.is_bound(key):
-            self._series_end(key)
-        stale = self.router.new_run(key)
-        dropped = 0 if stale is None else stale.count
-        if dropped:
-            self.router.count_endpoint_error(key[0], "stale_series", dropped)
-            self.metrics.stream_errors.labels("stale_series").inc(dropped)
-            self.metrics.buffered_frames.set(self.router.buffered_frames)
-        log.warning("series %s of %s started again (a restarted detector?): a new run; %d untold frame(s) of the earlier one dropped", key[1], key[0], dropped)
-
-    def _stream_error(self, endpoint: str, ev: StreamError) -> None:
-        """Count ``ev`` by its kind and charge it to its series' session, else hold it for the series' tell or the endpoint."""
-        kind = str(ev.kind)  # set where the error was found (detector_stream.errors.StreamErrorKind), never guessed from the reason text
-        self.metrics.stream_errors.labels(kind).inc()
-        n = self.router.count_logged(endpoint)
-        if n <= 100 or n % 1000 == 0:  # a flood of bad input must not flood the log
-            log.warning("stream %s: %s%s", endpoint, ev.reason, f" ({n} problems so far)" if n >= 100 else "")
-        key = self.router.error_key(endpoint, ev.series)
-        bind = self.router.binding(key) if key is not None else None
-        if bind is not None and (s := self.sessions.get(bind.session_id)) is not None:
-            s.note_error(kind, f"series {key[1]}: {ev.reason}")
-            return
-        self.router.hold_error(endpoint, ev.series, kind, ev.reason)
-
-    def _buffer_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float) -> None:
-        """Hold a frame of a series not told yet (``FrameRouter.buffer_frame``); count and log the series it evicts."""
-        result, evicted = self.router.buffer_frame(key, idx, image, arrived_at)
-        if result.outcome != FrameOutcome.BUFFERED:
-            return  # a duplicate: noted for the tell
-        entry = self.router.buffer.get(key)
-        if entry is not None and entry.count == 1 and not any(s.endpoint == key[0] and not s.terminal for s in self.sessions.values()):
-            entry.unclaimed = True  # e.g. the sessions name another endpoint for this detector: say so, or the scan waits in silence
-            log.warning("frames of series %s arrive from %s, but no session in progress reads that stream; they are held for a tell", key[1], key[0])
-        if entry is not None and entry.unclaimed:
-            self.metrics.unclaimed_frames.inc()
-        for old in evicted:
-            self.metrics.stream_errors.labels("buffer_overflow").inc(old.count)
-            log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])
-        self.metrics.buffered_frames.set(self.router.buffered_frames)
-
-    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> bool:
-        """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell).
-
-        The router decides (``FrameRouter.admit``, ``FrameRouter.place``); this applies the
-        side effects: error counts, the file write, metrics, and for a completed batch the
-        flush, the compute queue and waking asks.
-        """
-        bind = self.router.bindings[key]
-        bind.run_begun = True
-        s = self.sessions.get(bind.session_id)
-        f = self.finished.get(bind.session_id) if s is None else None
-        verdict = self.router.admit(key, idx, image, bind, s, None if f is None else f.state)
-        if verdict.outcome == FrameOutcome.REFUSED:
-            self.metrics.stream_errors.labels(verdict.kind).inc()
-            if s is not None:
-                s.note_error(verdict.kind, verdict.detail)
-            elif f is not None:
-                f.note_error(verdict.kind, verdict.detail)
-            return False
-        try:
-            s.store.write_frame(verdict.slot, image)
-        except StoreError as err:
-            self._fail(s, err)
-            return False
-        placed = self.router.place(s, bind.batch_id, verdict.slot, image, arrived_at, live, self.settings.resume_told_timeout_s)
-        self.metrics.frames.inc()
-        self.metrics.bytes.inc(image.nbytes)
-        if placed.outcome == FrameOutcome.BATCH_COMPLETE:
-            self.metrics.batches_complete.inc()
-            try:
-                s.flush_frames()
-            except StoreError as err:
-                self._fail(s, err)
-                return True
-            self._enqueue(s)
-            s.notify()
-        return True
-
-    def _series_end(self, key: Key) -> None:
-        """The detector ended series ``key``: a told batch still missing frames of it goes back to issued.
-
-        Its missing slots are unbound (in memory and in the file), so a late frame of the
-        ended series is refused rather than stored where a new tell's series belongs, and
-        a restart re-issues them instead of waiting for them.
-        """
-        bind = self.router.series_end(key)
-        if bind is None:  # not told yet: the buffered series is marked ended
-            return
-        s = self.sessions.get(bind.session_id)
-        if s is None or s.terminal:
-            return
-        missing = s.short_of(bind.batch_id, key[1])
-        if missing is not None:
-            self.reissue_missing(s, bind, missing, f"series {key[1]} ended with {len(missing)} position(s) of batch {bind.batch_id} missing; batch re-issued")
-
-    def reissue_missing(self, s: Session, bind: Binding, missing: np.ndarray, note: str) -> bool:
-        """Batch ``bind.batch_id`` of ``s`` goes back to issued: its slots ``missing`` are unbound from the series (memory, then
-        file), so a late frame of it is refused, and ask offers them again. False if the file failed (``s`` failed). Lock held.
-        """
-        s.note_error("reissued", note)
-        self.router.unbind_slots(bind, {int(v) for v in missing})
-        try:
-            s.store.unbind(missing, bind.batch_id)
-        except StoreError as err:
-            self._fail(s, err)
-            return False
-        s.reissue(bind.batch_id)
-        s.notify()
-        return True
-
-    def reissue_stalled(self) -> int:
-        """Re-issue the told batches resumed from a restart whose series sent none of their missing frames in time; returns how many.
-
-        The old process may have received (and lost) a series' last frames and its end;
-        the detector will not send them again, so their positions are acquired anew.
-        """
-        now, n = time.monotonic(), 0
-        with self.lock:
-            for s in list(self.sessions.values()):
-                for b in s.stalled_batches(now):
-                    if self.router.is_bound(key := (s.endpoint, b.series)):
-                        s.note_error("other", f"series {b.series}: no frame for {self.settings.resume_told_timeout_s:g} s after a restart")
-                        self._series_end(key)
-                        n += 1
-        return n
-
-    def flush_all(self) -> None:
-        """Flush every session with unflushed frames (the flusher thread calls this)."""
-        with self.lock:
-            for s in list(self.sessions.values()):
-                if s.unflushed:
-                    try:
-                        s.flush_frames()
-                    except StoreError as err:
-                        self._fail(s, err)
 
     # --- compute worker side -----------------------------------------------------------
 
