@@ -153,3 +153,18 @@ class UvicornThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def receive_libertem(conn, cam, n_expected: int, timeout: float = 20.0, max_size: int = 16) -> np.ndarray:
+    """Frames (n, k, k) a libertem-dectris connection receives until ``n_expected`` arrived or ``timeout`` (s) passed."""
+    stacks, got, deadline = [], 0, time.monotonic() + timeout
+    while got < n_expected and time.monotonic() < deadline:
+        handle = conn.get_next_stack(max_size=max_size)
+        if handle is None:
+            continue
+        buf = np.zeros((len(handle), *reversed(handle.get_shape())), dtype=handle.get_dtype_string())
+        cam.decode_range_into_buffer(handle, buf, 0, len(handle))
+        cam.done(handle)
+        stacks.append(buf)
+        got += len(buf)
+    return np.concatenate(stacks) if stacks else np.empty((0,))

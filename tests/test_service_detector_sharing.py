@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, RecordingBackend, frames_for, session_body, wait_until
+from service_testing import AUTH, KEY, RecordingBackend, frames_for, receive_libertem, session_body, wait_until
 
 from detector_stream.events import Frame, SeriesEnd, SeriesStart
 from detector_stream.receiver import StreamReceiver
@@ -88,22 +88,12 @@ def test_forward_and_service_session_both_receive_every_frame_of_one_detector(tm
             conn.start(series, timeout=5)
             c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH)
             client.put(f"{API}/command/trigger")
-            got, stacks, deadline = 0, [], time.monotonic() + 20
-            while got < n and time.monotonic() < deadline:
-                handle = conn.get_next_stack(max_size=4)
-                if handle is None:
-                    continue
-                buf = np.zeros((len(handle), *reversed(handle.get_shape())), dtype=handle.get_dtype_string())
-                cam.decode_range_into_buffer(handle, buf, 0, len(handle))
-                cam.done(handle)
-                stacks.append(buf)
-                got += len(buf)
+            theirs = receive_libertem(conn, cam, n, max_size=4)
             wait_until(lambda: c.get(f"/api/v1/sessions/{sid}").json()["state"] == "done", what="session done")
             metrics = c.get("/metrics").text
         finally:
             cam.close()
             conn.close()
-    theirs = np.concatenate(stacks)
     assert len(theirs) == n and _digest(theirs) == _digest(detector.last_images)
     with h5py.File(tmp_path / "s" / f"{sid}.h5", "r") as f:
         assert f["received"][()].all() and _digest(f["patterns"][()]) == _digest(detector.last_images)

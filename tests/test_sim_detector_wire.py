@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from service_testing import receive_libertem
 
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.receiver import StreamReceiver
@@ -22,18 +23,6 @@ def _configure(client, **config):
         assert r.status_code == 200, r.text
 
 
-def _receive_libertem(conn, cam, n_expected, timeout=20.0):
-    stacks, got, deadline = [], 0, time.monotonic() + timeout
-    while got < n_expected and time.monotonic() < deadline:
-        handle = conn.get_next_stack(max_size=16)
-        if handle is None:
-            continue
-        buf = np.zeros((len(handle), *reversed(handle.get_shape())), dtype=handle.get_dtype_string())
-        cam.decode_range_into_buffer(handle, buf, 0, len(handle))
-        cam.done(handle)
-        stacks.append(buf)
-        got += len(buf)
-    return np.concatenate(stacks) if stacks else np.empty((0,))
 
 
 @pytest.fixture
@@ -71,7 +60,7 @@ def test_libertem_receives_bit_exact_frames(sim_detector, libertem, bits, compre
         sequence = client.put(f"{API}/command/arm").json()["sequence id"]
         conn.start(sequence, timeout=5)
     assert client.put(f"{API}/command/trigger").status_code == 200
-    frames = _receive_libertem(conn, cam, n)
+    frames = receive_libertem(conn, cam, n)
     assert frames.shape == (n, 64, 64) and frames.dtype == np.dtype(f"uint{bits}")
     np.testing.assert_array_equal(frames, detector.last_images)
     assert client.get(f"{API}/status/state").json()["value"] == "idle"  # series ended right after its last frame
@@ -117,7 +106,7 @@ def test_libertem_sim_sender_decodes_with_our_decoder(tmp_path):
         for sim in sims:
             threading.Thread(target=lambda s=sim: (s.send_headers(), s.send_frames(), s.send_footer()), daemon=True).start()
         assert conn.wait_for_arm(timeout=10) is not None
-        reference = _receive_libertem(conn, cam, 6)
+        reference = receive_libertem(conn, cam, 6)
         deadline = time.monotonic() + 10
         while not any(isinstance(e, SeriesEnd) for e in events):
             assert time.monotonic() < deadline
@@ -156,7 +145,7 @@ def test_libertem_sim_replays_our_messages_bit_exact(tmp_path):
         threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
         armed = conn.wait_for_arm(timeout=10)
         assert armed is not None and armed[1] == 4
-        np.testing.assert_array_equal(_receive_libertem(conn, cam, n), images)
+        np.testing.assert_array_equal(receive_libertem(conn, cam, n), images)
     finally:
         cam.close()
         conn.close()
