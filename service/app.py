@@ -31,7 +31,7 @@ from service.live_routes import install_live_view
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
-from service.png import grey_png
+from service.png import field_view, grey_png
 from service.problems import Problem, document_problems, install_problem_handlers, problem_responses
 from service.responses import Health, Readiness, Reconstruction, SessionList, SessionStatus
 from service.scheduler import Scheduler
@@ -327,8 +327,11 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         pot, origin, pixel, n = await asyncio.to_thread(service.manager.reconstruction, session_id)
         accept = request.headers.get("accept", "")
         headers = {"X-Reconstructions": str(n), "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
-        if "image/png" in accept:
-            return Response(await asyncio.to_thread(grey_png, pot), media_type="image/png", headers=headers)
+        if "image/png" in accept:  # the field of view, contrast-clipped and enlarged (headers: the view's own grid)
+            fov = (await asyncio.to_thread(service.manager.get(session_id).status))["params"]["fov_nm"]
+            view, v_origin, v_pixel = field_view(pot, origin, pixel, fov)
+            headers |= {"X-Pixel-Nm": f"{v_pixel:.6g}", "X-Origin-Nm": f"{v_origin[0]:.6g},{v_origin[1]:.6g}"}
+            return Response(await asyncio.to_thread(grey_png, view), media_type="image/png", headers=headers)
         if "application/x-npy" in accept or "application/octet-stream" in accept:
             buf = io.BytesIO()
             np.save(buf, pot.astype(np.float32))

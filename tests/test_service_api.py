@@ -238,3 +238,17 @@ def test_readyz_waits_for_the_configured_detector(tmp_path, pusher, connection):
         with TestClient(create_app(settings, backend=RecordingBackend())) as c:
             body = wait_until(lambda: (r := c.get("/readyz")).json()["checks"]["planner_warm"] and r, what="warm").json()
             assert body["checks"]["ingest_connected"] is True
+
+
+def test_the_png_view_is_the_field_of_view_enlarged_with_its_own_grid():
+    """The PNG was the whole grid (the field ~40 % of it, padding around) at one pixel per grid pixel: 111 px with a lattice
+    too small to see after the README's walk-through. It is now the field (plus 0.1 nm) enlarged to >= 384 px."""
+    from service.png import MIN_SIDE_PX, field_view
+
+    pot = np.zeros((110, 110))
+    pot[40:70, 40:70] = np.random.default_rng(0).normal(size=(30, 30))
+    view, origin, pixel = field_view(pot, (-2.0, -2.0), 0.05, (0.0, 0.0, 1.5, 1.5))
+    assert min(view.shape) >= MIN_SIDE_PX and pixel < 0.05
+    assert origin == pytest.approx((-0.1, -0.1)) and view.shape[0] * pixel == pytest.approx(1.75, abs=0.06)
+    view_all, origin_all, _ = field_view(pot, (-2.0, -2.0), 0.05, (50.0, 50.0, 1.0, 1.0))  # a field off the grid: the whole grid
+    assert origin_all == (-2.0, -2.0) and view_all.shape[0] >= MIN_SIDE_PX
