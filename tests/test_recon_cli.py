@@ -61,3 +61,18 @@ def test_batch_positions_flag_is_validated_with_the_config(tmp_path, tiny_datase
     assert main([*base, "--batch-positions", "16"]) == 2
     assert "full batches" in capsys.readouterr().err
     assert main([*base, "--batch-positions", "0"]) == 0
+
+
+def test_reconstruct_converged_is_the_evaluations_recipe_with_flags_on_top(tmp_path, tiny_dataset_file, capsys):
+    """The README's walk-through ended on the service's 5-pass live image, which shows the scan pattern, not the lattice;
+    ``--converged`` gives the session file the evaluation's final reconstruction."""
+    import json
+
+    out = tmp_path / "recon.h5"
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--converged", "--iterations", "4"]) == 0
+    with h5py.File(out) as f:
+        options = json.loads(f.attrs["options"])
+        assert len(f["loss_history"][()]) == 4
+    assert (options["optimizer"], options["momentum"], options["precondition"], options["batch_positions"]) == ("gd", 0.9, "absolute", None)
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--converged", "--config", str(out)]) == 2
+    assert "exclusive" in capsys.readouterr().err
