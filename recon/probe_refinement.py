@@ -26,6 +26,7 @@ from recon.forward import exit_waves, far_field_intensity
 from recon.options import ReconOptions
 from recon.physics import wavelength_angstrom
 from recon.probe import aberration_phase, aperture, probe_from_spectrum, spatial_frequencies
+from recon.probe_retrieval import central_indices
 
 
 class ProbeRefinementOptions(BaseModel):
@@ -112,8 +113,7 @@ class _CoefficientModel:
         positions = np.asarray(chunk.positions_nm, dtype=np.float64)
         if options.normalize_patterns:
             patterns = patterns / (patterns.sum() / len(patterns))
-        centre = 0.5 * (positions.min(axis=0) + positions.max(axis=0))
-        pick = np.sort(np.argsort(((positions - centre) ** 2).sum(axis=1), kind="stable")[: refinement.max_positions])
+        pick = central_indices(positions, refinement.max_positions)
         chosen = patterns[torch.as_tensor(pick)].float()
         self.targets = chosen.sqrt() if options.loss == "amplitude" else chosen
         self.positions_px = torch.as_tensor(chunk.grid.positions_px(positions[pick]), dtype=torch.float32)

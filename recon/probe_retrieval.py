@@ -167,6 +167,13 @@ def _refine(best: ProbeAberrations, loss_of, evaluations, options: RetrievalOpti
     return _best_of(evaluations)
 
 
+def central_indices(positions_nm: np.ndarray, n: int) -> np.ndarray:
+    """Indices (ascending) of the ``n`` positions (N, 2) nm nearest the centre of their bounding box (ties: the earlier)."""
+    positions = np.asarray(positions_nm, dtype=np.float64)
+    centre = 0.5 * (positions.min(axis=0) + positions.max(axis=0))
+    return np.sort(np.argsort(((positions - centre) ** 2).sum(axis=1), kind="stable")[:n])
+
+
 def _subset(chunk: ScanChunk, options: RetrievalOptions) -> ScanChunk:
     """At most ``options.max_positions`` positions of ``chunk`` (central or seeded random), same grid."""
     patterns = np.asarray(chunk.patterns)
@@ -178,7 +185,6 @@ def _subset(chunk: ScanChunk, options: RetrievalOptions) -> ScanChunk:
         if options.subset == "random":
             pick = np.sort(np.random.default_rng(options.seed).choice(len(positions), size=n, replace=False))
         else:
-            centre = 0.5 * (positions.min(axis=0) + positions.max(axis=0))
-            pick = np.sort(np.argsort(((positions - centre) ** 2).sum(axis=1), kind="stable")[:n])
+            pick = central_indices(positions, n)
         patterns, positions = patterns[pick], positions[pick]
     return ScanChunk(patterns, positions, chunk.grid)
