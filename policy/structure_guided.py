@@ -91,6 +91,18 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between))])
 
 
+def otsu_classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``values`` (1-D) split by Otsu's threshold into (low, high), or None: fewer than 20 values, any not finite, all equal,
+    or a class with less than 5 % of them."""
+    if values.size < 20 or not np.isfinite(values).all() or not np.ptp(values) > 0:
+        return None
+    threshold = otsu_threshold(values)
+    low, high = values[values <= threshold], values[values > threshold]
+    if min(low.size, high.size) < 0.05 * values.size:
+        return None
+    return low, high
+
+
 def phase_level(potential: np.ndarray, sigma_px: float, mask: np.ndarray, separation: float) -> np.ndarray | None:
     """Where the smoothed phase splits into a low (vacuum) and a high (specimen) level: its place between them in [0, 1].
 
@@ -99,14 +111,11 @@ def phase_level(potential: np.ndarray, sigma_px: float, mask: np.ndarray, separa
     (a uniform specimen, whose smoothed phase is one level plus noise, gives None).
     """
     smooth = ndimage.gaussian_filter(potential, sigma_px)
-    values = smooth[mask]
-    if values.size < 20 or not np.isfinite(values).all() or not np.ptp(values) > 0:
+    classes = otsu_classes(smooth[mask])
+    if classes is None:
         return None
-    threshold = otsu_threshold(values)
-    low, high = values[values <= threshold], values[values > threshold]
-    if min(low.size, high.size) < 0.05 * values.size:
-        return None
-    pooled = np.sqrt((low.var() * low.size + high.var() * high.size) / values.size)
+    low, high = classes
+    pooled = np.sqrt((low.var() * low.size + high.var() * high.size) / (low.size + high.size))
     if high.mean() - low.mean() < separation * pooled:
         return None
     return np.clip((smooth - low.mean()) / (high.mean() - low.mean()), 0.0, 1.0)
@@ -146,14 +155,10 @@ def structure_map(potential: np.ndarray, origin_nm: tuple[float, float], pixel_n
 
 def contrast_split(contrast: np.ndarray, mask: np.ndarray, ratio: float) -> tuple[float, float] | None:
     """The means (low, high) of the two Otsu classes of ``contrast[mask]`` when each holds >= 5 % and high >= ``ratio`` x low."""
-    values = contrast[mask]
-    if values.size < 20 or not np.isfinite(values).all() or not np.ptp(values) > 0:
+    classes = otsu_classes(contrast[mask])
+    if classes is None or classes[1].mean() < ratio * classes[0].mean():
         return None
-    threshold = otsu_threshold(values)
-    low, high = values[values <= threshold], values[values > threshold]
-    if min(low.size, high.size) < 0.05 * values.size or high.mean() < ratio * low.mean():
-        return None
-    return float(low.mean()), float(high.mean())
+    return float(classes[0].mean()), float(classes[1].mean())
 
 
 def _normalised_contrast(contrast: np.ndarray, mask: np.ndarray, sigma_px: float, options: StructureGuidedOptions) -> np.ndarray:
