@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.batch_routes import ABANDON_OPERATION, install_batch_routes
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
 from service.contract import document_security, ok
+from service.converged import ConvergedRequest, ConvergedWorker
 from service.docs_routes import install_api_docs
 from service.feed import ChangeFeed, close_on_signals
 from service.forward import Forwarder
@@ -36,6 +37,7 @@ from service.problems import Problem, document_problems, install_problem_handler
 from service.responses import Health, Readiness, Reconstruction, SessionList, SessionStatus
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
+from service.spec import SessionSpec
 from service.store import storage_writable
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,11 @@ class Service:
             options["detector_binning"] = settings.recon_detector_binning
         self.backend = backend or TorchReconBackend(update, settings.device, settings.torch_threads, options)
         self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
+        self.converged: ConvergedWorker | None = None
+        """makes done sessions' converged reconstructions (None: off, or a backend without ``converged``)."""
+        if settings.recon_converged and hasattr(self.backend, "converged"):
+            self.converged = ConvergedWorker(self.backend.converged, self._deciding, self.manager.note_converged)
+            self.manager.on_done = self._queue_converged
         forwarder = None
         if settings.forward_endpoint is not None:
             forwarder = Forwarder(settings.forward_endpoint, settings.forward_hwm, self.metrics.forwarded, self.metrics.forward_dropped)
@@ -121,6 +128,14 @@ class Service:
         self._warmup_thread: threading.Thread | None = None
         self.warm_error: str | None = None
         self.started = False
+
+    def _deciding(self) -> bool:
+        """A decision's reconstruction is queued or running (the converged worker waits)."""
+        return self.scheduler.busy or self.manager.has_work()
+
+    def _queue_converged(self, finished) -> None:
+        spec = SessionSpec.from_params(finished.summary["params"])
+        self.converged.submit(ConvergedRequest(finished.session_id, finished.path, spec.beam, spec.fov))
 
     def warmup(self) -> None:
         try:
@@ -148,6 +163,8 @@ class Service:
             log.info("resumed %d session file(s) from %s", n, self.settings.storage)
         self.ingest.start()
         self.scheduler.start()
+        if self.converged is not None:
+            self.converged.start()
         self._warmup_thread = threading.Thread(target=self.warmup, name="warmup", daemon=True)
         self._warmup_thread.start()
         self.started = True
@@ -155,6 +172,8 @@ class Service:
     def stop(self) -> None:
         self.manager.accepting = False
         self.feed.close()
+        if self.converged is not None:
+            self.converged.stop(self.settings.shutdown_timeout_s)
         self.scheduler.stop(self.settings.shutdown_timeout_s)
         if self._warmup_thread is not None:
             self._warmup_thread.join(self.settings.shutdown_timeout_s)
@@ -316,17 +335,18 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
         responses={
             200: ok(
                 Reconstruction,
-                "the latest reconstruction, by Accept: JSON (default), image/png (greyscale) or application/x-npy (float32);"
-                " headers X-Reconstructions, X-Pixel-Nm, X-Origin-Nm",
+                "the latest reconstruction (a done session's converged one once it is made), by Accept: JSON (default), image/png"
+                " (greyscale) or application/x-npy (float32); headers X-Reconstructions, X-Reconstruction-Kind (live or converged),"
+                " X-Pixel-Nm, X-Origin-Nm",
                 content={"image/png": {}, "application/x-npy": {}},
             ),
             **problem_responses(*AUTH_ERRORS, 404, 409, 422, 507),
         },
     )
     async def reconstruction(session_id: str, request: Request):
-        pot, origin, pixel, n = await asyncio.to_thread(service.manager.reconstruction, session_id)
+        pot, origin, pixel, n, kind = await asyncio.to_thread(service.manager.reconstruction, session_id)
         accept = request.headers.get("accept", "")
-        headers = {"X-Reconstructions": str(n), "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
+        headers = {"X-Reconstructions": str(n), "X-Reconstruction-Kind": kind, "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
         if "image/png" in accept:  # the field of view, contrast-clipped and enlarged (headers: the view's own grid)
             fov = (await asyncio.to_thread(service.manager.get(session_id).status))["params"]["fov_nm"]
             view, v_origin, v_pixel = field_view(pot, origin, pixel, fov)
@@ -336,6 +356,6 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
             buf = io.BytesIO()
             np.save(buf, pot.astype(np.float32))
             return Response(buf.getvalue(), media_type="application/x-npy", headers=headers)
-        return {"shape": list(pot.shape), "pixel_nm": pixel, "origin_nm": list(origin), "reconstructions": n, "potential": pot.tolist()}
+        return {"shape": list(pot.shape), "pixel_nm": pixel, "origin_nm": list(origin), "reconstructions": n, "kind": kind, "potential": pot.tolist()}
 
     return app

@@ -188,6 +188,37 @@ class TorchReconBackend:
                 self._recons.popitem(last=False)
         return self._recons[beam]
 
+    def converged(self, job: ReconJob, on_pass) -> tuple[ReconOutput, dict]:
+        """Every position of ``job`` from zero with the evaluation's final recipe (``policy.evaluation``): (output, recipe fields).
+
+        Its own reconstructor (the shared ones' probe caches are not thread-safe); ``on_pass(pass)`` is called after
+        every pass (the caller yields to decisions there). A run whose loss diverged is redone with half the step.
+        """
+        import torch
+
+        from policy.evaluation import EvaluationOptions, final_passes
+        from recon.beam import probe_for
+        from recon.convergence import reconstruct_with_backoff
+        from recon.device import pick_device
+        from recon.engine import Reconstructor, ScanChunk
+        from recon.grid import ObjectGrid
+
+        beam, evaluation = job.beam, EvaluationOptions()
+        device = pick_device(None if self.device == "auto" else self.device)
+        probe = probe_for(
+            energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, detector_pixels=beam.detector_pixels,
+            detector_pixel_mrad=beam.detector_pixel_mrad, defocus_nm=beam.defocus_nm,
+        ).to(device)
+        options = evaluation.final_recon.model_copy(update={k: v for k, v in self.options.items() if k in _RECIPE_NEUTRAL})
+        rec = Reconstructor(probe, options, device=device)
+        grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
+        scan = ScanChunk(torch.from_numpy(job.patterns), torch.from_numpy(job.positions_nm), grid)
+        (result,), steps = reconstruct_with_backoff(rec, [scan], max_passes=final_passes(len(job.positions_nm), evaluation),
+                                                    on_pass=lambda i, _potentials: on_pass(i))
+        recipe = options.model_dump(mode="json") | {"step_size_used": float(steps[0])}
+        out = ReconOutput(result.potential.numpy(), tuple(result.grid.origin_nm), float(result.grid.pixel_nm), [float(v) for v in result.loss_history])
+        return out, recipe
+
     def warmup(self) -> None:
         """Import the engine and reconstruct a small scan (the first chunk is then not slow; it also calibrates the deadline's cost model)."""
         import torch
@@ -282,6 +313,9 @@ class TorchReconBackend:
         level = self.deadline.choose(n_new, n_older, acquisition, fixed, fresh, self.update.iterations, cost_scale=_cost_scale(jobs))
         return level, len(acquisition)
 
+
+_RECIPE_NEUTRAL = ("detector_binning",)
+"""Service reconstruction options the converged recipe takes over (what the detector is, not how to optimise)."""
 
 _COST_K = 64
 """The deadline's cost model is kept per position-pass of K = 64 patterns (what warm-up measures)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.converged_store import ConvergedStoreError, converged_path, read_converged
 from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
 from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
@@ -61,19 +62,27 @@ class FinishedSession:
         """(the latest reconstruction, how many there are), read from the file; None if there is none (StoreError if unreadable)."""
         return read_latest_reconstruction(self.path)
 
-    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int]:
-        """(latest potential (rad), grid origin (nm), pixel (nm), reconstructions), read from the file (not under the manager's lock).
+    def has_converged(self) -> bool:
+        """Its converged reconstruction (``service.converged``) is on disk."""
+        return converged_path(self.path).exists()
 
-        Refused if it has none (wrong-state) or the file cannot be read (storage-unavailable).
+    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int, str]:
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions, kind), read from its files (not under the manager's lock).
+
+        The converged reconstruction (kind ``converged``) once it is made, else the last chunk's (kind ``live``). Refused if
+        it has none (wrong-state) or the file cannot be read (storage-unavailable).
         """
         try:
             latest = self.latest_reconstruction()
-        except StoreError as err:
+            converged = read_converged(self.path) if self.state == SessionState.DONE else None
+        except (StoreError, ConvergedStoreError) as err:
             raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
         if latest is None:
             raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} has no reconstruction")
         rec, n = latest
-        return rec.potential, rec.origin_nm, rec.pixel_nm, n
+        if converged is not None:
+            return converged.potential, converged.origin_nm, converged.pixel_nm, n, "converged"
+        return rec.potential, rec.origin_nm, rec.pixel_nm, n, "live"
 
     @classmethod
     def of(cls, s: Session) -> FinishedSession:
@@ -109,4 +118,6 @@ class FinishedSession:
             "created_unix": summary.created_unix,
             "file": Path(path).name,
         }
+        if summary.state == SessionState.DONE.value and converged_path(path).exists():
+            status["converged_reconstruction"] = {"state": "done"}
         return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))

@@ -65,6 +65,9 @@ class SessionManager(StreamHandling):
         """callback() each time a session changes (``Session.on_change``): the live view's change feed."""
         self.on_batch_issued = None
         """callback() on each batch issued, lock held, must not block: the ingest connects its detector."""
+        self.on_done = None
+        """callback(FinishedSession) when a session ends done (and for each done one restored without its converged
+        reconstruction), lock held, must not block: the converged reconstruction is queued."""
         self.planner_for = Planners(settings.policy_checkpoint)
         """strategy -> its planner (``PlannerChoice``), resolved once."""
         self.decision_samples: deque[float] = deque(maxlen=10_000)
@@ -107,21 +110,36 @@ class SessionManager(StreamHandling):
         with self.lock:
             return [s.status() for s in self.sessions.values()] + [f.status() for f in self.finished.values()]
 
-    def reconstruction(self, sid: str) -> tuple[np.ndarray, tuple[float, float], float, int]:
-        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far) of session ``sid``; SessionError if it has none yet."""
+    def reconstruction(self, sid: str) -> tuple[np.ndarray, tuple[float, float], float, int, str]:
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far, kind) of session ``sid``; SessionError if it has none yet.
+
+        kind: ``live`` (the latest chunk's) or ``converged`` (a done session's converged reconstruction, once made).
+        """
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
-                return s.reconstruction()
-        return s.reconstruction()  # a finished session's: read from its file, outside the lock
+                return (*s.reconstruction(), "live")
+        return s.reconstruction()  # a finished session's: read from its files, outside the lock
+
+    def note_converged(self, sid: str, info: dict) -> None:
+        """Record the progress of a done session's converged reconstruction in its status (``ConvergedWorker``'s callback)."""
+        with self.lock:
+            f = self.finished.get(sid)
+            if f is None:
+                return
+            f.summary["converged_reconstruction"] = info
+            if self.on_change is not None:
+                self.on_change()
 
     def _release(self, s: Session) -> None:
         """A session that ended leaves memory: its file is closed, a summary answers for it, its series are forgotten."""
         if self.sessions.get(s.session_id) is not s:
             return
         del self.sessions[s.session_id]
-        self.finished[s.session_id] = FinishedSession.of(s)
+        finished = self.finished[s.session_id] = FinishedSession.of(s)
         s.close()
+        if finished.state == SessionState.DONE and self.on_done is not None:
+            self.on_done(finished)
         self.router.session_ended(s.session_id)
         if s.session_id in self.queue:
             self.queue.remove(s.session_id)
@@ -326,6 +344,8 @@ class SessionManager(StreamHandling):
             for item in loaded:
                 if isinstance(item, FinishedSession):
                     self.finished[item.session_id] = item
+                    if item.state == SessionState.DONE and not item.has_converged() and self.on_done is not None:
+                        self.on_done(item)
                 else:
                     self.adopt(*item)
             self._active_gauge()

@@ -118,6 +118,14 @@ class StreamErrorNote(Open):
     at_unix: float
 
 
+class ConvergedStatus(Open):
+    state: str = Field(..., description="queued, running, done or failed")
+    passes: int | None = Field(None, description="passes it ran (done)")
+    final_loss: float | None = Field(None, description="loss after the last pass (done)")
+    seconds: float | None = Field(None, description="wall time it took, s (done)")
+    error: str | None = Field(None, description="why it failed (failed)")
+
+
 class ReconstructionSummary(Open):
     shape: list[int] = Field(..., description="(rows, columns) of the potential")
     pixel_nm: float | None
@@ -144,6 +152,9 @@ class SessionStatus(Open):
     stream_errors: dict[str, int] = Field(..., description="stream problems charged to this session, by kind")
     recent_errors: list[StreamErrorNote]
     reconstruction: ReconstructionSummary | None
+    converged_reconstruction: ConvergedStatus | None = Field(
+        None, description="a done session's converged reconstruction (absent: none was asked for, or the session is not done)"
+    )
     created_unix: float
     file: str = Field(..., description="the session file's name in the service's storage")
 
@@ -159,6 +170,9 @@ class Reconstruction(Open):
     pixel_nm: float
     origin_nm: list[float] = Field(..., description="(x, y) of pixel (0, 0), nm")
     reconstructions: int = Field(..., description="reconstructions so far (one per batch)")
+    kind: str = Field(
+        "live", description="live: the latest chunk's (the planner's working image); converged: a done session's converged reconstruction"
+    )
     potential: list[list[float]] = Field(..., description="projected potential, rad, rows (y) of columns (x)")
 
 

@@ -79,6 +79,12 @@ class ServiceSettings(BaseSettings):
     recon_detector_binning: int | None = Field(
         None, ge=1, description="detector binning the reconstructor models (None: recon's default, 1; 2 models a 2x-binned detector at ~4x the cost)"
     )
+    recon_converged: bool = Field(
+        True,
+        description="when a session is done, reconstruct all its frames once more from zero with the evaluation's converged recipe "
+        "(full-batch gradient descent, Nesterov momentum, up to 60 passes), in the background between decisions; stored as "
+        "<id>.converged.h5 beside the session file and served as its reconstruction",
+    )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
     policy_checkpoint: Path | None = Field(None, description="GRU policy checkpoint for strategy 'adaptive' (None: the shipped one)")

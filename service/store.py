@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from recon.dataset import FORMAT_NAME, FORMAT_VERSION
+from service.converged_store import is_converged_file
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +462,8 @@ class _Guard:
 
 
 def session_files(storage: Path) -> list[Path]:
-    """Session files in ``storage`` (sorted by name)."""
-    return sorted(p for p in Path(storage).glob(f"*{SESSION_SUFFIX}") if not p.name.startswith("."))
+    """Session files in ``storage`` (sorted by name; not the converged reconstructions beside them)."""
+    return sorted(p for p in Path(storage).glob(f"*{SESSION_SUFFIX}") if not p.name.startswith(".") and not is_converged_file(p))
 
 
 def storage_writable(storage: Path) -> str | None:

@@ -67,4 +67,5 @@ def fetch_hint(service: str, session_id: str) -> str:
     base = service.rstrip("/")
     return (f"result: curl -o recon.png -H 'Accept: image/png' {base}/api/v1/sessions/{session_id}/reconstruction "
             f"(application/x-npy: the phase, rad); status: {base}/api/v1/sessions/{session_id}; "
-            f"data: {session_id}.h5 in the service's --storage (converged: ptychoscan reconstruct FILE --converged --out RECON.h5 --png RECON.png)")
+            f"data: {session_id}.h5 in the service's --storage; the reconstruction becomes the converged one (X-Reconstruction-Kind: converged) "
+            f"a few seconds after the session is done")

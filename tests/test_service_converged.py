@@ -1,0 +1,222 @@
+"""A done session's converged reconstruction: made in the background, served as its reconstruction, made again after a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_testing import AUTH, KEY, Pusher, frames_for, session_body
+
+from service.app import create_app
+from service.compute import ReconOutput
+from service.converged import ConvergedRequest, ConvergedWorker
+from service.converged_store import ConvergedReconstruction, converged_path, read_converged, write_converged
+from service.settings import ServiceSettings
+from service.spec import Beam
+from service.store import read_latest_reconstruction, session_files
+
+BEAM = Beam(60_000.0, 33.0, 16, 6.0, 0.0)
+FOV = (0.0, 0.0, 0.3, 0.3)
+
+
+def _until(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _run_session(c, pusher) -> str:
+    sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=list(FOV)), headers=AUTH).json()["session_id"]
+    series = 0
+    while not (ask := c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 30}, headers=AUTH).json())["done"]:
+        c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH)
+        pusher.series(series, frames_for(series, len(ask["positions_nm"])) + 20)
+        series += 1
+    return sid
+
+
+def _converged_state(c, sid):
+    info = c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}
+    return info if info.get("state") in ("done", "failed") else None
+
+
+def test_done_session_gets_a_converged_reconstruction_served_as_its_reconstruction(tmp_path):
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(settings)) as c:
+            sid = _run_session(c, pusher)
+            info = _until(lambda: _converged_state(c, sid))
+            body = c.get(f"/api/v1/sessions/{sid}/reconstruction").json()
+            png = c.get(f"/api/v1/sessions/{sid}/reconstruction", headers={"Accept": "image/png"})
+    finally:
+        pusher.close()
+    assert info["state"] == "done", info
+    assert info["passes"] >= 10 and np.isfinite(info["final_loss"])
+    assert body["kind"] == "converged" and png.headers["X-Reconstruction-Kind"] == "converged"
+    stored = read_converged(tmp_path / f"{sid}.h5")
+    assert stored is not None and stored.n_positions == 8 and stored.recipe["optimizer"] == "gd"
+    live, _ = read_latest_reconstruction(tmp_path / f"{sid}.h5")
+    served = np.asarray(body["potential"], np.float32)
+    assert np.allclose(served, stored.potential) and served.shape == live.potential.shape
+    assert not np.allclose(served, live.potential), "the converged reconstruction is a new one, not the live one"
+    assert session_files(tmp_path) == [tmp_path / f"{sid}.h5"], "the converged file is not a session file"
+
+
+def test_off_serves_the_live_reconstruction_and_a_restart_makes_the_missing_one(tmp_path):
+    pusher = Pusher()
+    try:
+        off = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2, recon_converged=False)
+        with TestClient(create_app(off)) as c:
+            sid = _run_session(c, pusher)
+            time.sleep(0.3)
+            status = c.get(f"/api/v1/sessions/{sid}").json()
+            body = c.get(f"/api/v1/sessions/{sid}/reconstruction").json()
+        assert status.get("converged_reconstruction") is None and body["kind"] == "live"
+        assert not converged_path(tmp_path / f"{sid}.h5").exists()
+        on = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
+        with TestClient(create_app(on)) as c:
+            info = _until(lambda: _converged_state(c, sid))
+            assert info["state"] == "done"
+            assert c.get(f"/api/v1/sessions/{sid}/reconstruction").json()["kind"] == "converged"
+            assert c.get("/readyz").json()["detail"]["load_errors"] == [], "the converged file is not loaded as a session"
+        with TestClient(create_app(on)) as c:  # a second restart finds it made: not queued again, status says done
+            assert c.get(f"/api/v1/sessions/{sid}").json()["converged_reconstruction"]["state"] == "done"
+    finally:
+        pusher.close()
+
+
+# --- the worker alone -------------------------------------------------------------------
+
+
+def _session_file(path, n=6, k=16):
+    with h5py.File(path, "w") as f:
+        f["patterns"] = np.full((n, k, k), 5, np.uint16)
+        f["positions_nm"] = np.random.default_rng(0).random((n, 2)) * 0.3
+        f["received"] = np.array([1] * (n - 1) + [0], np.uint8)  # the last slot never got its frame
+    return path
+
+
+class _Recorder:
+    def __init__(self):
+        self.states: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, sid, info):
+        with self.lock:
+            self.states.append((sid, dict(info)))
+
+    def last(self, sid):
+        with self.lock:
+            return next((info for s, info in reversed(self.states) if s == sid), None)
+
+
+def _fake_run(passes=3, fail_for=None, seen=None):
+    def run(job, on_pass):
+        if seen is not None:
+            seen.append(len(job.positions_nm))
+        if fail_for is not None and len(job.positions_nm) == fail_for:
+            raise RuntimeError("boom")
+        for i in range(1, passes + 1):
+            on_pass(i)
+        return ReconOutput(np.ones((4, 4), np.float32), (0.0, 0.0), 0.02, [3.0, 2.0, 1.0][:passes]), {"optimizer": "gd"}
+
+    return run
+
+
+def test_worker_reads_only_received_frames_and_writes_atomically(tmp_path):
+    seen: list[int] = []
+    rec = _Recorder()
+    worker = ConvergedWorker(_fake_run(seen=seen), busy=lambda: False, on_state=rec)
+    worker.start()
+    try:
+        path = _session_file(tmp_path / "s1.h5")
+        worker.submit(ConvergedRequest("s1", path, BEAM, FOV))
+        _until(lambda: (rec.last("s1") or {}).get("state") == "done")
+    finally:
+        worker.stop()
+    assert seen == [5], "only the 5 received frames are reconstructed"
+    assert [info["state"] for _, info in rec.states] == ["queued", "running", "done"]
+    stored = read_converged(path)
+    assert stored.passes == 3 and stored.n_positions == 5 and stored.loss_history == [3.0, 2.0, 1.0]
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left"
+
+
+def test_worker_waits_for_decisions_between_passes_and_drops_its_job_at_stop(tmp_path):
+    busy = threading.Event()
+    passes_run: list[int] = []
+
+    def run(job, on_pass):
+        for i in range(1, 4):
+            passes_run.append(i)
+            on_pass(i)
+        return ReconOutput(np.ones((4, 4), np.float32), (0.0, 0.0), 0.02, [1.0]), {}
+
+    rec = _Recorder()
+    worker = ConvergedWorker(run, busy=busy.is_set, on_state=rec, poll_s=0.005)
+    worker.start()
+    path = _session_file(tmp_path / "s2.h5")
+    busy.set()
+    worker.submit(ConvergedRequest("s2", path, BEAM, FOV))
+    time.sleep(0.3)
+    assert passes_run == [], "nothing runs while a decision is being computed"
+    busy.clear()
+    _until(lambda: (rec.last("s2") or {}).get("state") == "done")
+    assert passes_run == [1, 2, 3]
+    # stopped while waiting: dropped, nothing written, reported queued again (a restart makes it)
+    path3 = _session_file(tmp_path / "s3.h5")
+    busy.set()
+    worker.submit(ConvergedRequest("s3", path3, BEAM, FOV))
+    _until(lambda: (rec.last("s3") or {}).get("state") == "running")
+    worker.stop(timeout=5)
+    assert rec.last("s3")["state"] == "queued" and not converged_path(path3).exists()
+
+
+def test_one_failing_session_does_not_stop_the_next(tmp_path):
+    rec = _Recorder()
+    worker = ConvergedWorker(_fake_run(fail_for=5), busy=lambda: False, on_state=rec)
+    worker.start()
+    try:
+        worker.submit(ConvergedRequest("bad", _session_file(tmp_path / "bad.h5", n=6), BEAM, FOV))
+        worker.submit(ConvergedRequest("good", _session_file(tmp_path / "good.h5", n=8), BEAM, FOV))
+        worker.submit(ConvergedRequest("good", tmp_path / "good.h5", BEAM, FOV))  # a repeat while queued: ignored
+        _until(lambda: (rec.last("good") or {}).get("state") == "done")
+    finally:
+        worker.stop()
+    bad = rec.last("bad")
+    assert bad["state"] == "failed" and "boom" in bad["error"]
+    assert sum(1 for s, info in rec.states if s == "good" and info["state"] == "running") == 1
+    unreadable = tmp_path / "gone.h5"
+    worker2 = ConvergedWorker(_fake_run(), busy=lambda: False, on_state=rec)
+    worker2.start()
+    try:
+        worker2.submit(ConvergedRequest("gone", unreadable, BEAM, FOV))
+        _until(lambda: (rec.last("gone") or {}).get("state") == "failed")
+    finally:
+        worker2.stop()
+    assert "cannot read its frames" in rec.last("gone")["error"]
+
+
+def test_write_is_all_or_nothing(tmp_path, monkeypatch):
+    rec = ConvergedReconstruction(np.zeros((3, 3), np.float32), (0.0, 0.0), 0.02, 4, 2, [1.0, 0.5], {"optimizer": "gd"})
+    path = tmp_path / "x.h5"
+    assert read_converged(path) is None
+    import service.converged_store as store
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", full_disk)
+    with pytest.raises(store.ConvergedStoreError, match="No space left"):
+        write_converged(path, rec)
+    assert not converged_path(path).exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    write_converged(path, rec)
+    assert read_converged(path).passes == 2
