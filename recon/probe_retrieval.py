@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -92,6 +93,7 @@ def retrieve_aberrations(
     start: ProbeAberrations | None = None,
     options: RetrievalOptions | None = None,
     device=None,
+    between: Callable[[], None] | None = None,
 ) -> RetrievalResult:
     """Estimate defocus, two-fold astigmatism and Cs from a scan's patterns (no truth needed).
 
@@ -103,6 +105,7 @@ def retrieve_aberrations(
             ``options.fit_cs`` is off, and stage 1 uses it.
         options: ``RetrievalOptions``.
         device: torch device of the short reconstructions.
+        between: called before each short reconstruction (a service pauses there for its decisions; it may raise to stop).
     """
     options = options or RetrievalOptions()
     start = start or ProbeAberrations()
@@ -114,6 +117,8 @@ def retrieve_aberrations(
     evaluations: list[tuple[ProbeAberrations, float]] = []
 
     def loss_of(aberrations: ProbeAberrations) -> float:
+        if between is not None:
+            between()
         probe = aberrations.probe(k, pixel_a, energy_ev, convergence_mrad)
         history = Reconstructor(probe, recon_options, device).reconstruct([sub])[0].loss_history
         loss = float(history[-1]) if math.isfinite(history[-1]) else float("inf")

@@ -19,10 +19,11 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.background import BackgroundWorker
 from service.batch_routes import ABANDON_OPERATION, install_batch_routes
 from service.compute import ChunkUpdate, ReconBackend, TorchReconBackend
 from service.contract import document_security, ok
-from service.converged import ConvergedRequest, ConvergedWorker
+from service.converged import ConvergedRequest, converged_job
 from service.docs_routes import install_api_docs
 from service.feed import ChangeFeed, close_on_signals
 from service.forward import Forwarder
@@ -33,6 +34,7 @@ from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
 from service.png import field_view, grey_png
+from service.probe_job import ProbeRetriever, probe_job
 from service.problems import Problem, document_problems, install_problem_handlers, problem_responses
 from service.responses import Health, Readiness, Reconstruction, SessionList, SessionStatus
 from service.scheduler import Scheduler
@@ -113,10 +115,11 @@ class Service:
             options["detector_binning"] = settings.recon_detector_binning
         self.backend = backend or TorchReconBackend(update, settings.device, settings.torch_threads, options)
         self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
-        self.converged: ConvergedWorker | None = None
-        """makes done sessions' converged reconstructions (None: off, or a backend without ``converged``)."""
+        self.background = BackgroundWorker(self._deciding)
+        """probe retrievals and converged reconstructions, between decisions (``service.background``)."""
+        self.retrieve_probe = ProbeRetriever(settings.probe_retrieval, settings.device)
+        self.manager.on_probe_wanted = self._queue_probe
         if settings.recon_converged and hasattr(self.backend, "converged"):
-            self.converged = ConvergedWorker(self.backend.converged, self._deciding, self.manager.note_converged)
             self.manager.on_done = self._queue_converged
         forwarder = None
         if settings.forward_endpoint is not None:
@@ -133,9 +136,25 @@ class Service:
         """A decision's reconstruction is queued or running (the converged worker waits)."""
         return self.scheduler.busy or self.manager.has_work()
 
+    def _queue_probe(self, s) -> None:
+        """A live session's probe retrieval (lock held): its frames so far are copied now."""
+        patterns, positions = s.measured_frames()
+        self.background.submit(probe_job(s.session_id, patterns, positions, s.spec.beam, s.fov, self.retrieve_probe, self.manager.note_probe))
+
     def _queue_converged(self, finished) -> None:
-        spec = SessionSpec.from_params(finished.summary["params"])
-        self.converged.submit(ConvergedRequest(finished.session_id, finished.path, spec.beam, spec.fov))
+        """A done session's converged reconstruction (lock held); which probe it uses is decided when it runs."""
+        sid = finished.session_id
+
+        def request() -> ConvergedRequest:
+            spec = SessionSpec.from_params(finished.summary["params"])
+            probe = self.manager.probe_report(sid) or {}
+            if probe.get("state") == "done":
+                return ConvergedRequest(sid, finished.path, spec.beam.with_reported(probe), spec.fov, probe_source="retrieved")
+            return ConvergedRequest(sid, finished.path, spec.beam, spec.fov, retrieve=spec.retrieve_probe)
+
+        job = converged_job(request, self.backend.converged, self.manager.note_converged, self.retrieve_probe)
+        if self.background.submit(job):
+            self.manager.note_converged(sid, {"state": "queued"})
 
     def warmup(self) -> None:
         try:
@@ -163,8 +182,7 @@ class Service:
             log.info("resumed %d session file(s) from %s", n, self.settings.storage)
         self.ingest.start()
         self.scheduler.start()
-        if self.converged is not None:
-            self.converged.start()
+        self.background.start()
         self._warmup_thread = threading.Thread(target=self.warmup, name="warmup", daemon=True)
         self._warmup_thread.start()
         self.started = True
@@ -172,8 +190,7 @@ class Service:
     def stop(self) -> None:
         self.manager.accepting = False
         self.feed.close()
-        if self.converged is not None:
-            self.converged.stop(self.settings.shutdown_timeout_s)
+        self.background.stop(self.settings.shutdown_timeout_s)
         self.scheduler.stop(self.settings.shutdown_timeout_s)
         if self._warmup_thread is not None:
             self._warmup_thread.join(self.settings.shutdown_timeout_s)

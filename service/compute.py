@@ -170,19 +170,12 @@ class TorchReconBackend:
         if beam in self._recons:
             self._recons.move_to_end(beam)
         else:
-            from recon.beam import probe_for
             from recon.device import pick_device
             from recon.engine import Reconstructor
             from recon.options import ReconOptions
 
             device = pick_device(None if self.device == "auto" else self.device)
-            probe = probe_for(
-                energy_ev=beam.energy_ev,
-                convergence_mrad=beam.convergence_mrad,
-                detector_pixels=beam.detector_pixels,
-                detector_pixel_mrad=beam.detector_pixel_mrad,
-                defocus_nm=beam.defocus_nm,
-            ).to(device)
+            probe = beam.probe().to(device)
             self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device)
             while len(self._recons) > self.MAX_BEAMS:
                 self._recons.popitem(last=False)
@@ -197,7 +190,6 @@ class TorchReconBackend:
         import torch
 
         from policy.evaluation import EvaluationOptions, final_passes
-        from recon.beam import probe_for
         from recon.convergence import reconstruct_with_backoff
         from recon.device import pick_device
         from recon.engine import Reconstructor, ScanChunk
@@ -205,10 +197,7 @@ class TorchReconBackend:
 
         beam, evaluation = job.beam, EvaluationOptions()
         device = pick_device(None if self.device == "auto" else self.device)
-        probe = probe_for(
-            energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, detector_pixels=beam.detector_pixels,
-            detector_pixel_mrad=beam.detector_pixel_mrad, defocus_nm=beam.defocus_nm,
-        ).to(device)
+        probe = beam.probe().to(device)
         options = evaluation.final_recon.model_copy(update={k: v for k, v in self.options.items() if k in _RECIPE_NEUTRAL})
         rec = Reconstructor(probe, options, device=device)
         grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)

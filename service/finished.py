@@ -17,6 +17,7 @@ import numpy as np
 from service.converged_store import ConvergedStoreError, converged_path, read_converged
 from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
+from service.spec import Beam
 from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
 
 
@@ -115,6 +116,7 @@ class FinishedSession:
             "stream_errors": {},
             "recent_errors": [],
             "reconstruction": summary.reconstruction,
+            "probe": summary.probe or Beam.from_params(summary.params).report("nominal"),
             "created_unix": summary.created_unix,
             "file": Path(path).name,
         }

@@ -65,6 +65,9 @@ class SessionManager(StreamHandling):
         """callback() each time a session changes (``Session.on_change``): the live view's change feed."""
         self.on_batch_issued = None
         """callback() on each batch issued, lock held, must not block: the ingest connects its detector."""
+        self.on_probe_wanted = None
+        """callback(Session) when a session's probe retrieval is due (``Session.wants_probe_retrieval``), lock held, must not
+        block: the retrieval is queued."""
         self.on_done = None
         """callback(FinishedSession) when a session ends done (and for each done one restored without its converged
         reconstruction), lock held, must not block: the converged reconstruction is queued."""
@@ -120,6 +123,15 @@ class SessionManager(StreamHandling):
             if isinstance(s, Session):
                 return (*s.reconstruction(), "live")
         return s.reconstruction()  # a finished session's: read from its files, outside the lock
+
+    def probe_report(self, sid: str) -> dict | None:
+        """The probe retrieval's state and outcome of session ``sid`` (live or finished), None if none is known."""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is not None:
+                return None if s.probe is None else dict(s.probe)
+            f = self.finished.get(sid)
+            return None if f is None else f.summary.get("probe")
 
     def note_converged(self, sid: str, info: dict) -> None:
         """Record the progress of a done session's converged reconstruction in its status (``ConvergedWorker``'s callback)."""
@@ -329,7 +341,32 @@ class SessionManager(StreamHandling):
                 return
             if s.pending_reconstruction() is not None:
                 self._enqueue(s)
+            if self.on_probe_wanted is not None and s.wants_probe_retrieval(self.settings.probe_retrieval_frames):
+                s.probe = {"state": "queued"}
+                self.on_probe_wanted(s)
             s.notify()
+
+    def note_probe(self, sid: str, beam, report: dict) -> None:
+        """Record a probe retrieval's progress (``service.probe_job``'s callback): in the session's status, its beam once
+        retrieved, its file once done or failed. ``dropped`` (the service stopped first) forgets it: a restart queues it again."""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is not None:
+                s.probe = None if report.get("state") == "dropped" else report
+                if beam is not None:
+                    s.retrieved_beam = beam
+                if report.get("state") in ("done", "failed"):
+                    try:
+                        s.store.set_probe(report)
+                    except StoreError as err:  # the session goes on with the probe in memory; a restart would retrieve it again
+                        log.error("%s", err)
+                s.notify()
+                return
+            f = self.finished.get(sid)
+            if f is not None and report.get("state") != "dropped":
+                f.summary["probe"] = report
+                if self.on_change is not None:
+                    self.on_change()
 
     def restore(self) -> int:
         """Load the session files in storage (``service.restore.load_sessions``); returns how many were loaded.

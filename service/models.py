@@ -47,6 +47,15 @@ class SessionCreate(BaseModel):
     detector_pixels: int = Field(64, ge=4, le=1024, description="K: patterns are K x K after binning")
     detector_pixel_mrad: float = Field(1.68, gt=0, le=DETECTOR_PIXEL_MAX_MRAD, description="detector pixel after binning, mrad (at most 100)")
     defocus_nm: float = Field(0.0, ge=-DEFOCUS_MAX_NM, le=DEFOCUS_MAX_NM, description="probe defocus, nm (|defocus| at most 100 um)")
+    astigmatism_nm: float = Field(0.0, ge=0, le=DEFOCUS_MAX_NM, description="two-fold astigmatism |C12| of the probe, nm (e.g. from the corrector)")
+    astigmatism_angle_deg: float = Field(0.0, ge=-360, le=360, description="astigmatism angle, deg from the scan's x axis towards y")
+    cs_um: float = Field(0.0, ge=-1e4, le=1e4, description="spherical aberration C30, um (an uncorrected 60-300 kV lens: ~1000 um)")
+    probe: Literal["nominal", "retrieve"] = Field(
+        "nominal",
+        description="nominal: the probe these beam fields make; retrieve: starting from them, the service retrieves defocus, astigmatism and Cs "
+        "from the first probe_retrieval_positions positions' patterns (in the background, between decisions) and reconstructs with that probe "
+        "from then on; the status reports it",
+    )
     detector_bit_depth: Literal[8, 16, 32] = Field(
         32,
         description="bits per pixel of the detector's frames (SIMPLON bit_depth_image): the session file stores counts as uint16 (8, 16)"

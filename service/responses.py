@@ -118,12 +118,28 @@ class StreamErrorNote(Open):
     at_unix: float
 
 
+class ProbeStatus(Open):
+    """The probe a session is reconstructed with: the request's aberrations (source nominal) or retrieved from its patterns."""
+
+    source: str | None = Field(None, description="nominal or retrieved")
+    state: str | None = Field(None, description="with probe: retrieve: queued, running, done or failed (absent: nominal probe)")
+    defocus_nm: float | None = None
+    astigmatism_nm: float | None = None
+    astigmatism_angle_deg: float | None = None
+    cs_um: float | None = None
+    loss: float | None = Field(None, description="loss of the short reconstruction with the retrieved probe (done)")
+    positions_used: int | None = None
+    seconds: float | None = None
+    error: str | None = Field(None, description="why the retrieval failed (the nominal probe stays)")
+
+
 class ConvergedStatus(Open):
     state: str = Field(..., description="queued, running, done or failed")
     passes: int | None = Field(None, description="passes it ran (done)")
     final_loss: float | None = Field(None, description="loss after the last pass (done)")
     seconds: float | None = Field(None, description="wall time it took, s (done)")
     error: str | None = Field(None, description="why it failed (failed)")
+    probe: ProbeStatus | None = Field(None, description="the probe it was made with (done)")
 
 
 class ReconstructionSummary(Open):
@@ -152,6 +168,7 @@ class SessionStatus(Open):
     stream_errors: dict[str, int] = Field(..., description="stream problems charged to this session, by kind")
     recent_errors: list[StreamErrorNote]
     reconstruction: ReconstructionSummary | None
+    probe: ProbeStatus | None = Field(None, description="the probe the session is reconstructed with")
     converged_reconstruction: ConvergedStatus | None = Field(
         None, description="a done session's converged reconstruction (absent: none was asked for, or the session is not done)"
     )

@@ -174,6 +174,10 @@ class Session:
     waiters: list = field(default_factory=list)
     on_change: Callable[[], None] | None = field(default=None, repr=False)
     """called (lock held, any thread; must not block) each time ``notify`` runs: the live view's change feed."""
+    probe: dict | None = None
+    """the probe retrieval's state and outcome (``service.probe_job``); None until one is queued (and for a nominal probe)."""
+    retrieved_beam: Beam | None = None
+    """the beam with the retrieved aberrations, once retrieved: the session's reconstructions use it from then on."""
     spec: SessionSpec = field(init=False, repr=False)
     """``params`` read once, typed (``params`` is kept verbatim: the file and the status report carry it)."""
 
@@ -217,7 +221,25 @@ class Session:
 
     @property
     def beam(self) -> Beam:
-        return self.spec.beam
+        """The beam the session is reconstructed with: the retrieved one once there is one, else the request's."""
+        return self.retrieved_beam or self.spec.beam
+
+    def wants_probe_retrieval(self, after_frames: int) -> bool:
+        """Asked for (``probe: retrieve``), never queued yet, still running, and ``after_frames`` frames (or the whole budget) are in."""
+        return self.spec.retrieve_probe and self.probe is None and not self.terminal and self.frames_received >= min(after_frames, self.budget)
+
+    def measured_frames(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (patterns (N, K, K) float32, positions used (N, 2) nm) of every received frame, clipped to the fov."""
+        n = self.n_issued
+        keep = np.flatnonzero(self.received[:n])
+        x0, y0, w, h = self.fov
+        used = self.positions_used[keep]
+        positions = np.stack([np.clip(used[:, 0], x0, x0 + w), np.clip(used[:, 1], y0, y0 + h)], axis=1)
+        return self.patterns[keep].copy(), positions
+
+    def probe_status(self) -> dict:
+        """The status's ``probe``: the retrieval's state and outcome, or the request's aberrations (source nominal)."""
+        return dict(self.probe) if self.probe is not None else self.spec.beam.report("nominal")
 
     @property
     def positions_used(self) -> np.ndarray:
@@ -452,6 +474,7 @@ class Session:
                 "origin_nm": list(self.grid_origin_nm or (0.0, 0.0)),
                 "final_loss": self.loss_history[-1] if self.loss_history else None,
             },
+            "probe": self.probe_status(),
             "created_unix": self.created_unix,
             "file": self.store.path.name,
         }

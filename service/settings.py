@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +84,14 @@ class ServiceSettings(BaseSettings):
         description="when a session is done, reconstruct all its frames once more from zero with the evaluation's converged recipe "
         "(full-batch gradient descent, Nesterov momentum, up to 60 passes), in the background between decisions; stored as "
         "<id>.converged.h5 beside the session file and served as its reconstruction",
+    )
+    probe_retrieval_frames: int = Field(
+        100, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
+    )
+    probe_retrieval: dict[str, Any] = Field(
+        default_factory=dict,
+        description="recon.probe_retrieval.RetrievalOptions fields (e.g. {\"refine_evaluations\": 40}); default: its defaults "
+        "(256 central positions, defocus -20..20 nm step 2, astigmatism grid, 80 Nelder-Mead evaluations)",
     )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")

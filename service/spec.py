@@ -7,6 +7,7 @@ service asks typed fields (``spec.beam.pixel_nm``) instead of re-reading dict ke
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 from service.store import pixel_dtype
 
 if TYPE_CHECKING:
+    from recon.aberrations import ProbeAberrations
     from service.settings import ServiceSettings
 
 
@@ -33,18 +35,54 @@ class Beam:
     detector_pixel_mrad: float
     """one detector pixel after binning, mrad."""
     defocus_nm: float
-    """probe defocus, nm."""
+    """probe defocus, nm (positive: focus above the specimen)."""
+    astigmatism_nm: float = 0.0
+    """two-fold astigmatism |C12|, nm."""
+    astigmatism_angle_deg: float = 0.0
+    """astigmatism angle, deg from the scan's x axis towards y."""
+    cs_um: float = 0.0
+    """spherical aberration C30, um."""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Beam:
-        """The beam of a session request (``SessionCreate`` fields, as stored)."""
+        """The beam of a session request (``SessionCreate`` fields, as stored; files from before the aberration fields have none)."""
         return cls(
             float(params["energy_ev"]),
             float(params["convergence_mrad"]),
             int(params["detector_pixels"]),
             float(params["detector_pixel_mrad"]),
             float(params["defocus_nm"]),
+            float(params.get("astigmatism_nm", 0.0)),
+            float(params.get("astigmatism_angle_deg", 0.0)),
+            float(params.get("cs_um", 0.0)),
         )
+
+    @property
+    def aberrations(self) -> ProbeAberrations:
+        """Its defocus, astigmatism and Cs as ``recon.aberrations.ProbeAberrations``."""
+        from recon.aberrations import ProbeAberrations
+
+        return ProbeAberrations(defocus_nm=self.defocus_nm, astigmatism_nm=self.astigmatism_nm,
+                                astigmatism_angle_deg=self.astigmatism_angle_deg, cs_um=self.cs_um)
+
+    def with_aberrations(self, aberrations: ProbeAberrations) -> Beam:
+        """The same beam with other aberrations (a retrieved probe)."""
+        return dataclasses.replace(self, defocus_nm=float(aberrations.defocus_nm), astigmatism_nm=float(aberrations.astigmatism_nm),
+                                   astigmatism_angle_deg=float(aberrations.astigmatism_angle_deg), cs_um=float(aberrations.cs_um))
+
+    def report(self, source: str = "nominal") -> dict:
+        """Its aberrations as a status's ``probe``: source, defocus_nm, astigmatism_nm, astigmatism_angle_deg, cs_um."""
+        return {"source": source, "defocus_nm": self.defocus_nm, "astigmatism_nm": self.astigmatism_nm,
+                "astigmatism_angle_deg": self.astigmatism_angle_deg, "cs_um": self.cs_um}
+
+    def with_reported(self, report: Mapping[str, Any]) -> Beam:
+        """The same beam with the aberrations of a retrieval's report (its defocus_nm, astigmatism_nm, astigmatism_angle_deg, cs_um)."""
+        return dataclasses.replace(self, defocus_nm=float(report["defocus_nm"]), astigmatism_nm=float(report["astigmatism_nm"]),
+                                   astigmatism_angle_deg=float(report["astigmatism_angle_deg"]), cs_um=float(report["cs_um"]))
+
+    def probe(self, device=None):
+        """(K, K) complex64 unit-norm probe on the reconstruction grid (torch tensor), with these aberrations."""
+        return self.aberrations.probe(self.detector_pixels, self.pixel_nm * 10.0, self.energy_ev, self.convergence_mrad, device=device)
 
     @property
     def pixel_nm(self) -> float:
@@ -68,6 +106,9 @@ class SessionSpec:
     """(x0, y0, width, height) of the probe positions, nm."""
     strategy: str
     beam: Beam
+    """the request's beam (its aberrations as given: nominal)."""
+    retrieve_probe: bool
+    """the probe's aberrations are to be retrieved from the data (``probe: retrieve``)."""
     pixel_dtype: np.dtype
     """pixel type of the counts in the session file (``service.store.pixel_dtype``)."""
 
@@ -81,6 +122,7 @@ class SessionSpec:
             tuple(float(v) for v in params["fov_nm"]),  # type: ignore[arg-type]
             str(params.get("strategy", "adaptive")),
             Beam.from_params(params),
+            params.get("probe", "nominal") == "retrieve",
             pixel_dtype(dict(params)),
         )
 

@@ -71,6 +71,8 @@ class StoredSession:
     """batch ids of the stored reconstructions, in order."""
     latest_reconstruction: StoredReconstruction | None = None
     """the last stored reconstruction (earlier ones stay on disk: a resumed session needs only the latest)."""
+    probe: dict | None = None
+    """the probe retrieval's outcome (``service.probe_job``), None if none was recorded."""
 
 
 @dataclass
@@ -89,6 +91,8 @@ class SessionSummary:
     batches_reconstructed: int
     reconstruction: dict | None
     """shape, pixel_nm, origin_nm, final_loss of the latest reconstruction, or None."""
+    probe: dict | None = None
+    """the probe retrieval's outcome, None if none was recorded."""
     tells: dict[int, tuple[int, int]] = field(default_factory=dict)
     """batch id -> (series of its last tell, slots bound to it): a repeated tell of a finished session is recognised."""
 
@@ -110,6 +114,10 @@ def _read_reconstruction(ds: h5py.Dataset) -> StoredReconstruction:
         [float(v) for v in ds.attrs["loss_history"]],
         str(ds.attrs["policy_version"]),
     )
+
+
+def _probe_attr(a) -> dict | None:
+    return json.loads(a["probe"]) if "probe" in a else None
 
 
 def read_state(path: Path) -> str:
@@ -159,6 +167,7 @@ def read_summary(path: Path) -> SessionSummary:
                 batches_reconstructed=len(names),
                 reconstruction=latest,
                 tells=tells,
+                probe=_probe_attr(a),
             )
     except StoreError:
         raise
@@ -310,6 +319,7 @@ class SessionStore:
                 batch_series=f["batch_series"][()] if "batch_series" in f else None,
                 reconstructed_batches=[int(recons[name]["phase"].attrs["batch_id"]) for name in names],
                 latest_reconstruction=_read_reconstruction(recons[names[-1]]["phase"]) if names else None,
+                probe=_probe_attr(a),
             )
         except StoreError:
             f.close()
@@ -411,6 +421,12 @@ class SessionStore:
             ds.attrs["n_positions"] = rec.n_positions
             ds.attrs["loss_history"] = np.asarray(rec.loss_history, np.float64)
             ds.attrs["policy_version"] = rec.policy_version
+            self._f.flush()
+
+    def set_probe(self, report: dict) -> None:
+        """Record the probe retrieval's outcome (the ``probe`` attribute, JSON; a restart reads it back)."""
+        with self._guard("record the probe"):
+            self._f.attrs["probe"] = json.dumps(report)
             self._f.flush()
 
     def set_state(self, state: str, error: str | None = None) -> None:

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from service_testing import AUTH, KEY, Pusher, frames_for, session_body
 
 from service.app import create_app
+from service.background import BackgroundJob, BackgroundWorker
 from service.compute import ReconOutput
-from service.converged import ConvergedRequest, ConvergedWorker
+from service.converged import ConvergedRequest, converged_job
 from service.converged_store import ConvergedReconstruction, converged_path, read_converged, write_converged
 from service.settings import ServiceSettings
 from service.spec import Beam
@@ -93,7 +94,7 @@ def test_off_serves_the_live_reconstruction_and_a_restart_makes_the_missing_one(
         pusher.close()
 
 
-# --- the worker alone -------------------------------------------------------------------
+# --- the background worker and the converged job alone ------------------------------------
 
 
 def _session_file(path, n=6, k=16):
@@ -131,77 +132,74 @@ def _fake_run(passes=3, fail_for=None, seen=None):
     return run
 
 
-def test_worker_reads_only_received_frames_and_writes_atomically(tmp_path):
+def _job(path, sid, run, rec, **kw):
+    return converged_job(lambda: ConvergedRequest(sid, path, BEAM, FOV, **kw), run, rec)
+
+
+def test_converged_job_reads_only_received_frames_and_writes_atomically(tmp_path):
     seen: list[int] = []
     rec = _Recorder()
-    worker = ConvergedWorker(_fake_run(seen=seen), busy=lambda: False, on_state=rec)
+    worker = BackgroundWorker(busy=lambda: False)
     worker.start()
     try:
         path = _session_file(tmp_path / "s1.h5")
-        worker.submit(ConvergedRequest("s1", path, BEAM, FOV))
+        assert worker.submit(_job(path, "s1", _fake_run(seen=seen), rec))
         _until(lambda: (rec.last("s1") or {}).get("state") == "done")
     finally:
         worker.stop()
     assert seen == [5], "only the 5 received frames are reconstructed"
-    assert [info["state"] for _, info in rec.states] == ["queued", "running", "done"]
+    assert [info["state"] for _, info in rec.states] == ["running", "done"]
+    assert rec.last("s1")["probe"]["source"] == "nominal"
     stored = read_converged(path)
     assert stored.passes == 3 and stored.n_positions == 5 and stored.loss_history == [3.0, 2.0, 1.0]
+    assert stored.recipe["probe_aberrations"]["defocus_nm"] == 0.0
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left"
 
 
-def test_worker_waits_for_decisions_between_passes_and_drops_its_job_at_stop(tmp_path):
+def test_worker_waits_for_decisions_between_steps_runs_urgent_first_and_drops_at_stop(tmp_path):
     busy = threading.Event()
-    passes_run: list[int] = []
+    order: list[str] = []
 
-    def run(job, on_pass):
-        for i in range(1, 4):
-            passes_run.append(i)
-            on_pass(i)
-        return ReconOutput(np.ones((4, 4), np.float32), (0.0, 0.0), 0.02, [1.0]), {}
+    def job(key, urgent=False, steps=3, dropped=None):
+        def run(pause):
+            for _ in range(steps):
+                pause()
+                order.append(key)
+        return BackgroundJob(key, run, urgent=urgent, on_dropped=dropped)
 
-    rec = _Recorder()
-    worker = ConvergedWorker(run, busy=busy.is_set, on_state=rec, poll_s=0.005)
+    worker = BackgroundWorker(busy=busy.is_set, poll_s=0.005)
+    busy.set()
     worker.start()
-    path = _session_file(tmp_path / "s2.h5")
-    busy.set()
-    worker.submit(ConvergedRequest("s2", path, BEAM, FOV))
-    time.sleep(0.3)
-    assert passes_run == [], "nothing runs while a decision is being computed"
+    assert worker.submit(job("a"))
+    time.sleep(0.2)
+    assert order == [], "nothing runs while a decision is being computed"
+    assert worker.submit(job("b")) and worker.submit(job("u", urgent=True)) and not worker.submit(job("b")), "a queued key is not queued twice"
     busy.clear()
-    _until(lambda: (rec.last("s2") or {}).get("state") == "done")
-    assert passes_run == [1, 2, 3]
-    # stopped while waiting: dropped, nothing written, reported queued again (a restart makes it)
-    path3 = _session_file(tmp_path / "s3.h5")
+    _until(lambda: len(order) == 9)
+    assert order == ["a"] * 3 + ["u"] * 3 + ["b"] * 3, "the urgent job goes before the older non-urgent one"
+    dropped: list[str] = []
     busy.set()
-    worker.submit(ConvergedRequest("s3", path3, BEAM, FOV))
-    _until(lambda: (rec.last("s3") or {}).get("state") == "running")
+    worker.submit(job("c", dropped=lambda: dropped.append("c")))
+    worker.submit(job("d", dropped=lambda: dropped.append("d")))
+    _until(lambda: worker.current == "c")
     worker.stop(timeout=5)
-    assert rec.last("s3")["state"] == "queued" and not converged_path(path3).exists()
+    assert sorted(dropped) == ["c", "d"] and order.count("c") == 0
 
 
-def test_one_failing_session_does_not_stop_the_next(tmp_path):
+def test_one_failing_job_does_not_stop_the_next(tmp_path):
     rec = _Recorder()
-    worker = ConvergedWorker(_fake_run(fail_for=5), busy=lambda: False, on_state=rec)
+    worker = BackgroundWorker(busy=lambda: False)
     worker.start()
     try:
-        worker.submit(ConvergedRequest("bad", _session_file(tmp_path / "bad.h5", n=6), BEAM, FOV))
-        worker.submit(ConvergedRequest("good", _session_file(tmp_path / "good.h5", n=8), BEAM, FOV))
-        worker.submit(ConvergedRequest("good", tmp_path / "good.h5", BEAM, FOV))  # a repeat while queued: ignored
+        worker.submit(BackgroundJob("raises", lambda pause: 1 / 0))  # an error that escapes a job
+        worker.submit(_job(_session_file(tmp_path / "bad.h5", n=6), "bad", _fake_run(fail_for=5), rec))
+        worker.submit(_job(tmp_path / "gone.h5", "gone", _fake_run(), rec))
+        worker.submit(_job(_session_file(tmp_path / "good.h5", n=8), "good", _fake_run(), rec))
         _until(lambda: (rec.last("good") or {}).get("state") == "done")
     finally:
         worker.stop()
-    bad = rec.last("bad")
-    assert bad["state"] == "failed" and "boom" in bad["error"]
-    assert sum(1 for s, info in rec.states if s == "good" and info["state"] == "running") == 1
-    unreadable = tmp_path / "gone.h5"
-    worker2 = ConvergedWorker(_fake_run(), busy=lambda: False, on_state=rec)
-    worker2.start()
-    try:
-        worker2.submit(ConvergedRequest("gone", unreadable, BEAM, FOV))
-        _until(lambda: (rec.last("gone") or {}).get("state") == "failed")
-    finally:
-        worker2.stop()
-    assert "cannot read its frames" in rec.last("gone")["error"]
+    assert rec.last("bad")["state"] == "failed" and "boom" in rec.last("bad")["error"]
+    assert rec.last("gone")["state"] == "failed" and "cannot read its frames" in rec.last("gone")["error"]
 
 
 def test_write_is_all_or_nothing(tmp_path, monkeypatch):

@@ -1,0 +1,101 @@
+"""A session's probe retrieved from its own patterns (``probe: retrieve``), in the background.
+
+A real probe is never the nominal one: residual defocus, two-fold astigmatism and Cs of a
+few nm / um are normal after alignment, and with a wrong probe the live reconstruction
+(and so the planner) sees noise. For a session created with ``probe: retrieve``, once
+``probe_retrieval_positions`` of its positions are reconstructed the service retrieves
+the aberrations from their patterns (``recon.probe_retrieval.retrieve_aberrations``:
+a defocus grid, a polar astigmatism grid, then Nelder-Mead over defocus, C12 and Cs, each
+point scored by the loss of a short reconstruction), starting from the request's beam.
+It runs as an urgent background job (``service.background``), pausing between its short
+reconstructions while a decision is computed. From the next chunk on, the session is
+reconstructed with the retrieved probe; the status's ``probe`` and the session file's
+``probe`` attribute say what it is. A retrieval that fails leaves the nominal probe (the
+status says why); one dropped at shutdown runs again after the restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from service.background import BackgroundJob, Stopped
+from service.spec import Beam
+
+log = logging.getLogger(__name__)
+
+RetrieveProbe = Callable[[np.ndarray, np.ndarray, Beam, tuple[float, float, float, float], Callable[[], None]], tuple[Beam, dict]]
+"""(patterns (N, K, K), positions (N, 2) nm, starting beam, fov nm, pause) -> (the beam with the retrieved aberrations, a report)."""
+
+
+class ProbeRetriever:
+    """``retrieve_aberrations`` for the service: its options (``RetrievalOptions`` fields) and device, checked at start-up."""
+
+    def __init__(self, options: dict[str, Any] | None = None, device: str = "auto") -> None:
+        from recon.probe_retrieval import RetrievalOptions
+
+        self.options = RetrievalOptions(**(options or {}))  # a bad option fails at start-up, not at a session's first retrieval
+        self.device = device
+
+    def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
+                 pause: Callable[[], None]) -> tuple[Beam, dict]:
+        import torch
+
+        from recon.device import pick_device
+        from recon.engine import ScanChunk
+        from recon.grid import ObjectGrid
+        from recon.probe_retrieval import retrieve_aberrations
+
+        t0 = time.perf_counter()
+        grid = ObjectGrid.covering(fov_nm, beam.pixel_nm, beam.detector_pixels)
+        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns, np.float32)), torch.from_numpy(np.asarray(positions, np.float64)), grid)
+        device = pick_device(None if self.device == "auto" else self.device)
+        result = retrieve_aberrations(chunk, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, start=beam.aberrations,
+                                      options=self.options, device=device, between=pause)
+        report = {
+            "source": "retrieved",
+            **result.aberrations.model_dump(),
+            "loss": result.loss,
+            "positions_used": result.positions_used,
+            "evaluations": len(result.evaluations),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return beam.with_aberrations(result.aberrations), report
+
+
+def probe_job(
+    session_id: str,
+    patterns: np.ndarray,
+    positions: np.ndarray,
+    beam: Beam,
+    fov_nm: tuple[float, float, float, float],
+    retrieve: RetrieveProbe,
+    on_result: Callable[[str, Beam | None, dict], None],
+) -> BackgroundJob:
+    """The urgent background job retrieving a live session's probe from ``patterns`` at ``positions`` (copies, taken when queued).
+
+    ``on_result(session id, beam or None, status)``: ``running``; then ``done`` with the
+    retrieved beam, or ``failed`` (beam None, with ``error``); ``dropped`` (beam None) if
+    the service stops first.
+    """
+
+    def work(pause: Callable[[], None]) -> None:
+        on_result(session_id, None, {"state": "running"})
+        try:
+            new_beam, report = retrieve(patterns, positions, beam, fov_nm, pause)
+        except Stopped:
+            raise
+        except Exception as err:  # this session keeps its nominal probe; its status says why
+            log.exception("probe retrieval of %s failed", session_id)
+            on_result(session_id, None, {"state": "failed", "source": "nominal", **beam.aberrations.model_dump(),
+                                         "error": f"{type(err).__name__}: {err}"})
+            return
+        log.info("probe of %s retrieved from %d positions in %.1f s: %s", session_id, report["positions_used"], report["seconds"],
+                 new_beam.aberrations)
+        on_result(session_id, new_beam, {"state": "done", **report})
+
+    return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}))
