@@ -47,7 +47,7 @@ class DatasetReplay:
 
         from recon.dataset import read_dataset
 
-        ds = read_dataset(path)
+        ds = read_dataset(path, with_acquisition_truth=True)
         self.dataset = ds
         self.detector_pixels = ds.detector_pixels
         self._patterns = np.asarray(ds.patterns)
@@ -77,14 +77,16 @@ class GroundTruthSource:
     (10,000 patterns over 2 x 2 nm at 0.02 nm) costs far more than the frames measured;
     here a file with ground truth and a coarse raster is enough, and no position is
     moved to a raster point. Positions whose probe window would leave the ground truth
-    are clamped to the field that can be simulated.
+    are clamped to the field that can be simulated. The probe is the microscope's: the
+    true one of a file simulated with an aberrated probe (its ``acquisition_truth``), not
+    the nominal beam the file (and so the reconstructor) is told.
     """
 
     def __init__(self, path: str) -> None:
         from recon.dataset import read_dataset
         from sim_microscope.ondemand import PhaseObjectSimulator
 
-        ds = read_dataset(path)
+        ds = read_dataset(path, with_acquisition_truth=True)
         self.dataset = ds
         self.simulator = PhaseObjectSimulator.from_dataset(ds, device="cpu")
         self.detector_pixels = ds.detector_pixels

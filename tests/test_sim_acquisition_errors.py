@@ -142,3 +142,16 @@ def test_a_malformed_truth_group_is_named(tmp_path):
     assert read_dataset(good).acquisition_truth is None  # the default read never opens the group
     with pytest.raises(DatasetError, match="acquisition_truth lacks dataset 'probe'"):
         read_dataset(good, with_acquisition_truth=True)
+
+
+def test_detector_from_truth_simulates_with_the_true_probe_not_the_nominal_one(tmp_path):
+    from sim_microscope.frame_source import GroundTruthSource
+    from sim_microscope.ondemand import PhaseObjectSimulator
+
+    path = write_dataset(tmp_path / "aberrated.h5", simulate_raster_dataset(tiny(true_probe=TRUE_PROBE), seed=3))
+    source = GroundTruthSource(str(path))
+    at = source.beam_positions(np.array([[0.25, 0.25], [0.3, 0.2]]))  # inside the field the ground truth can simulate
+    true = PhaseObjectSimulator.from_dataset(read_dataset(path, with_acquisition_truth=True), device="cpu").patterns(at)
+    nominal = PhaseObjectSimulator.from_dataset(read_dataset(path), device="cpu").patterns(at)
+    np.testing.assert_allclose(source.patterns(at), true, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(true, nominal, atol=1e-4), "the detector is the microscope: its probe is the aberrated one"
