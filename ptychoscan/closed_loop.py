@@ -128,10 +128,11 @@ def fov_of(dataset: Dataset4D) -> tuple[float, float, float, float]:
     return float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])
 
 
-def _fetch_reconstruction(service: str, session_id: str) -> tuple[np.ndarray, ObjectGrid]:
+def _fetch_reconstruction(service: str, session_id: str, kind: str = "live") -> tuple[np.ndarray, ObjectGrid]:
     import io
 
-    r = httpx.get(f"{service}/api/v1/sessions/{session_id}/reconstruction", headers={"Accept": "application/x-npy"}, timeout=30)
+    r = httpx.get(f"{service}/api/v1/sessions/{session_id}/reconstruction", params={"kind": kind}, headers={"Accept": "application/x-npy"},
+                  timeout=30)
     r.raise_for_status()
     potential = np.load(io.BytesIO(r.content))
     origin = tuple(float(v) for v in r.headers["X-Origin-Nm"].split(","))

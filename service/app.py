@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request, Response
@@ -360,8 +361,15 @@ def create_app(settings: ServiceSettings | None = None, backend: ReconBackend | 
             **problem_responses(*AUTH_ERRORS, 404, 409, 422, 507),
         },
     )
-    async def reconstruction(session_id: str, request: Request):
-        pot, origin, pixel, n, kind = await asyncio.to_thread(service.manager.reconstruction, session_id)
+    async def reconstruction(
+        session_id: str,
+        request: Request,
+        kind: Literal["latest", "live", "converged"] = Query(
+            "latest", description="latest: the converged reconstruction once a done session has one, else the live one; live: the "
+            "latest chunk's (the planner's working image); converged: 409 until it is made"
+        ),
+    ):
+        pot, origin, pixel, n, kind = await asyncio.to_thread(service.manager.reconstruction, session_id, kind)
         accept = request.headers.get("accept", "")
         headers = {"X-Reconstructions": str(n), "X-Reconstruction-Kind": kind, "X-Pixel-Nm": f"{pixel:.6g}", "X-Origin-Nm": f"{origin[0]:.6g},{origin[1]:.6g}"}
         if "image/png" in accept:  # the field of view, contrast-clipped and enlarged (headers: the view's own grid)

@@ -67,22 +67,26 @@ class FinishedSession:
         """Its converged reconstruction (``service.converged``) is on disk."""
         return converged_path(self.path).exists()
 
-    def reconstruction(self) -> tuple[np.ndarray, tuple[float, float], float, int, str]:
-        """(potential (rad), grid origin (nm), pixel (nm), reconstructions, kind), read from its files (not under the manager's lock).
+    def reconstruction(self, kind: str = "latest") -> tuple[np.ndarray, tuple[float, float], float, int, str]:
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions, its kind), read from its files (not under the manager's lock).
 
-        The converged reconstruction (kind ``converged``) once it is made, else the last chunk's (kind ``live``). Refused if
-        it has none (wrong-state) or the file cannot be read (storage-unavailable).
+        ``kind``: ``live`` (the last chunk's), ``converged`` or ``latest`` (converged once it is made, else live). Refused if
+        there is none of that kind (wrong-state) or a file cannot be read (storage-unavailable).
         """
         try:
             latest = self.latest_reconstruction()
-            converged = read_converged(self.path) if self.state == SessionState.DONE else None
+            converged = read_converged(self.path) if self.state == SessionState.DONE and kind != "live" else None
         except (StoreError, ConvergedStoreError) as err:
             raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
+        if converged is not None:
+            n = latest[1] if latest is not None else 0
+            return converged.potential, converged.origin_nm, converged.pixel_nm, n, "converged"
+        if kind == "converged":
+            state = (self.summary.get("converged_reconstruction") or {}).get("state", "not asked for")
+            raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} ({self.state}) has no converged reconstruction ({state})")
         if latest is None:
             raise SessionError(ErrorKind.WRONG_STATE, f"session {self.session_id} has no reconstruction")
         rec, n = latest
-        if converged is not None:
-            return converged.potential, converged.origin_nm, converged.pixel_nm, n, "converged"
         return rec.potential, rec.origin_nm, rec.pixel_nm, n, "live"
 
     @classmethod

@@ -113,16 +113,19 @@ class SessionManager(StreamHandling):
         with self.lock:
             return [s.status() for s in self.sessions.values()] + [f.status() for f in self.finished.values()]
 
-    def reconstruction(self, sid: str) -> tuple[np.ndarray, tuple[float, float], float, int, str]:
-        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far, kind) of session ``sid``; SessionError if it has none yet.
+    def reconstruction(self, sid: str, kind: str = "latest") -> tuple[np.ndarray, tuple[float, float], float, int, str]:
+        """(potential (rad), grid origin (nm), pixel (nm), reconstructions so far, its kind) of session ``sid``.
 
-        kind: ``live`` (the latest chunk's) or ``converged`` (a done session's converged reconstruction, once made).
+        ``kind``: ``live`` (the latest chunk's), ``converged`` (a done session's converged reconstruction) or ``latest``
+        (converged once made, else live). SessionError (wrong-state) if there is none of that kind yet.
         """
         with self.lock:
             s = self.get(sid)
             if isinstance(s, Session):
+                if kind == "converged":
+                    raise SessionError(ErrorKind.WRONG_STATE, f"session {sid} is {s.state}: a converged reconstruction is made once it is done")
                 return (*s.reconstruction(), "live")
-        return s.reconstruction()  # a finished session's: read from its files, outside the lock
+        return s.reconstruction(kind)  # a finished session's: read from its files, outside the lock
 
     def probe_report(self, sid: str) -> dict | None:
         """The probe retrieval's state and outcome of session ``sid`` (live or finished), None if none is known."""

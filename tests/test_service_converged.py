@@ -57,6 +57,9 @@ def test_done_session_gets_a_converged_reconstruction_served_as_its_reconstructi
             info = _until(lambda: _converged_state(c, sid))
             body = c.get(f"/api/v1/sessions/{sid}/reconstruction").json()
             png = c.get(f"/api/v1/sessions/{sid}/reconstruction", headers={"Accept": "image/png"})
+            live_body = c.get(f"/api/v1/sessions/{sid}/reconstruction", params={"kind": "live"}).json()
+            assert c.get(f"/api/v1/sessions/{sid}/reconstruction", params={"kind": "converged"}).json()["kind"] == "converged"
+            assert c.get(f"/api/v1/sessions/{sid}/reconstruction", params={"kind": "best"}).status_code == 422
     finally:
         pusher.close()
     assert info["state"] == "done", info
@@ -68,6 +71,7 @@ def test_done_session_gets_a_converged_reconstruction_served_as_its_reconstructi
     served = np.asarray(body["potential"], np.float32)
     assert np.allclose(served, stored.potential) and served.shape == live.potential.shape
     assert not np.allclose(served, live.potential), "the converged reconstruction is a new one, not the live one"
+    assert live_body["kind"] == "live" and np.allclose(np.asarray(live_body["potential"], np.float32), live.potential)
     assert session_files(tmp_path) == [tmp_path / f"{sid}.h5"], "the converged file is not a session file"
 
 
@@ -80,7 +84,9 @@ def test_off_serves_the_live_reconstruction_and_a_restart_makes_the_missing_one(
             time.sleep(0.3)
             status = c.get(f"/api/v1/sessions/{sid}").json()
             body = c.get(f"/api/v1/sessions/{sid}/reconstruction").json()
+            refused = c.get(f"/api/v1/sessions/{sid}/reconstruction", params={"kind": "converged"})
         assert status.get("converged_reconstruction") is None and body["kind"] == "live"
+        assert refused.status_code == 409 and "no converged reconstruction" in refused.json()["detail"]
         assert not converged_path(tmp_path / f"{sid}.h5").exists()
         on = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
         with TestClient(create_app(on)) as c:

@@ -81,11 +81,11 @@ class AsyncClient:
     async def abandon(self, session_id: str, batch_id: int) -> BatchAbandoned:
         return await self.send(calls.abandon(session_id, batch_id))
 
-    async def reconstruction(self, session_id: str) -> Reconstruction:
-        return await self.send(calls.reconstruction(session_id))
+    async def reconstruction(self, session_id: str, kind: str = "latest") -> Reconstruction:
+        return await self.send(calls.reconstruction(session_id, kind))
 
-    async def reconstruction_bytes(self, session_id: str, media_type: str = "image/png") -> bytes:
-        return (await self.send(calls.reconstruction_raw(session_id, media_type))).content
+    async def reconstruction_bytes(self, session_id: str, media_type: str = "image/png", kind: str = "latest") -> bytes:
+        return (await self.send(calls.reconstruction_raw(session_id, media_type, kind))).content
 
     async def positions(self, session_id: str) -> SessionPositions:
         return await self.send(calls.positions(session_id))

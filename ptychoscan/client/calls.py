@@ -87,13 +87,14 @@ def abandon(session_id: str, batch_id: int) -> Call:
     return Call("DELETE", f"{API}/sessions/{session_id}/batches/{batch_id}", BatchAbandoned)
 
 
-def reconstruction(session_id: str) -> Call:
-    return Call("GET", f"{API}/sessions/{session_id}/reconstruction", Reconstruction, headers={"Accept": "application/json"})
+def reconstruction(session_id: str, kind: str = "latest") -> Call:
+    """``kind``: latest (converged once a done session has it, else live), live or converged."""
+    return Call("GET", f"{API}/sessions/{session_id}/reconstruction", Reconstruction, params={"kind": kind}, headers={"Accept": "application/json"})
 
 
-def reconstruction_raw(session_id: str, media_type: str) -> Call:
-    """The latest reconstruction as ``image/png`` or ``application/x-npy`` (the response: ``.content`` and X-* headers)."""
-    return Call("GET", f"{API}/sessions/{session_id}/reconstruction", None, headers={"Accept": media_type})
+def reconstruction_raw(session_id: str, media_type: str, kind: str = "latest") -> Call:
+    """The reconstruction as ``image/png`` or ``application/x-npy`` (the response: ``.content`` and X-* headers)."""
+    return Call("GET", f"{API}/sessions/{session_id}/reconstruction", None, params={"kind": kind}, headers={"Accept": media_type})
 
 
 def positions(session_id: str) -> Call:

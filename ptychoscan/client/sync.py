@@ -92,12 +92,13 @@ class Client:
         """Give up on an issued or told batch: its positions still missing a frame are issued again."""
         return self.send(calls.abandon(session_id, batch_id))
 
-    def reconstruction(self, session_id: str) -> Reconstruction:
-        return self.send(calls.reconstruction(session_id))
+    def reconstruction(self, session_id: str, kind: str = "latest") -> Reconstruction:
+        """``kind``: latest (the converged reconstruction once a done session has it, else the live one), live or converged."""
+        return self.send(calls.reconstruction(session_id, kind))
 
-    def reconstruction_bytes(self, session_id: str, media_type: str = "image/png") -> bytes:
-        """The latest reconstruction as PNG (``image/png``) or .npy (``application/x-npy``) bytes."""
-        return self.send(calls.reconstruction_raw(session_id, media_type)).content
+    def reconstruction_bytes(self, session_id: str, media_type: str = "image/png", kind: str = "latest") -> bytes:
+        """The reconstruction as PNG (``image/png``) or .npy (``application/x-npy``) bytes."""
+        return self.send(calls.reconstruction_raw(session_id, media_type, kind)).content
 
     def positions(self, session_id: str) -> SessionPositions:
         return self.send(calls.positions(session_id))
