@@ -25,12 +25,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import numpy as np
 from pydantic import BaseModel, Field
 
 from ptychoscan.net import free_port
+from recon.aberrations import ProbeAberrations
 from recon.dataset import Dataset4D, read_dataset, write_dataset
 from recon.grid import ObjectGrid
 from recon.metrics import ssim_against_ground_truth
@@ -49,6 +51,11 @@ class ClosedLoopConfig(BaseModel):
     chunk: int = Field(50, ge=1, description="positions per sub-sequence (paper: 50-100)")
     dose_per_frame: float = Field(10_000.0, gt=0, description="electrons per frame (Poisson)")
     defocus_nm: float = Field(0.0, description="probe defocus, nm (in focus, as in the paper)")
+    true_probe: ProbeAberrations | None = Field(
+        None, description="the microscope's real probe when it is not the nominal one: the detector simulates with it, the service is told "
+        "the nominal beam (defocus_nm, no astigmatism, no Cs)",
+    )
+    probe: Literal["nominal", "retrieve"] = Field("nominal", description="the sessions' probe: the nominal one, or retrieved by the service")
     frame_time_s: float = Field(0.001, ge=0, description="detector frame time (dwell)")
     binning: int = Field(2, ge=1, description="detector binning of the simulated specimen file (the paper's 2x binned 64 x 64)")
     strategies: tuple[str, ...] = ("adaptive", "structure-guided", "sparse-grid")
@@ -71,6 +78,10 @@ class StrategyOutcome:
     grid: ObjectGrid
     planner: str
     seconds: float
+    service_converged: dict | None = None
+    """Scores of the service's own converged reconstruction (with the probe it retrieved, ``probe: retrieve``), None if not made."""
+    probe: dict | None = None
+    """The session's probe as the service reports it (source nominal or retrieved, and the aberrations)."""
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
@@ -112,11 +123,12 @@ def prepare_specimen(config: ClosedLoopConfig) -> tuple[Path, Dataset4D]:
     from sim_microscope.specimens import SpecimenConfig
 
     ny, nx = config.scan_shape
-    path = config.out / f"specimen_{config.specimen}_{config.seed}_{ny}x{nx}_{config.step_nm:g}nm_df{config.defocus_nm:g}_b{config.binning}.h5"
+    true = "" if config.true_probe is None else "_true" + "_".join(f"{v:g}" for v in config.true_probe.model_dump().values())
+    path = config.out / f"specimen_{config.specimen}_{config.seed}_{ny}x{nx}_{config.step_nm:g}nm_df{config.defocus_nm:g}_b{config.binning}{true}.h5"
     if path.exists():
         return path, read_dataset(path)
     sim = SimulationConfig(scan_shape=config.scan_shape, step_nm=config.step_nm, binning=config.binning, defocus_nm=config.defocus_nm,
-                           specimen=SpecimenConfig(kind=config.specimen))
+                           specimen=SpecimenConfig(kind=config.specimen), true_probe=config.true_probe)
     dataset = simulate_raster_dataset(sim, seed=config.seed, progress=True)
     write_dataset(path, dataset)
     return path, dataset
@@ -180,7 +192,8 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
                     service=service_url, microscope=detector_url, api_key=key, detector_endpoint=f"tcp://127.0.0.1:{zmq_port}",
                     fov_nm=fov, budget=budget, chunk=chunk, strategy=strategy, energy_ev=dataset.energy_ev,
                     convergence_mrad=dataset.convergence_mrad, detector_pixels=dataset.detector_pixels,
-                    detector_pixel_mrad=dataset.detector_pixel_mrad, defocus_nm=dataset.defocus_nm, frame_time_s=config.frame_time_s,
+                    detector_pixel_mrad=dataset.detector_pixel_mrad, defocus_nm=dataset.defocus_nm, probe=config.probe,
+                    frame_time_s=config.frame_time_s,
                     total_timeout_s=config.timeout_s,
                 ),
                 progress=True,
@@ -191,6 +204,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
             live_potential, live_grid = _fetch_reconstruction(service_url, session_id)
             positions = _session_positions(storage / f"{session_id}.h5")
             converged, potential, grid = converged_scores(storage / f"{session_id}.h5", dataset, fov)
+            service_converged, status = _service_converged_scores(service_url, session_id, dataset, fov, config.timeout_s)
             outcomes.append(
                 StrategyOutcome(
                     strategy=strategy,
@@ -202,6 +216,8 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
                     grid=grid,
                     planner=_planner_label(status),
                     seconds=seconds,
+                    service_converged=service_converged,
+                    probe=status.get("probe"),
                 )
             )
         if config.hold_s > 0:
@@ -237,6 +253,22 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
     rec = Reconstructor(probe_for(dataset), options.final_recon, device="auto")
     (result,), _ = reconstruct_with_backoff(rec, [ScanChunk(patterns, positions, grid)], max_passes=final_passes(len(positions), options))
     return score_against_truth(result.potential, grid, dataset.ground_truth, fov), result.potential.numpy(), grid
+
+
+def _service_converged_scores(service: str, session_id: str, dataset: Dataset4D, fov, timeout_s: float) -> tuple[dict | None, dict]:
+    """(scores of the service's converged reconstruction or None, the session's final status), waiting up to ``timeout_s`` for it."""
+    from policy.scores import score_against_truth
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = httpx.get(f"{service}/api/v1/sessions/{session_id}", timeout=10).json()
+        state = (status.get("converged_reconstruction") or {}).get("state")
+        if state == "done":
+            potential, grid = _fetch_reconstruction(service, session_id, kind="converged")
+            return score_against_truth(potential, grid, dataset.ground_truth, fov), status
+        if state in (None, "failed") or time.monotonic() > deadline:
+            return None, status
+        time.sleep(0.5)
 
 
 def _session_positions(path: Path) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -55,6 +56,7 @@ class ScanLoopConfig(BaseModel):
     detector_pixels: int = 64
     detector_pixel_mrad: float = 1.68
     defocus_nm: float = 0.0
+    probe: Literal["nominal", "retrieve"] = Field("nominal", description="the session's probe: the nominal beam's, or retrieved by the service")
     frame_time_s: float = Field(0.001, ge=0)
     settle_time_s: float = Field(0.0, ge=0)
     ask_timeout_s: float = Field(30.0, gt=0, description="long-poll per ask")
@@ -146,6 +148,7 @@ def _run(config: ScanLoopConfig, progress: bool, say: Callable[[str], None]) -> 
             "detector_pixels": config.detector_pixels,
             "detector_pixel_mrad": config.detector_pixel_mrad,
             "defocus_nm": config.defocus_nm,
+            "probe": config.probe,
             # the session file stores counts in the detector's own pixel type, as SIMPLON reports it
             "detector_bit_depth": int(_check(scope.get(f"{DETECTOR_API}/config/bit_depth_image"), "GET bit_depth_image")["value"]),
         }

@@ -29,6 +29,11 @@ def register(subparsers) -> None:
     p.add_argument("--defocus-nm", type=float, default=None, help="probe defocus, nm (default 0, in focus)")
     p.add_argument("--strategies", nargs="+", default=None, help="default: adaptive structure-guided sparse-grid")
     p.add_argument("--policy", default=None, help="policy checkpoint (default: the shipped one)")
+    p.add_argument("--true-probe", type=float, nargs=4, default=None, metavar=("DEFOCUS_NM", "ASTIGMATISM_NM", "ANGLE_DEG", "CS_UM"),
+                   help="the microscope's real probe, not told to the service (default: the nominal one, --defocus-nm); "
+                   "e.g. 4 2.5 30 2 with --probe retrieve")
+    p.add_argument("--probe", choices=["nominal", "retrieve"], default=None,
+                   help="the sessions' probe: nominal (default) or retrieved by the service from the first frames")
     p.add_argument("--hold", type=float, default=None, metavar="SECONDS",
                    help="keep the service up this long after the scans, to look at its live view (default 0; the URL is printed)")
     p.set_defaults(func=run)
@@ -55,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         "strategies": tuple(args.strategies) if args.strategies else None,
         "policy_checkpoint": args.policy,
         "hold_s": args.hold,
+        "probe": args.probe,
+        "true_probe": None if args.true_probe is None else dict(zip(("defocus_nm", "astigmatism_nm", "astigmatism_angle_deg", "cs_um"),
+                                                                     args.true_probe, strict=True)),
     }
     config = load_model(ClosedLoopConfig, None, overrides)
     # SIGTERM (a stopped job, `kill`) unwinds like Ctrl-C, so the service and detector it started are stopped with it
@@ -71,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         r_spec = "n/a" if c["pearson_r_specimen"] is None else f"{c['pearson_r_specimen']:.3f}"
         print(f"{o.strategy:>17}: {len(o.positions_nm)} positions, converged SSIM {c['ssim']:.3f}, Pearson r {c['pearson_r']:.3f}, "
               f"r over the specimen {r_spec} (service's live final SSIM {o.ssim:.3f}), {o.seconds:.1f} s, planner {o.planner}")
+        if o.service_converged is not None and o.probe is not None and o.probe.get("source") == "retrieved":
+            s = o.service_converged
+            print(f"{'':>19}the service's converged reconstruction with its retrieved probe (defocus {o.probe['defocus_nm']:.2f} nm, "
+                  f"astigmatism {o.probe['astigmatism_nm']:.2f} nm at {o.probe['astigmatism_angle_deg']:.0f} deg, Cs {o.probe['cs_um']:.2f} um): "
+                  f"SSIM {s['ssim']:.3f}, Pearson r {s['pearson_r']:.3f}")
     print(f"wrote {png}")
     print("scores " + " ".join(f"{o.strategy}=ssim:{o.converged['ssim']:.4f},r:{o.converged['pearson_r']:.4f}" for o in outcomes))
     return 0

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--detector-pixels", type=int, default=64, help="pattern side K, pixels")
     p.add_argument("--detector-pixel-mrad", type=float, default=1.68, help="detector pixel, mrad")
     p.add_argument("--defocus-nm", type=float, default=0.0, help="probe defocus the service reconstructs with, nm (as sim-detector's)")
+    p.add_argument("--probe", default="nominal", choices=["nominal", "retrieve"],
+                   help="nominal: the service reconstructs with the probe the beam flags make; retrieve: it retrieves defocus, astigmatism "
+                   "and Cs from the session's first frames (default: nominal)")
     p.add_argument("--frame-time", type=float, default=0.001, help="s")
     p.add_argument("--settle-time", type=float, default=0.0, help="s")
     p.add_argument("--ask-timeout", type=float, default=30.0, help="long-poll of each ask, s")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             detector_endpoint=args.detector_endpoint, fov_nm=tuple(args.fov_nm), budget=args.budget, chunk=args.chunk,
             strategy=args.strategy, energy_ev=args.energy_ev, convergence_mrad=args.convergence_mrad,
             detector_pixels=args.detector_pixels, detector_pixel_mrad=args.detector_pixel_mrad, defocus_nm=args.defocus_nm,
-            frame_time_s=args.frame_time, settle_time_s=args.settle_time, ask_timeout_s=args.ask_timeout, max_idle_asks=args.max_idle_asks,
+            probe=args.probe, frame_time_s=args.frame_time, settle_time_s=args.settle_time, ask_timeout_s=args.ask_timeout, max_idle_asks=args.max_idle_asks,
         )
         summary = run_scan(config)
     except ValidationError as err:
