@@ -88,6 +88,18 @@ def read_converged(session_file: Path) -> ConvergedReconstruction | None:
         raise ConvergedStoreError(f"{path.name}: cannot read ({err})") from None
 
 
+def read_converged_recipe(session_file: Path) -> dict | None:
+    """The recipe (with ``probe_aberrations``) of the session's converged reconstruction, None if there is none (no array read)."""
+    path = converged_path(session_file)
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f["phase"].attrs["recipe"])
+    except (OSError, KeyError, ValueError) as err:
+        raise ConvergedStoreError(f"{path.name}: cannot read ({err})") from None
+
+
 def read_measured_frames(session_file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(patterns (N, K, K) float32 counts, positions (N, 2) nm) of every received frame of a closed session file."""
     try:

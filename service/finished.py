@@ -14,11 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
-from service.converged_store import ConvergedStoreError, converged_path, read_converged
+from service.converged_store import ConvergedStoreError, converged_path, read_converged, read_converged_recipe
 from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
 from service.spec import Beam
 from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
+
+
+def _converged_probe(path: Path, params: dict) -> dict:
+    """The retrieved probe (status shape) the converged reconstruction of the session in ``path`` was made with; nominal if unknown."""
+    try:
+        aberrations = (read_converged_recipe(path) or {}).get("probe_aberrations")
+    except ConvergedStoreError:
+        aberrations = None
+    nominal = Beam.from_params(params)
+    return nominal.report() if aberrations is None else nominal.with_reported(aberrations).report("retrieved")
 
 
 @dataclass
@@ -126,4 +136,7 @@ class FinishedSession:
         }
         if summary.state == SessionState.DONE.value and converged_path(path).exists():
             status["converged_reconstruction"] = {"state": "done"}
+            if summary.probe is None and summary.params.get("probe") == "retrieve":
+                # retrieved after the session ended: only its converged reconstruction recorded it
+                status["probe"] = _converged_probe(path, summary.params)
         return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))

@@ -130,3 +130,24 @@ def test_failed_retrieval_keeps_the_nominal_probe_and_the_session_goes_on(tmp_pa
 def test_bad_retrieval_options_fail_at_start(tmp_path):
     with pytest.raises(ValueError, match="defocus_step_nm"):
         create_app(_settings(tmp_path, probe_retrieval={"defocus_step_nm": -1}))
+
+
+def test_a_session_that_ends_first_gets_its_probe_retrieved_by_the_converged_reconstruction(tmp_path):
+    pusher = Pusher()
+    body = session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=FOV, probe="retrieve")
+    try:
+        with TestClient(create_app(_settings(tmp_path, probe_retrieval_frames=100))) as c:  # due only once all 8 are in: done by then
+            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+            series = 0
+            while _chunk(c, pusher, sid, series):
+                series += 1
+            info = _until(lambda: (i := c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}).get("state")
+                          in ("done", "failed") and i)
+        assert info["state"] == "done" and info["probe"]["source"] == "retrieved" and info["probe"]["evaluations"] == 3
+        with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+            assert "probe" not in f.attrs, "the session file was closed when it ended: the converged file records the probe"
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            probe = _probe(c, sid)
+        assert probe["source"] == "retrieved" and probe["defocus_nm"] == info["probe"]["defocus_nm"]
+    finally:
+        pusher.close()
