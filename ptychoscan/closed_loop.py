@@ -204,7 +204,9 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
             live_potential, live_grid = _fetch_reconstruction(service_url, session_id)
             positions = _session_positions(storage / f"{session_id}.h5")
             converged, potential, grid = converged_scores(storage / f"{session_id}.h5", dataset, fov)
-            service_converged, status = _service_converged_scores(service_url, session_id, dataset, fov, config.timeout_s)
+            service_converged = None
+            if config.probe == "retrieve":  # the converged reconstruction above uses the nominal probe; the service's, the retrieved one
+                service_converged, status = _service_converged_scores(service_url, session_id, dataset, fov, config.timeout_s)
             outcomes.append(
                 StrategyOutcome(
                     strategy=strategy,
