@@ -200,7 +200,9 @@ function updateDetail(s) {
   renderProblems(s);
   const key = [s.positions_issued, s.frames_received, s.state].join('/');
   if (key !== st.positionsKey) { st.positionsKey = key; refreshPositions(s.session_id); }
-  if (s.batches_reconstructed !== st.reconCount && s.batches_reconstructed > 0) { st.reconCount = s.batches_reconstructed; refreshRecon(s.session_id); }
+  // a new chunk's reconstruction, or a done session's converged one: fetch the image again
+  const reconKey = s.batches_reconstructed + '/' + ((s.converged_reconstruction || {}).state || '');
+  if (reconKey !== st.reconCount && s.batches_reconstructed > 0) { st.reconCount = reconKey; refreshRecon(s.session_id); }
   renderView();
 }
 
@@ -234,6 +236,7 @@ async function refreshRecon(id) {
     const pixel = parseFloat(r.headers.get('X-Pixel-Nm'));
     const origin = r.headers.get('X-Origin-Nm').split(',').map(Number);
     const count = Number(r.headers.get('X-Reconstructions'));
+    const kind = r.headers.get('X-Reconstruction-Kind') || 'live';
     const { shape, data } = parseNpy(await r.arrayBuffer());
     let lo = Infinity, hi = -Infinity;
     for (const v of data) { if (Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } }
@@ -246,7 +249,7 @@ async function refreshRecon(id) {
       img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = g; img.data[4 * i + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
-    st.recon = { url: canvas.toDataURL('image/png'), nx, ny, pixel, origin, lo, hi, count };
+    st.recon = { url: canvas.toDataURL('image/png'), nx, ny, pixel, origin, lo, hi, count, kind };
     renderView();
   } catch (e) { console.warn('reconstruction:', e); }
 }
@@ -324,9 +327,22 @@ function renderView() {
   const last = (s.chunks || []).filter((c) => c.frames_per_s).slice(-1)[0];
   $('d-caption').textContent = drawn + ' of ' + s.budget + ' positions measured (' + s.batches_issued + ' of ' + nChunks + ' chunks issued)' +
     (issued ? '; rings: ' + issued + ' positions the planner has just issued, not measured yet' : '') +
-    (rc ? '; phase after ' + rc.count + ' reconstruction(s), ' + fmt(rc.pixel) + ' nm pixels' : '; no reconstruction yet') +
+    (rc ? (rc.kind === 'converged' ? '; converged reconstruction of every measured position'
+      : '; phase after ' + rc.count + ' reconstruction(s)') + ', ' + fmt(rc.pixel) + ' nm pixels' : '; no reconstruction yet') +
+    probeCaption(s) +
     (last ? '; ingest ' + Math.round(last.frames_per_s) + ' frames/s in the last chunk' : '') +
     '; strategy ' + ((s.strategy && s.strategy.used) || '?') + '.';
+}
+
+function probeCaption(s) {
+  const p = s.probe || {};
+  if (p.source === 'retrieved') {
+    return '; probe retrieved: defocus ' + fmt(p.defocus_nm) + ' nm, astigmatism ' + fmt(p.astigmatism_nm) + ' nm at ' +
+      fmt(p.astigmatism_angle_deg) + ' deg, Cs ' + fmt(p.cs_um) + ' um';
+  }
+  if (p.state === 'queued' || p.state === 'running') return '; probe retrieval ' + p.state;
+  if (p.state === 'failed') return '; probe retrieval failed (nominal probe): ' + (p.error || '');
+  return '';
 }
 
 function renderColourbar() {
