@@ -224,16 +224,17 @@ class FrameRouter:
         return STORED
 
     @staticmethod
-    def place_run(s: Session, batch_id: int, slots: list[int], images: np.ndarray, arrivals: list[float], resume_told_timeout_s: float) -> FrameResult:
-        """``place`` for a run of admitted live frames of one batch (distinct ``slots``, ``images`` (n, K, K), ``arrivals`` perf_counter() s).
+    def place_run(s: Session, batch_id: int, slots: list[int], images: list[np.ndarray], arrivals: list[float], resume_told_timeout_s: float) -> FrameResult:
+        """``place`` for a run of admitted live frames of one batch (distinct ``slots``, (K, K) ``images``, ``arrivals`` perf_counter() s).
 
         The same result as placing them one by one in order: a batch that completes does
         so with the last of them (its arrival is the session's ``last_frame_at``).
         """
-        idx = np.asarray(slots, dtype=np.int64)
-        s.patterns[idx] = images
-        s.received[idx] = True
-        s.frames_received += len(idx)
+        patterns = s.patterns
+        for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
+            patterns[slot] = image
+        s.received[np.asarray(slots, dtype=np.int64)] = True
+        s.frames_received += len(slots)
         b = s.batches[batch_id]
         if b.stall_deadline is not None:
             b.stall_deadline = time.monotonic() + resume_told_timeout_s

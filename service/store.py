@@ -388,8 +388,8 @@ class SessionStore:
         """
         self._pending[int(slot)] = np.array(image, copy=True)
 
-    def write_frames(self, slots: list[int], images: np.ndarray) -> None:
-        """``write_frame`` for a run of frames: ``images`` (n, K, K) is kept as given (the caller's own copy), rows by ``slots``."""
+    def write_frames(self, slots: list[int], images: list[np.ndarray]) -> None:
+        """``write_frame`` for a run of frames, without the copy: the caller hands over ``images`` (K, K each) and never writes into them."""
         self._pending.update(zip((int(v) for v in slots), images, strict=True))
 
     def _write_pending(self) -> None:
