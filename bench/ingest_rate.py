@@ -4,7 +4,9 @@ libertem-dectris's ``DectrisSim`` (Rust) replays a dump of 64x64 uint16 bs16-lz4
 (stream v1, series 1; written by bench/detector_rate.py's ``write_dump``), alternately:
 
 1. into libertem-dectris's own receiver (``DectrisConnection``, frames decoded into a
-   numpy buffer in Python): the peer;
+   numpy buffer in Python): the peer, once decoding into one reused 256-frame buffer (as
+   LiberTEM-live does) and once into a row per frame of one array (first touched then, as
+   the service's session memory is: on this VM that costs as much as the decoding);
 2. into the service (``service.app``, in this process): a session of budget N and one
    batch is told series 1 before the frames arrive, so each frame goes the whole ingest
    path: ZeroMQ PULL, stream v1 decode, matching to the session's slot, the session's
@@ -74,8 +76,12 @@ def _dump(tmp: str, n: int) -> str:
     return path
 
 
-def peer_run(n: int, tmp: str, tag: str) -> Run:
-    """DectrisSim into libertem-dectris's receiver, frames decoded into a numpy buffer; steady window first to last stack."""
+def peer_run(n: int, tmp: str, tag: str, keep: bool = False) -> Run:
+    """DectrisSim into libertem-dectris's receiver, frames decoded into a numpy buffer; steady window first to last stack.
+
+    ``keep``: every frame is decoded into its own row of one (n, 64, 64) array, first
+    touched then (as a session's memory is), instead of into one reused 256-frame buffer.
+    """
     import libertem_dectris as ld
 
     sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
@@ -87,13 +93,16 @@ def peer_run(n: int, tmp: str, tag: str) -> Run:
         threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
         assert conn.wait_for_arm(timeout=10) is not None
         got, buf, first, deadline = 0, None, None, time.monotonic() + 120
+        whole = np.zeros((n, 64, 64), np.uint16) if keep else None
         while got < n and time.monotonic() < deadline:
             h = conn.get_next_stack(max_size=256)
             if h is None:
                 continue
             k = len(h)
             shape = (k, *reversed(h.get_shape()))
-            if buf is None or buf.shape != shape:
+            if whole is not None:
+                buf = whole[got : got + k]
+            elif buf is None or buf.shape != shape:
                 buf = np.empty(shape, dtype=h.get_dtype_string())
             cam.decode_range_into_buffer(h, buf, 0, k)
             cam.done(h)
@@ -165,19 +174,26 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    peer, ours = [], []
+    peer, kept, ours = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         _dump(tmp, args.frames), _dump(tmp, args.peer_frames)
         print(f"64x64 uint16 bs16-lz4, sender: libertem-dectris DectrisSim (Rust, in this process), cpus {os.cpu_count()}")
         print(f"{'run':44s} {'frames/s':>9s}  {'frames':>7s}  {'wall s':>6s}  {'cpu s':>6s}  {'cpu/wall':>8s}  {'send->last s':>12s}")
         for i in range(args.repeats):
-            for name, fn, n, runs in (("libertem-dectris receiver", peer_run, args.peer_frames, peer), ("service ingest (in session memory)", service_run, args.frames, ours)):
+            sides = (
+                ("libertem-dectris receiver", peer_run, args.peer_frames, peer),
+                ("libertem-dectris, every frame kept", lambda n, tmp, tag: peer_run(n, tmp, tag, keep=True), args.peer_frames, kept),
+                ("service ingest (in session memory)", service_run, args.frames, ours),
+            )
+            for name, fn, n, runs in sides:
                 r = fn(n, tmp, f"{i}")
                 runs.append(r)
                 extra = f"  flushed {r.flushed:.2f} s after the send" if r.flushed else ""
                 print(f"{name + f' #{i + 1}':44s} {r.rate:9.0f}  {r.frames:7d}  {r.wall:6.2f}  {r.cpu:6.2f}  {r.cpu / r.wall:8.2f}  {r.total:12.2f}{extra}")
-    p, o = summary("libertem-dectris receiver", peer), summary("service ingest (in session memory)", ours)
+    p, k = summary("libertem-dectris receiver", peer), summary("libertem-dectris, every frame kept", kept)
+    o = summary("service ingest (in session memory)", ours)
     print(f"ratio service / libertem-dectris (medians): {o / p:.3f}  (per repeat: {', '.join(f'{a.rate / b.rate:.3f}' for a, b in zip(ours, peer, strict=True))})")
+    print(f"ratio service / libertem-dectris keeping every frame (medians): {o / k:.3f}")
 
 
 if __name__ == "__main__":

@@ -152,3 +152,24 @@ def test_a_run_whose_checks_raise_goes_frame_by_frame(tmp_path, monkeypatch):
         manager.on_events(EP, [Frame(1, i, img) for i, img in enumerate(frames_for(1, 3))])
     assert manager.sessions[sid].received.tolist() == [True, False, True]
     manager.close()
+
+
+def test_a_flush_in_pieces_writes_every_frame_to_its_row(tmp_path, monkeypatch):
+    """Frames are staged for the file in pieces of WRITE_ROWS through one reused buffer: each lands in its own row."""
+    import h5py
+
+    from service import store as store_module
+
+    monkeypatch.setattr(store_module, "WRITE_ROWS", 3)
+    manager = _manager(tmp_path)
+    sid = _told(manager, 8)
+    images = frames_for(1, 8)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in (0, 1, 2, 3, 4, 6, 7)])  # slot 5 missing: two runs of slots
+    s = manager.sessions[sid]
+    s.flush_frames()
+    manager.on_events(EP, [Frame(1, 5, images[5])])
+    s.flush_frames()
+    with h5py.File(s.store.path, "r") as f:
+        np.testing.assert_array_equal(f["patterns"][:8], images)
+        assert f["received"][:8].tolist() == [1] * 8
+    manager.close()
