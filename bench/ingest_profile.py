@@ -15,7 +15,7 @@ robust against other jobs on this shared machine, unlike wall time) and wall tim
 
 Prints microseconds per frame for each and the frames/s their sum allows on one core.
 ``--compare`` also runs the decoder and the store with the fast paths off (``StreamDecoder(fast=False)``,
-frame-by-frame store) in the same run. Usage:
+frame-by-frame store, session memory not prefaulted) in the same run. Usage:
 
     PYTHONPATH=$PWD python bench/ingest_profile.py [--frames 20000] [--batch 512] [--compare]
 """
@@ -109,7 +109,7 @@ def time_decompress(messages: list[list[bytes]], batch: int) -> Timer:
     return t
 
 
-def told_manager(storage: Path, n: int, endpoint: str):
+def told_manager(storage: Path, n: int, endpoint: str, prefault: bool = True):
     """A session manager (no threads) with one session of budget and chunk n (64x64 frames) told as series 1: (manager, id)."""
     from service_latency import KEY, OverheadOnlyBackend
 
@@ -118,17 +118,19 @@ def told_manager(storage: Path, n: int, endpoint: str):
     from service.scheduler import Scheduler
     from service.settings import ServiceSettings
 
-    manager = SessionManager(ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n), ServiceMetrics())
+    manager = SessionManager(ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, prefault_session_memory=prefault), ServiceMetrics())
     body = {"detector_endpoint": endpoint, "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_pixels": 64}
     body |= {"detector_pixel_mrad": 1.5, "energy_ev": 6e4, "convergence_mrad": 25.0, "defocus_nm": 0.0}
     sid = manager.create(body)["session_id"]
     Scheduler(manager, OverheadOnlyBackend(), manager.metrics).run_round(manager.take_work(0.1))
     manager.tell(sid, manager.try_ask(sid)["batch_id"], 1, None)
+    if manager.prefaulter is not None:
+        manager.prefaulter.wait_idle(60)  # the batch was issued before its scan: its memory is resident by then
     return manager, sid
 
 
 def time_store(batches: list[list], n: int, tmp: str, runs: bool) -> tuple[Timer, Timer]:
-    manager, sid = told_manager(Path(tmp), n, "tcp://127.0.0.1:1")
+    manager, sid = told_manager(Path(tmp), n, "tcp://127.0.0.1:1", prefault=runs)
     if not runs:
         manager._store_run = lambda *_a: False  # the frame-by-frame path
     s = manager.sessions[sid]

@@ -99,3 +99,39 @@ def test_the_fast_parse_checks_size_and_md5():
     decoder._image = None  # the JSON path's image handler is not used: both go the fast way
     errors = [e for e in decoder.feed_many(msgs) if isinstance(e, StreamError)]
     assert [(str(e.kind), e.frame) for e in errors] == [("corrupt", 0), ("truncated", 1)]
+
+
+def test_whole_block_check_agrees_with_check_blob():
+    """``whole_block_bodies`` accepts only what ``check_blob`` accepts, with the same body; the rest is left to ``check_blob``."""
+    import struct
+
+    from detector_stream.bslz4 import HEADER, check_blob, whole_block_bodies
+    from detector_stream.errors import CodecError
+
+    image = (np.arange(64 * 128) % 977).astype(np.uint16).reshape(64, 128)  # two DCU blocks
+    blob = encode_frame(image, "bs16-lz4<")
+    (first,) = struct.unpack_from(">I", blob, 12)
+    small_blocks = HEADER.pack(image.nbytes, 4096) + encode_frame(image, "bs16-lz4<")[12:]  # not re-encoded: block size lies
+    cases = {
+        "good": blob,
+        "zero header": bytes(12) + blob[12:],
+        "short": blob[:-1],
+        "long": blob + b"\0",
+        "header size wrong": HEADER.pack(image.nbytes + 2, 8192) + blob[12:],
+        "block size 4096": small_blocks,
+        "block length 0": blob[:12] + struct.pack(">I", 0) + blob[16:],
+        "block length huge": blob[:12] + struct.pack(">I", 0xFFFFFFFF) + blob[16:],
+        "block length off by one": blob[:12] + struct.pack(">I", first + 1) + blob[16:],
+        "only header": blob[:12],
+        "empty": b"",
+    }
+    quick = dict(zip(cases, whole_block_bodies(list(cases.values()), image.nbytes), strict=True))
+    assert quick["good"] is not None and quick["zero header"] is not None
+    for name, b in cases.items():
+        try:
+            slow = check_blob(b, image.size, np.dtype(np.uint16), "bs16-lz4<")
+        except CodecError:
+            assert quick[name] is None, name
+            continue
+        if quick[name] is not None:
+            assert bytes(quick[name]) == bytes(slow.body) and slow.block == 4096, name  # 8192-byte blocks of uint16
