@@ -22,12 +22,13 @@ whole process: the in-process Rust sender included, for both sides) of that wind
 printed per run, then the median and spread of frames/s and the ratio of the medians.
 Reconstruction is replaced by a no-op backend (this is an ingest benchmark). Usage:
 
-    PYTHONPATH=$PWD python bench/ingest_rate.py [--frames 40000] [--peer-frames 100000] [--repeats 3]
+    PYTHONPATH=$PWD python bench/ingest_rate.py [--frames 40000] [--peer-frames 100000] [--repeats 3] [--compare]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import statistics
@@ -117,17 +118,25 @@ def peer_run(n: int, tmp: str, tag: str, keep: bool = False) -> Run:
     return Run(n - first[2], t1 - first[0], c1 - first[1], t1 - t0)
 
 
-def service_run(n: int, tmp: str, tag: str) -> Run:
-    """DectrisSim into the service's ingest; steady window from the first frame counted in the session to the last."""
+def service_run(n: int, tmp: str, tag: str, fast: bool = True) -> Run:
+    """DectrisSim into the service's ingest; steady window from the first frame counted in the session to the last.
+
+    ``fast=False``: the ingest as before issue 19 where it can be switched (JSON-only decoder,
+    frame-by-frame store, no prefault; the one-loop block check and the reused file
+    staging buffer stay).
+    """
     import libertem_dectris as ld
     from fastapi.testclient import TestClient
 
+    import detector_stream.receiver as receiver_module
+    from detector_stream.decoder import StreamDecoder
     from service.app import create_app
     from service.settings import ServiceSettings
 
+    receiver_module.StreamDecoder = StreamDecoder if fast else functools.partial(StreamDecoder, fast=False)
     sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
     storage = Path(tmp) / f"sessions-{tag}"
-    settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2)
+    settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast)
     body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid"}
     with TestClient(create_app(settings, backend=OverheadOnlyBackend())) as client:
         sid = client.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
@@ -135,7 +144,12 @@ def service_run(n: int, tmp: str, tag: str) -> Run:
         assert len(ask["positions_nm"]) == n, ask
         client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 1}, headers=AUTH).raise_for_status()
         time.sleep(0.5)  # let the PULL socket connect
-        session = client.app.state.service.manager.sessions[sid]
+        manager = client.app.state.service.manager
+        if manager.prefaulter is not None:
+            manager.prefaulter.wait_idle(60)  # a batch is issued before its scan starts: its memory is resident by then
+        if not fast:
+            manager._store_run = lambda *_a: False
+        session = manager.sessions[sid]
         t0 = time.perf_counter()
         threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
         first, deadline = None, time.monotonic() + 300
@@ -169,12 +183,13 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=40000, help="frames per service run (its steady window should last a second or more)")
     ap.add_argument("--peer-frames", type=int, default=100000, help="frames per libertem-dectris run (likewise)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", action="store_true", help="also run the service with its issue-19 fast paths off, alternating")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; the ingest does not use torch)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    peer, kept, ours = [], [], []
+    peer, kept, ours, before = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         _dump(tmp, args.frames), _dump(tmp, args.peer_frames)
         print(f"64x64 uint16 bs16-lz4, sender: libertem-dectris DectrisSim (Rust, in this process), cpus {os.cpu_count()}")
@@ -185,6 +200,8 @@ def main() -> None:
                 ("libertem-dectris, every frame kept", lambda n, tmp, tag: peer_run(n, tmp, tag, keep=True), args.peer_frames, kept),
                 ("service ingest (in session memory)", service_run, args.frames, ours),
             )
+            if args.compare:
+                sides += (("service ingest, fast paths off", lambda n, tmp, tag: service_run(n, tmp, tag + "-off", fast=False), args.frames, before),)
             for name, fn, n, runs in sides:
                 r = fn(n, tmp, f"{i}")
                 runs.append(r)
@@ -194,6 +211,9 @@ def main() -> None:
     o = summary("service ingest (in session memory)", ours)
     print(f"ratio service / libertem-dectris (medians): {o / p:.3f}  (per repeat: {', '.join(f'{a.rate / b.rate:.3f}' for a, b in zip(ours, peer, strict=True))})")
     print(f"ratio service / libertem-dectris keeping every frame (medians): {o / k:.3f}")
+    if before:
+        b = summary("service ingest, fast paths off", before)
+        print(f"ratio fast paths on / off (medians): {o / b:.2f}")
 
 
 if __name__ == "__main__":
