@@ -135,3 +135,22 @@ def test_whole_block_check_agrees_with_check_blob():
             continue
         if quick[name] is not None:
             assert bytes(quick[name]) == bytes(slow.body) and slow.block == 4096, name  # 8192-byte blocks of uint16
+
+
+def test_raw_frames_empty_hashes_and_header_detail_all_on_the_fast_path():
+    """Raw ``<`` frames and empty hashes go the fast way and decode as on the JSON path; an ``all`` header goes the JSON way."""
+    images = [np.full((16, 16), 7 + i, np.uint16) for i in range(2)]
+    raw = image_parts(1, 0, images[0], "<", 1, 2, 3)
+    no_hash = image_parts(1, 1, images[1], "bs16-lz4<", 1, 2, 3)
+    no_hash[0] = no_hash[0].split(b',"hash"')[0] + b',"hash":""}'
+    config = {**CONFIG, "x_pixels_in_detector": 16, "y_pixels_in_detector": 16, "ntrigger": 2}
+    msgs = [series_start_parts(1, config, "all"), raw, no_hash, series_end_parts(1)]
+    a, b = _events_both_ways(msgs)
+    assert a == b
+    decoder = StreamDecoder()
+    decoder._image = None  # both image messages go the fast way
+    events = decoder.feed_many(msgs)
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert [f.frame for f in frames] == [0, 1] and not [e for e in events if isinstance(e, StreamError)]
+    for f, im in zip(frames, images, strict=True):
+        np.testing.assert_array_equal(f.image, im)
