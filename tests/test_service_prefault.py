@@ -57,23 +57,25 @@ def test_populate_makes_the_rows_resident_and_only_them():
 def test_populate_keeps_what_is_written_meanwhile():
     """Frames stored while their rows are being populated stay: the kernel backs pages, it never zeroes written ones."""
     a = _fresh(512)
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def writer():
         k = 0
         while not stop.is_set():
             a[k % 512] = k % 512 + 1
             k += 1
+            started.set()
 
     t = threading.Thread(target=writer)
     t.start()
     try:
+        assert started.wait(5)
         assert populate_rows(a, 0, 512)
     finally:
         stop.set()
         t.join()
     written = [i for i in range(512) if a[i, 0, 0] != 0]
-    assert written  # the writer got in
+    assert written
     for i in written:
         assert (a[i] == i + 1).all()
 
