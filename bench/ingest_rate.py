@@ -1,39 +1,51 @@
-"""Ingest frames/s of the whole service against the libertem-dectris receiver, on the same Rust sender.
+"""Ingest frames/s of the whole service against the libertem-dectris receiver, on the same Rust sender, in steady state.
 
-libertem-dectris's ``DectrisSim`` (Rust) replays one dump of N 64x64 uint16 bs16-lz4
-frames (stream v1, series 1; written by bench/detector_rate.py's ``write_dump``) twice:
+libertem-dectris's ``DectrisSim`` (Rust) replays a dump of 64x64 uint16 bs16-lz4 frames
+(stream v1, series 1; written by bench/detector_rate.py's ``write_dump``), alternately:
 
 1. into libertem-dectris's own receiver (``DectrisConnection``, frames decoded into a
-   numpy buffer in Python): the peer;
-2. into the service (``service.app``, in this process, on a free loopback port): a
-   session of budget N and one batch is told series 1 before the frames arrive, so
-   each frame goes the whole ingest path: ZeroMQ PULL, stream v1 decode, matching to
-   the session's slot, the session's frame stack and its HDF5 file (flushed).
+   numpy buffer in Python): the peer, once decoding into one reused 256-frame buffer (as
+   LiberTEM-live does) and once into a row per frame of one array (first touched then, as
+   the service's session memory is: on this VM that costs as much as the decoding);
+2. into the service (``service.app``, in this process): a session of budget N and one
+   batch is told series 1 before the frames arrive, so each frame goes the whole ingest
+   path: ZeroMQ PULL, stream v1 decode, matching to the session's slot, the session's
+   frame stack and its HDF5 file (flushed at the end).
 
-Timed from the first message sent to the last frame counted by the session (its
-``frames_received``, read in-process every 2 ms and checked once through REST at the end) and, separately, to the frames being flushed to the session file.
-Reconstruction is replaced by a no-op backend (this is an ingest benchmark). Prints
-frames/s of both, wall and CPU time, and the ratio service / libertem. Usage:
+Each side runs ``--repeats`` times, alternating, so that both see the same load on this
+shared machine. The rate is the steady state: from the first frame seen in memory (the
+peer's first frame stack decoded; the session's first counted frame, read in-process
+every ms) to the last, over the frames in between, so thread start, arming and
+connecting are not timed. Each side gets its own frame count (``--peer-frames``,
+``--frames``) so that both windows last about a second or more. Wall and CPU time (the
+whole process: the in-process Rust sender included, for both sides) of that window are
+printed per run, then the median and spread of frames/s and the ratio of the medians.
+Reconstruction is replaced by a no-op backend (this is an ingest benchmark). Usage:
 
-    PYTHONPATH=$PWD python bench/ingest_rate.py [--frames 20000] [--threads 1]
+    PYTHONPATH=$PWD python bench/ingest_rate.py [--frames 40000] [--peer-frames 100000] [--repeats 3] [--compare]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from detector_rate import libertem_sim_into_libertem, write_dump  # noqa: E402
+from detector_rate import write_dump  # noqa: E402
 from service_latency import AUTH, KEY, OverheadOnlyBackend  # noqa: E402
 
 
@@ -42,20 +54,89 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def sim_into_service(n: int, tmp: str) -> dict:
-    """DectrisSim replaying the dump into the service's ingest; seconds to counted and to flushed."""
+@dataclass
+class Run:
+    """One timed run: ``frames`` in the steady window of ``wall`` s and ``cpu`` s of process CPU; ``total`` s from the send."""
+
+    frames: int
+    wall: float
+    cpu: float
+    total: float
+    flushed: float = 0.0
+    """service only: s from the send until the frames were flushed to the session file."""
+
+    @property
+    def rate(self) -> float:
+        return self.frames / self.wall
+
+
+def _dump(tmp: str, n: int) -> str:
+    path = os.path.join(tmp, f"dump-{n}.bin")
+    if not os.path.exists(path):
+        write_dump(path, n)
+    return path
+
+
+def peer_run(n: int, tmp: str, tag: str, keep: bool = False) -> Run:
+    """DectrisSim into libertem-dectris's receiver, frames decoded into a numpy buffer; steady window first to last stack.
+
+    ``keep``: every frame is decoded into its own row of one (n, 64, 64) array, first
+    touched then (as a session's memory is), instead of into one reused 256-frame buffer.
+    """
+    import libertem_dectris as ld
+
+    sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
+    conn = ld.DectrisConnection(uri=sim.get_uri(), frame_stack_size=256, handle_path=os.path.join(tmp, f"shm-{tag}"), num_slots=4000, bytes_per_frame=64 * 64 * 2)
+    cam = ld.CamClient(conn.get_socket_path())
+    try:
+        conn.start_passive(timeout=10)
+        t0 = time.perf_counter()
+        threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
+        assert conn.wait_for_arm(timeout=10) is not None
+        got, buf, first, deadline = 0, None, None, time.monotonic() + 120
+        whole = np.zeros((n, 64, 64), np.uint16) if keep else None
+        while got < n and time.monotonic() < deadline:
+            h = conn.get_next_stack(max_size=256)
+            if h is None:
+                continue
+            k = len(h)
+            shape = (k, *reversed(h.get_shape()))
+            if whole is not None:
+                buf = whole[got : got + k]
+            elif buf is None or buf.shape != shape:
+                buf = np.empty(shape, dtype=h.get_dtype_string())
+            cam.decode_range_into_buffer(h, buf, 0, k)
+            cam.done(h)
+            got += k
+            if first is None:
+                first = (time.perf_counter(), _cpu(), got)
+        t1, c1 = time.perf_counter(), _cpu()
+        assert got == n, f"libertem received {got} of {n} frames"
+    finally:
+        cam.close()
+        conn.close()
+    return Run(n - first[2], t1 - first[0], c1 - first[1], t1 - t0)
+
+
+def service_run(n: int, tmp: str, tag: str, fast: bool = True) -> Run:
+    """DectrisSim into the service's ingest; steady window from the first frame counted in the session to the last.
+
+    ``fast=False``: the ingest as before issue 19 where it can be switched (JSON-only decoder,
+    frame-by-frame store, no prefault; the one-loop block check and the reused file
+    staging buffer stay).
+    """
     import libertem_dectris as ld
     from fastapi.testclient import TestClient
 
+    import detector_stream.receiver as receiver_module
+    from detector_stream.decoder import StreamDecoder
     from service.app import create_app
     from service.settings import ServiceSettings
 
-    dump = os.path.join(tmp, "dump.bin")
-    if not os.path.exists(dump):
-        write_dump(dump, n)
-    sim = ld.DectrisSim("tcp://127.0.0.1", dump, random_port=True)
-    storage = Path(tmp) / "sessions"
-    settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2)
+    receiver_module.StreamDecoder = StreamDecoder if fast else functools.partial(StreamDecoder, fast=False)
+    sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
+    storage = Path(tmp) / f"sessions-{tag}"
+    settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast)
     body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid"}
     with TestClient(create_app(settings, backend=OverheadOnlyBackend())) as client:
         sid = client.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
@@ -63,42 +144,76 @@ def sim_into_service(n: int, tmp: str) -> dict:
         assert len(ask["positions_nm"]) == n, ask
         client.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": 1}, headers=AUTH).raise_for_status()
         time.sleep(0.5)  # let the PULL socket connect
-        t0, c0 = time.perf_counter(), _cpu()
+        manager = client.app.state.service.manager
+        if manager.prefaulter is not None:
+            manager.prefaulter.wait_idle(60)  # a batch is issued before its scan starts: its memory is resident by then
+        if not fast:
+            manager._store_run = lambda *_a: False
+        session = manager.sessions[sid]
+        t0 = time.perf_counter()
         threading.Thread(target=lambda: (sim.send_headers(), sim.send_frames(), sim.send_footer()), daemon=True).start()
-        session = client.app.state.service.manager.sessions[sid]
-        deadline = time.monotonic() + 300
-        while session.frames_received < n:  # read in-process: REST polling would compete with the ingest for the GIL
+        first, deadline = None, time.monotonic() + 300
+        while (got := session.frames_received) < n:  # read in-process: REST polling would compete with the ingest for the GIL
+            if first is None and got:
+                first = (time.perf_counter(), _cpu(), got)
             if time.monotonic() > deadline:
-                raise SystemExit(f"the service received {session.frames_received} of {n} frames in 300 s")
-            time.sleep(0.002)
-        counted, counted_cpu = time.perf_counter() - t0, _cpu() - c0
+                raise SystemExit(f"the service received {got} of {n} frames in 300 s")
+            time.sleep(0.001)
+        t1, c1 = time.perf_counter(), _cpu()
+        if first is None:  # every frame arrived within one poll
+            first = (t0, c1, 0)
         status = client.get(f"/api/v1/sessions/{sid}").json()
         assert status["frames_received"] == n, status
         client.app.state.service.manager.flush_all()  # frames are written to the file as they come; this makes them durable
-        flushed, flushed_cpu = time.perf_counter() - t0, _cpu() - c0
-        errors = status.get("errors", [])
-    return {"counted": counted, "counted_cpu": counted_cpu, "flushed": flushed, "flushed_cpu": flushed_cpu, "errors": errors}
+        flushed = time.perf_counter() - t0
+        if status.get("errors"):
+            print(f"session errors: {status['errors'][:3]}")
+    return Run(n - first[2], t1 - first[0], c1 - first[1], t1 - t0, flushed)
+
+
+def summary(name: str, runs: list[Run]) -> float:
+    rates = [r.rate for r in runs]
+    med = statistics.median(rates)
+    print(f"{name:44s} median {med:9.0f} frames/s  (min {min(rates):.0f}, max {max(rates):.0f}, {len(runs)} runs)")
+    return med
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=20000)
+    ap.add_argument("--frames", type=int, default=40000, help="frames per service run (its steady window should last a second or more)")
+    ap.add_argument("--peer-frames", type=int, default=100000, help="frames per libertem-dectris run (likewise)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", action="store_true", help="also run the service with its issue-19 fast paths off, alternating")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; the ingest does not use torch)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    peer, kept, ours, before = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        peer_wall, peer_cpu = libertem_sim_into_libertem(args.frames, tmp)
-        ours = sim_into_service(args.frames, tmp)
-    n = args.frames
-    print(f"frames={n} (64x64 uint16 bs16-lz4), sender: libertem-dectris DectrisSim (Rust), cpus {os.cpu_count()}")
-    print(f"{'libertem-dectris receiver (decoded to numpy)':52s} {n / peer_wall:9.0f} frames/s  wall {peer_wall:6.2f} s  cpu {peer_cpu:6.2f} s")
-    print(f"{'service ingest, frames counted in the session':52s} {n / ours['counted']:9.0f} frames/s  wall {ours['counted']:6.2f} s  cpu {ours['counted_cpu']:6.2f} s")
-    print(f"{'service ingest, frames flushed to the session file':52s} {n / ours['flushed']:9.0f} frames/s  wall {ours['flushed']:6.2f} s  cpu {ours['flushed_cpu']:6.2f} s")
-    print(f"ratio service / libertem (frames/s): counted {peer_wall / ours['counted']:.2f}, flushed {peer_wall / ours['flushed']:.2f}")
-    if ours["errors"]:
-        print(f"session errors: {ours['errors'][:3]}")
+        _dump(tmp, args.frames), _dump(tmp, args.peer_frames)
+        print(f"64x64 uint16 bs16-lz4, sender: libertem-dectris DectrisSim (Rust, in this process), cpus {os.cpu_count()}")
+        print(f"{'run':44s} {'frames/s':>9s}  {'frames':>7s}  {'wall s':>6s}  {'cpu s':>6s}  {'cpu/wall':>8s}  {'send->last s':>12s}")
+        for i in range(args.repeats):
+            sides = (
+                ("libertem-dectris receiver", peer_run, args.peer_frames, peer),
+                ("libertem-dectris, every frame kept", lambda n, tmp, tag: peer_run(n, tmp, tag, keep=True), args.peer_frames, kept),
+                ("service ingest (in session memory)", service_run, args.frames, ours),
+            )
+            if args.compare:
+                sides += (("service ingest, fast paths off", lambda n, tmp, tag: service_run(n, tmp, tag + "-off", fast=False), args.frames, before),)
+            for name, fn, n, runs in sides:
+                r = fn(n, tmp, f"{i}")
+                runs.append(r)
+                extra = f"  flushed {r.flushed:.2f} s after the send" if r.flushed else ""
+                print(f"{name + f' #{i + 1}':44s} {r.rate:9.0f}  {r.frames:7d}  {r.wall:6.2f}  {r.cpu:6.2f}  {r.cpu / r.wall:8.2f}  {r.total:12.2f}{extra}")
+    p, k = summary("libertem-dectris receiver", peer), summary("libertem-dectris, every frame kept", kept)
+    o = summary("service ingest (in session memory)", ours)
+    print(f"ratio service / libertem-dectris (medians): {o / p:.3f}  (per repeat: {', '.join(f'{a.rate / b.rate:.3f}' for a, b in zip(ours, peer, strict=True))})")
+    print(f"ratio service / libertem-dectris keeping every frame (medians): {o / k:.3f}")
+    if before:
+        b = summary("service ingest, fast paths off", before)
+        print(f"ratio fast paths on / off (medians): {o / b:.2f}")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,40 @@ def check_blob(blob: bytes, pixels: int, dtype: np.dtype, encoding: str) -> Chec
     return CheckedBlob(memoryview(blob)[HEADER.size :], block)
 
 
+def whole_block_bodies(blobs: list[bytes], frame_bytes: int) -> list[memoryview | None]:
+    """``check_blob`` for many frames of ``frame_bytes`` bytes (a multiple of BLOCK_BYTES) in DCU blocks, in one loop.
+
+    Each blob gets the body ``check_blob`` would return, or None where it is not a frame in
+    8192-byte blocks that passes every check (ask ``check_blob`` for those: it accepts
+    other block sizes and names what is wrong). Same checks: header size 0 or exact, block
+    size 0 or 8192, each block length within 1..lz4_bound, the blocks filling the blob.
+    """
+    if frame_bytes % BLOCK_BYTES or frame_bytes <= 0:
+        return [None] * len(blobs)
+    nblocks, bound = frame_bytes // BLOCK_BYTES, lz4_bound(BLOCK_BYTES)
+    header, u32 = HEADER.unpack_from, _U32.unpack_from
+    out: list[memoryview | None] = []
+    for blob in blobs:
+        size = len(blob)
+        body = None
+        if size >= HEADER.size + 4 * nblocks:
+            total, block_bytes = header(blob, 0)
+            if total in (0, frame_bytes) and block_bytes in (0, BLOCK_BYTES):
+                pos = HEADER.size
+                for _ in range(nblocks):
+                    if pos + 4 > size:
+                        break
+                    (length,) = u32(blob, pos)
+                    if not 0 < length <= bound:
+                        break
+                    pos += 4 + length
+                else:
+                    if pos == size:
+                        body = memoryview(blob)[HEADER.size :]
+        out.append(body)
+    return out
+
+
 def split_frames(body: bytes, nframes: int, frame_bytes: int) -> list[bytes]:
     """Cut the body of one bitshuffle call over ``nframes`` frames of whole DCU blocks into each frame's blob, header included."""
     header = pack_header(frame_bytes)

@@ -18,7 +18,16 @@ import bitshuffle
 import lz4.block
 import numpy as np
 
-from detector_stream.bslz4 import BLOCK_BYTES, ITEMSIZE, check_blob, check_itemsize, pack_header, split_frames
+from detector_stream.bslz4 import (
+    BLOCK_BYTES,
+    ITEMSIZE,
+    CheckedBlob,
+    check_blob,
+    check_itemsize,
+    pack_header,
+    split_frames,
+    whole_block_bodies,
+)
 from detector_stream.errors import CodecError
 
 ENCODINGS = ("bs8-lz4<", "bs16-lz4<", "bs32-lz4<", "lz4<", "<")
@@ -156,7 +165,11 @@ def decode_batch(blobs: list[bytes], shape: tuple[int, int], dtype: str, encodin
         return DecodedBatch(images, errors)
     le = dt.newbyteorder("<")
     checked = {}
+    quick = whole_block_bodies(blobs, shape[0] * shape[1] * dt.itemsize) if ITEMSIZE[encoding] == dt.itemsize else [None] * len(blobs)
     for i, blob in enumerate(blobs):
+        if quick[i] is not None:
+            checked[i] = CheckedBlob(quick[i], BLOCK_BYTES // dt.itemsize)
+            continue
         try:
             checked[i] = check_blob(blob, shape[0] * shape[1], dt, encoding)
         except CodecError as err:

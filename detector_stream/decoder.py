@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -13,6 +14,15 @@ from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamE
 from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object
 
 _K = StreamErrorKind
+
+_UINT = rb"(0|[1-9][0-9]*)"
+_DIMAGE = re.compile(rb'\{"htype":"dimage-1\.0","series":%s,"frame":%s,"hash":"([0-9a-fA-F]*)"\}' % (_UINT, _UINT))
+_DIMAGE_D = re.compile(
+    rb'\{"htype":"dimage_d-1\.0","shape":\[%s,%s\],"type":"(uint8|uint16|uint32)","encoding":"(bs8-lz4<|bs16-lz4<|bs32-lz4<|lz4<|<)","size":%s\}'
+    % (_UINT, _UINT, _UINT)
+)
+_DCONFIG = re.compile(rb'\{"htype":"dconfig-1\.0","start_time":%s,"stop_time":%s,"real_time":%s\}' % (_UINT, _UINT, _UINT))
+"""The three JSON parts of an image message exactly as a DCU (and ``messages.image_parts``) writes them: parsed without JSON."""
 
 
 @dataclass
@@ -60,7 +70,9 @@ class StreamDecoder:
     left without ``dseries_end``, unknown messages.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fast: bool = True) -> None:
+        """``fast``: parse image messages in the DCU's exact layout without JSON (``_image_fast``); False: JSON for every message."""
+        self.fast = fast
         self._state: _SeriesState | None = None
         self._awaiting_config: tuple[int, str] | None = None
         self._events: list = []
@@ -80,10 +92,13 @@ class StreamDecoder:
         ``received_at`` (one ``time.perf_counter()`` per message) goes to each ``Frame``'s ``received_at``.
         """
         self._events = []
+        fast = self.fast
         for n, parts in enumerate(messages):
             self._received_at = received_at[n] if received_at is not None else None
             try:
-                self._message([bytes(p) if not isinstance(p, bytes) else p for p in parts])
+                parts = [bytes(p) if not isinstance(p, bytes) else p for p in parts]
+                if not (fast and self._image_fast(parts)):
+                    self._message(parts)
             except Exception as err:  # belt and braces: a decoder must not raise on input
                 self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
         self._flush()
@@ -164,16 +179,38 @@ class StreamDecoder:
         self._state = _SeriesState(series, expected_frames(config))
         self._events.append(SeriesStart(series, detail, config))
 
-    def _image(self, head: dict, parts: list[bytes]) -> None:
-        series, frame = _int_or_none(head.get("series")), _int_or_none(head.get("frame"))
-        if series is None or frame is None:
-            self._error(_K.MALFORMED, "malformed image header: no integer series and frame", series, frame)
-            return
+    def _image_fast(self, parts: list[bytes]) -> bool:
+        """An image message in the DCU's exact layout (``messages.image_parts``), parsed without JSON; False (nothing done) otherwise.
+
+        What it accepts, the JSON path would read the same way: plain non-negative
+        integers, a hex hash, a known pixel type and encoding, no other keys, no spaces.
+        """
+        if len(parts) != 4:
+            return False
+        head, desc, dconf = _DIMAGE.fullmatch(parts[0]), _DIMAGE_D.fullmatch(parts[1]), _DCONFIG.fullmatch(parts[3])
+        if head is None or desc is None or dconf is None:
+            return False
+        self._appendix_blob_expected = False
+        series, frame = int(head[1]), int(head[2])
+        self._config_never_arrived()
+        x, y, size = int(desc[1]), int(desc[2]), int(desc[5])
+        times = (int(dconf[1]), int(dconf[2]), int(dconf[3]))
+        self._accept(series, frame, head[3].decode(), (y, x), desc[3].decode(), desc[4].decode(), size, parts[2], times, None)
+        return True
+
+    def _config_never_arrived(self) -> None:
         if self._awaiting_config is not None:
             awaited, detail = self._awaiting_config
             self._awaiting_config = None
             self._error(_K.OTHER, "series header config never arrived", awaited)
             self._start(awaited, detail, {})
+
+    def _image(self, head: dict, parts: list[bytes]) -> None:
+        series, frame = _int_or_none(head.get("series")), _int_or_none(head.get("frame"))
+        if series is None or frame is None:
+            self._error(_K.MALFORMED, "malformed image header: no integer series and frame", series, frame)
+            return
+        self._config_never_arrived()
         if len(parts) < 3:
             self._error(_K.TRUNCATED, f"truncated image message: {len(parts)} part(s), need 3 or more", series, frame)
             return
@@ -187,10 +224,34 @@ class StreamDecoder:
             self._error(_K.MALFORMED, f"malformed image descriptor: {err}", series, frame)
             return
         size = desc.get("size")
-        if isinstance(size, int) and size != len(blob):
+        times, bad_dconf = (None, None, None), None
+        if len(parts) >= 4:
+            dconf = load_json_object(parts[3])
+            if dconf is None:  # the frame itself is fine: kept, without its times
+                bad_dconf, dconf = len(parts[3]), {}
+            times = tuple(_int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
+        self._accept(series, frame, str(head.get("hash", "")), (y, x), dtype, encoding, size if isinstance(size, int) else None, blob, times, bad_dconf)
+
+    def _accept(
+        self,
+        series: int,
+        frame: int,
+        digest: str,
+        shape: tuple[int, int],
+        dtype: str,
+        encoding: str,
+        size: int | None,
+        blob: bytes,
+        times: tuple,
+        bad_dconf: int | None,
+    ) -> None:
+        """The checks of one parsed image message (size, md5, series, order, duplicates); the frame then awaits batched decoding.
+
+        ``bad_dconf``: the byte length of a dconfig part that was not a JSON object (reported after the order checks; the frame is kept).
+        """
+        if size is not None and size != len(blob):
             self._error(_K.TRUNCATED, f"truncated frame: blob has {len(blob)} bytes, header says {size}", series, frame)
             return
-        digest = str(head.get("hash", ""))
         if digest and hashlib.md5(blob).hexdigest() != digest.lower():
             self._error(_K.CORRUPT, "corrupt frame: md5 of the blob does not match its hash", series, frame)
             return
@@ -211,14 +272,9 @@ class StreamDecoder:
             self._error(_K.OUT_OF_ORDER, f"frame {frame} arrived out of order", series, frame)
         state.next_frame = max(state.next_frame, frame + 1)
         state.seen.add(frame)
-        times = (None, None, None)
-        if len(parts) >= 4:
-            dconf = load_json_object(parts[3])
-            if dconf is None:  # the frame itself is fine: kept, without its times
-                self._error(_K.MALFORMED, f"malformed image dconfig part: {len(parts[3])} bytes that are not a JSON object", series, frame)
-                dconf = {}
-            times = tuple(_int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
-        self._events.append(_Pending(series, frame, blob, (y, x), dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
+        if bad_dconf is not None:
+            self._error(_K.MALFORMED, f"malformed image dconfig part: {bad_dconf} bytes that are not a JSON object", series, frame)
+        self._events.append(_Pending(series, frame, blob, shape, dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
 
     def _end(self, head: dict) -> None:
         self._flush()

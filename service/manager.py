@@ -23,6 +23,7 @@ from service.finished import FinishedSession
 from service.manager_stream import StreamHandling
 from service.metrics import ServiceMetrics
 from service.planner import Planners
+from service.prefault import Prefaulter
 from service.restore import load_sessions
 from service.routing import Buffered, FrameRouter, Key
 from service.session import Binding, Session, SessionState
@@ -73,6 +74,8 @@ class SessionManager(StreamHandling):
         reconstruction), lock held, must not block: the converged reconstruction is queued."""
         self.planner_for = Planners(settings.policy_checkpoint)
         """strategy -> its planner (``PlannerChoice``), resolved once."""
+        self.prefaulter = Prefaulter() if settings.prefault_session_memory else None
+        """makes the frame memory of each issued batch resident off the ingest thread (``service.prefault``)."""
         self.decision_samples: deque[float] = deque(maxlen=10_000)
         """recent decision latencies (s): last frame of a chunk -> next batch published."""
 
@@ -212,6 +215,7 @@ class SessionManager(StreamHandling):
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None
             self.sessions[s.session_id] = s
             s.on_change = self.on_change
+            s.on_rows = self.prefaulter.request if self.prefaulter is not None else None
             self._enqueue(s)  # plans the first batch
             self._active_gauge()
             status = s.status()
@@ -400,6 +404,7 @@ class SessionManager(StreamHandling):
         with self.lock:
             self.sessions[s.session_id] = s
             s.on_change = self.on_change
+            s.on_rows = self.prefaulter.request if self.prefaulter is not None else None
             self.router.adopt(s.endpoint, bindings)
             if s.terminal:  # found finished at restore (``service.restore.load_session``)
                 self._release(s)
@@ -411,6 +416,8 @@ class SessionManager(StreamHandling):
 
     def close(self) -> None:
         """Take no new sessions, wake every ask and close every file (shutdown)."""
+        if self.prefaulter is not None:
+            self.prefaulter.stop()
         with self.lock:
             self.accepting = False
             for s in list(self.sessions.values()):  # SessionStore.close never raises: one full disk must not leave the other files open

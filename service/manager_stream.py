@@ -15,11 +15,15 @@ import numpy as np
 
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.receiver import handle_each
-from service.routing import FrameOutcome, Key
+from service.routing import FrameOutcome, FrameResult, Key, frame_runs
 from service.session import Binding, Session
 from service.store import StoreError
 
 log = logging.getLogger("service.manager")
+
+
+class RunNotAdmitted(Exception):
+    """Checking a run of frames raised (a bug, not bad input): its frames are applied one by one instead."""
 
 
 class StreamHandling:
@@ -40,9 +44,21 @@ class StreamHandling:
         t0 = time.perf_counter()
         try:
             with self.lock:
-                handle_each(events, lambda event: self._apply_event(endpoint, event, t0))
+                handle_each(frame_runs(events), lambda item: self._apply_item(endpoint, item, t0))
         finally:
             self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
+
+    def _apply_item(self, endpoint: str, item, handled_at: float) -> None:
+        """One event, or a run (list) of consecutive frames of one series: stored together when their series is bound to a session in progress."""
+        if not isinstance(item, list):
+            self._apply_event(endpoint, item, handled_at)
+            return
+        try:
+            stored = self._store_run(endpoint, item, handled_at)
+        except RunNotAdmitted:  # a frame's checks raised: frame by frame, so that only that frame is lost (and its error raised)
+            stored = False
+        if not stored:
+            handle_each(item, lambda event: self._apply_event(endpoint, event, handled_at))
 
     def _apply_event(self, endpoint: str, event, handled_at: float) -> None:
         router = self.router
@@ -135,6 +151,64 @@ class StreamHandling:
         placed = self.router.place(s, bind.batch_id, verdict.slot, image, arrived_at, live, self.settings.resume_told_timeout_s)
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
+        if placed.outcome == FrameOutcome.BATCH_COMPLETE:
+            self.metrics.batches_complete.inc()
+            try:
+                s.flush_frames()
+            except StoreError as err:
+                self._fail(s, err)
+                return True
+            self._enqueue(s)
+            s.notify()
+        return True
+
+    def _store_run(self, endpoint: str, frames: list[Frame], handled_at: float) -> bool:
+        """Store a run of frames of one bound series in one go (``admit`` each, then one queueing for the file, one ``place_run``).
+
+        False, with nothing done, when the run is not for a session in progress (the caller
+        then applies each frame alone). The outcome is the same as frame by frame: a frame
+        ``admit`` refuses, or a second frame for a slot, is refused with the same error;
+        the batch completes with the last frame admitted (after it, every slot of the
+        batch is filled, so any later frame of the series would be refused).
+        """
+        router = self.router
+        key = (endpoint, frames[0].series)
+        bind = router.bindings.get(key)
+        s = self.sessions.get(bind.session_id) if bind is not None else None
+        if s is None:
+            return False
+        slots, kept, taken, refused = [], [], set(), []
+        try:  # nothing is changed until every frame has its verdict
+            for ev in frames:
+                verdict = router.admit(key, ev.frame, ev.image, bind, s)
+                if verdict.outcome == FrameOutcome.ADMITTED and verdict.slot in taken:
+                    verdict = FrameResult.refused("duplicated", f"series {key[1]}: frame {ev.frame} already stored")
+                if verdict.outcome == FrameOutcome.REFUSED:
+                    refused.append(verdict)
+                    continue
+                taken.add(verdict.slot)
+                slots.append(verdict.slot)
+                kept.append(ev)
+        except Exception as err:
+            raise RunNotAdmitted(str(err)) from err
+        router.last_key[endpoint] = key
+        router.started.add(key)
+        bind.run_begun = True
+        for verdict in refused:
+            self.metrics.stream_errors.labels(verdict.kind).inc()
+            s.note_error(verdict.kind, verdict.detail)
+        if not kept:
+            return True
+        images = [ev.image for ev in kept]  # not copied: nothing writes into a decoded frame (a fresh allocation per batch costs page faults)
+        arrivals = [handled_at if ev.received_at is None else ev.received_at for ev in kept]
+        try:
+            s.store.write_frames(slots, images)
+        except StoreError as err:
+            self._fail(s, err)
+            return True
+        placed = router.place_run(s, bind.batch_id, slots, images, arrivals, self.settings.resume_told_timeout_s)
+        self.metrics.frames.inc(len(kept))
+        self.metrics.bytes.inc(sum(im.nbytes for im in images))
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
             self.metrics.batches_complete.inc()
             try:

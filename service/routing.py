@@ -21,6 +21,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from detector_stream.events import Frame
 from service.session import BatchStatus, Binding, Session, SessionState
 
 Key = tuple[str, int]
@@ -222,6 +223,31 @@ class FrameRouter:
             return BATCH_COMPLETE
         return STORED
 
+    @staticmethod
+    def place_run(s: Session, batch_id: int, slots: list[int], images: list[np.ndarray], arrivals: list[float], resume_told_timeout_s: float) -> FrameResult:
+        """``place`` for a run of admitted live frames of one batch (distinct ``slots``, (K, K) ``images``, ``arrivals`` perf_counter() s).
+
+        The same result as placing them one by one in order: a batch that completes does
+        so with the last of them (its arrival is the session's ``last_frame_at``).
+        """
+        patterns = s.patterns
+        for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
+            patterns[slot] = image
+        s.received[np.asarray(slots, dtype=np.int64)] = True
+        s.frames_received += len(slots)
+        b = s.batches[batch_id]
+        if b.stall_deadline is not None:
+            b.stall_deadline = time.monotonic() + resume_told_timeout_s
+        lo, hi = min(arrivals), max(arrivals)
+        b.first_arrival = lo if b.first_arrival is None else min(b.first_arrival, lo)
+        b.last_arrival = hi if b.last_arrival is None else max(b.last_arrival, hi)
+        if b.status == BatchStatus.TOLD and s.batch_complete(b):
+            b.status = BatchStatus.COMPLETE
+            s.last_frame_at = arrivals[-1]
+            s.state = SessionState.RECONSTRUCTING
+            return BATCH_COMPLETE
+        return STORED
+
     # --- the pre-tell buffer -----------------------------------------------------------
 
     def _entry(self, key: Key) -> Buffered:
@@ -281,3 +307,21 @@ class FrameRouter:
         """Count one more stream error of ``endpoint``; returns how many so far."""
         self.logged_errors[endpoint] = n = self.logged_errors.get(endpoint, 0) + 1
         return n
+
+
+def frame_runs(events: list) -> list:
+    """``events`` in order, each run of two or more consecutive ``Frame``\\ s of one series as one list (the rest as they are)."""
+    out: list = []
+    run: list = []
+    for ev in events:
+        if isinstance(ev, Frame) and run and ev.series == run[0].series:
+            run.append(ev)
+            continue
+        if run:
+            out.append(run if len(run) > 1 else run[0])
+        run = [ev] if isinstance(ev, Frame) else []
+        if not run:
+            out.append(ev)
+    if run:
+        out.append(run if len(run) > 1 else run[0])
+    return out

@@ -173,6 +173,8 @@ class Session:
     version: int = 0
     waiters: list = field(default_factory=list)
     on_change: Callable[[], None] | None = field(default=None, repr=False)
+    on_rows: Callable[[np.ndarray, int, int], None] | None = field(default=None, repr=False)
+    """callback(patterns, lo, hi) when rows lo:hi of the frame memory were issued (the manager has them made resident: ``service.prefault``)."""
     """called (lock held, any thread; must not block) each time ``notify`` runs: the live view's change feed."""
     probe: dict | None = None
     """the probe retrieval's state and outcome (``service.probe_job``); None until one is queued (and for a nominal probe)."""
@@ -292,6 +294,8 @@ class Session:
             self.patterns = grown
         batch = Batch(batch_id, slots)
         self.batches.append(batch)
+        if self.on_rows is not None:
+            self.on_rows(self.patterns, n0, n0 + len(slots))
         return batch
 
     def set_stall_deadline(self, deadline: float) -> None:

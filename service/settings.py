@@ -57,6 +57,11 @@ class ServiceSettings(BaseSettings):
         10.0, gt=0, description="after a restart, a told batch whose series sends none of its missing frames for this long (s) is re-issued"
     )
     flush_interval_s: float = Field(0.2, gt=0, description="frames received are flushed to disk at least this often (s)")
+    prefault_session_memory: bool = Field(
+        True,
+        description="make the frame memory of each issued batch resident on a helper thread before its frames come (Linux >= 5.14, "
+        "madvise MADV_POPULATE_WRITE; elsewhere nothing is done), so that the ingest does not pay the first touch of each page",
+    )
     max_sessions: int = Field(64, ge=1, description="active sessions at most")
     max_budget: int = Field(20_000, ge=1, description="largest budget (positions) a session may ask for")
     max_grid_pixels: int = Field(4096, ge=64, description="largest reconstruction grid side (fov / pixel + K) a session may ask for")

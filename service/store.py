@@ -29,6 +29,8 @@ from service.converged_store import is_converged_file
 log = logging.getLogger(__name__)
 
 SESSION_SUFFIX = ".h5"
+WRITE_ROWS = 512
+"""Frames per HDF5 write of a flush (staged in one reused buffer of this many frames)."""
 _GROWABLE_2 = (None, 2)
 
 
@@ -246,6 +248,8 @@ class SessionStore:
         self._f = f
         self._pending: dict[int, np.ndarray] = {}
         """Frames received since the last flush, by slot (written in bulk by ``flush``)."""
+        self._stage: np.ndarray | None = None
+        """Reused staging rows of the frame writes (``WRITE_ROWS`` frames)."""
         self._state_written: tuple[str, str] | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
 
@@ -399,13 +403,24 @@ class SessionStore:
         """
         self._pending[int(slot)] = np.array(image, copy=True)
 
+    def write_frames(self, slots: list[int], images: list[np.ndarray]) -> None:
+        """``write_frame`` for a run of frames, without the copy: the caller hands over ``images`` (K, K each) and never writes into them."""
+        self._pending.update(zip((int(v) for v in slots), images, strict=True))
+
     def _write_pending(self) -> None:
         if not self._pending:
             return
         slots = np.fromiter(sorted(self._pending), dtype=np.int64, count=len(self._pending))
         patterns, received = self._ds("patterns"), self._ds("received")
         for start, stop, _ in _runs(slots):
-            _write_rows(patterns, start, np.stack([self._pending[slot] for slot in range(start, stop)]))
+            for lo in range(start, stop, WRITE_ROWS):  # through one reused buffer: a fresh stack per flush costs its page faults again
+                hi = min(stop, lo + WRITE_ROWS)
+                if self._stage is None or self._stage.shape[1:] != patterns.shape[1:]:
+                    self._stage = np.empty((WRITE_ROWS, *patterns.shape[1:]), patterns.dtype)  # the file's type: admit checked the counts fit
+                rows = self._stage[: hi - lo]
+                for k, slot in enumerate(range(lo, hi)):
+                    rows[k] = self._pending[slot]
+                _write_rows(patterns, lo, rows)
             _write_rows(received, start, np.ones(stop - start, np.uint8))
         self._pending.clear()
 

@@ -30,6 +30,7 @@ def test_full_disk_fails_the_session_not_the_service(tmp_path, pusher, monkeypat
             raise StoreError(f"{store.path}: write frame failed ([Errno 28] No space left on device)")
 
         monkeypatch.setattr(store, "write_frame", full)
+        monkeypatch.setattr(store, "write_frames", full)
         pusher.series(1, frames_for(1, len(ask["positions_nm"])))
         st = wait_until(lambda: (s := c.get(f"/api/v1/sessions/{sid}").json())["state"] == "failed" and s, what="failed")
         assert "No space left on device" in st["error"]
@@ -228,6 +229,7 @@ def test_a_batch_of_events_is_applied_whole_even_when_one_event_fails(tmp_path, 
         apply(endpoint, event, arrived_at)
 
     monkeypatch.setattr(manager, "_apply_event", failing_on_frame_1)
+    monkeypatch.setattr(manager, "_store_run", lambda *_a: False)  # frame by frame (the run path: test_service_frame_runs)
     with pytest.raises(RuntimeError, match="handler bug"):  # raised after the batch, for the receiver to count
         manager.on_events(ep, [Frame(1, i, img) for i, img in enumerate(frames_for(0, 3))])
     s = manager.sessions[sid]

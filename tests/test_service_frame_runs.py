@@ -1,0 +1,175 @@
+"""Runs of frames of one series stored in one go (``StreamHandling._store_run``): same outcome as frame by frame, right slots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from service_testing import KEY, RecordingBackend, frames_for, session_body
+
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from service.manager import SessionManager
+from service.metrics import ServiceMetrics
+from service.routing import frame_runs
+from service.scheduler import Scheduler
+from service.settings import ServiceSettings
+
+EP = "tcp://127.0.0.1:5001"
+EP2 = "tcp://127.0.0.1:5002"
+
+
+def _manager(tmp_path) -> SessionManager:
+    return SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+
+
+def _told(manager: SessionManager, n: int, ep: str = EP, series: int = 1) -> str:
+    """A session of budget and chunk ``n`` on ``ep`` whose first batch is told as ``series``."""
+    sid = manager.create(session_body(ep, budget=n, chunk=n) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
+    manager.tell(sid, manager.try_ask(sid)["batch_id"], series, None)
+    return sid
+
+
+def _state(manager: SessionManager, sid: str) -> dict:
+    s = manager.sessions[sid]
+    b = s.batches[0]
+    return {
+        "received": s.received.tolist(),
+        "patterns": s.patterns[: len(s.received)].copy(),
+        "frames_received": s.frames_received,
+        "counters": {k: v for k, v in s.counters.items() if v},
+        "status": str(b.status),
+        "arrivals": (b.first_arrival, b.last_arrival),
+        "last_frame_at": s.last_frame_at,
+        "state": str(s.state),
+    }
+
+
+def _both_ways(tmp_path, monkeypatch, n: int, events: list) -> tuple[dict, dict]:
+    """The session after ``events`` in one drained batch: (run path, frame-by-frame path)."""
+    out = []
+    for name, runs in (("runs", True), ("single", False)):
+        manager = _manager(tmp_path / name)
+        sid = _told(manager, n)
+        if not runs:
+            monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
+        manager.on_events(EP, events)
+        out.append(_state(manager, sid))
+        manager.close()
+    return out[0], out[1]
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_array_equal(a[k], b[k])
+        else:
+            assert a[k] == b[k], k
+
+
+def test_frame_runs_groups_consecutive_frames_of_one_series():
+    img = np.zeros((2, 2), np.uint16)
+    f = [Frame(1, i, img) for i in range(3)]
+    g = [Frame(2, i, img) for i in range(2)]
+    start, end, err = SeriesStart(1, "basic", {}), SeriesEnd(1), StreamError("x", 1, 0)
+    assert frame_runs([start, *f, err, f[0], *g, end]) == [start, f, err, f[0], g, end]
+    assert frame_runs([]) == []
+    assert frame_runs([f[0]]) == [f[0]]
+
+
+def test_a_run_lands_every_frame_at_its_slot_in_any_order(tmp_path, monkeypatch):
+    images = frames_for(1, 6)
+    order = [3, 0, 5, 1, 4, 2]
+    events = [Frame(1, i, images[i], received_at=100.0 + 0.001 * k) for k, i in enumerate(order)]
+    runs, single = _both_ways(tmp_path, monkeypatch, 6, events)
+    _same(runs, single)
+    assert runs["received"] == [True] * 6 and runs["frames_received"] == 6
+    np.testing.assert_array_equal(runs["patterns"], images.astype(np.float32))  # frame i in slot i, whatever the order
+    assert runs["status"] == "complete" and runs["state"] == "reconstructing"
+    assert runs["arrivals"] == (100.0, 100.005) and runs["last_frame_at"] == 100.005
+
+
+def test_a_run_refuses_what_frame_by_frame_refuses(tmp_path, monkeypatch):
+    images = frames_for(1, 5)
+    wrong = np.zeros((8, 8), np.uint16)
+    sent = [(0, images[0]), (1, wrong), (2, images[2]), (2, images[1]), (9, images[3]), (1, images[1])]
+    events = [Frame(1, i, img, received_at=50.0 + k) for k, (i, img) in enumerate(sent)]
+    runs, single = _both_ways(tmp_path, monkeypatch, 5, events)
+    _same(runs, single)
+    assert runs["received"] == [True, True, True, False, False]
+    np.testing.assert_array_equal(runs["patterns"][:3], images[:3].astype(np.float32))  # the duplicate of 2 did not replace it
+    assert runs["counters"] == {"malformed": 1, "duplicated": 1, "unexpected": 1}
+    assert runs["status"] == "told"
+
+
+def test_a_run_is_queued_for_the_session_file(tmp_path):
+    manager = _manager(tmp_path)
+    sid = _told(manager, 4)
+    images = frames_for(1, 4)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(4)])
+    s = manager.sessions[sid]
+    s.flush_frames()
+    import h5py
+
+    with h5py.File(s.store.path, "r") as f:
+        np.testing.assert_array_equal(f["patterns"][:4], images)
+        assert f["received"][:4].tolist() == [1, 1, 1, 1]
+    manager.close()
+
+
+def test_runs_of_two_detectors_stay_in_their_own_sessions(tmp_path):
+    manager = _manager(tmp_path)
+    a, b = _told(manager, 3, EP), _told(manager, 3, EP2)
+    manager.on_events(EP, [Frame(1, i, img) for i, img in enumerate(frames_for(1, 3))])
+    manager.on_events(EP2, [Frame(1, i, img) for i, img in enumerate(frames_for(7, 3))])
+    np.testing.assert_array_equal(manager.sessions[a].patterns[:3], frames_for(1, 3).astype(np.float32))
+    np.testing.assert_array_equal(manager.sessions[b].patterns[:3], frames_for(7, 3).astype(np.float32))
+    manager.close()
+
+
+def test_a_run_of_an_untold_series_is_held_for_its_tell(tmp_path):
+    manager = _manager(tmp_path)
+    sid = _told(manager, 3, series=1)
+    manager.on_events(EP, [Frame(2, i, img) for i, img in enumerate(frames_for(2, 3))])  # series 2: not told
+    assert manager.sessions[sid].frames_received == 0
+    assert manager.router.buffered_frames == 3
+    manager.close()
+
+
+def test_a_run_whose_checks_raise_goes_frame_by_frame(tmp_path, monkeypatch):
+    """A bug while checking one frame of a run costs that frame only, and is raised after the batch (for the receiver to count)."""
+    manager = _manager(tmp_path)
+    sid = _told(manager, 3)
+    admit = manager.router.admit
+
+    def failing_on_frame_1(key, idx, *rest):
+        if idx == 1:
+            raise RuntimeError("admit bug")
+        return admit(key, idx, *rest)
+
+    monkeypatch.setattr(manager.router, "admit", failing_on_frame_1)
+    with pytest.raises(RuntimeError, match="admit bug"):
+        manager.on_events(EP, [Frame(1, i, img) for i, img in enumerate(frames_for(1, 3))])
+    assert manager.sessions[sid].received.tolist() == [True, False, True]
+    manager.close()
+
+
+def test_a_flush_in_pieces_writes_every_frame_to_its_row(tmp_path, monkeypatch):
+    """Frames are staged for the file in pieces of WRITE_ROWS through one reused buffer: each lands in its own row."""
+    import h5py
+
+    from service import store as store_module
+
+    monkeypatch.setattr(store_module, "WRITE_ROWS", 3)
+    manager = _manager(tmp_path)
+    sid = _told(manager, 8)
+    images = frames_for(1, 8)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in (0, 1, 2, 3, 4, 6, 7)])  # slot 5 missing: two runs of slots
+    s = manager.sessions[sid]
+    s.flush_frames()
+    manager.on_events(EP, [Frame(1, 5, images[5])])
+    s.flush_frames()
+    with h5py.File(s.store.path, "r") as f:
+        np.testing.assert_array_equal(f["patterns"][:8], images)
+        assert f["received"][:8].tolist() == [1] * 8
+    manager.close()
