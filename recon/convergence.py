@@ -14,6 +14,7 @@ block. With ``tolerance`` 0 there is nothing to check between blocks: one call r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -43,6 +44,7 @@ def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, m
         raise ValueError("max_passes and block must be >= 1 and tolerance >= 0")
     if tolerance == 0:
         block = max_passes
+    scans = list(scans)  # a block continues the previous one's position correction (corrected_positions_nm)
     potentials: list = [None] * len(scans)
     histories: list[list[float]] = [[] for _ in scans]
     results: list[ReconResult | None] = [None] * len(scans)
@@ -57,7 +59,9 @@ def reconstruct_until_converged(rec: Reconstructor, scans: list[ScanChunk], *, m
             before = histories[i][-1] if histories[i] else None
             histories[i].extend(res.loss_history)
             potentials[i] = res.potential
-            results[i] = ReconResult(res.potential, res.grid, list(histories[i]))
+            results[i] = ReconResult(res.potential, res.grid, list(histories[i]), res.positions_nm, res.scan_matrix)
+            if res.positions_nm is not None:
+                scans[i] = dataclasses.replace(scans[i], corrected_positions_nm=res.positions_nm)
             after = histories[i][-1]
             if before is None or before - after > tolerance * abs(after):
                 still.append(i)

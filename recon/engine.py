@@ -15,7 +15,6 @@ result as reconstructed alone.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from recon.device import pick_device
 from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
+from recon.position_correction import PositionCorrector, position_gradient, slope_curvature
 from recon.schedule import minibatches, planned_passes
-
-log = logging.getLogger(__name__)
+from recon.shifted_probes import ShiftedProbeCache, subpixel_steps_that_fit
 
 _ADAM_EPS = 1e-8
 
@@ -44,6 +43,9 @@ class ScanChunk:
     positions_nm: torch.Tensor | np.ndarray
     """(N, 2) probe positions (x, y) in nm."""
     grid: ObjectGrid
+    corrected_positions_nm: torch.Tensor | np.ndarray | None = None
+    """(N, 2) where position correction starts (a previous call's ``ReconResult.positions_nm``, to continue it); its bounds stay
+    relative to ``positions_nm``. Ignored without ``options.position_correction``."""
 
 
 @dataclass
@@ -55,6 +57,10 @@ class ReconResult:
     grid: ObjectGrid
     loss_history: list[float]
     """Mean data loss per position for each iteration (the optimizer's running value)."""
+    positions_nm: np.ndarray | None = None
+    """(N, 2) corrected probe positions (x, y) in nm with ``options.position_correction``; None without."""
+    scan_matrix: np.ndarray | None = None
+    """(2, 2) the fitted affine scan model I + D (true = centre + (I + D)(nominal - centre)) with position correction; None without."""
 
 
 @dataclass
@@ -71,6 +77,10 @@ class _Batch:
     counts: list[int]
     valid: torch.Tensor  # (B, H, W) bool, pixels on each scan's own grid
     illumination: torch.Tensor | None  # (B, H, W) preconditioner sum_p |P_p|^2 (/ max if relative, / N if absolute), regularised; None = off
+    positions_px: torch.Tensor  # (M, 2) float64 on the host, probe centres (x, y) in padded grid pixels
+    nominal_px: torch.Tensor  # (M, 2) the same as given in the chunks' positions_nm (position correction's reference)
+    planes: torch.Tensor  # (M,) long on the host, flat index of each position's scan plane in the (B, H, W) stack
+    fractions: torch.Tensor | None  # (M, 2) real on the device, each probe's sub-pixel shift (with position correction only)
 
 
 class Reconstructor:
@@ -101,8 +111,8 @@ class Reconstructor:
         self.model_probe = _pad_centred(self.probe, self.model_window) * _binned_centre_tilt(
             self.window, self.options.detector_binning, self.device, self.complex_dtype
         )
-        self._probe_cache = _ShiftedProbeCache(torch.fft.fft2(self.model_probe), self.options)
-        self.subpixel_steps = _subpixel_steps_that_fit(self.options.subpixel_steps, self._probe_cache.capacity)
+        self._probe_cache = ShiftedProbeCache(torch.fft.fft2(self.model_probe), self.options)
+        self.subpixel_steps = subpixel_steps_that_fit(self.options.subpixel_steps, self._probe_cache.capacity)
         """Steps per pixel the probe positions are rounded to (``options.subpixel_steps``, fewer if the cache cannot hold them all), or None."""
 
     @property
@@ -168,16 +178,22 @@ class Reconstructor:
             n_passes, lambda: minibatches(batch.counts, opts.batch_positions, generators), batch.offsets, n_scans, self.real_dtype, self.device
         )
         totals = torch.zeros((n_passes, n_scans), dtype=torch.float64, device=self.device)
+        corrector = self._corrector(batch, scans)
         bar = tqdm(passes, total=n_passes, desc="reconstruct", unit="it", disable=not opts.progress, leave=False)
         for i, schedule in enumerate(bar):
+            moving = corrector is not None and corrector.due(first_pass + i + 1)
+            position_grad = torch.zeros((len(batch.base), 2), dtype=self.real_dtype, device=self.device) if moving else None
             for step in schedule:
                 grad.zero_()
-                per_position = self._accumulate_gradient(potential, grad, batch, step.index, step.weights)
+                per_position = self._accumulate_gradient(potential, grad, batch, step.index, step.weights, position_grad)
                 totals[i].index_add_(0, step.scan_of, per_position.to(torch.float64))
                 if batch.illumination is not None:
                     grad /= batch.illumination
                 self._regularise(potential, grad, batch.valid, step.active)
                 self._update(potential, grad, moment1, moment2, steps, step.active)
+            if position_grad is not None:
+                curvature = slope_curvature(potential, batch.base, batch.offsets_in_window, batch.probes, batch.probe_rows, opts.chunk_positions)
+                self._place(batch, corrector.update(position_grad, curvature))
             if opts.progress:
                 bar.set_postfix(loss=f"{float(totals[i].sum()) / sum(batch.counts):.3e}")
             if on_pass is not None:
@@ -186,10 +202,28 @@ class Reconstructor:
         histories = (totals.cpu() / torch.tensor(batch.counts, dtype=torch.float64)).T.tolist()
         on_host = potential.detach().to("cpu", torch.float32)  # one copy for all scans (a no-op view on the CPU: hence the clones)
         pad = self.pad
-        return [
+        results = [
             ReconResult(on_host[b, pad : pad + scan.grid.shape[0], pad : pad + scan.grid.shape[1]].clone(), scan.grid, histories[b])
             for b, scan in enumerate(scans)
         ]
+        if corrector is not None:
+            for b, (result, scan) in enumerate(zip(results, scans, strict=True)):
+                px = batch.positions_px[batch.offsets[b] : batch.offsets[b] + batch.counts[b]].numpy() - pad
+                result.positions_nm = px * scan.grid.pixel_nm + np.asarray(scan.grid.origin_nm)
+                result.scan_matrix = corrector.scan_matrix(b)
+        return results
+
+    def _corrector(self, batch: _Batch, scans: list[ScanChunk]) -> PositionCorrector | None:
+        """The position corrector of this call (``options.position_correction``), or None."""
+        if self.options.position_correction is None:
+            return None
+        kw, pad = self.model_window, self.pad
+        lower = torch.full_like(batch.positions_px, float(kw // 2))  # floor(px) - kw//2 >= 0: the window starts on the grid
+        sizes = torch.tensor([[s.grid.shape[1] + 2 * pad, s.grid.shape[0] + 2 * pad] for s in scans], dtype=torch.float64)
+        scan_of = torch.repeat_interleave(torch.arange(len(scans)), torch.tensor(batch.counts))
+        upper = sizes[scan_of] - kw + kw // 2 + 1 - 1e-6  # floor(px) - kw//2 + kw <= size: it ends on the grid
+        return PositionCorrector(self.options.position_correction, batch.nominal_px, batch.offsets, batch.counts,
+                                 [s.grid.pixel_nm for s in scans], lower, upper, batch.positions_px)
 
     # ------------------------------------------------------------------ preparation
 
@@ -229,8 +263,8 @@ class Reconstructor:
         total = sum(counts)
         # targets filled in place, scan by scan (no concatenation of per-scan copies); positions split on the host
         targets = torch.empty((total, k, k), dtype=self.real_dtype, device=self.device)
-        fractions = torch.empty((total, 2), dtype=torch.float64)
-        bases = torch.empty(total, dtype=torch.long)
+        positions_px = torch.empty((total, 2), dtype=torch.float64)
+        planes = torch.empty(total, dtype=torch.long)
         valid = torch.zeros((len(scans), height, width), dtype=torch.bool, device=self.device)
         for b, ((intensity, positions), scan) in enumerate(zip(checked, scans, strict=True)):
             rows = slice(offsets[b], offsets[b] + counts[b])
@@ -239,20 +273,42 @@ class Reconstructor:
                 torch.sqrt(source, out=targets[rows])  # straight into the batch: no temporary of every pattern
             else:
                 targets[rows] = source
-            px = torch.from_numpy(scan.grid.positions_px(positions)) + pad
-            origin, fractions[rows] = split_positions(px, kw)
-            bases[rows] = b * height * width + origin[:, 1] * width + origin[:, 0]
+            positions_px[rows] = torch.from_numpy(scan.grid.positions_px(positions)) + pad
+            planes[rows] = b * height * width
+        nominal_px = positions_px
+        if self.options.position_correction is not None and any(s.corrected_positions_nm is not None for s in scans):
+            nominal_px = positions_px.clone()
+            for b, scan in enumerate(scans):
+                if scan.corrected_positions_nm is not None:
+                    start = _check_positions(scan.corrected_positions_nm, counts[b], b)
+                    positions_px[offsets[b] : offsets[b] + counts[b]] = torch.from_numpy(scan.grid.positions_px(start)) + pad
             valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
-        bases = bases.to(self.device)
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
+        base, probes, probe_rows, fractions = self._placement(positions_px, planes, width)
+        batch = _Batch(targets, probes, probe_rows, base, in_window, shift_model, offsets, counts, valid, None, positions_px, nominal_px, planes,
+                       fractions)
+        if self.options.precondition != "none":
+            batch.illumination = self._illumination(batch, tuple(valid.shape))
+        return batch
+
+    def _placement(self, positions_px: torch.Tensor, planes: torch.Tensor, width: int):
+        """(base, probes, probe_rows, fractions) of probes at ``positions_px`` (M, 2) float64 (padded px); fractions only with
+        position correction (else None)."""
+        origin, fractions = split_positions(positions_px, self.model_window)
+        base = (planes + origin[:, 1] * width + origin[:, 0]).to(self.device)
         if self.subpixel_steps:  # at most (steps + 1)^2 distinct shifted probes: new positions hit the cache too
             fractions = torch.round(fractions * self.subpixel_steps) / self.subpixel_steps
         probes, probe_rows = self._probe_cache.rows(fractions)
-        batch = _Batch(targets, probes, probe_rows, bases, in_window, shift_model, offsets, counts, valid, None)
-        if self.options.precondition != "none":
-            batch.illumination = self._illumination(batch, (len(scans), height, width))
-        return batch
+        moving = self.options.position_correction is not None
+        return base, probes, probe_rows, fractions.to(self.device, self.real_dtype) if moving else None
+
+    def _place(self, batch: _Batch, positions_px: torch.Tensor) -> None:
+        """Move the batch's probes to ``positions_px`` (position correction): windows, shifted probes, preconditioner."""
+        batch.positions_px = positions_px
+        batch.base, batch.probes, batch.probe_rows, batch.fractions = self._placement(positions_px, batch.planes, batch.valid.shape[-1])
+        if batch.illumination is not None:
+            batch.illumination = self._illumination(batch, tuple(batch.valid.shape))
 
     def _illumination(self, batch: _Batch, shape: tuple[int, int, int]) -> torch.Tensor:
         """Per scan: sum over its positions of |shifted probe|^2 on the grid, + 5 % of its max (regulariser); relative: / the max,
@@ -288,8 +344,14 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ one update
 
-    def _accumulate_gradient(self, potential: torch.Tensor, grad: torch.Tensor, batch: _Batch, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _accumulate_gradient(
+        self, potential: torch.Tensor, grad: torch.Tensor, batch: _Batch, index: torch.Tensor, weights: torch.Tensor,
+        position_grad: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Add the gradient of the weighted data loss of positions ``index`` to ``grad``; return per-position losses.
+
+        With ``position_grad`` (M, 2), also add each position's gradient with respect to its probe
+        position (px), divided by its weight (``recon.position_correction.position_gradient``).
 
         The gradient is written out by hand (no autograd graph): with Psi = F[P exp(iV)]
         (orthonormal FFT), I = bin(|Psi|^2) and dL/dI from the loss, the gradient on V is
@@ -334,6 +396,9 @@ class Reconstructor:
             if batch.shift_model:
                 far = torch.fft.ifftshift(far, dim=(-2, -1))
             back = torch.fft.ifft2(far, norm="ortho")
+            if position_grad is not None:
+                moved = position_gradient(back, windows.index_select(0, bases), self._probe_cache.spectrum, batch.fractions.index_select(0, part))
+                position_grad.index_add_(0, part, moved / w[:, :, 0])
             d_phase = back.mul_(waves.conj()).imag
             lin = (bases[:, None] + batch.offsets_in_window[None, :]).reshape(-1)
             grad_flat.index_add_(0, lin, d_phase.reshape(-1))
@@ -452,80 +517,6 @@ def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:
     if not np.isfinite(pos).all():
         raise ValueError(f"scan {b}: positions_nm contains NaN or infinite values (first at row {int(np.argwhere(~np.isfinite(pos))[0, 0])})")
     return pos
-
-
-class _ShiftedProbeCache:
-    """Shifted probes by sub-pixel fraction, kept between calls up to ``options.probe_cache_mb``.
-
-    A warm-started scan (the service's chunk updates) revisits positions it has seen; their
-    shifted probes (one inverse FFT each) are looked up by their exact fraction instead.
-    When the cache is full it starts over; a batch larger than the cache gets its own.
-    """
-
-    def __init__(self, spectrum: torch.Tensor, options: ReconOptions) -> None:
-        self.spectrum = spectrum
-        self.chunk = options.chunk_positions
-        per_probe = spectrum.numel() * spectrum.element_size()
-        self.capacity = int(options.probe_cache_mb * 2**20 // per_probe)
-        self.bank = spectrum.new_empty((0, *spectrum.shape))
-        self.index: dict[tuple[float, float], int] = {}
-
-    def rows(self, fractions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probes, rows): the shifted probe of position i is probes[rows[i]]; fractions (M, 2) float64 (x, y)."""
-        real = torch.float64 if self.spectrum.dtype == torch.complex128 else torch.float32
-        keys = [tuple(f) for f in fractions.cpu().tolist()]
-        unique = list(dict.fromkeys(keys))
-        if len(unique) > self.capacity:  # larger than the cache: this batch's own probes
-            own = self.spectrum.new_empty((len(unique), *self.spectrum.shape))
-            _shift_probe(self.spectrum, torch.tensor(unique, dtype=real, device=own.device), self.chunk, own)
-            where = {k: i for i, k in enumerate(unique)}
-            return own, torch.tensor([where[k] for k in keys], dtype=torch.long, device=own.device)
-        missing = [k for k in unique if k not in self.index]
-        if len(self.index) + len(missing) > self.capacity:
-            self.index.clear()
-            missing = unique
-        if missing:
-            start = len(self.index)
-            if start + len(missing) > len(self.bank):
-                grown = self.spectrum.new_empty((min(self.capacity, max(2 * len(self.bank), start + len(missing))), *self.spectrum.shape))
-                grown[:start] = self.bank[:start]
-                self.bank = grown
-            _shift_probe(self.spectrum, torch.tensor(missing, dtype=real, device=self.bank.device), self.chunk, self.bank[start : start + len(missing)])
-            self.index.update((k, start + i) for i, k in enumerate(missing))
-        return self.bank, torch.tensor([self.index[k] for k in keys], dtype=torch.long, device=self.bank.device)
-
-
-def _subpixel_steps_that_fit(steps: int | None, capacity: int) -> int | None:
-    """``steps``, or the most whose (steps + 1)^2 shifted probes the cache holds (logged once per call site).
-
-    Above that, a call with more distinct fractions than the cache holds shifts all its
-    probes afresh (``_ShiftedProbeCache.rows``), and rounding would save nothing: at
-    K = 256 the default 256 MiB holds 512 probes, not 33^2 = 1,089.
-    """
-    if not steps or (steps + 1) ** 2 <= capacity or capacity < 9:  # a cache this small is off in practice: round as asked
-        return steps
-    fitted = math.isqrt(capacity) - 1
-    log.info("subpixel_steps %d needs %d cached probes, the cache holds %d: rounding to 1/%d px instead", steps, (steps + 1) ** 2, capacity, fitted)
-    return fitted
-
-
-def _shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:
-    """Write into ``out`` (M, K, K) the probe shifted by (M, 2) sub-pixel offsets (x, y), from its spectrum fft2(probe).
-
-    Same as ``recon.forward.fourier_shift`` but with the probe's FFT taken once and the
-    phase ramp applied as its separable y and x factors, in place.
-    """
-    size_y, size_x = spectrum.shape[-2:]
-    fy = torch.fft.fftfreq(size_y, device=spectrum.device, dtype=fraction.dtype)
-    fx = torch.fft.fftfreq(size_x, device=spectrum.device, dtype=fraction.dtype)
-    for start in range(0, len(fraction), chunk):
-        part = fraction[start : start + chunk]
-        ramp_x = torch.exp(-2j * math.pi * part[:, 0, None] * fx[None, :]).to(spectrum.dtype)
-        ramp_y = torch.exp(-2j * math.pi * part[:, 1, None] * fy[None, :]).to(spectrum.dtype)
-        shifted = spectrum * ramp_y[:, :, None]
-        shifted.mul_(ramp_x[:, None, :])
-        torch.fft.ifft2(shifted, out=out[start : start + len(part)])
-    return out
 
 
 def _bin(intensity: torch.Tensor, factor: int) -> torch.Tensor:

@@ -20,6 +20,46 @@ PAPER_GD_STEP = 525.0
 """The paper's fixed gradient-descent step for the intensity loss (patterns normalised to unit sum)."""
 
 
+class PositionCorrectionOptions(BaseModel):
+    """Position correction: each probe position refined with the object, as a global affine scan model plus a bounded residual.
+
+    Every ``every_passes`` passes from pass ``start_pass`` on, each position moves by
+    ``step`` times a Gauss-Newton step of its own data loss (its gradient from the
+    object's pass, by a Fourier shift of the probe), at most ``max_step_nm``. The moved
+    positions are fitted by the global affine (scale, shear, rotation about the scan's
+    nominal centre: scan distortion, at most ``max_distortion``); what the affine does not
+    explain is each position's residual, pulled towards 0 by ``affine_pull`` per update
+    (so that positions with few neighbours, where the data say little, stay on the
+    affine model) and bounded by ``max_shift_nm`` from the nominal position (affine part
+    included). A common translation of all positions is invisible in the data and is
+    removed. Needs the amplitude loss.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_pass: int = Field(
+        10, ge=0, description="passes of the object alone before the positions move (the object must exist first); counted from the "
+        "first pass of a warm-started series (reconstruct's first_pass)",
+    )
+    every_passes: int = Field(1, ge=1, description="passes between two position updates")
+    step: float = Field(
+        1.0, gt=0, le=2, description="fraction of the Gauss-Newton step per update; the step's curvature is an upper bound (2 ||dP/dx||^2), "
+        "so 1 is about half a Newton step",
+    )
+    max_step_nm: float = Field(0.01, gt=0, description="largest move of one position in one update, nm")
+    max_shift_nm: float = Field(
+        0.08, ge=0, description="largest correction of a position from its nominal place, nm (affine part included); 0.08 nm is about "
+        "the radius of the in-focus 33 mrad, 60 kV probe (0.61 wavelength / semi-angle = 0.09 nm)",
+    )
+    affine: bool = Field(True, description="fit the global affine scan model (else positions move alone, each pulled towards its nominal place)")
+    max_distortion: float = Field(0.05, ge=0, description="bound on every element of the affine's distortion D (true = centre + (I + D)(nominal - centre))")
+    affine_pull: float = Field(
+        0.05, ge=0, description="per update, residuals off the affine model shrink by 1 / (1 + step * affine_pull); a residual the data "
+        "determine settles at about curvature / (curvature + affine_pull) of its true value (curvature ~0.5), one they do not decays "
+        "to the affine model; 0: free",
+    )
+
+
 class ReconOptions(BaseModel):
     """How to reconstruct the potential V (transmission exp(iV), V in rad) from patterns."""
 
@@ -76,6 +116,9 @@ class ReconOptions(BaseModel):
     chunk_positions: int = Field(512, ge=1, description="positions per forward/backward pass (memory only; results do not depend on it)")
     dtype: Literal["float32", "float64"] = Field("float32", description="real dtype of V (complex64/complex128 waves)")
     progress: bool = Field(False, description="show a progress bar over iterations")
+    position_correction: PositionCorrectionOptions | None = Field(
+        None, description="refine the probe positions with the object (PositionCorrectionOptions); None (default): the positions as given"
+    )
 
     @field_validator("precondition", mode="before")
     @classmethod
@@ -95,6 +138,8 @@ class ReconOptions(BaseModel):
         if self.precondition == "absolute" and self.batch_positions is not None:
             raise ValueError("precondition 'absolute' needs full batches (batch_positions None): its step is a Newton fraction of the "
                              "whole scan's loss, and a mini-batch of m positions would take N / m times that step")
+        if self.position_correction is not None and self.loss != "amplitude":
+            raise ValueError("position_correction needs loss 'amplitude' (its step is a Gauss-Newton step of the amplitude loss)")
         return self
 
     @property

@@ -33,6 +33,9 @@ def write_reconstruction(
             phase.attrs["origin_nm"] = np.asarray(result.grid.origin_nm, dtype=np.float64)
             f.create_dataset("positions_nm", data=np.asarray(positions_nm, dtype=np.float64))
             f.create_dataset("loss_history", data=np.asarray(result.loss_history, dtype=np.float64))
+            if result.positions_nm is not None:  # position correction
+                corrected = f.create_dataset("corrected_positions_nm", data=np.asarray(result.positions_nm, dtype=np.float64))
+                corrected.attrs["scan_matrix"] = np.asarray(result.scan_matrix, dtype=np.float64)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

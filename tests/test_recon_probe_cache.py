@@ -27,13 +27,13 @@ def _recon(cache_mb: float, device) -> Reconstructor:
 
 
 def test_cached_probes_give_the_same_reconstruction_as_fresh_ones(monkeypatch, device):
-    import recon.engine as engine
+    import recon.shifted_probes as shifted_probes
 
     rng = np.random.default_rng(0)
     scans = [_scan(rng, 12), _scan(rng, 9)]
     shifted = []
-    original = engine._shift_probe
-    monkeypatch.setattr(engine, "_shift_probe", lambda spectrum, fraction, chunk, out: shifted.append(len(fraction)) or original(spectrum, fraction, chunk, out))
+    original = shifted_probes.shift_probe
+    monkeypatch.setattr(shifted_probes, "shift_probe", lambda spectrum, fraction, chunk, out: shifted.append(len(fraction)) or original(spectrum, fraction, chunk, out))
     cached, uncached = _recon(64.0, device), _recon(0.0, device)
     first = cached.reconstruct(scans)
     again = cached.reconstruct(scans, init=[r.potential for r in first])
@@ -88,11 +88,11 @@ def test_subpixel_steps_shrink_to_what_the_cache_holds(device, monkeypatch):
     roomy = Reconstructor(probe, ReconOptions(subpixel_steps=32, probe_cache_mb=2000 * per_probe_mb), device=device)
     assert roomy.subpixel_steps == 32
     assert Reconstructor(probe, ReconOptions(subpixel_steps=32, probe_cache_mb=0), device=device).subpixel_steps == 32  # no cache: as asked
-    import recon.engine as engine
+    import recon.shifted_probes as shifted_probes
 
     shifted = []
-    original = engine._shift_probe
-    monkeypatch.setattr(engine, "_shift_probe", lambda spectrum, fraction, chunk, out: shifted.append(len(fraction)) or original(spectrum, fraction, chunk, out))
+    original = shifted_probes.shift_probe
+    monkeypatch.setattr(shifted_probes, "shift_probe", lambda spectrum, fraction, chunk, out: shifted.append(len(fraction)) or original(spectrum, fraction, chunk, out))
     small.reconstruct([_scan(np.random.default_rng(3), 150)])
     cached = len(small._probe_cache.index)
     small.reconstruct([_scan(np.random.default_rng(4), 150)])  # 150 new positions, on the same 1/9 px grid
