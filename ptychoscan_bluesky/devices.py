@@ -115,6 +115,7 @@ class SimplonDetector(Device):
     def __init__(self, url: str, *, name: str, timeout_s: float = 120.0, **kwargs) -> None:
         self.http = httpx.Client(base_url=url, timeout=timeout_s)
         self.armed = False
+        self.frames_per_trigger = 1
         super().__init__("", name=name, **kwargs)
 
     def stage(self) -> list[Device]:
@@ -126,20 +127,25 @@ class SimplonDetector(Device):
             super().unstage()
             raise
         self.armed = True
+        self.frames_per_trigger = self.frames_of_one_trigger()
         self.series_id.put(series)
         self.last_frame.put(-1)
         return staged
 
     def trigger(self) -> DeviceStatus:
         """SIMPLON's trigger command (internal trigger modes); done when the trigger's frames are acquired."""
-        per_trigger = FRAMES_PER_TRIGGER.get(str(self.trigger_mode.get()))
-        frames = per_trigger if per_trigger is not None else int(self.nimages.get())
+        frames = self.frames_per_trigger if self.armed else self.frames_of_one_trigger()
 
         def work() -> None:
             rest_call(self.http, "PUT", f"{SIMPLON_API}/command/trigger")
             self.last_frame.put(self.last_frame.get() + frames)
 
         return in_thread(self, work)
+
+    def frames_of_one_trigger(self) -> int:
+        """Frames one trigger acquires with the detector's config now: 1 (inte, exte) or nimages (ints, exts)."""
+        per_trigger = FRAMES_PER_TRIGGER.get(str(self.trigger_mode.get()))
+        return per_trigger if per_trigger is not None else int(self.nimages.get())
 
     def unstage(self) -> list[Device]:
         """Disarm (ends the series: the stream's series end), then restore ``stage_sigs``."""
