@@ -60,7 +60,7 @@ class LiveStack:
     """
 
     def __init__(self, out: Path, key: str, *, real_reconstruction: bool = False, specimen: str = "synthetic", detector_pixels: int = 16,
-                 frame_time_s: float = 0.05, open_reads: bool = False) -> None:
+                 frame_time_s: float = 0.05, open_reads: bool = False, extra_detector_args: list[str] | None = None) -> None:
         self.out = Path(out)
         self.key = key
         self.real = real_reconstruction
@@ -68,6 +68,7 @@ class LiveStack:
         self.k = detector_pixels
         self.frame_time_s = frame_time_s
         self.open_reads = open_reads
+        self.extra_detector_args = list(extra_detector_args or [])
         self.port, self.zmq_port, self.rest_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.microscope = f"http://127.0.0.1:{self.rest_port}"
@@ -93,6 +94,7 @@ class LiveStack:
             detector = self._spawn("sim-detector", [
                 "-m", "ptychoscan.cli", "sim-detector", "--specimen", self.specimen, "--detector-pixels", str(self.k),
                 "--port", str(self.zmq_port), "--rest-port", str(self.rest_port), "--frame-time", str(self.frame_time_s),
+                *self.extra_detector_args,
             ])
             wait_http(f"{self.url}/healthz", service, self.out / "service.log")
             wait_http(f"{self.microscope}/detector/api/version/", detector, self.out / "sim-detector.log")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from service_process import ServiceProcess
 from service_testing import KEY, frames_for, session_body
 
-from ptychoscan.client import ApiError, AsyncClient, Client
+from ptychoscan.client import ApiError, AskTimeout, AsyncClient, Client
 from ptychoscan.client.calls import Call
 from service.responses import SessionStatus
 
@@ -113,3 +113,49 @@ def test_a_retry_after_that_is_not_a_finite_number_is_ignored():
 
     assert retry_after(answer("nan")) is None and retry_after(answer("inf")) is None and retry_after(answer("soon")) is None
     assert retry_after(answer("2")) == 2.0 and retry_after(answer("-1")) == 0.0 and retry_after(answer("1e9")) == MAX_RETRY_AFTER_S
+
+
+def test_ask_gives_up_after_the_clients_total_wait_with_what_the_session_waits_for(service, pusher):
+    """A told batch whose detector never delivers: ask used to poll for ever by default; now AskTimeout after ask_wait_s, sync and async."""
+    import threading
+
+    with Client(service.url, api_key=KEY, ask_wait_s=1.5) as c:
+        sid = c.create_session(session_body(pusher.endpoint)).session_id
+        batch = c.ask(sid, poll_s=5.0)
+        c.tell(sid, batch.batch_id, 901)
+        outcome: list[BaseException | object] = []
+
+        def ask_without_a_wait() -> None:  # no wait_s: the client's bound applies
+            try:
+                outcome.append(c.ask(sid, poll_s=0.2))
+            except BaseException as err:
+                outcome.append(err)
+
+        worker = threading.Thread(target=ask_without_a_wait, daemon=True)
+        t0 = time.monotonic()
+        worker.start()
+        worker.join(30.0)
+        assert not worker.is_alive(), "ask kept polling past the client's total wait"
+        (err,) = outcome
+        assert isinstance(err, AskTimeout) and isinstance(err, ApiError) and isinstance(err, TimeoutError)
+        assert err.status == 503 and err.kind == "not-ready" and err.polls >= 2 and 1.0 <= time.monotonic() - t0 < 10.0
+        assert str(err).startswith(f"ask: session {sid} not ready after ")
+        assert f"batch {batch.batch_id} (told as series 901) has 0 of {len(batch.positions_nm)} frames" in str(err)
+        assert pusher.endpoint in str(err)
+        with pytest.raises(ValueError, match="must be > 0"):
+            c.ask(sid, wait_s=0)
+
+    async def run() -> BaseException:
+        async with AsyncClient(service.url, api_key=KEY, ask_wait_s=1.5) as ac:
+            try:
+                await asyncio.wait_for(ac.ask(sid, poll_s=0.2), 30.0)
+            except AskTimeout as timeout:
+                return timeout
+            raise AssertionError("the async ask returned a batch although no frame arrived")
+
+    err = asyncio.run(run())
+    assert err.polls >= 2 and "has 0 of" in str(err)
+    with Client(service.url, api_key=KEY) as c:
+        c.delete_session(sid)
+    with pytest.raises(ValueError, match="must be > 0"):
+        Client(service.url, ask_wait_s=float("nan"))

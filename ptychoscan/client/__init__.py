@@ -12,9 +12,9 @@ the problem details on every error answer. ``ask`` long-polls and honours Retry-
 """
 
 from ptychoscan.client.aio import AsyncClient
-from ptychoscan.client.errors import ApiError
+from ptychoscan.client.errors import ApiError, AskTimeout
 from ptychoscan.client.sync import Client
 from service.models import AskResponse, SessionCreate, TellResponse
 from service.responses import ProblemDetails, SessionStatus
 
-__all__ = ["ApiError", "AskResponse", "AsyncClient", "Client", "ProblemDetails", "SessionCreate", "SessionStatus", "TellResponse"]
+__all__ = ["ApiError", "AskResponse", "AskTimeout", "AsyncClient", "Client", "ProblemDetails", "SessionCreate", "SessionStatus", "TellResponse"]

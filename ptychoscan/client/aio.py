@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from ptychoscan.client import calls
-from ptychoscan.client.errors import ApiError
-from ptychoscan.client.sync import DEFAULT_RETRY_AFTER_S
+from ptychoscan.client.errors import ApiError, AskTimeout
+from ptychoscan.client.sync import DEFAULT_ASK_WAIT_S, DEFAULT_RETRY_AFTER_S
 from service.models import AskResponse, SessionCreate, TellResponse
 from service.responses import BatchAbandoned, Health, Readiness, Reconstruction, SessionPositions, SessionStatus
 
@@ -20,9 +20,11 @@ class AsyncClient:
     """An asyncio client of one service; see ``Client`` (``async with AsyncClient(url, key) as c: await c.ask(sid)``)."""
 
     def __init__(
-        self, base_url: str, api_key: str | None = None, *, timeout_s: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
+        self, base_url: str, api_key: str | None = None, *, timeout_s: float = 30.0, ask_wait_s: float = DEFAULT_ASK_WAIT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self.ask_wait_s = calls.checked_wait(ask_wait_s)
         self.http = httpx.AsyncClient(base_url=base_url, headers=calls.auth_headers(api_key), timeout=timeout_s, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
@@ -62,18 +64,27 @@ class AsyncClient:
         return await self.send(calls.delete_session(session_id))
 
     async def ask(self, session_id: str, *, poll_s: float | None = None, wait_s: float | None = None) -> AskResponse:
-        """The next batch (or done), long-polling as ``Client.ask`` does (Retry-After honoured between polls)."""
-        deadline = None if wait_s is None else time.monotonic() + wait_s
+        """The next batch (or done), long-polling as ``Client.ask`` does (Retry-After honoured between polls; ``AskTimeout``
+        after ``wait_s`` s in all, None: the client's ``ask_wait_s``)."""
+        wait = self.ask_wait_s if wait_s is None else calls.checked_wait(wait_s)
+        t0, polls = time.monotonic(), 0
         while True:
             try:
+                polls += 1
                 return await self.send(calls.ask(session_id, poll_s), timeout_s=(poll_s or 300.0) + self.timeout_s)
             except ApiError as err:
                 if not calls.is_not_ready(err):
                     raise
                 pause = err.retry_after_s if err.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
-                if deadline is not None and time.monotonic() + pause > deadline:
-                    raise
+                if time.monotonic() + pause > t0 + wait:
+                    raise AskTimeout(err, session_id, time.monotonic() - t0, polls, await self._waiting_for(session_id)) from None
                 await asyncio.sleep(pause)
+
+    async def _waiting_for(self, session_id: str) -> str | None:
+        try:
+            return calls.waiting_for(await self.session(session_id))
+        except (ApiError, httpx.HTTPError, ValueError):
+            return None
 
     async def tell(self, session_id: str, batch_id: int, series: int, measured_positions_nm: list | None = None) -> TellResponse:
         return await self.send(calls.tell(session_id, batch_id, series, measured_positions_nm))

@@ -105,9 +105,26 @@ def session_file(session_id: str) -> Call:
     return Call("GET", f"{API}/sessions/{session_id}/file", None)
 
 
+def checked_wait(wait_s: float) -> float:
+    """An ask's total wait, s: positive (``math.inf``: no limit); ValueError otherwise."""
+    if not wait_s > 0:  # also NaN
+        raise ValueError(f"an ask's total wait must be > 0 s (math.inf: no limit), got {wait_s!r}")
+    return float(wait_s)
+
+
 def is_not_ready(err: ApiError) -> bool:
     """An ask's long-poll ran out (503 not-ready): ask again after Retry-After."""
     return err.status == 503 and err.kind == "not-ready"
+
+
+def waiting_for(status: SessionStatus) -> str:
+    """What a session that keeps answering ask with 503 waits for, one phrase (for ``AskTimeout``)."""
+    batch = status.current_batch
+    if status.state == "acquiring" and batch is not None and batch.status == "told":
+        have = batch.size - batch.frames_missing
+        return (f"batch {batch.batch_id} (told as series {batch.series}) has {have} of {batch.size} frames; is the detector streaming "
+                f"to {status.params.get('detector_endpoint')}, where the session reads?")
+    return f"session {status.state}, {status.batches_reconstructed} chunk(s) reconstructed"
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

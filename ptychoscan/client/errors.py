@@ -41,6 +41,21 @@ class ApiError(Exception):
         return cls(response.status_code, problem, response.text, retry_after(response))
 
 
+class AskTimeout(ApiError, TimeoutError):
+    """``ask`` got 503 not-ready for longer than its total wait: the session did not become ready (its last 503's details kept).
+
+    The message says how long and how many polls, and what the session was waiting for
+    when that is known (e.g. a told batch none of whose frames arrived: a detector that
+    never delivers, or one streaming where the session does not read).
+    """
+
+    def __init__(self, last: ApiError, session_id: str, waited_s: float, polls: int, waiting_for: str | None = None) -> None:
+        super().__init__(last.status, last.problem, last.text, last.retry_after_s)
+        self.session_id, self.waited_s, self.polls, self.waiting_for = session_id, waited_s, polls, waiting_for
+        why = f": {waiting_for}" if waiting_for else ""
+        self.args = (f"ask: session {session_id} not ready after {waited_s:.1f} s ({polls} polls answered 503 not-ready){why}",)
+
+
 MAX_RETRY_AFTER_S = 300.0
 """a longer Retry-After is waited out in this many seconds, s."""
 

@@ -9,23 +9,28 @@ from typing import Any
 import httpx
 
 from ptychoscan.client import calls
-from ptychoscan.client.errors import ApiError
+from ptychoscan.client.errors import ApiError, AskTimeout
 from service.models import AskResponse, SessionCreate, TellResponse
 from service.responses import BatchAbandoned, Health, Readiness, Reconstruction, SessionPositions, SessionStatus
 
 DEFAULT_RETRY_AFTER_S = 1.0
 """wait between asks when a 503 not-ready carries no Retry-After, s."""
+DEFAULT_ASK_WAIT_S = 600.0
+"""how long ``ask`` keeps polling a session that answers 503 not-ready before it raises ``AskTimeout``, s."""
 
 
 class Client:
     """A client of one service at ``base_url`` (e.g. http://127.0.0.1:8000), with ``api_key`` sent as 'Authorization: Apikey <key>'.
 
-    ``timeout_s``: per request, s, on top of an ask's long-poll. Errors raise ``ApiError``
-    with the problem details. Use as a context manager, or call ``close``.
+    ``timeout_s``: per request, s, on top of an ask's long-poll. ``ask_wait_s``: how long one
+    ``ask`` may keep getting 503 not-ready in all, s (``math.inf``: for ever). Errors raise
+    ``ApiError`` with the problem details. Use as a context manager, or call ``close``.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 30.0, ask_wait_s: float = DEFAULT_ASK_WAIT_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.timeout_s = timeout_s
+        self.ask_wait_s = calls.checked_wait(ask_wait_s)
         self.http = httpx.Client(base_url=base_url, headers=calls.auth_headers(api_key), timeout=timeout_s, transport=transport)
 
     def __enter__(self) -> Client:
@@ -71,19 +76,28 @@ class Client:
 
     def ask(self, session_id: str, *, poll_s: float | None = None, wait_s: float | None = None) -> AskResponse:
         """The next batch (or done), long-polling: each ask waits up to ``poll_s`` s (None: the service's default); on 503
-        not-ready it asks again after Retry-After, until ``wait_s`` s have passed (None: no limit), then raises that ApiError.
+        not-ready it asks again after Retry-After, until ``wait_s`` s have passed in all (None: the client's ``ask_wait_s``),
+        then raises ``AskTimeout`` (an ApiError, and a TimeoutError) saying what the session waits for.
         """
-        deadline = None if wait_s is None else time.monotonic() + wait_s
+        wait = self.ask_wait_s if wait_s is None else calls.checked_wait(wait_s)
+        t0, polls = time.monotonic(), 0
         while True:
             try:
+                polls += 1
                 return self.send(calls.ask(session_id, poll_s), timeout_s=(poll_s or 300.0) + self.timeout_s)
             except ApiError as err:
                 if not calls.is_not_ready(err):
                     raise
                 pause = err.retry_after_s if err.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
-                if deadline is not None and time.monotonic() + pause > deadline:
-                    raise
+                if time.monotonic() + pause > t0 + wait:
+                    raise AskTimeout(err, session_id, time.monotonic() - t0, polls, self._waiting_for(session_id)) from None
                 time.sleep(pause)
+
+    def _waiting_for(self, session_id: str) -> str | None:
+        try:
+            return calls.waiting_for(self.session(session_id))
+        except (ApiError, httpx.HTTPError, ValueError):
+            return None  # the error is about the ask; what the session waits for is only a hint
 
     def tell(self, session_id: str, batch_id: int, series: int, measured_positions_nm: list | None = None) -> TellResponse:
         return self.send(calls.tell(session_id, batch_id, series, measured_positions_nm))
