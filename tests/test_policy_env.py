@@ -234,7 +234,7 @@ def test_episodes_of_one_noise_group_share_their_noise(specimens):
 
 def test_leave_one_out_baseline_and_annealed_sigma():
     from policy.config import RLConfig
-    from policy.training import leave_one_out
+    from policy.rl_objective import leave_one_out
 
     reward = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 0.0], [5.0, 0.0]])  # two groups of k = 2
     adv = leave_one_out(reward, 2)
@@ -262,7 +262,7 @@ def test_reward_to_go_credits_every_later_position_and_sigma_schedules_go_togeth
     from pydantic import ValidationError
 
     from policy.config import RLConfig
-    from policy.training import reward_to_go
+    from policy.rl_objective import reward_to_go
 
     reward = torch.tensor([[[1.0, 2.0], [3.0, 0.0], [0.5, 0.5]]])  # (B=1, T=3, n=2)
     out = reward_to_go(reward, 1.0)
