@@ -20,18 +20,19 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from policy.baselines import to_unit
-from policy.structure_guided import StructureGuidedOptions, StructureGuidedPlanner
+from policy.structure_guided import StructureGuidedPlanner
 
 
-def planner_rollouts(env, n_sub: int, budget: int, seed: int, options: StructureGuidedOptions | None = None,
+def planner_rollouts(env, n_sub: int, budget: int, seed: int, planner: StructureGuidedPlanner | None = None,
                      progress: bool = True) -> dict[str, torch.Tensor]:
     """One structure-guided episode per specimen of ``env`` (a ``policy.env.ScanEnv``), ``n_sub`` sub-sequences.
 
     Returns "positions" (N, T, chunk, 2) as measured and "targets" (N, T, chunk, 2) as proposed, both in fov units
     (sub-sequence 0: the environment's sparse grid), and "images" (N, T, 1, S, S) after each sub-sequence.
-    ``budget`` is the episode's positions (the planner continues the sparse grid of it on a uniform field).
+    ``budget`` is the episode's positions (the planner continues the sparse grid of it on a uniform field);
+    ``planner``: the default options' when None.
     """
-    planner = StructureGuidedPlanner(options)
+    planner = planner or StructureGuidedPlanner()
     ids = list(range(len(env.specimens)))
     pos, img = env.reset(ids, seed=seed)
     positions, images, targets = [pos], [img], [pos]

@@ -127,6 +127,28 @@ def test_the_training_environment_reconstructs_on_the_configured_device(tmp_path
     assert env.reconstructor.device == torch.device("cpu") and env.specimens[0].n_candidates > 64
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_training_environment_honours_an_explicit_device_and_refuses_a_missing_one(tmp_path):
+    """device "cpu" puts the reconstructor and the on-demand simulator on the CPU; "cuda" where there is none is a one-line
+    error, not a silent fall-back to the CPU."""
+    import policy.training as training
+    from policy.config import TrainConfig
+    from recon.device import DeviceError
+    from tests.policy_helpers import write_tiny_datasets
+
+    files = write_tiny_datasets(tmp_path, 1)
+    tiny = {"autoencoder": {"input_size": 32, "channels": [4, 4, 8, 8, 8, 8], "latent_dim": 8},
+            "policy": {"chunk": 4, "input_size": 8, "hidden": 8}}
+    config = TrainConfig(data={"train": files, "measurement": "simulate"}, device="cpu", model=tiny, rl={"budget": 8},
+                         recon={"iterations": 1, "detector_binning": 1})
+    env = training.make_env(config, files)
+    assert env.reconstructor.device == torch.device("cpu") and env.specimens[0].source.simulator.device == torch.device("cpu")
+    _, images = env.reset([0], seed=0)
+    assert images.device == torch.device("cpu") and env.episodes[0].potential.device == torch.device("cpu")
+    with pytest.raises(DeviceError, match="CUDA was requested"):
+        training.make_env(config.model_copy(update={"device": "cuda"}), files)
+
+
 def test_fitted_error_is_one_minus_r_squared_and_zero_for_any_affine_copy():
     from policy.quality_reward import fitted_error, initial_error
 
