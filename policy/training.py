@@ -256,7 +256,10 @@ def _loop(ctx: Context, stage: str, start: int, iterations: int, step, ae, pol, 
     if start >= iterations:
         _save(ctx, stage, iterations, ae, pol, optimizer, exploration)
     if ctx.distributed:
-        check_sync(ctx, stage, pol if stage != "autoencoder" else ae)
+        synced = pol if stage != "autoencoder" else ae
+        if exploration is not None and exploration.learn:  # a learned sigma must stay the same on every rank too
+            synced = torch.nn.ModuleDict({"policy": pol, "exploration": exploration})
+        check_sync(ctx, stage, synced)
 
 
 def check_sync(ctx: Context, stage: str, module: torch.nn.Module) -> list[str]:
