@@ -104,18 +104,20 @@ def main() -> None:
         w, c = time.perf_counter(), time.process_time()
         run_stage("rl", cfg)
         wall, cpu = time.perf_counter() - w, time.process_time() - c
-        per_it = [r["time_s"] for r in read_metrics(Path(tmp) / "metrics.jsonl", "rl")]
+        rows = read_metrics(Path(tmp) / "metrics.jsonl", "rl")
+        per_it, per_it_cpu = [r["time_s"] for r in rows], [r["cpu_s"] for r in rows]
     out = {
         "args": vars(args), "torch_threads": torch.get_num_threads(), "n_subsequences": cfg.n_subsequences,
         "episode": episode, "episode_repeat": episode_again,
-        "rl_wall_s": wall, "rl_cpu_s": cpu, "per_iteration_s": per_it,
+        "rl_wall_s": wall, "rl_cpu_s": cpu, "per_iteration_s": per_it, "per_iteration_cpu_s": per_it_cpu,
         "rl_recon_wall_s": rec.wall, "rl_recon_cpu_s": rec.cpu, "rl_sim_wall_s": sim.wall, "rl_sim_cpu_s": sim.cpu,
     }
     mean_it = float(np.mean(per_it))
+    out["rl_setup_wall_s"] = wall - float(np.sum(per_it))  # reading the data, building simulators and models
     episode_wall = float(np.mean([e["recon_wall_s"] for e in (episode, episode_again)]))
     episode_cpu = float(np.mean([e["recon_cpu_s"] for e in (episode, episode_again)]))
     out["seconds_per_iteration"] = mean_it
-    out["cpu_s_per_iteration"] = cpu / args.iterations  # includes the stage's set-up (reading data, building simulators)
+    out["cpu_s_per_iteration"] = float(np.mean(per_it_cpu))
     out["iteration_over_episode_recon_wall"] = mean_it / episode_wall
     out["iteration_over_episode_recon_cpu"] = out["cpu_s_per_iteration"] / episode_cpu
     print(json.dumps(out, indent=1))

@@ -244,9 +244,10 @@ def _loop(ctx: Context, stage: str, start: int, iterations: int, step, ae, pol, 
     metrics = Metrics(ctx, stage, start)
     bar = tqdm(range(start, iterations), desc=stage, unit="it", disable=not ctx.main, initial=start, total=iterations)
     for it in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         values = step(it)
         values["time_s"] = round(time.perf_counter() - t0, 4)
+        values["cpu_s"] = round(time.process_time() - c0, 4)  # this process, all its threads (wall on a shared machine misleads)
         metrics.log(it, **values)
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in curve_keys}, refresh=False)
         if (it + 1) % ctx.config.checkpoint_every == 0 or it + 1 == iterations:

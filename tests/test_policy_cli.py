@@ -107,6 +107,7 @@ def test_rl_learns_sigma_with_the_entropy_bonus_and_resumes_it(setup, tmp_path):
     assert main(["train", "rl", "--config", str(path), "--iterations", "3"]) == 0
     rl = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     sigmas = [m["sigma"] for m in rl if m.get("stage") == "rl"]
+    assert all(m["cpu_s"] > 0 and m["time_s"] > 0 for m in rl if m.get("stage") == "rl")  # CPU time logged beside wall
     assert sigmas[0] == pytest.approx(0.05) and sigmas[0] < sigmas[1] < sigmas[2]  # resumed, not restarted at 0.05
     saved = torch.load(tmp_path / "run" / "rl.pt", weights_only=False)
     assert float(saved["exploration"]["log_sigma"].exp().mean()) > sigmas[2]
