@@ -89,11 +89,26 @@ class RLConfig(StageConfig):
     sigma_start: float | None = Field(None, gt=0, description="anneal sigma geometrically from this (e.g. 0.1 of the fov) to sigma")
     sigma_anneal_iterations: int = Field(0, ge=0, description="iterations over which sigma_start anneals to sigma")
     max_grad_norm: float | None = Field(None, gt=0, description="clip the policy gradient's norm to this; None: no clipping")
+    learn_sigma: bool = Field(
+        False, description="learn the Gaussian's std (one log-std per axis, starting at sigma) by the policy gradient instead of "
+        "fixing or annealing it")
+    sigma_min: float = Field(1e-3, gt=0, description="floor of a learned sigma, fov units")
+    sigma_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the learned log-std (the policy's lr of 1e-5 would "
+                            "move it by ~0.03 over the paper's 2,800 iterations)")
+    entropy_coef: float = Field(
+        0.0, ge=0, description="weight of the entropy bonus (nats per position, added to the objective): keeps a learned sigma "
+        "from collapsing early; needs learn_sigma (a fixed sigma's entropy is a constant, its gradient zero)")
 
     @model_validator(mode="after")
     def _check_anneal(self) -> RLConfig:
         if (self.sigma_start is None) != (self.sigma_anneal_iterations == 0):
             raise ValueError("sigma_start and sigma_anneal_iterations go together (set both, or neither)")
+        if self.learn_sigma and self.sigma_start is not None:
+            raise ValueError("learn_sigma and sigma_start exclude each other (a learned sigma starts at sigma)")
+        if self.entropy_coef > 0 and not self.learn_sigma:
+            raise ValueError("entropy_coef needs learn_sigma: true (a fixed sigma's entropy does not depend on the weights)")
+        if self.learn_sigma and self.sigma < self.sigma_min:
+            raise ValueError(f"sigma {self.sigma} is below sigma_min {self.sigma_min}")
         return self
 
     def sigma_at(self, iteration: int) -> float:
@@ -104,6 +119,21 @@ class RLConfig(StageConfig):
         return float(self.sigma_start * (self.sigma / self.sigma_start) ** frac)
 
 
+class PretrainConfig(StageConfig):
+    """Supervised pre-training: the policy learns to reproduce a target planner's sub-sequences (teacher forcing)."""
+
+    iterations: int = 400
+    lr: float = 1e-4
+    batch: int = 24
+    target: Literal["sparse_grid", "structure_guided"] = Field(
+        "sparse_grid", description="sparse_grid (the paper): interleaved sparse grids, the same for every specimen; "
+        "structure_guided: what the structure-guided planner chooses from each specimen's own live reconstruction")
+    loss: Literal["ordered", "matched"] = Field(
+        "ordered", description="ordered (the paper): MSE of each output slot to the same slot of the target; matched: MSE after "
+        "the best one-to-one matching of outputs to target positions (the order within a sub-sequence is free; suits "
+        "structure_guided, whose order changes with the specimen)")
+
+
 class TrainConfig(BaseModel):
     """Everything ``ptychoscan train`` needs; one file for all three stages."""
 
@@ -111,7 +141,7 @@ class TrainConfig(BaseModel):
     data: DataConfig = DataConfig()
     recon: dict = Field(default_factory=dict, description="recon.options.ReconOptions fields (paper defaults when empty)")
     autoencoder: StageConfig = StageConfig(iterations=800, lr=1e-3, batch=16)
-    pretrain: StageConfig = StageConfig(iterations=400, lr=1e-4, batch=24)
+    pretrain: PretrainConfig = PretrainConfig()
     rl: RLConfig = RLConfig()
     out_dir: str = Field("runs/policy", description="checkpoints, metrics.jsonl and plots go here")
     seed: int = 0

@@ -7,10 +7,12 @@ line per iteration) and ``<stage>_curve.png``. Run under ``torchrun`` for data-p
 training (DDP; gloo on CPU, nccl on CUDA): each process runs ``batch / world_size``
 episodes and gradients are averaged.
 
-Pre-training target: sub-sequence t is the sparse grid of ``chunk`` positions with its
-in-cell offset taken from a rank-1 lattice ((0.5 + t/T) mod 1, (0.5 + 2t/T) mod 1), so
-sub-sequence 0 is the cell-centred sparse grid (the first one the environment measures)
-and the T grids together interleave evenly.
+Pre-training target (``pretrain.target``): "sparse_grid" (the paper's): sub-sequence t is
+the sparse grid of ``chunk`` positions with its in-cell offset taken from a rank-1 lattice
+((0.5 + t/T) mod 1, (0.5 + 2t/T) mod 1), so sub-sequence 0 is the cell-centred sparse grid
+(the first one the environment measures) and the T grids together interleave evenly;
+"structure_guided": the structure-guided planner's choices on each specimen
+(``policy.pretrain_targets``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from policy.baselines import interleaved_grids_unit
 from policy.checkpoint import build_models, read_checkpoint, save_checkpoint, weights_digest
 from policy.config import TrainConfig
 from policy.models import lowpass
+from policy.pretrain_targets import matched_mse, planner_rollouts
+from policy.rl_objective import GaussianExploration, advantages, reward_to_go
 
 STAGES = ("autoencoder", "pretrain", "rl")
 
@@ -197,13 +201,15 @@ def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return images.flip(-1) if int(torch.randint(2, (1,), generator=gen)) else images
 
 
-def _resume(ctx: Context, stage: str, previous: str | None, ae, pol, optimizer) -> int:
+def _resume(ctx: Context, stage: str, previous: str | None, ae, pol, optimizer, exploration: GaussianExploration | None = None) -> int:
     """Load this stage's checkpoint (resume) or the previous stage's weights; returns the start iteration."""
     own = ctx.out_dir / f"{stage}.pt"
     if own.exists():
         data = read_checkpoint(own)
         ae.load_state_dict(data["autoencoder"])
         pol.load_state_dict(data["policy"])
+        if exploration is not None and "exploration" in data:
+            exploration.load_state_dict(data["exploration"])
         optimizer.load_state_dict(data["optimizer"])
         return int(data["iteration"])
     if previous is not None:
@@ -216,12 +222,15 @@ def _resume(ctx: Context, stage: str, previous: str | None, ae, pol, optimizer) 
     return 0
 
 
-def _save(ctx: Context, stage: str, iteration: int, ae, pol, optimizer) -> None:
+def _save(ctx: Context, stage: str, iteration: int, ae, pol, optimizer, exploration: GaussianExploration | None = None) -> None:
     if not ctx.main:
         return
     payload = {"config": ctx.config.model_dump(mode="json"), "autoencoder": ae.state_dict(), "policy": pol.state_dict(),
                "stage": stage, "iteration": iteration}
-    save_checkpoint(ctx.out_dir / f"{stage}.pt", {**payload, "optimizer": optimizer.state_dict()})
+    own = {**payload, "optimizer": optimizer.state_dict()}
+    if exploration is not None:
+        own["exploration"] = exploration.state_dict()  # the training run's sigma; the deployed policy uses its means only
+    save_checkpoint(ctx.out_dir / f"{stage}.pt", own)
     version = f"{stage}-{iteration}-{weights_digest(pol.state_dict())}"
     save_checkpoint(ctx.out_dir / "policy.pt", {**payload, "policy_version": version})
 
@@ -230,23 +239,28 @@ def _wrap(ctx: Context, module: torch.nn.Module) -> torch.nn.Module:
     return DistributedDataParallel(module) if ctx.distributed else module
 
 
-def _loop(ctx: Context, stage: str, start: int, iterations: int, step, ae, pol, optimizer, curve_keys: list[str]) -> None:
+def _loop(ctx: Context, stage: str, start: int, iterations: int, step, ae, pol, optimizer, curve_keys: list[str],
+          exploration: GaussianExploration | None = None) -> None:
     metrics = Metrics(ctx, stage, start)
     bar = tqdm(range(start, iterations), desc=stage, unit="it", disable=not ctx.main, initial=start, total=iterations)
     for it in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         values = step(it)
         values["time_s"] = round(time.perf_counter() - t0, 4)
+        values["cpu_s"] = round(time.process_time() - c0, 4)  # this process, all its threads (wall on a shared machine misleads)
         metrics.log(it, **values)
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in curve_keys}, refresh=False)
         if (it + 1) % ctx.config.checkpoint_every == 0 or it + 1 == iterations:
-            _save(ctx, stage, it + 1, ae, pol, optimizer)
+            _save(ctx, stage, it + 1, ae, pol, optimizer, exploration)
             if ctx.main:
                 plot_curve(metrics.path, stage, curve_keys, ctx.out_dir / f"{stage}_curve.png")
     if start >= iterations:
-        _save(ctx, stage, iterations, ae, pol, optimizer)
+        _save(ctx, stage, iterations, ae, pol, optimizer, exploration)
     if ctx.distributed:
-        check_sync(ctx, stage, pol if stage != "autoencoder" else ae)
+        synced = pol if stage != "autoencoder" else ae
+        if exploration is not None and exploration.learn:  # a learned sigma must stay the same on every rank too
+            synced = torch.nn.ModuleDict({"policy": pol, "exploration": exploration})
+        check_sync(ctx, stage, synced)
 
 
 def check_sync(ctx: Context, stage: str, module: torch.nn.Module) -> list[str]:
@@ -282,19 +296,37 @@ def train_autoencoder(ctx: Context) -> None:
     _loop(ctx, "autoencoder", start, cfg.autoencoder.iterations, step, ae, pol, opt, ["loss"])
 
 
+def pretrain_data(ctx: Context) -> dict[str, torch.Tensor]:
+    """Teacher-forcing data of ``pretrain.target``: "positions" (N, T, chunk, 2) and "images" (N, T, 1, S, S) along the
+    target's episodes, "targets" (N, T, chunk, 2); structure_guided rollouts are cached in their own file."""
+    cfg = ctx.config
+    if cfg.pretrain.target == "sparse_grid":
+        data = collect_rollouts(ctx)
+        positions = data["target"]["positions"]
+        return {"positions": positions, "images": data["target"]["images"], "targets": data["targets"].expand(len(positions), -1, -1, -1)}
+    path = ctx.out_dir / "rollouts_structure_guided.pt"
+    if ctx.main and not path.exists():
+        env = make_env(cfg, resolve_datasets(cfg.data.train))
+        torch.save(planner_rollouts(env, cfg.n_subsequences, cfg.rl.budget, cfg.seed), path)
+    if ctx.distributed:
+        dist.barrier()
+    return torch.load(path, weights_only=False)
+
+
 def pretrain(ctx: Context) -> None:
-    """Supervised: MSE between predicted means and the interleaved sparse-grid targets (teacher forcing)."""
+    """Supervised: MSE between predicted means and the ``pretrain.target`` sub-sequences (teacher forcing)."""
     cfg = ctx.config
     ae, pol = build_models(cfg)
     opt = torch.optim.Adam(pol.parameters(), lr=cfg.pretrain.lr)
     start = _resume(ctx, "pretrain", "autoencoder", ae, pol, opt)
-    data = collect_rollouts(ctx)
+    data = pretrain_data(ctx)
     with torch.no_grad():
-        imgs = data["target"]["images"]
+        imgs = data["images"]
         latents = ae.encode(imgs.flatten(0, 1)).reshape(*imgs.shape[:2], -1)
-    positions, targets = data["target"]["positions"], data["targets"]
+    positions, targets = data["positions"], data["targets"]
     net = _wrap(ctx, pol)
     per_rank = max(1, cfg.pretrain.batch // ctx.world)
+    loss_fn = matched_mse if cfg.pretrain.loss == "matched" else torch.nn.functional.mse_loss
 
     def step(it: int) -> dict:
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + it * 31 + ctx.rank)
@@ -303,7 +335,7 @@ def pretrain(ctx: Context) -> None:
         n_sub = positions.shape[1]
         for t in range(n_sub - 1):
             mean, state = net(positions[pick, t], latents[pick, t], state)
-            loss = loss + torch.nn.functional.mse_loss(mean, targets[t + 1].expand_as(mean))
+            loss = loss + loss_fn(mean, targets[pick, t + 1])
         loss = loss / (n_sub - 1)
         opt.zero_grad()
         loss.backward()
@@ -315,16 +347,21 @@ def pretrain(ctx: Context) -> None:
 
 
 def reinforce(ctx: Context) -> None:
-    """REINFORCE with a fixed-sigma Gaussian policy, discount rl.gamma (the paper: 0), Voronoi (or total) credit of rl.reward."""
+    """REINFORCE with a Gaussian policy (fixed, annealed or learned sigma; optional entropy bonus), discount rl.gamma
+    (the paper: 0), Voronoi (or total) credit of rl.reward, baselines and normalised advantages (``policy.rl_objective``)."""
     cfg = ctx.config
     rl = cfg.rl
     ae, pol = build_models(cfg)
-    opt = torch.optim.Adam(pol.parameters(), lr=rl.lr)
+    exploration = GaussianExploration(rl.sigma, rl.learn_sigma, rl.sigma_min)
+    groups = [{"params": list(pol.parameters())}]
+    if rl.learn_sigma:
+        groups.append({"params": [exploration.log_sigma], "lr": rl.sigma_lr})
+    opt = torch.optim.Adam(groups, lr=rl.lr)
     per_rank = max(1, rl.batch // ctx.world)
     k = rl.rollouts_per_specimen
     if per_rank % k:
         raise ValueError(f"rl.batch per process ({per_rank}) must be a multiple of rl.rollouts_per_specimen ({k})")
-    start = _resume(ctx, "rl", "pretrain", ae, pol, opt)
+    start = _resume(ctx, "rl", "pretrain", ae, pol, opt, exploration)
     env = make_env(cfg, resolve_datasets(cfg.data.train), credit=rl.credit)
     net = _wrap(ctx, pol)
     ae.requires_grad_(False)
@@ -334,13 +371,13 @@ def reinforce(ctx: Context) -> None:
         rng = np.random.default_rng([cfg.seed, it, ctx.rank])
         ids = np.repeat(rng.integers(len(env.specimens), size=per_rank // k), k).tolist()
         pos, img = env.reset(ids, seed=int(rng.integers(2**31)), noise_groups=[b // k for b in range(per_rank)])
-        sigma = rl.sigma_at(it)
+        std = exploration.std(rl.sigma_at(it))
         state, logps, rewards, totals = None, [], [], []
         for _ in range(1, n_sub):
             with torch.no_grad():
                 z = ae.encode(img)
             mean, state = net(pos, z, state)
-            gauss = torch.distributions.Normal(mean, sigma)
+            gauss = torch.distributions.Normal(mean, std)
             action = gauss.sample()
             logps.append(gauss.log_prob(action).sum(-1))  # (B, chunk)
             pos, img, r, tot = env.step(action.clamp(0.0, 1.0))
@@ -350,19 +387,19 @@ def reinforce(ctx: Context) -> None:
         reward = torch.stack(rewards, 1)
         if rl.gamma > 0:
             reward = reward_to_go(reward, rl.gamma)
-        advantage = reward
-        if rl.baseline and k > 1:
-            advantage = leave_one_out(reward, k)
-        elif rl.baseline:
-            mean_r = reward.sum(0)
-            if ctx.distributed:
-                dist.all_reduce(mean_r)
-            advantage = reward - mean_r / (per_rank * ctx.world)
-        if rl.normalize_advantages:
-            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        loss = -(advantage * logp).sum() / (per_rank * (n_sub - 1))
+        batch_mean = None
+        if rl.baseline and k == 1 and ctx.distributed:
+            batch_mean = reward.sum(0)
+            dist.all_reduce(batch_mean)
+            batch_mean = batch_mean / (per_rank * ctx.world)
+        advantage = advantages(reward, k=k, baseline=rl.baseline, normalize=rl.normalize_advantages, batch_mean=batch_mean)
+        entropy = exploration.entropy(std)
+        loss = -(advantage * logp).sum() / (per_rank * (n_sub - 1)) - rl.entropy_coef * entropy * cfg.model.policy.chunk
         opt.zero_grad()
         loss.backward()
+        if rl.learn_sigma and ctx.distributed:  # not a DDP module: average its gradient by hand
+            dist.all_reduce(exploration.log_sigma.grad)
+            exploration.log_sigma.grad /= ctx.world
         if rl.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(pol.parameters(), rl.max_grad_norm)
         opt.step()
@@ -370,29 +407,10 @@ def reinforce(ctx: Context) -> None:
             final = torch.tensor([env.quality(ep) for ep in env.episodes])
         else:
             final = torch.stack(totals, 1)[:, -1]
-        return {"loss": loss.item(), "reward": float(reward.sum(-1).mean()), "final_total_reward": float(final.mean()), "sigma": sigma}
+        return {"loss": loss.item(), "reward": float(reward.sum(-1).mean()), "final_total_reward": float(final.mean()),
+                "sigma": float(std.detach().mean()), "entropy": float(entropy.detach())}
 
-    _loop(ctx, "rl", start, rl.iterations, step, ae, pol, opt, ["reward", "final_total_reward"])
-
-
-def reward_to_go(reward: torch.Tensor, gamma: float) -> torch.Tensor:
-    """(B, T, n) per-position rewards -> each position's own reward plus the discounted rewards of *every* position of
-    the later sub-sequences (their sum, not only the same index j). With gamma 1 and the quality reward, a
-    sub-sequence's positions then carry its gain plus everything after it: the final quality less what came before."""
-    later = torch.zeros_like(reward[:, 0, :1])
-    out = torch.empty_like(reward)
-    for t in range(reward.shape[1] - 1, -1, -1):
-        out[:, t] = reward[:, t] + gamma * later
-        later = reward[:, t].sum(-1, keepdim=True) + gamma * later
-    return out
-
-
-def leave_one_out(reward: torch.Tensor, k: int) -> torch.Tensor:
-    """Advantages of (B, ...) rewards whose episodes come in consecutive groups of ``k`` (same specimen and noise):
-    each minus the mean of the other k - 1 of its group."""
-    grouped = reward.reshape(-1, k, *reward.shape[1:])
-    others = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)
-    return (grouped - others).reshape(reward.shape)
+    _loop(ctx, "rl", start, rl.iterations, step, ae, pol, opt, ["reward", "final_total_reward"], exploration)
 
 
 def run_stage(stage: str, config: TrainConfig) -> Context:

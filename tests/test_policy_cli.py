@@ -83,3 +83,31 @@ def test_rl_with_leave_one_out_annealed_sigma_clipping_and_the_quality_reward(se
     cfg["rl"]["batch"] = 3
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "rl", "--config", str(path), "--iterations", "3"]) == 2  # 3 episodes do not split into pairs
+
+
+def test_rl_learns_sigma_with_the_entropy_bonus_and_resumes_it(setup, tmp_path):
+    """A learned sigma is trained (here widened by a strong entropy bonus), saved in rl.pt and picked up on resume."""
+    import shutil
+
+    import torch
+    import yaml
+
+    root, _files, config = setup
+    if not (root / "run" / "pretrain.pt").exists():
+        for stage in ("autoencoder", "pretrain"):
+            assert main(["train", stage, "--config", str(config)]) == 0
+    cfg = yaml.safe_load(config.read_text())
+    cfg["out_dir"] = str(tmp_path / "run")
+    cfg["rl"].update({"learn_sigma": True, "sigma": 0.05, "sigma_lr": 0.1, "entropy_coef": 10.0, "normalize_advantages": True})
+    (tmp_path / "run").mkdir()
+    shutil.copy(root / "run" / "pretrain.pt", tmp_path / "run" / "pretrain.pt")
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "rl", "--config", str(path)]) == 0
+    assert main(["train", "rl", "--config", str(path), "--iterations", "3"]) == 0
+    rl = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    sigmas = [m["sigma"] for m in rl if m.get("stage") == "rl"]
+    assert all(m["cpu_s"] > 0 and m["time_s"] > 0 for m in rl if m.get("stage") == "rl")  # CPU time logged beside wall
+    assert sigmas[0] == pytest.approx(0.05) and sigmas[0] < sigmas[1] < sigmas[2]  # resumed, not restarted at 0.05
+    saved = torch.load(tmp_path / "run" / "rl.pt", weights_only=False)
+    assert float(saved["exploration"]["log_sigma"].exp().mean()) > sigmas[2]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from policy.checkpoint import read_checkpoint
 from policy.config import TrainConfig
@@ -42,6 +43,10 @@ def test_ddp_two_processes_keep_parameters_in_sync(tmp_path):
     run_stage("autoencoder", load_model(TrainConfig, config))  # single process
     before = read_checkpoint(out / "autoencoder.pt")["policy"]
     for stage in ("pretrain", "rl"):
+        if stage == "rl":  # a learned sigma is no DDP module: its gradient is averaged by hand (it drifted apart without)
+            data = yaml.safe_load(config.read_text())
+            data["rl"].update({"learn_sigma": True, "sigma": 0.05, "sigma_lr": 0.1, "entropy_coef": 0.1})
+            config.write_text(yaml.safe_dump(data))
         proc = _torchrun(stage, config)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "terminate called" not in proc.stderr
@@ -50,6 +55,7 @@ def test_ddp_two_processes_keep_parameters_in_sync(tmp_path):
         assert len(sync["digests"]) == 2 and sync["digests"][0] == sync["digests"][1]
     after = read_checkpoint(out / "rl.pt")
     assert after["iteration"] == 2
+    assert not torch.allclose(after["exploration"]["log_sigma"].exp(), torch.tensor([0.05, 0.05]))  # sigma was learned
     assert any(not torch.equal(before[k], after["policy"][k]) for k in before)  # it did train
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if r["stage"] == "rl"] == [0, 1]

@@ -127,6 +127,28 @@ def test_the_training_environment_reconstructs_on_the_configured_device(tmp_path
     assert env.reconstructor.device == torch.device("cpu") and env.specimens[0].n_candidates > 64
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_training_environment_honours_an_explicit_device_and_refuses_a_missing_one(tmp_path):
+    """device "cpu" puts the reconstructor and the on-demand simulator on the CPU; "cuda" where there is none is a one-line
+    error, not a silent fall-back to the CPU."""
+    import policy.training as training
+    from policy.config import TrainConfig
+    from recon.device import DeviceError
+    from tests.policy_helpers import write_tiny_datasets
+
+    files = write_tiny_datasets(tmp_path, 1)
+    tiny = {"autoencoder": {"input_size": 32, "channels": [4, 4, 8, 8, 8, 8], "latent_dim": 8},
+            "policy": {"chunk": 4, "input_size": 8, "hidden": 8}}
+    config = TrainConfig(data={"train": files, "measurement": "simulate"}, device="cpu", model=tiny, rl={"budget": 8},
+                         recon={"iterations": 1, "detector_binning": 1})
+    env = training.make_env(config, files)
+    assert env.reconstructor.device == torch.device("cpu") and env.specimens[0].source.simulator.device == torch.device("cpu")
+    _, images = env.reset([0], seed=0)
+    assert images.device == torch.device("cpu") and env.episodes[0].potential.device == torch.device("cpu")
+    with pytest.raises(DeviceError, match="CUDA was requested"):
+        training.make_env(config.model_copy(update={"device": "cuda"}), files)
+
+
 def test_fitted_error_is_one_minus_r_squared_and_zero_for_any_affine_copy():
     from policy.quality_reward import fitted_error, initial_error
 
@@ -234,7 +256,7 @@ def test_episodes_of_one_noise_group_share_their_noise(specimens):
 
 def test_leave_one_out_baseline_and_annealed_sigma():
     from policy.config import RLConfig
-    from policy.training import leave_one_out
+    from policy.rl_objective import leave_one_out
 
     reward = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 0.0], [5.0, 0.0]])  # two groups of k = 2
     adv = leave_one_out(reward, 2)
@@ -262,7 +284,7 @@ def test_reward_to_go_credits_every_later_position_and_sigma_schedules_go_togeth
     from pydantic import ValidationError
 
     from policy.config import RLConfig
-    from policy.training import reward_to_go
+    from policy.rl_objective import reward_to_go
 
     reward = torch.tensor([[[1.0, 2.0], [3.0, 0.0], [0.5, 0.5]]])  # (B=1, T=3, n=2)
     out = reward_to_go(reward, 1.0)

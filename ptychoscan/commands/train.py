@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "train",
         help="train the policy: autoencoder, supervised pre-training, reinforcement learning",
         description="Train the adaptive-scanning policy (Schloz et al. 2023) in three stages sharing one config "
-        "and output folder: autoencoder, pretrain (to the sparse grid), rl (REINFORCE, Voronoi credit). Resumes from "
+        "and output folder: autoencoder, pretrain (to the sparse grid, or pretrain.target: structure_guided), rl (REINFORCE, "
+        "Voronoi credit). Resumes from "
         "the stage's checkpoint in out_dir. Multi-process: torchrun --nproc_per_node N -m ptychoscan.cli train ...",
     )
     p.add_argument("stage", choices=["autoencoder", "pretrain", "rl"])
