@@ -244,13 +244,7 @@ class Reconstructor:
             if not (math.isfinite(total_b) and least >= 0):
                 _raise_bad_patterns(intensity, b)
             positions = _check_positions(scan.positions_nm, intensity.shape[0], b)
-            fits = scan.grid.window_fits(positions, k)
-            if not fits.all():
-                i = int(np.flatnonzero(~fits)[0])
-                raise ValueError(
-                    f"scan {b}: {int((~fits).sum())} position(s) have probe windows outside the {scan.grid.shape[0]}x{scan.grid.shape[1]} "
-                    f"object grid (first: row {i} at ({positions[i, 0]:.3f}, {positions[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
-                )
+            _check_windows_fit(scan.grid, positions, k, b, "position(s)")
             if self.options.normalize_patterns:
                 mean_total = total_b / intensity.shape[0]
                 if not mean_total > 0:
@@ -275,14 +269,15 @@ class Reconstructor:
                 targets[rows] = source
             positions_px[rows] = torch.from_numpy(scan.grid.positions_px(positions)) + pad
             planes[rows] = b * height * width
+            valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
         nominal_px = positions_px
         if self.options.position_correction is not None and any(s.corrected_positions_nm is not None for s in scans):
             nominal_px = positions_px.clone()
             for b, scan in enumerate(scans):
                 if scan.corrected_positions_nm is not None:
                     start = _check_positions(scan.corrected_positions_nm, counts[b], b)
+                    _check_windows_fit(scan.grid, start, k, b, "corrected position(s)")
                     positions_px[offsets[b] : offsets[b] + counts[b]] = torch.from_numpy(scan.grid.positions_px(start)) + pad
-            valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
         base, probes, probe_rows, fractions = self._placement(positions_px, planes, width)
@@ -506,6 +501,17 @@ def _raise_bad_patterns(values: torch.Tensor, b: int) -> None:
         frame = int(torch.nonzero(negative)[0, 0])
         raise ValueError(f"scan {b}: patterns contain negative intensities (first in frame {frame})")
     raise ValueError(f"scan {b}: the patterns' sum is not finite (overflow)")
+
+
+def _check_windows_fit(grid, positions_nm: np.ndarray, window: int, b: int, what: str) -> None:
+    """ValueError unless every probe window (``window`` px) at ``positions_nm`` (N, 2) nm lies on ``grid``."""
+    fits = grid.window_fits(positions_nm, window)
+    if not fits.all():
+        i = int(np.flatnonzero(~fits)[0])
+        raise ValueError(
+            f"scan {b}: {int((~fits).sum())} {what} have probe windows outside the {grid.shape[0]}x{grid.shape[1]} object grid "
+            f"(first: row {i} at ({positions_nm[i, 0]:.3f}, {positions_nm[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
+        )
 
 
 def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:

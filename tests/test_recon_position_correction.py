@@ -92,3 +92,27 @@ def test_bad_options_give_clear_errors():
         PositionCorrectionOptions(step=5)
     with pytest.raises(ValidationError, match="extra"):
         PositionCorrectionOptions(max_shift=0.1)
+
+
+@pytest.mark.parametrize("offset_nm", [(-0.6, -0.6), (-0.6, 0.0)], ids=["both-axes", "x-only"])
+def test_corrected_start_positions_off_the_grid_are_refused(offset_nm):
+    """Regression: corrected start positions were checked for shape only; off the grid in x alone the flat window index
+    wrapped into the row above (no error, wrong pixels), in y a torch IndexError."""
+    probe, grid, _, nominal, _, patterns = _case()
+    options = _options(PositionCorrectionOptions(start_pass=0), iterations=2)
+    chunk = ScanChunk(patterns, nominal, grid, corrected_positions_nm=nominal + np.array(offset_nm))
+    with pytest.raises(ValueError, match="corrected position"):
+        Reconstructor(probe, options, "cpu").reconstruct([chunk])
+
+
+@pytest.mark.parametrize("penalty", [{"l2_weight": 10.0}, {"tv_weight": 1.0}], ids=["l2", "tv"])
+def test_regularisation_acts_with_and_without_position_correction(penalty):
+    """Regression: merging position correction left the valid-region mask set only inside its branch, so TV and L2
+    penalties did nothing in every other run (the mask was all False)."""
+    probe, grid, _, nominal, _, patterns = _case()
+    for correction in (None, PositionCorrectionOptions(start_pass=0)):
+        kw = {"corrected_positions_nm": nominal} if correction is not None else {}
+        chunk = ScanChunk(patterns, nominal, grid, **kw)
+        free = Reconstructor(probe, _options(correction, iterations=3), "cpu").reconstruct([chunk])[0].potential
+        penalised = Reconstructor(probe, _options(correction, iterations=3, **penalty), "cpu").reconstruct([chunk])[0].potential
+        assert not torch.allclose(free, penalised), f"{penalty} had no effect (correction {correction is not None})"
