@@ -27,7 +27,7 @@ from service.background import BackgroundJob, Stopped
 from service.compute import ReconJob, ReconOutput
 from service.converged_store import ConvergedReconstruction, read_measured_frames, write_converged
 from service.probe_job import RetrieveProbe
-from service.spec import Beam
+from service.spec import Beam, clip_to_fov
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,24 @@ def converged_job(
     sid = request.session_id
 
     def work(pause: Callable[[], None]) -> None:
+        from recon.convergence import diverged  # torch: imported when the first job runs, not with the service
+
         request = request_now()
         on_state(sid, {"state": ConvergedState.RUNNING.value})
         t0 = time.perf_counter()
         try:
             pause()
-            patterns, positions = read_measured_frames(request.session_file)
+            patterns, measured = read_measured_frames(request.session_file)
+            positions = clip_to_fov(measured, request.fov_nm)  # as the live reconstructions had them
             if len(positions) == 0:
                 raise ValueError("the session has no frames")
             beam, probe = request.beam, None
             if request.retrieve:
-                if retrieve is None:
-                    raise ValueError("probe retrieval is not available in this service")
-                beam, probe = retrieve(patterns, positions, request.beam, request.fov_nm, pause)
+                beam, probe = _retrieved_or_nominal(retrieve, patterns, positions, request, pause)
             job = ReconJob(beam, request.fov_nm, patterns, positions, None, final=True)
             output, recipe = run(job, lambda _pass: pause())
+            if diverged(output.loss_history):
+                raise RuntimeError(f"the reconstruction diverged (final loss {output.loss_history[-1]}); nothing stored")
             rec = ConvergedReconstruction(
                 output.potential, output.origin_nm, output.pixel_nm, len(positions), len(output.loss_history), output.loss_history,
                 recipe | {"probe_aberrations": beam.aberrations.model_dump()},
@@ -105,3 +108,19 @@ def converged_job(
         on_state(sid, info)
 
     return BackgroundJob(f"converged:{sid}", work, urgent=False, on_dropped=lambda: on_state(sid, {"state": ConvergedState.QUEUED.value}))
+
+
+def _retrieved_or_nominal(retrieve: RetrieveProbe | None, patterns, positions, request: ConvergedRequest,
+                          pause: Callable[[], None]) -> tuple[Beam, dict]:
+    """(beam, probe report) retrieved from every frame; the request's beam, with the failure in the report, when that fails
+    (the converged image with the nominal probe is still worth having: the live ones used it too)."""
+    try:
+        if retrieve is None:
+            raise ValueError("probe retrieval is not available in this service")
+        return retrieve(patterns, positions, request.beam, request.fov_nm, pause)
+    except Stopped:
+        raise
+    except Exception as err:
+        log.warning("probe retrieval for the converged reconstruction of %s failed (%s); using the nominal probe", request.session_id, err)
+        return request.beam, {"state": "failed", "source": request.probe_source, "error": f"{type(err).__name__}: {err}",
+                              **request.beam.aberrations.model_dump()}

@@ -17,6 +17,7 @@ status says why); one dropped at shutdown runs again after the restart.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,8 @@ class ProbeRetriever:
         device = pick_device(None if self.device == "auto" else self.device)
         result = retrieve_aberrations(chunk, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, start=beam.aberrations,
                                       options=self.options, device=device, between=pause)
+        if not math.isfinite(result.loss):
+            raise RuntimeError(f"probe retrieval: no evaluation converged (best loss {result.loss}); keeping the nominal probe")
         report = {
             "source": "retrieved",
             **result.aberrations.model_dump(),

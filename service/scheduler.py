@@ -27,6 +27,7 @@ from service.compute import ReconBackend, ReconOutput
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.planner import PlanRequest
+from service.spec import clip_to_fov
 from service.work import WorkItem
 
 log = logging.getLogger(__name__)
@@ -207,11 +208,6 @@ class Scheduler:
             self.metrics.policy_seconds.observe(time.perf_counter() - t0)
             failed.update(errors)
             for i, pos in planned.items():
-                out[i] = _clip(np.asarray(pos, dtype=np.float64).reshape(-1, 2), requests[i].fov_nm)
+                out[i] = clip_to_fov(pos, requests[i].fov_nm)  # a planner must not drive the probe off the field
         return out
 
-
-def _clip(positions: np.ndarray, fov: tuple[float, float, float, float]) -> np.ndarray:
-    """Keep planned positions inside the fov (a planner must not drive the probe off the field)."""
-    x0, y0, w, h = fov
-    return np.stack([np.clip(positions[:, 0], x0, x0 + w), np.clip(positions[:, 1], y0, y0 + h)], axis=1)

@@ -23,7 +23,7 @@ from detector_stream.events import StreamError
 from service.compute import ReconOutput
 from service.errors import ErrorKind, SessionError
 from service.planner import PlannerChoice
-from service.spec import Beam, SessionSpec
+from service.spec import Beam, SessionSpec, clip_to_fov
 from service.store import SESSION_SUFFIX, SessionStore, StoredReconstruction, StoreError
 
 
@@ -234,10 +234,7 @@ class Session:
         """Copies of (patterns (N, K, K) float32, positions used (N, 2) nm) of every received frame, clipped to the fov."""
         n = self.n_issued
         keep = np.flatnonzero(self.received[:n])
-        x0, y0, w, h = self.fov
-        used = self.positions_used[keep]
-        positions = np.stack([np.clip(used[:, 0], x0, x0 + w), np.clip(used[:, 1], y0, y0 + h)], axis=1)
-        return self.patterns[keep].copy(), positions
+        return self.patterns[keep].copy(), clip_to_fov(self.positions_used[keep], self.fov)
 
     def probe_status(self) -> dict:
         """The status's ``probe``: the retrieval's state and outcome, or the request's aberrations (source nominal)."""

@@ -156,3 +156,15 @@ class SessionSpec:
         if stack > max_session_bytes:
             return f"budget x detector_pixels^2 needs {stack / 2**30:.1f} GiB of frames (max_session_bytes {max_session_bytes / 2**30:.1f} GiB)"
         return None
+
+
+def clip_to_fov(positions_nm: np.ndarray, fov_nm: tuple[float, float, float, float]) -> np.ndarray:
+    """Positions (N, 2) nm moved onto the field of view (x0, y0, width, height) nm, a new float64 array.
+
+    Measured positions may stray off the fov (the microscope reports where the beam was) and
+    a planner's may too; the reconstruction grid covers only the fov, so every reconstruction
+    (live, converged, probe retrieval) and every plan uses the clipped positions.
+    """
+    x0, y0, w, h = fov_nm
+    p = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 2)
+    return np.stack([np.clip(p[:, 0], x0, x0 + w), np.clip(p[:, 1], y0, y0 + h)], axis=1)

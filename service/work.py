@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from service.compute import ReconJob
 from service.planner import PlanRequest
 from service.session import Batch, BatchStatus, Session
+from service.spec import clip_to_fov
 
 
 @dataclass
@@ -36,8 +35,7 @@ def work_item(s: Session) -> WorkItem:
         # s.patterns[:n] is passed as a view, not copied under the lock: rows of complete batches are
         # never written again (a frame for a received slot is refused as a duplicate) and add_batch
         # replaces the array rather than writing below n_issued.
-        x0, y0, w, h = s.fov  # measured positions may stray off the fov: the grid only covers the fov
-        pos = np.stack([np.clip(used[:n, 0], x0, x0 + w), np.clip(used[:n, 1], y0, y0 + h)], axis=1)
+        pos = clip_to_fov(used[:n], s.fov)
         previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
         n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == BatchStatus.RECONSTRUCTED and init is not None else 0
         job = ReconJob(

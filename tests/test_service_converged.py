@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, frames_for, session_body
+from service_testing import AUTH, KEY, Pusher, frames_for, session_body, wait_until
 
 from service.app import create_app
 from service.background import BackgroundJob, BackgroundWorker
@@ -25,12 +25,7 @@ FOV = (0.0, 0.0, 0.3, 0.3)
 
 
 def _until(predicate, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+    return wait_until(predicate, timeout=timeout, interval=0.05)
 
 
 def _run_session(c, pusher) -> str:
@@ -125,21 +120,33 @@ class _Recorder:
             return next((info for s, info in reversed(self.states) if s == sid), None)
 
 
-def _fake_run(passes=3, fail_for=None, seen=None):
+def _fake_run(passes=3, fail_for=None, seen=None, losses=(3.0, 2.0, 1.0), positions=None):
     def run(job, on_pass):
         if seen is not None:
             seen.append(len(job.positions_nm))
+        if positions is not None:
+            positions.append(np.array(job.positions_nm))
         if fail_for is not None and len(job.positions_nm) == fail_for:
             raise RuntimeError("boom")
         for i in range(1, passes + 1):
             on_pass(i)
-        return ReconOutput(np.ones((4, 4), np.float32), (0.0, 0.0), 0.02, [3.0, 2.0, 1.0][:passes]), {"optimizer": "gd"}
+        return ReconOutput(np.ones((4, 4), np.float32), (0.0, 0.0), 0.02, list(losses)[:passes]), {"optimizer": "gd"}
 
     return run
 
 
-def _job(path, sid, run, rec, **kw):
-    return converged_job(lambda: ConvergedRequest(sid, path, BEAM, FOV, **kw), run, rec)
+def _job(path, sid, run, rec, retriever=None, **kw):
+    return converged_job(lambda: ConvergedRequest(sid, path, BEAM, FOV, **kw), run, rec, retriever)
+
+
+def _run_alone(job, rec, sid):
+    worker = BackgroundWorker(busy=lambda: False)
+    worker.start()
+    try:
+        assert worker.submit(job)
+        return _until(lambda: (info := rec.last(sid) or {}).get("state") in ("done", "failed") and info)
+    finally:
+        worker.stop()
 
 
 def test_converged_job_reads_only_received_frames_and_writes_atomically(tmp_path):
@@ -224,3 +231,41 @@ def test_write_is_all_or_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_converged(path, rec)
     assert read_converged(path).passes == 2
+
+
+def test_measured_positions_off_the_fov_are_clipped_as_the_live_reconstructions_clip_them(tmp_path):
+    """Regression: the converged job read the file's measured positions unclipped; one stray reading (3 nm off a 0.3 nm
+    field) made it fail with probe windows outside the grid, a slight one moved frames elsewhere than in the live image."""
+    path = _session_file(tmp_path / "s1.h5")
+    with h5py.File(path, "a") as f:
+        f["positions_nm"][0] = [3.0, -1.0]
+    seen_positions: list[np.ndarray] = []
+    rec = _Recorder()
+    info = _run_alone(_job(path, "s1", _fake_run(positions=seen_positions), rec), rec, "s1")
+    assert info["state"] == "done", info
+    (used,) = seen_positions
+    assert used.min() >= 0.0 and used.max() <= 0.3 and np.allclose(used[0], [0.3, 0.0])
+
+
+def test_a_diverged_run_is_reported_failed_and_nothing_is_stored(tmp_path):
+    """Regression: a run still diverged after the step halvings was stored and its NaN loss put into the status, which
+    made GET /sessions (every session's status) answer 500."""
+    path = _session_file(tmp_path / "s1.h5")
+    rec = _Recorder()
+    info = _run_alone(_job(path, "s1", _fake_run(losses=(3.0, 2.0, float("nan"))), rec), rec, "s1")
+    assert info["state"] == "failed" and "diverged" in info["error"] and "final_loss" not in info
+    assert read_converged(path) is None
+
+
+def test_a_failed_probe_retrieval_falls_back_to_the_nominal_probe(tmp_path):
+    """Regression: asked to retrieve the probe (retrieval failed during the scan), a second failure lost the converged
+    reconstruction altogether; now it is made with the nominal probe and the status says the retrieval failed."""
+    def broken(patterns, positions, beam, fov_nm, pause):
+        raise RuntimeError("no overlap")
+
+    path = _session_file(tmp_path / "s1.h5")
+    rec = _Recorder()
+    info = _run_alone(_job(path, "s1", _fake_run(), rec, retriever=broken, retrieve=True), rec, "s1")
+    assert info["state"] == "done", info
+    assert info["probe"]["state"] == "failed" and "no overlap" in info["probe"]["error"] and info["probe"]["defocus_nm"] == 0.0
+    assert read_converged(path).recipe["probe_aberrations"]["defocus_nm"] == 0.0

@@ -6,6 +6,7 @@ import json
 import time
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from recon.beam import probe_for
 from service.app import create_app
 from service.compute import TorchReconBackend
 from service.models import SessionCreate
+from service.probe_job import ProbeRetriever
 from service.settings import ServiceSettings
 from service.spec import Beam
 
@@ -151,3 +153,17 @@ def test_a_session_that_ends_first_gets_its_probe_retrieved_by_the_converged_rec
         assert probe["source"] == "retrieved" and probe["defocus_nm"] == info["probe"]["defocus_nm"]
     finally:
         pusher.close()
+
+
+def test_a_retrieval_whose_every_evaluation_diverged_is_a_failure_not_a_probe(monkeypatch):
+    """Regression: a retrieval in which no short reconstruction converged (loss inf) was reported as retrieved, with an
+    infinite loss that no JSON status can carry and aberrations that are only the search's last guess."""
+    import recon.probe_retrieval as retrieval
+    from recon.aberrations import ProbeAberrations
+
+    monkeypatch.setattr(retrieval, "retrieve_aberrations",
+                        lambda *a, **k: retrieval.RetrievalResult(ProbeAberrations(defocus_nm=3.0), float("inf")))
+    retriever = ProbeRetriever(CHEAP, "cpu")
+    frames = np.ones((4, 16, 16), np.float32)
+    with pytest.raises(RuntimeError, match="no evaluation converged"):
+        retriever(frames, np.full((4, 2), 0.15), Beam(60_000.0, 33.0, 16, 6.0, 0.0), (0.0, 0.0, 0.3, 0.3), lambda: None)
