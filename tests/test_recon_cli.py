@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -76,3 +78,19 @@ def test_reconstruct_converged_is_the_evaluations_recipe_with_flags_on_top(tmp_p
     assert (options["optimizer"], options["momentum"], options["precondition"], options["batch_positions"]) == ("gd", 0.9, "absolute", None)
     assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--converged", "--config", str(out)]) == 2
     assert "exclusive" in capsys.readouterr().err
+
+
+def test_position_correction_flag_keeps_the_configs_position_correction_options(tmp_path, tiny_dataset_file):
+    """Regression: --position-correction replaced the config's position_correction options with the defaults, silently."""
+    config = tmp_path / "opts.yaml"
+    config.write_text("detector_binning: 1\niterations: 2\nposition_correction:\n  start_pass: 0\n  max_shift_nm: 0.0\n")
+    out = tmp_path / "r.h5"
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--config", str(config), "--position-correction"]) == 0
+    with h5py.File(out) as f:
+        used = json.loads(f.attrs["options"])["position_correction"]
+    assert used["max_shift_nm"] == 0.0 and used["start_pass"] == 0, used
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("detector_binning: 1\niterations: 2\n")
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--config", str(plain), "--position-correction"]) == 0
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["options"])["position_correction"]["max_shift_nm"] > 0, "the flag alone: the defaults"

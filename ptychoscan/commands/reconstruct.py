@@ -62,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
         "batch_positions": args.batch_positions or None,  # not given: the config's; 0: full batch (nulls below)
         "progress": True,
     }
-    if args.position_correction:
-        overrides["position_correction"] = {}
     if args.converged:
         if args.config:
             raise ValueError("--converged and --config are exclusive (--converged is a recipe of its own)")
@@ -74,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
                                                **({"batch_positions": None} if args.batch_positions == 0 else {})})
     else:
         options = load_model(ReconOptions, args.config, overrides, nulls={"batch_positions": args.batch_positions == 0})
+    if args.position_correction and options.position_correction is None:  # the config's own options, when it has them, stand
+        options = ReconOptions.model_validate({**options.model_dump(), "position_correction": {}})
     dataset = read_dataset(args.dataset)
     indices = select_subset(dataset, args.positions_subset, seed=args.seed)
     positions = dataset.positions_nm[indices]
