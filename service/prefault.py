@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import mmap
+import os
 import queue
 import sys
 import threading
@@ -47,8 +49,13 @@ def _madvise():
     return fn
 
 
+TRANSIENT_ERRNOS = frozenset({errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+"""madvise failures of the moment (memory pressure in a cgroup, a signal): this request fails, later ones are tried."""
+
+
 def populate_rows(array: np.ndarray, lo: int, hi: int, madvise=None) -> bool:
-    """Back rows ``lo:hi`` of the C-contiguous ``array`` with memory now, contents untouched; False if the kernel cannot.
+    """Back rows ``lo:hi`` of the C-contiguous ``array`` with memory now, contents untouched; False if the kernel cannot
+    (OSError for a failure of the moment, ``TRANSIENT_ERRNOS``).
 
     Only whole pages inside the rows are advised (a page shared with a neighbouring row
     faults in on its first write, as before).
@@ -62,7 +69,12 @@ def populate_rows(array: np.ndarray, lo: int, hi: int, madvise=None) -> bool:
     first, last = -(-start // PAGE) * PAGE, stop // PAGE * PAGE
     if last <= first:
         return True
-    return madvise(first, last - first, MADV_POPULATE_WRITE) == 0
+    if madvise(first, last - first, MADV_POPULATE_WRITE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in TRANSIENT_ERRNOS:
+        raise OSError(code, f"madvise(MADV_POPULATE_WRITE): {os.strerror(code)}")
+    return False
 
 
 _MADVISE = _madvise()
@@ -78,7 +90,9 @@ class Prefaulter:
         self.populated = 0
         """rows made resident so far."""
         self.unsupported = False
-        """the kernel refused once (e.g. before Linux 5.14): later requests are dropped."""
+        """the kernel cannot (e.g. before Linux 5.14): later requests are dropped."""
+        self.failed = 0
+        """requests that failed for the moment (e.g. ENOMEM): later ones are still tried."""
 
     def request(self, array: np.ndarray, lo: int, hi: int) -> None:
         """Populate rows ``lo:hi`` of ``array`` soon (never blocks; safe with the manager's lock held)."""
@@ -117,8 +131,9 @@ class Prefaulter:
             try:
                 ok = populate_rows(array, lo, hi)
             except Exception as err:  # never let a prefault take the service down: the first write faults the rows in anyway
-                log.warning("session memory prefault failed (%s); frames fault their rows in as they come", err)
-                ok = False
+                self.failed += 1
+                log.warning("session memory prefault failed (%s); these frames fault their rows in as they come", err)
+                continue  # a failure of the moment: the next batch is tried again
             if ok:
                 self.populated += hi - lo
             elif not self.unsupported:

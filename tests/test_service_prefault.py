@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import sys
 import threading
@@ -118,3 +119,39 @@ def test_a_stopped_prefaulter_is_restarted_by_the_next_request():
     assert p.wait_idle()
     assert p.populated == (16 if prefault._MADVISE is not None else 0)
     p.stop()
+
+
+def _failing_madvise(code):
+    def madvise(*_a):
+        ctypes.set_errno(code)
+        return -1
+    return madvise
+
+
+def test_a_failure_of_the_moment_does_not_turn_prefault_off(monkeypatch):
+    """Regression: one madvise failure of any kind (ENOMEM under cgroup memory pressure) marked the kernel unsupported and
+    turned prefault off for the life of the service; only a kernel that cannot (EINVAL, ENOSYS) does that now."""
+    a = np.zeros((16, 64, 64), np.float32)
+    with pytest.raises(OSError, match="POPULATE"):
+        populate_rows(a, 0, 16, madvise=_failing_madvise(errno.ENOMEM))
+    assert not populate_rows(a, 0, 16, madvise=_failing_madvise(errno.EINVAL))
+    calls = []
+
+    def flaky(*args):
+        calls.append(args)
+        return _failing_madvise(errno.ENOMEM)() if len(calls) == 1 else 0
+
+    monkeypatch.setattr(prefault, "_MADVISE", flaky)
+    p = Prefaulter()
+    try:
+        p.request(a, 0, 8)
+        assert p.wait_idle()
+        assert p.failed == 1 and not p.unsupported
+        p.request(a, 8, 16)
+        assert p.wait_idle()
+        assert p.populated == 8 and len(calls) == 2
+        monkeypatch.setattr(prefault, "_MADVISE", _failing_madvise(errno.EINVAL))
+        p.request(a, 0, 8)
+        assert p.wait_idle() and p.unsupported
+    finally:
+        p.stop()
