@@ -34,7 +34,7 @@ def _start(cmd: list[str], port: int) -> tuple[subprocess.Popen, httpx.Client]:
         except httpx.TransportError:
             return False
 
-    wait_until(up, timeout=30.0, interval=0.1, what="server up")
+    wait_until(up, timeout=90.0, interval=0.1, what="server up")  # importing torch takes > 30 s on a loaded 2-core machine
     return proc, client
 
 
