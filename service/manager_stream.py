@@ -152,14 +152,7 @@ class StreamHandling:
         self.metrics.frames.inc()
         self.metrics.bytes.inc(image.nbytes)
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
-            self.metrics.batches_complete.inc()
-            try:
-                s.flush_frames()
-            except StoreError as err:
-                self._fail(s, err)
-                return True
-            self._enqueue(s)
-            s.notify()
+            self._batch_complete(s)
         return True
 
     def _store_run(self, endpoint: str, frames: list[Frame], handled_at: float) -> bool:
@@ -210,15 +203,19 @@ class StreamHandling:
         self.metrics.frames.inc(len(kept))
         self.metrics.bytes.inc(sum(im.nbytes for im in images))
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
-            self.metrics.batches_complete.inc()
-            try:
-                s.flush_frames()
-            except StoreError as err:
-                self._fail(s, err)
-                return True
-            self._enqueue(s)
-            s.notify()
+            self._batch_complete(s)
         return True
+
+    def _batch_complete(self, s: Session) -> None:
+        """Every frame of the session's current batch is in: onto disk, then queued for its reconstruction and plan."""
+        self.metrics.batches_complete.inc()
+        try:
+            s.flush_frames()
+        except StoreError as err:
+            self._fail(s, err)
+            return
+        self._enqueue(s)
+        s.notify()
 
     def _series_end(self, key: Key) -> None:
         """The detector ended series ``key``: a told batch still missing frames of it goes back to issued.

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, frames_for, session_body
+from service_testing import AUTH, KEY, Pusher, frames_for, session_body, wait_until
 
 from recon.beam import probe_for
 from service.app import create_app
@@ -33,12 +32,7 @@ def _settings(tmp_path, **kw):
 
 
 def _until(predicate, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+    return wait_until(predicate, timeout=timeout, interval=0.05)
 
 
 def _probe(c, sid):
