@@ -275,6 +275,7 @@ class Reconstructor:
                 targets[rows] = source
             positions_px[rows] = torch.from_numpy(scan.grid.positions_px(positions)) + pad
             planes[rows] = b * height * width
+            valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
         nominal_px = positions_px
         if self.options.position_correction is not None and any(s.corrected_positions_nm is not None for s in scans):
             nominal_px = positions_px.clone()
@@ -282,7 +283,6 @@ class Reconstructor:
                 if scan.corrected_positions_nm is not None:
                     start = _check_positions(scan.corrected_positions_nm, counts[b], b)
                     positions_px[offsets[b] : offsets[b] + counts[b]] = torch.from_numpy(scan.grid.positions_px(start)) + pad
-            valid[b, : scan.grid.shape[0] + 2 * pad, : scan.grid.shape[1] + 2 * pad] = True
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
         base, probes, probe_rows, fractions = self._placement(positions_px, planes, width)
