@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recon.binned_model import bin_blocks, binned_centre_tilt, pad_centred
 from recon.device import pick_device
+from recon.engine_inputs import check_positions, check_windows_fit, patterns_on_device, raise_bad_patterns
 from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
@@ -108,7 +110,7 @@ class Reconstructor:
         if not float(norm) > 0:
             raise ValueError("probe is all zeros")
         self.probe = probe / norm if self.options.normalize_patterns else probe
-        self.model_probe = _pad_centred(self.probe, self.model_window) * _binned_centre_tilt(
+        self.model_probe = pad_centred(self.probe, self.model_window) * binned_centre_tilt(
             self.window, self.options.detector_binning, self.device, self.complex_dtype
         )
         self._probe_cache = ShiftedProbeCache(torch.fft.fft2(self.model_probe), self.options)
@@ -235,16 +237,16 @@ class Reconstructor:
         # ifftshifted once instead. Binning commutes with the shift when the shift is a whole
         # number of b x b blocks (always for even K); otherwise the model is fftshifted.
         shift_model = (kw // 2) % b_ != 0
-        values: list[torch.Tensor | None] = [_patterns_on_device(scan.patterns, k, b, self.real_dtype, self.device) for b, scan in enumerate(scans)]
+        values: list[torch.Tensor | None] = [patterns_on_device(scan.patterns, k, b, self.real_dtype, self.device) for b, scan in enumerate(scans)]
         # every scan's checks and normalisation from one transfer: (sum, min) per scan
         stats = torch.stack([torch.stack([v.sum(), v.min()]) for v in values]).double().cpu()
         checked = []
         for b, (intensity, scan) in enumerate(zip(values, scans, strict=True)):  # validate everything before allocating the batch
             total_b, least = float(stats[b, 0]), float(stats[b, 1])
             if not (math.isfinite(total_b) and least >= 0):
-                _raise_bad_patterns(intensity, b)
-            positions = _check_positions(scan.positions_nm, intensity.shape[0], b)
-            _check_windows_fit(scan.grid, positions, k, b, "position(s)")
+                raise_bad_patterns(intensity, b)
+            positions = check_positions(scan.positions_nm, intensity.shape[0], b)
+            check_windows_fit(scan.grid, positions, k, b, "position(s)")
             if self.options.normalize_patterns:
                 mean_total = total_b / intensity.shape[0]
                 if not mean_total > 0:
@@ -275,8 +277,8 @@ class Reconstructor:
             nominal_px = positions_px.clone()
             for b, scan in enumerate(scans):
                 if scan.corrected_positions_nm is not None:
-                    start = _check_positions(scan.corrected_positions_nm, counts[b], b)
-                    _check_windows_fit(scan.grid, start, k, b, "corrected position(s)")
+                    start = check_positions(scan.corrected_positions_nm, counts[b], b)
+                    check_windows_fit(scan.grid, start, k, b, "corrected position(s)")
                     positions_px[offsets[b] : offsets[b] + counts[b]] = torch.from_numpy(scan.grid.positions_px(start)) + pad
         steps = torch.arange(kw, device=self.device)
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
@@ -373,7 +375,7 @@ class Reconstructor:
                 far = torch.fft.fftshift(far, dim=(-2, -1))
             intensity = far.real.square() + far.imag.square()  # contiguous (|far|^2 via conj-multiply is a strided view)
             if b_ > 1:
-                intensity = _bin(intensity, b_)
+                intensity = bin_blocks(intensity, b_)
             target = batch.targets.index_select(0, part)
             w = weights[start : start + m, None, None]
             if opts.loss == "amplitude":
@@ -446,94 +448,3 @@ class Reconstructor:
             potential[sel] -= lr * m_hat / (torch.sqrt(v_hat) + _ADAM_EPS)
         if opts.nonnegative:
             potential.clamp_(min=0)
-
-
-def _pad_centred(probe: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero-pad a (K, K) probe centred at K//2 to (size, size) centred at size//2."""
-    k = probe.shape[-1]
-    if size == k:
-        return probe
-    out = torch.zeros((size, size), dtype=probe.dtype, device=probe.device)
-    start = size // 2 - k // 2
-    out[start : start + k, start : start + k] = probe
-    return out
-
-
-def _binned_centre_tilt(k: int, binning: int, device, dtype) -> torch.Tensor | float:
-    """Tilt exp(2 pi i d (x + y) / (K b)) that centres binned pixel (K//2, K//2) on the zero frequency.
-
-    Binning the K*b-pixel far field in b x b blocks puts the zero frequency d = b (K//2) +
-    (b - 1)/2 - (K b)//2 raw pixels off the centre of binned pixel K//2 (0.5 for b = 2, K
-    even); the data (docs/DESIGN.md: patterns centred at (K//2, K//2); sim_microscope does the same
-    tilt) are centred, so the model's exit waves carry this tilt. Without it the
-    reconstruction drifts into a compensating phase ramp (0.54 rad/nm at 60 kV, K = 64).
-    """
-    offset = binning * (k // 2) + (binning - 1) / 2 - (k * binning) // 2
-    if offset == 0:
-        return 1.0
-    size = k * binning
-    ramp = torch.exp(2j * math.pi * offset * torch.arange(size, dtype=torch.float64, device=device) / size)
-    return (ramp[:, None] * ramp[None, :]).to(dtype)
-
-
-def _patterns_on_device(patterns, window: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Patterns as a (N, K, K) tensor of ``dtype`` on ``device``; ValueError naming the scan for a bad shape."""
-    if isinstance(patterns, torch.Tensor):
-        values = patterns.detach().to(device=device, dtype=dtype)
-    else:
-        p = np.asarray(patterns)
-        values = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32 if dtype == torch.float32 else np.float64)).to(device)
-    if values.ndim != 3 or values.shape[0] == 0:
-        raise ValueError(f"scan {b}: patterns must have shape (N, K, K) with N >= 1, got {tuple(values.shape)}")
-    if tuple(values.shape[1:]) != (window, window):
-        raise ValueError(f"scan {b}: pattern size {values.shape[1]}x{values.shape[2]} does not match the {window}x{window} probe")
-    return values
-
-
-def _raise_bad_patterns(values: torch.Tensor, b: int) -> None:
-    """ValueError naming scan ``b``'s first non-finite or negative frame (called once its sum or minimum showed one)."""
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):
-        frame = int(torch.nonzero(~finite)[0, 0])
-        raise ValueError(f"scan {b}: patterns contain NaN or infinite values (first in frame {frame})")
-    negative = values < 0
-    if bool(negative.any()):
-        frame = int(torch.nonzero(negative)[0, 0])
-        raise ValueError(f"scan {b}: patterns contain negative intensities (first in frame {frame})")
-    raise ValueError(f"scan {b}: the patterns' sum is not finite (overflow)")
-
-
-def _check_windows_fit(grid, positions_nm: np.ndarray, window: int, b: int, what: str) -> None:
-    """ValueError unless every probe window (``window`` px) at ``positions_nm`` (N, 2) nm lies on ``grid``."""
-    fits = grid.window_fits(positions_nm, window)
-    if not fits.all():
-        i = int(np.flatnonzero(~fits)[0])
-        raise ValueError(
-            f"scan {b}: {int((~fits).sum())} {what} have probe windows outside the {grid.shape[0]}x{grid.shape[1]} object grid "
-            f"(first: row {i} at ({positions_nm[i, 0]:.3f}, {positions_nm[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
-        )
-
-
-def _check_positions(positions_nm, n_patterns: int, b: int) -> np.ndarray:
-    pos = positions_nm.detach().cpu().double().numpy() if isinstance(positions_nm, torch.Tensor) else np.asarray(positions_nm, dtype=np.float64)
-    if pos.ndim != 2 or pos.shape[1] != 2:
-        raise ValueError(f"scan {b}: positions_nm must have shape (N, 2), got {pos.shape}")
-    if pos.shape[0] != n_patterns:
-        raise ValueError(f"scan {b}: {pos.shape[0]} positions but {n_patterns} patterns")
-    if not np.isfinite(pos).all():
-        raise ValueError(f"scan {b}: positions_nm contains NaN or infinite values (first at row {int(np.argwhere(~np.isfinite(pos))[0, 0])})")
-    return pos
-
-
-def _bin(intensity: torch.Tensor, factor: int) -> torch.Tensor:
-    """Sum factor x factor blocks of (M, K*f, K*f) as strided adds (much faster on CPU than a sum over the block dims)."""
-    m, size, _ = intensity.shape
-    rows = intensity.view(m, size // factor, factor, size)
-    summed = rows[:, :, 0]
-    for i in range(1, factor):
-        summed = summed + rows[:, :, i]
-    cols = summed.view(m, size // factor, size // factor, factor)
-    out = cols[..., 0]
-    for i in range(1, factor):
-        out = out + cols[..., i]
-    return out

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from recon.engine import Reconstructor, _bin
+from recon.binned_model import bin_blocks
+from recon.engine import Reconstructor
 from recon.options import ReconOptions
 from recon.physics import real_space_pixel_angstrom
 from recon.probe import make_probe
@@ -16,7 +17,7 @@ def _model_vacuum_pattern(k: int, binning: int) -> np.ndarray:
     probe = make_probe(k, real_space_pixel_angstrom(60e3, k, 3.36), 60e3, 33.0)
     recon = Reconstructor(probe, ReconOptions(detector_binning=binning), device="cpu")
     far = torch.fft.fft2(recon.model_probe, norm="ortho")
-    pattern = _bin((far * far.conj()).real[None], binning)[0]
+    pattern = bin_blocks((far * far.conj()).real[None], binning)[0]
     return torch.fft.fftshift(pattern).numpy()  # the engine compares with ifftshifted (centred) targets
 
 
