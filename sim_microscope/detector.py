@@ -479,12 +479,15 @@ def config_description(key: str, value) -> dict:
     kind = {bool: "bool", int: "uint", float: "float", str: "string"}.get(type(value), "string")
     desc = {"value": value, "value_type": kind, "access_mode": "rw" if key in _CONFIG_RULES else "r"}
     rule = _CONFIG_RULES.get(key)
-    if rule and isinstance(rule[1], tuple):
+    if rule and rule[0] is not bool and isinstance(rule[1], tuple):  # a DCU lists no allowed_values for a bool: clients take one as an enum
         desc["allowed_values"] = list(rule[1])
-    elif rule:
+    elif rule and rule[0] is not bool:
         desc["min"], desc["max"] = rule[1], rule[2]
-    if key in ("count_time", "frame_time"):
-        desc["unit"] = "s"
-    elif key in ("threshold_energy", "photon_energy"):
-        desc["unit"] = "eV"
+    if key in UNITS:
+        desc["unit"] = UNITS[key]
     return desc
+
+
+UNITS = {"count_time": "s", "frame_time": "s", "threshold_energy": "eV", "photon_energy": "eV", "x_pixel_size": "m", "y_pixel_size": "m",
+         "sensor_thickness": "m"}
+"""SI units of the config keys that have one (as a DCU describes them)."""

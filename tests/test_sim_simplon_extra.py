@@ -87,7 +87,7 @@ def test_applied_pixel_mask_marks_masked_pixels_in_frames_and_mask_to_zero_zeroe
     assert client.put(f"{D}/config/pixel_mask_applied", json={"value": True}).status_code == 200
     marked = _series_frames(detector, client, 3)
     assert (marked[:, 10, 20] == 65535).all() and (marked[:, 40, 7] == 65535).all() and marked.dtype == np.uint16
-    assert client.get(f"{D}/config/mask_to_zero").json() == {"value": False, "value_type": "bool", "access_mode": "rw", "allowed_values": [True, False]}
+    assert client.get(f"{D}/config/mask_to_zero").json() == {"value": False, "value_type": "bool", "access_mode": "rw"}
     assert client.put(f"{D}/config/mask_to_zero", json={"value": True}).status_code == 200
     zeroed = _series_frames(detector, client, 3)
     assert (zeroed[:, 10, 20] == 0).all() and (zeroed[:, 40, 7] == 0).all()
@@ -129,3 +129,16 @@ def test_filewriter_takes_the_keys_libertem_live_sets_when_file_writing_is_enabl
     assert client.put(f"{fw}/compression", json={"value": "x"}).status_code == 404
     assert set(client.get(f"{fw}/keys").json()) == {"mode", "name_pattern", "nimages_per_file", "image_nr_start"}
     assert client.put("/monitor/api/1.8.0/config/buffer_size", json={"value": 1}).status_code == 200
+
+
+def test_descriptions_follow_the_dcu_bools_without_allowed_values_and_si_units(sim_detector):
+    """A bool described with ``allowed_values`` [true, false] reads as an enum to clients that key on that field (areaDetector's
+    ADEiger), which then write the enum's string back; a DCU describes bools by value_type alone. Lengths are in metres."""
+    _, _, client = sim_detector
+    for key in ("pixel_mask_applied", "countrate_correction_applied", "flatfield_correction_applied", "mask_to_zero"):
+        desc = client.get(f"{D}/config/{key}").json()
+        assert desc["value_type"] == "bool" and "allowed_values" not in desc and "min" not in desc, key
+    for key in ("x_pixel_size", "y_pixel_size", "sensor_thickness"):
+        assert client.get(f"{D}/config/{key}").json()["unit"] == "m", key
+    assert client.get(f"{D}/config/count_time").json()["unit"] == "s"
+    assert client.get(f"{D}/config/photon_energy").json()["unit"] == "eV"
