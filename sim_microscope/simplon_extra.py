@@ -5,14 +5,17 @@
   "filters": ["base64"], "data": <base64 of the C-order bytes>}``; PUT takes the same form
   (or a nested list). The mask is stored, never applied to frames.
 - keys listings: ``GET /{detector,stream,filewriter,monitor}/api/1.8.0/{config,status}/keys``
-  (and a bare ``config/``), ``GET /stream/api/version/`` and the others' versions.
+  and ``GET /detector/api/1.8.0/command/keys``; a bare ``GET .../detector/api/1.8.0/config/``
+  is the whole configuration (key -> description, as DEigerClient's ``detectorConfig()``
+  documents); ``GET /stream/api/version/`` and the others' versions.
 - ``GET /detector/api/1.8.0/status/humidity`` (%), ``.../status/temperature`` (°C),
   ``PUT .../command/status_update``, ``GET /stream/api/1.8.0/status/dropped`` (0: the
   stand-in's PUSH blocks rather than drop).
 - filewriter and monitor: ``GET|PUT .../config/{key}`` for the keys in ``MODULE_CONFIG``
   (``mode``: ``enabled`` | ``disabled``; the filewriter's ``name_pattern``,
   ``nimages_per_file``, ``image_nr_start``; the monitor's ``buffer_size``), stored and
-  described but inert: nothing is written or monitored; ``.../status/state``.
+  described but inert: nothing is written or monitored; ``.../status/state``; ``PUT
+  .../command/clear`` (nothing to clear).
 
 With ``pixel_mask_applied`` the detector marks masked pixels in every frame
 (``SimDetector.pixel_mask``; ``mask_to_zero`` chooses 0 over the largest count).
@@ -26,10 +29,11 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Body, FastAPI
 
-from sim_microscope.detector import DetectorError, SimDetector
+from sim_microscope.detector import DetectorError, SimDetector, config_description
 
 API = "1.8.0"
 MODES = ["enabled", "disabled"]
+COMMANDS = ("arm", "trigger", "disarm", "cancel", "abort", "initialize", "status_update")
 MODULE_CONFIG: dict[str, dict[str, tuple[object, str, object]]] = {
     "filewriter": {
         "mode": ("disabled", "string", MODES),
@@ -79,9 +83,18 @@ def add_simplon_extras(app: FastAPI, detector: SimDetector) -> None:
         app.get(f"/{module}/api/version/")(lambda: {"value": API, "value_type": "string"})
 
     @app.get(f"/detector/api/{API}/config/keys")
-    @app.get(f"/detector/api/{API}/config/")
     def detector_config_keys() -> list[str]:
         return sorted([*detector.config, "pixel_mask"])
+
+    @app.get(f"/detector/api/{API}/config/")
+    def detector_config_all() -> dict:
+        whole = {key: config_description(key, value) for key, value in detector.config.items()}
+        whole["pixel_mask"] = get_pixel_mask()
+        return dict(sorted(whole.items()))
+
+    @app.get(f"/detector/api/{API}/command/keys")
+    def detector_command_keys() -> list[str]:
+        return list(COMMANDS)
 
     @app.get(f"/detector/api/{API}/status/keys")
     def detector_status_keys() -> list[str]:
@@ -152,6 +165,11 @@ def add_mode_module(app: FastAPI, module: str, state: dict) -> None:
     @app.get(f"{base}/status/keys")
     def status_keys() -> list[str]:
         return ["state"]
+
+    @app.put(f"{base}/command/clear")
+    def clear() -> str:
+        """Delete the module's files or buffered images: the stand-in keeps none; a DCU answers with an empty body."""
+        return ""
 
     @app.get(f"{base}/status/state")
     def status_state() -> dict:
