@@ -10,7 +10,8 @@
   documents); ``GET /stream/api/version/`` and the others' versions.
 - ``GET /detector/api/1.8.0/status/humidity`` (%), ``.../status/temperature`` (°C),
   ``PUT .../command/status_update``, ``GET /stream/api/1.8.0/status/dropped`` (0: the
-  stand-in's PUSH blocks rather than drop).
+  stand-in's PUSH blocks rather than drop), ``PUT /stream/api/1.8.0/command/initialize``
+  (the stream comes back disabled).
 - filewriter and monitor: ``GET|PUT .../config/{key}`` for the keys in ``MODULE_CONFIG``
   (``mode``: ``enabled`` | ``disabled``; the filewriter's ``name_pattern``,
   ``nimages_per_file``, ``image_nr_start``; the monitor's ``buffer_size``), stored and
@@ -123,6 +124,12 @@ def add_simplon_extras(app: FastAPI, detector: SimDetector) -> None:
     @app.get(f"/stream/api/{API}/status/keys")
     def stream_status_keys() -> list[str]:
         return ["state", "dropped"]
+
+    @app.put(f"/stream/api/{API}/command/initialize")
+    def stream_initialize() -> str:
+        """Restart the stream interface: as DEigerClient documents it, it comes back disabled."""
+        detector.set_stream_config("mode", "disabled")
+        return ""
 
     @app.get(f"/stream/api/{API}/status/dropped")
     def stream_dropped() -> dict:

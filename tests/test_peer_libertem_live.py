@@ -163,3 +163,60 @@ def test_libertem_live_and_a_service_session_both_see_every_frame(tmp_path):
         assert (patterns[i * N:(i + 1) * N, MASKED[0], MASKED[1]] == 65535).all() and not results[i]["excluded"].any()
     assert (patterns[N:2 * N, MASKED[0], MASKED[1]] == 0).all()  # mask_to_zero
     np.testing.assert_array_equal(results[1]["excluded"], mask != 0)  # enable_corrections: the detector's pixel mask, decoded
+
+
+DEIGER_CALLS = """
+import importlib.util, json, sys
+import libertem_live, pathlib
+path = pathlib.Path(libertem_live.__file__).parent / "detectors" / "dectris" / "DEigerClient.py"
+spec = importlib.util.spec_from_file_location("DEigerClient", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+ec = module.DEigerClient(sys.argv[1], port=int(sys.argv[2]))
+out = {
+    "version": [ec.version(m)["value"] for m in ("detector", "stream", "filewriter", "monitor")],
+    "config_keys": ec.listDetectorConfigParams(),
+    "config_whole": sorted(ec.detectorConfig()),
+    "commands": ec.listDetectorCommands(),
+    "status_keys": ec.detectorStatus(),
+    "humidity": ec.detectorStatus("humidity"),
+    "dropped": ec.streamStatus("dropped"),
+    "stream_keys": ec.streamConfig(),
+    "filewriter_keys": ec.fileWriterConfig(),
+    "monitor_keys": ec.monitorConfig(),
+    "changed": ec.setDetectorConfig("threshold_energy", 5000.0),
+    "filewriter_mode": ec.setFileWriterConfig("mode", "enabled"),
+    "filewriter_state": ec.fileWriterStatus("state")["value"],
+    "monitor_mode": ec.setMonitorConfig("mode", "disabled"),
+    "described": {k: ec.detectorConfig(k) for k in ("threshold_energy", "photon_energy", "nexpi", "countrate_correction_count_cutoff",
+                                                    "mask_to_zero", "roi_mode", "count_time")},
+    "status_update": ec.sendDetectorCommand("status_update"),
+    "clear": [ec.sendFileWriterCommand("clear"), ec.sendMonitorCommand("clear")],
+    "arm": ec.sendDetectorCommand("arm"),
+    "disarm": ec.sendDetectorCommand("disarm"),
+}
+print(json.dumps(out))
+"""
+
+
+def test_dectris_deigerclient_calls_are_answered(sim_detector):
+    """DECTRIS's own DEigerClient (as LiberTEM-live 0.3 ships it) against the stand-in: every call LiberTEM-live or a script makes."""
+    _, url, _ = sim_detector
+    host, port = url.removeprefix("http://").split(":")
+    run = subprocess.run([str(VENV_PYTHON), "-c", DEIGER_CALLS, host, port], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["version"] == ["1.8.0"] * 4
+    assert {"pixel_mask", "mask_to_zero", "roi_mode", "threshold_energy", "nimages"} <= set(out["config_keys"])
+    assert out["config_whole"] == sorted(out["config_keys"])
+    assert {"arm", "trigger", "disarm", "status_update"} <= set(out["commands"])
+    assert "humidity" in out["status_keys"] and out["humidity"]["value_type"] == "float"
+    assert out["dropped"]["value"] == 0 and "header_detail" in out["stream_keys"]
+    assert {"mode", "name_pattern", "nimages_per_file"} <= set(out["filewriter_keys"]) and "mode" in out["monitor_keys"]
+    assert out["changed"] == ["threshold_energy"] and out["filewriter_mode"] == ["mode"] and out["filewriter_state"] == "ready"
+    described = out["described"]
+    assert described["threshold_energy"]["value"] == 5000.0 and described["threshold_energy"]["unit"] == "eV"
+    assert described["mask_to_zero"] == {"value": False, "value_type": "bool", "access_mode": "rw"}
+    assert described["roi_mode"]["allowed_values"] == ["disabled"] and described["count_time"]["unit"] == "s"
+    assert described["countrate_correction_count_cutoff"]["access_mode"] == "r" and described["nexpi"]["value_type"] == "uint"
+    assert out["arm"]["sequence id"] == out["disarm"]["sequence id"] >= 1

@@ -162,3 +162,5 @@ def test_bare_config_is_the_whole_configuration_and_commands_are_listed_as_deige
         assert client.put(f"{D}/command/trigger").json()["sequence id"] == sequence
     for module in ("filewriter", "monitor"):
         assert client.put(f"/{module}/api/1.8.0/command/clear").status_code == 200
+    assert client.put("/stream/api/1.8.0/command/initialize").status_code == 200  # restarts the stream interface, disabled
+    assert client.get("/stream/api/1.8.0/config/mode").json()["value"] == "disabled"
