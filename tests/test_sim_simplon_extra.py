@@ -164,3 +164,30 @@ def test_bare_config_is_the_whole_configuration_and_commands_are_listed_as_deige
         assert client.put(f"/{module}/api/1.8.0/command/clear").status_code == 200
     assert client.put("/stream/api/1.8.0/command/initialize").status_code == 200  # restarts the stream interface, disabled
     assert client.get("/stream/api/1.8.0/config/mode").json()["value"] == "disabled"
+
+
+def test_header_detail_all_carries_the_configured_pixel_mask(sim_detector):
+    """The stream's dpixelmask part was all zeros whatever mask the detector had."""
+    import json
+
+    import zmq
+
+    detector, _, client = sim_detector
+    mask = np.zeros((64, 64), np.uint32)
+    mask[5, 9] = 4
+    client.put(f"{D}/config/pixel_mask", json={"value": _darray(mask)})
+    client.put("/stream/api/1.8.0/config/header_detail", json={"value": "all"})
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(detector.endpoint)
+    try:
+        client.put(f"{D}/command/arm")
+        assert pull.poll(5000)
+        parts = pull.recv_multipart()
+    finally:
+        client.put(f"{D}/command/disarm")
+        pull.close(0)
+        ctx.term()
+    htypes = [json.loads(p).get("htype") if p.startswith(b"{") else None for p in parts]
+    at = htypes.index("dpixelmask-1.0")
+    np.testing.assert_array_equal(np.frombuffer(parts[at + 1], "<u4").reshape(64, 64), mask)
