@@ -75,3 +75,16 @@ def test_refusals_and_an_unreachable_service_are_one_line_service_errors(service
             gone.status("abc")
     finally:
         gone.close()
+
+
+def test_the_nion_driver_brings_only_the_rest_models_of_the_service():
+    """The driver runs in Nion Swift's environment: ``ptychoscan.client`` may bring the REST models, never torch or the service's app."""
+    import subprocess
+    import sys
+
+    from subprocess_env import REPO, repo_env
+
+    code = ("import sys, nion_ptychoscan.driver, nion_ptychoscan.service_client; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'fastapi', 'sim_microscope', 'service', 'recon', 'policy')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=repo_env(), capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['service', 'service.models', 'service.responses']"
