@@ -30,6 +30,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -140,7 +141,7 @@ def test_libertem_live_and_a_service_session_both_see_every_frame(tmp_path):
             for _ in range(600):
                 if final.state == "done":
                     break
-                threading.Event().wait(0.2)
+                time.sleep(0.2)
                 final = client.session(sid)
             assert final.state == "done" and final.frames_received == 3 * N
             fw = rest.get("/filewriter/api/1.8.0/config/name_pattern").json()["value"]
