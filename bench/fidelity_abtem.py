@@ -30,36 +30,21 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / "bench" / ".venvs" / "abtem"
 WORKER = ROOT / "bench" / "_abtem_worker.py"
-ABTEM_REQUIREMENT = "abtem==1.0.11"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from peer_venv import ensure_peer  # noqa: E402
+from peer_venv import venv_python as peer_venv_python  # noqa: E402
 
 
 def venv_python() -> Path:
-    return VENV / "bin" / "python"
+    return peer_venv_python("abtem")
 
 
 def ensure_venv(install: bool = True) -> Path:
-    """The abTEM venv's python, building the venv (python3 -m venv; pip install abtem) if missing."""
-    python = venv_python()
-    if not python.exists():
-        if not install:
-            raise FileNotFoundError(f"no abTEM venv at {VENV}; run bench/fidelity_abtem.py once to build it")
-        print(f"building {VENV} ({ABTEM_REQUIREMENT}) ...", flush=True)
-        subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", ABTEM_REQUIREMENT], check=True)
-    # abTEM 1.0.11 needs numba, which pins numpy; check that the pair imports.
-    check = subprocess.run(
-        [str(python), "-c", "import abtem, numpy, numba; print(abtem.__version__, numpy.__version__, numba.__version__)"],
-        capture_output=True,
-        text=True,
-    )
-    if check.returncode != 0:
-        raise RuntimeError(f"the abTEM venv at {VENV} does not import: {check.stderr.strip().splitlines()[-1]}")
-    return python
+    """The abTEM venv's python (bench/peer_venv.py builds it on first use); abTEM needs numba, which pins numpy: both must import."""
+    return ensure_peer("abtem", install=install)
 
 
 def specimen_and_positions(raw_pixel_mrad: float, grid: int, step_nm: float, seed: int, energy_ev: float = 60e3):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peer_venv import ensure_peer
 
 from recon.beam import probe_for
 from recon.dataset import read_dataset
@@ -35,15 +36,11 @@ from recon.metrics import ssim_against_ground_truth
 from recon.options import ReconOptions
 
 HERE = Path(__file__).resolve().parent
-VENV = HERE / ".venvs" / "py4dstem"
 
 
 def ensure_venv() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "py4DSTEM==0.14.18", "numpy<2"], check=True)
-    return python
+    """The py4DSTEM venv's python (bench/peer_venv.py builds it on first use)."""
+    return ensure_peer("py4dstem")
 
 
 def _per_iteration(wall1: float, cpu1: float, wall: float, cpu: float, iterations: int) -> dict:

@@ -32,8 +32,9 @@ def _blob_part(htype: str, array: np.ndarray) -> list[bytes]:
     return [_json(header), array.astype(array.dtype.newbyteorder("<")).tobytes()]
 
 
-def series_start_parts(series: int, config: dict, header_detail: str = "basic") -> list[bytes]:
-    """Global header message of a series: dheader, config (unless ``none``), and for ``all`` flatfield, mask, count rate."""
+def series_start_parts(series: int, config: dict, header_detail: str = "basic", pixel_mask: np.ndarray | None = None) -> list[bytes]:
+    """Global header message of a series: dheader, config (unless ``none``), and for ``all`` flatfield, mask (``pixel_mask``, (y, x);
+    zeros if None), count rate."""
     if header_detail not in HEADER_DETAILS:
         raise CodecError(f"header_detail must be one of {HEADER_DETAILS}, got {header_detail!r}")
     parts = [_json({"htype": "dheader-1.0", "series": int(series), "header_detail": header_detail})]
@@ -44,7 +45,8 @@ def series_start_parts(series: int, config: dict, header_detail: str = "basic") 
         nx = int(config.get("x_pixels_in_detector", 1))
         ny = int(config.get("y_pixels_in_detector", 1))
         parts += _blob_part("dflatfield-1.0", np.ones((ny, nx), np.float32))
-        parts += _blob_part("dpixelmask-1.0", np.zeros((ny, nx), np.uint32))
+        mask = np.zeros((ny, nx), np.uint32) if pixel_mask is None else np.asarray(pixel_mask, np.uint32)
+        parts += _blob_part("dpixelmask-1.0", mask)
         parts += _blob_part("dcountrate_table-1.0", np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 64))
     return parts
 

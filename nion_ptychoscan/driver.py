@@ -25,6 +25,7 @@ from nion_ptychoscan.service_client import ServiceClient
 from nion_ptychoscan.spot_acquisition import SpotScanner
 from nion_ptychoscan.stream_publisher import StreamPublisher
 from nion_ptychoscan.usim_stack import NionHardware
+from ptychoscan.client import AskResponse
 
 
 class DriverConfig(BaseModel):
@@ -114,7 +115,7 @@ class AdaptiveSessionDriver:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
                 batch = client.ask(session, deadline=deadline, max_idle_asks=c.max_idle_asks, say=self.say)
-                if batch.get("done"):
+                if batch.done:
                     break
                 record = self._chunk(batch, scanner, publisher, client, session, t0)
                 result.chunks.append(record)
@@ -131,14 +132,14 @@ class AdaptiveSessionDriver:
             publisher.close()
             client.close()
 
-    def _chunk(self, batch: dict, scanner: SpotScanner, publisher: StreamPublisher, client: ServiceClient, session: str, t0: float) -> ChunkRecord:
-        positions = np.asarray(batch["positions_nm"], dtype=np.float64).reshape(-1, 2)
+    def _chunk(self, batch: AskResponse, scanner: SpotScanner, publisher: StreamPublisher, client: ServiceClient, session: str, t0: float) -> ChunkRecord:
+        positions = np.asarray(batch.positions_nm, dtype=np.float64).reshape(-1, 2)
         spots = scanner.acquire(positions)
         dtype = f"uint{self.config.bit_depth}"
         counts = np.stack([to_counts(f, self.config.detector_pixels, dtype) for f in spots.frames])
         series = publisher.publish(counts, frame_time_s=self.config.exposure_ms / 1000)
-        client.tell(session, int(batch["batch_id"]), series, spots.positions_nm.tolist())
-        return ChunkRecord(int(batch["batch_id"]), series, positions, spots.positions_nm, spots.nion_seconds,
+        client.tell(session, int(batch.batch_id), series, spots.positions_nm.tolist())
+        return ChunkRecord(int(batch.batch_id), series, positions, spots.positions_nm, spots.nion_seconds,
                            time.perf_counter() - t0, counts if self.keep_frames else None)
 
     def _calibrated_pixel_mrad(self, scanner: SpotScanner) -> float:

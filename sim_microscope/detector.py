@@ -122,6 +122,8 @@ def default_config(detector_pixels: int) -> dict:
         "countrate_correction_applied": False,
         "flatfield_correction_applied": False,
         "pixel_mask_applied": False,
+        "mask_to_zero": False,
+        "roi_mode": "disabled",
         "threshold_energy": 4020.0,
         "photon_energy": 8041.0,
         "nexpi": 1,
@@ -143,7 +145,17 @@ class _Series:
     blobs: list[bytes] | None = None
     positions: np.ndarray | None = None
     """(total, 2) nm: where each frame's pattern was computed (the scan controller's positions at its trigger)."""
+    pixel_mask: np.ndarray | None = None
+    """(y, x) the pixel mask as it was at arm (nonzero: masked)."""
     ended: bool = False
+
+
+def apply_pixel_mask(images: np.ndarray, mask: np.ndarray | None, config: dict) -> np.ndarray:
+    """With ``pixel_mask_applied``, masked pixels (nonzero in the mask) read the dtype's largest count, or 0 with ``mask_to_zero``
+    (as a DECTRIS detector marks them); ``images`` (N, y, x) is changed in place and returned."""
+    if config.get("pixel_mask_applied") and mask is not None and mask.any():
+        images[:, mask != 0] = 0 if config.get("mask_to_zero") else np.iinfo(images.dtype).max
+    return images
 
 
 class SimDetector:
@@ -171,6 +183,9 @@ class SimDetector:
         self.faults = FaultPlan()
         self.sequence_id = 0
         self.frames_sent = 0
+        self.pixel_mask = np.zeros((source.detector_pixels, source.detector_pixels), np.uint32)
+        """(y, x) DECTRIS pixel mask (nonzero bits: gap, dead, noisy, ...); with ``pixel_mask_applied`` its pixels read
+        the largest count (or 0 with ``mask_to_zero``)."""
         self.last_images: np.ndarray | None = None
         """(N, y, x) counts of the latest series, as acquired (before any injected fault)."""
         self._rng = np.random.default_rng(seed)
@@ -201,6 +216,16 @@ class SimDetector:
             if self.state not in ("idle", "na"):
                 raise DetectorError(f"cannot change {key} while the detector is {self.state}; disarm first")
             self.config[key] = _checked(key, value)
+
+    def set_pixel_mask(self, mask: np.ndarray) -> None:
+        """Replace the pixel mask ((y, x), the detector's shape); DetectorError (409) unless idle, (400) for a wrong shape."""
+        mask = np.asarray(mask, dtype=np.uint32)
+        with self._lock:
+            if self.state not in ("idle", "na"):
+                raise DetectorError(f"cannot change pixel_mask while the detector is {self.state}; disarm first")
+            if mask.shape != self.pixel_mask.shape:
+                raise DetectorError(f"pixel_mask must have shape {list(self.pixel_mask.shape)}, got {list(mask.shape)}", 400)
+            self.pixel_mask = mask.copy()
 
     def set_stream_config(self, key: str, value) -> None:
         if key == "mode" and value in ("enabled", "disabled"):
@@ -233,10 +258,12 @@ class SimDetector:
             if not faults.persistent:
                 self.faults = FaultPlan()
             dtype = f"uint{int(config['bit_depth_image'])}"
-            self._series = _Series(self.sequence_id, config, self.encoding, dtype, expected_frames(config) or 0, faults)
+            mask = self.pixel_mask.copy()
+            self._series = _Series(self.sequence_id, config, self.encoding, dtype, expected_frames(config) or 0, faults, pixel_mask=mask)
             self.state = "ready"
             if self.stream_config["mode"] == "enabled":
-                self._jobs.put(("send", series_start_parts(self.sequence_id, config, self.stream_config["header_detail"])))
+                header = series_start_parts(self.sequence_id, config, self.stream_config["header_detail"], pixel_mask=mask)
+                self._jobs.put(("send", header))
             return self.sequence_id
 
     def trigger(self, external: bool = False, timeout: float | None = None) -> int:
@@ -336,7 +363,7 @@ class SimDetector:
             todo = frames[np.any(where[frames] != s.positions[frames], axis=1)]
             if not len(todo):
                 return
-        images = to_counts(self.source.patterns(where[todo]), s.dtype, self.dose, self._rng, self.noise)
+        images = apply_pixel_mask(to_counts(self.source.patterns(where[todo]), s.dtype, self.dose, self._rng, self.noise), s.pixel_mask, s.config)
         blobs = encode_frames(images, s.encoding)
         if s.images is None:
             s.images, s.blobs, s.positions = images, list(blobs), where.copy()
@@ -422,6 +449,8 @@ _CONFIG_RULES = {
     "pixel_mask_applied": (bool, (True, False), None),
     "countrate_correction_applied": (bool, (True, False), None),
     "flatfield_correction_applied": (bool, (True, False), None),
+    "mask_to_zero": (bool, (True, False), None),
+    "roi_mode": (str, ("disabled",), None),
 }
 READ_ONLY = ("x_pixels_in_detector", "y_pixels_in_detector", "software_version", "description", "detector_number")
 
@@ -431,6 +460,8 @@ def _checked(key: str, value):
         what = "read-only" if key in READ_ONLY or key in default_config(1) else "unknown"
         raise DetectorError(f"config key {key!r} is {what}", 400)
     kind, low, high = _CONFIG_RULES[key]
+    if kind is bool and not isinstance(value, bool):  # bool("false") is True: take JSON true/false only
+        raise DetectorError(f"{key} must be true or false, got {value!r}", 400)
     try:
         v = kind(value)
     except (TypeError, ValueError):
@@ -448,12 +479,15 @@ def config_description(key: str, value) -> dict:
     kind = {bool: "bool", int: "uint", float: "float", str: "string"}.get(type(value), "string")
     desc = {"value": value, "value_type": kind, "access_mode": "rw" if key in _CONFIG_RULES else "r"}
     rule = _CONFIG_RULES.get(key)
-    if rule and isinstance(rule[1], tuple):
+    if rule and rule[0] is not bool and isinstance(rule[1], tuple):  # a DCU lists no allowed_values for a bool: clients take one as an enum
         desc["allowed_values"] = list(rule[1])
-    elif rule:
+    elif rule and rule[0] is not bool:
         desc["min"], desc["max"] = rule[1], rule[2]
-    if key in ("count_time", "frame_time"):
-        desc["unit"] = "s"
-    elif key in ("threshold_energy", "photon_energy"):
-        desc["unit"] = "eV"
+    if key in UNITS:
+        desc["unit"] = UNITS[key]
     return desc
+
+
+UNITS = {"count_time": "s", "frame_time": "s", "threshold_energy": "eV", "photon_energy": "eV", "x_pixel_size": "m", "y_pixel_size": "m",
+         "sensor_thickness": "m"}
+"""SI units of the config keys that have one (as a DCU describes them)."""

@@ -71,7 +71,8 @@ def create_app(detector: SimDetector) -> FastAPI:
         if command == "arm":
             return {"sequence id": detector.arm()}
         if command == "trigger":
-            return {"frames": detector.trigger()}
+            frames = detector.trigger()
+            return {"sequence id": detector.sequence_id, "frames": frames}  # a DCU answers arm and trigger with the sequence id
         if command in ("disarm", "cancel", "abort", "initialize"):
             getattr(detector, command)()
             return {"sequence id": detector.sequence_id}

@@ -60,7 +60,8 @@ class LiveStack:
     """
 
     def __init__(self, out: Path, key: str, *, real_reconstruction: bool = False, specimen: str = "synthetic", detector_pixels: int = 16,
-                 frame_time_s: float = 0.05, open_reads: bool = False, extra_detector_args: list[str] | None = None) -> None:
+                 frame_time_s: float = 0.05, open_reads: bool = False, extra_detector_args: list[str] | None = None,
+                 extra_service_args: list[str] | None = None) -> None:
         self.out = Path(out)
         self.key = key
         self.real = real_reconstruction
@@ -69,6 +70,9 @@ class LiveStack:
         self.frame_time_s = frame_time_s
         self.open_reads = open_reads
         self.extra_detector_args = list(extra_detector_args or [])
+        self.extra_service_args = list(extra_service_args or [])
+        if self.extra_service_args and not real_reconstruction:
+            raise ValueError("extra_service_args are options of ptychoscan serve (real_reconstruction=True)")
         self.port, self.zmq_port, self.rest_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.microscope = f"http://127.0.0.1:{self.rest_port}"
@@ -88,7 +92,7 @@ class LiveStack:
         try:
             if self.real:
                 service = self._spawn("service", ["-m", "ptychoscan.cli", "serve", "--port", str(self.port), "--storage", str(storage),
-                                                  "--api-key", self.key, "--log-level", "warning"], **env)
+                                                  "--api-key", self.key, "--log-level", "warning", *self.extra_service_args], **env)
             else:
                 service = self._spawn("service", [str(REPO / "tests" / "service_server.py"), str(storage), str(self.port), self.key], **env)
             detector = self._spawn("sim-detector", [

@@ -159,3 +159,35 @@ def test_ask_gives_up_after_the_clients_total_wait_with_what_the_session_waits_f
         c.delete_session(sid)
     with pytest.raises(ValueError, match="must be > 0"):
         Client(service.url, ask_wait_s=float("nan"))
+
+
+def test_on_not_ready_sees_each_503_and_can_end_the_ask_sync_and_async(service, pusher):
+    """The hook the Nion driver's idle-batch check rides on: called after every 503 not-ready with the poll count; raising ends the ask."""
+
+    class Enough(Exception):
+        pass
+
+    seen: list[tuple[int, str | None, int]] = []
+
+    def stop_at_two(err: ApiError, polls: int) -> None:
+        seen.append((err.status, err.kind, polls))
+        if polls == 2:
+            raise Enough
+
+    with Client(service.url, api_key=KEY) as c:
+        sid = c.create_session(session_body(pusher.endpoint, budget=4, chunk=4)).session_id
+        batch = c.ask(sid, poll_s=5.0)
+        c.tell(sid, batch.batch_id, 9)  # series 9 never comes: every ask answers 503 not-ready
+        with pytest.raises(Enough):
+            c.ask(sid, poll_s=0.2, wait_s=60.0, on_not_ready=stop_at_two)
+        assert seen == [(503, "not-ready", 1), (503, "not-ready", 2)]
+
+        async def run() -> None:
+            async with AsyncClient(service.url, api_key=KEY) as a:
+                await a.ask(sid, poll_s=0.2, wait_s=60.0, on_not_ready=stop_at_two)
+
+        seen.clear()
+        with pytest.raises(Enough):
+            asyncio.run(run())
+        assert [p for _, _, p in seen] == [1, 2]
+        c.delete_session(sid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,10 @@ class AsyncClient:
     async def delete_session(self, session_id: str) -> SessionStatus:
         return await self.send(calls.delete_session(session_id))
 
-    async def ask(self, session_id: str, *, poll_s: float | None = None, wait_s: float | None = None) -> AskResponse:
+    async def ask(self, session_id: str, *, poll_s: float | None = None, wait_s: float | None = None,
+            on_not_ready: Callable[[ApiError, int], None] | None = None) -> AskResponse:
         """The next batch (or done), long-polling as ``Client.ask`` does (Retry-After honoured between polls; ``AskTimeout``
-        after ``wait_s`` s in all, None: the client's ``ask_wait_s``)."""
+        after ``wait_s`` s in all, None: the client's ``ask_wait_s``; ``on_not_ready(error, polls)`` after each 503, as there)."""
         wait = self.ask_wait_s if wait_s is None else calls.checked_wait(wait_s)
         t0, polls = time.monotonic(), 0
         while True:
@@ -75,6 +77,8 @@ class AsyncClient:
             except ApiError as err:
                 if not calls.is_not_ready(err):
                     raise
+                if on_not_ready is not None:
+                    on_not_ready(err, polls)  # the caller's own check between polls; it may raise to stop asking
                 pause = err.retry_after_s if err.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
                 if time.monotonic() + pause > t0 + wait:
                     raise AskTimeout(err, session_id, time.monotonic() - t0, polls, await self._waiting_for(session_id)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,12 @@ class Client:
         """Stop the session (a finished one stays as it is)."""
         return self.send(calls.delete_session(session_id))
 
-    def ask(self, session_id: str, *, poll_s: float | None = None, wait_s: float | None = None) -> AskResponse:
+    def ask(self, session_id: str, *, poll_s: float | None = None, wait_s: float | None = None,
+            on_not_ready: Callable[[ApiError, int], None] | None = None) -> AskResponse:
         """The next batch (or done), long-polling: each ask waits up to ``poll_s`` s (None: the service's default); on 503
         not-ready it asks again after Retry-After, until ``wait_s`` s have passed in all (None: the client's ``ask_wait_s``),
-        then raises ``AskTimeout`` (an ApiError, and a TimeoutError) saying what the session waits for.
+        then raises ``AskTimeout`` (an ApiError, and a TimeoutError) saying what the session waits for. ``on_not_ready(error,
+        polls)`` is called after each such 503 (``polls``: asks so far), before the wait; an exception it raises ends the ask.
         """
         wait = self.ask_wait_s if wait_s is None else calls.checked_wait(wait_s)
         t0, polls = time.monotonic(), 0
@@ -88,6 +91,8 @@ class Client:
             except ApiError as err:
                 if not calls.is_not_ready(err):
                     raise
+                if on_not_ready is not None:
+                    on_not_ready(err, polls)  # the caller's own check between polls; it may raise to stop asking
                 pause = err.retry_after_s if err.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
                 if time.monotonic() + pause > t0 + wait:
                     raise AskTimeout(err, session_id, time.monotonic() - t0, polls, self._waiting_for(session_id)) from None
