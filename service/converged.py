@@ -92,7 +92,8 @@ def converged_job(
                 raise RuntimeError(f"the reconstruction diverged (final loss {output.loss_history[-1]}); nothing stored")
             rec = ConvergedReconstruction(
                 output.potential, output.origin_nm, output.pixel_nm, len(positions), len(output.loss_history), output.loss_history,
-                recipe | {"probe_aberrations": beam.aberrations.model_dump()},
+                recipe | {"probe_aberrations": beam.aberrations.model_dump(),
+                          "probe_source": probe["source"] if probe is not None else request.probe_source},
             )
             write_converged(request.session_file, rec)
         except Stopped:
@@ -122,5 +123,5 @@ def _retrieved_or_nominal(retrieve: RetrieveProbe | None, patterns, positions, r
         raise
     except Exception as err:
         log.warning("probe retrieval for the converged reconstruction of %s failed (%s); using the nominal probe", request.session_id, err)
-        return request.beam, {"state": "failed", "source": request.probe_source, "error": f"{type(err).__name__}: {err}",
+        return request.beam, {"state": "failed", "source": "nominal", "error": f"{type(err).__name__}: {err}",
                               **request.beam.aberrations.model_dump()}

@@ -24,11 +24,14 @@ from service.store import SessionSummary, StoredReconstruction, StoreError, read
 def _converged_probe(path: Path, params: dict) -> dict:
     """The retrieved probe (status shape) the converged reconstruction of the session in ``path`` was made with; nominal if unknown."""
     try:
-        aberrations = (read_converged_recipe(path) or {}).get("probe_aberrations")
+        recipe = read_converged_recipe(path) or {}
     except ConvergedStoreError:
-        aberrations = None
+        recipe = {}
+    aberrations, source = recipe.get("probe_aberrations"), recipe.get("probe_source", "retrieved")  # files before probe_source: retrieved
     nominal = Beam.from_params(params)
-    return nominal.report() if aberrations is None else nominal.with_reported(aberrations).report("retrieved")
+    if aberrations is None or source != "retrieved":  # e.g. the retrieval failed and the nominal probe was used
+        return nominal.report()
+    return nominal.with_reported(aberrations).report("retrieved")
 
 
 @dataclass

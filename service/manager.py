@@ -146,6 +146,9 @@ class SessionManager(StreamHandling):
             if f is None:
                 return
             f.summary["converged_reconstruction"] = info
+            probe = info.get("probe") or {}
+            if (f.summary.get("probe") or {}).get("source") != "retrieved" and (probe.get("source") == "retrieved" or probe.get("state") == "failed"):
+                f.summary["probe"] = {"state": "done", **probe}  # retrieved (or failed) after the session ended, by this job
             if self.on_change is not None:
                 self.on_change()
 

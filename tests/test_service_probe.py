@@ -139,7 +139,10 @@ def test_a_session_that_ends_first_gets_its_probe_retrieved_by_the_converged_rec
                 series += 1
             info = _until(lambda: (i := c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}).get("state")
                           in ("done", "failed") and i)
+            at_once = _probe(c, sid)
         assert info["state"] == "done" and info["probe"]["source"] == "retrieved" and info["probe"]["evaluations"] == 3
+        assert at_once["source"] == "retrieved" and at_once["defocus_nm"] == info["probe"]["defocus_nm"], \
+            "the status's probe says so at once, not only after a restart"
         with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
             assert "probe" not in f.attrs, "the session file was closed when it ended: the converged file records the probe"
         with TestClient(create_app(_settings(tmp_path))) as c:
@@ -161,3 +164,31 @@ def test_a_retrieval_whose_every_evaluation_diverged_is_a_failure_not_a_probe(mo
     frames = np.ones((4, 16, 16), np.float32)
     with pytest.raises(RuntimeError, match="no evaluation converged"):
         retriever(frames, np.full((4, 2), 0.15), Beam(60_000.0, 33.0, 16, 6.0, 0.0), (0.0, 0.0, 0.3, 0.3), lambda: None)
+
+
+def test_a_retrieval_failing_after_the_session_ended_is_reported_and_read_back_as_nominal(tmp_path, monkeypatch):
+    """Regression: the converged file recorded the probe it used without saying where it came from, so after a restart a
+    failed retrieval's nominal probe was reported as retrieved."""
+    import service.probe_job as probe_job
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("no overlap")
+
+    monkeypatch.setattr(probe_job.ProbeRetriever, "__call__", broken)
+    pusher = Pusher()
+    body = session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=FOV, probe="retrieve")
+    try:
+        with TestClient(create_app(_settings(tmp_path, probe_retrieval_frames=100))) as c:
+            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+            series = 0
+            while _chunk(c, pusher, sid, series):
+                series += 1
+            info = _until(lambda: (i := c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}).get("state")
+                          in ("done", "failed") and i)
+            at_once = _probe(c, sid)
+        assert info["state"] == "done" and info["probe"]["state"] == "failed"
+        assert at_once["state"] == "failed" and at_once["source"] == "nominal" and "no overlap" in at_once["error"]
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            assert _probe(c, sid)["source"] == "nominal"
+    finally:
+        pusher.close()
