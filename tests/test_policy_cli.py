@@ -56,8 +56,9 @@ def test_train_bad_config(tmp_path, capsys):
     assert "sigma" in capsys.readouterr().err
 
 
-def test_rl_with_leave_one_out_annealed_sigma_clipping_and_the_quality_reward(setup, tmp_path):
-    """The variance-reduction options and the quality reward train end to end, from the same pre-trained checkpoint."""
+def _rl_from_pretrained(setup, tmp_path) -> dict:
+    """The setup's config (a dict) writing to tmp_path/run, which holds a copy of the shared pre-trained checkpoint
+    (trained once, by the first test that needs it)."""
     import shutil
 
     import yaml
@@ -68,11 +69,19 @@ def test_rl_with_leave_one_out_annealed_sigma_clipping_and_the_quality_reward(se
             assert main(["train", stage, "--config", str(config)]) == 0
     cfg = yaml.safe_load(config.read_text())
     cfg["out_dir"] = str(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    shutil.copy(root / "run" / "pretrain.pt", tmp_path / "run" / "pretrain.pt")
+    return cfg
+
+
+def test_rl_with_leave_one_out_annealed_sigma_clipping_and_the_quality_reward(setup, tmp_path):
+    """The variance-reduction options and the quality reward train end to end, from the same pre-trained checkpoint."""
+    import yaml
+
+    cfg = _rl_from_pretrained(setup, tmp_path)
     cfg["data"]["measurement"] = "simulate"
     cfg["rl"].update({"rollouts_per_specimen": 2, "normalize_advantages": True, "sigma_start": 0.1, "sigma_anneal_iterations": 2,
                       "max_grad_norm": 1.0, "reward": "quality", "gamma": 1.0})
-    (tmp_path / "run").mkdir()
-    shutil.copy(root / "run" / "pretrain.pt", tmp_path / "run" / "pretrain.pt")
     path = tmp_path / "rl.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "rl", "--config", str(path)]) == 0
@@ -87,20 +96,11 @@ def test_rl_with_leave_one_out_annealed_sigma_clipping_and_the_quality_reward(se
 
 def test_rl_learns_sigma_with_the_entropy_bonus_and_resumes_it(setup, tmp_path):
     """A learned sigma is trained (here widened by a strong entropy bonus), saved in rl.pt and picked up on resume."""
-    import shutil
-
     import torch
     import yaml
 
-    root, _files, config = setup
-    if not (root / "run" / "pretrain.pt").exists():
-        for stage in ("autoencoder", "pretrain"):
-            assert main(["train", stage, "--config", str(config)]) == 0
-    cfg = yaml.safe_load(config.read_text())
-    cfg["out_dir"] = str(tmp_path / "run")
+    cfg = _rl_from_pretrained(setup, tmp_path)
     cfg["rl"].update({"learn_sigma": True, "sigma": 0.05, "sigma_lr": 0.1, "entropy_coef": 10.0, "normalize_advantages": True})
-    (tmp_path / "run").mkdir()
-    shutil.copy(root / "run" / "pretrain.pt", tmp_path / "run" / "pretrain.pt")
     path = tmp_path / "rl.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "rl", "--config", str(path)]) == 0

@@ -48,6 +48,17 @@ def _chunk(c, pusher, sid, series):
     return True
 
 
+def _session_until_converged(c, pusher, body) -> tuple[str, dict]:
+    """Run a session to done; (its id, its converged reconstruction's status once done or failed)."""
+    sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+    series = 0
+    while _chunk(c, pusher, sid, series):
+        series += 1
+    info = _until(lambda: (i := c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}).get("state")
+                  in ("done", "failed") and i)
+    return sid, info
+
+
 def test_beam_probe_is_the_nominal_probe_and_reports_round_trip():
     beam = Beam(60_000.0, 33.0, 16, 6.0, 3.0)
     nominal = probe_for(energy_ev=60_000.0, convergence_mrad=33.0, detector_pixels=16, detector_pixel_mrad=6.0, defocus_nm=3.0)
@@ -133,12 +144,7 @@ def test_a_session_that_ends_first_gets_its_probe_retrieved_by_the_converged_rec
     body = session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=FOV, probe="retrieve")
     try:
         with TestClient(create_app(_settings(tmp_path, probe_retrieval_frames=100))) as c:  # due only once all 8 are in: done by then
-            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
-            series = 0
-            while _chunk(c, pusher, sid, series):
-                series += 1
-            info = _until(lambda: (i := c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}).get("state")
-                          in ("done", "failed") and i)
+            sid, info = _session_until_converged(c, pusher, body)
             at_once = _probe(c, sid)
         assert info["state"] == "done" and info["probe"]["source"] == "retrieved" and info["probe"]["evaluations"] == 3
         assert at_once["source"] == "retrieved" and at_once["defocus_nm"] == info["probe"]["defocus_nm"], \
@@ -179,12 +185,7 @@ def test_a_retrieval_failing_after_the_session_ended_is_reported_and_read_back_a
     body = session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=FOV, probe="retrieve")
     try:
         with TestClient(create_app(_settings(tmp_path, probe_retrieval_frames=100))) as c:
-            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
-            series = 0
-            while _chunk(c, pusher, sid, series):
-                series += 1
-            info = _until(lambda: (i := c.get(f"/api/v1/sessions/{sid}").json().get("converged_reconstruction") or {}).get("state")
-                          in ("done", "failed") and i)
+            sid, info = _session_until_converged(c, pusher, body)
             at_once = _probe(c, sid)
         assert info["state"] == "done" and info["probe"]["state"] == "failed"
         assert at_once["state"] == "failed" and at_once["source"] == "nominal" and "no overlap" in at_once["error"]
