@@ -150,8 +150,9 @@ class Service:
             spec = SessionSpec.from_params(finished.summary["params"])
             probe = self.manager.probe_report(sid) or {}
             if probe.get("state") == "done":
-                return ConvergedRequest(sid, finished.path, spec.beam.with_reported(probe), spec.fov, probe_source="retrieved")
-            return ConvergedRequest(sid, finished.path, spec.beam, spec.fov, retrieve=spec.retrieve_probe)
+                return ConvergedRequest(sid, finished.path, spec.beam.with_reported(probe), spec.fov, probe_source="retrieved",
+                                        correct_positions=spec.correct_positions)
+            return ConvergedRequest(sid, finished.path, spec.beam, spec.fov, retrieve=spec.retrieve_probe, correct_positions=spec.correct_positions)
 
         job = converged_job(request, self.backend.converged, self.manager.note_converged, self.retrieve_probe)
         if self.background.submit(job):

@@ -60,6 +60,8 @@ class ReconJob:
     """Passes of a full reconstruction to run in this call (None: all of them); the scheduler runs a final one pass per call."""
     first_pass: int = 0
     """Passes of this reconstruction run by earlier calls (its mini-batch order continues from there)."""
+    correct_positions: bool = False
+    """Refine the positions with the object (converged reconstructions only)."""
 
 
 class ChunkUpdate(BaseModel):
@@ -112,6 +114,10 @@ class ReconOutput:
     origin_nm: tuple[float, float]
     pixel_nm: float
     loss_history: list[float]
+    positions_nm: np.ndarray | None = None
+    """(N, 2) corrected positions, nm (position correction only)."""
+    scan_matrix: np.ndarray | None = None
+    """(2, 2) fitted scan matrix I + D of the corrected positions (position correction only)."""
 
 
 class ReconBackend(Protocol):
@@ -199,13 +205,18 @@ class TorchReconBackend:
         device = pick_device(None if self.device == "auto" else self.device)
         probe = beam.probe().to(device)
         options = evaluation.final_recon.model_copy(update={k: v for k, v in self.options.items() if k in _RECIPE_NEUTRAL})
+        if job.correct_positions:
+            from recon.options import PositionCorrectionOptions
+
+            options = options.model_copy(update={"position_correction": PositionCorrectionOptions()})
         rec = Reconstructor(probe, options, device=device)
         grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
         scan = ScanChunk(torch.from_numpy(job.patterns), torch.from_numpy(job.positions_nm), grid)
         (result,), steps = reconstruct_with_backoff(rec, [scan], max_passes=final_passes(len(job.positions_nm), evaluation),
                                                     on_pass=lambda i, _potentials: on_pass(i))
         recipe = options.model_dump(mode="json") | {"step_size_used": float(steps[0])}
-        out = ReconOutput(result.potential.numpy(), tuple(result.grid.origin_nm), float(result.grid.pixel_nm), [float(v) for v in result.loss_history])
+        out = ReconOutput(result.potential.numpy(), tuple(result.grid.origin_nm), float(result.grid.pixel_nm), [float(v) for v in result.loss_history],
+                          result.positions_nm, result.scan_matrix)
         return out, recipe
 
     def warmup(self) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
+
 from service.background import BackgroundJob, Stopped
 from service.compute import ReconJob, ReconOutput
 from service.converged_store import ConvergedReconstruction, read_measured_frames, write_converged
@@ -50,6 +52,8 @@ class ConvergedRequest:
     fov_nm: tuple[float, float, float, float]
     retrieve: bool = False
     """retrieve the probe from all the frames first (asked for, and not retrieved during the scan)."""
+    correct_positions: bool = False
+    """refine the positions with the object (the session's ``position_correction``)."""
     probe_source: str = "nominal"
     """where ``beam``'s aberrations come from: nominal (the request's) or retrieved (during the scan)."""
 
@@ -86,7 +90,7 @@ def converged_job(
             beam, probe = request.beam, None
             if request.retrieve:
                 beam, probe = _retrieved_or_nominal(retrieve, patterns, positions, request, pause)
-            job = ReconJob(beam, request.fov_nm, patterns, positions, None, final=True)
+            job = ReconJob(beam, request.fov_nm, patterns, positions, None, final=True, correct_positions=request.correct_positions)
             output, recipe = run(job, lambda _pass: pause())
             if diverged(output.loss_history):
                 raise RuntimeError(f"the reconstruction diverged (final loss {output.loss_history[-1]}); nothing stored")
@@ -94,6 +98,7 @@ def converged_job(
                 output.potential, output.origin_nm, output.pixel_nm, len(positions), len(output.loss_history), output.loss_history,
                 recipe | {"probe_aberrations": beam.aberrations.model_dump(),
                           "probe_source": probe["source"] if probe is not None else request.probe_source},
+                output.positions_nm, output.scan_matrix,
             )
             write_converged(request.session_file, rec)
         except Stopped:
@@ -106,6 +111,8 @@ def converged_job(
         log.info("converged reconstruction of %s: %d positions, %d passes in %.1f s", sid, len(positions), rec.passes, seconds)
         info = {"state": ConvergedState.DONE.value, "passes": rec.passes, "final_loss": rec.loss_history[-1] if rec.loss_history else None,
                 "seconds": round(seconds, 3), "probe": probe or {"source": request.probe_source, **beam.aberrations.model_dump()}}
+        if rec.positions_nm is not None:
+            info["positions"] = position_summary(positions, rec.positions_nm, rec.scan_matrix)
         on_state(sid, info)
 
     return BackgroundJob(f"converged:{sid}", work, urgent=False, on_dropped=lambda: on_state(sid, {"state": ConvergedState.QUEUED.value}))
@@ -125,3 +132,12 @@ def _retrieved_or_nominal(retrieve: RetrieveProbe | None, patterns, positions, r
         log.warning("probe retrieval for the converged reconstruction of %s failed (%s); using the nominal probe", request.session_id, err)
         return request.beam, {"state": "failed", "source": "nominal", "error": f"{type(err).__name__}: {err}",
                               **request.beam.aberrations.model_dump()}
+
+
+def position_summary(measured_nm: np.ndarray, corrected_nm: np.ndarray, scan_matrix: np.ndarray | None) -> dict:
+    """A status's account of position correction: how far the positions moved (rms and largest, nm) and the fitted
+    scan matrix I + D (rows x, y), rounded for reading."""
+    shift = np.linalg.norm(np.asarray(corrected_nm) - np.asarray(measured_nm), axis=1)
+    return {"corrected": len(shift), "rms_shift_nm": round(float(np.sqrt((shift**2).mean())), 5),
+            "max_shift_nm": round(float(shift.max()), 5),
+            "scan_matrix": None if scan_matrix is None else np.round(np.asarray(scan_matrix, np.float64), 5).tolist()}

@@ -3,7 +3,8 @@
 ``<session id>.converged.h5`` holds one dataset ``phase`` (rows y, columns x; float32,
 rad) with attributes ``pixel_nm``, ``origin_nm`` (x, y of pixel (0, 0), nm),
 ``n_positions``, ``passes``, ``loss_history`` and ``recipe`` (the reconstruction options
-as JSON). It is written to a temporary name and renamed into place, so it is either
+as JSON); with position correction also ``corrected_positions_nm`` ((N, 2) nm, the received
+frames in slot order; attribute ``scan_matrix``, the fitted I + D). It is written to a temporary name and renamed into place, so it is either
 complete or absent: a crash mid-write leaves no half file, and a restart makes it again.
 The session file itself is closed and never rewritten once its session is done; readers
 of it (``GET .../file``, the reconstruction route) never race this writer.
@@ -37,6 +38,10 @@ class ConvergedReconstruction:
     loss_history: list[float]
     recipe: dict
     """``recon.options.ReconOptions`` fields it was made with."""
+    positions_nm: np.ndarray | None = None
+    """(N, 2) corrected positions (x, y) nm of the received frames in slot order, when positions were corrected."""
+    scan_matrix: np.ndarray | None = None
+    """(2, 2) fitted scan matrix I + D, when positions were corrected."""
 
 
 def converged_path(session_file: Path) -> Path:
@@ -62,6 +67,10 @@ def write_converged(session_file: Path, rec: ConvergedReconstruction) -> Path:
             ds.attrs["passes"] = int(rec.passes)
             ds.attrs["loss_history"] = np.asarray(rec.loss_history, np.float64)
             ds.attrs["recipe"] = json.dumps(rec.recipe)
+            if rec.positions_nm is not None:
+                pos = f.create_dataset("corrected_positions_nm", data=np.asarray(rec.positions_nm, np.float64))
+                if rec.scan_matrix is not None:
+                    pos.attrs["scan_matrix"] = np.asarray(rec.scan_matrix, np.float64)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -80,9 +89,11 @@ def read_converged(session_file: Path) -> ConvergedReconstruction | None:
         with h5py.File(path, "r") as f:
             ds = f["phase"]
             a = ds.attrs
+            pos = f.get("corrected_positions_nm")
             return ConvergedReconstruction(
                 ds[()], tuple(float(v) for v in a["origin_nm"]), float(a["pixel_nm"]), int(a["n_positions"]), int(a["passes"]),
                 [float(v) for v in a["loss_history"]], json.loads(a["recipe"]),
+                None if pos is None else pos[()], None if pos is None or "scan_matrix" not in pos.attrs else pos.attrs["scan_matrix"][()],
             )
     except (OSError, KeyError, ValueError) as err:
         raise ConvergedStoreError(f"{path.name}: cannot read ({err})") from None

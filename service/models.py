@@ -56,6 +56,12 @@ class SessionCreate(BaseModel):
         "from the first probe_retrieval_positions positions' patterns (in the background, between decisions) and reconstructs with that probe "
         "from then on; the status reports it",
     )
+    position_correction: bool = Field(
+        False,
+        description="refine every probe position (and a global affine scan distortion) in the converged end-of-session "
+        "reconstruction (recon position correction, bounded to 0.08 nm per position; ~3x its CPU time); the corrected positions "
+        "are stored with it and summarised in the status. Live reconstructions use the positions as measured",
+    )
     detector_bit_depth: Literal[8, 16, 32] = Field(
         32,
         description="bits per pixel of the detector's frames (SIMPLON bit_depth_image): the session file stores counts as uint16 (8, 16)"

@@ -133,6 +133,15 @@ class ProbeStatus(Open):
     error: str | None = Field(None, description="why the retrieval failed (the nominal probe stays)")
 
 
+class PositionCorrectionStatus(Open):
+    """How the converged reconstruction moved the positions (session ``position_correction``)."""
+
+    corrected: int = Field(..., description="positions refined")
+    rms_shift_nm: float = Field(..., description="rms distance of the corrected from the measured positions, nm")
+    max_shift_nm: float = Field(..., description="largest such distance, nm")
+    scan_matrix: list[list[float]] | None = Field(None, description="fitted scan matrix I + D (rows x, y): 1 % scan distortion shows as 0.01")
+
+
 class ConvergedStatus(Open):
     state: str = Field(..., description="queued, running, done or failed")
     passes: int | None = Field(None, description="passes it ran (done)")
@@ -140,6 +149,7 @@ class ConvergedStatus(Open):
     seconds: float | None = Field(None, description="wall time it took, s (done)")
     error: str | None = Field(None, description="why it failed (failed)")
     probe: ProbeStatus | None = Field(None, description="the probe it was made with (done)")
+    positions: PositionCorrectionStatus | None = Field(None, description="position correction's account (done, with position_correction)")
 
 
 class ReconstructionSummary(Open):

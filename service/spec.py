@@ -111,6 +111,8 @@ class SessionSpec:
     """the probe's aberrations are to be retrieved from the data (``probe: retrieve``)."""
     pixel_dtype: np.dtype
     """pixel type of the counts in the session file (``service.store.pixel_dtype``)."""
+    correct_positions: bool = False
+    """the converged reconstruction refines the positions (``position_correction``)."""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SessionSpec:
@@ -124,6 +126,7 @@ class SessionSpec:
             Beam.from_params(params),
             params.get("probe", "nominal") == "retrieve",
             pixel_dtype(dict(params)),
+            bool(params.get("position_correction", False)),
         )
 
     @property

@@ -28,8 +28,9 @@ def _until(predicate, timeout=60.0):
     return wait_until(predicate, timeout=timeout, interval=0.05)
 
 
-def _run_session(c, pusher) -> str:
-    sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=list(FOV)), headers=AUTH).json()["session_id"]
+def _run_session(c, pusher, **kw) -> str:
+    body = session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=list(FOV), **kw)
+    sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
     series = 0
     while not (ask := c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 30}, headers=AUTH).json())["done"]:
         c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": ask["batch_id"], "series": series}, headers=AUTH)
@@ -62,6 +63,7 @@ def test_done_session_gets_a_converged_reconstruction_served_as_its_reconstructi
     assert body["kind"] == "converged" and png.headers["X-Reconstruction-Kind"] == "converged"
     stored = read_converged(tmp_path / f"{sid}.h5")
     assert stored is not None and stored.n_positions == 8 and stored.recipe["optimizer"] == "gd"
+    assert stored.positions_nm is None and stored.recipe["position_correction"] is None and "positions" not in info
     live, _ = read_latest_reconstruction(tmp_path / f"{sid}.h5")
     served = np.asarray(body["potential"], np.float32)
     assert np.allclose(served, stored.potential) and served.shape == live.potential.shape
@@ -269,3 +271,25 @@ def test_a_failed_probe_retrieval_falls_back_to_the_nominal_probe(tmp_path):
     assert info["state"] == "done", info
     assert info["probe"]["state"] == "failed" and "no overlap" in info["probe"]["error"] and info["probe"]["defocus_nm"] == 0.0
     assert read_converged(path).recipe["probe_aberrations"]["defocus_nm"] == 0.0
+
+
+def test_position_correction_on_request_refines_the_positions_stores_and_reports_them(tmp_path):
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(settings)) as c:
+            sid = _run_session(c, pusher, position_correction=True)
+            info = _until(lambda: _converged_state(c, sid))
+    finally:
+        pusher.close()
+    assert info["state"] == "done", info
+    moved = info["positions"]
+    assert moved["corrected"] == 8 and 0 < moved["rms_shift_nm"] <= moved["max_shift_nm"] <= 0.08 + 1e-9
+    assert np.asarray(moved["scan_matrix"]).shape == (2, 2)
+    stored = read_converged(tmp_path / f"{sid}.h5")
+    assert stored.positions_nm.shape == (8, 2) and stored.scan_matrix.shape == (2, 2)
+    assert stored.recipe["position_correction"]["max_shift_nm"] == 0.08
+    with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+        measured = f["positions_nm"][()]
+    shift = np.linalg.norm(stored.positions_nm - np.clip(measured, 0.0, 0.3), axis=1)
+    assert np.isclose(np.sqrt((shift**2).mean()), moved["rms_shift_nm"], atol=1e-5)
