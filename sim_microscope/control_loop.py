@@ -57,6 +57,7 @@ class ScanLoopConfig(BaseModel):
     detector_pixel_mrad: float = 1.68
     defocus_nm: float = 0.0
     probe: Literal["nominal", "retrieve"] = Field("nominal", description="the session's probe: the nominal beam's, or retrieved by the service")
+    position_correction: bool = Field(False, description="the service's converged end-of-session reconstruction refines the positions")
     frame_time_s: float = Field(0.001, ge=0)
     settle_time_s: float = Field(0.0, ge=0)
     ask_timeout_s: float = Field(30.0, gt=0, description="long-poll per ask")
@@ -149,6 +150,7 @@ def _run(config: ScanLoopConfig, progress: bool, say: Callable[[str], None]) -> 
             "detector_pixel_mrad": config.detector_pixel_mrad,
             "defocus_nm": config.defocus_nm,
             "probe": config.probe,
+            "position_correction": config.position_correction,
             # the session file stores counts in the detector's own pixel type, as SIMPLON reports it
             "detector_bit_depth": int(_check(scope.get(f"{DETECTOR_API}/config/bit_depth_image"), "GET bit_depth_image")["value"]),
         }

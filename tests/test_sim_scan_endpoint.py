@@ -36,8 +36,10 @@ def test_sim_scan_without_a_service_detector_takes_the_microscopes_stream(tmp_pa
     detector, scope_url, _ = sim_detector
     app = create_app(ServiceSettings(storage=tmp_path, api_keys=[KEY]), backend=RecordingBackend())
     with UvicornThread(app) as server:
-        result = run_scan(loop_config(server.url, scope_url), progress=False, say=lambda line: None)
+        result = run_scan(loop_config(server.url, scope_url, position_correction=True), progress=False, say=lambda line: None)
+        params = app.state.service.manager.get(result["session_id"]).status()["params"]
     assert result["frames"] == 6 and result["detector_endpoint"].endswith(f":{detector.port}")
+    assert params["position_correction"] is True, "sim-scan asks for it in the session request"
 
 
 def test_sim_scan_stops_with_one_line_when_no_frame_reaches_the_session(tmp_path, sim_detector):

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--probe", default="nominal", choices=["nominal", "retrieve"],
                    help="nominal: the service reconstructs with the probe the beam flags make; retrieve: it retrieves defocus, astigmatism "
                    "and Cs from the session's first frames (default: nominal)")
+    p.add_argument("--position-correction", action="store_true",
+                   help="the service's converged end-of-session reconstruction refines the positions and reports how far they moved")
     p.add_argument("--frame-time", type=float, default=0.001, help="s")
     p.add_argument("--settle-time", type=float, default=0.0, help="s")
     p.add_argument("--ask-timeout", type=float, default=30.0, help="long-poll of each ask, s")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             detector_endpoint=args.detector_endpoint, fov_nm=tuple(args.fov_nm), budget=args.budget, chunk=args.chunk,
             strategy=args.strategy, energy_ev=args.energy_ev, convergence_mrad=args.convergence_mrad,
             detector_pixels=args.detector_pixels, detector_pixel_mrad=args.detector_pixel_mrad, defocus_nm=args.defocus_nm,
-            probe=args.probe, frame_time_s=args.frame_time, settle_time_s=args.settle_time, ask_timeout_s=args.ask_timeout, max_idle_asks=args.max_idle_asks,
+            probe=args.probe, position_correction=args.position_correction, frame_time_s=args.frame_time, settle_time_s=args.settle_time, ask_timeout_s=args.ask_timeout, max_idle_asks=args.max_idle_asks,
         )
         summary = run_scan(config)
     except ValidationError as err:
