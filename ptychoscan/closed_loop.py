@@ -36,6 +36,7 @@ from recon.aberrations import ProbeAberrations
 from recon.dataset import Dataset4D, read_dataset, write_dataset
 from recon.grid import ObjectGrid
 from recon.metrics import ssim_against_ground_truth
+from sim_microscope.scan_errors import ScanErrors
 
 
 class ClosedLoopConfig(BaseModel):
@@ -56,6 +57,10 @@ class ClosedLoopConfig(BaseModel):
         "the nominal beam (defocus_nm, no astigmatism, no Cs)",
     )
     probe: Literal["nominal", "retrieve"] = Field("nominal", description="the sessions' probe: the nominal one, or retrieved by the service")
+    scan_errors: ScanErrors | None = Field(
+        None, description="the microscope's scan errors: the detector simulates where the beam lands, everyone is told where it was sent",
+    )
+    position_correction: bool = Field(False, description="the sessions ask the service to correct the positions in its converged reconstruction")
     frame_time_s: float = Field(0.001, ge=0, description="detector frame time (dwell)")
     binning: int = Field(2, ge=1, description="detector binning of the simulated specimen file (the paper's 2x binned 64 x 64)")
     strategies: tuple[str, ...] = ("adaptive", "structure-guided", "sparse-grid")
@@ -82,6 +87,8 @@ class StrategyOutcome:
     """Scores of the service's own converged reconstruction (with the probe it retrieved, ``probe: retrieve``), None if not made."""
     probe: dict | None = None
     """The session's probe as the service reports it (source nominal or retrieved, and the aberrations)."""
+    positions_corrected: dict | None = None
+    """How the service's converged reconstruction moved the positions (``position_correction``), None if it did not."""
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
@@ -176,7 +183,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
     service_env = {"PTYCHOSCAN_RECON_DEADLINE_FRACTION": "null"}
     detector_args = ["sim-detector", "--source", str(source), "--port", str(zmq_port), "--rest-port", str(detector_rest),
                      "--dose", str(config.dose_per_frame), "--frame-time", str(config.frame_time_s), "--seed", str(config.seed),
-                     *(["--from-truth"] if config.from_truth else [])]
+                     *(["--from-truth"] if config.from_truth else []), *_scan_error_args(config.scan_errors)]
     outcomes = []
     with (
         _process(detector_args, config.out / "sim-detector.log") as detector,
@@ -193,6 +200,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
                     fov_nm=fov, budget=budget, chunk=chunk, strategy=strategy, energy_ev=dataset.energy_ev,
                     convergence_mrad=dataset.convergence_mrad, detector_pixels=dataset.detector_pixels,
                     detector_pixel_mrad=dataset.detector_pixel_mrad, defocus_nm=dataset.defocus_nm, probe=config.probe,
+                    position_correction=config.position_correction,
                     frame_time_s=config.frame_time_s,
                     total_timeout_s=config.timeout_s,
                 ),
@@ -205,7 +213,8 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
             positions = _session_positions(storage / f"{session_id}.h5")
             converged, potential, grid = converged_scores(storage / f"{session_id}.h5", dataset, fov)
             service_converged = None
-            if config.probe == "retrieve":  # the converged reconstruction above uses the nominal probe; the service's, the retrieved one
+            if config.probe == "retrieve" or config.position_correction:  # the converged reconstruction above uses the nominal probe and
+                # positions; the service's, the retrieved probe and the corrected positions
                 service_converged, status = _service_converged_scores(service_url, session_id, dataset, fov, config.timeout_s)
             outcomes.append(
                 StrategyOutcome(
@@ -220,6 +229,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
                     seconds=seconds,
                     service_converged=service_converged,
                     probe=status.get("probe"),
+                    positions_corrected=(status.get("converged_reconstruction") or {}).get("positions"),
                 )
             )
         if config.hold_s > 0:
@@ -343,3 +353,11 @@ def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _scan_error_args(errors: ScanErrors | None) -> list[str]:
+    """``sim-detector`` flags for ``errors`` (none for None)."""
+    if errors is None or errors.is_zero:
+        return []
+    return ["--jitter-nm", str(errors.jitter_nm), "--drift-nm-per-position", *map(str, errors.drift_nm_per_position),
+            "--scan-distortion", *map(str, errors.distortion), "--scan-error-seed", str(errors.seed)]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from detector_stream.codec import encode_frames
 from detector_stream.messages import expected_frames, image_parts, series_end_parts, series_start_parts
 from sim_microscope.frame_source import FrameSource, to_counts
+from sim_microscope.scan_errors import ScanErrors
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,28 @@ class FaultPlan(BaseModel):
 
 
 class ScanController:
-    """Nion-like scan controller stand-in: a probe position list (nm) or a parked probe, and a beam settle time."""
+    """Nion-like scan controller stand-in: a probe position list (nm) or a parked probe, and a beam settle time.
 
-    def __init__(self, settle_time_s: float = 0.0) -> None:
+    With ``errors`` (``ScanErrors``: jitter, drift, a linear distortion about ``centre_nm``)
+    the beam lands off the commanded positions, as real scan coils place it: frames are
+    simulated where the beam really is, while the position readback reports the commanded
+    positions (the microscope does not know its own errors). Each list or park draws its
+    own jitter once, so a position re-triggered stays where it landed.
+    """
+
+    def __init__(self, settle_time_s: float = 0.0, errors: ScanErrors | None = None, centre_nm: tuple[float, float] = (0.0, 0.0)) -> None:
         self._lock = threading.Lock()
         self.positions_nm: np.ndarray | None = None
+        self.true_nm: np.ndarray | None = None
+        """where the beam really is for each listed position (nm); the commanded ones without errors."""
         self.park_nm = (0.0, 0.0)
+        self.true_park_nm = (0.0, 0.0)
         self.probe_nm = (0.0, 0.0)
         self.settle_time_s = settle_time_s
+        self.errors = None if errors is None or errors.is_zero else errors
+        self.centre_nm = centre_nm
+        self.placed = 0
+        """positions placed so far (the drift's clock)."""
         self.readback: tuple[int, np.ndarray] | None = None
         """(series, (N, 2) nm): where the beam really was for each frame of the last prepared series."""
 
@@ -76,27 +91,39 @@ class ScanController:
             raise DetectorError("positions_nm contains NaN or infinite values", 400)
         with self._lock:
             self.positions_nm = p
+            self.true_nm = self._land(p)
         return len(p)
+
+    def _land(self, commanded: np.ndarray) -> np.ndarray:
+        """Where the beam lands for ``commanded`` (N, 2) nm (lock held)."""
+        if self.errors is None:
+            return commanded
+        true = self.errors.true_positions(commanded, self.centre_nm, self.placed)
+        self.placed += len(commanded)
+        return true
 
     def park(self, position_nm) -> None:
         x, y = (float(v) for v in position_nm)
         if not (np.isfinite(x) and np.isfinite(y)):
             raise DetectorError("park position must be finite", 400)
         with self._lock:
-            self.positions_nm = None
+            self.positions_nm = self.true_nm = None
             self.park_nm = self.probe_nm = (x, y)
+            self.true_park_nm = tuple(float(v) for v in self._land(np.array([[x, y]]))[0])
 
     def set_settle_time(self, seconds: float) -> None:
         if not (0 <= float(seconds) <= 10):
             raise DetectorError(f"settle time must be within 0..10 s, got {seconds}", 400)
         self.settle_time_s = float(seconds)
 
-    def positions_for(self, frames: np.ndarray) -> np.ndarray:
-        """(N, 2) probe positions of frames: frame i at position i; past the list the probe stays at the last one."""
+    def positions_for(self, frames: np.ndarray, commanded: bool = False) -> np.ndarray:
+        """(N, 2) probe positions of frames, nm: frame i at position i; past the list the probe stays at the last one.
+        Where the beam really is, or with ``commanded`` where it was sent."""
         with self._lock:
             if self.positions_nm is None:
-                return np.tile(np.asarray(self.park_nm, dtype=np.float64), (len(frames), 1))
-            return self.positions_nm[np.minimum(frames, len(self.positions_nm) - 1)]
+                return np.tile(np.asarray(self.park_nm if commanded else self.true_park_nm, dtype=np.float64), (len(frames), 1))
+            listed = self.positions_nm if commanded else self.true_nm
+            return listed[np.minimum(frames, len(listed) - 1)]
 
 
 def default_config(detector_pixels: int) -> dict:
@@ -144,7 +171,9 @@ class _Series:
     images: np.ndarray | None = None
     blobs: list[bytes] | None = None
     positions: np.ndarray | None = None
-    """(total, 2) nm: where each frame's pattern was computed (the scan controller's positions at its trigger)."""
+    """(total, 2) nm: where each frame's pattern was computed (where the beam really was at its trigger)."""
+    commanded: np.ndarray | None = None
+    """(total, 2) nm: where the beam was sent for each frame (the readback; ``positions`` without scan errors)."""
     pixel_mask: np.ndarray | None = None
     """(y, x) the pixel mask as it was at arm (nonzero: masked)."""
     ended: bool = False
@@ -282,8 +311,9 @@ class SimDetector:
             s.triggers += 1
             self.state = "acquire"
             where = self.scan.positions_for(np.arange(s.total))  # the beam as it stands at this trigger
+            sent = self.scan.positions_for(np.arange(s.total), commanded=True)
         done = threading.Event()
-        self._jobs.put(("acquire", s, frames, where, done))
+        self._jobs.put(("acquire", s, frames, where, sent, done))
         per_frame = float(s.config["frame_time"]) + self.scan.settle_time_s
         if not done.wait(timeout if timeout is not None else 60 + 2 * per_frame * len(frames) + s.faults.stall_s):
             raise DetectorError("acquisition did not finish in time (is a receiver connected?)", 504)
@@ -341,9 +371,9 @@ class SimDetector:
                     self._end(job[1])
                 elif job[0] == "acquire":
                     try:
-                        self._acquire(*job[1:4])
+                        self._acquire(*job[1:5])
                     finally:
-                        job[4].set()
+                        job[5].set()
             except Exception:
                 log.exception("sim detector: stream job %s failed", job[0])
 
@@ -354,7 +384,7 @@ class SimDetector:
         if self.stream_config["mode"] == "enabled":
             self._send(series_end_parts(s.series))
 
-    def _prepare(self, s: _Series, where: np.ndarray, frames: np.ndarray) -> None:
+    def _prepare(self, s: _Series, where: np.ndarray, frames: np.ndarray, sent: np.ndarray) -> None:
         """Patterns at ``where`` ((total, 2) nm, the scan controller at a trigger): the whole series in one batch at the first trigger, later
         only ``frames`` whose position moved since (parked or re-listed between triggers)."""
         if s.images is None:
@@ -366,20 +396,21 @@ class SimDetector:
         images = apply_pixel_mask(to_counts(self.source.patterns(where[todo]), s.dtype, self.dose, self._rng, self.noise), s.pixel_mask, s.config)
         blobs = encode_frames(images, s.encoding)
         if s.images is None:
-            s.images, s.blobs, s.positions = images, list(blobs), where.copy()
+            s.images, s.blobs, s.positions, s.commanded = images, list(blobs), where.copy(), sent.copy()
         else:
             s.images[todo] = images
             for j, i in enumerate(todo.tolist()):
                 s.blobs[i] = blobs[j]
             s.positions[todo] = where[todo]
+            s.commanded[todo] = sent[todo]
         beam_positions = getattr(self.source, "beam_positions", None)
-        self.scan.readback = (s.series, s.positions.copy() if beam_positions is None else beam_positions(s.positions))
+        self.scan.readback = (s.series, s.commanded.copy() if beam_positions is None else beam_positions(s.commanded))
         self.last_images = s.images
         if len(frames):
-            self.scan.probe_nm = tuple(where[frames[-1]])
+            self.scan.probe_nm = tuple(sent[frames[-1]])  # the microscope's own idea of where the probe is
 
-    def _acquire(self, s: _Series, frames: np.ndarray, where: np.ndarray) -> None:
-        self._prepare(s, where, frames)
+    def _acquire(self, s: _Series, frames: np.ndarray, where: np.ndarray, sent: np.ndarray) -> None:
+        self._prepare(s, where, frames, sent)
         f = s.faults
         frame_time = float(s.config["frame_time"])
         period = frame_time + self.scan.settle_time_s

@@ -49,15 +49,21 @@ class ScanErrors(BaseModel):
     def is_zero(self) -> bool:
         return self.jitter_nm == 0 and not any(self.drift_nm_per_position) and not any(self.distortion)
 
-    def true_positions(self, nominal_nm: np.ndarray) -> np.ndarray:
-        """(N, 2) true positions (x, y) in nm for nominal positions in acquisition order."""
+    def true_positions(self, nominal_nm: np.ndarray, centre_nm: tuple[float, float] | None = None, first_index: int = 0) -> np.ndarray:
+        """(N, 2) true positions (x, y) in nm for nominal positions in acquisition order.
+
+        ``centre_nm``: the point the distortion is about (default: the positions' mean, a whole
+        scan's centre); ``first_index``: how many positions were placed before these (a live
+        scan placed list by list: drift goes on, and each list gets its own jitter draw).
+        """
         nominal = np.asarray(nominal_nm, dtype=np.float64)
         if nominal.ndim != 2 or nominal.shape[1] != 2:
             raise ValueError(f"positions must have shape (N, 2), got {nominal.shape}")
-        centre = nominal.mean(axis=0)
+        centre = nominal.mean(axis=0) if centre_nm is None else np.asarray(centre_nm, dtype=np.float64)
         matrix = np.eye(2) + np.asarray(self.distortion, dtype=np.float64).reshape(2, 2)
         true = centre + (nominal - centre) @ matrix.T
-        true = true + np.arange(len(nominal))[:, None] * np.asarray(self.drift_nm_per_position)[None, :]
+        true = true + (first_index + np.arange(len(nominal)))[:, None] * np.asarray(self.drift_nm_per_position)[None, :]
         if self.jitter_nm > 0:
-            true = true + np.random.default_rng(self.seed).normal(0.0, self.jitter_nm, size=true.shape)
+            rng = np.random.default_rng(self.seed if first_index == 0 else [self.seed, first_index])
+            true = true + rng.normal(0.0, self.jitter_nm, size=true.shape)
         return true

@@ -11,8 +11,9 @@ import time
 import numpy as np
 
 from detector_stream.receiver import StreamReceiver
-from sim_microscope.detector import SimDetector
+from sim_microscope.detector import ScanController, SimDetector
 from sim_microscope.frame_source import SyntheticSource, to_counts
+from sim_microscope.scan_errors import ScanErrors
 
 PARKED = [(0.05, 0.0), (0.2, 0.1), (0.4, 0.3)]
 
@@ -64,3 +65,44 @@ def test_positions_listed_anew_between_triggers_move_only_the_later_frames():
         np.testing.assert_allclose(detector.scan.readback[1], first[:2] + second[2:])
     finally:
         detector.close()
+
+
+def test_scan_errors_move_the_frames_but_not_the_readback():
+    """With scan errors the frames come from where the beam lands (distortion about the field's centre, jitter drawn once
+    per list) while the readback reports where it was sent: the microscope does not know its own errors."""
+    errors = ScanErrors(jitter_nm=0.01, distortion=(0.05, 0.0, 0.0, 0.05), drift_nm_per_position=(0.001, 0.0), seed=3)
+    detector = SimDetector(SyntheticSource(32), port=0, noise="none", scan=ScanController(0.0, errors, centre_nm=(0.2, 0.1)))
+    for key, value in {"frame_time": 0.0, "trigger_mode": "ints", "nimages": 4, "ntrigger": 1}.items():
+        detector.set_config(key, value)
+    sent = np.array([(0.0, 0.0), (0.1, 0.0), (0.2, 0.1), (0.4, 0.3)])
+    landed = errors.true_positions(sent, (0.2, 0.1), 0)
+    assert np.abs(landed - sent).max() > 0.01
+    detector.arm()
+    receiver = StreamReceiver([detector.endpoint], lambda ep, e: None)
+    try:
+        with receiver:
+            detector.scan.set_positions(sent)
+            detector.trigger()
+        np.testing.assert_array_equal(detector.last_images, _expected(detector.source, landed))
+        np.testing.assert_allclose(detector.scan.readback[1], sent)
+        assert not np.array_equal(detector.last_images, _expected(detector.source, sent)), "the frames moved with the beam"
+        assert detector.scan.placed == 4
+        again = detector.scan.set_positions(sent) and detector.scan.positions_for(np.arange(4))
+        np.testing.assert_allclose(again, errors.true_positions(sent, (0.2, 0.1), 4), err_msg="the drift goes on, a new jitter draw")
+    finally:
+        detector.close()
+
+
+def test_the_demo_hands_its_scan_errors_to_sim_detector_and_bad_ones_are_one_line_errors(capsys):
+    from ptychoscan.cli import build_parser, main
+    from ptychoscan.closed_loop import _scan_error_args
+    from ptychoscan.commands.sim_detector import _scan_controller
+
+    errors = ScanErrors(jitter_nm=0.02, drift_nm_per_position=(0.001, -0.002), distortion=(0.01, 0.002, 0.0, 0.01), seed=7)
+    args = build_parser().parse_args(["sim-detector", *_scan_error_args(errors)])
+    scan = _scan_controller(args, SyntheticSource(16))
+    assert scan.errors == errors and scan.centre_nm == (0.0, 0.0)
+    assert _scan_error_args(None) == [] and _scan_error_args(ScanErrors()) == []
+    assert main(["sim-detector", "--jitter-nm", "-1", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: scan errors: jitter_nm") and err.count("\n") == 1

@@ -34,6 +34,12 @@ def register(subparsers) -> None:
                    "e.g. 4 2.5 30 2 with --probe retrieve")
     p.add_argument("--probe", choices=["nominal", "retrieve"], default=None,
                    help="the sessions' probe: nominal (default) or retrieved by the service from the first frames")
+    p.add_argument("--jitter-nm", type=float, default=None, help="the microscope's scan jitter, nm per axis (default 0); the detector "
+                   "simulates where the beam lands, the service is told where it was sent")
+    p.add_argument("--scan-distortion", type=float, nargs=4, default=None, metavar=("DXX", "DXY", "DYX", "DYY"),
+                   help="the microscope's linear scan distortion (default none; 0.01 0 0 0.01: a 1 %% scale error)")
+    p.add_argument("--position-correction", action="store_true",
+                   help="the sessions ask the service to correct the positions in its converged reconstruction (its scores printed)")
     p.add_argument("--hold", type=float, default=None, metavar="SECONDS",
                    help="keep the service up this long after the scans, to look at its live view (default 0; the URL is printed)")
     p.set_defaults(func=run)
@@ -61,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         "policy_checkpoint": args.policy,
         "hold_s": args.hold,
         "probe": args.probe,
+        "scan_errors": None if args.jitter_nm is None and args.scan_distortion is None else
+        {"jitter_nm": args.jitter_nm or 0.0, "distortion": tuple(args.scan_distortion or (0.0, 0.0, 0.0, 0.0))},
+        "position_correction": args.position_correction or None,
         "true_probe": None if args.true_probe is None else dict(zip(("defocus_nm", "astigmatism_nm", "astigmatism_angle_deg", "cs_um"),
                                                                      args.true_probe, strict=True)),
     }
@@ -84,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':>19}the service's converged reconstruction with its retrieved probe (defocus {o.probe['defocus_nm']:.2f} nm, "
                   f"astigmatism {o.probe['astigmatism_nm']:.2f} nm at {o.probe['astigmatism_angle_deg']:.0f} deg, Cs {o.probe['cs_um']:.2f} um): "
                   f"SSIM {s['ssim']:.3f}, Pearson r {s['pearson_r']:.3f}")
+        if o.service_converged is not None and o.positions_corrected is not None:
+            s, m = o.service_converged, o.positions_corrected
+            print(f"{'':>19}the service's converged reconstruction with corrected positions (rms shift {m['rms_shift_nm']:.4f} nm, "
+                  f"scan matrix {m['scan_matrix']}): SSIM {s['ssim']:.3f}, Pearson r {s['pearson_r']:.3f}")
     print(f"wrote {png}")
     print("scores " + " ".join(f"{o.strategy}=ssim:{o.converged['ssim']:.4f},r:{o.converged['pearson_r']:.4f}" for o in outcomes))
     return 0

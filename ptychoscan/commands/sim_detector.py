@@ -33,7 +33,34 @@ def register(subparsers) -> None:
     p.add_argument("--frame-time", type=float, default=0.001, help="frame time, s")
     p.add_argument("--settle-time", type=float, default=0.0, help="beam settle time per position, s")
     p.add_argument("--seed", type=int, default=0, help="specimen and noise seed")
+    errors = p.add_argument_group("scan errors", "the beam lands off the commanded positions (frames simulated where it lands; the "
+                                  "position readback reports the commanded ones); default none")
+    errors.add_argument("--jitter-nm", type=float, default=0.0, help="Gaussian jitter per position, standard deviation per axis, nm")
+    errors.add_argument("--drift-nm-per-position", type=float, nargs=2, default=(0.0, 0.0), metavar=("DX", "DY"),
+                        help="drift per position placed, nm")
+    errors.add_argument("--scan-distortion", type=float, nargs=4, default=(0.0, 0.0, 0.0, 0.0), metavar=("DXX", "DXY", "DYX", "DYY"),
+                        help="linear distortion D about the field's centre: landed = centre + (I + D)(sent - centre); 0.01 0 0 0.01 is "
+                        "a 1 %% scale error")
+    errors.add_argument("--scan-error-seed", type=int, default=0, help="seed of the jitter")
     p.set_defaults(func=run)
+
+
+def _scan_controller(args, source):
+    """The scan controller with the flags' scan errors, distorting about the centre of the source's field (nm)."""
+    from pydantic import ValidationError
+
+    from sim_microscope.detector import ScanController
+    from sim_microscope.scan_errors import ScanErrors
+
+    try:
+        errors = ScanErrors(jitter_nm=args.jitter_nm, drift_nm_per_position=tuple(args.drift_nm_per_position),
+                            distortion=tuple(args.scan_distortion), seed=args.scan_error_seed)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(f"scan errors: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    extent = getattr(source, "extent_nm", None)
+    centre = (0.0, 0.0) if extent is None else (extent[0] + extent[2] / 2, extent[1] + extent[3] / 2)
+    return ScanController(args.settle_time, errors, centre)
 
 
 def _source(args):
@@ -73,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import zmq
 
     from ptychoscan.net import listen_socket
-    from sim_microscope.detector import ScanController, SimDetector
+    from sim_microscope.detector import SimDetector
     from sim_microscope.simplon_api import create_app
 
     if args.frame_time < 0 or args.settle_time < 0 or args.dose <= 0:
@@ -82,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     rest = listen_socket(args.host, args.rest_port)
     try:
         detector = SimDetector(source, host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
-                               scan=ScanController(args.settle_time))
+                               scan=_scan_controller(args, source))
     except zmq.ZMQError as err:
         rest.close()
         raise ValueError(f"cannot stream on {args.host}:{args.port}: {err}") from None
