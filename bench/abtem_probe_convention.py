@@ -14,7 +14,7 @@ global phase). ``--fixture`` saves abTEM's probe and its parameters (.npz) for
 tests/test_probe_abtem_convention.py, which then checks the same without abTEM. Usage:
 
     PYTHONPATH=$PWD python bench/abtem_probe_convention.py [--defocus-nm 4 --astigmatism-nm 2.5 \\
-        --astigmatism-angle-deg 30 --cs-um 2] [--fixture tests/data/abtem_probe_aberrated.npz]
+        --astigmatism-angle-deg 30 --cs-um 2] [--fixture tests/fixtures/abtem_probe_aberrated.npz]
 """
 
 from __future__ import annotations

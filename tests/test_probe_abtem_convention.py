@@ -14,7 +14,7 @@ import pytest
 
 from recon.aberrations import ProbeAberrations
 
-FIXTURE = Path(__file__).parent / "data" / "abtem_probe_aberrated.npz"
+FIXTURE = Path(__file__).parent / "fixtures" / "abtem_probe_aberrated.npz"
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
