@@ -167,7 +167,7 @@ def main() -> None:
     )
     parser.add_argument("--slice-thickness", type=float, default=1.0, help="abTEM slice thickness, A")
     parser.add_argument("--measure", type=int, default=0, metavar="N", help="only time abTEM on N positions and estimate the full run")
-    parser.add_argument("--defocus-nm", type=float, default=0.0, help="true probe: defocus (-C10), nm, positive focusing above the specimen")
+    parser.add_argument("--defocus-nm", type=float, default=0.0, help="true probe: defocus (-C10), nm (positive: crossover below the entrance plane)")
     parser.add_argument("--astigmatism-nm", type=float, default=0.0, help="true probe: two-fold astigmatism |C12|, nm")
     parser.add_argument("--astigmatism-angle-deg", type=float, default=0.0, help="true probe: its angle phi12, deg from x towards y")
     parser.add_argument("--cs-um", type=float, default=0.0, help="true probe: spherical aberration C30, um")
