@@ -21,7 +21,15 @@ Optional job flags (absent: the behaviour above, as bench/fidelity_abtem.py uses
 - ``return_phase``: also return ``phase_xy`` (gx, gy) float32, sigma times abTEM's
   potential summed over its slices (rad, positive on atoms; abTEM's (x, y) array order,
   pixel [0, 0] at x = y = 0) and ``phase_sampling_a`` (2,), its pixel in Angstrom;
-- ``progress``: print progress lines to stderr.
+- ``progress``: print progress lines to stderr;
+- ``defocus_a``, ``c12_a``, ``phi12_rad``, ``cs_a``: the probe's aberrations in abTEM's own
+  parametrisation (``abtem.Probe(defocus=..., C12=..., phi12=..., Cs=...)``: defocus = -C10
+  and the two-fold astigmatism magnitude in Angstrom, its angle in rad, C30 in Angstrom);
+  absent: an in-focus, aberration-free probe;
+- ``probe_gpts`` and ``probe_sampling_a``: also return ``probe_xy``, abTEM's probe wave
+  (complex64, abTEM's (x, y) array order) with those aberrations on a ``probe_gpts``^2 grid
+  of that sampling, built at the grid's centre position (pixel ``probe_gpts // 2``), for
+  checking the aberration conventions against the project's ``recon.probe.make_probe``.
 
 Usage: python _abtem_worker.py JOB.npz OUT.npz
 """
@@ -54,7 +62,13 @@ def main(job_path: str, out_path: str) -> None:
     potential = abtem.Potential(
         atoms, gpts=(gpts, gpts), slice_thickness=slice_thickness, parametrization="lobato", projection=projection
     )
-    probe = abtem.Probe(energy=float(job["energy_ev"]), semiangle_cutoff=float(job["convergence_mrad"]), defocus=0.0)
+    aberrations = {
+        name: float(job[key]) for key, name in (("c12_a", "C12"), ("phi12_rad", "phi12"), ("cs_a", "Cs")) if key in job
+    }
+    defocus = float(job["defocus_a"]) if "defocus_a" in job else 0.0
+    probe = abtem.Probe(
+        energy=float(job["energy_ev"]), semiangle_cutoff=float(job["convergence_mrad"]), defocus=defocus, **aberrations
+    )
     probe.grid.match(potential)
     crop = int(job["crop"])
     positions = np.asarray(job["probe_positions"], dtype=np.float64)
@@ -117,6 +131,15 @@ def main(job_path: str, out_path: str) -> None:
     wavelength = float(probe.wavelength)
     sampling = np.array(probe.reciprocal_space_sampling) * wavelength * 1e3
     extra = {}
+    if "probe_gpts" in job:
+        n, step = int(job["probe_gpts"]), float(job["probe_sampling_a"])
+        check = abtem.Probe(
+            energy=float(job["energy_ev"]), semiangle_cutoff=float(job["convergence_mrad"]), defocus=defocus,
+            gpts=(n, n), sampling=(step, step), **aberrations
+        )
+        centre_a = (n // 2) * step
+        built = check.build(scan=abtem.CustomScan(np.array([[centre_a, centre_a]]))).compute()
+        extra["probe_xy"] = np.asarray(built.array).reshape(n, n).astype(np.complex64)
     if return_phase:
         projected = np.asarray(potential_array.array).sum(axis=0)  # V*A, summed over the slices
         extra["phase_xy"] = (energy2sigma(float(job["energy_ev"])) * projected).astype(np.float32)

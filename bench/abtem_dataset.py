@@ -12,10 +12,18 @@ of binned pixel (K//2, K//2), as in ``ptychoscan simulate``), binned 2x to 64 px
 Ground truth: sigma times abTEM's potential summed over its slices (rad, positive on
 atoms), transposed from abTEM's (x, y) array order to [y, x], pixel [0, 0] at the cell's
 origin (0, 0) nm: the frame of the positions. The file is read by ``ptychoscan
-reconstruct`` and bench/recon_py4dstem.py. Usage:
+reconstruct`` and bench/recon_py4dstem.py.
+
+An aberrated probe (``--defocus-nm``, ``--astigmatism-nm``, ``--astigmatism-angle-deg``,
+``--cs-um``): abTEM simulates with ``abtem.Probe(defocus=, C12=, phi12=, Cs=)`` (its own
+parametrisation, ``abtem_aberrations``), the file's beam stays nominal (in focus, its
+probe too) and the true values go to the file's ``acquisition_truth`` (with our probe of
+them on the reconstruction grid), as ``ptychoscan simulate`` does with ``true_probe``. The
+two conventions were checked against each other by bench/abtem_probe_convention.py. Usage:
 
     python bench/abtem_dataset.py [--out out/data/abtem/mos2_abtem.h5] [--scan-shape 40 40]
         [--step-nm 0.05] [--seed 0] [--threads 2] [--dose E_PER_A2] [--measure N]
+        [--defocus-nm 4 --astigmatism-nm 2.5 --astigmatism-angle-deg 30 --cs-um 2]
 """
 
 from __future__ import annotations
@@ -33,12 +41,28 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recon.dataset import Dataset4D, GroundTruth, write_dataset  # noqa: E402
+from recon.aberrations import ProbeAberrations  # noqa: E402
+from recon.dataset import AcquisitionTruth, Dataset4D, GroundTruth, write_dataset  # noqa: E402
 from recon.physics import real_space_pixel_angstrom  # noqa: E402
 from recon.probe import make_probe  # noqa: E402
 
 ENERGY_EV, CONVERGENCE_MRAD, DETECTOR_PIXELS, PIXEL_MRAD, BINNING = 60e3, 33.0, 64, 1.68, 2
 DEFAULT_OUT = ROOT / "out" / "data" / "abtem" / "mos2_abtem.h5"
+
+
+def abtem_aberrations(aberrations: ProbeAberrations) -> dict[str, float]:
+    """The worker's job keys for abTEM's ``Probe(defocus=, C12=, phi12=, Cs=)`` (Angstrom, rad) from ours (nm, deg, um).
+
+    Same meaning on both sides (bench/abtem_probe_convention.py, tests/test_probe_abtem_convention.py):
+    abTEM's defocus is -C10 as ours, its phi12 is measured from x towards y as ours once
+    its (x, y) arrays are transposed to our [y, x]; only the units differ.
+    """
+    return {
+        "defocus_a": 10.0 * aberrations.defocus_nm,
+        "c12_a": 10.0 * aberrations.astigmatism_nm,
+        "phi12_rad": float(np.radians(aberrations.astigmatism_angle_deg)),
+        "cs_a": 1e4 * aberrations.cs_um,
+    }
 
 
 def dataset_from_abtem(
@@ -55,6 +79,7 @@ def dataset_from_abtem(
     step_nm: float | None = None,
     dose_per_a2: float | None = None,
     seed: int = 0,
+    true_aberrations: ProbeAberrations | None = None,
 ) -> Dataset4D:
     """Dataset4D from the worker's arrays (already in our orientation).
 
@@ -68,6 +93,8 @@ def dataset_from_abtem(
         binning: detector binning b; detector_pixel_mrad is the binned pixel (mrad).
         step_nm: raster step (nm), needed with dose_per_a2 (electrons per A^2; Poisson counts).
         seed: seed of the Poisson noise.
+        true_aberrations: the aberrations abTEM's probe had (None: in focus). The file's beam
+            and probe stay nominal (in focus); these go to ``acquisition_truth`` with their probe.
     """
     shifted = np.asarray(shifted)
     positions_nm = np.asarray(positions_nm, dtype=np.float64)
@@ -91,6 +118,10 @@ def dataset_from_abtem(
         patterns = patterns.astype(np.float32)
     pixel_a = real_space_pixel_angstrom(energy_ev, k, detector_pixel_mrad)
     probe = make_probe(k, pixel_a, energy_ev, convergence_mrad).numpy().astype(np.complex64)
+    truth = None
+    if true_aberrations is not None and true_aberrations != ProbeAberrations():
+        true_probe = true_aberrations.probe(k, pixel_a, energy_ev, convergence_mrad).numpy().astype(np.complex64)
+        truth = AcquisitionTruth(positions_nm.copy(), true_probe, true_aberrations.model_dump())
     return Dataset4D(
         patterns=patterns,
         positions_nm=positions_nm,
@@ -101,6 +132,7 @@ def dataset_from_abtem(
         grid_shape=(int(grid_shape[0]), int(grid_shape[1])),
         probe=probe,
         ground_truth=GroundTruth(np.asarray(phase, dtype=np.float32), float(phase_pixel_nm), (0.0, 0.0)),
+        acquisition_truth=truth,
     )
 
 
@@ -135,12 +167,21 @@ def main() -> None:
     )
     parser.add_argument("--slice-thickness", type=float, default=1.0, help="abTEM slice thickness, A")
     parser.add_argument("--measure", type=int, default=0, metavar="N", help="only time abTEM on N positions and estimate the full run")
+    parser.add_argument("--defocus-nm", type=float, default=0.0, help="true probe: defocus (-C10), nm (positive: crossover below the entrance plane)")
+    parser.add_argument("--astigmatism-nm", type=float, default=0.0, help="true probe: two-fold astigmatism |C12|, nm")
+    parser.add_argument("--astigmatism-angle-deg", type=float, default=0.0, help="true probe: its angle phi12, deg from x towards y")
+    parser.add_argument("--cs-um", type=float, default=0.0, help="true probe: spherical aberration C30, um")
     args = parser.parse_args()
     if args.step_nm <= 0 or min(args.scan_shape) < 1 or args.threads < 1:
         parser.error("--step-nm, --scan-shape and --threads must be positive")
     if args.dose is not None and args.dose <= 0:
         parser.error(f"--dose must be positive, got {args.dose}")
 
+    try:
+        true_probe = ProbeAberrations(defocus_nm=args.defocus_nm, astigmatism_nm=args.astigmatism_nm,
+                                      astigmatism_angle_deg=args.astigmatism_angle_deg, cs_um=args.cs_um)
+    except ValueError as err:
+        parser.error(f"bad aberrations: {err}")
     ensure_venv()
     atoms, _ = specimen_and_positions(PIXEL_MRAD / BINNING, 1, args.step_nm, args.seed)
     side_nm = float(atoms.cell[0, 0]) / 10.0
@@ -151,7 +192,8 @@ def main() -> None:
     run_positions = positions[: args.measure] if args.measure else positions
     print(
         f"MoS2 {side_nm * 10:.2f} A square, {len(atoms)} atoms, seed {args.seed}; abTEM {args.gpts}^2, "
-        f"{args.slice_thickness} A slices; {len(run_positions)} of {len(positions)} positions; threads {args.threads}",
+        f"{args.slice_thickness} A slices; {len(run_positions)} of {len(positions)} positions; threads {args.threads}; "
+        f"true probe: {true_probe.summary()}",
         flush=True,
     )
     peer = run_abtem(
@@ -167,6 +209,7 @@ def main() -> None:
         shifted_only=True,
         return_phase=not args.measure,
         progress=True,
+        aberrations=abtem_aberrations(true_probe),
     )
     if not np.allclose(peer["angular_sampling_mrad"], PIXEL_MRAD / BINNING, rtol=1e-6):
         raise SystemExit(f"abTEM's reciprocal pixel is {peer['angular_sampling_mrad']} mrad, expected {PIXEL_MRAD / BINNING}")
@@ -179,7 +222,7 @@ def main() -> None:
     t0 = time.perf_counter()
     dataset = dataset_from_abtem(
         peer["shifted"], positions, tuple(args.scan_shape), peer["phase"], peer["phase_pixel_nm"],
-        step_nm=args.step_nm, dose_per_a2=args.dose, seed=args.seed,
+        step_nm=args.step_nm, dose_per_a2=args.dose, seed=args.seed, true_aberrations=true_probe,
     )
     fraction = peer["shifted"].sum(axis=(1, 2)) / peer["total"]
     out = Path(args.out)
@@ -196,6 +239,7 @@ def main() -> None:
         "step_nm": args.step_nm,
         "seed": args.seed,
         "dose_per_a2": args.dose,
+        "true_probe": true_probe.model_dump(),
         "gpts": args.gpts,
         "slice_thickness_a": args.slice_thickness,
         "in_detector_fraction_mean": float(fraction.mean()),

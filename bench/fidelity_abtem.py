@@ -78,8 +78,15 @@ def run_abtem(
     shifted_only: bool = False,
     return_phase: bool = False,
     progress: bool = False,
+    aberrations: dict[str, float] | None = None,
+    probe_check: tuple[int, float] | None = None,
 ) -> dict:
     """abTEM's patterns (our orientation, [N, ky, kx]) and timing from the worker in the abTEM venv.
+
+    ``aberrations``: the probe's, as the worker's job keys in abTEM's parametrisation
+    (``defocus_a``, ``c12_a``, ``phi12_rad``, ``cs_a``; see bench/_abtem_worker.py); none: in focus.
+    ``probe_check`` (gpts, sampling in A): also "probe", abTEM's probe wave with those
+    aberrations on that grid, centred at pixel gpts // 2, transposed to our [y, x].
 
     ``shifted_only``: one multislice pass, only the half-pixel-shifted patterns (see the
     worker). ``return_phase``: also "phase" ([y, x] rad, sigma times abTEM's projected
@@ -106,6 +113,8 @@ def run_abtem(
             shifted_only=shifted_only,
             return_phase=return_phase,
             progress=progress,
+            **(aberrations or {}),
+            **({"probe_gpts": probe_check[0], "probe_sampling_a": probe_check[1]} if probe_check else {}),
         )
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
         env.pop("PYTHONPATH", None)
@@ -118,6 +127,8 @@ def run_abtem(
         if not np.isclose(sampling[0], sampling[1], rtol=1e-9):
             raise RuntimeError(f"abTEM's potential pixel is not square: {sampling} A")
         extra = {"phase": np.ascontiguousarray(data["phase_xy"].T), "phase_pixel_nm": float(sampling[0]) / 10.0}
+    if "probe_xy" in data:
+        extra["probe"] = np.ascontiguousarray(data["probe_xy"].T)
     return extra | {
         "patterns": np.swapaxes(data["patterns_xy"], -1, -2),
         "shifted": np.swapaxes(data["shifted_xy"], -1, -2),

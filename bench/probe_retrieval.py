@@ -22,6 +22,10 @@ and the dataset is cached under ``--out-dir``. For the full raster and a seeded 
 - prints SSIM and Pearson r over the scanned field against the ground truth, and the
   recovered (retrieved, refined) aberrations against the true ones.
 
+``--dataset FILE`` takes an existing dense-raster file with ground truth and acquisition
+truth instead (e.g. abTEM's, bench/abtem_dataset.py with an aberrated probe: the figures
+then do not rest on our forward model); the simulation options are then ignored.
+
     PYTHONPATH=$PWD python bench/probe_retrieval.py --json bench/out/probe_retrieval.json
     PYTHONPATH=$PWD python bench/probe_retrieval.py --defocus-nm -6 --astigmatism-nm 1.5 --astigmatism-angle-deg 120 --cs-um 0 \
         --sparse 250 --json bench/out/probe_retrieval_b.json
@@ -66,6 +70,11 @@ def scan_errors(args: argparse.Namespace) -> ScanErrors | None:
 
 def load_or_simulate(args: argparse.Namespace):
     """The aberrated dataset (with its acquisition truth), simulated once and cached."""
+    if args.dataset:
+        dataset = read_dataset(args.dataset, with_acquisition_truth=True)
+        if dataset.acquisition_truth is None or dataset.ground_truth is None:
+            raise SystemExit(f"{args.dataset} has no acquisition truth or no ground truth to score against")
+        return dataset
     path = dataset_path(args)
     if not path.exists():
         truth = ProbeAberrations(defocus_nm=args.defocus_nm, astigmatism_nm=args.astigmatism_nm,
@@ -92,6 +101,7 @@ def errors(found: ProbeAberrations, true: ProbeAberrations) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=None, help="an existing file with acquisition and ground truth instead of simulating")
     ap.add_argument("--out-dir", default="bench/out/probe_retrieval", help="where the simulated dataset is cached")
     ap.add_argument("--seed", type=int, default=200000, help="specimen seed (the test split's first)")
     ap.add_argument("--scan-shape", type=int, nargs=2, default=[51, 51])

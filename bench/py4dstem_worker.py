@@ -7,6 +7,11 @@ filters) and writes the object with its probe-centre positions in object pixels 
 the timings to an .npz: ``wall``/``cpu`` of the kept run (reset, setup included) and
 ``wall1``/``cpu1`` of a one-iteration run, so the caller can separate setup from the
 marginal cost of an iteration.
+
+Optional keys: ``fix_probe`` (default 1; 0: py4DSTEM refines its probe, a free complex
+array, from the initial one), ``fit_probe_aberrations`` (default 0; 1: each probe update is
+projected onto a fitted aberration expansion, py4DSTEM's own aberration fitting),
+``defocus_ang`` (default 0: py4DSTEM's initial probe is the nominal in-focus one).
 """
 
 import sys
@@ -30,6 +35,7 @@ def main(inp: str, out: str) -> None:
         semiangle_cutoff=float(d["semiangle_mrad"]),
         initial_scan_positions=d["positions_ang"].astype(np.float64),
         object_type="potential",
+        defocus=float(d["defocus_ang"]) if "defocus_ang" in d else 0.0,
         device="cpu",
         verbose=False,
     )
@@ -37,12 +43,16 @@ def main(inp: str, out: str) -> None:
         plot_center_of_mass=False, plot_rotation=False, plot_probe_overlaps=False, force_com_rotation=0.0, force_com_transpose=False,
         fit_function="constant",
     )
+    fix_probe = bool(d["fix_probe"]) if "fix_probe" in d else True
+    fit_aberrations = bool(d["fit_probe_aberrations"]) if "fit_probe_aberrations" in d else False
+    probe_options = {} if fix_probe else {"fit_probe_aberrations": fit_aberrations}
+
     def run(iterations: int) -> tuple[float, float]:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         ptycho.reconstruct(
-            num_iter=iterations, reconstruction_method="gradient-descent", step_size=float(d["step_size"]), fix_probe=True,
+            num_iter=iterations, reconstruction_method="gradient-descent", step_size=float(d["step_size"]), fix_probe=fix_probe,
             gaussian_filter=False, butterworth_filter=False, tv_denoise=False, object_positivity=False, fix_potential_baseline=False,
-            progress_bar=False, store_iterations=False, reset=True, seed_random=0,
+            progress_bar=False, store_iterations=False, reset=True, seed_random=0, **probe_options,
         )
         return time.perf_counter() - wall0, time.process_time() - cpu0
 

@@ -24,7 +24,7 @@ class ProbeAberrations(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    defocus_nm: float = Field(0.0, description="defocus = -C10, nm (positive: focus above the specimen, abTEM's sign)")
+    defocus_nm: float = Field(0.0, description="defocus = -C10, nm (abTEM's sign: positive puts the crossover that far below the specimen entrance)")
     astigmatism_nm: float = Field(0.0, ge=0, description="two-fold astigmatism |C12|, nm")
     astigmatism_angle_deg: float = Field(0.0, description="astigmatism angle phi12, deg from the scan's x axis towards y")
     cs_um: float = Field(0.0, description="spherical aberration C30, um")

@@ -36,7 +36,7 @@ def aberration_phase(
 
     chi = 2 pi / lambda * (1/2 C10 a^2 + 1/2 a^2 (C12a cos 2phi + C12b sin 2phi) + 1/4 C30 a^4)
     with a = lambda |k| (rad), phi = atan2(ky, kx) measured from the x axis towards y,
-    C10 = -defocus (positive defocus focuses above the specimen, abTEM's sign) and
+    C10 = -defocus (abTEM's sign: positive defocus puts the crossover below the entrance plane) and
     (C12a, C12b) = C12 (cos 2 phi12, sin 2 phi12) the two-fold astigmatism. The
     coefficients may be tensors (differentiable: probe refinement and retrieval).
     """
@@ -83,8 +83,9 @@ def make_probe(
     pixel so that the probe varies smoothly with the sampling. The aberration phase is
     ``aberration_phase``: chi(alpha) = 2 pi / lambda * (-defocus * alpha^2 / 2 +
     C12 alpha^2 cos(2 (phi - phi12)) / 2 + Cs * alpha^4 / 4), with ``defocus = -C10``
-    (positive defocus focuses the beam above the specimen entrance, abTEM's sign
-    convention); the spectrum is aperture * exp(-i chi).
+    (abTEM's sign convention: a positive defocus d puts the crossover d below the
+    entrance plane, the beam still converging there: Fresnel propagation by +d downstream
+    brings it to focus); the spectrum is aperture * exp(-i chi).
 
     Args:
         size: grid size in pixels.

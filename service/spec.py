@@ -35,7 +35,7 @@ class Beam:
     detector_pixel_mrad: float
     """one detector pixel after binning, mrad."""
     defocus_nm: float
-    """probe defocus, nm (positive: focus above the specimen)."""
+    """probe defocus, nm (positive: the crossover below the specimen entrance, abTEM's sign)."""
     astigmatism_nm: float = 0.0
     """two-fold astigmatism |C12|, nm."""
     astigmatism_angle_deg: float = 0.0

@@ -86,3 +86,34 @@ def test_raster_is_centred_row_major_and_must_fit(bench):
     np.testing.assert_allclose(positions[4] - positions[0], (0.0, 0.05))
     with pytest.raises(ValueError, match="exceeds"):
         bench.centred_raster(5.79, (80, 80), 0.05)
+
+
+def test_aberrated_probe_goes_to_the_acquisition_truth_not_the_beam(bench, tmp_path):
+    from recon.aberrations import ProbeAberrations
+
+    shifted, positions, phase = _fake()
+    true = ProbeAberrations(defocus_nm=4.0, astigmatism_nm=2.5, astigmatism_angle_deg=30.0, cs_um=2.0)
+    ds = bench.dataset_from_abtem(shifted, positions, (2, 2), phase, 0.01, detector_pixel_mrad=3.36, true_aberrations=true)
+    back = read_dataset(write_dataset(tmp_path / "a.h5", ds), with_acquisition_truth=True)
+    assert back.defocus_nm == 0.0  # the nominal beam stays in focus
+    nominal = bench.dataset_from_abtem(shifted, positions, (2, 2), phase, 0.01, detector_pixel_mrad=3.36)
+    np.testing.assert_array_equal(back.probe, nominal.probe)
+    assert ProbeAberrations(**back.acquisition_truth.aberrations) == true
+    np.testing.assert_array_equal(back.acquisition_truth.positions_nm, positions)
+    from recon.physics import real_space_pixel_angstrom
+
+    pixel_a = real_space_pixel_angstrom(back.energy_ev, 4, 3.36)
+    expected = true.probe(4, pixel_a, back.energy_ev, back.convergence_mrad).numpy()
+    np.testing.assert_allclose(back.acquisition_truth.probe, expected, atol=1e-6)
+    assert not np.allclose(back.acquisition_truth.probe, back.probe, atol=1e-3)
+    assert nominal.acquisition_truth is None
+    in_focus = bench.dataset_from_abtem(shifted, positions, (2, 2), phase, 0.01, detector_pixel_mrad=3.36,
+                                        true_aberrations=ProbeAberrations())
+    assert in_focus.acquisition_truth is None
+
+
+def test_abtem_parameters_are_ours_in_angstrom_and_rad(bench):
+    from recon.aberrations import ProbeAberrations
+
+    job = bench.abtem_aberrations(ProbeAberrations(defocus_nm=4.0, astigmatism_nm=2.5, astigmatism_angle_deg=30.0, cs_um=2.0))
+    assert job == pytest.approx({"defocus_a": 40.0, "c12_a": 25.0, "phi12_rad": np.pi / 6, "cs_a": 2e4})
