@@ -388,19 +388,32 @@ class SessionManager(StreamHandling):
         loaded, errors = load_sessions(self.settings.storage, self.planner_for)
         self.load_errors.extend(errors)
         with self.lock:
+            missing = []
             for item in loaded:
                 if isinstance(item, FinishedSession):
                     self.finished[item.session_id] = item
-                    if item.state == SessionState.DONE and not item.has_converged() and self.on_done is not None:
-                        self.on_done(item)
+                    if item.state == SessionState.DONE and not item.has_converged():
+                        missing.append(item)
                 else:
                     self.adopt(*item)
+            if self.on_done is not None:
+                self._queue_backlog(missing)
             self._active_gauge()
             endpoints = {s.endpoint for s in self.sessions.values()}
         if self.on_endpoint is not None:
             for ep in endpoints:
                 self.on_endpoint(ep)
         return len(loaded)
+
+    def _queue_backlog(self, missing: list[FinishedSession]) -> None:
+        """Queue the converged reconstructions of the ``recon_converged_backlog`` most recent of ``missing`` (lock held)."""
+        missing.sort(key=lambda f: f.summary.get("created_unix") or 0.0, reverse=True)
+        keep = self.settings.recon_converged_backlog
+        for item in missing[:keep]:
+            self.on_done(item)
+        if len(missing) > keep:
+            log.warning("%d older done sessions have no converged reconstruction and are not queued (recon_converged_backlog %d); "
+                        "make one with: ptychoscan reconstruct FILE --converged", len(missing) - keep, keep)
 
     def adopt(self, s: Session, bindings: dict[int, Binding]) -> None:
         """Take over a session rebuilt from its file and its series bindings; queue the work it awaits."""

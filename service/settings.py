@@ -90,6 +90,11 @@ class ServiceSettings(BaseSettings):
         "(full-batch gradient descent, Nesterov momentum, up to 60 passes), in the background between decisions; stored as "
         "<id>.converged.h5 beside the session file and served as its reconstruction",
     )
+    recon_converged_backlog: int = Field(
+        20, ge=0, description="after a restart, how many of the most recent done sessions without a converged reconstruction are "
+        "queued for one (after an upgrade every older session would be: hours of background work on a CPU); the rest are logged "
+        "and can be made by hand with ptychoscan reconstruct FILE --converged",
+    )
     probe_retrieval_frames: int = Field(
         100, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
     )

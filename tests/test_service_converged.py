@@ -293,3 +293,25 @@ def test_position_correction_on_request_refines_the_positions_stores_and_reports
         measured = f["positions_nm"][()]
     shift = np.linalg.norm(stored.positions_nm - np.clip(measured, 0.0, 0.3), axis=1)
     assert np.isclose(np.sqrt((shift**2).mean()), moved["rms_shift_nm"], atol=1e-5)
+
+
+def test_a_restart_queues_only_the_most_recent_missing_converged_reconstructions(tmp_path, caplog):
+    """Suspicion from review, now bounded: after an upgrade every older done session lacked its converged file and all were
+    queued at once (hours of background work on a CPU); only the ``recon_converged_backlog`` most recent are now."""
+    pusher = Pusher()
+    try:
+        off = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2, recon_converged=False)
+        with TestClient(create_app(off)) as c:
+            sids = []
+            for _ in range(3):
+                sids.append(_run_session(c, pusher))
+                time.sleep(0.05)  # distinct creation times
+        on = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2, recon_converged_backlog=2)
+        with TestClient(create_app(on)) as c:
+            for sid in sids[1:]:
+                assert _until(lambda sid=sid: _converged_state(c, sid))["state"] == "done"
+            assert c.get(f"/api/v1/sessions/{sids[0]}").json().get("converged_reconstruction") is None
+        assert not converged_path(tmp_path / f"{sids[0]}.h5").exists()
+        assert "1 older done sessions have no converged reconstruction" in caplog.text
+    finally:
+        pusher.close()
