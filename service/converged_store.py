@@ -118,7 +118,8 @@ def read_measured_frames(session_file: Path) -> tuple[np.ndarray, np.ndarray]:
             received = f["received"][()].astype(bool)
             n = min(len(received), f["patterns"].shape[0], f["positions_nm"].shape[0])
             keep = np.flatnonzero(received[:n])
-            patterns = np.asarray(f["patterns"][:n], np.float32)[keep]
+            raw = f["patterns"][:n]  # the file's own pixel type; float32 only for the received rows (one float copy, not three)
+            patterns = (raw if len(keep) == n else raw[keep]).astype(np.float32)
             positions = np.asarray(f["positions_nm"][:n], np.float64)[keep]
     except (OSError, KeyError, ValueError) as err:
         raise ConvergedStoreError(f"{Path(session_file).name}: cannot read its frames ({err})") from None
