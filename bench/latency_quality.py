@@ -9,7 +9,7 @@ once, before the service starts, on a raster (``RASTER_STEP_NM``, 0.04 nm) and c
 ``bench/out/latency_raster/``; a session's asked position is served the pattern of the
 nearest raster point, and the tell reports that raster point as the measured position
 (the reconstruction then uses the position the pattern belongs to). Noise: Poisson at
-``dose`` electrons per position, seeded by (session seed, series), so that the same
+``dose`` electrons per position, seeded by (session seed, chunk index), so that the same
 session with and without the deadline sees the same noise draws chunk by chunk.
 
 Scores: Pearson r and SSIM against the registered ground truth over the field
@@ -97,10 +97,10 @@ class FrameMaker:
         self.dose = dose
         self.seed = seed
 
-    def frames(self, positions_nm: np.ndarray, series: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint16 counts (N, K, K), the positions they were simulated at (N, 2) nm) for one chunk."""
+    def frames(self, positions_nm: np.ndarray, chunk_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint16 counts (N, K, K), the positions they were simulated at (N, 2) nm) for the session's chunk ``chunk_index``."""
         idx = self.raster.snap(positions_nm)
-        rng = np.random.default_rng([self.seed, series])
+        rng = np.random.default_rng([self.seed, chunk_index])
         counts = rng.poisson(np.asarray(self.patterns[idx], dtype=np.float64) * self.dose)
         return np.minimum(counts, np.iinfo(np.uint16).max).astype(np.uint16), self.raster.position(idx)
 

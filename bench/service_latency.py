@@ -8,20 +8,39 @@ them -> ask ...) and its own PUSH socket, in a second process (the microscope si
 ``--same-process`` runs them inside the service's process, sharing its GIL) (``--burst`` sends a chunk at once instead: a
 saturation test). Frames are 64x64 uint16 Poisson counts of a bright-field disk,
 encoded once up front (content does not change the cost). Sessions use the shipped
-GRU policy (``--strategy adaptive``) and incremental chunk updates by default. Prints
-p50/p99 of the decision latency and its ratio to the chunk's acquisition time at 1 ms
-dwell (goal < 1), how many incremental updates were shrunk to keep pace
-(``--deadline-fraction``, the service's ``recon_deadline_fraction``), the mean wait of a
-complete chunk for the compute worker (``wait s``), the mean batched
-reconstruction call and planner call, wall and CPU of the service's process and CPU
-of the microscope side's process (``mic cpu``: on the same cores here, not in a deployment).
+GRU policy (``--strategy adaptive``) and incremental chunk updates by default.
 
-    PYTHONPATH=$PWD python bench/service_latency.py --threads 2 --budget 250 [--detector-binning 1] [--update full]
+Steady state: each of a configuration's concurrent sessions is followed by another on the
+same detector (its series numbers go on rising) on the same warm service, ``--waves``
+sessions per detector, enough for at least ``--min-decisions`` (100) decisions
+pooled (a session of budget B and chunk C waits for ceil(B / C) - 1 of them). Per
+configuration it prints the waves and decisions, p50/p90/p99 of the decision latency as
+fractions of the chunk's acquisition time at the dwell (goal < 1 at 1 ms), how many of
+the updates a decision waited for were shrunk to keep pace (``--deadline-fraction``, the
+service's ``recon_deadline_fraction``) out of the decisions, the mean wait of a complete
+chunk for the compute worker (``wait s``), the mean batched reconstruction call and
+planner call, wall and CPU of the service's process (all its threads), its CPU per
+decision, and the CPU of the microscope side's process (``mic cpu``: on the same cores
+here, not in a deployment). Torch threads are set explicitly (``--threads``). Converged
+end-of-session reconstructions are off unless ``--converged``.
+
+``--quality DATASET...`` (``ptychoscan simulate`` files with a ground truth) asks what
+the shrunk updates cost: the sessions stream patterns of those specimens
+(``bench/latency_quality.py``: session seed i streams dataset i mod n, its own noise),
+each configuration runs once with the deadline and once without (same seeds, one wave
+unless ``--waves``), and each session's final live reconstruction and its converged one
+(every frame from zero, the evaluation's recipe) are scored against the ground truth
+(Pearson r, SSIM); the paired differences (deadline on - off) are printed with the
+updates shrunk.
+
+    PYTHONPATH=$PWD python bench/service_latency.py --threads 1 --budget 250 [--min-decisions 100] [--update full]
+    PYTHONPATH=$PWD python bench/service_latency.py --threads 1 --sessions 8 --quality out/data/test/mos2/*.h5
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import multiprocessing
 import os
@@ -54,57 +73,67 @@ def disk_frames(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def control_loop(
-    base: str, endpoint_port: int, chunk: int, budget: int, k: int, seed: int, errors: list, strategy: str, dwell_s: float,
-    source=None, sessions: dict | None = None,
+    base: str, endpoint_port: int, chunk: int, budget: int, k: int, seeds: list[int], errors: list, strategy: str, dwell_s: float,
+    sources: dict | None = None, sessions: dict | None = None,
 ) -> None:
-    """One session from create to done. ``source``: a ``latency_quality.FrameMaker`` (frames of a specimen at the
-    asked positions, told as the measured ones), None: the same disk frames for every chunk. ``sessions[seed]``
-    receives the session id."""
+    """Sessions from create to done, one after the other on one detector (PUSH socket; its series numbers go on rising).
+
+    ``sources[seed]``: a ``latency_quality.FrameMaker`` (frames of a specimen at the asked positions, told as the measured
+    ones); absent: the same disk frames for every chunk. ``sessions[seed]`` receives the session id.
+    """
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 60_000)
     push.bind(f"tcp://127.0.0.1:{endpoint_port}")
-    rng = np.random.default_rng(seed)
-    frames = disk_frames(chunk, k, rng)
-    blobs = encode_frames(frames, "bs16-lz4<")  # encoded once: a detector does not spend the service's CPU
-    body = {"detector_endpoint": f"tcp://127.0.0.1:{endpoint_port}", "fov_nm": [0, 0, 2.0, 2.0], "budget": budget, "chunk": chunk, "strategy": strategy}
-    if source is not None:
-        body |= {"fov_nm": list(source.raster.fov_nm), **source.raster.beam, "detector_bit_depth": 16}
+    disk = disk_frames(chunk, k, np.random.default_rng(seeds[0]))
+    disk_blobs = encode_frames(disk, "bs16-lz4<")  # encoded once: a detector does not spend the service's CPU
+    series = 0
     try:
         with httpx.Client(base_url=base, timeout=120.0) as c:
-            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
-            if sessions is not None:
-                sessions[seed] = sid
-            series = 0
-            while True:
-                r = c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 120}, headers=AUTH)
-                r.raise_for_status()
-                ask = r.json()
-                if ask["done"]:
-                    return
-                n = len(ask["positions_nm"])
-                tell = {"batch_id": ask["batch_id"], "series": series}
-                if source is not None:  # made before the chunk's first frame: outside the decision latency and the acquisition time
-                    frames, measured = source.frames(np.asarray(ask["positions_nm"]), series)
-                    blobs = encode_frames(frames, "bs16-lz4<")
-                    tell["measured_positions_nm"] = measured.tolist()
-                c.post(f"/api/v1/sessions/{sid}/tell", json=tell, headers=AUTH).raise_for_status()
-                config = {"ntrigger": n, "nimages": 1, "trigger_mode": "exts", "x_pixels_in_detector": k, "y_pixels_in_detector": k}
-                push.send_multipart(series_start_parts(series, config))
-                start = time.perf_counter()
-                for i in range(n):
-                    if dwell_s > 0:  # one frame per dwell, as a scan acquires them
-                        pause = start + (i + 1) * dwell_s - time.perf_counter()
-                        if pause > 0:
-                            time.sleep(pause)
-                    push.send_multipart(image_parts(series, i, frames[i % len(frames)], "bs16-lz4<", 0, 1_000_000, 1_000_000, blob=blobs[i % len(blobs)]))
-                push.send_multipart(series_end_parts(series))
-                series += 1
+            for seed in seeds:
+                source = (sources or {}).get(seed)
+                body = {"detector_endpoint": f"tcp://127.0.0.1:{endpoint_port}", "fov_nm": [0, 0, 2.0, 2.0], "budget": budget, "chunk": chunk,
+                        "strategy": strategy}
+                if source is not None:
+                    body |= {"fov_nm": list(source.raster.fov_nm), **source.raster.beam, "detector_bit_depth": 16}
+                sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+                if sessions is not None:
+                    sessions[seed] = sid
+                series = _run_session(c, push, sid, series, k, dwell_s, source, disk, disk_blobs)
     except Exception as err:  # reported by the main thread
         errors.append(f"{type(err).__name__}: {err}")
     finally:
         push.close(0)
         ctx.term()
+
+
+def _run_session(c: httpx.Client, push, sid: str, series: int, k: int, dwell_s: float, source, frames, blobs) -> int:
+    """Ask, tell and stream one session's chunks until it is done; returns the next free series number."""
+    for batch in itertools.count():
+        r = c.post(f"/api/v1/sessions/{sid}/ask", params={"timeout_s": 120}, headers=AUTH)
+        r.raise_for_status()
+        ask = r.json()
+        if ask["done"]:
+            return series
+        n = len(ask["positions_nm"])
+        tell = {"batch_id": ask["batch_id"], "series": series}
+        if source is not None:  # made before the chunk's first frame: outside the decision latency and the acquisition time
+            frames, measured = source.frames(np.asarray(ask["positions_nm"]), batch)
+            blobs = encode_frames(frames, "bs16-lz4<")
+            tell["measured_positions_nm"] = measured.tolist()
+        c.post(f"/api/v1/sessions/{sid}/tell", json=tell, headers=AUTH).raise_for_status()
+        config = {"ntrigger": n, "nimages": 1, "trigger_mode": "exts", "x_pixels_in_detector": k, "y_pixels_in_detector": k}
+        push.send_multipart(series_start_parts(series, config))
+        start = time.perf_counter()
+        for i in range(n):
+            if dwell_s > 0:  # one frame per dwell, as a scan acquires them
+                pause = start + (i + 1) * dwell_s - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            push.send_multipart(image_parts(series, i, frames[i % len(frames)], "bs16-lz4<", 0, 1_000_000, 1_000_000, blob=blobs[i % len(blobs)]))
+        push.send_multipart(series_end_parts(series))
+        series += 1
+    raise AssertionError("unreachable")
 
 
 class OverheadOnlyBackend:
@@ -129,7 +158,7 @@ class OverheadOnlyBackend:
 
 @dataclass
 class Load:
-    """What the microscope side runs: ``waves`` of ``sessions`` concurrent sessions, one wave after the other."""
+    """What the microscope side runs: ``sessions`` concurrent sessions, each followed by the next until there were ``waves``."""
 
     chunk: int
     budget: int
@@ -149,26 +178,25 @@ class Load:
 
 
 def _control_loops(base: str, load: Load) -> tuple[list[str], dict[int, str]]:
-    """Every wave's sessions, one control thread (and PUSH socket) each; returns the errors and {seed: session id}."""
+    """One control thread (detector, PUSH socket) per concurrent session, each running ``load.waves`` sessions back to back
+    (session seed wave * sessions + slot); returns the errors and {seed: session id}."""
     errors: list[str] = []
     sessions: dict[int, str] = {}
-    for wave in range(load.waves):
-        loops = []
-        for s in range(load.sessions):
-            seed = wave * load.sessions + s
-            source = None
-            if load.rasters:
-                from latency_quality import FrameMaker
+    sources = {}
+    if load.rasters:
+        from latency_quality import FrameMaker
 
-                source = FrameMaker(load.rasters[seed % len(load.rasters)], load.dose, seed)
-            args = (base, free_port(), load.chunk, load.budget, load.k, seed, errors, load.strategy, load.dwell_s, source, sessions)
-            loops.append(threading.Thread(target=control_loop, args=args))
-        for t in loops:
-            t.start()
-        for t in loops:
-            t.join()
-        if errors:
-            break
+        for seed in range(load.waves * load.sessions):
+            sources[seed] = FrameMaker(load.rasters[seed % len(load.rasters)], load.dose, seed)
+    loops = []
+    for slot in range(load.sessions):
+        seeds = [wave * load.sessions + slot for wave in range(load.waves)]
+        args = (base, free_port(), load.chunk, load.budget, load.k, seeds, errors, load.strategy, load.dwell_s, sources, sessions)
+        loops.append(threading.Thread(target=control_loop, args=args))
+    for t in loops:
+        t.start()
+    for t in loops:
+        t.join()
     return errors, sessions
 
 
@@ -300,8 +328,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=250, help="positions per session (paper: 250-500)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--chunks", type=int, nargs="+", default=[50, 100])
-    ap.add_argument("--min-decisions", type=int, default=100, help="run waves of sessions one after another until this many decisions are pooled")
-    ap.add_argument("--waves", type=int, default=None, help="waves of sessions per configuration (default: enough for --min-decisions)")
+    ap.add_argument("--min-decisions", type=int, default=100, help="run sessions back to back on each detector until this many decisions are pooled")
+    ap.add_argument("--waves", type=int, default=None, help="sessions per detector, back to back (default: enough for --min-decisions; 1 with --quality)")
     ap.add_argument("--dwell-ms", type=float, default=1.0, help="frames are sent one per dwell, as a scan acquires them")
     ap.add_argument("--same-process", action="store_true", help="run the control loops as threads of the service's process (they then share its GIL)")
     ap.add_argument("--burst", action="store_true", help="send each chunk's frames at once (saturates the worker: a stress test, not a scan)")
