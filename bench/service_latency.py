@@ -121,6 +121,7 @@ def _run_session(c: httpx.Client, push, sid: str, series: int, k: int, dwell_s: 
             frames, measured = source.frames(np.asarray(ask["positions_nm"]), batch)
             blobs = encode_frames(frames, "bs16-lz4<")
             tell["measured_positions_nm"] = measured.tolist()
+            k = frames.shape[-1]  # the specimen's detector (e.g. 86 px for the nanotubes)
         c.post(f"/api/v1/sessions/{sid}/tell", json=tell, headers=AUTH).raise_for_status()
         config = {"ntrigger": n, "nimages": 1, "trigger_mode": "exts", "x_pixels_in_detector": k, "y_pixels_in_detector": k}
         push.send_multipart(series_start_parts(series, config))
