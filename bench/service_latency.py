@@ -269,6 +269,8 @@ def collect_quality(rasters: list, timeout_s: float):
     def after(app, sessions: dict[int, str]) -> dict:
         from latency_quality import score
 
+        from service.converged_store import read_measured_frames
+
         manager = app.state.service.manager
         rows, deadline = [], time.monotonic() + timeout_s
         for seed, sid in sorted(sessions.items()):
@@ -283,6 +285,9 @@ def collect_quality(rasters: list, timeout_s: float):
                 raise SystemExit(f"session {sid}: converged reconstruction {state or 'missing'} after {timeout_s:g} s")
             raster = rasters[seed % len(rasters)]
             row = {"seed": seed, "shrunk": sum(bool(c.get("update_shrunk")) for c in status.get("chunks") or [])}
+            with manager.lock:
+                path = manager.get(sid).path
+            row["positions"] = read_measured_frames(path)[1]  # the converged reconstruction's positions
             for kind in ("live", "converged"):
                 pot, origin, pixel, _, _ = manager.reconstruction(sid, kind)
                 row[kind] = score(pot, origin, pixel, raster.path, raster.fov_nm)
@@ -312,7 +317,8 @@ def quality_rows(n: int, chunk: int, on: list[dict], off: list[dict]) -> list[st
 
     off_by = {r["seed"]: r for r in off}
     pairs = [(r, off_by[r["seed"]]) for r in on if r["seed"] in off_by]
-    out = []
+    same = sum(p[0]["positions"].shape == p[1]["positions"].shape and np.allclose(p[0]["positions"], p[1]["positions"]) for p in pairs)
+    out = [f"{n:>8} {chunk:>5} {len(pairs):>5}  sessions whose positions are the same with and without the deadline: {same}"]
     for kind in ("live", "converged"):
         for metric in ("pearson_r", "ssim"):
             a = [p[0][kind][metric] for p in pairs]
