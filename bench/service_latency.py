@@ -267,6 +267,7 @@ def collect_quality(rasters: list, timeout_s: float):
     """An ``after`` for run_case: per session, its shrunk updates and the scores of its final live and converged reconstructions."""
 
     def after(app, sessions: dict[int, str]) -> dict:
+        import h5py
         from latency_quality import score
 
         from service.converged_store import read_measured_frames
@@ -287,7 +288,9 @@ def collect_quality(rasters: list, timeout_s: float):
             row = {"seed": seed, "shrunk": sum(bool(c.get("update_shrunk")) for c in status.get("chunks") or [])}
             with manager.lock:
                 path = manager.get(sid).path
-            row["positions"] = read_measured_frames(path)[1]  # the converged reconstruction's positions
+            row["positions"] = read_measured_frames(path)[1]  # the converged reconstruction's positions (raster points)
+            with h5py.File(path, "r") as f:
+                row["issued"] = f["positions_issued_nm"][()]  # the planner's, before snapping to the raster
             for kind in ("live", "converged"):
                 pot, origin, pixel, _, _ = manager.reconstruction(sid, kind)
                 row[kind] = score(pot, origin, pixel, raster.path, raster.fov_nm)
@@ -318,7 +321,9 @@ def quality_rows(n: int, chunk: int, on: list[dict], off: list[dict]) -> list[st
     off_by = {r["seed"]: r for r in off}
     pairs = [(r, off_by[r["seed"]]) for r in on if r["seed"] in off_by]
     same = sum(p[0]["positions"].shape == p[1]["positions"].shape and np.allclose(p[0]["positions"], p[1]["positions"]) for p in pairs)
-    out = [f"{n:>8} {chunk:>5} {len(pairs):>5}  sessions whose positions are the same with and without the deadline: {same}"]
+    shift = max(float(np.abs(p[0]["issued"] - p[1]["issued"]).max()) if p[0]["issued"].shape == p[1]["issued"].shape else float("inf") for p in pairs)
+    out = [f"{n:>8} {chunk:>5} {len(pairs):>5}  sessions whose positions are the same with and without the deadline: {same}; "
+           f"largest difference of an issued position {shift:.2g} nm"]
     for kind in ("live", "converged"):
         for metric in ("pearson_r", "ssim"):
             a = [p[0][kind][metric] for p in pairs]
