@@ -63,3 +63,21 @@ def test_decisions_per_session_is_every_chunk_but_the_last():
     assert sl.Load(50, 250, 64, 1, 1, "adaptive", 1e-3).decisions_per_session == 4
     assert sl.Load(100, 250, 64, 1, 1, "adaptive", 1e-3).decisions_per_session == 2
     assert sl.Load(50, 50, 64, 1, 1, "adaptive", 1e-3).decisions_per_session == 0
+
+
+def test_quality_rows_pair_sessions_by_seed_and_count_those_with_the_same_positions():
+    sl = _load("service_latency")
+
+    def row(seed, r, shift=0.0, shrunk=0):
+        pos = np.array([[1.0, 2.0], [1.5, 2.5]]) + shift
+        return {"seed": seed, "shrunk": shrunk, "positions": pos, "issued": pos, "live": {"pearson_r": r, "ssim": r / 2},
+                "converged": {"pearson_r": 0.8, "ssim": 0.4}}
+
+    on = [row(0, 0.5, shrunk=3), row(1, 0.6, shift=0.1, shrunk=3), row(7, 0.1)]  # seed 7 has no partner: left out
+    off = [row(1, 0.7), row(0, 0.6)]
+    lines = sl.quality_rows(4, 50, on, off)
+    assert "same with and without the deadline: 1;" in lines[0] and "0.1 nm" in lines[0]
+    live_r = next(line for line in lines if "live pearson_r" in " ".join(line.split()))
+    fields = live_r.split()
+    assert fields[2:4] == ["2", "6"], "2 pairs, 6 shrunk updates"
+    assert float(fields[8]) == pytest.approx(-0.1) and fields[-1] == "0", "on - off per pair, then averaged; no pair won"
