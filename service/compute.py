@@ -118,6 +118,8 @@ class ReconOutput:
     """(N, 2) corrected positions, nm (position correction only)."""
     scan_matrix: np.ndarray | None = None
     """(2, 2) fitted scan matrix I + D of the corrected positions (position correction only)."""
+    shrunk: bool = False
+    """This reconstruction was shrunk below the configured update to meet the deadline (``service.deadline``)."""
 
 
 class ReconBackend(Protocol):
@@ -287,9 +289,14 @@ class TorchReconBackend:
             self.calls += 1
             results = self._run_group([jobs[i] for i in idx], iterations, [scopes[i][0] for i in idx], first_pass)
             for i, res in zip(idx, results, strict=True):
+                res.shrunk = shrunk and self._shrinkable(jobs[i])
                 out[i] = res
         self.deadline.observe((time.perf_counter() - t0) / _cost_scale(jobs), sum(len(use) * passes for use, passes in scopes))
         return out  # type: ignore[return-value]
+
+    def _shrinkable(self, job: ReconJob) -> bool:
+        """Whether the deadline's level applies to ``job``: an incremental update or a first chunk a decision waits on."""
+        return self.update.new_positions(job) is not None or self.update.fresh(job)
 
     def _level(self, jobs: list[ReconJob]) -> tuple[Level, int]:
         """(the level of this round's incremental updates and first chunks, how many such jobs there are).

@@ -110,6 +110,9 @@ class ChunkTimeline(Open):
     acquisition_s: float | None = Field(..., description="first to last frame's arrival, scaled to n dwell intervals, s")
     frames_per_s: float | None
     decision_latency_s: float | None = Field(..., description="last frame of this batch -> next batch issued, s")
+    update_shrunk: bool | None = Field(
+        None, description="its reconstruction was shrunk to keep pace with the microscope (recon_deadline_fraction); null until reconstructed"
+    )
 
 
 class StreamErrorNote(Open):

@@ -120,6 +120,8 @@ class Batch:
     before: no frame is judged too early) until it is re-issued."""
     decision_latency_s: float | None = None
     """last frame of this batch received -> the next batch issued, s (set by the manager; None before, and for the last batch)."""
+    update_shrunk: bool | None = None
+    """this batch's reconstruction was shrunk to meet the deadline (``service.deadline``); None until it is reconstructed."""
 
     @property
     def acquisition_s(self) -> float | None:
@@ -139,6 +141,7 @@ class Batch:
             "acquisition_s": acq,
             "frames_per_s": len(self.slots) / acq if acq else None,
             "decision_latency_s": self.decision_latency_s,
+            "update_shrunk": self.update_shrunk,
         }
 
 
@@ -406,6 +409,7 @@ class Session:
             self.loss_history = recon.loss_history
             self.n_reconstructed += 1
             b.status = BatchStatus.RECONSTRUCTED
+            b.update_shrunk = recon.shrunk
         if positions is not None and len(positions):
             self.store.append_batch(len(self.batches), positions)
             self.add_batch(len(self.batches), positions)

@@ -68,16 +68,18 @@ def test_backend_shrinks_an_incremental_update_that_would_miss_its_deadline(reco
         return ReconJob(BEAM, grown.fov_nm, grown.patterns, grown.positions_nm, start, n_new=6, seed=1, acquisition_s=acquisition_s)
 
     backend.deadline.seconds_per_pass = 1e-6  # a fast machine: the configured update fits
-    backend.reconstruct([update(0.05)])
+    kept = backend.reconstruct([update(0.05)])[0]
     assert seen[-1] == ([12], 2) and backend.reduced_updates == 0
+    assert not kept.shrunk, "the configured update is not flagged"
     backend.deadline.seconds_per_pass = 1.0  # a slow one: one pass over the 6 new positions
     out = backend.reconstruct([update(0.05)])[0]
-    assert seen[-1] == ([6], 1) and backend.reduced_updates == 1
+    assert seen[-1] == ([6], 1) and backend.reduced_updates == 1 and out.shrunk
     assert np.isfinite(out.potential).all() and len(out.loss_history) == 1
     final = ReconJob(BEAM, grown.fov_nm, grown.patterns, grown.positions_nm, start, n_new=6, final=True, acquisition_s=0.05)
     backend.deadline.seconds_per_pass = 1.0
-    backend.reconstruct([final])
-    assert seen[-1] == ([18], 3) and backend.reduced_updates == 1, "a last chunk is never shrunk"
+    final_out, update_out = backend.reconstruct([final, update(0.05)])
+    assert sorted(c for c, _ in seen[-2:]) == [[6], [18]] and backend.reduced_updates == 2, "a last chunk is never shrunk"
+    assert update_out.shrunk and not final_out.shrunk, "only the shrunk job of a round is flagged"
     assert backend.deadline.seconds_per_pass < 1.0, "the measured cost replaced the guess"
 
 
@@ -139,4 +141,40 @@ def test_acquisition_time_is_measured_from_frame_arrivals_even_when_frames_come_
     manager.tell(sid, ask["batch_id"], 1, None)
     (item,) = manager.take_work(0.1)
     assert 0.06 * 4 / 3 <= item.job.acquisition_s < 0.1 * 4 / 3 + 0.05, "first to last arrival (3 x 20 ms, scaled to 4 frames), not the tell's instant"
+    manager.close()
+
+
+def test_session_status_says_which_chunks_had_their_update_shrunk(tmp_path):
+    from service_testing import KEY, RecordingBackend, frames_for, session_body
+
+    from detector_stream.events import Frame
+    from service.manager import SessionManager
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.settings import ServiceSettings
+
+    class ShrinkingBackend(RecordingBackend):
+        """Flags every reconstruction a decision waits on as shrunk, as the torch backend does under pressure."""
+
+        def reconstruct(self, jobs):
+            out = super().reconstruct(jobs)
+            for job, res in zip(jobs, out, strict=True):
+                res.shrunk = not job.final
+            return out
+
+    manager = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+    scheduler = Scheduler(manager, ShrinkingBackend(), manager.metrics)
+    ep = "tcp://127.0.0.1:5004"
+    body = session_body(ep, budget=8, chunk=4) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0}
+    sid = manager.create(body)["session_id"]
+    scheduler.run_round(manager.take_work(0.1))  # the first batch
+    for series in (1, 2):
+        ask = manager.try_ask(sid)
+        manager.tell(sid, ask["batch_id"], series, None)
+        for i, img in enumerate(frames_for(series, 4)):
+            manager.on_event(ep, Frame(series, i, img))
+        scheduler.run_round(manager.take_work(1.0))
+    status = manager.get(sid).status()
+    assert status["state"] == "done"
+    assert [c["update_shrunk"] for c in status["chunks"]] == [True, False], "the last chunk's full reconstruction is never shrunk"
     manager.close()
