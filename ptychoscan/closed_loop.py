@@ -183,7 +183,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
     service_env = {"PTYCHOSCAN_RECON_DEADLINE_FRACTION": "null"}
     detector_args = ["sim-detector", "--source", str(source), "--port", str(zmq_port), "--rest-port", str(detector_rest),
                      "--dose", str(config.dose_per_frame), "--frame-time", str(config.frame_time_s), "--seed", str(config.seed),
-                     *(["--from-truth"] if config.from_truth else []), *_scan_error_args(config.scan_errors)]
+                     *(["--from-truth"] if config.from_truth else []), *scan_error_args(config.scan_errors)]
     outcomes = []
     with (
         _process(detector_args, config.out / "sim-detector.log") as detector,
@@ -355,7 +355,7 @@ def plot_outcomes(outcomes: list[StrategyOutcome], dataset: Dataset4D, out: Path
     return out
 
 
-def _scan_error_args(errors: ScanErrors | None) -> list[str]:
+def scan_error_args(errors: ScanErrors | None) -> list[str]:
     """``sim-detector`` flags for ``errors`` (none for None)."""
     if errors is None or errors.is_zero:
         return []

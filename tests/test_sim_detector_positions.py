@@ -95,14 +95,14 @@ def test_scan_errors_move_the_frames_but_not_the_readback():
 
 def test_the_demo_hands_its_scan_errors_to_sim_detector_and_bad_ones_are_one_line_errors(capsys):
     from ptychoscan.cli import build_parser, main
-    from ptychoscan.closed_loop import _scan_error_args
-    from ptychoscan.commands.sim_detector import _scan_controller
+    from ptychoscan.closed_loop import scan_error_args
+    from ptychoscan.commands.sim_detector import scan_controller_from_args
 
     errors = ScanErrors(jitter_nm=0.02, drift_nm_per_position=(0.001, -0.002), distortion=(0.01, 0.002, 0.0, 0.01), seed=7)
-    args = build_parser().parse_args(["sim-detector", *_scan_error_args(errors)])
-    scan = _scan_controller(args, SyntheticSource(16))
+    args = build_parser().parse_args(["sim-detector", *scan_error_args(errors)])
+    scan = scan_controller_from_args(args, SyntheticSource(16))
     assert scan.errors == errors and scan.centre_nm == (0.0, 0.0)
-    assert _scan_error_args(None) == [] and _scan_error_args(ScanErrors()) == []
+    assert scan_error_args(None) == [] and scan_error_args(ScanErrors()) == []
     assert main(["sim-detector", "--jitter-nm", "-1", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: scan errors: jitter_nm") and err.count("\n") == 1

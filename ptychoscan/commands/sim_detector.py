@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _scan_controller(args, source):
+def scan_controller_from_args(args, source):
     """The scan controller with the flags' scan errors, distorting about the centre of the source's field (nm)."""
     from pydantic import ValidationError
 
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     rest = listen_socket(args.host, args.rest_port)
     try:
         detector = SimDetector(source, host=args.host, port=args.port, dose=args.dose, seed=args.seed, noise=args.noise,
-                               scan=_scan_controller(args, source))
+                               scan=scan_controller_from_args(args, source))
     except zmq.ZMQError as err:
         rest.close()
         raise ValueError(f"cannot stream on {args.host}:{args.port}: {err}") from None
