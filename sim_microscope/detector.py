@@ -28,20 +28,12 @@ from pydantic import BaseModel, Field
 from detector_stream.codec import encode_frames
 from detector_stream.messages import expected_frames, image_parts, series_end_parts, series_start_parts
 from sim_microscope.frame_source import FrameSource, to_counts
-from sim_microscope.scan_errors import ScanErrors
+from sim_microscope.scan_controller import DetectorError, ScanController
 
 log = logging.getLogger(__name__)
 
 TRIGGER_MODES = ("exte", "exts", "inte", "ints")
 COMPRESSIONS = {"bslz4": None, "lz4": "lz4<", "none": "<"}
-
-
-class DetectorError(Exception):
-    """A command is not allowed now (HTTP 409) or a value is invalid (HTTP 400); one-line message."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class FaultPlan(BaseModel):
@@ -55,75 +47,6 @@ class FaultPlan(BaseModel):
     stall_s: float = Field(0.0, ge=0, le=600, description="length of the pause, s")
     disconnect_at_frame: int | None = Field(None, ge=0, description="close the socket before this frame (no dseries_end)")
     persistent: bool = False
-
-
-class ScanController:
-    """Nion-like scan controller stand-in: a probe position list (nm) or a parked probe, and a beam settle time.
-
-    With ``errors`` (``ScanErrors``: jitter, drift, a linear distortion about ``centre_nm``)
-    the beam lands off the commanded positions, as real scan coils place it: frames are
-    simulated where the beam really is, while the position readback reports the commanded
-    positions (the microscope does not know its own errors). Each list or park draws its
-    own jitter once, so a position re-triggered stays where it landed.
-    """
-
-    def __init__(self, settle_time_s: float = 0.0, errors: ScanErrors | None = None, centre_nm: tuple[float, float] = (0.0, 0.0)) -> None:
-        self._lock = threading.Lock()
-        self.positions_nm: np.ndarray | None = None
-        self.true_nm: np.ndarray | None = None
-        """where the beam really is for each listed position (nm); the commanded ones without errors."""
-        self.park_nm = (0.0, 0.0)
-        self.true_park_nm = (0.0, 0.0)
-        self.probe_nm = (0.0, 0.0)
-        self.settle_time_s = settle_time_s
-        self.errors = None if errors is None or errors.is_zero else errors
-        self.centre_nm = centre_nm
-        self.placed = 0
-        """positions placed so far (the drift's clock)."""
-        self.readback: tuple[int, np.ndarray] | None = None
-        """(series, (N, 2) nm): where the beam really was for each frame of the last prepared series."""
-
-    def set_positions(self, positions_nm) -> int:
-        p = np.asarray(positions_nm, dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
-            raise DetectorError(f"positions_nm must be a non-empty list of [x, y] pairs, got shape {p.shape}", 400)
-        if not np.isfinite(p).all():
-            raise DetectorError("positions_nm contains NaN or infinite values", 400)
-        with self._lock:
-            self.positions_nm = p
-            self.true_nm = self._land(p)
-        return len(p)
-
-    def _land(self, commanded: np.ndarray) -> np.ndarray:
-        """Where the beam lands for ``commanded`` (N, 2) nm (lock held)."""
-        if self.errors is None:
-            return commanded
-        true = self.errors.true_positions(commanded, self.centre_nm, self.placed)
-        self.placed += len(commanded)
-        return true
-
-    def park(self, position_nm) -> None:
-        x, y = (float(v) for v in position_nm)
-        if not (np.isfinite(x) and np.isfinite(y)):
-            raise DetectorError("park position must be finite", 400)
-        with self._lock:
-            self.positions_nm = self.true_nm = None
-            self.park_nm = self.probe_nm = (x, y)
-            self.true_park_nm = tuple(float(v) for v in self._land(np.array([[x, y]]))[0])
-
-    def set_settle_time(self, seconds: float) -> None:
-        if not (0 <= float(seconds) <= 10):
-            raise DetectorError(f"settle time must be within 0..10 s, got {seconds}", 400)
-        self.settle_time_s = float(seconds)
-
-    def positions_for(self, frames: np.ndarray, commanded: bool = False) -> np.ndarray:
-        """(N, 2) probe positions of frames, nm: frame i at position i; past the list the probe stays at the last one.
-        Where the beam really is, or with ``commanded`` where it was sent."""
-        with self._lock:
-            if self.positions_nm is None:
-                return np.tile(np.asarray(self.park_nm if commanded else self.true_park_nm, dtype=np.float64), (len(frames), 1))
-            listed = self.positions_nm if commanded else self.true_nm
-            return listed[np.minimum(frames, len(listed) - 1)]
 
 
 def default_config(detector_pixels: int) -> dict:
@@ -310,8 +233,7 @@ class SimDetector:
             s.next_frame += len(frames)
             s.triggers += 1
             self.state = "acquire"
-            where = self.scan.positions_for(np.arange(s.total))  # the beam as it stands at this trigger
-            sent = self.scan.positions_for(np.arange(s.total), commanded=True)
+            where, sent = self.scan.landed_and_sent(np.arange(s.total))  # the beam as it stands at this trigger
         done = threading.Event()
         self._jobs.put(("acquire", s, frames, where, sent, done))
         per_frame = float(s.config["frame_time"]) + self.scan.settle_time_s

@@ -19,7 +19,8 @@ class ScanErrors(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    jitter_nm: float = Field(0.0, ge=0, description="standard deviation of independent Gaussian jitter per axis and position, nm")
+    jitter_nm: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="standard deviation of independent Gaussian jitter per axis and position, nm")
     drift_nm_per_position: tuple[float, float] = Field(
         (0.0, 0.0), description="(x, y) drift added per position in acquisition order, nm (position i moves by i times this)"
     )
@@ -28,7 +29,7 @@ class ScanErrors(BaseModel):
         description="linear scan distortion D = (Dxx, Dxy, Dyx, Dyy), dimensionless: true = centre + (I + D)(nominal - centre); "
         "(0.01, 0, 0, 0.01) is a 1 % scale error",
     )
-    seed: int = Field(0, description="seed of the jitter")
+    seed: int = Field(0, ge=0, description="seed of the jitter")
 
     @field_validator("drift_nm_per_position", "distortion")
     @classmethod

@@ -12,7 +12,7 @@ LiberTEM-live and DEigerClient call (pixel mask, keys listings, filewriter, moni
 Scan controller (Nion stand-in), positions in nm: ``PUT /scan/api/1/positions``
 ``{"positions_nm": [[x, y], ...]}``, ``PUT /scan/api/1/park`` ``{"position_nm": [x, y]}``,
 ``GET|PUT /scan/api/1/settle_time`` ``{"value": s}``, ``GET /scan/api/1/probe``,
-``GET /scan/api/1/readback`` (where the beam was for each frame of the last series),
+``GET /scan/api/1/readback`` (where the beam was sent for each frame of the last series: with scan errors it landed elsewhere),
 ``PUT /scan/api/1/command/start`` (one external trigger per remaining frame, for
 ``exte``/``exts``). Faults: ``GET|PUT /sim/api/1/faults`` (``FaultPlan``).
 """
@@ -124,7 +124,7 @@ def create_app(detector: SimDetector) -> FastAPI:
 
     @app.get("/scan/api/1/readback")
     def readback() -> dict:
-        """Position readback of the last acquired series: where the beam was for each frame (nm)."""
+        """Position readback of the last acquired series: where the beam was sent for each frame (nm; scan errors unknown to it)."""
         if scan.readback is None:
             raise DetectorError("no series has been acquired yet", 404)
         series, positions = scan.readback

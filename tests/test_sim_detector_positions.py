@@ -6,13 +6,16 @@ before each trigger (bluesky's way) got every frame from the first position, sil
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
+import pytest
 
 from detector_stream.receiver import StreamReceiver
-from sim_microscope.detector import ScanController, SimDetector
+from sim_microscope.detector import SimDetector
 from sim_microscope.frame_source import SyntheticSource, to_counts
+from sim_microscope.scan_controller import ScanController
 from sim_microscope.scan_errors import ScanErrors
 
 PARKED = [(0.05, 0.0), (0.2, 0.1), (0.4, 0.3)]
@@ -106,3 +109,43 @@ def test_the_demo_hands_its_scan_errors_to_sim_detector_and_bad_ones_are_one_lin
     assert main(["sim-detector", "--jitter-nm", "-1", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: scan errors: jitter_nm") and err.count("\n") == 1
+
+
+def test_bad_scan_errors_are_refused_when_made_not_on_every_positions_put():
+    """Regression (review): a negative jitter seed was accepted and then failed every PUT positions with numpy's error (500);
+    an infinite jitter landed the beam at +-inf silently."""
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="seed"):
+        ScanErrors(jitter_nm=0.01, seed=-1)
+    with pytest.raises(pydantic.ValidationError, match="jitter_nm"):
+        ScanErrors(jitter_nm=float("inf"))
+
+
+def test_a_position_list_arriving_during_a_trigger_cannot_split_frames_from_readback():
+    """Regression (review): the trigger read where the beam lands and where it was sent in two locked steps; a list PUT from
+    another REST thread in between gave frames from the old list and a readback (the service's measured positions) from the new."""
+    old, new = np.array([(0.0, 0.0), (0.1, 0.0)]), np.array([(0.3, 0.3), (0.4, 0.3)])
+    threads: list[threading.Thread] = []
+
+    class Interleaving(ScanController):
+        def _positions(self, frames, commanded):
+            if not threads:  # another thread's PUT arrives while the trigger reads the positions
+                threads.append(threading.Thread(target=self.set_positions, args=(new,)))
+                threads[0].start()
+                time.sleep(0.05)
+            return super()._positions(frames, commanded)
+
+    detector = SimDetector(SyntheticSource(16), port=0, noise="none", scan=Interleaving(0.0))
+    for key, value in {"frame_time": 0.0, "trigger_mode": "ints", "nimages": 2, "ntrigger": 1}.items():
+        detector.set_config(key, value)
+    detector.scan.set_positions(old)
+    detector.arm()
+    try:
+        with StreamReceiver([detector.endpoint], lambda ep, e: None):
+            detector.trigger()
+        threads[0].join()
+        np.testing.assert_array_equal(detector.last_images, _expected(detector.source, old))
+        np.testing.assert_allclose(detector.scan.readback[1], old, err_msg="readback from the new list, frames from the old one")
+    finally:
+        detector.close()

@@ -49,7 +49,7 @@ def scan_controller_from_args(args, source):
     """The scan controller with the flags' scan errors, distorting about the centre of the source's field (nm)."""
     from pydantic import ValidationError
 
-    from sim_microscope.detector import ScanController
+    from sim_microscope.scan_controller import ScanController
     from sim_microscope.scan_errors import ScanErrors
 
     try:
