@@ -94,10 +94,12 @@ def converged_job(
             output, recipe = run(job, lambda _pass: pause())
             if diverged(output.loss_history):
                 raise RuntimeError(f"the reconstruction diverged (final loss {output.loss_history[-1]}); nothing stored")
+            moved = None if output.positions_nm is None else position_summary(positions, output.positions_nm, output.scan_matrix)
             rec = ConvergedReconstruction(
                 output.potential, output.origin_nm, output.pixel_nm, len(positions), len(output.loss_history), output.loss_history,
                 recipe | {"probe_aberrations": beam.aberrations.model_dump(),
-                          "probe_source": probe["source"] if probe is not None else request.probe_source},
+                          "probe_source": probe["source"] if probe is not None else request.probe_source,
+                          "positions_moved": moved},  # the status's account, read back after a restart
                 output.positions_nm, output.scan_matrix,
             )
             write_converged(request.session_file, rec)
@@ -111,8 +113,8 @@ def converged_job(
         log.info("converged reconstruction of %s: %d positions, %d passes in %.1f s", sid, len(positions), rec.passes, seconds)
         info = {"state": ConvergedState.DONE.value, "passes": rec.passes, "final_loss": rec.loss_history[-1] if rec.loss_history else None,
                 "seconds": round(seconds, 3), "probe": probe or {"source": request.probe_source, **beam.aberrations.model_dump()}}
-        if rec.positions_nm is not None:
-            info["positions"] = position_summary(positions, rec.positions_nm, rec.scan_matrix)
+        if moved is not None:
+            info["positions"] = moved
         on_state(sid, info)
 
     return BackgroundJob(f"converged:{sid}", work, urgent=False, on_dropped=lambda: on_state(sid, {"state": ConvergedState.QUEUED.value}))

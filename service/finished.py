@@ -21,12 +21,16 @@ from service.spec import Beam
 from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
 
 
-def _converged_probe(path: Path, params: dict) -> dict:
-    """The retrieved probe (status shape) the converged reconstruction of the session in ``path`` was made with; nominal if unknown."""
+def _converged_recipe(path: Path) -> dict:
+    """The recipe of the converged reconstruction of the session in ``path``; {} if none or unreadable (the status then says less)."""
     try:
-        recipe = read_converged_recipe(path) or {}
+        return read_converged_recipe(path) or {}
     except ConvergedStoreError:
-        recipe = {}
+        return {}
+
+
+def _converged_probe(recipe: dict, params: dict) -> dict:
+    """The retrieved probe (status shape) a converged reconstruction's ``recipe`` was made with; nominal if unknown."""
     aberrations, source = recipe.get("probe_aberrations"), recipe.get("probe_source", "retrieved")  # files before probe_source: retrieved
     nominal = Beam.from_params(params)
     if aberrations is None or source != "retrieved":  # e.g. the retrieval failed and the nominal probe was used
@@ -138,8 +142,11 @@ class FinishedSession:
             "file": Path(path).name,
         }
         if summary.state == SessionState.DONE.value and converged_path(path).exists():
+            recipe = _converged_recipe(path)
             status["converged_reconstruction"] = {"state": "done"}
+            if recipe.get("positions_moved") is not None:
+                status["converged_reconstruction"]["positions"] = recipe["positions_moved"]
             if summary.probe is None and summary.params.get("probe") == "retrieve":
                 # retrieved after the session ended: only its converged reconstruction recorded it
-                status["probe"] = _converged_probe(path, summary.params)
+                status["probe"] = _converged_probe(recipe, summary.params)
         return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))

@@ -140,6 +140,8 @@ class SessionSpec:
             return f"budget: at most {settings.max_budget} positions"
         if not settings.detector_allowed(self.endpoint):
             return f"detector_endpoint: {self.endpoint} is not an allowed detector (settings detectors, detector_allow)"
+        if self.correct_positions and not settings.recon_converged:
+            return "position_correction: this service makes no converged end-of-session reconstructions (setting recon_converged is off)"
         return self.size_error(settings.max_grid_pixels, settings.max_session_bytes)
 
     def size_error(self, max_grid_pixels: int, max_session_bytes: int) -> str | None:

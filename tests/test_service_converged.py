@@ -315,3 +315,24 @@ def test_a_restart_queues_only_the_most_recent_missing_converged_reconstructions
         assert "1 older done sessions have no converged reconstruction" in caplog.text
     finally:
         pusher.close()
+
+
+def test_the_position_summary_survives_a_restart_and_the_option_needs_converged_reconstructions(tmp_path):
+    """Regressions (review): after a restart the status lost converged_reconstruction.positions (only in memory); a service
+    with recon_converged off accepted position_correction and silently never made the corrected positions."""
+    settings = ServiceSettings(storage=tmp_path, api_keys=[KEY], recon_iterations=2, torch_threads=2)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(settings)) as c:
+            sid = _run_session(c, pusher, position_correction=True)
+            before = _until(lambda: _converged_state(c, sid))
+        with TestClient(create_app(settings)) as c:
+            after = c.get(f"/api/v1/sessions/{sid}").json()["converged_reconstruction"]
+        assert before["positions"] is not None and after["positions"] == before["positions"]
+        off = ServiceSettings(storage=tmp_path / "off", api_keys=[KEY], recon_converged=False)
+        with TestClient(create_app(off)) as c:
+            r = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=list(FOV), position_correction=True),
+                       headers=AUTH)
+        assert r.status_code == 422 and "recon_converged" in r.json()["detail"], r.text
+    finally:
+        pusher.close()
