@@ -118,6 +118,7 @@ def peer(dataset, iterations: int, threads: int, step: float, *, fix_probe: bool
             inp, patterns=dataset.patterns.reshape(ny, nx, k, k), positions_ang=(pos[:, ::-1] - pos.min(axis=0)[::-1]) * 10.0,
             energy_ev=dataset.energy_ev, semiangle_mrad=dataset.convergence_mrad, angular_sampling_mrad=dataset.detector_pixel_mrad,
             iterations=iterations, step_size=step, step_ang=step_ang, fix_probe=int(fix_probe), fit_probe_aberrations=int(fit_aberrations),
+            defocus_ang=10.0 * float(dataset.defocus_nm),  # the same nominal probe as ours (py4DSTEM's defocus is -C10, as ours and abTEM's)
         )
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
         env.pop("PYTHONPATH", None)
