@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,7 +236,13 @@ def run_case(app_factory, load: Load, separate_process: bool = True, after=None)
             queue = ctx.Queue()
             sender = ctx.Process(target=_run_control_loops, args=(base, load, queue))
             sender.start()
-            errors, sessions, sender_cpu = queue.get()  # before join: a full pipe would keep the sender from exiting
+            while True:  # before join: a full pipe would keep the sender from exiting; a dead sender must not hang the bench
+                try:
+                    errors, sessions, sender_cpu = queue.get(timeout=5)
+                    break
+                except Empty:
+                    if not sender.is_alive():
+                        raise SystemExit(f"sender process exited with {sender.exitcode} before reporting") from None
             sender.join()
         else:
             (errors, sessions), sender_cpu = _control_loops(base, load), float("nan")  # counted in the service's CPU
