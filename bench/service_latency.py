@@ -49,9 +49,9 @@ import sys
 import tempfile
 import threading
 import time
-from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty
 
 import httpx
 import numpy as np
