@@ -2,7 +2,8 @@
 
 The detector binds PUSH; each endpoint here gets its own PULL socket and its own
 ``StreamDecoder``, all polled by one background thread (endpoints can be added while it
-runs: ``add``; and removed: ``remove`` hands on what is queued, then closes). Each turn the thread drains what is waiting on every socket (up to
+runs: ``add``; and removed: ``remove`` hands on what is queued, then closes; applied in the order asked, never two sockets
+for one endpoint). Each turn the thread drains what is waiting on every socket (up to
 ``max_batch`` messages per socket, so bitshuffle frames decode in batches) and hands
 the events of one socket to the callback in order: ``on_events(endpoint, events)``
 with the whole list, or ``on_event(endpoint, event)`` once per event. Each ``Frame``
