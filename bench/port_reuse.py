@@ -10,6 +10,9 @@ on it ended. Series numbers go on rising per slot (a tell of a number the earlie
 session bound would be refused). The service runs in-process with the overhead-only
 backend (``service_latency.OverheadOnlyBackend``); it prints the errors of the control
 loops and the service's non-zero stream-error counters (every frame in its slot: none).
+``--same-socket`` runs a mistake that gives the latency bench's symptom instead: one PUSH
+socket per slot bound to one more port per session, so the service's connection to the
+earlier port (idle, not yet let go; or kept with ``--connection always``) is a second peer.
 
     PYTHONPATH=$PWD python bench/port_reuse.py --slots 8 --sessions 6 --connection in_flight --quiet-s 0.2
 """
@@ -58,16 +61,21 @@ def run_session(c: httpx.Client, push, sid: str, series: int, frames: np.ndarray
         series += 1
 
 
-def slot(base: str, idx: int, sessions: int, freed: queue.Queue, errors: list, chunk: int, budget: int, dwell_s: float) -> None:
-    """``sessions`` sessions one after the other, each on a new detector bound on the port freed last by any slot."""
+def slot(base: str, idx: int, sessions: int, freed: queue.Queue, errors: list, chunk: int, budget: int, dwell_s: float, same_socket: bool) -> None:
+    """``sessions`` sessions one after the other, each on a new detector bound on the port freed last by any slot.
+
+    ``same_socket``: instead, one PUSH socket per slot, bound to one more fresh port per session (the earlier ports stay bound).
+    """
     series = 1000 * idx
     frames = disk_frames(chunk, 64, np.random.default_rng(idx))
     blobs = encode_frames(frames, "bs16-lz4<")
+    kept = zmq.Context() if same_socket else None
+    kept_push = kept.socket(zmq.PUSH) if kept is not None else None
     with httpx.Client(base_url=base, timeout=60) as c:
         for k in range(sessions):
-            port = freed.get()
-            ctx = zmq.Context()
-            push = ctx.socket(zmq.PUSH)
+            port = free_port() if same_socket else freed.get()
+            ctx = kept or zmq.Context()
+            push = kept_push or ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.SNDTIMEO, 20_000)
             try:
                 push.bind(f"tcp://127.0.0.1:{port}")
@@ -78,9 +86,13 @@ def slot(base: str, idx: int, sessions: int, freed: queue.Queue, errors: list, c
                 errors.append(f"slot {idx} session {k} port {port}: {type(err).__name__}: {err}")
                 return
             finally:
-                push.close(0)
-                ctx.term()
-                freed.put(port)
+                if not same_socket:
+                    push.close(0)
+                    ctx.term()
+                    freed.put(port)
+    if kept_push is not None:
+        kept_push.close(0)
+        kept.term()
 
 
 def main() -> None:
@@ -92,6 +104,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--dwell-ms", type=float, default=1.0)
+    ap.add_argument("--same-socket", action="store_true", help="one PUSH socket per slot, bound to a fresh port per session, earlier ports left bound "
+                    "(a bench mistake to check for: the service's connection to the earlier port then takes every other message)")
     args = ap.parse_args()
     import uvicorn
 
@@ -119,7 +133,7 @@ def main() -> None:
                 pass
             time.sleep(0.1)
         t0, cpu0 = time.perf_counter(), time.process_time()
-        loops = [threading.Thread(target=slot, args=(base, i, args.sessions, freed, errors, args.chunk, args.budget, args.dwell_ms * 1e-3))
+        loops = [threading.Thread(target=slot, args=(base, i, args.sessions, freed, errors, args.chunk, args.budget, args.dwell_ms * 1e-3, args.same_socket))
                  for i in range(args.slots)]
         for t in loops:
             t.start()
@@ -129,8 +143,9 @@ def main() -> None:
         metrics = httpx.get(f"{base}/metrics").text
         server.should_exit = True
         th.join(30)
-    bad = [line for line in metrics.splitlines() if line.startswith("ptychoscan_stream_errors_total{") and not line.endswith(" 0.0")]
-    print(f"{args.slots} slots x {args.sessions} sessions ({args.slots * (args.sessions - 1)} on a reused port), {args.connection}, quiet {args.quiet_s:g} s: "
+    bad = [line for line in metrics.splitlines() if line.startswith("ptychoscan_ingest_errors_total{") and not line.endswith(" 0.0")]
+    scheme = "one socket per slot, a new port per session" if args.same_socket else f"{args.slots * (args.sessions - 1)} on a reused port"
+    print(f"{args.slots} slots x {args.sessions} sessions ({scheme}), {args.connection}, quiet {args.quiet_s:g} s: "
           f"control-loop errors {len(errors)}, stream errors {bad or 'none'}, wall {wall:.1f} s, cpu {cpu:.1f} s, cpus {os.cpu_count()}")
     for err in errors[:5]:
         print(" ", err)

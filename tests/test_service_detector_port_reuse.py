@@ -71,6 +71,7 @@ def test_a_new_detector_on_a_finished_sessions_port_delivers_every_frame(tmp_pat
         metrics = c.get("/metrics").text
     assert status["state"] == "done" and status["frames_received"] == 8
     assert status["stream_errors"] == {}, status["stream_errors"]
-    assert [line for line in metrics.splitlines() if line.startswith("ptychoscan_stream_errors_total{") and not line.endswith(" 0.0")] == []
+    assert "ptychoscan_ingest_errors_total" in metrics
+    assert [line for line in metrics.splitlines() if line.startswith("ptychoscan_ingest_errors_total{") and not line.endswith(" 0.0")] == []
     with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
         np.testing.assert_array_equal(f["patterns"][()], np.concatenate(sent))
