@@ -308,13 +308,8 @@ class StreamReceiver:
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
 
     def _apply_requests(self, control: zmq.Socket, open_endpoint: Callable[[str], None], close_endpoint: Callable[[str], None]) -> None:
-        """Apply the adds and removes asked for since the last turn, in the order they were asked.
-
-        (Removals first, as before, opened an endpoint added and removed within one turn
-        after its removal: a socket no longer tracked, and the next add made a second PULL
-        on the same detector.) An open is skipped when its endpoint has been removed since
-        (a later add asks again) or is open already.
-        """
+        """Apply the adds and removes asked since the last turn in the order asked (removals first opened an endpoint added and
+        removed in one turn after its removal: untracked, and the next add made a second PULL); an open of an endpoint removed since is skipped."""
         while True:
             try:
                 control.recv(zmq.NOBLOCK)
@@ -326,13 +321,14 @@ class StreamReceiver:
             try:
                 if what == "close":
                     close_endpoint(endpoint)
-                else:
-                    with self._lock:
-                        wanted = endpoint in self.endpoints
-                    if wanted:
-                        open_endpoint(endpoint)
+                elif self._wanted(endpoint):
+                    open_endpoint(endpoint)
             finally:
                 done.set()
+
+    def _wanted(self, endpoint: str) -> bool:
+        with self._lock:
+            return endpoint in self.endpoints
 
     def _monitor(self, mon: zmq.Socket, endpoint: str) -> None:
         while True:
