@@ -2,7 +2,8 @@
 
 The detector binds PUSH; each endpoint here gets its own PULL socket and its own
 ``StreamDecoder``, all polled by one background thread (endpoints can be added while it
-runs: ``add``; and removed: ``remove`` hands on what is queued, then closes). Each turn the thread drains what is waiting on every socket (up to
+runs: ``add``; and removed: ``remove`` hands on what is queued, then closes; applied in the order asked, never two sockets
+for one endpoint). Each turn the thread drains what is waiting on every socket (up to
 ``max_batch`` messages per socket, so bitshuffle frames decode in batches) and hands
 the events of one socket to the callback in order: ``on_events(endpoint, events)``
 with the whole list, or ``on_event(endpoint, event)`` once per event. Each ``Frame``
@@ -95,10 +96,8 @@ class StreamReceiver:
         self._counts: dict[str, EndpointCounts] = {ep: EndpointCounts() for ep in self.endpoints}
         self.failures: dict[str, str] = {}
         """endpoint -> why its socket could not be opened (it is not served)."""
-        self._pending: list[tuple[str, threading.Event]] = []
-        """endpoints added while running, not yet opened by the thread."""
-        self._removing: list[tuple[str, threading.Event]] = []
-        """endpoints removed while running, not yet drained and closed by the thread."""
+        self._requests: list[tuple[str, str, threading.Event]] = []
+        """("open" | "close", endpoint, done) asked for while running, in the order asked, not yet applied by the thread."""
         self._wake: zmq.Socket | None = None
         """PUSH end of the thread's inproc control socket (used under ``_lock``)."""
         self.socket_errors = 0
@@ -168,7 +167,7 @@ class StreamReceiver:
             if self._wake is None:  # not running: opened at start
                 return
             opened = threading.Event()
-            self._pending.append((endpoint, opened))
+            self._requests.append(("open", endpoint, opened))
             self._wake.send(b"")
         opened.wait(timeout)
 
@@ -187,7 +186,7 @@ class StreamReceiver:
             if self._wake is None:  # not running: nothing open
                 return True
             closed = threading.Event()
-            self._removing.append((endpoint, closed))
+            self._requests.append(("close", endpoint, closed))
             self._wake.send(b"")
         return closed.wait(timeout)
 
@@ -222,6 +221,8 @@ class StreamReceiver:
         poller.register(control, zmq.POLLIN)
 
         def open_endpoint(endpoint: str) -> None:
+            if any(entry.endpoint == endpoint for entry in sockets.values()):
+                return  # one PULL per endpoint: a second would take every other message from the first (PUSH deals round-robin)
             sock = mon = None
             try:
                 sock = ctx.socket(zmq.PULL)
@@ -280,7 +281,7 @@ class StreamReceiver:
                 for sock, _ in poller.poll(self.poll_ms):
                     try:
                         if sock is control:
-                            self._open_pending(control, open_endpoint, close_endpoint)
+                            self._apply_requests(control, open_endpoint, close_endpoint)
                         elif sock in monitors:
                             self._monitor(sock, monitors[sock])
                         else:
@@ -295,11 +296,10 @@ class StreamReceiver:
             self._ready.set()
             with self._lock:
                 self._wake = None
-                pending, self._pending = self._pending, []
-                removing, self._removing = self._removing, []
+                requests, self._requests = self._requests, []
                 self._connected.clear()
-            for _, opened in pending + removing:
-                opened.set()
+            for _, _, done in requests:
+                done.set()
             for sock in sockets:
                 try:
                     sock.disable_monitor()
@@ -307,26 +307,28 @@ class StreamReceiver:
                     pass
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
 
-    def _open_pending(self, control: zmq.Socket, open_endpoint: Callable[[str], None], close_endpoint: Callable[[str], None]) -> None:
-        """Apply the removals, then the additions, asked for since the last turn (in this order: remove then add reconnects)."""
+    def _apply_requests(self, control: zmq.Socket, open_endpoint: Callable[[str], None], close_endpoint: Callable[[str], None]) -> None:
+        """Apply the adds and removes asked since the last turn in the order asked (removals first opened an endpoint added and
+        removed in one turn after its removal: untracked, and the next add made a second PULL); an open of an endpoint removed since is skipped."""
         while True:
             try:
                 control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
         with self._lock:
-            pending, self._pending = self._pending, []
-            removing, self._removing = self._removing, []
-        for endpoint, closed in removing:
+            requests, self._requests = self._requests, []
+        for what, endpoint, done in requests:
             try:
-                close_endpoint(endpoint)
+                if what == "close":
+                    close_endpoint(endpoint)
+                elif self._wanted(endpoint):
+                    open_endpoint(endpoint)
             finally:
-                closed.set()
-        for endpoint, opened in pending:
-            try:
-                open_endpoint(endpoint)
-            finally:
-                opened.set()
+                done.set()
+
+    def _wanted(self, endpoint: str) -> bool:
+        with self._lock:
+            return endpoint in self.endpoints
 
     def _monitor(self, mon: zmq.Socket, endpoint: str) -> None:
         while True:

@@ -17,13 +17,17 @@ AUTH = {"Authorization": f"Apikey {KEY}"}
 
 
 class Pusher:
-    """A detector stand-in: binds PUSH on a random loopback port and sends stream v1 messages."""
+    """A detector stand-in: binds PUSH on a random loopback port (or ``port``) and sends stream v1 messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        if port is None:
+            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        else:
+            self.sock.bind(f"tcp://127.0.0.1:{port}")
+        self.port = port
         self.endpoint = f"tcp://127.0.0.1:{port}"
 
     def start(self, series: int, n: int, k: int = 16) -> None:

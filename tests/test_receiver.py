@@ -150,3 +150,37 @@ def test_malformed_messages_are_counted_per_endpoint_by_kind(pushers):
     errors = [e for e in got.events(p.endpoint) if isinstance(e, StreamError)]
     assert [e.kind for e in errors] == [StreamErrorKind.MALFORMED] * 2
     assert rx.counts(p.endpoint).stream_errors == {StreamErrorKind.MALFORMED: 2}  # kept after stop
+
+
+def test_an_endpoint_added_and_removed_in_one_turn_leaves_no_second_socket(pushers):
+    """An add and a remove of one endpoint that reached the thread in one turn were applied removals first: the socket was
+    opened after its removal, served but no longer tracked, and the next add opened a second PULL on the same detector,
+    whose PUSH then dealt every other message to each socket (two decoders, each missing half a series)."""
+    a, b = pushers
+    gate, collect = threading.Event(), Collector()
+    gate.set()
+
+    def on_events(endpoint, events):
+        gate.wait(10)  # holds the receive thread while the requests below queue up
+        collect(endpoint, events)
+
+    with StreamReceiver([a.endpoint], on_events=on_events) as rx:
+        wait_until(lambda: rx.is_connected(a.endpoint), what="a connected")
+        gate.clear()
+        a.start(1, 1)
+        wait_until(lambda: rx.messages_from(a.endpoint) == 1, what="the thread busy with a's message")
+        rx.add(b.endpoint, timeout=0)  # e.g. an add that timed out, then a remove, both before the thread's next turn
+        rx.remove(b.endpoint, timeout=0)
+        gate.set()
+        time.sleep(0.2)
+        rx.add(b.endpoint)
+        wait_until(lambda: rx.is_connected(b.endpoint), what="b connected")
+        time.sleep(0.3)  # any second connection would be up by now
+        n = 10
+        b.series(7, frames_for(7, n))
+        wait_until(lambda: any(isinstance(e, SeriesEnd) for e in collect.events(b.endpoint)), what="b's series end")
+        time.sleep(0.2)
+        events = collect.events(b.endpoint)
+    assert [e for e in events if isinstance(e, StreamError)] == []
+    assert [e.frame for e in events if isinstance(e, Frame)] == list(range(n))
+    assert [e.series for e in events if isinstance(e, SeriesStart)] == [7]
