@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from recon.aberrations import ProbeAberrations
 from recon.dataset import AcquisitionTruth, Dataset4D, GroundTruth, write_dataset
 from recon.physics import real_space_pixel_angstrom
+from sim_microscope.coherence import PartialCoherence
 from sim_microscope.scan_errors import ScanErrors
 from sim_microscope.simulate import simulate_scan
 from sim_microscope.specimens import SpecimenConfig, build_specimen
@@ -50,6 +51,10 @@ class SimulationConfig(BaseModel):
     scan_errors: ScanErrors | None = Field(
         None, description="jitter, drift and distortion of the scan: patterns at the true positions, the file's positions_nm nominal"
     )
+    coherence: PartialCoherence | None = Field(
+        None, description="partial coherence of the real probe (focal spread, source size): patterns add the intensities of the "
+        "coherent probes it spans; the file's probe stays coherent"
+    )
 
     @property
     def nominal_aberrations(self) -> ProbeAberrations:
@@ -59,8 +64,10 @@ class SimulationConfig(BaseModel):
     @property
     def has_acquisition_errors(self) -> bool:
         """True when the true probe or positions differ from the nominal ones (the file then records acquisition_truth)."""
-        return (self.true_probe is not None and self.true_probe != self.nominal_aberrations) or (
-            self.scan_errors is not None and not self.scan_errors.is_zero
+        return (
+            (self.true_probe is not None and self.true_probe != self.nominal_aberrations)
+            or (self.scan_errors is not None and not self.scan_errors.is_zero)
+            or (self.coherence is not None and not self.coherence.is_coherent)
         )
 
     @property
@@ -146,6 +153,7 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
         seed=seed + 1_000_003,
         device=device,
         progress=progress,
+        coherence=config.coherence,
     )
     truth = None
     probe = result.probe

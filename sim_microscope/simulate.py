@@ -31,6 +31,7 @@ from recon.device import pick_device
 from recon.forward import bin_patterns, exit_waves, far_field_intensity
 from recon.physics import interaction_parameter, real_space_pixel_angstrom
 from recon.potential import projected_potential
+from sim_microscope.coherence import PartialCoherence
 
 POTENTIAL_PIXEL_TARGET_ANGSTROM = 0.12
 """Finest pixel the potential needs; sets the default oversampling (see bench/fidelity_abtem.py)."""
@@ -116,6 +117,7 @@ def simulate_scan(
     seed: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    coherence: PartialCoherence | None = None,
 ) -> SimulationResult:
     """Simulate patterns at every position and return them with the phase and probe used.
 
@@ -138,6 +140,10 @@ def simulate_scan(
         seed: seed of the Poisson noise.
         device: torch device; default CUDA when present.
         progress: show a progress bar.
+        coherence: partial coherence (``sim_microscope.coherence``): each pattern is the weighted
+            sum of the intensities of ``coherence.nodes()`` coherent probes (defocus and position
+            offsets), at that many times the cost; None or coherent: one probe. The returned
+            ``probe`` is the coherent one.
     """
     if dose is not None and dose_per_a2 is not None:
         raise ValueError("give dose (per pattern) or dose_per_a2, not both")
@@ -154,9 +160,12 @@ def simulate_scan(
     fine_pixel = pixel / oversample
     window = raw_pixels * oversample
 
-    # Potential grid: every probe window plus a 2-pixel margin.
+    nodes = [(0.0, 0.0, 0.0, 1.0)] if coherence is None or coherence.is_coherent else coherence.nodes()
+    reach_a = 10.0 * max(max(abs(dx), abs(dy)) for _, dx, dy, _ in nodes)  # the farthest position offset, A
+
+    # Potential grid: every probe window (and its partially coherent offsets) plus a 2-pixel margin.
     pos_a = positions * 10.0
-    margin = window // 2 + 2
+    margin = window // 2 + 2 + math.ceil(reach_a / fine_pixel)
     origin = pos_a.min(axis=0) - margin * fine_pixel
     span = (pos_a.max(axis=0) - pos_a.min(axis=0)) / fine_pixel
     nx = _fft_friendly(math.ceil(span[0]) + 2 * margin + 1)
@@ -169,17 +178,23 @@ def simulate_scan(
     phase = (interaction_parameter(energy_ev) * potential).float()
     transmission = torch.polar(torch.ones_like(phase), phase)
 
-    probe_fine = aberrations.probe(window, fine_pixel, energy_ev, convergence_mrad, device=device)
+    probes = {dz: aberrations.model_copy(update={"defocus_nm": aberrations.defocus_nm + dz}).probe(window, fine_pixel, energy_ev,
+                                                                                                   convergence_mrad, device=device)
+              for dz in {node[0] for node in nodes}}
     positions_px = torch.as_tensor((pos_a - origin) / fine_pixel, device=device, dtype=torch.float32)
     ramp = _binned_centre_ramp(window, raw_pixels, detector_pixels, binning, device)
     batch = max(1, _MEMORY_PER_BATCH_BYTES // (window * window * 8 * 6))
     patterns = torch.empty((len(positions), detector_pixels, detector_pixels), dtype=torch.float32)
     fraction = torch.empty(len(positions), dtype=torch.float32)
     for start in tqdm(range(0, len(positions), batch), desc="patterns", unit="batch", disable=not progress, leave=False):
-        waves = exit_waves(transmission, probe_fine, positions_px[start : start + batch])
-        if ramp is not None:
-            waves = waves * ramp
-        intensity = bin_patterns(far_field_intensity(waves, crop=raw_pixels), binning)
+        intensity = None
+        for dz, dx, dy, weight in nodes:  # intensities of the coherent probes add (one node when coherent)
+            offset = torch.tensor([dx * 10.0 / fine_pixel, dy * 10.0 / fine_pixel], device=device, dtype=torch.float32)
+            waves = exit_waves(transmission, probes[dz], positions_px[start : start + batch] + offset)
+            if ramp is not None:
+                waves = waves * ramp
+            part = weight * bin_patterns(far_field_intensity(waves, crop=raw_pixels), binning)
+            intensity = part if intensity is None else intensity + part
         total = intensity.sum(dim=(-2, -1))
         fraction[start : start + batch] = total.cpu()
         patterns[start : start + batch] = (intensity / total[:, None, None]).cpu()

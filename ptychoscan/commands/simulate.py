@@ -75,12 +75,14 @@ def register(subparsers) -> None:
         help="linear scan distortion D: true = centre + (I + D)(nominal - centre); 0.01 0 0 0.01 is a 1 %% scale error",
     )
     truth.add_argument("--scan-error-seed", type=int, help="seed of the jitter (default 0)")
+    truth.add_argument("--focal-spread-nm", type=float, help="partial coherence: standard deviation of the defocus, nm")
+    truth.add_argument("--source-size-nm", type=float, help="partial coherence: standard deviation of the source per axis, nm")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(func=run)
 
 
 def acquisition_error_overrides(args: argparse.Namespace, base: dict) -> dict:
-    """``true_probe`` and ``scan_errors`` from the flags, on top of the config file's (empty when no flag is given)."""
+    """``true_probe``, ``scan_errors`` and ``coherence`` from the flags, on top of the config file's (empty when no flag is given)."""
     probe_flags = {
         "defocus_nm": args.true_defocus_nm,
         "astigmatism_nm": args.true_astigmatism_nm,
@@ -93,8 +95,9 @@ def acquisition_error_overrides(args: argparse.Namespace, base: dict) -> dict:
         "distortion": args.scan_distortion,
         "seed": args.scan_error_seed,
     }
+    coherence_flags = {"focal_spread_nm": args.focal_spread_nm, "source_size_nm": args.source_size_nm}
     out = {}
-    for field, flags in (("true_probe", probe_flags), ("scan_errors", scan_flags)):
+    for field, flags in (("true_probe", probe_flags), ("scan_errors", scan_flags), ("coherence", coherence_flags)):
         given = {key: value for key, value in flags.items() if value is not None}
         if given:
             out[field] = {**(base.get(field) or {}), **given}
