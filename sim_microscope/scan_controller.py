@@ -82,11 +82,10 @@ class ScanController:
             raise DetectorError(f"settle time must be within 0..10 s, got {seconds}", 400)
         self.settle_time_s = float(seconds)
 
-    def positions_for(self, frames: np.ndarray, commanded: bool = False) -> np.ndarray:
-        """(N, 2) probe positions of frames, nm: frame i at position i; past the list the probe stays at the last one.
-        Where the beam really is, or with ``commanded`` where it was sent."""
+    def positions_for(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 2) where the beam lands for frames, nm: frame i at position i; past the list the probe stays at the last one."""
         with self._lock:
-            return self._positions(frames, commanded)
+            return self._positions(frames, False)
 
     def landed_and_sent(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(where the beam lands, where it was sent) for ``frames``, read in one step: a list or park arriving from another
