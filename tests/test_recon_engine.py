@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from recon_testing import blob_phase
 
 from recon.engine import Reconstructor, ScanChunk
 from recon.forward import forward_intensity
@@ -23,14 +24,7 @@ def _probe() -> torch.Tensor:
 
 def _object(grid: ObjectGrid, seed: int) -> torch.Tensor:
     """A smooth random 'atomic' phase: Gaussian blobs of 0.3 rad."""
-    rng = np.random.default_rng(seed)
-    ny, nx = grid.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    v = np.zeros((ny, nx))
-    for _ in range(ny * nx // 20):
-        cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
-        v += 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.2**2))
-    return torch.tensor(v, dtype=torch.float32)
+    return blob_phase(grid.shape, np.random.default_rng(seed)).float()
 
 
 def _scan(side: int, seed: int, step_nm: float = 0.05) -> tuple[ScanChunk, torch.Tensor]:

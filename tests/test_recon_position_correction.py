@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from recon_testing import blob_phase
 
 from recon.engine import Reconstructor, ScanChunk
 from recon.forward import forward_intensity
@@ -22,13 +23,7 @@ def _case(jitter_nm: float = 0.01):
     xs = np.arange(8) * 0.05 + 0.013
     nominal = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)
     grid = ObjectGrid.covering((nominal[:, 0].min() - 0.05, nominal[:, 1].min() - 0.05, 0.45, 0.45), PIXEL_NM, K)
-    ny, nx = grid.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    v = np.zeros((ny, nx))
-    for _ in range(ny * nx // 20):
-        cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
-        v += 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.2**2))
-    truth = torch.tensor(v)
+    truth = blob_phase(grid.shape, rng)
     true = nominal + rng.normal(0, jitter_nm, nominal.shape)
     probe = make_probe(K, PIXEL_NM * 10, 60e3, 60.0)
     patterns = forward_intensity(torch.polar(torch.ones_like(truth), truth), probe.to(torch.complex128), torch.tensor(grid.positions_px(true)))
