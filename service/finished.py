@@ -142,11 +142,12 @@ class FinishedSession:
             "file": Path(path).name,
         }
         if summary.state == SessionState.DONE.value and converged_path(path).exists():
-            recipe = _converged_recipe(path)
             status["converged_reconstruction"] = {"state": "done"}
-            if recipe.get("positions_moved") is not None:
-                status["converged_reconstruction"]["positions"] = recipe["positions_moved"]
-            if summary.probe is None and summary.params.get("probe") == "retrieve":
-                # retrieved after the session ended: only its converged reconstruction recorded it
-                status["probe"] = _converged_probe(recipe, summary.params)
+            probe_after_end = summary.probe is None and summary.params.get("probe") == "retrieve"
+            if probe_after_end or summary.params.get("position_correction"):  # only these need its recipe (a file read at start-up)
+                recipe = _converged_recipe(path)
+                if recipe.get("positions_moved") is not None:
+                    status["converged_reconstruction"]["positions"] = recipe["positions_moved"]
+                if probe_after_end:  # retrieved after the session ended: only its converged reconstruction recorded it
+                    status["probe"] = _converged_probe(recipe, summary.params)
         return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))
