@@ -1,10 +1,9 @@
-"""Invalid detector pixels: which pixels of a K x K pattern are not measurements, and the reconstructor's (K, K) validity weight.
+"""Invalid detector pixels in the reconstructor: the (K, K) validity weight of the loss, and the normalisation without them.
 
-A DECTRIS detector with ``pixel_mask_applied`` marks its masked pixels (module gaps,
-dead, noisy) in every frame with the pixel type's largest count (65535 for 16 bit), and
-a pixel that saturates reads the same value; neither is a count of electrons. Such a
-pixel is excluded from the reconstruction's loss (weight 0), never set to zero: zero
-is a measurement. The patterns themselves stay as measured.
+Which pixels are invalid is ``recon.invalid_pixels``'s (pixels marked with the pixel
+type's largest count) and the caller's (a detector's pixel mask). Such a pixel is left
+out of the loss (weight 0), never set to zero: zero is a measurement. The patterns
+themselves stay as measured.
 """
 
 from __future__ import annotations
@@ -13,29 +12,6 @@ import numpy as np
 import torch
 
 from recon.binned_model import bin_blocks
-
-
-def marker_value(dtype: np.dtype) -> int | None:
-    """The count an integer pixel type uses to mark a masked or saturated pixel (its largest value); None for float patterns."""
-    dtype = np.dtype(dtype)
-    return int(np.iinfo(dtype).max) if dtype.kind == "u" else None
-
-
-def marked_pixels(patterns: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """(K, K) bool: pixels that read the pixel type's largest count in any of the (N, K, K) integer ``patterns``.
-
-    Float patterns (intensities, not counts) mark nothing. Read ``chunk`` frames at a time
-    (an h5py dataset works too).
-    """
-    k = patterns.shape[-1]
-    out = np.zeros((patterns.shape[-2], k), bool)
-    marker = marker_value(patterns.dtype)
-    if marker is None:
-        return out
-    for start in range(0, patterns.shape[0], chunk):
-        block = np.asarray(patterns[start : start + chunk])
-        out |= (block == marker).any(axis=0)
-    return out
 
 
 def check_invalid_pixels(invalid, window: int, b: int) -> np.ndarray | None:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from recon_testing import blob_phase
 
-from recon.detector_mask import marked_pixels
 from recon.engine import Reconstructor, ScanChunk
 from recon.forward import bin_patterns, forward_intensity
 from recon.grid import ObjectGrid
+from recon.invalid_pixels import marked_pixels
 from recon.options import ReconOptions
 from recon.probe import make_probe
 
