@@ -1,7 +1,9 @@
-"""The service's reconstructions (live chunks and the converged one) leave a job's invalid detector pixels out of the loss."""
+"""Every reconstruction path leaves invalid detector pixels out of the loss: the service's live chunks and converged run, and
+``ptychoscan reconstruct`` reading a file with a ``detector_mask``."""
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -46,3 +48,33 @@ def test_service_reconstruction_with_a_masked_hot_pixel_matches_the_clean_one(wh
     assert scale > 0.05
     assert np.abs(masked - clean).max() < 0.1 * scale
     assert np.abs(unmasked - clean).max() > 0.5 * scale
+
+
+def _offline(tmp_path, name: str, patterns: np.ndarray, positions: np.ndarray, detector_mask: np.ndarray | None) -> np.ndarray:
+    from ptychoscan.cli import main
+    from recon.dataset import Dataset4D, write_dataset
+
+    path = write_dataset(tmp_path / f"{name}.h5", Dataset4D(patterns, positions, BEAM.energy_ev, BEAM.convergence_mrad, BEAM.detector_pixel_mrad))
+    if detector_mask is not None:  # as a session file records it
+        with h5py.File(path, "a") as f:
+            f.create_dataset("detector_mask", data=detector_mask.astype(np.uint8) * 2)
+    out = tmp_path / f"{name}-rec.h5"
+    assert main(["reconstruct", str(path), "--out", str(out), "--iterations", "3", "--detector-binning", "1", "--device", "cpu"]) == 0
+    with h5py.File(out, "r") as f:
+        return f["phase"][()]
+
+
+def test_offline_reconstruct_reads_the_files_detector_mask_and_its_marked_pixels(tmp_path):
+    torch.set_num_threads(2)
+    counts, positions = _counts()
+    marked, hot = counts.copy(), counts.copy()
+    marked[:, HOT[0], HOT[1]] = 65535  # the detector's mark: invalid without a recorded mask
+    hot[:, HOT[0], HOT[1]] = 60_000  # a hot pixel's counts: invalid only where the file's detector_mask says so
+    only = np.zeros((16, 16), bool)
+    only[HOT] = True
+    clean = _offline(tmp_path, "clean", counts, positions, None)
+    scale = np.abs(clean).max()
+    assert scale > 0.05
+    assert np.abs(_offline(tmp_path, "marked", marked, positions, None) - clean).max() < 0.1 * scale
+    assert np.abs(_offline(tmp_path, "recorded", hot, positions, only) - clean).max() < 0.1 * scale
+    assert np.abs(_offline(tmp_path, "hot", hot, positions, None) - clean).max() > 0.5 * scale
