@@ -51,14 +51,21 @@ def valid_sum(patterns: torch.Tensor, valid: torch.Tensor | None) -> torch.Tenso
 
 
 def pixel_weights(masks: list[np.ndarray | None], window: int, dtype: torch.dtype, device, shifted: bool) -> torch.Tensor | None:
-    """(B, K, K) weights (1 valid, 0 invalid) of the scans' detector pixels, ifftshifted like the targets when ``shifted``; None if
-    every pixel of every scan is valid (the loss is then unweighted, as before)."""
+    """(B, K, K) weights (1 valid, 0 invalid) of the scans' detector pixels, ifftshifted like the targets when ``shifted``; (1, K, K)
+    when every scan has the same mask (no per-position lookup then); None if every pixel of every scan is valid (the loss is then
+    unweighted, as before)."""
     if all(m is None for m in masks):
         return None
-    weights = torch.ones((len(masks), window, window), dtype=dtype)
-    for b, mask in enumerate(masks):
+    same = all(m is not None and np.array_equal(m, masks[0]) for m in masks)
+    weights = torch.ones((1 if same else len(masks), window, window), dtype=dtype)
+    for b, mask in enumerate(masks[:1] if same else masks):
         if mask is not None:
             weights[b][torch.from_numpy(mask)] = 0
     if shifted:
         weights = torch.fft.ifftshift(weights, dim=(-2, -1))
     return weights.to(device)
+
+
+def weights_of(weights: torch.Tensor, scan_of: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """The (m, K, K) or broadcastable (1, K, K) pixel weights of positions ``part`` (``pixel_weights``; ``scan_of``: each position's scan)."""
+    return weights if weights.shape[0] == 1 else weights.index_select(0, scan_of.index_select(0, part))

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recon.binned_model import bin_blocks, binned_centre_tilt, pad_centred
-from recon.detector_mask import check_invalid_pixels, pixel_weights, valid_fraction, valid_sum
+from recon.detector_mask import check_invalid_pixels, pixel_weights, valid_fraction, valid_sum, weights_of
 from recon.device import pick_device
 from recon.engine_inputs import check_positions, check_windows_fit, patterns_on_device, raise_bad_patterns
 from recon.forward import split_positions
@@ -398,8 +398,9 @@ class Reconstructor:
                 residual = intensity - target
                 d_intensity = residual * (4.0 * w)
             if batch.pixel_weights is not None:  # invalid detector pixels: no loss, no gradient (recon.detector_mask)
-                pixel_w = batch.pixel_weights.index_select(0, batch.scan_of.index_select(0, part))
-                residual, d_intensity = residual * pixel_w, d_intensity * pixel_w
+                pixel_w = weights_of(batch.pixel_weights, batch.scan_of, part)
+                residual.mul_(pixel_w)
+                d_intensity.mul_(pixel_w)
             losses.append(residual.square().sum(dim=(-2, -1)))
             if b_ > 1:
                 far.view(m, k, b_, k, b_).mul_(d_intensity[:, :, None, :, None])

@@ -27,6 +27,10 @@ DATASET = "detector_mask"
 """the session file's (K, K) uint8 dataset of the flags; absent while no pixel is known invalid."""
 
 
+_MARKERS: dict[np.dtype, int | None] = {}
+"""marker_value by pixel type (np.iinfo costs about as much as a frame's max)."""
+
+
 def measured_peak(image: np.ndarray) -> int:
     """The largest count of ``image`` that is a measurement: pixels at the pixel type's largest value are marks, not counts (0 if all are)."""
     marker = marker_value(image.dtype)
@@ -50,6 +54,8 @@ class DetectorMask:
         self.flags = np.zeros((k, k), np.uint8) if flags is None else np.asarray(flags, np.uint8).copy()
         if self.flags.shape != (k, k):
             raise ValueError(f"detector_mask must have shape ({k}, {k}), got {self.flags.shape}")
+        self._marked = (self.flags & MARKED) != 0
+        """(K, K) bool, the pixels flagged ``MARKED`` (what ``observe`` tests a frame against)."""
 
     @property
     def invalid(self) -> np.ndarray | None:
@@ -76,10 +82,19 @@ class DetectorMask:
         return mask.shape == self.flags.shape and self._add(mask != 0, FROM_HEADER)
 
     def observe(self, images: list[np.ndarray]) -> bool:
-        """Flag pixels that read their pixel type's largest count in any of the (K, K) ``images`` (as received); True if any is new."""
+        """Flag pixels that read their pixel type's largest count in any of the (K, K) ``images`` (as received); True if any is new.
+
+        On the ingest path (the manager's lock held): with ``pixel_mask_applied`` every frame
+        has its marks, so a frame costs one comparison and one test against the known marks.
+        """
         changed = False
         for image in images:
-            marker = marker_value(image.dtype)
-            if marker is not None and image.shape == self.flags.shape and int(image.max()) == marker:  # the max first: one pass, no array
-                changed |= self._add(image == marker, MARKED)
+            marker = _MARKERS.get(image.dtype) or _MARKERS.setdefault(image.dtype, marker_value(image.dtype))
+            if marker is None or image.shape != self.flags.shape:
+                continue
+            hits = image == marker
+            if np.greater(hits, self._marked).any():  # a mark where none was known
+                self.flags[hits] |= MARKED
+                self._marked |= hits
+                changed = True
         return changed
