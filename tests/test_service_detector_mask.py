@@ -150,3 +150,33 @@ def test_marks_are_each_pixel_types_largest_count():
     frame32 = np.full((4, 4), 7, np.uint32)
     frame32[0, 0] = TOP32
     assert measured_peak(frame32) == 7 and measured_peak(np.full((2, 2), TOP32, np.uint32)) == 0
+
+
+def test_a_restarted_session_keeps_its_invalid_pixels(tmp_path):
+    """Marks seen before a restart ("kill -9" after a flush) still exclude their pixels from the chunks reconstructed after it."""
+    from detector_stream.events import Frame
+    from service.manager import SessionManager
+    from service.metrics import ServiceMetrics
+    from service.models import SessionCreate
+    from service.scheduler import Scheduler
+
+    ep = "tcp://127.0.0.1:5011"
+
+    def manager() -> SessionManager:
+        return SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+
+    frames = frames_for(5, 10, K)
+    frames[:4, MARKED_AT[0], MARKED_AT[1]] = 65535  # marked in the frames before the restart only
+    m1 = manager()
+    sid = m1.create(SessionCreate(**session_body(ep, budget=10, chunk=10, detector_bit_depth=32)).model_dump(mode="json"))["session_id"]
+    Scheduler(m1, RecordingBackend(), m1.metrics).run_round(m1.take_work(0.1))
+    assert m1.tell(sid, 0, 5, None)[0] == 202
+    m1.on_events(ep, [Frame(5, i, frames[i]) for i in range(4)])
+    m1.flush_all()
+    m2 = manager()
+    assert m2.restore() == 1
+    m2.on_events(ep, [Frame(5, i, frames[i]) for i in range(4, 10)])
+    (item,) = m2.take_work(0.1)
+    assert np.argwhere(item.job.invalid_pixels).tolist() == [list(MARKED_AT)]  # a uint32 file: only its detector_mask knows 65535 is a mark
+    m1.close()
+    m2.close()
