@@ -39,23 +39,23 @@ def _data(binning: int) -> tuple[np.ndarray, np.ndarray]:
     return counts, positions
 
 
-def _reconstruct(patterns, positions, invalid, binning: int) -> np.ndarray:
+def _reconstruct(patterns, positions, invalid, binning: int, device: str) -> np.ndarray:
     options = ReconOptions(detector_binning=binning, iterations=6, optimizer="adam", step_size=0.02, batch_positions=16)
     grid_k = _grid(positions, K)
-    rec = Reconstructor(make_probe(K, PIXEL_NM * 10, 60e3, 60.0), options, "cpu")
+    rec = Reconstructor(make_probe(K, PIXEL_NM * 10, 60e3, 60.0), options, device)
     return rec.reconstruct([ScanChunk(patterns, positions, grid_k, invalid_pixels=invalid)])[0].potential.numpy()
 
 
 @pytest.mark.parametrize("binning", [1, 2])
-def test_a_hot_pixel_is_harmless_when_masked_and_not_otherwise(binning):
+def test_a_hot_pixel_is_harmless_when_masked_and_not_otherwise(binning, device):
     counts, positions = _data(binning)
     hot = counts.copy()
     hot[:, HOT[0], HOT[1]] = 65535  # what pixel_mask_applied makes of a masked pixel, in every frame
     invalid = marked_pixels(hot)
     assert np.flatnonzero(invalid).tolist() == [HOT[0] * K + HOT[1]] and not marked_pixels(counts).any()
-    clean = _reconstruct(counts, positions, None, binning)
-    masked = _reconstruct(hot, positions, invalid, binning)
-    unmasked = _reconstruct(hot, positions, None, binning)
+    clean = _reconstruct(counts, positions, None, binning, device)
+    masked = _reconstruct(hot, positions, invalid, binning, device)
+    unmasked = _reconstruct(hot, positions, None, binning, device)
     assert np.array_equal(hot[:, HOT[0], HOT[1]], np.full(len(hot), 65535))  # the data stay as measured: excluded, not zeroed
     scale = np.abs(clean).max()
     assert scale > 0.05
@@ -63,12 +63,12 @@ def test_a_hot_pixel_is_harmless_when_masked_and_not_otherwise(binning):
     assert np.abs(unmasked - clean).max() > 0.5 * scale  # the 65535 dominates the normalisation and the loss: a different image
 
 
-def test_the_mask_is_per_scan_in_a_batched_call():
+def test_the_mask_is_per_scan_in_a_batched_call(device):
     counts, positions = _data(1)
     hot = counts.copy()
     hot[:, HOT[0], HOT[1]] = 65535
     grid_k = _grid(positions, K)
-    rec = Reconstructor(make_probe(K, PIXEL_NM * 10, 60e3, 60.0), ReconOptions(detector_binning=1, iterations=3, batch_positions=16), "cpu")
+    rec = Reconstructor(make_probe(K, PIXEL_NM * 10, 60e3, 60.0), ReconOptions(detector_binning=1, iterations=3, batch_positions=16), device)
     both = rec.reconstruct([ScanChunk(counts, positions, grid_k), ScanChunk(hot, positions, grid_k, invalid_pixels=marked_pixels(hot))])
     alone = rec.reconstruct([ScanChunk(counts, positions, grid_k)])[0]
     assert torch.equal(both[0].potential, alone.potential)  # the other scan's mask does not touch this one
