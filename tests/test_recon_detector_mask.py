@@ -83,3 +83,16 @@ def test_invalid_pixels_of_the_wrong_shape_or_covering_everything_are_refused():
         rec.reconstruct([ScanChunk(counts, positions, grid_k, invalid_pixels=np.zeros((8, 8), bool))])
     with pytest.raises(ValueError, match="excludes every detector pixel"):
         rec.reconstruct([ScanChunk(counts, positions, grid_k, invalid_pixels=np.ones((K, K), bool))])
+
+
+def test_a_datasets_invalid_pixels_round_trip_and_are_checked(tmp_path):
+    from recon.dataset import Dataset4D, DatasetError, read_dataset, write_dataset
+
+    counts, positions = _data(1)
+    invalid = np.zeros((K, K), bool)
+    invalid[0, 1] = True
+    path = write_dataset(tmp_path / "d.h5", Dataset4D(counts, positions, 60e3, 25.0, 4.0, invalid_pixels=invalid))
+    assert np.array_equal(read_dataset(path).invalid_pixels, invalid)
+    assert read_dataset(write_dataset(tmp_path / "clean.h5", Dataset4D(counts, positions, 60e3, 25.0, 4.0))).invalid_pixels is None
+    with pytest.raises(DatasetError, match=r"detector_mask must have shape \(16, 16\)"):
+        write_dataset(tmp_path / "bad.h5", Dataset4D(counts, positions, 60e3, 25.0, 4.0, invalid_pixels=np.zeros((4, 4), bool)))
