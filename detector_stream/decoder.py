@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from detector_stream.codec import check_dtype, check_encoding, decode_batch
 from detector_stream.errors import CodecError, StreamErrorKind
 from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
-from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object
+from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object, read_pixel_mask
 
 _K = StreamErrorKind
 
@@ -61,8 +61,10 @@ class StreamDecoder:
     ``feed`` takes one message; ``feed_many`` takes several and decodes their
     bitshuffle frames in batches (one call for runs of same-shape frames that are
     whole 8192-byte blocks, such as 64x64 uint16; a malformed blob costs only its own
-    frame). Header-detail ``all`` parts (in the header message, or each JSON part and
-    then its blob as messages of their own) and image appendices are skipped; md5
+    frame). Of the header-detail ``all`` parts (in the header message, or each JSON part
+    and then its blob as messages of their own) the pixel mask goes to the
+    ``SeriesStart`` (held back until the mask or anything else arrives), the others and
+    image appendices are skipped; md5
     hashes are checked (an empty hash is accepted). Everything else it cannot use
     becomes a ``StreamError`` whose ``kind`` is set here, and is counted in
     ``error_counts``: garbage, empty parts and non-object JSON at any point of a
@@ -78,6 +80,10 @@ class StreamDecoder:
         self._events: list = []
         self._received_at: float | None = None
         self._appendix_blob_expected = False
+        self._appendix_head: dict | None = None
+        """the JSON part of a header-detail ``all`` part whose blob is the next message."""
+        self._held: SeriesStart | None = None
+        """a detail-``all`` series start whose pixel mask comes in messages of their own: sent on with it, or before anything else."""
         self.error_counts: Counter[StreamErrorKind] = Counter()
         """Every ``StreamError`` this decoder has returned, by kind (read it from the thread that feeds)."""
         self._errors_total = 0
@@ -129,18 +135,23 @@ class StreamDecoder:
         head = load_json_object(parts[0])
         if head is None:
             if blob_expected and len(parts) == 1:
-                return  # the blob of a header-detail "all" part whose JSON came as its own message
+                self._appendix(self._appendix_head, parts[0])  # the blob of a header-detail "all" part whose JSON came as its own message
+                return
             self._error(_K.MALFORMED, f"malformed message: first part of {len(parts[0])} bytes is not a JSON object")
             return
         htype = str(head.get("htype", ""))
+        if htype in APPENDIX_PARTS:
+            self._appendix_blob_expected, self._appendix_head = len(parts) == 1, head  # its blob follows as the next message (libertem-dectris sim)
+            if len(parts) >= 2:
+                self._appendix(head, parts[1])
+            return
+        self._release_held()
         if htype.startswith("dheader-"):
             self._header(head, parts)
         elif htype.startswith("dimage-"):
             self._image(head, parts)
         elif htype.startswith("dseries_end-"):
             self._end(head)
-        elif htype in APPENDIX_PARTS:
-            self._appendix_blob_expected = len(parts) == 1  # its blob follows as the next message (libertem-dectris sim)
         elif not htype and self._awaiting_config is not None:
             series, detail = self._awaiting_config
             self._awaiting_config = None
@@ -171,13 +182,41 @@ class StreamDecoder:
             if config is None:
                 self._error(_K.MALFORMED, "series header config part is not JSON", series)
                 config = {}
-            self._start(series, detail, config)
+            self._start(series, detail, config, parts[2:])
         else:
             self._awaiting_config = (series, detail)  # config follows as its own message (libertem-dectris sim)
 
-    def _start(self, series: int, detail: str, config: dict) -> None:
+    def _start(self, series: int, detail: str, config: dict, appendix: list[bytes] | None = None) -> None:
+        """Open the series; ``appendix``: the header message's parts after the config (detail ``all``: JSON and blob pairs)."""
         self._state = _SeriesState(series, expected_frames(config))
-        self._events.append(SeriesStart(series, detail, config))
+        start = SeriesStart(series, detail, config)
+        for i in range(0, len(appendix or []) - 1, 2):
+            head = load_json_object(appendix[i])
+            if head is not None and head.get("htype") == "dpixelmask-1.0":
+                start.pixel_mask = self._pixel_mask(head, appendix[i + 1], series)
+        if detail == "all" and not appendix:
+            self._held = start  # its parts follow as messages of their own
+        else:
+            self._events.append(start)
+
+    def _pixel_mask(self, head: dict, blob: bytes, series: int | None):
+        try:
+            return read_pixel_mask(head, blob)
+        except CodecError as err:
+            self._error(_K.MALFORMED, f"series header: {err}", series)
+            return None
+
+    def _appendix(self, head: dict | None, blob: bytes) -> None:
+        """A header-detail ``all`` part that came as messages of its own: the pixel mask goes with the held series start."""
+        held = self._held
+        if held is not None and head is not None and head.get("htype") == "dpixelmask-1.0":
+            held.pixel_mask = self._pixel_mask(head, blob, held.series)
+            self._release_held()
+
+    def _release_held(self) -> None:
+        if self._held is not None:
+            self._events.append(self._held)
+            self._held = None
 
     def _image_fast(self, parts: list[bytes]) -> bool:
         """An image message in the DCU's exact layout (``messages.image_parts``), parsed without JSON; False (nothing done) otherwise.
@@ -199,6 +238,7 @@ class StreamDecoder:
         return True
 
     def _config_never_arrived(self) -> None:
+        self._release_held()
         if self._awaiting_config is not None:
             awaited, detail = self._awaiting_config
             self._awaiting_config = None

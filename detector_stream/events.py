@@ -16,6 +16,8 @@ class SeriesStart:
     series: int
     header_detail: str
     config: dict
+    pixel_mask: np.ndarray | None = None
+    """(y, x) uint32 the detector's pixel mask (nonzero: masked) from a header of detail ``all``; None when the header had none."""
 
 
 @dataclass

@@ -51,6 +51,19 @@ def series_start_parts(series: int, config: dict, header_detail: str = "basic", 
     return parts
 
 
+def read_pixel_mask(head: dict, blob: bytes) -> np.ndarray:
+    """The (y, x) pixel mask of a ``dpixelmask-1.0`` part (JSON ``head`` with ``shape`` [x, y] and ``type``, raw little-endian
+    ``blob``); CodecError for anything else."""
+    try:
+        nx, ny = (int(v) for v in head["shape"])
+        dtype = np.dtype(str(head.get("type", "uint32"))).newbyteorder("<")
+    except (KeyError, TypeError, ValueError) as err:
+        raise CodecError(f"pixel mask part: bad shape or type ({err})") from None
+    if dtype.kind not in "ui" or nx <= 0 or ny <= 0 or len(blob) != nx * ny * dtype.itemsize:
+        raise CodecError(f"pixel mask part: {len(blob)} bytes do not hold a {ny}x{nx} {dtype.name} mask")
+    return np.frombuffer(blob, dtype).reshape(ny, nx).astype(np.uint32)
+
+
 def image_parts(
     series: int,
     frame: int,

@@ -6,6 +6,10 @@ positions), for scoring only: ``read_dataset`` leaves it out unless asked
 (``with_acquisition_truth=True``), so what a reconstructor reads by default is the
 nominal beam and the nominal (commanded) positions.
 
+Detector pixels that are not measurements (a detector's masked pixels, saturated ones)
+are ``Dataset4D.invalid_pixels``: the optional ``detector_mask`` dataset and, for count
+patterns, pixels at the pixel type's largest count. The patterns stay as measured.
+
 ``read_dataset`` validates shapes, dtypes and attributes and raises ``DatasetError``
 with a one-line message that names what is wrong. ``write_dataset`` writes to a
 temporary file and renames it into place, so an interrupted write never leaves a
@@ -21,8 +25,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from recon.invalid_pixels import marked_pixels
+
 FORMAT_NAME = "ptychoscan-4dstem"
 FORMAT_VERSION = 1
+DETECTOR_MASK = "detector_mask"
+"""optional (K, K) uint8 dataset: nonzero where a detector pixel is not a measurement (a session file's values say why)."""
 PATTERN_DTYPES = (np.dtype(np.float32), np.dtype(np.uint16), np.dtype(np.uint32))
 _NAN_CHECK_CHUNK = 1024
 
@@ -83,6 +91,10 @@ class Dataset4D:
     vacuum_fraction: float | None = None
     """Simulated data: fraction in [0, 1] of the positions' bounding box that is vacuum
     (``sim_microscope.vacuum.vacuum_fraction`` of the ground truth); root attribute, optional."""
+    invalid_pixels: np.ndarray | None = None
+    """(K, K) bool, True where a detector pixel is not a measurement (masked or saturated): the file's ``detector_mask``
+    (nonzero) and, for count patterns, pixels that read the pixel type's largest count (``recon.invalid_pixels``); the
+    reconstruction leaves them out of its loss. None: every pixel is valid."""
     acquisition_truth: AcquisitionTruth | None = None
     """Simulated data with probe or scan errors: the truth, read only when asked (``read_dataset(with_acquisition_truth=True)``)."""
 
@@ -143,6 +155,8 @@ def _validate_metadata(ds: Dataset4D, n_frames: int, k: int, source: str) -> Non
         gs = tuple(int(v) for v in ds.grid_shape)
         if len(gs) != 2 or gs[0] * gs[1] != n_frames:
             _fail(source, f"grid_shape {gs} does not match {n_frames} positions")
+    if ds.invalid_pixels is not None and np.shape(ds.invalid_pixels) != (k, k):
+        _fail(source, f"{DETECTOR_MASK} must have shape ({k}, {k}), got {np.shape(ds.invalid_pixels)}")
     if ds.probe is not None:
         if ds.probe.shape != (k, k) or not np.iscomplexobj(ds.probe):
             _fail(source, f"probe must be complex with shape ({k}, {k}), got {ds.probe.dtype} {ds.probe.shape}")
@@ -202,6 +216,8 @@ def write_dataset(path: str | os.PathLike, ds: Dataset4D, *, compression: str | 
             k = ds.patterns.shape[-1]
             f.create_dataset("patterns", data=ds.patterns, chunks=(min(256, ds.n_positions), k, k), compression=compression)
             f.create_dataset("positions_nm", data=np.asarray(ds.positions_nm, dtype=np.float64))
+            if ds.invalid_pixels is not None:
+                f.create_dataset(DETECTOR_MASK, data=np.asarray(ds.invalid_pixels, dtype=np.uint8))
             if ds.probe is not None:
                 f.create_dataset("probe", data=ds.probe.astype(np.complex64))
             if ds.ground_truth is not None:
@@ -297,6 +313,12 @@ def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True, with_ac
             _fail(source, f"positions_nm must be floating point, got {positions.dtype}")
         grid_shape = tuple(int(v) for v in f.attrs["grid_shape"]) if "grid_shape" in f.attrs else None
         probe = f["probe"][()] if "probe" in f else None
+        invalid = marked_pixels(patterns) if load_patterns else np.zeros(pattern_ds.shape[1:], bool)
+        if DETECTOR_MASK in f:
+            recorded = f[DETECTOR_MASK][()]
+            if recorded.shape != invalid.shape:
+                _fail(source, f"{DETECTOR_MASK} must have shape {invalid.shape}, got {recorded.shape}")
+            invalid |= recorded != 0
         ground_truth = None
         if "ground_truth/phase" in f:
             gt = f["ground_truth/phase"]
@@ -315,6 +337,7 @@ def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True, with_ac
             grid_shape=grid_shape,
             probe=probe,
             ground_truth=ground_truth,
+            invalid_pixels=invalid if invalid.any() else None,
             acquisition_truth=_read_truth(f, source) if with_acquisition_truth else None,
             **_specimen_attrs(f, source),
         )

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recon.binned_model import bin_blocks, binned_centre_tilt, pad_centred
+from recon.detector_mask import check_invalid_pixels, pixel_weights, valid_fraction, valid_sum, weights_of
 from recon.device import pick_device
 from recon.engine_inputs import check_positions, check_windows_fit, patterns_on_device, raise_bad_patterns
 from recon.forward import split_positions
@@ -48,6 +49,9 @@ class ScanChunk:
     corrected_positions_nm: torch.Tensor | np.ndarray | None = None
     """(N, 2) where position correction starts (a previous call's ``ReconResult.positions_nm``, to continue it); its bounds stay
     relative to ``positions_nm``. Ignored without ``options.position_correction``."""
+    invalid_pixels: torch.Tensor | np.ndarray | None = None
+    """(K, K) bool, True where the detector pixel is not a measurement (masked, saturated): left out of the loss and of the
+    normalisation (``recon.detector_mask``); None: every pixel is valid."""
 
 
 @dataclass
@@ -83,6 +87,8 @@ class _Batch:
     nominal_px: torch.Tensor  # (M, 2) the same as given in the chunks' positions_nm (position correction's reference)
     planes: torch.Tensor  # (M,) long on the host, flat index of each position's scan plane in the (B, H, W) stack
     fractions: torch.Tensor | None  # (M, 2) real on the device, each probe's sub-pixel shift (with position correction only)
+    pixel_weights: torch.Tensor | None = None  # (B, K, K) 1 valid / 0 invalid detector pixel, laid out as the targets; None = all valid
+    scan_of: torch.Tensor | None = None  # (M,) long on the device, each position's scan (with pixel_weights only)
 
 
 class Reconstructor:
@@ -238,8 +244,10 @@ class Reconstructor:
         # number of b x b blocks (always for even K); otherwise the model is fftshifted.
         shift_model = (kw // 2) % b_ != 0
         values: list[torch.Tensor | None] = [patterns_on_device(scan.patterns, k, b, self.real_dtype, self.device) for b, scan in enumerate(scans)]
-        # every scan's checks and normalisation from one transfer: (sum, min) per scan
-        stats = torch.stack([torch.stack([v.sum(), v.min()]) for v in values]).double().cpu()
+        masks = [check_invalid_pixels(scan.invalid_pixels, k, b) for b, scan in enumerate(scans)]
+        valid_px = [None if m is None else torch.from_numpy(~m).to(self.device) for m in masks]
+        # every scan's checks and normalisation from one transfer: (sum over valid pixels, min) per scan
+        stats = torch.stack([torch.stack([valid_sum(v, valid_px[b]), v.min()]) for b, v in enumerate(values)]).double().cpu()
         checked = []
         for b, (intensity, scan) in enumerate(zip(values, scans, strict=True)):  # validate everything before allocating the batch
             total_b, least = float(stats[b, 0]), float(stats[b, 1])
@@ -249,6 +257,8 @@ class Reconstructor:
             check_windows_fit(scan.grid, positions, k, b, "position(s)")
             if self.options.normalize_patterns:
                 mean_total = total_b / intensity.shape[0]
+                if valid_px[b] is not None:  # the total over the whole detector, estimated from its valid pixels
+                    mean_total /= valid_fraction(self.model_probe, b_, valid_px[b])
                 if not mean_total > 0:
                     raise ValueError(f"scan {b}: patterns are all zero")
                 intensity = intensity / mean_total  # out of place: the tensor may share memory with the caller's array
@@ -284,7 +294,9 @@ class Reconstructor:
         in_window = (steps[:, None] * width + steps[None, :]).reshape(-1)
         base, probes, probe_rows, fractions = self._placement(positions_px, planes, width)
         batch = _Batch(targets, probes, probe_rows, base, in_window, shift_model, offsets, counts, valid, None, positions_px, nominal_px, planes,
-                       fractions)
+                       fractions, pixel_weights(masks, k, self.real_dtype, self.device, shifted=not shift_model))
+        if batch.pixel_weights is not None:
+            batch.scan_of = torch.repeat_interleave(torch.arange(len(scans)), torch.tensor(counts)).to(self.device)
         if self.options.precondition != "none":
             batch.illumination = self._illumination(batch, tuple(valid.shape))
         return batch
@@ -385,6 +397,10 @@ class Reconstructor:
             else:
                 residual = intensity - target
                 d_intensity = residual * (4.0 * w)
+            if batch.pixel_weights is not None:  # invalid detector pixels: no loss, no gradient (recon.detector_mask)
+                pixel_w = weights_of(batch.pixel_weights, batch.scan_of, part)
+                residual.mul_(pixel_w)
+                d_intensity.mul_(pixel_w)
             losses.append(residual.square().sum(dim=(-2, -1)))
             if b_ > 1:
                 far.view(m, k, b_, k, b_).mul_(d_intensity[:, :, None, :, None])

@@ -78,8 +78,9 @@ def _sparse_grid(positions_nm: np.ndarray, count: int) -> np.ndarray:
 
 
 def chunk_from_dataset(dataset: Dataset4D, indices: np.ndarray | None = None, grid: ObjectGrid | None = None) -> ScanChunk:
-    """A ScanChunk of the dataset's positions ``indices`` (default all) on ``grid`` (default: covering all positions)."""
+    """A ScanChunk of the dataset's positions ``indices`` (default all) on ``grid`` (default: covering all positions), without its invalid
+    detector pixels (``Dataset4D.invalid_pixels``)."""
     idx = np.arange(dataset.n_positions) if indices is None else np.asarray(indices)
     if len(idx) == 0:
         raise ValueError("empty subset: no positions to reconstruct")
-    return ScanChunk(dataset.patterns[idx], dataset.positions_nm[idx], grid or grid_for_dataset(dataset))
+    return ScanChunk(dataset.patterns[idx], dataset.positions_nm[idx], grid or grid_for_dataset(dataset), invalid_pixels=dataset.invalid_pixels)

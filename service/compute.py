@@ -62,6 +62,8 @@ class ReconJob:
     """Passes of this reconstruction run by earlier calls (its mini-batch order continues from there)."""
     correct_positions: bool = False
     """Refine the positions with the object (converged reconstructions only)."""
+    invalid_pixels: np.ndarray | None = None
+    """(K, K) bool, True where a detector pixel is not a measurement (``service.detector_mask``): left out of the loss; None: none."""
 
 
 class ChunkUpdate(BaseModel):
@@ -213,7 +215,7 @@ class TorchReconBackend:
             options = options.model_copy(update={"position_correction": PositionCorrectionOptions()})
         rec = Reconstructor(probe, options, device=device)
         grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
-        scan = ScanChunk(torch.from_numpy(job.patterns), torch.from_numpy(job.positions_nm), grid)
+        scan = ScanChunk(torch.from_numpy(job.patterns), torch.from_numpy(job.positions_nm), grid, invalid_pixels=job.invalid_pixels)
         (result,), steps = reconstruct_with_backoff(rec, [scan], max_passes=final_passes(len(job.positions_nm), evaluation),
                                                     on_pass=lambda i, _potentials: on_pass(i))
         recipe = options.model_dump(mode="json") | {"step_size_used": float(steps[0])}
@@ -255,7 +257,7 @@ class TorchReconBackend:
         for i, job in enumerate(jobs):
             grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
             use = slice(None) if scopes is None else scopes[i]
-            scans.append(ScanChunk(torch.from_numpy(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid))
+            scans.append(ScanChunk(torch.from_numpy(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid, invalid_pixels=job.invalid_pixels))
             ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
             init.append(torch.from_numpy(job.init) if ok else None)
         results = recon.reconstruct(scans, init=init, iterations=iterations, first_pass=first_pass)

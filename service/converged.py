@@ -27,7 +27,7 @@ import numpy as np
 
 from service.background import BackgroundJob, Stopped
 from service.compute import ReconJob, ReconOutput
-from service.converged_store import ConvergedReconstruction, read_measured_frames, write_converged
+from service.converged_store import ConvergedReconstruction, read_measured, write_converged
 from service.probe_job import RetrieveProbe
 from service.spec import Beam, clip_to_fov
 
@@ -83,14 +83,15 @@ def converged_job(
         t0 = time.perf_counter()
         try:
             pause()
-            patterns, measured = read_measured_frames(request.session_file)
+            patterns, measured, invalid = read_measured(request.session_file)
             positions = clip_to_fov(measured, request.fov_nm)  # as the live reconstructions had them
             if len(positions) == 0:
                 raise ValueError("the session has no frames")
             beam, probe = request.beam, None
             if request.retrieve:
                 beam, probe = _retrieved_or_nominal(retrieve, patterns, positions, request, pause)
-            job = ReconJob(beam, request.fov_nm, patterns, positions, None, final=True, correct_positions=request.correct_positions)
+            job = ReconJob(beam, request.fov_nm, patterns, positions, None, final=True, correct_positions=request.correct_positions,
+                           invalid_pixels=invalid)
             output, recipe = run(job, lambda _pass: pause())
             if diverged(output.loss_history):
                 raise RuntimeError(f"the reconstruction diverged (final loss {output.loss_history[-1]}); nothing stored")

@@ -20,6 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from service.detector_mask import invalid_in_file
+
 CONVERGED_SUFFIX = ".converged.h5"
 
 
@@ -113,8 +115,14 @@ def read_converged_recipe(session_file: Path) -> dict | None:
 
 def read_measured_frames(session_file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(patterns (N, K, K) float32 counts, positions (N, 2) nm) of every received frame of a closed session file."""
+    return read_measured(session_file)[:2]
+
+
+def read_measured(session_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``read_measured_frames`` and the detector pixels that are not measurements ((K, K) bool, ``service.detector_mask``; None: none)."""
     try:
         with h5py.File(session_file, "r") as f:
+            invalid = invalid_in_file(f)
             received = f["received"][()].astype(bool)
             n = min(len(received), f["patterns"].shape[0], f["positions_nm"].shape[0])
             keep = np.flatnonzero(received[:n])
@@ -123,4 +131,4 @@ def read_measured_frames(session_file: Path) -> tuple[np.ndarray, np.ndarray]:
             positions = np.asarray(f["positions_nm"][:n], np.float64)[keep]
     except (OSError, KeyError, ValueError) as err:
         raise ConvergedStoreError(f"{Path(session_file).name}: cannot read its frames ({err})") from None
-    return patterns, positions
+    return patterns, positions, invalid

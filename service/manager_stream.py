@@ -76,11 +76,22 @@ class StreamHandling:
         elif isinstance(event, SeriesEnd):
             self._series_end((endpoint, event.series))
         elif isinstance(event, SeriesStart):
+            if event.pixel_mask is not None:
+                self._header_mask(endpoint, event.pixel_mask)
             router.last_key[endpoint] = key = (endpoint, event.series)
             bind = router.binding(key)
             if router.series_start(key) and (bind is None or bind.run_begun):  # else: the header of the run its tell named
                 self._new_run(key)
             self.series_started.notify_all()
+
+    def _header_mask(self, endpoint: str, pixel_mask: np.ndarray) -> None:
+        """The detector at ``endpoint`` sent its pixel mask (header detail ``all``): its masked pixels are invalid for every session
+        in progress that reads it (``service.detector_mask``)."""
+        for s in [s for s in self.sessions.values() if s.endpoint == endpoint and not s.terminal]:
+            try:
+                s.learn_invalid_pixels(header_mask=pixel_mask)
+            except StoreError as err:
+                self._fail(s, err)
 
     def _new_run(self, key: Key) -> None:
         """Series ``key`` started again: the detector restarted. The earlier run's batch is ended short (re-issued) and its series retired."""
@@ -145,6 +156,7 @@ class StreamHandling:
             return False
         try:
             s.store.write_frame(verdict.slot, image)
+            s.learn_invalid_pixels([image])
         except StoreError as err:
             self._fail(s, err)
             return False
@@ -196,6 +208,7 @@ class StreamHandling:
         arrivals = [handled_at if ev.received_at is None else ev.received_at for ev in kept]
         try:
             s.store.write_frames(slots, images)
+            s.learn_invalid_pixels(images)
         except StoreError as err:
             self._fail(s, err)
             return True

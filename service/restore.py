@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.detector_mask import DetectorMask
 from service.finished import FinishedSession
 from service.planner import PlannerChoice
 from service.session import TERMINAL, UNKNOWN_HAND_OUT, Batch, BatchStatus, Binding, Session, SessionState
@@ -93,6 +94,9 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
     s.received = st.received.copy()
     s.patterns = np.zeros((max(s.budget, s.n_issued), s.k, s.k), np.float32)
     s.patterns[: len(st.patterns)] = st.patterns
+    s.detector_mask = DetectorMask(s.k, st.detector_mask)
+    if len(st.patterns):  # a file written before the mask was recorded: its marks in the file's own pixel type
+        s.detector_mask.observe([st.patterns.max(axis=0)])
     s.frames_received = s.frames_persisted = int(s.received.sum())
     done_batches = set(st.reconstructed_batches)
     bindings: dict[int, Binding] = {}

@@ -22,6 +22,7 @@ from enum import StrEnum
 import numpy as np
 
 from detector_stream.events import Frame
+from service.detector_mask import measured_peak
 from service.session import BatchStatus, Binding, Session, SessionState
 
 Key = tuple[str, int]
@@ -193,7 +194,9 @@ class FrameRouter:
         if image.shape != (s.k, s.k):
             return FrameResult.refused("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
         stored = s.pixel_dtype
-        if image.dtype.itemsize > stored.itemsize and (peak := int(image.max())) > np.iinfo(stored).max:
+        # pixels at the frame type's largest count are the detector's marks of masked (pixel_mask_applied) or saturated pixels,
+        # not counts: a 32-bit frame into a 16-bit file is refused only for real counts the file cannot hold (service.detector_mask)
+        if image.dtype.itemsize > stored.itemsize and int(image.max()) > np.iinfo(stored).max and (peak := measured_peak(image)) > np.iinfo(stored).max:
             return FrameResult.refused(
                 "malformed", f"series {key[1]}: frame {idx} has counts up to {peak}, more than the session file's {stored.name} holds ({np.iinfo(stored).max})"
             )

@@ -21,6 +21,7 @@ import numpy as np
 
 from detector_stream.events import StreamError
 from service.compute import ReconOutput
+from service.detector_mask import DetectorMask
 from service.errors import ErrorKind, SessionError
 from service.planner import PlannerChoice
 from service.spec import Beam, SessionSpec, clip_to_fov
@@ -185,9 +186,12 @@ class Session:
     """the beam with the retrieved aberrations, once retrieved: the session's reconstructions use it from then on."""
     spec: SessionSpec = field(init=False, repr=False)
     """``params`` read once, typed (``params`` is kept verbatim: the file and the status report carry it)."""
+    detector_mask: DetectorMask = field(init=False, repr=False)
+    """the detector pixels that are not measurements (``service.detector_mask``), learnt from the stream; the file keeps them."""
 
     def __post_init__(self) -> None:
         self.spec = SessionSpec.from_params(self.params)
+        self.detector_mask = DetectorMask(self.spec.k)
 
     @classmethod
     def create(cls, storage: Path, params: dict, planner: PlannerChoice) -> Session:
@@ -339,6 +343,14 @@ class Session:
     def unflushed(self) -> bool:
         """In progress with frames received since the last flush."""
         return not self.terminal and self.frames_persisted != self.frames_received
+
+    def learn_invalid_pixels(self, images: list[np.ndarray] = (), header_mask: np.ndarray | None = None) -> None:
+        """Flag the detector pixels the detector's ``header_mask`` masks and those that read the largest count in ``images`` (frames as
+        stored); new ones are recorded in the file (StoreError if it fails). The frames themselves are not changed."""
+        changed = header_mask is not None and self.detector_mask.from_header(header_mask)
+        changed = self.detector_mask.observe(list(images)) or changed
+        if changed:
+            self.store.set_detector_mask(self.detector_mask.flags)
 
     def flush_frames(self) -> None:
         """Make every frame received durable (``frames_persisted``); StoreError if the file fails."""

@@ -6,6 +6,9 @@ the scan reported none), per slot (position index) ``slot_batch``, ``slot_series
 ``slot_frame`` (which detector series/frame fills it, -1 if unbound) and ``received``;
 per batch ``batch_series`` (the series of its last tell still awaiting frames or that
 completed it, -1 if none: files written before it existed lack it);
+``detector_mask`` (K, K) uint8, once any pixel is known invalid: nonzero where a detector
+pixel is not a measurement (bit 1: masked in the detector's pixel mask, bit 2: read the
+pixel type's largest count; ``service.detector_mask``; ``patterns`` stay as sent);
 ``reconstructions/chunk_NNNN/phase`` (with ``pixel_nm``, ``origin_nm``,
 ``n_positions``, ``loss_history``, ``policy_version``); session parameters, state and
 error as root attributes. ``flush`` is called after every chunk and on a timer, so a
@@ -25,6 +28,7 @@ import numpy as np
 
 from recon.dataset import FORMAT_NAME, FORMAT_VERSION
 from service.converged_store import is_converged_file
+from service.detector_mask import DATASET as DETECTOR_MASK
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,8 @@ class StoredSession:
     """the last stored reconstruction (earlier ones stay on disk: a resumed session needs only the latest)."""
     probe: dict | None = None
     """the probe retrieval's outcome (``service.probe_job``), None if none was recorded."""
+    detector_mask: np.ndarray | None = None
+    """(K, K) uint8 invalid-pixel flags (``service.detector_mask``); None if the file has none."""
 
 
 @dataclass
@@ -324,6 +330,7 @@ class SessionStore:
                 reconstructed_batches=[int(recons[name]["phase"].attrs["batch_id"]) for name in names],
                 latest_reconstruction=_read_reconstruction(recons[names[-1]]["phase"]) if names else None,
                 probe=_probe_attr(a),
+                detector_mask=f[DETECTOR_MASK][()] if DETECTOR_MASK in f else None,
             )
         except StoreError:
             f.close()
@@ -418,8 +425,12 @@ class SessionStore:
                 if self._stage is None or self._stage.shape[1:] != patterns.shape[1:]:
                     self._stage = np.empty((WRITE_ROWS, *patterns.shape[1:]), patterns.dtype)  # the file's type: admit checked the counts fit
                 rows = self._stage[: hi - lo]
+                top = np.iinfo(rows.dtype).max
                 for k, slot in enumerate(range(lo, hi)):
-                    rows[k] = self._pending[slot]
+                    image = self._pending[slot]
+                    # admit let a wider frame in only if its counts fit: what exceeds the file's type is the detector's mark of an
+                    # invalid pixel (its type's largest count), stored as the file type's mark (service.detector_mask)
+                    rows[k] = np.minimum(image, top) if image.dtype.itemsize > rows.dtype.itemsize else image
                 _write_rows(patterns, lo, rows)
             _write_rows(received, start, np.ones(stop - start, np.uint8))
         self._pending.clear()
@@ -437,6 +448,16 @@ class SessionStore:
             ds.attrs["loss_history"] = np.asarray(rec.loss_history, np.float64)
             ds.attrs["policy_version"] = rec.policy_version
             self._f.flush()
+
+    def set_detector_mask(self, flags: np.ndarray) -> None:
+        """Record the invalid-pixel flags (K, K) uint8 as ``detector_mask`` (replacing earlier ones); durable at the next flush."""
+        with self._guard("record the detector mask"):
+            ds = self._f.get(DETECTOR_MASK)
+            if ds is None:
+                ds = self._f.create_dataset(DETECTOR_MASK, data=np.asarray(flags, np.uint8))
+                ds.attrs["description"] = "nonzero: not a measurement; 1 masked in the detector's pixel mask, 2 read the pixel type's largest count"
+            else:
+                ds[...] = np.asarray(flags, np.uint8)
 
     def set_probe(self, report: dict) -> None:
         """Record the probe retrieval's outcome (the ``probe`` attribute, JSON; a restart reads it back)."""

@@ -39,7 +39,8 @@ def work_item(s: Session) -> WorkItem:
         previous = s.batches[b.batch_id - 1] if b.batch_id > 0 else None
         n_old = int(previous.slots[-1]) + 1 if previous is not None and previous.status == BatchStatus.RECONSTRUCTED and init is not None else 0
         job = ReconJob(
-            s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id, acquisition_s=acquisition_s(b)
+            s.beam, s.fov, s.patterns[:n], pos, init, n_new=n - n_old, final=n >= s.budget, seed=b.batch_id, acquisition_s=acquisition_s(b),
+            invalid_pixels=s.detector_mask.invalid,
         )
     plan = None
     needs_plan = b is not None or not s.batches or s.current.status == BatchStatus.RECONSTRUCTED

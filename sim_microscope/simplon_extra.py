@@ -3,7 +3,7 @@
 - ``GET|PUT /detector/api/1.8.0/config/pixel_mask``: the mask in DECTRIS's encoded-array
   form, ``{"__darray__": [1, 0, 0], "type": "<u4", "shape": [rows, columns],
   "filters": ["base64"], "data": <base64 of the C-order bytes>}``; PUT takes the same form
-  (or a nested list). The mask is stored, never applied to frames.
+  (or a nested list). The mask is stored; it marks frames only with ``pixel_mask_applied`` (below).
 - keys listings: ``GET /{detector,stream,filewriter,monitor}/api/1.8.0/{config,status}/keys``
   and ``GET /detector/api/1.8.0/command/keys``; a bare ``GET .../detector/api/1.8.0/config/``
   is the whole configuration (key -> description, as DEigerClient's ``detectorConfig()``

@@ -153,6 +153,8 @@ def test_libertem_live_and_a_service_session_both_see_every_frame(tmp_path):
     with h5py.File(file, "r") as f:
         patterns = f["patterns"][:].astype(np.float64)
         assert f["received"][()].all()
+        recorded = f["detector_mask"][()]  # the frames stay as sent (65535 below); the file records the pixel as not a measurement
+    assert np.argwhere(recorded).tolist() == [list(MASKED)]
     assert fw == "libertem_$id"  # the controller's file-writing options reached the detector
     results = [np.load(tmp_path / f"acquisition_{i}.npz") for i in range(3)]
     for i in range(3):  # every pixel of every frame exactly as the service stored it

@@ -30,6 +30,8 @@ def _compact(part: bytes) -> bytes:
 def _as_tuple(event) -> tuple:
     fields = dataclasses.asdict(event) if not isinstance(event, Frame) else {**vars(event), "image": None}
     image = event.image if isinstance(event, Frame) else None
+    if isinstance(fields.get("pixel_mask"), np.ndarray):  # a header-detail "all" mask: compared by its bytes
+        fields["pixel_mask"] = (fields["pixel_mask"].shape, fields["pixel_mask"].tobytes())
     return type(event).__name__, fields, None if image is None else (image.shape, image.dtype.str, image.tobytes())
 
 

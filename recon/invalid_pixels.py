@@ -1,0 +1,34 @@
+"""Which detector pixels of integer patterns are not measurements: those that read the pixel type's largest count (numpy only).
+
+A DECTRIS detector with ``pixel_mask_applied`` marks its masked pixels (gaps, dead,
+noisy) in every frame with the pixel type's largest count (65535 for 16 bit), and a
+pixel that saturates reads the same value; peers (LiberTEM, py4DSTEM) treat both as
+invalid. Float patterns (intensities) mark nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def marker_value(dtype: np.dtype) -> int | None:
+    """The count an integer pixel type uses to mark a masked or saturated pixel (its largest value); None for float patterns."""
+    dtype = np.dtype(dtype)
+    return int(np.iinfo(dtype).max) if dtype.kind == "u" else None
+
+
+def marked_pixels(patterns: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(K, K) bool: pixels that read the pixel type's largest count in any of the (N, K, K) integer ``patterns``.
+
+    Float patterns (intensities, not counts) mark nothing. Read ``chunk`` frames at a time
+    (an h5py dataset works too).
+    """
+    k = patterns.shape[-1]
+    out = np.zeros((patterns.shape[-2], k), bool)
+    marker = marker_value(patterns.dtype)
+    if marker is None:
+        return out
+    for start in range(0, patterns.shape[0], chunk):
+        block = np.asarray(patterns[start : start + chunk])
+        out |= (block == marker).any(axis=0)
+    return out

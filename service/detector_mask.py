@@ -1,0 +1,100 @@
+"""A session's invalid detector pixels, learnt from the stream: the detector's pixel mask and pixels that read the largest count.
+
+A DECTRIS detector with ``pixel_mask_applied`` marks its masked pixels (gaps, dead,
+noisy) in every frame with the pixel type's largest count (65535 for 16 bit); a pixel
+that saturates reads the same. Neither is a measurement. The service keeps the frames
+exactly as sent and records which pixels are invalid, as flags per pixel:
+
+- ``FROM_HEADER`` (1): nonzero in the pixel mask of a series header of detail ``all``
+  (``basic`` headers carry no mask);
+- ``MARKED`` (2): read the largest count of the frame's own pixel type in a stored frame.
+
+The session file keeps the flags as ``detector_mask`` (K, K) uint8 (``service.store``);
+the reconstructions leave flagged pixels out of the loss (``recon.detector_mask``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recon.invalid_pixels import marked_pixels, marker_value
+
+FROM_HEADER = 1
+"""flag: masked in the detector's pixel mask (series header of detail ``all``)."""
+MARKED = 2
+"""flag: read the pixel type's largest count (masked with ``pixel_mask_applied``, or saturated) in a stored frame."""
+DATASET = "detector_mask"
+"""the session file's (K, K) uint8 dataset of the flags; absent while no pixel is known invalid."""
+
+
+_MARKERS: dict[np.dtype, int | None] = {}
+"""marker_value by pixel type (np.iinfo costs about as much as a frame's max)."""
+
+
+def measured_peak(image: np.ndarray) -> int:
+    """The largest count of ``image`` that is a measurement: pixels at the pixel type's largest value are marks, not counts (0 if all are)."""
+    marker = marker_value(image.dtype)
+    counts = image if marker is None else image[image != marker]
+    return int(counts.max()) if counts.size else 0
+
+
+def invalid_in_file(f) -> np.ndarray | None:
+    """(K, K) bool invalid pixels of an open session file ``f`` (h5py): its recorded ``detector_mask`` and pixels at the file type's
+    largest count (a file written before the mask was recorded); None when there are none."""
+    bad = marked_pixels(f["patterns"])
+    if DATASET in f:
+        bad |= f[DATASET][()] != 0
+    return bad if bad.any() else None
+
+
+class DetectorMask:
+    """The (K, K) invalid-pixel flags of one session (``FROM_HEADER`` | ``MARKED``); not thread-safe (the manager's lock)."""
+
+    def __init__(self, k: int, flags: np.ndarray | None = None) -> None:
+        self.flags = np.zeros((k, k), np.uint8) if flags is None else np.asarray(flags, np.uint8).copy()
+        if self.flags.shape != (k, k):
+            raise ValueError(f"detector_mask must have shape ({k}, {k}), got {self.flags.shape}")
+        self._marked = (self.flags & MARKED) != 0
+        """(K, K) bool, the pixels flagged ``MARKED`` (what ``observe`` tests a frame against)."""
+
+    @property
+    def invalid(self) -> np.ndarray | None:
+        """(K, K) bool, True where a pixel is invalid (a new array); None when every pixel is valid."""
+        bad = self.flags != 0
+        return bad if bad.any() else None
+
+    @property
+    def count(self) -> int:
+        """How many pixels are invalid."""
+        return int(np.count_nonzero(self.flags))
+
+    def _add(self, where: np.ndarray, flag: int) -> bool:
+        new = where & (self.flags & flag == 0)
+        if not new.any():
+            return False
+        self.flags[new] |= flag
+        return True
+
+    def from_header(self, pixel_mask: np.ndarray) -> bool:
+        """Flag the pixels nonzero in the detector's (y, x) ``pixel_mask``; True if any is new. A mask of another shape (another
+        detector size; its frames are refused) is ignored."""
+        mask = np.asarray(pixel_mask)
+        return mask.shape == self.flags.shape and self._add(mask != 0, FROM_HEADER)
+
+    def observe(self, images: list[np.ndarray]) -> bool:
+        """Flag pixels that read their pixel type's largest count in any of the (K, K) ``images`` (as received); True if any is new.
+
+        On the ingest path (the manager's lock held): with ``pixel_mask_applied`` every frame
+        has its marks, so a frame costs one comparison and one test against the known marks.
+        """
+        changed = False
+        for image in images:
+            marker = _MARKERS.get(image.dtype) or _MARKERS.setdefault(image.dtype, marker_value(image.dtype))
+            if marker is None or image.shape != self.flags.shape:
+                continue
+            hits = image == marker
+            if np.greater(hits, self._marked).any():  # a mark where none was known
+                self.flags[hits] |= MARKED
+                self._marked |= hits
+                changed = True
+        return changed
