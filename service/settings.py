@@ -11,6 +11,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector_stream.endpoints import check_endpoint
 
+FIRST_RETRIEVAL: dict[str, Any] = {
+    "max_positions": 128,
+    "defocus_step_nm": 4.0,
+    "astigmatism_magnitudes_nm": (2.0, 4.0),
+    "astigmatism_angles": 3,
+    "refine_evaluations": 20,
+}
+"""The service's first probe retrieval of a live session (``recon.probe_retrieval.RetrievalOptions`` fields; the rest its
+defaults): a coarser search (11 defocus values, 6 astigmatism points, 20 Nelder-Mead evaluations: 37 short reconstructions
+instead of 119) so that it lands while the scan still runs; the refinements then search around it on more positions."""
+
+PROBE_REFINEMENT: dict[str, Any] = {
+    "global_search": False,
+    "max_positions": 512,
+    "refine_evaluations": 20,
+    "refine_steps": (0.5, 0.5, 1.0),
+}
+"""A live session's probe refinement (``RetrievalOptions`` fields): the previous estimate scored on (up to 512 of) all the
+positions so far, then 20 Nelder-Mead evaluations around it with steps of 0.5 nm, 0.5 nm and 1 um."""
 
 class ServiceSettings(BaseSettings):
     """Everything ``ptychoscan serve`` can be told. Lists come from env as JSON (``PTYCHOSCAN_API_KEYS='["k"]'``)."""
@@ -99,9 +118,24 @@ class ServiceSettings(BaseSettings):
         100, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
     )
     probe_retrieval: dict[str, Any] = Field(
-        default_factory=dict,
-        description="recon.probe_retrieval.RetrievalOptions fields (e.g. {\"refine_evaluations\": 40}); default: its defaults "
-        "(256 central positions, defocus -20..20 nm step 2, astigmatism grid, 80 Nelder-Mead evaluations)",
+        default_factory=lambda: dict(FIRST_RETRIEVAL),
+        description="the first probe retrieval's recon.probe_retrieval.RetrievalOptions fields (e.g. {\"refine_evaluations\": 40}); "
+        "default: a coarse search (defocus -20..20 nm step 4, |C12| 2 and 4 nm x 3 angles, 20 Nelder-Mead evaluations, 128 "
+        "central positions: 37 short reconstructions); {} for RetrievalOptions' full defaults (119)",
+    )
+    probe_refinement_frames: int | None = Field(
+        150, ge=1, description="after the first retrieval, refine a session's probe each time this many more of its frames are in "
+        "(a background job on all its frames so far; None: never)",
+    )
+    probe_refinements_max: int = Field(8, ge=0, description="at most this many refinements per session (done or failed)")
+    probe_refinement: dict[str, Any] = Field(
+        default_factory=lambda: dict(PROBE_REFINEMENT),
+        description="a refinement's RetrievalOptions fields; default: the probe in use scored on up to 512 of the positions so far, "
+        "then 20 Nelder-Mead evaluations around it (global_search false)",
+    )
+    probe_refinement_max_change: tuple[float, float, float] = Field(
+        (3.0, 3.0, 10.0), description="a refinement moving defocus (nm), |C12| as a complex number (nm) or Cs (um) by more than this "
+        "is a divergence: it fails and the probe in use stays",
     )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")
