@@ -34,7 +34,7 @@ from recon.engine import ScanChunk
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
 from recon.probe_refinement import ProbeRefinementOptions, reconstruct_refining_aberrations
-from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
+from recon.probe_retrieval import RetrievalOptions, central_indices, retrieve_aberrations
 from service.settings import FIRST_RETRIEVAL, PROBE_REFINEMENT
 from service.spec import Beam
 
@@ -58,7 +58,9 @@ def main() -> None:
     ap.add_argument("--true", nargs=4, type=float, required=True, metavar=("DF", "C12", "ANGLE", "CS"))
     ap.add_argument("--first", type=int, default=100, help="frames of the first retrieval")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--adam-passes", type=int, default=30, help="0: no Adam refinement")
+    ap.add_argument("--adam-passes", type=int, nargs="*", default=[30], help="passes of each Adam refinement row (none: no such row)")
+    ap.add_argument("--adam-positions", type=int, default=512, help="the Adam refinement's positions (nearest the centre)")
+    ap.add_argument("--first-options", nargs="*", default=[], help="more first stages to try: JSON RetrievalOptions fields each")
     ap.add_argument("--refine-positions", type=int, nargs="+", default=[512], help="max_positions of the local refinement (one row each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,20 +91,26 @@ def run_file(path: str, truth: ProbeAberrations, args: argparse.Namespace) -> No
 
     full, w, c = retrieve(args.first, RetrievalOptions(), beam.aberrations)
     print(row(f"{name}: first {args.first}, full search", full.aberrations, truth, w, c, str(len(full.evaluations))), flush=True)
-    cheap, w, c = retrieve(args.first, RetrievalOptions(**FIRST_RETRIEVAL), beam.aberrations)
-    print(row(f"{name}: first {args.first}, first stage", cheap.aberrations, truth, w, c, str(len(cheap.evaluations))), flush=True)
+    firsts = [("first stage", FIRST_RETRIEVAL)] + [(f"first stage {o}", json.loads(o)) for o in args.first_options]
+    cheap = None
+    for label, fields in firsts:
+        result, w, c = retrieve(args.first, RetrievalOptions(**fields), beam.aberrations)
+        cheap = cheap or result
+        print(row(f"{name}: first {args.first}, {label}", result.aberrations, truth, w, c, str(len(result.evaluations))), flush=True)
     n = len(positions)
     for m in args.refine_positions:
         local, w, c = retrieve(n, RetrievalOptions(**(PROBE_REFINEMENT | {"max_positions": m})), cheap.aberrations)
         print(row(f"{name}: {min(m, n)} of {n}, local Nelder-Mead from the first stage", local.aberrations, truth, w, c,
                   str(len(local.evaluations))), flush=True)
-    if args.adam_passes:
+    for passes in args.adam_passes:
+        pick = central_indices(positions, args.adam_positions)
+        sub = ScanChunk(torch.from_numpy(patterns[pick]), torch.from_numpy(positions[pick]), grid)
         wall, cpu = time.perf_counter(), time.process_time()
-        adam = reconstruct_refining_aberrations(chunk(n), cheap.aberrations, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad,
-                                                options=ReconOptions(iterations=args.adam_passes),
+        adam = reconstruct_refining_aberrations(sub, cheap.aberrations, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad,
+                                                options=ReconOptions(iterations=passes),
                                                 refinement=ProbeRefinementOptions(passes_per_block=5, max_positions=256))
-        print(row(f"{name}: all {n}, Adam refinement ({args.adam_passes} passes)", adam.aberrations, truth, time.perf_counter() - wall,
-                  time.process_time() - cpu, f"{len(adam.history)} updates"), flush=True)
+        print(row(f"{name}: {len(pick)} of {n}, Adam refinement ({passes} passes) from the first stage", adam.aberrations, truth,
+                  time.perf_counter() - wall, time.process_time() - cpu, f"{len(adam.history)} updates"), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -35,11 +35,12 @@ from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
 from service.png import field_view, grey_png
+from service.probe_gradient import GradientRefiner
 from service.probe_job import ProbeRetriever, StagedRetriever, probe_job, refinement_job
 from service.problems import Problem, document_problems, install_problem_handlers, problem_responses
 from service.responses import Health, Readiness, Reconstruction, SessionList, SessionStatus
 from service.scheduler import Scheduler
-from service.settings import ServiceSettings
+from service.settings import PROBE_REFINEMENT, ServiceSettings
 from service.spec import SessionSpec
 from service.store import storage_writable
 
@@ -119,7 +120,8 @@ class Service:
         self.background = BackgroundWorker(self._deciding)
         """probe retrievals and converged reconstructions, between decisions (``service.background``)."""
         self.retrieve_probe = ProbeRetriever(settings.probe_retrieval, settings.device)
-        self.refine_probe = ProbeRetriever(settings.probe_refinement, settings.device)
+        self.refine_probe = (GradientRefiner(settings.probe_refinement, settings.device) if settings.probe_refinement_method == "gradient"
+                             else ProbeRetriever(PROBE_REFINEMENT | settings.probe_refinement, settings.device))
         self.manager.on_probe_wanted = self._queue_probe
         self.manager.on_probe_refinement_wanted = self._queue_probe_refinement
         if settings.recon_converged and hasattr(self.backend, "converged"):

@@ -9,6 +9,7 @@ import threading
 
 import h5py
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from service_testing import AUTH, KEY, Pusher, frames_for, session_body, wait_until
 
@@ -18,6 +19,7 @@ from recon.grid import ObjectGrid
 from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
 from service.app import create_app
 from service.compute import TorchReconBackend
+from service.probe_gradient import GradientRefiner
 from service.probe_job import ProbeRetriever
 from service.probe_live import HISTORY_LENGTH, refinement_due, refinement_status, retrieval_status, with_history
 from service.settings import ServiceSettings
@@ -53,9 +55,9 @@ class FakeProbeJobs:
         self.most_at_once = 0
         self.lock = threading.Lock()
 
-    def __call__(self, retriever: ProbeRetriever, patterns, positions, beam: Beam, fov, pause):
+    def __call__(self, first: bool, patterns, positions, beam: Beam, fov, pause):
         pause()
-        if retriever.options.global_search:
+        if first:
             new = beam.with_aberrations(beam.aberrations.model_copy(update={"defocus_nm": RETRIEVED_DEFOCUS}))
             return new, _report(new, positions)
         with self.lock:
@@ -74,7 +76,8 @@ class FakeProbeJobs:
 
 
 def _install(monkeypatch, fake: FakeProbeJobs) -> None:
-    monkeypatch.setattr(ProbeRetriever, "__call__", lambda self, *a: fake(self, *a))
+    monkeypatch.setattr(ProbeRetriever, "__call__", lambda self, *a: fake(True, *a))
+    monkeypatch.setattr(GradientRefiner, "__call__", lambda self, *a: fake(False, *a))
 
 
 def _status(c, sid):
@@ -200,23 +203,50 @@ def test_refinements_are_queued_every_n_frames_one_at_a_time_used_recorded_and_k
         pusher.close()
 
 
-def test_a_refinement_that_fails_or_diverges_keeps_the_probe_in_use_and_says_why(tmp_path, monkeypatch):
-    for fake, why in ((FakeProbeJobs(error="no overlap"), "no overlap"), (FakeProbeJobs(step=50.0), "diverged")):
-        _install(monkeypatch, fake)
-        pusher = Pusher()
-        try:
-            with TestClient(create_app(_settings(tmp_path))) as c:
-                sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
-                             headers=AUTH).json()["session_id"]
-                assert _chunk(c, pusher, sid, 0)
-                _idle(c, sid)
-                assert _chunk(c, pusher, sid, 1)
-                probe = wait_until(lambda: (p := _idle(c, sid)).get("refinement") and p, timeout=30)
-                assert _chunk(c, pusher, sid, 2)
-                status = _status(c, sid)
-        finally:
-            pusher.close()
-        assert probe["refinement"]["state"] == "failed" and why in probe["refinement"]["error"], probe
-        assert probe["defocus_nm"] == RETRIEVED_DEFOCUS and probe["refinements"] == 0 and probe["state"] == "done"
-        assert probe["history"][-1]["state"] == "failed" and why in probe["history"][-1]["error"]
-        assert status["state"] == "done"
+@pytest.mark.parametrize(("fake", "why"), [(FakeProbeJobs(error="no overlap"), "no overlap"), (FakeProbeJobs(step=50.0), "diverged")],
+                         ids=["fails", "diverges"])
+def test_a_refinement_that_fails_or_diverges_keeps_the_probe_in_use_and_says_why(tmp_path, monkeypatch, fake, why):
+    _install(monkeypatch, fake)
+    beams: list[Beam] = []
+    original = TorchReconBackend._run_group
+
+    def spy(self, jobs, iterations, scopes=None, first_pass=0):
+        beams.extend(job.beam for job in jobs)
+        return original(self, jobs, iterations, scopes, first_pass)
+
+    monkeypatch.setattr(TorchReconBackend, "_run_group", spy)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                         headers=AUTH).json()["session_id"]
+            assert _chunk(c, pusher, sid, 0)
+            _idle(c, sid)
+            assert _chunk(c, pusher, sid, 1)
+            probe = wait_until(lambda: (p := _idle(c, sid)).get("refinement") and p, timeout=30)
+            assert _chunk(c, pusher, sid, 2)
+            status = _status(c, sid)
+        with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+            stored = json.loads(f.attrs["probe"])
+    finally:
+        pusher.close()
+    assert probe["refinement"]["state"] == "failed" and why in probe["refinement"]["error"], probe
+    assert probe["defocus_nm"] == RETRIEVED_DEFOCUS and probe["refinements"] == 0 and probe["state"] == "done"
+    assert probe["history"][-1]["state"] == "failed" and why in probe["history"][-1]["error"]
+    assert stored["defocus_nm"] == RETRIEVED_DEFOCUS and stored["refinement"]["state"] == "failed"
+    assert status["state"] == "done" and all(b.defocus_nm == RETRIEVED_DEFOCUS for b in beams[-1:]), "the last chunk used the probe kept"
+
+
+def test_the_gradient_refiner_refines_from_the_probe_in_use_and_reports_like_a_retrieval():
+    rng = np.random.default_rng(1)
+    beam = Beam(60_000.0, 33.0, 16, 6.0, 2.0, 1.0, 30.0, 1.0)
+    refiner = GradientRefiner({"passes": 4, "max_positions": 8, "refinement": {"passes_per_block": 2, "steps_per_block": 2}}, "cpu")
+    patterns = rng.poisson(50, (12, 16, 16)).astype(np.float32)
+    paused = []
+    new, report = refiner(patterns, rng.uniform(0.0, 0.3, (12, 2)), beam, (0.0, 0.0, 0.3, 0.3), lambda: paused.append(1))
+    assert report["positions_used"] == 8 and report["frames"] == 12 and report["evaluations"] == 1 and np.isfinite(report["loss"])
+    assert new != beam and abs(new.defocus_nm - 2.0) < 1.0, "a few small Adam steps from the probe in use"
+    assert (new.energy_ev, new.convergence_mrad, new.detector_pixels) == (beam.energy_ev, beam.convergence_mrad, 16)
+    assert len(paused) >= 3, "it pauses between its blocks for the decisions"
+    with pytest.raises(ValueError):
+        GradientRefiner({"passes_per_blok": 2})
