@@ -373,6 +373,7 @@ class SessionManager(StreamHandling):
         with self.lock:
             s = self.sessions.get(sid)
             if s is not None:
+                report = _landed(report, s.frames_received)
                 s.probe = None if report.get("state") == "dropped" else retrieval_status(report)
                 if beam is not None:
                     s.retrieved_beam = beam
@@ -396,7 +397,7 @@ class SessionManager(StreamHandling):
         with self.lock:
             s = self.sessions.get(sid)
             if s is not None and s.probe is not None:
-                s.probe = refinement_status(s.probe, report)
+                s.probe = refinement_status(s.probe, _landed(report, s.frames_received))
                 if beam is not None:
                     s.retrieved_beam = beam
                 if report.get("state") in ("done", "failed"):
@@ -408,7 +409,7 @@ class SessionManager(StreamHandling):
                 return
             f = self.finished.get(sid)
             if f is not None and f.summary.get("probe") is not None:
-                f.summary["probe"] = refinement_status(f.summary["probe"], report)
+                f.summary["probe"] = refinement_status(f.summary["probe"], _landed(report, f.summary.get("frames_received")))
                 if self.on_change is not None:
                     self.on_change()
 
@@ -474,3 +475,9 @@ class SessionManager(StreamHandling):
                 s.notify()
                 s.store.close()
 
+
+def _landed(report: dict, frames_received: int | None) -> dict:
+    """``report`` of a probe job that ended (done or failed) with ``landed_frames``: the session's frames when it came."""
+    if report.get("state") in ("done", "failed") and frames_received is not None:
+        return {**report, "landed_frames": int(frames_received)}
+    return report

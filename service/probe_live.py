@@ -22,8 +22,10 @@ ABERRATION_KEYS = ("defocus_nm", "astigmatism_nm", "astigmatism_angle_deg", "cs_
 
 
 def history_entry(kind: str, report: dict[str, Any]) -> dict[str, Any]:
-    """One ``history`` entry: kind (retrieval or refinement), state, frames, and for a done job its aberrations, loss, seconds."""
-    entry: dict[str, Any] = {"kind": kind, "state": report.get("state"), "frames": report.get("frames")}
+    """One ``history`` entry: kind (retrieval or refinement), state, frames (the session's when the job was queued: those it
+    used), landed_frames (the session's when its outcome came: from then on it was used), and for a done job its aberrations, loss, seconds."""
+    entry: dict[str, Any] = {"kind": kind, "state": report.get("state"), "frames": report.get("frames"),
+                             "landed_frames": report.get("landed_frames")}
     if report.get("state") == "done":
         entry |= {k: report[k] for k in (*ABERRATION_KEYS, "loss", "positions_used", "seconds") if k in report}
     else:

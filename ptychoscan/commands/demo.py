@@ -93,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':>19}the service's converged reconstruction with its retrieved probe (defocus {o.probe['defocus_nm']:.2f} nm, "
                   f"astigmatism {o.probe['astigmatism_nm']:.2f} nm at {o.probe['astigmatism_angle_deg']:.0f} deg, Cs {o.probe['cs_um']:.2f} um): "
                   f"SSIM {s['ssim']:.3f}, Pearson r {s['pearson_r']:.3f}")
+        if o.live is not None:
+            print(f"{'':>19}the service's live final reconstruction: SSIM {o.live['ssim']:.3f}, Pearson r {o.live['pearson_r']:.3f}")
+        for h in (o.probe or {}).get("history", []):
+            what = (f"defocus {h['defocus_nm']:.2f} nm, astigmatism {h['astigmatism_nm']:.2f} nm at {h['astigmatism_angle_deg']:.0f} deg, "
+                    f"Cs {h['cs_um']:.2f} um" if h.get("state") == "done" else f"failed: {h.get('error')}")
+            print(f"{'':>19}probe {h['kind']} on {h.get('frames')} frames, in use from frame {h.get('landed_frames')}: {what}")
         if o.service_converged is not None and o.positions_corrected is not None:
             s, m = o.service_converged, o.positions_corrected
             print(f"{'':>19}the service's converged reconstruction with corrected positions (rms shift {m['rms_shift_nm']:.4f} nm, "
