@@ -143,6 +143,12 @@ def prepare_specimen(config: ClosedLoopConfig) -> tuple[Path, Dataset4D]:
     return path, dataset
 
 
+def service_args(port: int, storage: Path, key: str, detector: str) -> list[str]:
+    """``ptychoscan serve`` arguments of the demo's service. The key goes as ``--api-key=KEY``: a random URL-safe key
+    starting with '-' (1 in 32) was taken for an option and the service did not start."""
+    return ["serve", "--port", str(port), "--storage", str(storage), f"--api-key={key}", "--detector", detector, "--log-level", "warning"]
+
+
 def fov_of(dataset: Dataset4D) -> tuple[float, float, float, float]:
     """(x0, y0, width, height) in nm spanned by a dataset's positions."""
     lo, hi = dataset.positions_nm.min(axis=0), dataset.positions_nm.max(axis=0)
@@ -175,8 +181,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
     storage.mkdir(exist_ok=True)
     service_url = f"http://127.0.0.1:{service_port}"
     detector_url = f"http://127.0.0.1:{detector_rest}"
-    serve_args = ["serve", "--port", str(service_port), "--storage", str(storage), "--api-key", key,
-                  "--detector", f"tcp://127.0.0.1:{zmq_port}", "--log-level", "warning"]
+    serve_args = service_args(service_port, storage, key, f"tcp://127.0.0.1:{zmq_port}")
     if config.policy_checkpoint is not None:
         serve_args += ["--policy", str(config.policy_checkpoint)]
     # Deadline off: with it, how far the intermediate reconstructions (the policy's input, the final one's
