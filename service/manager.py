@@ -386,7 +386,7 @@ class SessionManager(StreamHandling):
                 return
             f = self.finished.get(sid)
             if f is not None and report.get("state") != "dropped":
-                f.summary["probe"] = retrieval_status(report)
+                f.summary["probe"] = retrieval_status(_landed(report, f.summary.get("frames_received")))
                 if self.on_change is not None:
                     self.on_change()
 

@@ -11,11 +11,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector_stream.endpoints import check_endpoint
 
-FIRST_RETRIEVAL: dict[str, Any] = {"refine_evaluations": 40}
+FIRST_RETRIEVAL: dict[str, Any] = {
+    "defocus_step_nm": 4.0,
+    "astigmatism_magnitudes_nm": (2.0, 4.0),
+    "astigmatism_angles": 3,
+    "refine_evaluations": 20,
+}
 """The service's first probe retrieval of a live session (``recon.probe_retrieval.RetrievalOptions`` fields; the rest its
-defaults): the full grids and 40 Nelder-Mead evaluations instead of 80 (79 short reconstructions instead of 119), so that it
-lands while the scan still runs; measured on 50 frames of MoS2 closed-loop scans: 20 % less CPU than the full search, as
-close to the true aberrations (bench/RESULTS.md, issue 16, live refinement). The refinements go on from it."""
+defaults): a coarse search (11 defocus values, 6 astigmatism points, 20 Nelder-Mead evaluations: 37 short reconstructions
+instead of 119, a third of the CPU) so that it lands while the scan still runs: on 2 CPU cores, queued at 50 frames of a
+500-position MoS2 closed-loop scan, it came into use at frame 200, where the full search came after the scan
+(bench/RESULTS.md, issue 16, live refinement). It is coarser (defocus 0.2-1.3 nm off, Cs 1.6-2.8 um off there); the
+refinements that follow correct it."""
 
 PROBE_REFINEMENT: dict[str, Any] = {
     "global_search": False,
@@ -112,13 +119,13 @@ class ServiceSettings(BaseSettings):
         "and can be made by hand with ptychoscan reconstruct FILE --converged",
     )
     probe_retrieval_frames: int = Field(
-        100, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
+        50, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
     )
     probe_retrieval: dict[str, Any] = Field(
         default_factory=lambda: dict(FIRST_RETRIEVAL),
         description="the first probe retrieval's recon.probe_retrieval.RetrievalOptions fields (e.g. {\"refine_evaluations\": 40}); "
-        "default: a coarse search (defocus -20..20 nm step 4, |C12| 2 and 4 nm x 3 angles, 20 Nelder-Mead evaluations, 128 "
-        "central positions: 37 short reconstructions); {} for RetrievalOptions' full defaults (119)",
+        "default FIRST_RETRIEVAL: a coarse search (defocus -20..20 nm step 4, |C12| 2 and 4 nm x 3 angles, 20 Nelder-Mead "
+        "evaluations: 37 short reconstructions), refined later; {} for RetrievalOptions' full search (119)",
     )
     probe_refinement_frames: int | None = Field(
         150, ge=1, description="after the first retrieval, refine a session's probe each time this many more of its frames are in "
