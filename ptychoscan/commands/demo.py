@@ -40,6 +40,8 @@ def register(subparsers) -> None:
                    help="the microscope's linear scan distortion (default none; 0.01 0 0 0.01: a 1 %% scale error)")
     p.add_argument("--position-correction", action="store_true",
                    help="the sessions ask the service to correct the positions in its converged reconstruction (its scores printed)")
+    p.add_argument("--frame-time", type=float, default=None, metavar="SECONDS",
+                   help="the detector's frame time (dwell), s (default 0.001)")
     p.add_argument("--hold", type=float, default=None, metavar="SECONDS",
                    help="keep the service up this long after the scans, to look at its live view (default 0; the URL is printed)")
     p.set_defaults(func=run)
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "strategies": tuple(args.strategies) if args.strategies else None,
         "policy_checkpoint": args.policy,
         "hold_s": args.hold,
+        "frame_time_s": args.frame_time,
         "probe": args.probe,
         "scan_errors": None if args.jitter_nm is None and args.scan_distortion is None else
         {"jitter_nm": args.jitter_nm or 0.0, "distortion": tuple(args.scan_distortion or (0.0, 0.0, 0.0, 0.0))},
