@@ -7,10 +7,12 @@ astigmatism nm, angle deg, Cs um), and runs on them, as the service would:
 - the first retrieval on the first ``--first`` frames, with the full default search
   (``RetrievalOptions()``) and with the service's cheaper first stage
   (``service.settings.FIRST_RETRIEVAL``);
-- a refinement on all the frames from the cheap first estimate: the service's local
-  Nelder-Mead (``service.settings.PROBE_REFINEMENT``) and, for comparison,
+- a refinement on the frames from the coarse first estimate: the local Nelder-Mead
+  (``service.settings.PROBE_REFINEMENT``, ``probe_refinement_method: nelder-mead``) and
   ``recon.probe_refinement.reconstruct_refining_aberrations`` (object passes alternating
-  with Adam steps on the coefficients).
+  with Adam steps on the coefficients every 5 passes, over the positions nearest the
+  field's centre: the service's default ``gradient`` refinement with ``--adam-passes 20
+  --adam-positions 256``).
 
 Prints one table row per (file, method): wall and CPU seconds, the aberrations and their
 errors against the truth (defocus, |C12 - C12 true| as complex numbers, Cs).
