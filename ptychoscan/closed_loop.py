@@ -89,6 +89,8 @@ class StrategyOutcome:
     """The session's probe as the service reports it (source nominal or retrieved, and the aberrations)."""
     positions_corrected: dict | None = None
     """How the service's converged reconstruction moved the positions (``position_correction``), None if it did not."""
+    live: dict | None = None
+    """Scores (``policy.scores.score_against_truth``) of the service's own final live reconstruction (``ssim`` is its SSIM)."""
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
@@ -141,6 +143,12 @@ def prepare_specimen(config: ClosedLoopConfig) -> tuple[Path, Dataset4D]:
     return path, dataset
 
 
+def service_args(port: int, storage: Path, key: str, detector: str) -> list[str]:
+    """``ptychoscan serve`` arguments of the demo's service. The key goes as ``--api-key=KEY``: a random URL-safe key
+    starting with '-' (1 in 32) was taken for an option and the service did not start."""
+    return ["serve", "--port", str(port), "--storage", str(storage), f"--api-key={key}", "--detector", detector, "--log-level", "warning"]
+
+
 def fov_of(dataset: Dataset4D) -> tuple[float, float, float, float]:
     """(x0, y0, width, height) in nm spanned by a dataset's positions."""
     lo, hi = dataset.positions_nm.min(axis=0), dataset.positions_nm.max(axis=0)
@@ -173,8 +181,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
     storage.mkdir(exist_ok=True)
     service_url = f"http://127.0.0.1:{service_port}"
     detector_url = f"http://127.0.0.1:{detector_rest}"
-    serve_args = ["serve", "--port", str(service_port), "--storage", str(storage), "--api-key", key,
-                  "--detector", f"tcp://127.0.0.1:{zmq_port}", "--log-level", "warning"]
+    serve_args = service_args(service_port, storage, key, f"tcp://127.0.0.1:{zmq_port}")
     if config.policy_checkpoint is not None:
         serve_args += ["--policy", str(config.policy_checkpoint)]
     # Deadline off: with it, how far the intermediate reconstructions (the policy's input, the final one's
@@ -210,6 +217,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
             session_id = result["session_id"]
             status = httpx.get(f"{service_url}/api/v1/sessions/{session_id}", timeout=10).json()
             live_potential, live_grid = _fetch_reconstruction(service_url, session_id)
+            live_scores = _scores(live_potential, live_grid, dataset, fov)
             positions = _session_positions(storage / f"{session_id}.h5")
             converged, potential, grid = converged_scores(storage / f"{session_id}.h5", dataset, fov)
             service_converged = None
@@ -230,6 +238,7 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
                     service_converged=service_converged,
                     probe=status.get("probe"),
                     positions_corrected=(status.get("converged_reconstruction") or {}).get("positions"),
+                    live=live_scores,
                 )
             )
         if config.hold_s > 0:
@@ -238,6 +247,12 @@ def run_closed_loop(config: ClosedLoopConfig) -> tuple[Dataset4D, list[StrategyO
             with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(config.hold_s)
     return dataset, outcomes
+
+
+def _scores(potential: np.ndarray, grid: ObjectGrid, dataset: Dataset4D, fov) -> dict:
+    from policy.scores import score_against_truth
+
+    return score_against_truth(potential, grid, dataset.ground_truth, fov)
 
 
 def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict, np.ndarray, ObjectGrid]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,11 +68,13 @@ def reconstruct_refining_aberrations(
     refinement: ProbeRefinementOptions | None = None,
     passes: int | None = None,
     device=None,
+    between: Callable[[], None] | None = None,
 ) -> RefinementResult:
     """Reconstruct one scan for ``passes`` (default ``options.iterations``) passes, refining the probe's aberrations.
 
     ``options`` are the engine's (``detector_binning`` must be 1: the coefficients' loss models a K x K far field);
-    energy in eV, convergence semi-angle in mrad; ``start`` the aberrations to begin with (nominal or retrieved).
+    energy in eV, convergence semi-angle in mrad; ``start`` the aberrations to begin with (nominal or retrieved);
+    ``between`` is called before each block of passes and each probe update (a service pauses there; it may raise to stop).
     """
     if options.detector_binning != 1:
         raise ValueError("probe refinement models a K x K far field: use detector_binning 1")
@@ -87,6 +90,8 @@ def reconstruct_refining_aberrations(
     result = None
     while done < total:
         block = min(refinement.passes_per_block, total - done)
+        if between is not None:
+            between()
         probe = model.probe(coefficients).detach()
         (result,) = Reconstructor(probe, options, device).reconstruct([chunk], init=[potential], iterations=block, first_pass=done)
         if result.loss_history and not math.isfinite(result.loss_history[-1]):
@@ -94,6 +99,8 @@ def reconstruct_refining_aberrations(
         potential = result.potential
         done += block
         if done < total:
+            if between is not None:
+                between()
             coefficients = model.refine(coefficients, potential)
             history.append(model.unpack(coefficients))
     return RefinementResult(result, model.unpack(coefficients), history, time.perf_counter() - wall)

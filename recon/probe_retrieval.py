@@ -13,6 +13,10 @@ on the first chunk of a sparse adaptive scan. The search runs in three stages:
 2. astigmatism on a polar grid (magnitudes x angles) at that defocus;
 3. Nelder-Mead over (defocus, C12a, C12b, Cs) from the best point so far, C12a/C12b being
    the Cartesian astigmatism |C12| (cos 2 phi12, sin 2 phi12), continuous where the angle wraps.
+
+With ``global_search`` off, stages 1 and 2 are skipped: the starting aberrations are
+scored first and stage 3 searches around them (a refinement of an earlier estimate on
+more positions; it never returns a point that scored worse than its start).
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class RetrievalOptions(BaseModel):
         (1.0, 1.0, 2.0), description="stage 3: initial simplex steps: defocus and astigmatism (nm), Cs (um)"
     )
     seed: int = Field(0, description="seed of the random position subset")
+    global_search: bool = Field(
+        True, description="run stages 1 and 2 (the defocus and astigmatism grids); off: score the start, then only stage 3 around it"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalOptions:
@@ -125,6 +132,11 @@ def retrieve_aberrations(
         evaluations.append((aberrations, loss))
         return loss
 
+    if not options.global_search:
+        best, best_loss = start, loss_of(start)
+        if options.refine_evaluations > 0 and math.isfinite(best_loss):
+            best, best_loss = _refine(best, loss_of, evaluations, options)
+        return RetrievalResult(best, best_loss, evaluations, len(sub.positions_nm), time.perf_counter() - wall, time.process_time() - cpu)
     # stage 1: defocus
     lo, hi = options.defocus_range_nm
     grid = np.arange(lo, hi + 0.5 * options.defocus_step_nm, options.defocus_step_nm)

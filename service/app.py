@@ -35,11 +35,12 @@ from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.models import AskResponse, SessionCreate, TellRequest, TellResponse
 from service.png import field_view, grey_png
-from service.probe_job import ProbeRetriever, probe_job
+from service.probe_gradient import GradientRefiner
+from service.probe_job import ProbeRetriever, StagedRetriever, probe_job, refinement_job
 from service.problems import Problem, document_problems, install_problem_handlers, problem_responses
 from service.responses import Health, Readiness, Reconstruction, SessionList, SessionStatus
 from service.scheduler import Scheduler
-from service.settings import ServiceSettings
+from service.settings import PROBE_REFINEMENT, ServiceSettings
 from service.spec import SessionSpec
 from service.store import storage_writable
 
@@ -119,7 +120,10 @@ class Service:
         self.background = BackgroundWorker(self._deciding)
         """probe retrievals and converged reconstructions, between decisions (``service.background``)."""
         self.retrieve_probe = ProbeRetriever(settings.probe_retrieval, settings.device)
+        self.refine_probe = (GradientRefiner(settings.probe_refinement, settings.device) if settings.probe_refinement_method == "gradient"
+                             else ProbeRetriever(PROBE_REFINEMENT | settings.probe_refinement, settings.device))
         self.manager.on_probe_wanted = self._queue_probe
+        self.manager.on_probe_refinement_wanted = self._queue_probe_refinement
         if settings.recon_converged and hasattr(self.backend, "converged"):
             self.manager.on_done = self._queue_converged
         forwarder = None
@@ -142,6 +146,13 @@ class Service:
         patterns, positions = s.measured_frames()
         self.background.submit(probe_job(s.session_id, patterns, positions, s.spec.beam, s.fov, self.retrieve_probe, self.manager.note_probe))
 
+    def _queue_probe_refinement(self, s) -> bool:
+        """A live session's probe refinement (lock held), from the probe in use on all its frames so far (copied now)."""
+        patterns, positions = s.measured_frames()
+        job = refinement_job(s.session_id, patterns, positions, s.beam, s.fov, self.refine_probe, self.settings.probe_refinement_max_change,
+                             self.manager.note_probe_refinement)
+        return self.background.submit(job)
+
     def _queue_converged(self, finished) -> None:
         """A done session's converged reconstruction (lock held); which probe it uses is decided when it runs."""
         sid = finished.session_id
@@ -154,7 +165,7 @@ class Service:
                                         correct_positions=spec.correct_positions)
             return ConvergedRequest(sid, finished.path, spec.beam, spec.fov, retrieve=spec.retrieve_probe, correct_positions=spec.correct_positions)
 
-        job = converged_job(request, self.backend.converged, self.manager.note_converged, self.retrieve_probe)
+        job = converged_job(request, self.backend.converged, self.manager.note_converged, StagedRetriever(self.retrieve_probe, self.refine_probe))
         if self.background.submit(job):
             self.manager.note_converged(sid, {"state": "queued"})
 

@@ -24,6 +24,7 @@ from service.manager_stream import StreamHandling
 from service.metrics import ServiceMetrics
 from service.planner import Planners
 from service.prefault import Prefaulter
+from service.probe_live import refinement_due, refinement_status, retrieval_status
 from service.restore import load_sessions
 from service.routing import Buffered, FrameRouter, Key
 from service.session import Binding, Session, SessionState
@@ -69,6 +70,9 @@ class SessionManager(StreamHandling):
         self.on_probe_wanted = None
         """callback(Session) when a session's probe retrieval is due (``Session.wants_probe_retrieval``), lock held, must not
         block: the retrieval is queued."""
+        self.on_probe_refinement_wanted = None
+        """callback(Session) when a session's probe refinement is due (``service.probe_live.refinement_due``), lock held, must
+        not block: the refinement is queued (and False returned if it could not be)."""
         self.on_done = None
         """callback(FinishedSession) when a session ends done (and for each done one restored without its converged
         reconstruction), lock held, must not block: the converged reconstruction is queued."""
@@ -354,6 +358,13 @@ class SessionManager(StreamHandling):
             if self.on_probe_wanted is not None and s.wants_probe_retrieval(self.settings.probe_retrieval_frames):
                 s.probe = {"state": "queued"}
                 self.on_probe_wanted(s)
+            elif self.on_probe_refinement_wanted is not None and refinement_due(
+                s.probe, s.frames_received, self.settings.probe_refinement_frames, self.settings.probe_refinements_max
+            ):
+                previous = s.probe
+                s.probe = refinement_status(s.probe, {"state": "queued", "frames": s.frames_received})
+                if not self.on_probe_refinement_wanted(s):
+                    s.probe = previous
             s.notify()
 
     def note_probe(self, sid: str, beam, report: dict) -> None:
@@ -362,7 +373,8 @@ class SessionManager(StreamHandling):
         with self.lock:
             s = self.sessions.get(sid)
             if s is not None:
-                s.probe = None if report.get("state") == "dropped" else report
+                report = _landed(report, s.frames_received)
+                s.probe = None if report.get("state") == "dropped" else retrieval_status(report)
                 if beam is not None:
                     s.retrieved_beam = beam
                 if report.get("state") in ("done", "failed"):
@@ -374,7 +386,30 @@ class SessionManager(StreamHandling):
                 return
             f = self.finished.get(sid)
             if f is not None and report.get("state") != "dropped":
-                f.summary["probe"] = report
+                f.summary["probe"] = retrieval_status(_landed(report, f.summary.get("frames_received")))
+                if self.on_change is not None:
+                    self.on_change()
+
+    def note_probe_refinement(self, sid: str, beam, report: dict) -> None:
+        """Record a probe refinement's progress (``service.probe_job.refinement_job``'s callback): the status's ``probe``
+        (``service.probe_live.refinement_status``), the session's beam once refined, its file once done or failed. A session
+        that ended meanwhile gets it in its summary (its converged reconstruction, queued after, uses it)."""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is not None and s.probe is not None:
+                s.probe = refinement_status(s.probe, _landed(report, s.frames_received))
+                if beam is not None:
+                    s.retrieved_beam = beam
+                if report.get("state") in ("done", "failed"):
+                    try:
+                        s.store.set_probe(s.probe)
+                    except StoreError as err:  # the session goes on with the probe in memory
+                        log.error("%s", err)
+                s.notify()
+                return
+            f = self.finished.get(sid)
+            if f is not None and f.summary.get("probe") is not None:
+                f.summary["probe"] = refinement_status(f.summary["probe"], _landed(report, f.summary.get("frames_received")))
                 if self.on_change is not None:
                     self.on_change()
 
@@ -440,3 +475,9 @@ class SessionManager(StreamHandling):
                 s.notify()
                 s.store.close()
 
+
+def _landed(report: dict, frames_received: int | None) -> dict:
+    """``report`` of a probe job that ended (done or failed) with ``landed_frames``: the session's frames when it came."""
+    if report.get("state") in ("done", "failed") and frames_received is not None:
+        return {**report, "landed_frames": int(frames_received)}
+    return report

@@ -53,8 +53,8 @@ class SessionCreate(BaseModel):
     probe: Literal["nominal", "retrieve"] = Field(
         "nominal",
         description="nominal: the probe these beam fields make; retrieve: starting from them, the service retrieves defocus, astigmatism and Cs "
-        "from the first probe_retrieval_positions positions' patterns (in the background, between decisions) and reconstructs with that probe "
-        "from then on; the status reports it",
+        "from the first probe_retrieval_frames frames' patterns (in the background, between decisions), reconstructs with that probe "
+        "from then on and refines it every probe_refinement_frames further frames; the status reports it and its history",
     )
     position_correction: bool = Field(
         False,

@@ -58,16 +58,32 @@ class ProbeRetriever:
         result = retrieve_aberrations(chunk, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, start=beam.aberrations,
                                       options=self.options, device=device, between=pause)
         if not math.isfinite(result.loss):
-            raise RuntimeError(f"probe retrieval: no evaluation converged (best loss {result.loss}); keeping the nominal probe")
+            raise RuntimeError(f"probe retrieval: no evaluation converged (best loss {result.loss}); keeping the probe in use")
         report = {
             "source": "retrieved",
             **result.aberrations.model_dump(),
             "loss": result.loss,
             "positions_used": result.positions_used,
+            "frames": len(positions),
             "evaluations": len(result.evaluations),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return beam.with_aberrations(result.aberrations), report
+
+
+class StagedRetriever:
+    """A retrieval in the service's two stages at once: the first (coarse) retrieval, then one refinement from it on the same
+    frames (for a session that ended before its live retrieval: its converged reconstruction retrieves the probe so)."""
+
+    def __init__(self, first: RetrieveProbe, refine: RetrieveProbe) -> None:
+        self.first, self.refine = first, refine
+
+    def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
+                 pause: Callable[[], None]) -> tuple[Beam, dict]:
+        coarse, first = self.first(patterns, positions, beam, fov_nm, pause)
+        refined, report = self.refine(patterns, positions, coarse, fov_nm, pause)
+        return refined, {**report, "evaluations": first["evaluations"] + report["evaluations"],
+                         "seconds": round(first["seconds"] + report["seconds"], 3)}
 
 
 def probe_job(
@@ -102,3 +118,49 @@ def probe_job(
         on_result(session_id, new_beam, {"state": "done", **report})
 
     return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}))
+
+
+def refinement_job(
+    session_id: str,
+    patterns: np.ndarray,
+    positions: np.ndarray,
+    beam: Beam,
+    fov_nm: tuple[float, float, float, float],
+    refine: RetrieveProbe,
+    max_change: tuple[float, float, float],
+    on_result: Callable[[str, Beam | None, dict], None],
+) -> BackgroundJob:
+    """The urgent background job refining a live session's probe (``beam``: the one in use) on ``patterns`` at ``positions``.
+
+    ``on_result(session id, beam or None, status)``: ``running``; ``done`` with the refined
+    beam; ``failed`` (beam None, with ``error``) if the refinement raised, or if it moved
+    defocus, |C12 - C12 before| or Cs by more than ``max_change`` (nm, nm, um): a jump
+    that large from a local search is a divergence, not a refinement; ``dropped`` (beam
+    None) if the service stops first. Same key as the retrieval: one probe job per session.
+    """
+
+    def work(pause: Callable[[], None]) -> None:
+        on_result(session_id, None, {"state": "running", "frames": len(positions)})
+        try:
+            new_beam, report = refine(patterns, positions, beam, fov_nm, pause)
+            moved = aberration_change(beam, new_beam)
+            if any(m > limit for m, limit in zip(moved, max_change, strict=True)):
+                raise RuntimeError(f"diverged: moved defocus {moved[0]:.2f} nm, astigmatism {moved[1]:.2f} nm, Cs {moved[2]:.2f} um in one "
+                                   f"refinement (at most {max_change[0]:g} nm, {max_change[1]:g} nm, {max_change[2]:g} um); keeping the probe in use")
+        except Stopped:
+            raise
+        except Exception as err:  # the session keeps the probe in use; its status says why
+            log.warning("probe refinement of %s failed: %s", session_id, err)
+            on_result(session_id, None, {"state": "failed", "frames": len(positions), "error": f"{type(err).__name__}: {err}"})
+            return
+        log.info("probe of %s refined on %d positions in %.1f s: %s", session_id, report["positions_used"], report["seconds"], new_beam.aberrations)
+        on_result(session_id, new_beam, {**report, "state": "done", "frames": len(positions)})
+
+    return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}))
+
+
+def aberration_change(before: Beam, after: Beam) -> tuple[float, float, float]:
+    """(|defocus change| nm, |C12 after - C12 before| nm as complex numbers, |Cs change| um) between two beams."""
+    a, b = before.aberrations, after.aberrations
+    (a1, a2), (b1, b2) = a.astigmatism_cartesian_nm, b.astigmatism_cartesian_nm
+    return abs(b.defocus_nm - a.defocus_nm), math.hypot(b1 - a1, b2 - a2), abs(b.cs_um - a.cs_um)

@@ -87,7 +87,9 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
     s = Session(st.session_id, st.params, planner, store, state=SessionState(st.state), error=st.error, created_unix=st.created_unix)
     s.positions_issued = st.positions_issued
     if st.probe is not None and st.probe.get("state") in ("done", "failed"):  # a retrieval queued or running when it stopped runs again
-        s.probe = dict(st.probe)
+        s.probe = dict(st.probe)  # with its refinements (the aberrations are the latest refined ones) and their history
+        if (s.probe.get("refinement") or {}).get("state") in ("queued", "running"):  # one in flight is due again, from the frames
+            s.probe.pop("refinement")
         if st.probe.get("state") == "done":
             s.retrieved_beam = s.spec.beam.with_reported(st.probe)
     s.positions_measured = np.array(st.positions_measured, dtype=np.float64)

@@ -11,6 +11,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from detector_stream.endpoints import check_endpoint
 
+FIRST_RETRIEVAL: dict[str, Any] = {
+    "defocus_step_nm": 4.0,
+    "astigmatism_magnitudes_nm": (2.0, 4.0),
+    "astigmatism_angles": 3,
+    "refine_evaluations": 20,
+}
+"""The service's first probe retrieval of a live session (``recon.probe_retrieval.RetrievalOptions`` fields; the rest its
+defaults): a coarse search (11 defocus values, 6 astigmatism points, 20 Nelder-Mead evaluations: 37 short reconstructions
+instead of 119, a third of the CPU) so that it lands while the scan still runs: on 2 CPU cores, queued at 50 frames of a
+500-position MoS2 closed-loop scan, it came into use at frame 200, where the full search came after the scan
+(bench/RESULTS.md, issue 16, live refinement). It is coarser (defocus 0.2-1.3 nm off, Cs 1.6-2.8 um off there); the
+refinements that follow correct it."""
+
+PROBE_REFINEMENT: dict[str, Any] = {
+    "global_search": False,
+    "max_positions": 512,
+    "refine_evaluations": 20,
+    "refine_steps": (0.5, 0.5, 1.0),
+}
+"""A live session's probe refinement with ``probe_refinement_method: nelder-mead`` (``RetrievalOptions`` fields, under
+``probe_refinement``'s): the probe in use scored on (up to 512 of) the positions so far, then 20 Nelder-Mead evaluations
+around it with steps of 0.5 nm, 0.5 nm and 1 um."""
+
 
 class ServiceSettings(BaseSettings):
     """Everything ``ptychoscan serve`` can be told. Lists come from env as JSON (``PTYCHOSCAN_API_KEYS='["k"]'``)."""
@@ -96,12 +119,31 @@ class ServiceSettings(BaseSettings):
         "and can be made by hand with ptychoscan reconstruct FILE --converged",
     )
     probe_retrieval_frames: int = Field(
-        100, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
+        50, ge=4, description="a session with probe: retrieve has its probe retrieved once this many of its frames are in (or its whole budget)"
     )
     probe_retrieval: dict[str, Any] = Field(
-        default_factory=dict,
-        description="recon.probe_retrieval.RetrievalOptions fields (e.g. {\"refine_evaluations\": 40}); default: its defaults "
-        "(256 central positions, defocus -20..20 nm step 2, astigmatism grid, 80 Nelder-Mead evaluations)",
+        default_factory=lambda: dict(FIRST_RETRIEVAL),
+        description="the first probe retrieval's recon.probe_retrieval.RetrievalOptions fields (e.g. {\"refine_evaluations\": 40}); "
+        "default FIRST_RETRIEVAL: a coarse search (defocus -20..20 nm step 4, |C12| 2 and 4 nm x 3 angles, 20 Nelder-Mead "
+        "evaluations: 37 short reconstructions), refined later; {} for RetrievalOptions' full search (119)",
+    )
+    probe_refinement_frames: int | None = Field(
+        150, ge=1, description="after the first retrieval, refine a session's probe each time this many more of its frames are in "
+        "(a background job on all its frames so far; None: never)",
+    )
+    probe_refinements_max: int = Field(8, ge=0, description="at most this many refinements per session (done or failed)")
+    probe_refinement_method: Literal["gradient", "nelder-mead"] = Field(
+        "gradient", description="how a refinement searches: gradient (a short reconstruction of the 256 positions nearest the field's "
+        "centre, 20 passes, Adam steps on the coefficients every 5: service.probe_gradient) or nelder-mead (a local simplex search "
+        "around the probe in use, each point scored by a short reconstruction); measured on MoS2, gradient got closer per CPU second",
+    )
+    probe_refinement: dict[str, Any] = Field(
+        default_factory=dict, description="options of the refinements: service.probe_gradient.GradientRefinementOptions fields "
+        "(gradient; e.g. {\"passes\": 30}) or recon.probe_retrieval.RetrievalOptions fields over PROBE_REFINEMENT's (nelder-mead)",
+    )
+    probe_refinement_max_change: tuple[float, float, float] = Field(
+        (3.0, 3.0, 10.0), description="a refinement moving defocus (nm), |C12| as a complex number (nm) or Cs (um) by more than this "
+        "is a divergence: it fails and the probe in use stays",
     )
     torch_threads: int = Field(2, ge=1, description="torch CPU threads of the compute worker")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda")

@@ -155,3 +155,13 @@ def test_the_demo_holds_its_service_up_for_the_live_view_on_request(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_demo_service_starts_with_a_key_that_begins_with_a_dash(tmp_path):
+    """Regression: the demo passed its random key as ``--api-key KEY``; a URL-safe key starting with '-' (1 in 32) was
+    read as an option and ``serve`` exited with 'expected one argument'."""
+    from ptychoscan.cli import build_parser
+    from ptychoscan.closed_loop import service_args
+
+    args = build_parser().parse_args(service_args(8000, tmp_path, "-Abc_def", "tcp://127.0.0.1:5555"))
+    assert args.api_keys == ["-Abc_def"]

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
                    help="the microscope's linear scan distortion (default none; 0.01 0 0 0.01: a 1 %% scale error)")
     p.add_argument("--position-correction", action="store_true",
                    help="the sessions ask the service to correct the positions in its converged reconstruction (its scores printed)")
+    p.add_argument("--frame-time", type=float, default=None, metavar="SECONDS",
+                   help="the detector's frame time (dwell), s (default 0.001)")
     p.add_argument("--hold", type=float, default=None, metavar="SECONDS",
                    help="keep the service up this long after the scans, to look at its live view (default 0; the URL is printed)")
     p.set_defaults(func=run)
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "strategies": tuple(args.strategies) if args.strategies else None,
         "policy_checkpoint": args.policy,
         "hold_s": args.hold,
+        "frame_time_s": args.frame_time,
         "probe": args.probe,
         "scan_errors": None if args.jitter_nm is None and args.scan_distortion is None else
         {"jitter_nm": args.jitter_nm or 0.0, "distortion": tuple(args.scan_distortion or (0.0, 0.0, 0.0, 0.0))},
@@ -93,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'':>19}the service's converged reconstruction with its retrieved probe (defocus {o.probe['defocus_nm']:.2f} nm, "
                   f"astigmatism {o.probe['astigmatism_nm']:.2f} nm at {o.probe['astigmatism_angle_deg']:.0f} deg, Cs {o.probe['cs_um']:.2f} um): "
                   f"SSIM {s['ssim']:.3f}, Pearson r {s['pearson_r']:.3f}")
+        if o.live is not None:
+            print(f"{'':>19}the service's live final reconstruction: SSIM {o.live['ssim']:.3f}, Pearson r {o.live['pearson_r']:.3f}")
+        for h in (o.probe or {}).get("history", []):
+            what = (f"defocus {h['defocus_nm']:.2f} nm, astigmatism {h['astigmatism_nm']:.2f} nm at {h['astigmatism_angle_deg']:.0f} deg, "
+                    f"Cs {h['cs_um']:.2f} um" if h.get("state") == "done" else f"failed: {h.get('error')}")
+            print(f"{'':>19}probe {h['kind']} on {h.get('frames')} frames, in use from frame {h.get('landed_frames')}: {what}")
         if o.service_converged is not None and o.positions_corrected is not None:
             s, m = o.service_converged, o.positions_corrected
             print(f"{'':>19}the service's converged reconstruction with corrected positions (rms shift {m['rms_shift_nm']:.4f} nm, "
