@@ -104,10 +104,15 @@ class StreamHandling:
         f = self.finished.get(session_id)
         verdict = self.router.late(key, idx, "ended" if f is None else str(f.state))
         self.metrics.stream_errors.labels(verdict.kind).inc()
+        self._charge_ended(key[0], session_id, verdict.kind, verdict.detail)
+
+    def _charge_ended(self, endpoint: str, session_id: str, kind: str, detail: str) -> None:
+        """Count a problem of a series retired from ended session ``session_id`` against it (against ``endpoint`` if it is gone)."""
+        f = self.finished.get(session_id)
         if f is not None:
-            f.note_error(verdict.kind, verdict.detail)
+            f.note_error(kind, detail)
         else:
-            self.router.count_endpoint_error(key[0], verdict.kind)
+            self.router.count_endpoint_error(endpoint, kind)
 
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
         """Count ``ev`` by its kind and charge it to its series' session, else hold it for the series' tell or the endpoint."""
@@ -116,6 +121,9 @@ class StreamHandling:
         n = self.router.count_logged(endpoint)
         if n <= 100 or n % 1000 == 0:  # a flood of bad input must not flood the log
             log.warning("stream %s: %s%s", endpoint, ev.reason, f" ({n} problems so far)" if n >= 100 else "")
+        if ev.series is not None and (ended := self.router.retired_to((endpoint, ev.series))) is not None:
+            self._charge_ended(endpoint, ended, kind, f"series {ev.series}: {ev.reason}")  # not held for a later tell of that number
+            return
         key = self.router.error_key(endpoint, ev.series)
         bind = self.router.binding(key) if key is not None else None
         if bind is not None and (s := self.sessions.get(bind.session_id)) is not None:

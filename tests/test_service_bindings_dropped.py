@@ -12,7 +12,8 @@ import time
 import numpy as np
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
-from detector_stream.events import Frame, SeriesEnd, SeriesStart
+from detector_stream.errors import StreamErrorKind
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from service import routing
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
@@ -120,4 +121,18 @@ def test_late_frames_of_a_retired_series_are_not_held_for_a_later_tell(tmp_path)
     second = new_session(m)
     assert m.tell(second, 0, 2, None)[0] == 202
     assert m.sessions[second].frames_received == 0
+    m.close()
+
+
+def test_a_stream_error_of_a_retired_series_is_charged_to_the_ended_session_not_a_later_tell(tmp_path):
+    m = manager(tmp_path)
+    first = new_session(m)
+    assert m.tell(first, 0, 3, None)[0] == 202
+    m.on_events(EP, series(3, frames_for(3, N))[:-2])  # header and all but the last frame, no end
+    m.delete(first)
+    m.on_events(EP, [StreamError("series 3: frame 3 truncated", 3, 3, kind=StreamErrorKind.TRUNCATED)])  # the last frame, late and broken
+    second = new_session(m)
+    assert m.tell(second, 0, 3, None)[0] == 202
+    assert m.sessions[second].counters["truncated"] == 0  # was held for the series' next tell
+    assert m.finished[first].summary["stream_errors"] == {"truncated": 1}
     m.close()
