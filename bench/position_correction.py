@@ -17,6 +17,11 @@ positions against the truth, nm, with the common translation removed (invisible 
 data), before and after correction, and the fitted scan matrix against the true one.
 
     PYTHONPATH=$PWD python bench/position_correction.py bench/out/position_correction/data/*.h5 --json bench/out/position_correction.json
+
+Such a file holds one draw of the jitter (``--scan-error-seed``, default 0). ``--scan-error-seeds 1 2``
+runs the same table on other draws instead: each file's patterns are simulated again at the
+true positions of each draw (``bench/scan_error_draws.py``; same specimen, raster and beam, the
+scan errors ``--jitter-nm`` and ``--scan-distortion``, which must be the file's: it is checked).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scan_error_draws import check_file, redraw
 
 from policy.baselines import apply_dose
 from policy.evaluation import default_final_recon
@@ -37,6 +43,7 @@ from recon.dataset import read_dataset
 from recon.engine import Reconstructor, ScanChunk
 from recon.inputs import fov_of, grid_for_dataset, select_subset
 from recon.options import PositionCorrectionOptions
+from sim_microscope.scan_errors import ScanErrors
 
 
 def rms_error_nm(positions: np.ndarray, truth: np.ndarray) -> float:
@@ -72,6 +79,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="bench/out/position_correction.json")
+    ap.add_argument("--scan-error-seeds", type=int, nargs="+", default=None,
+                    help="jitter seeds to simulate the files' patterns at instead of the files' own draw (default: the files' patterns)")
+    ap.add_argument("--jitter-nm", type=float, default=0.02, help="--scan-error-seeds: the files' jitter, nm per axis")
+    ap.add_argument("--scan-distortion", type=float, nargs=4, default=[0.01, 0.0, 0.0, 0.01], metavar=("DXX", "DXY", "DYX", "DYY"),
+                    help="--scan-error-seeds: the files' linear scan distortion")
+    ap.add_argument("--file-scan-error-seed", type=int, default=0, help="--scan-error-seeds: the seed the files were made with")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     correction = PositionCorrectionOptions.model_validate(json.loads(args.correction))
@@ -82,42 +95,72 @@ def main() -> None:
     for path in args.datasets:
         dataset = read_dataset(path, with_acquisition_truth=True)
         truth_all = dataset.acquisition_truth.positions_nm
-        fov = fov_of(dataset.positions_nm)
-        grid = grid_for_dataset(dataset, fov)
         seed = int(dataset.specimen_seed or 0)
-        for spec in args.scans:
-            idx = select_subset(dataset, spec, seed=seed)
-            rng = np.random.default_rng(seed)
-            patterns = apply_dose(dataset.patterns[idx], args.dose or None, rng)
-            nominal, truth = dataset.positions_nm[idx], truth_all[idx]
-            runs = {"nominal": (final, ScanChunk(patterns, nominal, grid)), "corrected": (corrected, ScanChunk(patterns, nominal, grid))}
-            if not args.skip_true:
-                runs["true positions"] = (final, ScanChunk(patterns, truth, grid_for_dataset(dataset, fov_of(truth))))
-            for name, (options, chunk) in runs.items():
-                wall, cpu = time.perf_counter(), time.process_time()
-                (result,), (step,) = reconstruct_with_backoff(Reconstructor(dataset.probe, options, device=args.device), [chunk],
-                                                              max_passes=args.passes)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                scores = score_against_truth(result.potential, chunk.grid, dataset.ground_truth, fov)
-                used = result.positions_nm if result.positions_nm is not None else chunk.positions_nm
-                row = {"dataset": Path(path).name, "specimen_seed": seed, "scan": spec, "positions": len(idx), "run": name,
-                       "ssim": scores["ssim"], "pearson_r": scores["pearson_r"], "nrmse": scores["nrmse"], "step": step,
-                       "rms_before_nm": rms_error_nm(nominal, truth), "rms_after_nm": rms_error_nm(used, truth),
-                       "local_rms_before_nm": rms_local_error_nm(nominal, truth, nominal), "local_rms_after_nm": rms_local_error_nm(used, truth, nominal),
-                       "max_correction_nm": float(np.abs(np.linalg.norm(used - nominal, axis=1)).max()),
-                       "true_matrix": true_matrix(nominal, truth).tolist(),
-                       "fitted_matrix": None if result.scan_matrix is None else result.scan_matrix.tolist(),
-                       "wall_s": wall, "cpu_s": cpu}
-                rows.append(row)
-                fitted = "" if result.scan_matrix is None else f", scan matrix {np.round(result.scan_matrix, 4).tolist()}"
-                print(f"{row['dataset']} {spec:<16} {name:<15} SSIM {row['ssim']:.3f}  r {row['pearson_r']:.3f}  positions rms "
-                      f"{row['rms_before_nm']:.4f} -> {row['rms_after_nm']:.4f} nm (less the linear part {row['local_rms_before_nm']:.4f} -> "
-                      f"{row['local_rms_after_nm']:.4f}){fitted} (true {np.round(row['true_matrix'], 4).tolist()}); "
-                      f"step {step:g}, wall {wall:.1f} s, cpu {cpu:.1f} s", flush=True)
+        subsets = {spec: select_subset(dataset, spec, seed=seed) for spec in args.scans}
+        if args.scan_error_seeds:
+            errors = ScanErrors(jitter_nm=args.jitter_nm, distortion=tuple(args.scan_distortion), seed=args.file_scan_error_seed)
+            check_file(dataset, errors, device=args.device)
+        for draw in args.scan_error_seeds or [None]:
+            clean = dataset.patterns
+            if draw is not None:
+                union = np.unique(np.concatenate(list(subsets.values())))
+                clean, truth_all = draw_patterns(dataset, errors.model_copy(update={"seed": draw}), union, args.device)
+            for spec, idx in subsets.items():
+                rows += correction_rows(args, dataset, path, seed, spec, idx, clean, truth_all, draw, final, corrected)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"wrote {out}")
+
+
+def draw_patterns(dataset, errors: ScanErrors, idx: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(patterns, true positions nm) of every raster position, simulated with scan errors ``errors`` for positions ``idx``
+    (zero / NaN elsewhere)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    patterns, truth = redraw(dataset, errors, idx, device=device)
+    clean = np.zeros(dataset.patterns.shape, np.float32)
+    truth_all = np.full(dataset.positions_nm.shape, np.nan)
+    clean[idx], truth_all[idx] = patterns, truth
+    print(f"scan-error seed {errors.seed}: {len(idx)} patterns simulated, wall {time.perf_counter() - wall:.1f} s, cpu {time.process_time() - cpu:.1f} s",
+          flush=True)
+    return clean, truth_all
+
+
+def correction_rows(args, dataset, path, seed: int, spec: str, idx: np.ndarray, clean: np.ndarray, truth_all: np.ndarray,
+                    draw: int | None, final, corrected) -> list[dict]:
+    """Rows of one scan ``spec`` (positions ``idx``) of one file at one scan-error draw (None: the file's own)."""
+    rows = []
+    fov = fov_of(dataset.positions_nm)
+    grid = grid_for_dataset(dataset, fov)
+    rng = np.random.default_rng(seed)
+    patterns = apply_dose(clean[idx], args.dose or None, rng)
+    nominal, truth = dataset.positions_nm[idx], truth_all[idx]
+    runs = {"nominal": (final, ScanChunk(patterns, nominal, grid)), "corrected": (corrected, ScanChunk(patterns, nominal, grid))}
+    if not args.skip_true:
+        runs["true positions"] = (final, ScanChunk(patterns, truth, grid_for_dataset(dataset, fov_of(truth))))
+    for name, (options, chunk) in runs.items():
+        wall, cpu = time.perf_counter(), time.process_time()
+        (result,), (step,) = reconstruct_with_backoff(Reconstructor(dataset.probe, options, device=args.device), [chunk],
+                                                      max_passes=args.passes)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        scores = score_against_truth(result.potential, chunk.grid, dataset.ground_truth, fov)
+        used = result.positions_nm if result.positions_nm is not None else chunk.positions_nm
+        row = {"dataset": Path(path).name, "specimen_seed": seed, "scan_error_seed": draw, "scan": spec, "positions": len(idx),
+               "run": name, "ssim": scores["ssim"], "pearson_r": scores["pearson_r"], "nrmse": scores["nrmse"], "step": step,
+               "rms_before_nm": rms_error_nm(nominal, truth), "rms_after_nm": rms_error_nm(used, truth),
+               "local_rms_before_nm": rms_local_error_nm(nominal, truth, nominal), "local_rms_after_nm": rms_local_error_nm(used, truth, nominal),
+               "max_correction_nm": float(np.abs(np.linalg.norm(used - nominal, axis=1)).max()),
+               "true_matrix": true_matrix(nominal, truth).tolist(),
+               "fitted_matrix": None if result.scan_matrix is None else result.scan_matrix.tolist(),
+               "wall_s": wall, "cpu_s": cpu}
+        rows.append(row)
+        fitted = "" if result.scan_matrix is None else f", scan matrix {np.round(result.scan_matrix, 4).tolist()}"
+        drawn = "" if draw is None else f"scan-error seed {draw} "
+        print(f"{row['dataset']} {drawn}{spec:<16} {name:<15} SSIM {row['ssim']:.3f}  r {row['pearson_r']:.3f}  positions rms "
+              f"{row['rms_before_nm']:.4f} -> {row['rms_after_nm']:.4f} nm (less the linear part {row['local_rms_before_nm']:.4f} -> "
+              f"{row['local_rms_after_nm']:.4f}){fitted} (true {np.round(row['true_matrix'], 4).tolist()}); "
+              f"step {step:g}, wall {wall:.1f} s, cpu {cpu:.1f} s", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def run_case(app_factory, load: Load, separate_process: bool = True, after=None)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         samples = np.asarray(app.state.service.manager.decision_samples)
         calls = app.state.service.backend.calls
-        reduced = app.state.service.backend.reduced_updates
+        reduced = sum(shrunk_waited(status.get("chunks") or []) for status in app.state.service.manager.statuses())
         m = app.state.service.metrics
         recon_sum = m.recon_seconds._sum.get()
         recon_mean = recon_sum / max(1, calls)
@@ -262,6 +262,12 @@ def run_case(app_factory, load: Load, separate_process: bool = True, after=None)
         raise SystemExit(f"control loop failed: {errors[0]}")
     return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "sender_cpu": sender_cpu, "recon_mean": recon_mean,
             "policy_mean": policy_mean, "wait_mean": wait_mean, "sessions": sessions, **extra}
+
+
+def shrunk_waited(chunks: list[dict]) -> int:
+    """How many of a session's chunks (its status' ``chunks``) had their update shrunk by the deadline and a decision waiting
+    for it (``decision_latency_s`` set): the updates the ``shrunk`` columns count, out of the decisions."""
+    return sum(bool(c.get("update_shrunk")) and c.get("decision_latency_s") is not None for c in chunks)
 
 
 def _histogram_mean(histogram) -> float:
@@ -292,7 +298,7 @@ def collect_quality(rasters: list, timeout_s: float):
             if state != "done":
                 raise SystemExit(f"session {sid}: converged reconstruction {state or 'missing'} after {timeout_s:g} s")
             raster = rasters[seed % len(rasters)]
-            row = {"seed": seed, "shrunk": sum(bool(c.get("update_shrunk")) for c in status.get("chunks") or [])}
+            row = {"seed": seed, "shrunk": shrunk_waited(status.get("chunks") or [])}
             with manager.lock:
                 path = manager.get(sid).path
             row["positions"] = read_measured_frames(path)[1]  # the converged reconstruction's positions (raster points)

@@ -160,10 +160,10 @@ class Service:
         def request() -> ConvergedRequest:
             spec = SessionSpec.from_params(finished.summary["params"])
             probe = self.manager.probe_report(sid) or {}
-            if probe.get("state") == "done":
-                return ConvergedRequest(sid, finished.path, spec.beam.with_reported(probe), spec.fov, probe_source="retrieved",
-                                        correct_positions=spec.correct_positions)
-            return ConvergedRequest(sid, finished.path, spec.beam, spec.fov, retrieve=spec.retrieve_probe, correct_positions=spec.correct_positions)
+            retrieved = probe.get("state") == "done"  # retrieved during the scan: used as it is, not retrieved again
+            return ConvergedRequest(sid, finished.path, spec.beam.with_reported(probe) if retrieved else spec.beam, spec.fov,
+                                    retrieve=spec.retrieve_probe and not retrieved, correct_positions=spec.correct_positions,
+                                    probe_source="retrieved" if retrieved else "nominal")
 
         job = converged_job(request, self.backend.converged, self.manager.note_converged, StagedRetriever(self.retrieve_probe, self.refine_probe))
         if self.background.submit(job):

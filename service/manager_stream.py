@@ -64,6 +64,9 @@ class StreamHandling:
         router = self.router
         if isinstance(event, Frame):
             key = (endpoint, event.series)
+            if (ended := router.retired_to(key)) is not None:
+                self._late_frame(key, event.frame, ended)
+                return
             router.last_key[endpoint] = key
             router.started.add(key)
             arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
@@ -74,11 +77,13 @@ class StreamHandling:
         elif isinstance(event, StreamError):
             self._stream_error(endpoint, event)
         elif isinstance(event, SeriesEnd):
-            self._series_end((endpoint, event.series))
+            if router.retired_to((endpoint, event.series)) is None:  # else: a late end of an ended session's series
+                self._series_end((endpoint, event.series))
         elif isinstance(event, SeriesStart):
             if event.pixel_mask is not None:
                 self._header_mask(endpoint, event.pixel_mask)
             router.last_key[endpoint] = key = (endpoint, event.series)
+            router.unretire(key)
             bind = router.binding(key)
             if router.series_start(key) and (bind is None or bind.run_begun):  # else: the header of the run its tell named
                 self._new_run(key)
@@ -105,6 +110,21 @@ class StreamHandling:
             self.metrics.buffered_frames.set(self.router.buffered_frames)
         log.warning("series %s of %s started again (a restarted detector?): a new run; %d untold frame(s) of the earlier one dropped", key[1], key[0], dropped)
 
+    def _late_frame(self, key: Key, idx: int, session_id: str) -> None:
+        """Discard frame ``idx`` of series ``key``, retired from ended session ``session_id``: counted against it (or the endpoint)."""
+        f = self.finished.get(session_id)
+        verdict = self.router.late(key, idx, "ended" if f is None else str(f.state))
+        self.metrics.stream_errors.labels(verdict.kind).inc()
+        self._charge_ended(key[0], session_id, verdict.kind, verdict.detail)
+
+    def _charge_ended(self, endpoint: str, session_id: str, kind: str, detail: str) -> None:
+        """Count a problem of a series retired from ended session ``session_id`` against it (against ``endpoint`` if it is gone)."""
+        f = self.finished.get(session_id)
+        if f is not None:
+            f.note_error(kind, detail)
+        else:
+            self.router.count_endpoint_error(endpoint, kind)
+
     def _stream_error(self, endpoint: str, ev: StreamError) -> None:
         """Count ``ev`` by its kind and charge it to its series' session, else hold it for the series' tell or the endpoint."""
         kind = str(ev.kind)  # set where the error was found (detector_stream.errors.StreamErrorKind), never guessed from the reason text
@@ -112,6 +132,9 @@ class StreamHandling:
         n = self.router.count_logged(endpoint)
         if n <= 100 or n % 1000 == 0:  # a flood of bad input must not flood the log
             log.warning("stream %s: %s%s", endpoint, ev.reason, f" ({n} problems so far)" if n >= 100 else "")
+        if ev.series is not None and (ended := self.router.retired_to((endpoint, ev.series))) is not None:
+            self._charge_ended(endpoint, ended, kind, f"series {ev.series}: {ev.reason}")  # not held for a later tell of that number
+            return
         key = self.router.error_key(endpoint, ev.series)
         bind = self.router.binding(key) if key is not None else None
         if bind is not None and (s := self.sessions.get(bind.session_id)) is not None:
@@ -180,7 +203,7 @@ class StreamHandling:
         key = (endpoint, frames[0].series)
         bind = router.bindings.get(key)
         s = self.sessions.get(bind.session_id) if bind is not None else None
-        if s is None:
+        if s is None or router.retired_to(key) is not None:  # a retired series' frames are late ones: discarded one by one
             return False
         slots, kept, taken, refused = [], [], set(), []
         try:  # nothing is changed until every frame has its verdict

@@ -7,7 +7,10 @@ already started (header or frames seen) is a new run of that series number, so t
 earlier run's binding and untold frames are retired (``new_run``) and the new run is
 bound by its own tell; frames of one run never reach the other's slots. Frames of a series not told
 yet are held in a buffer capped in frames and bytes (oldest series evicted first) and
-replayed at the tell. Nothing here writes a file, touches a metric or takes a lock:
+replayed at the tell. When a session ends its bindings are dropped (memory stays bounded by the
+sessions in progress) and its series are *retired*: a frame or end of a retired series is a late
+one of the ended session, discarded, until a header of that series number begins a new run
+(a later session may tell it before or after that header). Nothing here writes a file, touches a metric or takes a lock:
 methods return what happened (``FrameResult``, evictions) and the session manager,
 holding its lock, applies the side effects (store writes, metrics, queueing, logging).
 """
@@ -67,6 +70,11 @@ BATCH_COMPLETE = FrameResult(FrameOutcome.BATCH_COMPLETE)
 BUFFERED = FrameResult(FrameOutcome.BUFFERED)
 
 
+MAX_RETIRED_SERIES = 256
+"""Retired series remembered per endpoint, the oldest forgotten first: a frame of a series this many series older than
+the latest ended one is long past (one detector stream is ordered; a series' frames come before the next one's header)."""
+
+
 @dataclass
 class Buffered:
     """Frames and problems of a series not yet told."""
@@ -113,6 +121,10 @@ class FrameRouter:
         """per endpoint, stream errors seen (the log is thinned out past 100)."""
         self.started: set[Key] = set()
         """series whose header or frames arrived (restored bindings count as started: their series was armed before the tell)."""
+        self.retired: dict[str, OrderedDict[int, str]] = {}
+        """per endpoint, series of ended sessions (series number -> that session's id), oldest first, at most
+        ``MAX_RETIRED_SERIES`` each: their bindings are dropped; a frame or end of one of them before a new header of that
+        series number is a late one of the ended session (discarded, never held for or stored under another tell)."""
 
     # --- bindings ----------------------------------------------------------------------
 
@@ -137,10 +149,35 @@ class FrameRouter:
             self.started.add((endpoint, series))
 
     def session_ended(self, session_id: str) -> None:
-        """Mark the series of an ended session ended; they stay bound, so a late frame is charged to the session, not buffered as untold."""
-        for bind in self.bindings.values():
-            if bind.session_id == session_id:
-                bind.ended = True
+        """Drop the bindings of an ended session and retire its series (``retired``): a late frame of one is discarded, not
+        buffered as untold, and the series number is free for a later session's tell."""
+        keys = [key for key, bind in self.bindings.items() if bind.session_id == session_id]
+        for key in keys:
+            del self.bindings[key]
+            self.started.discard(key)
+            retired = self.retired.setdefault(key[0], OrderedDict())
+            retired.pop(key[1], None)
+            retired[key[1]] = session_id
+            while len(retired) > MAX_RETIRED_SERIES:
+                retired.popitem(last=False)
+
+    def retired_to(self, key: Key) -> str | None:
+        """The ended session series ``key`` was retired from (its frames now are late ones), or None."""
+        retired = self.retired.get(key[0])
+        return None if retired is None else retired.get(key[1])
+
+    def unretire(self, key: Key) -> None:
+        """A header of retired series ``key`` arrived: a new run of that series number begins; its frames are routed as any."""
+        retired = self.retired.get(key[0])
+        if retired is not None:
+            retired.pop(key[1], None)
+            if not retired:
+                del self.retired[key[0]]
+
+    @staticmethod
+    def late(key: Key, idx: int, ended_state: str) -> FrameResult:
+        """The verdict on frame ``idx`` of a retired series ``key`` (its session ended as ``ended_state``): refused, ``unexpected``."""
+        return FrameResult.refused("unexpected", f"series {key[1]}: frame {idx} arrived after the session was {ended_state}")
 
     def series_end(self, key: Key) -> Binding | None:
         """The detector ended series ``key``: its binding (marked ended), or None if it is untold (a buffered series is marked ended)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
@@ -120,6 +121,19 @@ def raster_positions_nm(scan_shape: tuple[int, int], step_nm: float, origin_nm: 
     return np.column_stack([xs.ravel() + origin_nm[0], ys.ravel() + origin_nm[1]])
 
 
+def raster_specimen(config: SimulationConfig, seed: int) -> tuple[Atoms, np.ndarray]:
+    """The specimen (seeded) of a raster dataset and the raster's nominal (N, 2) positions (x, y), nm, in its frame.
+
+    The specimen covers the raster, the probe window and a margin; its features are placed in the raster's field.
+    """
+    size = config.specimen_size_nm()
+    ex, ey = config.raster_extent_nm
+    specimen_config = config.specimen.model_copy(update={"size_nm": size, "region_nm": (ex, ey)})
+    atoms = build_specimen(specimen_config, seed=seed)
+    origin = ((size[0] - ex) / 2, (size[1] - ey) / 2)
+    return atoms, raster_positions_nm(config.scan_shape, config.step_nm, origin)
+
+
 def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bool = False, device=None) -> Dataset4D:
     """Simulate one dense-raster dataset of a freshly built specimen (seeded).
 
@@ -130,12 +144,7 @@ def simulate_raster_dataset(config: SimulationConfig, seed: int, *, progress: bo
     the true probe at the true positions; the dataset's beam, ``probe`` and
     ``positions_nm`` stay nominal and the truth is in ``acquisition_truth``.
     """
-    size = config.specimen_size_nm()
-    ex, ey = config.raster_extent_nm
-    specimen_config = config.specimen.model_copy(update={"size_nm": size, "region_nm": (ex, ey)})
-    atoms = build_specimen(specimen_config, seed=seed)
-    origin = ((size[0] - ex) / 2, (size[1] - ey) / 2)
-    positions = raster_positions_nm(config.scan_shape, config.step_nm, origin)
+    atoms, positions = raster_specimen(config, seed)
     true_positions = positions if config.scan_errors is None else config.scan_errors.true_positions(positions)
     true_probe = config.true_probe or config.nominal_aberrations
     dose_per_pattern = None if config.dose_per_a2 is None else config.dose_per_a2 * (config.step_nm * 10.0) ** 2

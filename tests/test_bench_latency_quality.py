@@ -81,3 +81,16 @@ def test_quality_rows_pair_sessions_by_seed_and_count_those_with_the_same_positi
     fields = live_r.split()
     assert fields[2:4] == ["2", "6"], "2 pairs, 6 shrunk updates"
     assert float(fields[8]) == pytest.approx(-0.1) and fields[-1] == "0", "on - off per pair, then averaged; no pair won"
+
+
+def test_shrunk_counts_only_updates_a_decision_waited_for():
+    sl = _load("service_latency")
+    chunks = [
+        {"update_shrunk": False, "decision_latency_s": 0.05},
+        {"update_shrunk": True, "decision_latency_s": 0.04},
+        {"update_shrunk": True, "decision_latency_s": 0.03},
+        {"update_shrunk": True, "decision_latency_s": None},  # the last chunk: no decision waits for it
+        {"update_shrunk": None, "decision_latency_s": None},  # not reconstructed yet
+    ]
+    assert sl.shrunk_waited(chunks) == 2
+    assert sl.shrunk_waited([]) == 0

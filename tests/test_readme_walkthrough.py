@@ -3,16 +3,20 @@
 Issue 17: followed literally, the walk-through must end on a converged PNG that shows the MoS2 lattice. At its density
 (250 positions on 2 x 2 nm) that needs a defocused probe, on the simulated beam (sim-detector) and in the probe the
 service reconstructs with (sim-scan) alike; with the flag on one of them only, the PNG is noise (bench/RESULTS.md,
-"Walk-through reconstruction"). The full run is bench/walkthrough_recon.sh (about a minute); this checks the text.
+"Walk-through reconstruction"). The full run is bench/walkthrough_recon.sh (about a minute); this checks the text, and that the bluesky section's
+example (the same field and budget) uses the same defocused beam.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 import re
 import shlex
 from pathlib import Path
 
 from ptychoscan.cli import build_parser
+from service.models import SessionCreate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +54,30 @@ def test_walkthrough_picture_is_there_and_small() -> None:
     for name in names:
         path = ROOT / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 60_000
+
+
+def bluesky_example() -> tuple[list[str], dict]:
+    """The bluesky section's example: the sim-detector command in its comments (argv after ``ptychoscan``) and the session
+    body it starts (the literal fields only)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## bluesky drives a session"):]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    line = next(line for line in block.splitlines() if line.startswith("# ptychoscan sim-detector"))
+    detector = list(itertools.takewhile(lambda arg: not arg.startswith("("), shlex.split(line.lstrip("# "), comments=True)))  # no remark
+    start = next(node for node in ast.walk(ast.parse(block))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "start")
+    body = {ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(start.args[1].keys, start.args[1].values, strict=True)
+            if isinstance(v, (ast.Constant, ast.List))}
+    return detector[1:], body
+
+
+def test_bluesky_example_uses_the_walkthroughs_defocused_beam() -> None:
+    """The example scanned in focus at 62.5 positions per nm^2, where the reconstruction shows isolated columns only."""
+    argv, body = bluesky_example()
+    detector = build_parser().parse_args(argv)
+    assert detector.specimen == "mos2"
+    assert detector.defocus_nm >= 10.0, "in focus, 250 positions on 2 x 2 nm show isolated columns, not the lattice"
+    assert body.get("defocus_nm", 0.0) == detector.defocus_nm, "the service must reconstruct with the beam's defocus"
+    SessionCreate(**body)  # a body the service takes
+    fov = body["fov_nm"]
+    assert body["budget"] / (fov[2] * fov[3]) <= 125.0

@@ -13,13 +13,18 @@ the reconstructions.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ptychoscan.closed_loop import ClosedLoopConfig
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the closed-loop demo on an embedded default", description=__doc__)
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--specimen", default=None, help="specimen kind (default flake; any of ptychoscan simulate --specimen)")
-    p.add_argument("--seed", type=int, default=None, help="specimen seed (default: one never used in training or the test table)")
+    p.add_argument("--seed", type=int, default=None, help="specimen seed, also the seed of the simulated scan errors' jitter "
+                   "(default: one never used in training or the test table)")
     p.add_argument("--scan-shape", type=int, nargs=2, default=None, metavar=("NY", "NX"),
                    help="raster of the specimen file, which sets the field (default 11 11)")
     p.add_argument("--step-nm", type=float, default=None, help="its step, nm (default 0.2: a 2 x 2 nm field)")
@@ -47,14 +52,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import signal
-    import sys
+def demo_config(args: argparse.Namespace) -> ClosedLoopConfig:
+    """The ``ClosedLoopConfig`` of a ``demo`` command line: the defaults, overridden by the options given.
+
+    The scan errors (``--jitter-nm``, ``--scan-distortion``) draw their jitter with the specimen
+    seed (``--seed``, else the default one), so each seed is its own scan as well as its own specimen.
+    """
     from pathlib import Path
 
-    from ptychoscan.closed_loop import ClosedLoopConfig, plot_outcomes, run_closed_loop
+    from ptychoscan.closed_loop import ClosedLoopConfig
     from ptychoscan.config import load_model
 
+    seed = args.seed if args.seed is not None else ClosedLoopConfig.model_fields["seed"].default
     overrides = {
         "out": Path(args.out),
         "specimen": args.specimen,
@@ -71,12 +80,21 @@ def run(args: argparse.Namespace) -> int:
         "frame_time_s": args.frame_time,
         "probe": args.probe,
         "scan_errors": None if args.jitter_nm is None and args.scan_distortion is None else
-        {"jitter_nm": args.jitter_nm or 0.0, "distortion": tuple(args.scan_distortion or (0.0, 0.0, 0.0, 0.0))},
+        {"jitter_nm": args.jitter_nm or 0.0, "distortion": tuple(args.scan_distortion or (0.0, 0.0, 0.0, 0.0)), "seed": seed},
         "position_correction": args.position_correction or None,
         "true_probe": None if args.true_probe is None else dict(zip(("defocus_nm", "astigmatism_nm", "astigmatism_angle_deg", "cs_um"),
                                                                      args.true_probe, strict=True)),
     }
-    config = load_model(ClosedLoopConfig, None, overrides)
+    return load_model(ClosedLoopConfig, None, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+
+    from ptychoscan.closed_loop import plot_outcomes, run_closed_loop
+
+    config = demo_config(args)
     # SIGTERM (a stopped job, `kill`) unwinds like Ctrl-C, so the service and detector it started are stopped with it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     dataset, outcomes = run_closed_loop(config)
