@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from recon.aberrations import ProbeAberrations
+from recon.detector_mask import check_invalid_pixels, valid_fraction, valid_sum
 from recon.engine import ReconResult, Reconstructor, ScanChunk
 from recon.forward import exit_waves, far_field_intensity
 from recon.options import ReconOptions
@@ -118,8 +119,15 @@ class _CoefficientModel:
         self.aperture = aperture(k, pixel_a, energy_ev, convergence_mrad)
         patterns = torch.as_tensor(np.asarray(chunk.patterns), dtype=torch.float64)
         positions = np.asarray(chunk.positions_nm, dtype=np.float64)
-        if options.normalize_patterns:
-            patterns = patterns / (patterns.sum() / len(patterns))
+        invalid = check_invalid_pixels(chunk.invalid_pixels, k, 0)
+        valid = None if invalid is None else torch.from_numpy(~invalid)
+        self.pixel_weight = None if valid is None else valid.to(torch.float32)
+        """(K, K) 1 valid / 0 invalid detector pixel (centred, as the patterns): the engine's weight; None: all valid."""
+        if options.normalize_patterns:  # as the engine normalises: the valid pixels' total, scaled to the whole detector
+            total = float(valid_sum(patterns, valid)) / len(patterns)
+            if valid is not None:
+                total /= valid_fraction(self.probe(self.pack(ProbeAberrations())), 1, valid)
+            patterns = patterns / total
         pick = central_indices(positions, refinement.max_positions)
         chosen = patterns[torch.as_tensor(pick)].float()
         self.targets = chosen.sqrt() if options.loss == "amplitude" else chosen
@@ -149,7 +157,10 @@ class _CoefficientModel:
     def loss(self, coefficients: torch.Tensor, transmission: torch.Tensor) -> torch.Tensor:
         intensity = far_field_intensity(exit_waves(transmission, self.probe(coefficients), self.positions_px))
         model = (intensity + 1e-12).sqrt() if self.options.loss == "amplitude" else intensity
-        return ((model - self.targets) ** 2).sum(dim=(-2, -1)).mean()
+        squared = (model - self.targets) ** 2
+        if self.pixel_weight is not None:  # invalid detector pixels: no loss (recon.detector_mask)
+            squared = squared * self.pixel_weight
+        return squared.sum(dim=(-2, -1)).mean()
 
     def refine(self, coefficients: torch.Tensor, potential: torch.Tensor) -> torch.Tensor:
         """``steps_per_block`` Adam steps from ``coefficients`` with the object exp(i potential) held; the new coefficients."""

@@ -204,4 +204,4 @@ def _subset(chunk: ScanChunk, options: RetrievalOptions) -> ScanChunk:
         else:
             pick = central_indices(positions, n)
         patterns, positions = patterns[pick], positions[pick]
-    return ScanChunk(patterns, positions, chunk.grid)
+    return ScanChunk(patterns, positions, chunk.grid, invalid_pixels=chunk.invalid_pixels)

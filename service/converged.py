@@ -89,7 +89,7 @@ def converged_job(
                 raise ValueError("the session has no frames")
             beam, probe = request.beam, None
             if request.retrieve:
-                beam, probe = _retrieved_or_nominal(retrieve, patterns, positions, request, pause)
+                beam, probe = _retrieved_or_nominal(retrieve, patterns, positions, request, pause, invalid)
             job = ReconJob(beam, request.fov_nm, patterns, positions, None, final=True, correct_positions=request.correct_positions,
                            invalid_pixels=invalid)
             output, recipe = run(job, lambda _pass: pause())
@@ -122,13 +122,13 @@ def converged_job(
 
 
 def _retrieved_or_nominal(retrieve: RetrieveProbe | None, patterns, positions, request: ConvergedRequest,
-                          pause: Callable[[], None]) -> tuple[Beam, dict]:
+                          pause: Callable[[], None], invalid_pixels: np.ndarray | None) -> tuple[Beam, dict]:
     """(beam, probe report) retrieved from every frame; the request's beam, with the failure in the report, when that fails
     (the converged image with the nominal probe is still worth having: the live ones used it too)."""
     try:
         if retrieve is None:
             raise ValueError("probe retrieval is not available in this service")
-        return retrieve(patterns, positions, request.beam, request.fov_nm, pause)
+        return retrieve(patterns, positions, request.beam, request.fov_nm, pause, invalid_pixels)
     except Stopped:
         raise
     except Exception as err:

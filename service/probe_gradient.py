@@ -43,7 +43,7 @@ class GradientRefiner:
         self.device = device
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
-                 pause: Callable[[], None]) -> tuple[Beam, dict]:
+                 pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]:
         import torch
 
         from recon.device import pick_device
@@ -56,7 +56,8 @@ class GradientRefiner:
         t0 = time.perf_counter()
         pick = central_indices(positions, self.options.max_positions)
         grid = ObjectGrid.covering(fov_nm, beam.pixel_nm, beam.detector_pixels)
-        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns[pick], np.float32)), torch.from_numpy(np.asarray(positions[pick], np.float64)), grid)
+        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns[pick], np.float32)), torch.from_numpy(np.asarray(positions[pick], np.float64)), grid,
+                          invalid_pixels=invalid_pixels)
         device = pick_device(None if self.device == "auto" else self.device)
         result = reconstruct_refining_aberrations(chunk, beam.aberrations, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad,
                                                   options=ReconOptions(iterations=self.options.passes), refinement=self.refinement,

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,8 +29,12 @@ from service.spec import Beam
 
 log = logging.getLogger(__name__)
 
-RetrieveProbe = Callable[[np.ndarray, np.ndarray, Beam, tuple[float, float, float, float], Callable[[], None]], tuple[Beam, dict]]
-"""(patterns (N, K, K), positions (N, 2) nm, starting beam, fov nm, pause) -> (the beam with the retrieved aberrations, a report)."""
+class RetrieveProbe(Protocol):
+    """(patterns (N, K, K), positions (N, 2) nm, starting beam, fov nm, pause, invalid detector pixels ((K, K) bool, True = not a
+    measurement, left out of every loss; None: none)) -> (the beam with the retrieved aberrations, a report)."""
+
+    def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
+                 pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]: ...
 
 
 class ProbeRetriever:
@@ -43,7 +47,7 @@ class ProbeRetriever:
         self.device = device
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
-                 pause: Callable[[], None]) -> tuple[Beam, dict]:
+                 pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]:
         import torch
 
         from recon.device import pick_device
@@ -53,7 +57,8 @@ class ProbeRetriever:
 
         t0 = time.perf_counter()
         grid = ObjectGrid.covering(fov_nm, beam.pixel_nm, beam.detector_pixels)
-        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns, np.float32)), torch.from_numpy(np.asarray(positions, np.float64)), grid)
+        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns, np.float32)), torch.from_numpy(np.asarray(positions, np.float64)), grid,
+                          invalid_pixels=invalid_pixels)
         device = pick_device(None if self.device == "auto" else self.device)
         result = retrieve_aberrations(chunk, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, start=beam.aberrations,
                                       options=self.options, device=device, between=pause)
@@ -79,9 +84,9 @@ class StagedRetriever:
         self.first, self.refine = first, refine
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
-                 pause: Callable[[], None]) -> tuple[Beam, dict]:
-        coarse, first = self.first(patterns, positions, beam, fov_nm, pause)
-        refined, report = self.refine(patterns, positions, coarse, fov_nm, pause)
+                 pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]:
+        coarse, first = self.first(patterns, positions, beam, fov_nm, pause, invalid_pixels)
+        refined, report = self.refine(patterns, positions, coarse, fov_nm, pause, invalid_pixels)
         return refined, {**report, "evaluations": first["evaluations"] + report["evaluations"],
                          "seconds": round(first["seconds"] + report["seconds"], 3)}
 
@@ -94,8 +99,10 @@ def probe_job(
     fov_nm: tuple[float, float, float, float],
     retrieve: RetrieveProbe,
     on_result: Callable[[str, Beam | None, dict], None],
+    invalid_pixels: np.ndarray | None = None,
 ) -> BackgroundJob:
-    """The urgent background job retrieving a live session's probe from ``patterns`` at ``positions`` (copies, taken when queued).
+    """The urgent background job retrieving a live session's probe from ``patterns`` at ``positions`` (copies, taken when queued);
+    ``invalid_pixels`` (K, K) bool: the session's detector pixels that are not measurements (``service.detector_mask``), None: none.
 
     ``on_result(session id, beam or None, status)``: ``running``; then ``done`` with the
     retrieved beam, or ``failed`` (beam None, with ``error``); ``dropped`` (beam None) if
@@ -105,7 +112,7 @@ def probe_job(
     def work(pause: Callable[[], None]) -> None:
         on_result(session_id, None, {"state": "running"})
         try:
-            new_beam, report = retrieve(patterns, positions, beam, fov_nm, pause)
+            new_beam, report = retrieve(patterns, positions, beam, fov_nm, pause, invalid_pixels)
         except Stopped:
             raise
         except Exception as err:  # this session keeps its nominal probe; its status says why
@@ -129,8 +136,10 @@ def refinement_job(
     refine: RetrieveProbe,
     max_change: tuple[float, float, float],
     on_result: Callable[[str, Beam | None, dict], None],
+    invalid_pixels: np.ndarray | None = None,
 ) -> BackgroundJob:
-    """The urgent background job refining a live session's probe (``beam``: the one in use) on ``patterns`` at ``positions``.
+    """The urgent background job refining a live session's probe (``beam``: the one in use) on ``patterns`` at ``positions``
+    (``invalid_pixels`` as for ``probe_job``).
 
     ``on_result(session id, beam or None, status)``: ``running``; ``done`` with the refined
     beam; ``failed`` (beam None, with ``error``) if the refinement raised, or if it moved
@@ -142,7 +151,7 @@ def refinement_job(
     def work(pause: Callable[[], None]) -> None:
         on_result(session_id, None, {"state": "running", "frames": len(positions)})
         try:
-            new_beam, report = refine(patterns, positions, beam, fov_nm, pause)
+            new_beam, report = refine(patterns, positions, beam, fov_nm, pause, invalid_pixels)
             moved = aberration_change(beam, new_beam)
             if any(m > limit for m, limit in zip(moved, max_change, strict=True)):
                 raise RuntimeError(f"diverged: moved defocus {moved[0]:.2f} nm, astigmatism {moved[1]:.2f} nm, Cs {moved[2]:.2f} um in one "

@@ -54,8 +54,11 @@ class FakeProbeJobs:
         self.running = 0
         self.most_at_once = 0
         self.lock = threading.Lock()
+        self.invalid: list[tuple[bool, np.ndarray | None]] = []
+        """(first?, the invalid detector pixels it was given) per call."""
 
-    def __call__(self, first: bool, patterns, positions, beam: Beam, fov, pause):
+    def __call__(self, first: bool, patterns, positions, beam: Beam, fov, pause, invalid_pixels=None):
+        self.invalid.append((first, invalid_pixels))
         pause()
         if first:
             new = beam.with_aberrations(beam.aberrations.model_copy(update={"defocus_nm": RETRIEVED_DEFOCUS}))
@@ -250,3 +253,32 @@ def test_the_gradient_refiner_refines_from_the_probe_in_use_and_reports_like_a_r
     assert len(paused) >= 3, "it pauses between its blocks for the decisions"
     with pytest.raises(ValueError):
         GradientRefiner({"passes_per_blok": 2})
+
+
+def test_probe_jobs_are_given_the_sessions_invalid_detector_pixels(tmp_path, monkeypatch):
+    # a pixel at the frame type's largest count in every frame (a DECTRIS-masked pixel): the retrieval and each refinement
+    # leave it out of their losses, as the live reconstruction does (it was given to the reconstruction only)
+    fake = FakeProbeJobs()
+    _install(monkeypatch, fake)
+    pusher = Pusher()
+    body = session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve")
+    original = pusher.series
+
+    def with_marked_pixel(series, frames, *a, **kw):
+        frames = np.array(frames)
+        frames[:, 3, 5] = np.iinfo(frames.dtype).max
+        return original(series, frames, *a, **kw)
+
+    pusher.series = with_marked_pixel
+    try:
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            sid = c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
+            for series in range(3):
+                _chunk(c, pusher, sid, series)
+            wait_until(lambda: any(not first for first, _ in fake.invalid), timeout=30, what="a refinement")
+            _idle(c, sid)
+    finally:
+        pusher.close()
+    assert {first for first, _ in fake.invalid} == {True, False}
+    for _, invalid in fake.invalid:
+        assert invalid is not None and invalid.shape == (16, 16) and invalid[3, 5] and invalid.sum() == 1
