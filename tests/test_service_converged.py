@@ -262,7 +262,7 @@ def test_a_diverged_run_is_reported_failed_and_nothing_is_stored(tmp_path):
 def test_a_failed_probe_retrieval_falls_back_to_the_nominal_probe(tmp_path):
     """Regression: asked to retrieve the probe (retrieval failed during the scan), a second failure lost the converged
     reconstruction altogether; now it is made with the nominal probe and the status says the retrieval failed."""
-    def broken(patterns, positions, beam, fov_nm, pause):
+    def broken(patterns, positions, beam, fov_nm, pause, invalid_pixels=None):
         raise RuntimeError("no overlap")
 
     path = _session_file(tmp_path / "s1.h5")
