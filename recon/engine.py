@@ -122,7 +122,7 @@ class Reconstructor:
         if coherence is not None and not coherence.is_coherent:
             if energy_ev is None or pixel_nm is None:
                 raise ValueError("options.coherence needs the beam: Reconstructor(probe, options, energy_ev=..., pixel_nm=...)")
-            self.modes = coherent_modes(self.probe, coherence, pixel_nm, energy_ev)
+            self.modes = coherent_modes(self.probe, coherence, pixel_nm, energy_ev, self.options.coherence_mode_power)
         self.model_probe = pad_centred(self.probe if self.modes is None else self.modes, self.model_window) * binned_centre_tilt(
             self.window, self.options.detector_binning, self.device, self.complex_dtype
         )

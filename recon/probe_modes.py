@@ -14,6 +14,12 @@ defocus d + dz), a source offset (dx, dy) a sub-pixel Fourier shift. Cost: memor
 time per update scale with the number of modes (nodes_per_axis for a focal spread,
 nodes_per_axis^2 for a source size, their product for both).
 
+Any set of modes with the same sum_n |P_n><P_n| gives the same patterns, so the nodes can be
+replaced by that operator's orthogonal eigenmodes (an SVD of the stacked modes), and the
+weak ones dropped: ``power`` keeps the fewest that hold that fraction of the beam's power
+(for the 60 kV, 33 mrad probe on 0.045 nm pixels: a 0.02 nm source's 9 nodes -> 6 modes at
+0.995, 3 nm focal spread and 0.02 nm source together: 27 -> 10 at 0.99).
+
 Tensors with modes carry them on the axis before the last two: (..., n, K, K).
 """
 
@@ -29,7 +35,8 @@ from recon.physics import wavelength_angstrom
 from recon.probe import spatial_frequencies
 
 
-def coherent_modes(probe: torch.Tensor, coherence: PartialCoherence, pixel_nm: float, energy_ev: float) -> torch.Tensor:
+def coherent_modes(probe: torch.Tensor, coherence: PartialCoherence, pixel_nm: float, energy_ev: float,
+                   power: float | None = None) -> torch.Tensor:
     """(n, K, K) modes sqrt(w_n) P_n of a (K, K) coherent probe under ``coherence``, in the probe's dtype and device.
 
     Args:
@@ -37,6 +44,8 @@ def coherent_modes(probe: torch.Tensor, coherence: PartialCoherence, pixel_nm: f
         coherence: the spreads (focal spread nm, source size nm, 1 sigma) and nodes per spread.
         pixel_nm: the reconstruction grid's pixel, nm.
         energy_ev: beam energy, eV (the wavelength of the defocus phase).
+        power: None: the quadrature nodes' probes as they are; else the fewest orthogonal modes of the
+            same mixed state that hold this fraction (0, 1] of its power, scaled up to the full power.
 
     The modes' total intensity sum_n ||sqrt(w_n) P_n||^2 equals ||P||^2 (defocus and shift are unitary).
     """
@@ -56,7 +65,23 @@ def coherent_modes(probe: torch.Tensor, coherence: PartialCoherence, pixel_nm: f
         if dx_nm or dy_nm:
             wave = fourier_shift(wave, torch.tensor([dx_nm / pixel_nm, dy_nm / pixel_nm], dtype=torch.float64, device=probe.device))
         modes.append(math.sqrt(weight) * wave)
-    return torch.stack(modes).to(probe.dtype)
+    stacked = torch.stack(modes)
+    if power is not None:
+        stacked = strongest_modes(stacked, power)
+    return stacked.to(probe.dtype)
+
+
+def strongest_modes(modes: torch.Tensor, power: float) -> torch.Tensor:
+    """The fewest orthogonal modes of the mixed state sum_n |P_n><P_n| of (n, K, K) ``modes`` that hold ``power`` of its total
+    (its eigenmodes, strongest first, each scaled by its eigenvalue's square root), rescaled to the total."""
+    if not 0 < power <= 1:
+        raise ValueError(f"power must lie in (0, 1], got {power}")
+    n, size = modes.shape[0], modes.shape[-1]
+    _, values, vectors = torch.linalg.svd(modes.reshape(n, -1), full_matrices=False)
+    share = torch.cumsum(values.square(), 0) / values.square().sum()
+    keep = min(n, int(torch.searchsorted(share, torch.tensor(power - 1e-12, dtype=share.dtype))) + 1)
+    kept = values[:keep, None] * vectors[:keep]
+    return (kept * torch.sqrt(values.square().sum() / values[:keep].square().sum())).reshape(keep, size, size)
 
 
 def total_power(probes: torch.Tensor, modes: bool) -> torch.Tensor:

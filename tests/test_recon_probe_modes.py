@@ -98,6 +98,12 @@ def test_engine_model_with_modes_is_the_weighted_sum_of_coherent_models():
     rec = Reconstructor(p, options, "cpu", energy_ev=ENERGY_EV, pixel_nm=PIXEL_NM)
     loss = rec.reconstruct([ScanChunk(target.numpy(), chunk.positions_nm, chunk.grid)], init=[truth])[0].loss_history[0]
     assert loss == pytest.approx(float((by_hand - target).square().sum(dim=(-2, -1)).mean()), rel=1e-9)
+    orthogonal = Reconstructor(p, options.model_copy(update={"coherence_mode_power": 1.0}), "cpu", energy_ev=ENERGY_EV, pixel_nm=PIXEL_NM)
+    assert orthogonal.modes.shape[0] >= 20  # the same mixed state (27 nodes, some weights tiny), as its eigenmodes
+    same = orthogonal.reconstruct([ScanChunk(target.numpy(), chunk.positions_nm, chunk.grid)], init=[truth])[0].loss_history[0]
+    assert same == pytest.approx(loss, rel=1e-9), "any decomposition of the mixed state gives the same patterns"
+    fewer = Reconstructor(p, options.model_copy(update={"coherence_mode_power": 0.95}), "cpu", energy_ev=ENERGY_EV, pixel_nm=PIXEL_NM)
+    assert len(fewer.modes) < 10 and float(fewer.modes.abs().square().sum()) == pytest.approx(1.0)
     coherent = Reconstructor(p, options.model_copy(update={"coherence": None}), "cpu")
     other = coherent.reconstruct([ScanChunk(target.numpy(), chunk.positions_nm, chunk.grid)], init=[truth])[0].loss_history[0]
     assert abs(other - loss) > 1e-3 * loss, "the modes change the model"
@@ -156,3 +162,29 @@ def test_modes_need_the_beam_and_its_pixel_and_no_position_correction():
         rec.reconstruct([scan(side=2)[0]])
     with pytest.raises(ValueError, match="position_correction"):
         ReconOptions(coherence=spread, position_correction={})
+
+
+def test_reconstruct_cli_coherence_flags_reach_the_options_on_top_of_the_config(tmp_path, tiny_dataset_file, capsys):
+    import json
+    import re
+
+    import h5py
+
+    from ptychoscan.cli import main
+
+    config = tmp_path / "opts.yaml"
+    config.write_text("iterations: 2\ncoherence:\n  focal_spread_nm: 2.0\n  nodes_per_axis: 2\n")
+    out = tmp_path / "r.h5"
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--config", str(config), "--source-size-nm", "0.02"]) == 0
+    assert "partial coherence: 8 incoherent probe modes" in capsys.readouterr().out  # 2 focal x 2 x 2 source nodes
+    with h5py.File(out) as f:
+        used = json.loads(f.attrs["options"])["coherence"]
+    assert used == {"focal_spread_nm": 2.0, "source_size_nm": 0.02, "nodes_per_axis": 2}, used
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--config", str(config), "--source-size-nm", "0.02",
+                 "--coherence-mode-power", "0.9"]) == 0
+    modes = re.search(r"partial coherence: (\d+) incoherent probe modes", capsys.readouterr().out)
+    assert modes and int(modes.group(1)) < 8, "fewer orthogonal modes"
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["options"])["coherence_mode_power"] == 0.9
+    assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--iterations", "2", "--focal-spread-nm", "-1"]) != 0
+    assert "focal_spread_nm" in capsys.readouterr().err
