@@ -188,3 +188,14 @@ def test_reconstruct_cli_coherence_flags_reach_the_options_on_top_of_the_config(
         assert json.loads(f.attrs["options"])["coherence_mode_power"] == 0.9
     assert main(["reconstruct", str(tiny_dataset_file), "--out", str(out), "--iterations", "2", "--focal-spread-nm", "-1"]) != 0
     assert "focal_spread_nm" in capsys.readouterr().err
+
+
+def test_estimate_focal_spread_picks_the_spread_the_data_were_made_with():
+    from recon.probe_fit import estimate_focal_spread
+
+    chunk, _ = scan(side=6, seed=3, coherence=PartialCoherence(focal_spread_nm=4.0), step_nm=0.04)
+    options = ReconOptions(iterations=25, optimizer="adam", step_size=0.02, batch_positions=None)
+    best, losses = estimate_focal_spread(chunk, probe(), energy_ev=ENERGY_EV, candidates_nm=[0.0, 2.0, 4.0, 8.0], options=options)
+    assert best == 4.0, losses
+    with pytest.raises(ValueError, match="candidate"):
+        estimate_focal_spread(chunk, probe(), energy_ev=ENERGY_EV, candidates_nm=[])
