@@ -1,4 +1,4 @@
-"""Partial coherence in the simulator (sim_microscope.coherence): quadrature nodes, the coherent limit, incoherent sums."""
+"""Partial coherence in the simulator (recon.coherence, shared with the reconstructor): quadrature nodes, the coherent limit, incoherent sums."""
 
 from __future__ import annotations
 
