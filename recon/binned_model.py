@@ -13,13 +13,13 @@ import torch
 
 
 def pad_centred(probe: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero-pad a (K, K) probe centred at K//2 to (size, size) centred at size//2."""
+    """Zero-pad a (..., K, K) probe (or probe modes) centred at K//2 to (..., size, size) centred at size//2."""
     k = probe.shape[-1]
     if size == k:
         return probe
-    out = torch.zeros((size, size), dtype=probe.dtype, device=probe.device)
+    out = torch.zeros((*probe.shape[:-2], size, size), dtype=probe.dtype, device=probe.device)
     start = size // 2 - k // 2
-    out[start : start + k, start : start + k] = probe
+    out[..., start : start + k, start : start + k] = probe
     return out
 
 

@@ -93,7 +93,8 @@ def reconstruct_with_backoff(rec: Reconstructor, scans: list[ScanChunk], *, max_
         if not again:
             break
         step /= 2
-        smaller = Reconstructor(rec.probe, rec.options.model_copy(update={"step_size": step}), device=rec.device)
+        smaller = Reconstructor(rec.probe, rec.options.model_copy(update={"step_size": step}), device=rec.device, energy_ev=rec.energy_ev,
+                                pixel_nm=rec.pixel_nm)
         redone = reconstruct_until_converged(smaller, [scans[i] for i in again], max_passes=max_passes, tolerance=tolerance,
                                              max_batch=max_batch, on_pass=on_pass)
         for i, res in zip(again, redone, strict=True):

@@ -31,6 +31,7 @@ from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
 from recon.position_correction import PositionCorrector, position_gradient, slope_curvature
+from recon.probe_modes import coherent_modes, exit_waves_of_modes, incoherent_sum, phase_gradient_of_modes, total_power
 from recon.schedule import minibatches, planned_passes
 from recon.shifted_probes import ShiftedProbeCache, subpixel_steps_that_fit
 
@@ -74,7 +75,7 @@ class _Batch:
     """Everything about the B scans that does not change during the iterations."""
 
     targets: torch.Tensor  # (M, K, K) sqrt(J) or J, normalised; ifftshifted when ``shift_model`` is False
-    probes: torch.Tensor  # (P, Kw, Kw) complex shifted probes (the reconstructor's cache, or this batch's own)
+    probes: torch.Tensor  # (P, Kw, Kw) complex shifted probes (the reconstructor's cache, or this batch's own); (P, n, Kw, Kw) with modes
     probe_rows: torch.Tensor  # (M,) long, each position's row in ``probes`` (its sub-pixel fraction's shifted probe)
     base: torch.Tensor  # (M,) long, flat index in the (B, H, W) potential of each window's top-left pixel
     offsets_in_window: torch.Tensor  # (Kw * Kw,) long, flat offsets of a window's pixels from its top-left
@@ -99,10 +100,15 @@ class Reconstructor:
             normalised to unit total intensity when ``options.normalize_patterns``.
         options: ``ReconOptions``; default the tuned defaults.
         device: torch device; None or "auto": CUDA when present, else CPU.
+        energy_ev: beam energy in eV, and
+        pixel_nm: the reconstruction grid's pixel in nm: both needed (only) with a partially coherent
+            ``options.coherence``, whose probe modes are the probe defocused and shifted (``recon.probe_modes``).
     """
 
-    def __init__(self, probe: torch.Tensor | np.ndarray, options: ReconOptions | None = None, device: torch.device | str | None = None):
+    def __init__(self, probe: torch.Tensor | np.ndarray, options: ReconOptions | None = None, device: torch.device | str | None = None,
+                 *, energy_ev: float | None = None, pixel_nm: float | None = None):
         self.options = options or ReconOptions()
+        self.energy_ev, self.pixel_nm = energy_ev, pixel_nm
         self.device = pick_device(device)
         self.real_dtype = torch.float64 if self.options.dtype == "float64" else torch.float32
         self.complex_dtype = torch.complex128 if self.options.dtype == "float64" else torch.complex64
@@ -116,7 +122,14 @@ class Reconstructor:
         if not float(norm) > 0:
             raise ValueError("probe is all zeros")
         self.probe = probe / norm if self.options.normalize_patterns else probe
-        self.model_probe = pad_centred(self.probe, self.model_window) * binned_centre_tilt(
+        coherence = self.options.coherence
+        self.modes: torch.Tensor | None = None
+        """(n, K, K) incoherent probe modes sqrt(w_n) P_n with a partially coherent ``options.coherence``; None: the coherent probe."""
+        if coherence is not None and not coherence.is_coherent:
+            if energy_ev is None or pixel_nm is None:
+                raise ValueError("options.coherence needs the beam: Reconstructor(probe, options, energy_ev=..., pixel_nm=...)")
+            self.modes = coherent_modes(self.probe, coherence, pixel_nm, energy_ev, self.options.coherence_mode_power)
+        self.model_probe = pad_centred(self.probe if self.modes is None else self.modes, self.model_window) * binned_centre_tilt(
             self.window, self.options.detector_binning, self.device, self.complex_dtype
         )
         self._probe_cache = ShiftedProbeCache(torch.fft.fft2(self.model_probe), self.options)
@@ -171,6 +184,8 @@ class Reconstructor:
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         opts = self.options
+        if self.modes is not None and any(not math.isclose(s.grid.pixel_nm, self.pixel_nm, rel_tol=1e-6) for s in scans):
+            raise ValueError(f"the probe modes are made for {self.pixel_nm} nm pixels, a scan's grid has {[s.grid.pixel_nm for s in scans]}")
         batch = self._prepare(scans)
         potential = self._initial_potential(scans, init)
         n_scans = len(scans)
@@ -327,7 +342,7 @@ class Reconstructor:
         for start in range(0, len(batch.base), self.options.chunk_positions):
             part = slice(start, start + self.options.chunk_positions)
             lin = batch.base[part, None] + batch.offsets_in_window[None, :]
-            flat.index_add_(0, lin.reshape(-1), (torch.abs(batch.probes[batch.probe_rows[part]]) ** 2).reshape(-1))
+            flat.index_add_(0, lin.reshape(-1), total_power(batch.probes[batch.probe_rows[part]], self.modes is not None).reshape(-1))
         peak = illumination.flatten(1).amax(dim=1).clamp_min(1e-30)[:, None, None]
         if self.options.precondition == "absolute":
             positions = torch.tensor(batch.counts, dtype=self.real_dtype, device=self.device)[:, None, None]
@@ -365,6 +380,7 @@ class Reconstructor:
         The gradient is written out by hand (no autograd graph): with Psi = F[P exp(iV)]
         (orthonormal FFT), I = bin(|Psi|^2) and dL/dI from the loss, the gradient on V is
         Im(conj(P exp(iV)) * F^-1[2 (dL/dI upsampled) Psi]), scattered back with index_add_.
+        With probe modes (``recon.probe_modes``) I adds the modes' intensities and the gradient their terms.
         """
         opts = self.options
         k, b_, kw = self.window, opts.detector_binning, self.model_window
@@ -376,16 +392,20 @@ class Reconstructor:
         windows = flat.as_strided((n_origins, kw, kw), (1, width, 1))
         grad_flat = grad.view(-1)
         losses = []
+        modes = self.modes is not None
         for start in range(0, len(index), opts.chunk_positions):
             part = index[start : start + opts.chunk_positions]
             m = len(part)
             bases = batch.base.index_select(0, part)
             waves = windows.index_select(0, bases)  # (m, kw, kw) patches of exp(iV): a strided gather, no index array
-            waves.mul_(batch.probes.index_select(0, batch.probe_rows.index_select(0, part)))
+            probes = batch.probes.index_select(0, batch.probe_rows.index_select(0, part))
+            waves = exit_waves_of_modes(waves, probes) if modes else waves.mul_(probes)  # (m, n, kw, kw) with modes
             far = torch.fft.fft2(waves, norm="ortho")
             if batch.shift_model:
                 far = torch.fft.fftshift(far, dim=(-2, -1))
             intensity = far.real.square() + far.imag.square()  # contiguous (|far|^2 via conj-multiply is a strided view)
+            if modes:
+                intensity = incoherent_sum(intensity)
             if b_ > 1:
                 intensity = bin_blocks(intensity, b_)
             target = batch.targets.index_select(0, part)
@@ -402,8 +422,10 @@ class Reconstructor:
                 residual.mul_(pixel_w)
                 d_intensity.mul_(pixel_w)
             losses.append(residual.square().sum(dim=(-2, -1)))
+            if modes:
+                d_intensity = d_intensity[:, None]  # the same dL/dI for every mode
             if b_ > 1:
-                far.view(m, k, b_, k, b_).mul_(d_intensity[:, :, None, :, None])
+                far.view(*far.shape[:-2], k, b_, k, b_).mul_(d_intensity[..., :, None, :, None])
             else:
                 far.mul_(d_intensity)
             if batch.shift_model:
@@ -412,7 +434,7 @@ class Reconstructor:
             if position_grad is not None:
                 moved = position_gradient(back, windows.index_select(0, bases), self._probe_cache.spectrum, batch.fractions.index_select(0, part))
                 position_grad.index_add_(0, part, moved / w[:, :, 0])
-            d_phase = back.mul_(waves.conj()).imag
+            d_phase = phase_gradient_of_modes(back, waves) if modes else back.mul_(waves.conj()).imag
             lin = (bases[:, None] + batch.offsets_in_window[None, :]).reshape(-1)
             grad_flat.index_add_(0, lin, d_phase.reshape(-1))
         return losses[0] if len(losses) == 1 else torch.cat(losses)

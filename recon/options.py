@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from recon.coherence import PartialCoherence
+
 PAPER_GD_STEP = 525.0
 """The paper's fixed gradient-descent step for the intensity loss (patterns normalised to unit sum)."""
 
@@ -119,6 +121,17 @@ class ReconOptions(BaseModel):
     position_correction: PositionCorrectionOptions | None = Field(
         None, description="refine the probe positions with the object (PositionCorrectionOptions); None (default): the positions as given"
     )
+    coherence: PartialCoherence | None = Field(
+        None, description="partial coherence of the beam (focal spread, source size, nm, 1 sigma; Gauss-Hermite nodes per spread): each "
+        "pattern is modelled as the weighted sum of the intensities of that many incoherent probe modes (recon.probe_modes), at about "
+        "that many times the cost per update; the Reconstructor then needs energy_ev and pixel_nm. None or zero spreads (default): one "
+        "coherent probe",
+    )
+    coherence_mode_power: float | None = Field(
+        None, gt=0, le=1, description="with coherence: replace the quadrature nodes' probes by the fewest orthogonal modes of the same "
+        "mixed state that hold this fraction of its power (e.g. 0.99: a 0.02 nm source's 9 probes -> 6 modes, 3 nm focal spread and 0.02 nm source together 27 -> 10, at the 60 kV 33 mrad probe); "
+        "None: the nodes' probes",
+    )
 
     @field_validator("precondition", mode="before")
     @classmethod
@@ -140,6 +153,9 @@ class ReconOptions(BaseModel):
                              "whole scan's loss, and a mini-batch of m positions would take N / m times that step")
         if self.position_correction is not None and self.loss != "amplitude":
             raise ValueError("position_correction needs loss 'amplitude' (its step is a Gauss-Newton step of the amplitude loss)")
+        if self.coherence is not None and not self.coherence.is_coherent and self.position_correction is not None:
+            raise ValueError("coherence (probe modes) and position_correction cannot be combined yet: position correction moves a single "
+                             "coherent probe")
         return self
 
     @property

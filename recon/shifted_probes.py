@@ -70,6 +70,8 @@ def subpixel_steps_that_fit(steps: int | None, capacity: int) -> int | None:
 def shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int, out: torch.Tensor) -> torch.Tensor:
     """Write into ``out`` (M, K, K) the probe shifted by (M, 2) sub-pixel offsets (x, y), from its spectrum fft2(probe).
 
+    A spectrum of (n, K, K) probe modes gives (M, n, K, K), every mode shifted alike.
+
     Same as ``recon.forward.fourier_shift`` but with the probe's FFT taken once and the
     phase ramp applied as its separable y and x factors, in place.
     """
@@ -80,7 +82,8 @@ def shift_probe(spectrum: torch.Tensor, fraction: torch.Tensor, chunk: int, out:
         part = fraction[start : start + chunk]
         ramp_x = torch.exp(-2j * math.pi * part[:, 0, None] * fx[None, :]).to(spectrum.dtype)
         ramp_y = torch.exp(-2j * math.pi * part[:, 1, None] * fy[None, :]).to(spectrum.dtype)
-        shifted = spectrum * ramp_y[:, :, None]
-        shifted.mul_(ramp_x[:, None, :])
+        modes = (1,) * (spectrum.ndim - 2)  # a mode axis of (n, K, K) probe modes gets the same shift
+        shifted = spectrum * ramp_y.view(len(part), *modes, size_y, 1)
+        shifted.mul_(ramp_x.view(len(part), *modes, 1, size_x))
         torch.fft.ifft2(shifted, out=out[start : start + len(part)])
     return out

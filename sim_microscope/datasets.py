@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from recon.aberrations import ProbeAberrations
+from recon.coherence import PartialCoherence
 from recon.dataset import AcquisitionTruth, Dataset4D, GroundTruth, write_dataset
 from recon.physics import real_space_pixel_angstrom
-from sim_microscope.coherence import PartialCoherence
 from sim_microscope.scan_errors import ScanErrors
 from sim_microscope.simulate import simulate_scan
 from sim_microscope.specimens import SpecimenConfig, build_specimen

@@ -27,11 +27,11 @@ from ase import Atoms
 from tqdm.auto import tqdm
 
 from recon.aberrations import ProbeAberrations
+from recon.coherence import PartialCoherence
 from recon.device import pick_device
 from recon.forward import bin_patterns, exit_waves, far_field_intensity
 from recon.physics import interaction_parameter, real_space_pixel_angstrom
 from recon.potential import projected_potential
-from sim_microscope.coherence import PartialCoherence
 
 POTENTIAL_PIXEL_TARGET_ANGSTROM = 0.12
 """Finest pixel the potential needs; sets the default oversampling (see bench/fidelity_abtem.py)."""
@@ -140,7 +140,7 @@ def simulate_scan(
         seed: seed of the Poisson noise.
         device: torch device; default CUDA when present.
         progress: show a progress bar.
-        coherence: partial coherence (``sim_microscope.coherence``): each pattern is the weighted
+        coherence: partial coherence (``recon.coherence``): each pattern is the weighted
             sum of the intensities of ``coherence.nodes()`` coherent probes (defocus and position
             offsets), at that many times the cost; None or coherent: one probe. The returned
             ``probe`` is the coherent one.

@@ -1,4 +1,4 @@
-"""Partial coherence in the simulator (sim_microscope.coherence): quadrature nodes, the coherent limit, incoherent sums."""
+"""Partial coherence in the simulator (recon.coherence, shared with the reconstructor): quadrature nodes, the coherent limit, incoherent sums."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from recon.coherence import PartialCoherence
 from sim_microscope import simulate_patterns, tmd_monolayer
-from sim_microscope.coherence import PartialCoherence
 from sim_microscope.datasets import SimulationConfig
 
 BEAM = dict(energy_ev=60_000.0, convergence_mrad=25.0, detector_pixels=32, detector_pixel_mrad=2.0)

@@ -27,6 +27,13 @@ def register(subparsers) -> None:
     p.add_argument("--position-correction", action="store_true",
                    help="refine the probe positions with the object (PositionCorrectionOptions defaults; set them under position_correction "
                         "in --config); the corrected positions go to the output's corrected_positions_nm")
+    p.add_argument("--focal-spread-nm", type=float,
+                   help="partial coherence: the beam's focal spread (defocus standard deviation, nm): model each pattern with incoherent "
+                        "probe modes (ReconOptions.coherence; with --source-size-nm too: nodes^3 modes, each costs about one coherent probe)")
+    p.add_argument("--source-size-nm", type=float, help="partial coherence: the demagnified source's standard deviation per axis, nm")
+    p.add_argument("--coherence-nodes", type=int, help="Gauss-Hermite nodes per spread of the probe modes (default 3)")
+    p.add_argument("--coherence-mode-power", type=float,
+                   help="keep the fewest orthogonal probe modes holding this fraction of the beam's power (e.g. 0.99; default: every node's probe)")
     p.add_argument("--config", help="ReconOptions as YAML/TOML/JSON; flags override it")
     p.add_argument("--converged", action="store_true",
                    help="the evaluation's converged recipe (full-batch GD, Nesterov 0.9, preconditioned step 0.25, 60 passes) "
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         "subpixel_steps": args.subpixel_steps or None,  # 0: exact, as when not given
         "batch_positions": args.batch_positions or None,  # not given: the config's; 0: full batch (nulls below)
         "progress": True,
+        "coherence_mode_power": args.coherence_mode_power,
     }
     if args.converged:
         if args.config:
@@ -72,13 +80,17 @@ def run(args: argparse.Namespace) -> int:
                                                **({"batch_positions": None} if args.batch_positions == 0 else {})})
     else:
         options = load_model(ReconOptions, args.config, overrides, nulls={"batch_positions": args.batch_positions == 0})
+    coherence = {"focal_spread_nm": args.focal_spread_nm, "source_size_nm": args.source_size_nm, "nodes_per_axis": args.coherence_nodes}
+    if any(v is not None for v in coherence.values()):  # on top of the config's coherence, when it has one
+        given = options.coherence.model_dump() if options.coherence is not None else {}
+        options = ReconOptions.model_validate({**options.model_dump(), "coherence": {**given, **{k: v for k, v in coherence.items() if v is not None}}})
     if args.position_correction and options.position_correction is None:  # the config's own options, when it has them, stand
         options = ReconOptions.model_validate({**options.model_dump(), "position_correction": {}})
     dataset = read_dataset(args.dataset)
     indices = select_subset(dataset, args.positions_subset, seed=args.seed)
     positions = dataset.positions_nm[indices]
     chunk = chunk_from_dataset(dataset, indices, grid_for_dataset(dataset, fov_of(positions)))
-    reconstructor = Reconstructor(probe_for(dataset), options, device=args.device)
+    reconstructor = Reconstructor(probe_for(dataset), options, device=args.device, energy_ev=dataset.energy_ev, pixel_nm=chunk.grid.pixel_nm)
     start = time.perf_counter()
     result = reconstructor.reconstruct([chunk])[0]
     elapsed = time.perf_counter() - start
@@ -89,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     if result.positions_nm is not None:
         print(f"position correction: rms {float(np.sqrt(((result.positions_nm - positions) ** 2).sum(axis=1).mean())):.4f} nm from the nominal "
               f"positions, scan matrix {np.round(result.scan_matrix, 4).tolist()}")
+    if reconstructor.modes is not None:
+        print(f"partial coherence: {len(reconstructor.modes)} incoherent probe modes ({options.coherence.focal_spread_nm:g} nm focal spread, "
+              f"{options.coherence.source_size_nm:g} nm source size)")
     print(f"reconstructed {len(indices)} positions on a {result.grid.shape[0]}x{result.grid.shape[1]} grid "
           f"({result.grid.pixel_nm:.5f} nm/px) in {elapsed:.2f} s on {reconstructor.device}; loss {result.loss_history[0]:.4e} -> {result.loss_history[-1]:.4e}")
     print(f"wrote {path}")

@@ -4,9 +4,11 @@ A real electron source is neither monochromatic nor a point. The energy spread (
 lens's chromatic aberration) spreads the defocus, and the demagnified source spreads the
 probe's position; both add the diffraction intensities of slightly different coherent
 probes. ``PartialCoherence.nodes`` gives those probes as Gauss-Hermite quadrature nodes of
-Gaussian spreads (defocus offset nm, x and y offsets nm, weight); the simulator adds the
-intensities with these weights. The reconstructor is never told (its probe is coherent):
-this is a model error the data carry, as with a real microscope.
+Gaussian spreads (defocus offset nm, x and y offsets nm, weight). One model for both sides:
+the simulator (``sim_microscope.simulate``) adds the intensities of these probes, and the
+reconstructor, when told (``ReconOptions.coherence``), models each pattern as the same
+weighted sum over incoherent probe modes (``recon.probe_modes``). Not told (the default),
+its probe is coherent and the spread is a model error the data carry.
 """
 
 from __future__ import annotations
