@@ -244,6 +244,7 @@ class StreamDecoder:
             self._awaiting_config = None
             self._error(_K.OTHER, "series header config never arrived", awaited)
             self._start(awaited, detail, {})
+            self._release_held()  # a detail-"all" start is held for its mask parts, which will not come either: out before the frame
 
     def _image(self, head: dict, parts: list[bytes]) -> None:
         series, frame = _int_or_none(head.get("series")), _int_or_none(head.get("frame"))
