@@ -38,6 +38,8 @@ def valid_fraction(model_probe: torch.Tensor, binning: int, valid: torch.Tensor)
     """
     far = torch.fft.fftshift(torch.fft.fft2(model_probe, norm="ortho"), dim=(-2, -1))
     intensity = far.real.square() + far.imag.square()
+    if intensity.ndim == 3:  # (n, K*b, K*b) incoherent probe modes: the beam is the sum of their intensities
+        intensity = intensity.sum(0)
     if binning > 1:
         intensity = bin_blocks(intensity[None], binning)[0]
     total = float(intensity.sum())

@@ -54,6 +54,11 @@ class ScanChunk:
     """(K, K) bool, True where the detector pixel is not a measurement (masked, saturated): left out of the loss and of the
     normalisation (``recon.detector_mask``); None: every pixel is valid."""
 
+    def subset(self, pick: np.ndarray) -> ScanChunk:
+        """The positions ``pick`` (indices) of this chunk, as numpy arrays: same grid, same invalid pixels."""
+        corrected = None if self.corrected_positions_nm is None else np.asarray(self.corrected_positions_nm)[pick]
+        return ScanChunk(np.asarray(self.patterns)[pick], np.asarray(self.positions_nm)[pick], self.grid, corrected, self.invalid_pixels)
+
 
 @dataclass
 class ReconResult:

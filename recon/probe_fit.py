@@ -87,11 +87,9 @@ def estimate_focal_spread(
 
 def _subset(chunk: ScanChunk, max_positions: int, seed: int, caller: str) -> ScanChunk:
     """``chunk`` itself, or a seeded random subset of ``max_positions`` of its positions."""
-    patterns = np.asarray(chunk.patterns)
-    positions = np.asarray(chunk.positions_nm)
-    if len(positions) == 0:
+    n = len(chunk.positions_nm)
+    if n == 0:
         raise ValueError(f"{caller} needs at least one position")
-    if len(positions) > max_positions:
-        pick = np.sort(np.random.default_rng(seed).choice(len(positions), size=max_positions, replace=False))
-        patterns, positions = patterns[pick], positions[pick]
-    return ScanChunk(patterns, positions, chunk.grid)
+    if n > max_positions:
+        return chunk.subset(np.sort(np.random.default_rng(seed).choice(n, size=max_positions, replace=False)))
+    return chunk

@@ -193,15 +193,12 @@ def central_indices(positions_nm: np.ndarray, n: int) -> np.ndarray:
 
 def _subset(chunk: ScanChunk, options: RetrievalOptions) -> ScanChunk:
     """At most ``options.max_positions`` positions of ``chunk`` (central or seeded random), same grid."""
-    patterns = np.asarray(chunk.patterns)
     positions = np.asarray(chunk.positions_nm, dtype=np.float64)
     if positions.ndim != 2 or positions.shape[1] != 2 or len(positions) == 0:
         raise ValueError(f"probe retrieval needs (N, 2) positions with N >= 1, got shape {positions.shape}")
     n = options.max_positions
-    if len(positions) > n:
-        if options.subset == "random":
-            pick = np.sort(np.random.default_rng(options.seed).choice(len(positions), size=n, replace=False))
-        else:
-            pick = central_indices(positions, n)
-        patterns, positions = patterns[pick], positions[pick]
-    return ScanChunk(patterns, positions, chunk.grid, invalid_pixels=chunk.invalid_pixels)
+    if len(positions) <= n:
+        return chunk
+    if options.subset == "random":
+        return chunk.subset(np.sort(np.random.default_rng(options.seed).choice(len(positions), size=n, replace=False)))
+    return chunk.subset(central_indices(positions, n))
