@@ -166,7 +166,8 @@ class Service:
                                     retrieve=spec.retrieve_probe and not retrieved, correct_positions=spec.correct_positions,
                                     probe_source="retrieved" if retrieved else "nominal")
 
-        job = converged_job(request, self.backend.converged, self.manager.note_converged, StagedRetriever(self.retrieve_probe, self.refine_probe))
+        staged = StagedRetriever(self.retrieve_probe, self.refine_probe, self.settings.probe_refinement_max_change)
+        job = converged_job(request, self.backend.converged, self.manager.note_converged, staged)
         if self.background.submit(job):
             self.manager.note_converged(sid, {"state": "queued"})
 

@@ -78,15 +78,24 @@ class ProbeRetriever:
 
 class StagedRetriever:
     """A retrieval in the service's two stages at once: the first (coarse) retrieval, then one refinement from it on the same
-    frames (for a session that ended before its live retrieval: its converged reconstruction retrieves the probe so)."""
+    frames (for a session that ended before its live retrieval: its converged reconstruction retrieves the probe so). As in
+    the live path, a refinement that fails, or moves an aberration by more than ``max_change`` (defocus nm, |C12| nm, Cs um),
+    leaves the first stage's probe (the report says why, under ``refinement_error``)."""
 
-    def __init__(self, first: RetrieveProbe, refine: RetrieveProbe) -> None:
-        self.first, self.refine = first, refine
+    def __init__(self, first: RetrieveProbe, refine: RetrieveProbe, max_change: tuple[float, float, float] = (3.0, 3.0, 10.0)) -> None:
+        self.first, self.refine, self.max_change = first, refine, max_change
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
                  pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]:
         coarse, first = self.first(patterns, positions, beam, fov_nm, pause, invalid_pixels)
-        refined, report = self.refine(patterns, positions, coarse, fov_nm, pause, invalid_pixels)
+        try:
+            refined, report = self.refine(patterns, positions, coarse, fov_nm, pause, invalid_pixels)
+            check_change(coarse, refined, self.max_change)
+        except Stopped:
+            raise
+        except Exception as err:  # the coarse retrieval stands
+            log.warning("probe refinement after the retrieval failed (%s); keeping the retrieved probe", err)
+            return coarse, {**first, "refinement_error": f"{type(err).__name__}: {err}"}
         return refined, {**report, "evaluations": first["evaluations"] + report["evaluations"],
                          "seconds": round(first["seconds"] + report["seconds"], 3)}
 
@@ -152,10 +161,7 @@ def refinement_job(
         on_result(session_id, None, {"state": "running", "frames": len(positions)})
         try:
             new_beam, report = refine(patterns, positions, beam, fov_nm, pause, invalid_pixels)
-            moved = aberration_change(beam, new_beam)
-            if any(m > limit for m, limit in zip(moved, max_change, strict=True)):
-                raise RuntimeError(f"diverged: moved defocus {moved[0]:.2f} nm, astigmatism {moved[1]:.2f} nm, Cs {moved[2]:.2f} um in one "
-                                   f"refinement (at most {max_change[0]:g} nm, {max_change[1]:g} nm, {max_change[2]:g} um); keeping the probe in use")
+            check_change(beam, new_beam, max_change)
         except Stopped:
             raise
         except Exception as err:  # the session keeps the probe in use; its status says why
@@ -166,6 +172,15 @@ def refinement_job(
         on_result(session_id, new_beam, {**report, "state": "done", "frames": len(positions)})
 
     return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}))
+
+
+def check_change(before: Beam, after: Beam, max_change: tuple[float, float, float]) -> None:
+    """RuntimeError if a refinement moved defocus, |C12 - C12 before| or Cs by more than ``max_change`` (nm, nm, um): a jump that
+    large from a local search is a divergence, not a refinement."""
+    moved = aberration_change(before, after)
+    if any(m > limit for m, limit in zip(moved, max_change, strict=True)):
+        raise RuntimeError(f"diverged: moved defocus {moved[0]:.2f} nm, astigmatism {moved[1]:.2f} nm, Cs {moved[2]:.2f} um in one "
+                           f"refinement (at most {max_change[0]:g} nm, {max_change[1]:g} nm, {max_change[2]:g} um); keeping the probe in use")
 
 
 def aberration_change(before: Beam, after: Beam) -> tuple[float, float, float]:
