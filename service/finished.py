@@ -8,10 +8,12 @@ finished session, never its frames.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from service.converged_store import ConvergedStoreError, converged_path, read_converged, read_converged_recipe
@@ -62,6 +64,16 @@ class FinishedSession:
         counts[kind] = counts.get(kind, 0) + 1
         recent = self.summary["recent_errors"] = list(self.summary.get("recent_errors") or [])[-19:]
         recent.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
+
+    def record_probe(self, probe: dict) -> None:
+        """The session's ``probe`` (status shape) after a probe job that ended after the session did: in the summary and in the
+        closed file's ``probe`` attribute, which a restart reads back (StoreError if the file cannot be written; the summary has it)."""
+        self.summary["probe"] = probe
+        try:
+            with h5py.File(self.path, "r+") as f:
+                f.attrs["probe"] = json.dumps(probe)
+        except OSError as err:
+            raise StoreError(f"session {self.session_id}: could not record the probe in {self.path}: {err}") from err
 
     def ask(self) -> dict:
         """The answer to an ask: ``done``; refused (wrong-state) if the session was stopped or failed."""

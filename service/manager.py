@@ -386,9 +386,7 @@ class SessionManager(StreamHandling):
                 return
             f = self.finished.get(sid)
             if f is not None and report.get("state") != "dropped":
-                f.summary["probe"] = retrieval_status(_landed(report, f.summary.get("frames_received")))
-                if self.on_change is not None:
-                    self.on_change()
+                self._record_late_probe(f, retrieval_status(_landed(report, f.summary.get("frames_received"))), report)
 
     def note_probe_refinement(self, sid: str, beam, report: dict) -> None:
         """Record a probe refinement's progress (``service.probe_job.refinement_job``'s callback): the status's ``probe``
@@ -409,9 +407,20 @@ class SessionManager(StreamHandling):
                 return
             f = self.finished.get(sid)
             if f is not None and f.summary.get("probe") is not None:
-                f.summary["probe"] = refinement_status(f.summary["probe"], _landed(report, f.summary.get("frames_received")))
-                if self.on_change is not None:
-                    self.on_change()
+                self._record_late_probe(f, refinement_status(f.summary["probe"], _landed(report, f.summary.get("frames_received"))), report)
+
+    def _record_late_probe(self, f, probe: dict, report: dict) -> None:
+        """A probe job of a session that ended meanwhile reported (lock held): its summary gets ``probe``; a done or failed job's
+        outcome also goes into the closed file, so that a restart keeps it (it was kept in memory only)."""
+        if report.get("state") in ("done", "failed"):
+            try:
+                f.record_probe(probe)
+            except StoreError as err:  # the summary has it until a restart
+                log.error("%s", err)
+        else:
+            f.summary["probe"] = probe
+        if self.on_change is not None:
+            self.on_change()
 
     def restore(self) -> int:
         """Load the session files in storage (``service.restore.load_sessions``); returns how many were loaded.
