@@ -186,7 +186,8 @@ class TorchReconBackend:
 
             device = pick_device(None if self.device == "auto" else self.device)
             probe = beam.probe().to(device)
-            self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device)
+            self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device,
+                                               energy_ev=beam.energy_ev, pixel_nm=beam.pixel_nm)
             while len(self._recons) > self.MAX_BEAMS:
                 self._recons.popitem(last=False)
         return self._recons[beam]

@@ -199,3 +199,25 @@ def test_estimate_focal_spread_picks_the_spread_the_data_were_made_with():
     assert best == 4.0, losses
     with pytest.raises(ValueError, match="candidate"):
         estimate_focal_spread(chunk, probe(), energy_ev=ENERGY_EV, candidates_nm=[])
+
+
+def test_the_services_live_reconstruction_takes_probe_modes_from_its_options():
+    # the service validated a coherence option at start-up, then its first chunk failed: its reconstructor was not given the
+    # beam's energy and pixel size the modes are made with
+    from service.compute import ReconJob, TorchReconBackend
+    from service.spec import Beam
+
+    torch.set_num_threads(2)
+    beam, fov = Beam(60_000.0, 25.0, 16, 4.0, 0.0), (0.0, 0.0, 0.2, 0.2)
+    xs = np.linspace(0.0, 0.2, 4)
+    positions = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)
+    patterns = np.ones((len(positions), 16, 16), np.float32)
+
+    def potential(options):
+        job = ReconJob(beam, fov, patterns, positions, None, final=True)
+        return TorchReconBackend(update=2, options={"detector_binning": 1, **options}).reconstruct([job])[0].potential
+
+    coherent = potential({})
+    modes = potential({"coherence": {"focal_spread_nm": 3.0}})
+    assert modes.shape == coherent.shape and np.isfinite(modes).all()
+    assert not np.array_equal(modes, coherent)
