@@ -1,4 +1,4 @@
-"""Review 3: invalid detector pixels together with probe modes and in the probe fits (regressions)."""
+"""Invalid detector pixels together with probe modes and in the probe fits (regressions)."""
 
 from __future__ import annotations
 

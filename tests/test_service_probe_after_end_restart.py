@@ -1,4 +1,4 @@
-"""Review 3: a probe refinement that lands after its session ended is kept across a restart (state in memory vs in the file)."""
+"""A probe refinement that lands after its session ended is kept across a restart (state in memory vs in the file)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review 3: the converged fallback's two-stage probe retrieval (service.probe_job.StagedRetriever)."""
+"""The converged fallback's two-stage probe retrieval (service.probe_job.StagedRetriever)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review 3: a header-detail ``all`` series start held for its pixel mask still comes before the series' frames."""
+"""A header-detail ``all`` series start held for its pixel mask still comes before the series' frames."""
 
 from __future__ import annotations
 
