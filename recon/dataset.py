@@ -25,11 +25,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from recon.invalid_pixels import marked_pixels
+from recon.invalid_pixels import DETECTOR_MASK, marked_pixels
 
 FORMAT_NAME = "ptychoscan-4dstem"
 FORMAT_VERSION = 1
-DETECTOR_MASK = "detector_mask"
 """optional (K, K) uint8 dataset: nonzero where a detector pixel is not a measurement (a session file's values say why)."""
 PATTERN_DTYPES = (np.dtype(np.float32), np.dtype(np.uint16), np.dtype(np.uint32))
 _NAN_CHECK_CHUNK = 1024

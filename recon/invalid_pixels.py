@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+DETECTOR_MASK = "detector_mask"
+"""the (K, K) uint8 dataset of a session or dataset file that records its invalid detector pixels (nonzero: invalid)."""
+
 
 def marker_value(dtype: np.dtype) -> int | None:
     """The count an integer pixel type uses to mark a masked or saturated pixel (its largest value); None for float patterns."""

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.invalid_pixels import marked_pixels, marker_value
+from recon.invalid_pixels import DETECTOR_MASK, marked_pixels, marker_value
 
 FROM_HEADER = 1
 """flag: masked in the detector's pixel mask (series header of detail ``all``)."""
 MARKED = 2
 """flag: read the pixel type's largest count (masked with ``pixel_mask_applied``, or saturated) in a stored frame."""
-DATASET = "detector_mask"
-"""the session file's (K, K) uint8 dataset of the flags; absent while no pixel is known invalid."""
 
 
 _MARKERS: dict[np.dtype, int | None] = {}
@@ -42,8 +40,8 @@ def invalid_in_file(f) -> np.ndarray | None:
     """(K, K) bool invalid pixels of an open session file ``f`` (h5py): its recorded ``detector_mask`` and pixels at the file type's
     largest count (a file written before the mask was recorded); None when there are none."""
     bad = marked_pixels(f["patterns"])
-    if DATASET in f:
-        bad |= f[DATASET][()] != 0
+    if DETECTOR_MASK in f:
+        bad |= f[DETECTOR_MASK][()] != 0
     return bad if bad.any() else None
 
 

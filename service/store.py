@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 
 from recon.dataset import FORMAT_NAME, FORMAT_VERSION
+from recon.invalid_pixels import DETECTOR_MASK
 from service.converged_store import is_converged_file
-from service.detector_mask import DATASET as DETECTOR_MASK
 
 log = logging.getLogger(__name__)
 
