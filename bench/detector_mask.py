@@ -16,7 +16,9 @@ the engine) and the service's per-frame cost of learning marked pixels
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,15 +32,8 @@ from recon.invalid_pixels import marked_pixels
 from recon.options import ReconOptions
 from service.detector_mask import DetectorMask
 
-
-def _blobs(shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
-    ny, nx = shape
-    yy, xx = np.mgrid[:ny, :nx]
-    v = np.zeros((ny, nx))
-    for _ in range(ny * nx // 20):
-        cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
-        v += 0.3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.2**2))
-    return torch.tensor(v, dtype=torch.float32)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from recon_testing import blob_phase
 
 
 def main() -> None:
@@ -60,7 +55,7 @@ def main() -> None:
     xs = np.linspace(0.0, 1.0, side)
     positions = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)[: args.positions]
     grid = ObjectGrid.covering((0.0, 0.0, 1.0, 1.0), pixel_nm, k)
-    truth = _blobs(grid.shape, rng)
+    truth = blob_phase(grid.shape, rng).float()
     px = torch.tensor(grid.positions_px(positions), dtype=torch.float32)
     intensity = forward_intensity(torch.polar(torch.ones_like(truth), truth), probe, px).numpy()
     counts = rng.poisson(intensity / intensity.sum(axis=(1, 2)).mean() * args.dose).astype(np.uint16)

@@ -172,3 +172,18 @@ def receive_libertem(conn, cam, n_expected: int, timeout: float = 20.0, max_size
         stacks.append(buf)
         got += len(buf)
     return np.concatenate(stacks) if stacks else np.empty((0,))
+
+
+def beams_reconstructed(monkeypatch) -> list:
+    """The beam of every live reconstruction job the service runs from now on (``TorchReconBackend._run_group`` spied), in order."""
+    from service.compute import TorchReconBackend
+
+    beams: list = []
+    original = TorchReconBackend._run_group
+
+    def spy(self, jobs, iterations, scopes=None, first_pass=0):
+        beams.extend(job.beam for job in jobs)
+        return original(self, jobs, iterations, scopes, first_pass)
+
+    monkeypatch.setattr(TorchReconBackend, "_run_group", spy)
+    return beams

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, frames_for, session_body, wait_until
+from service_testing import AUTH, KEY, Pusher, beams_reconstructed, frames_for, session_body, wait_until
 
 from recon.beam import probe_for
 from service.app import create_app
-from service.compute import TorchReconBackend
 from service.models import SessionCreate
 from service.probe_job import ProbeRetriever
 from service.settings import ServiceSettings
@@ -72,14 +71,7 @@ def test_beam_probe_is_the_nominal_probe_and_reports_round_trip():
 
 
 def test_retrieved_probe_is_used_from_the_next_chunk_recorded_and_kept_after_a_restart(tmp_path, monkeypatch):
-    beams: list[Beam] = []
-    original = TorchReconBackend._run_group
-
-    def spy(self, jobs, iterations, scopes=None, first_pass=0):
-        beams.extend(job.beam for job in jobs)
-        return original(self, jobs, iterations, scopes, first_pass)
-
-    monkeypatch.setattr(TorchReconBackend, "_run_group", spy)
+    beams = beams_reconstructed(monkeypatch)
     pusher = Pusher()
     body = session_body(pusher.endpoint, budget=16, chunk=4, fov_nm=FOV, probe="retrieve", defocus_nm=1.0, cs_um=5.0)
     try:

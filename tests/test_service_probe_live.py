@@ -11,14 +11,13 @@ import h5py
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import AUTH, KEY, Pusher, frames_for, session_body, wait_until
+from service_testing import AUTH, KEY, Pusher, beams_reconstructed, frames_for, session_body, wait_until
 
 from recon.aberrations import ProbeAberrations
 from recon.engine import ScanChunk
 from recon.grid import ObjectGrid
 from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
 from service.app import create_app
-from service.compute import TorchReconBackend
 from service.probe_gradient import GradientRefiner
 from service.probe_job import ProbeRetriever
 from service.probe_live import HISTORY_LENGTH, refinement_due, refinement_status, retrieval_status, with_history
@@ -155,14 +154,7 @@ def test_local_search_scores_its_start_first_and_never_returns_worse():
 def test_refinements_are_queued_every_n_frames_one_at_a_time_used_recorded_and_kept_after_a_restart(tmp_path, monkeypatch):
     fake = FakeProbeJobs()
     _install(monkeypatch, fake)
-    beams: list[Beam] = []
-    original = TorchReconBackend._run_group
-
-    def spy(self, jobs, iterations, scopes=None, first_pass=0):
-        beams.extend(job.beam for job in jobs)
-        return original(self, jobs, iterations, scopes, first_pass)
-
-    monkeypatch.setattr(TorchReconBackend, "_run_group", spy)
+    beams = beams_reconstructed(monkeypatch)
     pusher = Pusher()
     body = session_body(pusher.endpoint, budget=40, chunk=4, fov_nm=FOV, probe="retrieve")
     try:
@@ -210,14 +202,7 @@ def test_refinements_are_queued_every_n_frames_one_at_a_time_used_recorded_and_k
                          ids=["fails", "diverges"])
 def test_a_refinement_that_fails_or_diverges_keeps_the_probe_in_use_and_says_why(tmp_path, monkeypatch, fake, why):
     _install(monkeypatch, fake)
-    beams: list[Beam] = []
-    original = TorchReconBackend._run_group
-
-    def spy(self, jobs, iterations, scopes=None, first_pass=0):
-        beams.extend(job.beam for job in jobs)
-        return original(self, jobs, iterations, scopes, first_pass)
-
-    monkeypatch.setattr(TorchReconBackend, "_run_group", spy)
+    beams = beams_reconstructed(monkeypatch)
     pusher = Pusher()
     try:
         with TestClient(create_app(_settings(tmp_path))) as c:
