@@ -1,0 +1,68 @@
+"""A probe job that lands after its session ended writes the closed session file (r+) while another thread of the service
+may be reading that file (a GET of the finished session's reconstruction or positions, outside the manager's lock): HDF5
+refuses to open read-write a file the process has open read-only, so the refined probe was kept in memory only."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import h5py
+from fastapi.testclient import TestClient
+from service_testing import AUTH, Pusher, session_body, wait_until
+from test_service_probe_live import FOV, RETRIEVED_DEFOCUS, STEP, FakeProbeJobs, _chunk, _install, _settings, _status
+
+import service.store as store
+from service.app import create_app
+
+
+def test_a_late_refinement_reaches_the_file_while_a_reader_has_it_open(tmp_path, monkeypatch):
+    """The refinement running when the session ends lands while a read of the finished session's latest reconstruction
+    (``service.store.read_latest_reconstruction``, as GET .../reconstruction does) has the file open: after a restart the
+    session must still report the refined probe."""
+    fake = FakeProbeJobs()
+    _install(monkeypatch, fake)
+    inside, release = threading.Event(), threading.Event()
+    real = store.StoredReconstruction
+    reader: list[threading.Thread] = []
+
+    def slow_reconstruction(*args):  # the reader's file is open while it builds its answer
+        if threading.current_thread() in reader:
+            inside.set()
+            assert release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(store, "StoredReconstruction", slow_reconstruction)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                         headers=AUTH).json()["session_id"]
+            assert _chunk(c, pusher, sid, 0)
+            wait_until(lambda: _status(c, sid)["probe"].get("state") == "done", timeout=60)
+            fake.gate.clear()  # the refinement queued at 8 frames hangs while the last chunk ends the session
+            assert _chunk(c, pusher, sid, 1)
+            wait_until(lambda: fake.refinements == 1, timeout=30)
+            assert _chunk(c, pusher, sid, 2)
+            wait_until(lambda: _status(c, sid)["state"] == "done", timeout=60)
+            path = tmp_path / f"{sid}.h5"
+            reader.append(threading.Thread(target=store.read_latest_reconstruction, args=(path,)))
+            reader[0].start()
+            assert inside.wait(30)
+            fake.gate.set()  # the refinement lands while the reader has the file open
+            time.sleep(0.5)
+            release.set()
+            reader[0].join(30)
+            before = wait_until(lambda: (p := _status(c, sid)["probe"]).get("refinements") == 1 and p, timeout=60)
+            assert before["defocus_nm"] == RETRIEVED_DEFOCUS + STEP
+        with h5py.File(path, "r") as f:
+            stored = json.loads(f.attrs["probe"]) if "probe" in f.attrs else None
+        assert stored is not None and stored.get("refinements") == 1, stored
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            after = _status(c, sid)["probe"]
+        assert (after["defocus_nm"], after.get("refinements")) == (before["defocus_nm"], 1), after
+    finally:
+        release.set()
+        fake.gate.set()
+        pusher.close()
