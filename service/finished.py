@@ -9,11 +9,12 @@ finished session, never its frames.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from service.converged_store import ConvergedStoreError, converged_path, read_converged, read_converged_recipe
@@ -21,6 +22,26 @@ from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
 from service.spec import Beam
 from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
+
+log = logging.getLogger(__name__)
+
+
+def late_probe_path(path: Path) -> Path:
+    """``<id>.probe.json`` beside the session file ``<id>.h5``: the session's probe as a probe job or its converged reconstruction
+    left it after the session had ended (``FinishedSession.record_probe``); it overrides the file's ``probe`` attribute."""
+    return Path(path).with_suffix(".probe.json")
+
+
+def _late_probe(path: Path) -> dict | None:
+    """The probe ``record_probe`` left for the session in ``path``; None if there is none (or it is unreadable: logged)."""
+    try:
+        probe = json.loads(late_probe_path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.error("session file %s: its late probe record is unreadable (%s); using the file's own", path, err)
+        return None
+    return probe if isinstance(probe, dict) else None
 
 
 def _converged_recipe(path: Path) -> dict:
@@ -66,14 +87,18 @@ class FinishedSession:
         recent.append({"kind": kind, "detail": message, "at_unix": round(time.time(), 3)})
 
     def record_probe(self, probe: dict) -> None:
-        """The session's ``probe`` (status shape) after a probe job that ended after the session did: in the summary and in the
-        closed file's ``probe`` attribute, which a restart reads back (StoreError if the file cannot be written; the summary has it)."""
+        """The session's ``probe`` (status shape) after a probe job or converged reconstruction that ended after the session did:
+        in the summary and in ``late_probe_path`` beside the closed file (a restart reads it back; StoreError if it cannot be
+        written, the summary has it). Not in the session file itself: that stays as it was when the session ended (a reader or a
+        download may have it open, and HDF5 refuses to open it for writing then)."""
         self.summary["probe"] = probe
+        target = late_probe_path(self.path)
+        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            with h5py.File(self.path, "r+") as f:
-                f.attrs["probe"] = json.dumps(probe)
+            tmp.write_text(json.dumps(probe))
+            os.replace(tmp, target)  # whole or not at all
         except OSError as err:
-            raise StoreError(f"session {self.session_id}: could not record the probe in {self.path}: {err}") from err
+            raise StoreError(f"session {self.session_id}: could not record the probe in {target}: {err}") from err
 
     def ask(self) -> dict:
         """The answer to an ask: ``done``; refused (wrong-state) if the session was stopped or failed."""
@@ -162,4 +187,6 @@ class FinishedSession:
                     status["converged_reconstruction"]["positions"] = recipe["positions_moved"]
                 if probe_after_end:  # retrieved after the session ended: only its converged reconstruction recorded it
                     status["probe"] = _converged_probe(recipe, summary.params)
+        if (late := _late_probe(path)) is not None:  # a probe job or converged reconstruction that ended after the session did
+            status["probe"] = late
         return cls(summary.session_id, SessionState(summary.state), summary.error, Path(path), status, dict(summary.tells))

@@ -152,7 +152,10 @@ class SessionManager(StreamHandling):
             f.summary["converged_reconstruction"] = info
             probe = info.get("probe") or {}
             if (f.summary.get("probe") or {}).get("source") != "retrieved" and (probe.get("source") == "retrieved" or probe.get("state") == "failed"):
-                f.summary["probe"] = {"state": "done", **probe}  # retrieved (or failed) after the session ended, by this job
+                try:  # retrieved (or failed) after the session ended, by this job: a restart must say so too
+                    f.record_probe({"state": "done", **probe})
+                except StoreError as err:  # the summary has it until a restart
+                    log.error("%s", err)
             if self.on_change is not None:
                 self.on_change()
 

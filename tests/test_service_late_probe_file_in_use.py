@@ -15,6 +15,7 @@ from test_service_probe_live import FOV, RETRIEVED_DEFOCUS, STEP, FakeProbeJobs,
 
 import service.store as store
 from service.app import create_app
+from service.finished import late_probe_path
 
 
 def test_a_late_refinement_reaches_the_file_while_a_reader_has_it_open(tmp_path, monkeypatch):
@@ -56,9 +57,10 @@ def test_a_late_refinement_reaches_the_file_while_a_reader_has_it_open(tmp_path,
             reader[0].join(30)
             before = wait_until(lambda: (p := _status(c, sid)["probe"]).get("refinements") == 1 and p, timeout=60)
             assert before["defocus_nm"] == RETRIEVED_DEFOCUS + STEP
-        with h5py.File(path, "r") as f:
-            stored = json.loads(f.attrs["probe"]) if "probe" in f.attrs else None
-        assert stored is not None and stored.get("refinements") == 1, stored
+        with h5py.File(path, "r") as f:  # the session file stays as it was when the session ended
+            assert json.loads(f.attrs["probe"]).get("refinements", 0) == 0
+        stored = json.loads(late_probe_path(path).read_text())
+        assert stored.get("refinements") == 1, stored
         with TestClient(create_app(_settings(tmp_path))) as c:
             after = _status(c, sid)["probe"]
         assert (after["defocus_nm"], after.get("refinements")) == (before["defocus_nm"], 1), after
