@@ -10,8 +10,9 @@ import time
 
 import h5py
 from fastapi.testclient import TestClient
-from service_testing import AUTH, Pusher, session_body, wait_until
-from test_service_probe_live import FOV, RETRIEVED_DEFOCUS, STEP, FakeProbeJobs, _chunk, _install, _settings, _status
+from service_testing import Pusher, wait_until
+from test_service_probe_after_end_restart import end_with_a_refinement_running
+from test_service_probe_live import RETRIEVED_DEFOCUS, STEP, FakeProbeJobs, _install, _settings, _status
 
 import service.store as store
 from service.app import create_app
@@ -38,15 +39,7 @@ def test_a_late_refinement_reaches_the_file_while_a_reader_has_it_open(tmp_path,
     pusher = Pusher()
     try:
         with TestClient(create_app(_settings(tmp_path))) as c:
-            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
-                         headers=AUTH).json()["session_id"]
-            assert _chunk(c, pusher, sid, 0)
-            wait_until(lambda: _status(c, sid)["probe"].get("state") == "done", timeout=60)
-            fake.gate.clear()  # the refinement queued at 8 frames hangs while the last chunk ends the session
-            assert _chunk(c, pusher, sid, 1)
-            wait_until(lambda: fake.refinements == 1, timeout=30)
-            assert _chunk(c, pusher, sid, 2)
-            wait_until(lambda: _status(c, sid)["state"] == "done", timeout=60)
+            sid = end_with_a_refinement_running(c, pusher, fake)
             path = tmp_path / f"{sid}.h5"
             reader.append(threading.Thread(target=store.read_latest_reconstruction, args=(path,)))
             reader[0].start()

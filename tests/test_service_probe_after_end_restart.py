@@ -19,15 +19,7 @@ def test_a_refinement_landing_after_the_session_ended_survives_a_restart(tmp_pat
     pusher = Pusher()
     try:
         with TestClient(create_app_for(tmp_path)) as c:
-            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
-                         headers=AUTH).json()["session_id"]
-            assert _chunk(c, pusher, sid, 0)
-            wait_until(lambda: _status(c, sid)["probe"].get("state") == "done", timeout=60)
-            fake.gate.clear()  # the refinement queued at 8 frames hangs while the last chunk ends the session
-            assert _chunk(c, pusher, sid, 1)
-            wait_until(lambda: fake.refinements == 1, timeout=30)
-            assert _chunk(c, pusher, sid, 2)
-            wait_until(lambda: _status(c, sid)["state"] == "done", timeout=60)
+            sid = end_with_a_refinement_running(c, pusher, fake)
             fake.gate.set()
             before = wait_until(lambda: (p := _status(c, sid)["probe"]).get("refinements") == 1 and p, timeout=60)
             assert before["defocus_nm"] == RETRIEVED_DEFOCUS + STEP  # in use for the session from now on (its summary)
@@ -45,3 +37,18 @@ def create_app_for(tmp_path):
     from service.app import create_app
 
     return create_app(_settings(tmp_path))
+
+
+def end_with_a_refinement_running(c, pusher, fake: FakeProbeJobs) -> str:
+    """A 12-position ``probe: retrieve`` session run to done while the refinement queued at 8 frames hangs on ``fake.gate``
+    (cleared here; the caller sets it); the session id."""
+    sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                 headers=AUTH).json()["session_id"]
+    assert _chunk(c, pusher, sid, 0)
+    wait_until(lambda: _status(c, sid)["probe"].get("state") == "done", timeout=60)
+    fake.gate.clear()
+    assert _chunk(c, pusher, sid, 1)
+    wait_until(lambda: fake.refinements == 1, timeout=30)
+    assert _chunk(c, pusher, sid, 2)
+    wait_until(lambda: _status(c, sid)["state"] == "done", timeout=60)
+    return sid
