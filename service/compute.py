@@ -184,7 +184,7 @@ class TorchReconBackend:
             from recon.engine import Reconstructor
             from recon.options import ReconOptions
 
-            device = pick_device(None if self.device == "auto" else self.device)
+            device = pick_device(self.device)
             probe = beam.probe().to(device)
             self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device,
                                                energy_ev=beam.energy_ev, pixel_nm=beam.pixel_nm)
@@ -207,7 +207,7 @@ class TorchReconBackend:
         from recon.grid import ObjectGrid
 
         beam, evaluation = job.beam, EvaluationOptions()
-        device = pick_device(None if self.device == "auto" else self.device)
+        device = pick_device(self.device)
         probe = beam.probe().to(device)
         options = evaluation.final_recon.model_copy(update={k: v for k, v in self.options.items() if k in _RECIPE_NEUTRAL})
         if job.correct_positions:

@@ -122,11 +122,11 @@ def read_measured(session_file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """``read_measured_frames`` and the detector pixels that are not measurements ((K, K) bool, ``service.detector_mask``; None: none)."""
     try:
         with h5py.File(session_file, "r") as f:
-            invalid = invalid_in_file(f)
             received = f["received"][()].astype(bool)
             n = min(len(received), f["patterns"].shape[0], f["positions_nm"].shape[0])
             keep = np.flatnonzero(received[:n])
             raw = f["patterns"][:n]  # the file's own pixel type; float32 only for the received rows (one float copy, not three)
+            invalid = invalid_in_file(f, raw)
             patterns = (raw if len(keep) == n else raw[keep]).astype(np.float32)
             positions = np.asarray(f["positions_nm"][:n], np.float64)[keep]
     except (OSError, KeyError, ValueError) as err:

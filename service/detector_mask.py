@@ -36,10 +36,11 @@ def measured_peak(image: np.ndarray) -> int:
     return int(counts.max()) if counts.size else 0
 
 
-def invalid_in_file(f) -> np.ndarray | None:
-    """(K, K) bool invalid pixels of an open session file ``f`` (h5py): its recorded ``detector_mask`` and pixels at the file type's
-    largest count (a file written before the mask was recorded); None when there are none."""
-    bad = marked_pixels(f["patterns"])
+def invalid_in_file(f, patterns: np.ndarray) -> np.ndarray | None:
+    """(K, K) bool invalid pixels of an open session file ``f`` (h5py) whose ``patterns`` (its frames, as read; the file's pixel type)
+    the caller has: its recorded ``detector_mask`` and pixels at the pixel type's largest count (a file written before the mask
+    was recorded); None when there are none."""
+    bad = marked_pixels(patterns)
     if DETECTOR_MASK in f:
         bad |= f[DETECTOR_MASK][()] != 0
     return bad if bad.any() else None

@@ -152,10 +152,8 @@ class SessionManager(StreamHandling):
             f.summary["converged_reconstruction"] = info
             probe = info.get("probe") or {}
             if (f.summary.get("probe") or {}).get("source") != "retrieved" and (probe.get("source") == "retrieved" or probe.get("state") == "failed"):
-                try:  # retrieved (or failed) after the session ended, by this job: a restart must say so too
-                    f.record_probe({"state": "done", **probe})
-                except StoreError as err:  # the summary has it until a restart
-                    log.error("%s", err)
+                late = {"state": "done", **probe}  # retrieved (or failed) after the session ended, by this job: a restart must say so too
+                self._record_late_probe(f, late, late)
             if self.on_change is not None:
                 self.on_change()
 
@@ -390,6 +388,8 @@ class SessionManager(StreamHandling):
             f = self.finished.get(sid)
             if f is not None and report.get("state") != "dropped":
                 self._record_late_probe(f, retrieval_status(_landed(report, f.summary.get("frames_received"))), report)
+                if self.on_change is not None:
+                    self.on_change()
 
     def note_probe_refinement(self, sid: str, beam, report: dict) -> None:
         """Record a probe refinement's progress (``service.probe_job.refinement_job``'s callback): the status's ``probe``
@@ -411,10 +411,14 @@ class SessionManager(StreamHandling):
             f = self.finished.get(sid)
             if f is not None and f.summary.get("probe") is not None:
                 self._record_late_probe(f, refinement_status(f.summary["probe"], _landed(report, f.summary.get("frames_received"))), report)
+                if self.on_change is not None:
+                    self.on_change()
 
-    def _record_late_probe(self, f, probe: dict, report: dict) -> None:
-        """A probe job of a session that ended meanwhile reported (lock held): its summary gets ``probe``; a done or failed job's
-        outcome also goes into the closed file, so that a restart keeps it (it was kept in memory only)."""
+    @staticmethod
+    def _record_late_probe(f, probe: dict, report: dict) -> None:
+        """A probe job (or converged reconstruction) of a session that ended meanwhile reported (lock held): its summary gets
+        ``probe``; a done or failed job's outcome is also recorded beside the closed file (``FinishedSession.record_probe``),
+        so that a restart keeps it."""
         if report.get("state") in ("done", "failed"):
             try:
                 f.record_probe(probe)
@@ -422,8 +426,6 @@ class SessionManager(StreamHandling):
                 log.error("%s", err)
         else:
             f.summary["probe"] = probe
-        if self.on_change is not None:
-            self.on_change()
 
     def restore(self) -> int:
         """Load the session files in storage (``service.restore.load_sessions``); returns how many were loaded.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.probe_job import frames_chunk
 from service.spec import Beam
 
 
@@ -44,21 +45,15 @@ class GradientRefiner:
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
                  pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]:
-        import torch
-
         from recon.device import pick_device
-        from recon.engine import ScanChunk
-        from recon.grid import ObjectGrid
         from recon.options import ReconOptions
         from recon.probe_refinement import reconstruct_refining_aberrations
         from recon.probe_retrieval import central_indices
 
         t0 = time.perf_counter()
         pick = central_indices(positions, self.options.max_positions)
-        grid = ObjectGrid.covering(fov_nm, beam.pixel_nm, beam.detector_pixels)
-        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns[pick], np.float32)), torch.from_numpy(np.asarray(positions[pick], np.float64)), grid,
-                          invalid_pixels=invalid_pixels)
-        device = pick_device(None if self.device == "auto" else self.device)
+        chunk = frames_chunk(patterns[pick], positions[pick], beam, fov_nm, invalid_pixels)
+        device = pick_device(self.device)
         result = reconstruct_refining_aberrations(chunk, beam.aberrations, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad,
                                                   options=ReconOptions(iterations=self.options.passes), refinement=self.refinement,
                                                   device=device, between=pause)

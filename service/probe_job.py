@@ -37,6 +37,20 @@ class RetrieveProbe(Protocol):
                  pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]: ...
 
 
+def frames_chunk(patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
+                 invalid_pixels: np.ndarray | None = None):
+    """A session's frames as a reconstruction input (``recon.engine.ScanChunk``: float32 patterns, float64 positions in nm) on
+    the grid covering ``fov_nm`` at the beam's pixel size; what a probe job reconstructs."""
+    import torch
+
+    from recon.engine import ScanChunk
+    from recon.grid import ObjectGrid
+
+    grid = ObjectGrid.covering(fov_nm, beam.pixel_nm, beam.detector_pixels)
+    return ScanChunk(torch.from_numpy(np.asarray(patterns, np.float32)), torch.from_numpy(np.asarray(positions, np.float64)), grid,
+                     invalid_pixels=invalid_pixels)
+
+
 class ProbeRetriever:
     """``retrieve_aberrations`` for the service: its options (``RetrievalOptions`` fields) and device, checked at start-up."""
 
@@ -48,18 +62,12 @@ class ProbeRetriever:
 
     def __call__(self, patterns: np.ndarray, positions: np.ndarray, beam: Beam, fov_nm: tuple[float, float, float, float],
                  pause: Callable[[], None], invalid_pixels: np.ndarray | None = None) -> tuple[Beam, dict]:
-        import torch
-
         from recon.device import pick_device
-        from recon.engine import ScanChunk
-        from recon.grid import ObjectGrid
         from recon.probe_retrieval import retrieve_aberrations
 
         t0 = time.perf_counter()
-        grid = ObjectGrid.covering(fov_nm, beam.pixel_nm, beam.detector_pixels)
-        chunk = ScanChunk(torch.from_numpy(np.asarray(patterns, np.float32)), torch.from_numpy(np.asarray(positions, np.float64)), grid,
-                          invalid_pixels=invalid_pixels)
-        device = pick_device(None if self.device == "auto" else self.device)
+        chunk = frames_chunk(patterns, positions, beam, fov_nm, invalid_pixels)
+        device = pick_device(self.device)
         result = retrieve_aberrations(chunk, energy_ev=beam.energy_ev, convergence_mrad=beam.convergence_mrad, start=beam.aberrations,
                                       options=self.options, device=device, between=pause)
         if not math.isfinite(result.loss):
