@@ -16,6 +16,11 @@ COPY sim_microscope ./sim_microscope
 COPY detector_stream ./detector_stream
 COPY ptychoscan ./ptychoscan
 RUN pip install .
+# the compiled receive loop (detector_stream/native), built once here; the compiler leaves the image again
+ENV PTYCHOSCAN_NATIVE_CACHE=/opt/ptychoscan-native
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m detector_stream.native \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home ptychoscan && mkdir -p /data && chown ptychoscan /data
 USER ptychoscan

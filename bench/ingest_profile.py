@@ -11,7 +11,9 @@ robust against other jobs on this shared machine, unlike wall time) and wall tim
    bitshuffle-LZ4 decompression, events);
    ``decompress only``: ``codec.decode_batch`` of the same blobs, the C part of it;
 3. ``store``: ``SessionManager.on_events`` into a told session (slot matching, session
-   memory, the file queue); the file write (one flush at the end) is timed on its own.
+   memory, the file queue); the file write (one flush at the end) is timed on its own;
+4. the compiled receive loop (``detector_stream.native``): its drains (receive, md5,
+   checks, decompression, in C), ``StreamDecoder.feed_native`` of them, and their store.
 
 Prints microseconds per frame for each and the frames/s their sum allows on one core.
 ``--compare`` also runs the decoder and the store with the fast paths off (``StreamDecoder(fast=False)``,
@@ -84,6 +86,38 @@ def time_recv(messages: list[list[bytes]], batch: int) -> tuple[Timer, list[list
                 got.append(pull.recv_multipart(copy=True))
     ctx.destroy(linger=0)
     return t, got
+
+
+def time_native(messages: list[list[bytes]], batch: int) -> tuple[Timer, Timer, list[list]]:
+    """The compiled receive loop over queued messages: (its drains, ``feed_native`` of them, the events per drain)."""
+    import zmq
+
+    from detector_stream.codec_threads import set_codec_threads
+    from detector_stream.decoder import StreamDecoder
+    from detector_stream.native.loop import NativeReceiveLoop
+
+    set_codec_threads(1)  # as the receive thread does
+    loop = NativeReceiveLoop(batch)
+    loop.fit(64 * 64 * 2)
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    pull.connect(f"tcp://127.0.0.1:{port}")
+    time.sleep(0.2)
+    for m in messages:
+        push.send_multipart(m)
+    time.sleep(0.5 + len(messages) * 2e-5)
+    decoder, out, got, t_loop, t_feed = StreamDecoder(), [], 0, Timer(), Timer()
+    while got < len(messages):
+        with t_loop:
+            drained = loop.receive(pull)
+        with t_feed:
+            out.append(decoder.feed_native(drained))
+        got += len(drained)
+    ctx.destroy(linger=0)
+    return t_loop, t_feed, out
 
 
 def time_decode(messages: list[list[bytes]], batch: int, fast: bool) -> tuple[Timer, list[list]]:
@@ -164,6 +198,15 @@ def main() -> None:
             store, flush = time_store(batches, n, tmp, runs=fast)
         rows += [(f"decode (StreamDecoder{label})", dec), (f"store (on_events{label})", store), (f"  then the file write (flush{label})", flush)]
     rows.append(("  of decode: decompress only (decode_batch)", time_decompress(received, args.batch)))
+    loop, feed, native_batches = time_native(messages, args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        store, flush = time_store(native_batches, n, tmp, runs=True)
+    rows += [
+        ("compiled loop: recv + md5 + checks + decompress", loop),
+        ("compiled loop: feed_native (order checks, events)", feed),
+        ("compiled loop: store (on_events)", store),
+        ("  then the file write (flush)", flush),
+    ]
     print(f"{n} frames 64x64 uint16 bs16-lz4, batches of {args.batch} messages, one thread")
     print(f"{'stage':44s} {'us/frame cpu':>12s} {'us/frame wall':>13s}")
     for name, t in rows:
@@ -171,6 +214,8 @@ def main() -> None:
     for _, label in variants:
         total = sum(t.cpu for name, t in rows if name.startswith("recv") or (name.startswith(("decode", "store")) and name.endswith(f"{label})")))
         print(f"recv + decode + store{label}: {total / n * 1e6:.2f} us/frame cpu -> at most {n / total:.0f} frames/s on one core")
+    total = loop.cpu + feed.cpu + store.cpu
+    print(f"compiled loop + feed_native + store: {total / n * 1e6:.2f} us/frame cpu -> at most {n / total:.0f} frames/s on one core")
 
 
 if __name__ == "__main__":

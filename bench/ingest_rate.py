@@ -118,12 +118,13 @@ def peer_run(n: int, tmp: str, tag: str, keep: bool = False) -> Run:
     return Run(n - first[2], t1 - first[0], c1 - first[1], t1 - t0)
 
 
-def service_run(n: int, tmp: str, tag: str, fast: bool = True) -> Run:
+def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = True) -> Run:
     """DectrisSim into the service's ingest; steady window from the first frame counted in the session to the last.
 
     ``fast=False``: the ingest as before issue 19 where it can be switched (JSON-only decoder,
     frame-by-frame store, no prefault; the one-loop block check and the reused file
-    staging buffer stay).
+    staging buffer stay). ``native=False``: the Python receive loop instead of the compiled one
+    (``PTYCHOSCAN_NATIVE_INGEST=0``); ``fast=False`` implies it.
     """
     import libertem_dectris as ld
     from fastapi.testclient import TestClient
@@ -134,6 +135,7 @@ def service_run(n: int, tmp: str, tag: str, fast: bool = True) -> Run:
     from service.settings import ServiceSettings
 
     receiver_module.StreamDecoder = StreamDecoder if fast else functools.partial(StreamDecoder, fast=False)
+    os.environ["PTYCHOSCAN_NATIVE_INGEST"] = "1" if fast and native else "0"
     sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
     storage = Path(tmp) / f"sessions-{tag}"
     settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast)
@@ -184,12 +186,13 @@ def main() -> None:
     ap.add_argument("--peer-frames", type=int, default=100000, help="frames per libertem-dectris run (likewise)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compare", action="store_true", help="also run the service with its issue-19 fast paths off, alternating")
+    ap.add_argument("--compare-native", action="store_true", help="also run the service with the Python receive loop, alternating")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; the ingest does not use torch)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    peer, kept, ours, before = [], [], [], []
+    peer, kept, ours, before, python_loop = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         _dump(tmp, args.frames), _dump(tmp, args.peer_frames)
         print(f"64x64 uint16 bs16-lz4, sender: libertem-dectris DectrisSim (Rust, in this process), cpus {os.cpu_count()}")
@@ -202,6 +205,8 @@ def main() -> None:
             )
             if args.compare:
                 sides += (("service ingest, fast paths off", lambda n, tmp, tag: service_run(n, tmp, tag + "-off", fast=False), args.frames, before),)
+            if args.compare_native:
+                sides += (("service ingest, Python receive loop", lambda n, tmp, tag: service_run(n, tmp, tag + "-py", native=False), args.frames, python_loop),)
             for name, fn, n, runs in sides:
                 r = fn(n, tmp, f"{i}")
                 runs.append(r)
@@ -211,6 +216,9 @@ def main() -> None:
     o = summary("service ingest (in session memory)", ours)
     print(f"ratio service / libertem-dectris (medians): {o / p:.3f}  (per repeat: {', '.join(f'{a.rate / b.rate:.3f}' for a, b in zip(ours, peer, strict=True))})")
     print(f"ratio service / libertem-dectris keeping every frame (medians): {o / k:.3f}")
+    if python_loop:
+        b = summary("service ingest, Python receive loop", python_loop)
+        print(f"ratio compiled / Python receive loop (medians): {o / b:.2f}")
     if before:
         b = summary("service ingest, fast paths off", before)
         print(f"ratio fast paths on / off (medians): {o / b:.2f}")

@@ -12,6 +12,7 @@ from detector_stream.codec import check_dtype, check_encoding, decode_batch
 from detector_stream.errors import CodecError, StreamErrorKind
 from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object, read_pixel_mask
+from detector_stream.native.batch import IMAGE, RAW, NativeBatch
 
 _K = StreamErrorKind
 
@@ -98,18 +99,48 @@ class StreamDecoder:
         ``received_at`` (one ``time.perf_counter()`` per message) goes to each ``Frame``'s ``received_at``.
         """
         self._events = []
-        fast = self.fast
         for n, parts in enumerate(messages):
             self._received_at = received_at[n] if received_at is not None else None
-            try:
-                parts = [bytes(p) if not isinstance(p, bytes) else p for p in parts]
-                if not (fast and self._image_fast(parts)):
-                    self._message(parts)
-            except Exception as err:  # belt and braces: a decoder must not raise on input
-                self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
+            self._raw(parts)
         self._flush()
         events, self._events = self._events, []
         return events
+
+    def feed_native(self, batch: NativeBatch) -> list[Event]:
+        """Events of one drain of the compiled receive loop, in order: the same events ``feed_many`` gives for its messages.
+
+        Its decoded images passed the size, md5 and framing checks there; they go through
+        the same series and order checks here. Its raw messages go the ``feed_many`` way;
+        a message the loop could not keep (out of memory) is reported, never dropped silently.
+        """
+        self._events = []
+        for kind, received_at, item in batch.items():
+            self._received_at = received_at
+            if kind == IMAGE:
+                self._decoded(*item)
+            elif kind == RAW:
+                self._raw(item)
+            else:
+                self._error(_K.MALFORMED, f"message of {item} part(s) lost: the receive loop ran out of memory")
+        self._flush()
+        events, self._events = self._events, []
+        return events
+
+    def _raw(self, parts: list[bytes]) -> None:
+        try:
+            parts = [bytes(p) if not isinstance(p, bytes) else p for p in parts]
+            if not (self.fast and self._image_fast(parts)):
+                self._message(parts)
+        except Exception as err:  # belt and braces: a decoder must not raise on input
+            self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
+
+    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int]) -> None:
+        """An image the compiled loop parsed (DCU layout), checked (size, md5, framing) and decoded: ``_image_fast`` from there on."""
+        self._appendix_blob_expected = False
+        self._config_never_arrived()
+        if self._admit(series, frame):
+            self._events.append(Frame(series, frame, image, *times, received_at=self._received_at))
+            self._state.received += 1
 
     @property
     def errors_total(self) -> int:
@@ -296,6 +327,14 @@ class StreamDecoder:
         if digest and hashlib.md5(blob).hexdigest() != digest.lower():
             self._error(_K.CORRUPT, "corrupt frame: md5 of the blob does not match its hash", series, frame)
             return
+        if not self._admit(series, frame):
+            return
+        if bad_dconf is not None:
+            self._error(_K.MALFORMED, f"malformed image dconfig part: {bad_dconf} bytes that are not a JSON object", series, frame)
+        self._events.append(_Pending(series, frame, blob, shape, dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
+
+    def _admit(self, series: int, frame: int) -> bool:
+        """The series and order checks of one frame (its series open, not seen, in range; a gap or a late one reported); False: dropped."""
         state = self._state
         if state is None or state.series != series:
             self._close_open_series("interrupted")
@@ -303,19 +342,17 @@ class StreamDecoder:
             state = self._state = _SeriesState(series)
         if frame in state.seen:
             self._error(_K.DUPLICATED, f"duplicated frame {frame}", series, frame)
-            return
+            return False
         if frame < 0 or (state.total is not None and frame >= state.total):
             self._error(_K.UNEXPECTED, f"frame index {frame} outside the series of {state.total} frames", series, frame)
-            return
+            return False
         if frame > state.next_frame:
             self._error(_K.MISSING, f"missing frame(s) {state.next_frame}..{frame - 1}", series, state.next_frame)
         elif frame < state.next_frame:
             self._error(_K.OUT_OF_ORDER, f"frame {frame} arrived out of order", series, frame)
         state.next_frame = max(state.next_frame, frame + 1)
         state.seen.add(frame)
-        if bad_dconf is not None:
-            self._error(_K.MALFORMED, f"malformed image dconfig part: {bad_dconf} bytes that are not a JSON object", series, frame)
-        self._events.append(_Pending(series, frame, blob, shape, dtype, encoding, times, self._received_at))  # parts[4:]: appendix, skipped
+        return True
 
     def _end(self, head: dict) -> None:
         self._flush()

@@ -39,7 +39,9 @@ from detector_stream.codec_threads import set_codec_threads
 from detector_stream.decoder import StreamDecoder
 from detector_stream.endpoint_counts import EndpointCounts
 from detector_stream.endpoints import check_endpoint
+from detector_stream.event_callbacks import per_event
 from detector_stream.events import Event, StreamError
+from detector_stream.native.loop import NativeReceiveLoop, choose_loop
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class StreamReceiver:
         rcvhwm: int = 100_000,
         codec_threads: int = 1,
         on_raw: Callable[[str, list[list[bytes]]], None] | None = None,
+        native: bool | None = None,
     ) -> None:
         if (on_event is None) == (on_events is None):
             raise ValueError("StreamReceiver needs exactly one of on_event and on_events")
@@ -80,7 +83,7 @@ class StreamReceiver:
         for ep in endpoints:
             if check_endpoint(ep) not in self.endpoints:
                 self.endpoints.append(ep)
-        self.on_events = on_events or _per_event(on_event)  # type: ignore[arg-type]
+        self.on_events = on_events or per_event(on_event)  # type: ignore[arg-type]
         self.max_batch = max_batch
         self.poll_ms = poll_ms
         self.rcvhwm = rcvhwm
@@ -101,6 +104,12 @@ class StreamReceiver:
         self._wake: zmq.Socket | None = None
         """PUSH end of the thread's inproc control socket (used under ``_lock``)."""
         self.socket_errors = 0
+        self.native = native
+        """the compiled receive loop (``detector_stream.native``): None where available, False never, True or fail at start."""
+        self.native_unavailable: str | None = None
+        """why the compiled receive loop is not used (None: it is, or not started)."""
+        self.native_loop: NativeReceiveLoop | None = None
+        """the compiled loop the receive thread drains with (None: the Python path)."""
 
     # --- state, readable from any thread ----------------------------------------------
 
@@ -150,6 +159,7 @@ class StreamReceiver:
         """Connect and start the receive thread (returns once the sockets exist)."""
         if self._thread is not None:
             raise RuntimeError("StreamReceiver already started")
+        self.native_loop, self.native_unavailable = choose_loop(self.native, self.on_raw is not None, self.max_batch)
         self._stop.clear()
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="stream-v1-receiver", daemon=True)
@@ -344,6 +354,10 @@ class StreamReceiver:
 
     def _drain(self, entry: _Socket) -> int:
         """Receive what is waiting (up to ``max_batch`` messages), decode it and hand it on; returns how many messages."""
+        if self.native_loop is not None:
+            errors_before = entry.decoder.errors_total
+            received, events = self.native_loop.drain(entry.socket, entry.decoder)
+            return self._hand_on(entry, received, events, errors_before) if received else 0
         messages, received_at = [], []
         while len(messages) < self.max_batch:
             try:
@@ -353,9 +367,6 @@ class StreamReceiver:
             received_at.append(time.perf_counter())  # per message: one batch may span a whole chunk's acquisition
         if not messages:
             return 0
-        with self._lock:
-            entry.counts.messages += len(messages)
-            entry.counts.last_message_at = time.monotonic()
         if self.on_raw is not None:
             try:
                 self.on_raw(entry.endpoint, messages)
@@ -364,13 +375,20 @@ class StreamReceiver:
                 log.warning("stream receiver: raw-message hook failed for %s: %s", entry.endpoint, err)
         errors_before = entry.decoder.errors_total
         events = entry.decoder.feed_many(messages, received_at)
+        return self._hand_on(entry, len(messages), events, errors_before)
+
+    def _hand_on(self, entry: _Socket, received: int, events: list[Event], errors_before: int) -> int:
+        """Count ``received`` messages and the decoder's new errors, and give ``events`` to the callback; returns ``received``."""
+        with self._lock:
+            entry.counts.messages += received
+            entry.counts.last_message_at = time.monotonic()
         if entry.decoder.errors_total != errors_before:
             by_kind = Counter(e.kind for e in events if isinstance(e, StreamError))
             with self._lock:
                 for kind, n in by_kind.items():
                     entry.counts.stream_errors[kind] = entry.counts.stream_errors.get(kind, 0) + n
         if not events:
-            return len(messages)
+            return received
         try:
             self.on_events(entry.endpoint, events)
         except Exception:
@@ -379,21 +397,4 @@ class StreamReceiver:
                 first = entry.counts.callback_errors == 1
             if first:
                 log.exception("stream receiver: the event callback for %s raised (further errors counted per endpoint)", entry.endpoint)
-        return len(messages)
-
-
-def handle_each(events: list[Event], handle: Callable[[Event], None]) -> None:
-    """``handle(event)`` for every event in order: one that raises does not drop the rest; the last error is raised after them all."""
-    failed: Exception | None = None
-    for event in events:
-        try:
-            handle(event)
-        except Exception as err:
-            failed = err
-    if failed is not None:
-        raise failed
-
-
-def _per_event(on_event: Callable[[str, Event], None]) -> Callable[[str, list[Event]], None]:
-    """A batch callback that calls ``on_event`` for each event (``handle_each``)."""
-    return lambda endpoint, events: handle_each(events, lambda event: on_event(endpoint, event))
+        return received

@@ -224,6 +224,7 @@ class Service:
             "warm_error": self.warm_error,
             "storage_error": storage_problem,
             "ingest": self.ingest.status(),
+            "receive_loop": self.ingest.receive_loop,
             "load_errors": self.manager.load_errors,
             "auth": "api-key" if self.settings.api_keys or self.settings.read_api_keys else "disabled",
         }

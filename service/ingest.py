@@ -203,6 +203,14 @@ class Ingest:
         return out
 
     @property
+    def receive_loop(self) -> str:
+        """Which receive loop drains the detectors: ``compiled`` (``detector_stream.native``), or ``python: <why>``."""
+        receiver = self.receiver
+        if receiver is None or not receiver.alive:
+            return "not started"
+        return "compiled" if receiver.native_loop is not None else f"python: {receiver.native_unavailable}"
+
+    @property
     def ready(self) -> bool:
         """The receive thread runs and every required detector is connected (on demand: connected, or reachable while not in use)."""
         receiver = self.receiver

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
+from detector_stream.event_callbacks import handle_each
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
-from detector_stream.receiver import handle_each
 from service.routing import FrameOutcome, FrameResult, Key, frame_runs
 from service.session import Binding, Session
 from service.store import StoreError

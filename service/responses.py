@@ -76,6 +76,9 @@ class ReadinessDetail(Open):
     warm_error: str | None
     storage_error: str | None
     ingest: dict[str, DetectorStream] = Field(..., description="detector endpoint -> its stream")
+    receive_loop: str = Field(
+        ..., description="what drains the detector sockets: 'compiled' (the C receive loop), 'python: <why not compiled>', or 'not started'"
+    )
     load_errors: list[str] = Field(..., description="session files in storage that could not be loaded at start")
     auth: str = Field(..., description="api-key or disabled")
 

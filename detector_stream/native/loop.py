@@ -1,0 +1,138 @@
+"""``NativeReceiveLoop``: one call of the compiled loop drains a pyzmq socket; ``NativeBatch`` is what it received, in order.
+
+libzmq's functions are taken from the one copy the process has loaded (pyzmq's; found in
+``/proc/self/maps``), so that the socket handle pyzmq gives (``Socket.underlying``)
+belongs to it; bitshuffle's ``bshuf_decompress_lz4`` from the bitshuffle extension the
+codec imports. Where either cannot be found for certain (no libzmq mapped, or two
+copies) the loop is unavailable and the Python receive path is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from detector_stream.decoder import StreamDecoder
+from detector_stream.events import Event
+from detector_stream.native.batch import REC, NativeBatch
+from detector_stream.native.build import ENV_SWITCH, NativeUnavailable, enabled, load_library
+
+log = logging.getLogger(__name__)
+
+_ZMQ_FUNCTIONS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_more", "zmq_msg_close", "zmq_errno")
+
+
+def _libzmq() -> ctypes.CDLL:
+    """pyzmq's libzmq, the only copy mapped in this process; NativeUnavailable otherwise."""
+    paths: set[str] = set()
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip() if line.count(" ") >= 5 else ""
+                if Path(path).name.startswith("libzmq"):
+                    paths.add(path)
+    except OSError as err:
+        raise NativeUnavailable(f"cannot read /proc/self/maps to find libzmq: {err}") from None
+    if len(paths) != 1:
+        raise NativeUnavailable(f"expected one libzmq loaded by pyzmq, found {sorted(paths) or 'none (linked statically?)'}")
+    lib = ctypes.CDLL(paths.pop())
+    major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    lib.zmq_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
+    if (major.value, minor.value, patch.value) != zmq.zmq_version_info():
+        raise NativeUnavailable(f"the libzmq found ({major.value}.{minor.value}.{patch.value}) is not pyzmq's ({zmq.zmq_version()})")
+    return lib
+
+
+def _bshuf_decompress() -> int:
+    import bitshuffle.ext
+
+    return ctypes.cast(ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4, ctypes.c_void_p).value
+
+
+class NativeReceiveLoop:
+    """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
+
+    def __init__(self, max_msgs: int = 512) -> None:
+        """NativeUnavailable (with the reason) where the loop cannot be built or its libraries found."""
+        self._ctx = None
+        self.lib = load_library()
+        zlib = _libzmq()
+        pointers = [ctypes.cast(getattr(zlib, name), ctypes.c_void_p).value for name in _ZMQ_FUNCTIONS] + [_bshuf_decompress()]
+        table = (ctypes.c_void_p * len(pointers))(*pointers)
+        self._ctx = self.lib.ps_new(table)
+        if not self._ctx:
+            raise NativeUnavailable("out of memory creating the receive loop's context")
+        self.max_msgs = max_msgs
+        self._records = np.zeros((max_msgs, REC), np.int64)
+        self._received_at = np.zeros(max_msgs, np.float64)
+        self.arena_bytes = 4 << 20
+        """bytes of decoded images one drain may hold (frames past it go to the Python decoder); ``fit`` raises it."""
+
+    def receive(self, socket: zmq.Socket) -> NativeBatch:
+        """Drain up to ``max_msgs`` messages waiting on ``socket`` (no blocking); zmq.ZMQError if the socket fails."""
+        arena = np.empty(self.arena_bytes, np.uint8)  # fresh per drain: the decoded frames are views into it and may be kept
+        n = self.lib.ps_recv_batch(
+            self._ctx, socket.underlying, self.max_msgs, self._records.ctypes.data, self._received_at.ctypes.data, arena.ctypes.data, arena.nbytes
+        )
+        if n < 0:
+            raise zmq.ZMQError(-n)
+        nparts = self.lib.ps_nparts(self._ctx)
+        part_lens = np.ctypeslib.as_array(ctypes.cast(self.lib.ps_part_lens(self._ctx), ctypes.POINTER(ctypes.c_int64)), (nparts,)).tolist() if nparts else []
+        raw_len = self.lib.ps_raw_len(self._ctx)
+        raw = ctypes.string_at(self.lib.ps_raw(self._ctx), raw_len) if raw_len else b""
+        return NativeBatch(self._records[:n].copy(), self._received_at[:n].copy(), arena, raw, part_lens)
+
+    def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
+        """``receive`` then ``decoder.feed_native``: (messages received, their events); the arena grows when it was too small."""
+        batch = self.receive(socket)
+        if not len(batch):
+            return 0, []
+        events = decoder.feed_native(batch)
+        if batch.arena_misses:
+            self.fit(batch.arena_misses)
+        return len(batch), events
+
+    def fit(self, frame_bytes: int, limit: int = 256 << 20) -> None:
+        """Make room for ``max_msgs`` frames of ``frame_bytes`` bytes per drain (up to ``limit``); only untouched pages cost nothing."""
+        self.arena_bytes = max(self.arena_bytes, min(limit, self.max_msgs * (frame_bytes + 64)))
+
+    def md5_hex(self, data: bytes) -> str:
+        """The loop's own md5 of ``data`` (hex), for checking it against hashlib."""
+        out = ctypes.create_string_buffer(32)
+        self.lib.ps_md5_hex(self._ctx, data, len(data), out)
+        return out.raw.decode()
+
+    def close(self) -> None:
+        if self._ctx:
+            self.lib.ps_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def choose_loop(wanted: bool | None, forwards_raw: bool, max_msgs: int) -> tuple[NativeReceiveLoop | None, str | None]:
+    """The compiled loop for a receive thread and None, or None and why not: ``wanted`` False or, when None,
+    ``PTYCHOSCAN_NATIVE_INGEST=0`` (turned off), raw messages
+    forwarded (``forwards_raw``: the Python path keeps them whole), or unavailable (logged; raised if ``wanted`` is True).
+
+    Build it on the caller's thread, not the receive thread: a first build takes a second or so.
+    """
+    if wanted is False:
+        return None, "turned off (native=False)"
+    if wanted is None and not enabled():
+        return None, f"turned off ({ENV_SWITCH}={os.environ.get(ENV_SWITCH)})"
+    if forwards_raw:
+        return None, "raw messages are forwarded (on_raw): the Python receive path keeps them whole"
+    try:
+        return NativeReceiveLoop(max_msgs), None
+    except (NativeUnavailable, OSError, AttributeError) as err:
+        if wanted:
+            raise
+        log.warning("stream receiver: the compiled receive loop is not used (%s); the Python path is", err)
+        return None, str(err)

@@ -1,0 +1,407 @@
+/*
+ * ptychoscan: the compiled receive loop of the stream v1 ingest.
+ *
+ * One call drains up to `max_msgs` multipart messages from a ZeroMQ socket without
+ * blocking, with the Python interpreter released (it is called through ctypes). An
+ * image message in the DCU's exact layout, whose size and md5 agree and whose
+ * bitshuffle-LZ4 framing passes the same checks as detector_stream/bslz4.py, is
+ * decoded here into the caller's image arena; every other message (headers, series
+ * ends, anything unusual, anything that fails a check) is copied whole into a raw
+ * buffer for the Python decoder, which reports it as it always has.
+ *
+ * libzmq and bitshuffle are not linked: their functions come in as pointers from the
+ * copies the Python process has already loaded (pyzmq's, bitshuffle's), so the socket
+ * handle given is one of that libzmq's. Nothing here allocates per frame; the raw
+ * buffer and the part-length table grow as needed and are kept between calls.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PS_EAGAIN 11
+#define PS_DONTWAIT 1
+#define PS_MAX_FRAME_PIXELS (1LL << 26)
+#define PS_BLOCK_BYTES 8192
+#define PS_REC 12 /* int64 fields per message record: see ps_recv_batch */
+
+typedef struct { unsigned char bytes[64]; } __attribute__((aligned(8))) ps_msg; /* zmq_msg_t: 64 opaque bytes */
+
+typedef int (*msg_init_f)(void *);
+typedef int (*msg_recv_f)(void *, void *, int);
+typedef void *(*msg_data_f)(void *);
+typedef size_t (*msg_size_f)(void *);
+typedef int (*msg_more_f)(void *);
+typedef int (*msg_close_f)(void *);
+typedef int (*errno_f)(void);
+typedef int64_t (*bshuf_f)(const void *, void *, size_t, size_t, size_t);
+
+typedef struct {
+    msg_init_f init;
+    msg_recv_f recv;
+    msg_data_f data;
+    msg_size_f size;
+    msg_more_f more;
+    msg_close_f close;
+    errno_f err;
+    bshuf_f bshuf;
+    unsigned char *raw;
+    int64_t raw_len, raw_cap;
+    int64_t *part_len;
+    int64_t nparts, parts_cap;
+    uint32_t md5_k[64];
+} ps_ctx;
+
+/* ---- MD5 (RFC 1321) ------------------------------------------------------------ */
+
+static const int md5_shift[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+                                  5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
+                                  4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+                                  6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
+
+static uint32_t rotl(uint32_t v, int s) { return (v << s) | (v >> (32 - s)); }
+
+static void md5_block(const uint32_t *k, uint32_t h[4], const unsigned char *p) {
+    uint32_t m[16];
+    for (int i = 0; i < 16; i++)
+        m[i] = (uint32_t)p[4 * i] | ((uint32_t)p[4 * i + 1] << 8) | ((uint32_t)p[4 * i + 2] << 16) | ((uint32_t)p[4 * i + 3] << 24);
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
+    for (int i = 0; i < 64; i++) {
+        uint32_t f;
+        int g;
+        if (i < 16) {
+            f = (b & c) | (~b & d);
+            g = i;
+        } else if (i < 32) {
+            f = (d & b) | (~d & c);
+            g = (5 * i + 1) & 15;
+        } else if (i < 48) {
+            f = b ^ c ^ d;
+            g = (3 * i + 5) & 15;
+        } else {
+            f = c ^ (b | ~d);
+            g = (7 * i) & 15;
+        }
+        uint32_t t = d;
+        d = c;
+        c = b;
+        b = b + rotl(a + f + k[i] + m[g], md5_shift[i]);
+        a = t;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+}
+
+static void md5(const uint32_t *k, const unsigned char *data, size_t n, unsigned char out[16]) {
+    uint32_t h[4] = {0x67452301u, 0xefcdab89u, 0x98badcfeu, 0x10325476u};
+    size_t whole = n & ~(size_t)63;
+    for (size_t i = 0; i < whole; i += 64) md5_block(k, h, data + i);
+    unsigned char tail[128] = {0};
+    size_t rest = n - whole;
+    memcpy(tail, data + whole, rest);
+    tail[rest] = 0x80;
+    size_t tail_len = rest < 56 ? 64 : 128;
+    uint64_t bits = (uint64_t)n * 8u;
+    for (int i = 0; i < 8; i++) tail[tail_len - 8 + i] = (unsigned char)(bits >> (8 * i));
+    for (size_t i = 0; i < tail_len; i += 64) md5_block(k, h, tail + i);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) out[4 * i + j] = (unsigned char)(h[i] >> (8 * j));
+}
+
+/* The hex digest of `data`, lower case, into out[32] (for the tests against hashlib). */
+void ps_md5_hex(ps_ctx *ctx, const unsigned char *data, int64_t n, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned char d[16];
+    md5(ctx->md5_k, data, (size_t)n, d);
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = hex[d[i] >> 4];
+        out[2 * i + 1] = hex[d[i] & 15];
+    }
+}
+
+/* ---- exact-layout parsing (the decoder's regexes, by hand) ---------------------- */
+
+typedef struct {
+    const unsigned char *p, *end;
+} cursor;
+
+static int lit(cursor *c, const char *s) {
+    size_t n = strlen(s);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, s, n) != 0) return 0;
+    c->p += n;
+    return 1;
+}
+
+/* 0|[1-9][0-9]* with at most 18 digits (longer: not taken here, the Python decoder has big ints). */
+static int unum(cursor *c, int64_t *v) {
+    const unsigned char *s = c->p;
+    if (s >= c->end || *s < '0' || *s > '9') return 0;
+    if (*s == '0') {
+        c->p = s + 1;
+        *v = 0;
+        return 1;
+    }
+    int64_t x = 0;
+    int n = 0;
+    while (s < c->end && *s >= '0' && *s <= '9') {
+        if (++n > 18) return 0;
+        x = x * 10 + (*s++ - '0');
+    }
+    c->p = s;
+    *v = x;
+    return 1;
+}
+
+static int hexval(unsigned char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+typedef struct {
+    int64_t series, frame, x, y, itemsize, size, times[3];
+    const unsigned char *hash;
+    int64_t hash_len;
+} image_head;
+
+static int parse_image(const unsigned char *p0, size_t n0, const unsigned char *p1, size_t n1, const unsigned char *p3, size_t n3,
+                       image_head *h) {
+    cursor c = {p0, p0 + n0};
+    if (!lit(&c, "{\"htype\":\"dimage-1.0\",\"series\":") || !unum(&c, &h->series) || !lit(&c, ",\"frame\":") ||
+        !unum(&c, &h->frame) || !lit(&c, ",\"hash\":\""))
+        return 0;
+    h->hash = c.p;
+    while (c.p < c.end && hexval(*c.p) >= 0) c.p++;
+    h->hash_len = c.p - h->hash;
+    if (!lit(&c, "\"}") || c.p != c.end) return 0;
+
+    c = (cursor){p1, p1 + n1};
+    if (!lit(&c, "{\"htype\":\"dimage_d-1.0\",\"shape\":[") || !unum(&c, &h->x) || !lit(&c, ",") || !unum(&c, &h->y) ||
+        !lit(&c, "],\"type\":\""))
+        return 0;
+    int64_t type_size;
+    if (lit(&c, "uint8\""))
+        type_size = 1;
+    else if (lit(&c, "uint16\""))
+        type_size = 2;
+    else if (lit(&c, "uint32\""))
+        type_size = 4;
+    else
+        return 0;
+    if (!lit(&c, ",\"encoding\":\"")) return 0;
+    int64_t enc_size;
+    if (lit(&c, "bs8-lz4<\""))
+        enc_size = 1;
+    else if (lit(&c, "bs16-lz4<\""))
+        enc_size = 2;
+    else if (lit(&c, "bs32-lz4<\""))
+        enc_size = 4;
+    else
+        return 0; /* lz4< and raw <: the Python decoder's */
+    if (enc_size != type_size) return 0;
+    h->itemsize = type_size;
+    if (!lit(&c, ",\"size\":") || !unum(&c, &h->size) || !lit(&c, "}") || c.p != c.end) return 0;
+
+    c = (cursor){p3, p3 + n3};
+    if (!lit(&c, "{\"htype\":\"dconfig-1.0\",\"start_time\":") || !unum(&c, &h->times[0]) || !lit(&c, ",\"stop_time\":") ||
+        !unum(&c, &h->times[1]) || !lit(&c, ",\"real_time\":") || !unum(&c, &h->times[2]) || !lit(&c, "}") || c.p != c.end)
+        return 0;
+    return 1;
+}
+
+static uint64_t be(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+/* bslz4.check_blob for DCU blocks (8192 bytes, or 0 meaning that): 1 if the framing holds. */
+static int blob_ok(const unsigned char *b, int64_t size, int64_t pixels, int64_t itemsize) {
+    if (size < 12) return 0;
+    uint64_t total = be(b, 8), block_bytes = be(b + 8, 4);
+    if (total != 0 && total != (uint64_t)(pixels * itemsize)) return 0;
+    if (block_bytes != 0 && block_bytes != PS_BLOCK_BYTES) return 0;
+    int64_t block = PS_BLOCK_BYTES / itemsize;
+    int64_t full = pixels / block, rest = pixels % block, partial = rest - rest % 8;
+    int64_t nblocks = full + (partial ? 1 : 0), pos = 12;
+    for (int64_t i = 0; i < nblocks; i++) {
+        int64_t raw = (i < full ? block : partial) * itemsize;
+        if (pos + 4 > size) return 0;
+        int64_t length = (int64_t)be(b + pos, 4);
+        if (length <= 0 || length > raw + raw / 255 + 16) return 0;
+        pos += 4 + length;
+        if (pos > size) return 0;
+    }
+    return size - pos == (pixels % 8) * itemsize;
+}
+
+static int hash_ok(ps_ctx *ctx, const image_head *h, const unsigned char *blob, size_t n) {
+    if (h->hash_len == 0) return 1; /* an empty hash is accepted */
+    if (h->hash_len != 32) return 0;
+    unsigned char d[16];
+    md5(ctx->md5_k, blob, n, d);
+    for (int i = 0; i < 16; i++)
+        if (hexval(h->hash[2 * i]) != (d[i] >> 4) || hexval(h->hash[2 * i + 1]) != (d[i] & 15)) return 0;
+    return 1;
+}
+
+/* ---- context -------------------------------------------------------------------- */
+
+ps_ctx *ps_new(void **fns) {
+    ps_ctx *ctx = calloc(1, sizeof(ps_ctx));
+    if (!ctx) return NULL;
+    ctx->init = (msg_init_f)fns[0];
+    ctx->recv = (msg_recv_f)fns[1];
+    ctx->data = (msg_data_f)fns[2];
+    ctx->size = (msg_size_f)fns[3];
+    ctx->more = (msg_more_f)fns[4];
+    ctx->close = (msg_close_f)fns[5];
+    ctx->err = (errno_f)fns[6];
+    ctx->bshuf = (bshuf_f)fns[7];
+    for (int i = 0; i < 64; i++) ctx->md5_k[i] = (uint32_t)(fabs(sin((double)(i + 1))) * 4294967296.0);
+    return ctx;
+}
+
+void ps_free(ps_ctx *ctx) {
+    if (!ctx) return;
+    free(ctx->raw);
+    free(ctx->part_len);
+    free(ctx);
+}
+
+const unsigned char *ps_raw(ps_ctx *ctx) { return ctx->raw; }
+int64_t ps_raw_len(ps_ctx *ctx) { return ctx->raw_len; }
+const int64_t *ps_part_lens(ps_ctx *ctx) { return ctx->part_len; }
+int64_t ps_nparts(ps_ctx *ctx) { return ctx->nparts; }
+
+static int keep_part(ps_ctx *ctx, const void *data, int64_t n) {
+    if (ctx->raw_len + n > ctx->raw_cap) {
+        int64_t cap = ctx->raw_cap ? ctx->raw_cap : 1 << 16;
+        while (cap < ctx->raw_len + n) cap *= 2;
+        unsigned char *raw = realloc(ctx->raw, (size_t)cap);
+        if (!raw) return 0;
+        ctx->raw = raw;
+        ctx->raw_cap = cap;
+    }
+    if (ctx->nparts == ctx->parts_cap) {
+        int64_t cap = ctx->parts_cap ? 2 * ctx->parts_cap : 1024;
+        int64_t *lens = realloc(ctx->part_len, (size_t)cap * sizeof(int64_t));
+        if (!lens) return 0;
+        ctx->part_len = lens;
+        ctx->parts_cap = cap;
+    }
+    if (n) memcpy(ctx->raw + ctx->raw_len, data, (size_t)n);
+    ctx->raw_len += n;
+    ctx->part_len[ctx->nparts++] = n;
+    return 1;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t); /* the clock of Python's time.perf_counter on Linux */
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/*
+ * Receive up to max_msgs messages without blocking. Per message i, rec[i*PS_REC + ...]:
+ *   0 kind (1: image decoded into the arena; 0: raw, its parts in the raw buffer;
+ *           2: raw but lost, the raw buffer could not grow: its parts were drained and dropped)
+ *   1 series  2 frame  3 start_time  4 stop_time  5 real_time   (images)
+ *   6 arena offset (bytes)  7 y  8 x  9 itemsize                 (images)
+ *   10 first part index  11 number of parts                      (raw)
+ *   1 = 1 and 7 y  8 x  9 itemsize: a raw image message that would have been decoded but the arena was full
+ * received_at[i]: CLOCK_MONOTONIC seconds when its first part came off the socket.
+ * Returns the number of messages, or -errno when the first receive failed other than EAGAIN.
+ */
+int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double *received_at, unsigned char *arena,
+                  int64_t arena_cap) {
+    ctx->raw_len = 0;
+    ctx->nparts = 0;
+    int64_t arena_used = 0;
+    ps_msg parts[4], extra;
+    int n = 0;
+    while (n < max_msgs) {
+        ctx->init(&parts[0]);
+        if (ctx->recv(&parts[0], socket, PS_DONTWAIT) < 0) {
+            int e = ctx->err();
+            ctx->close(&parts[0]);
+            if (n == 0 && e != PS_EAGAIN) return -e;
+            break;
+        }
+        double t = now_s();
+        int np = 1, broken = 0;
+        while (np < 4 && ctx->more(&parts[np - 1])) { /* the rest of a multipart message is there already (atomic delivery) */
+            ctx->init(&parts[np]);
+            if (ctx->recv(&parts[np], socket, 0) < 0) {
+                ctx->close(&parts[np]);
+                broken = 1;
+                break;
+            }
+            np++;
+        }
+        int longer = !broken && np == 4 && ctx->more(&parts[3]);
+        int64_t *r = rec + (int64_t)n * PS_REC;
+        memset(r, 0, PS_REC * sizeof(int64_t));
+        received_at[n] = t;
+        image_head h;
+        int decoded = 0;
+        if (!broken && !longer && np == 4 &&
+            parse_image(ctx->data(&parts[0]), ctx->size(&parts[0]), ctx->data(&parts[1]), ctx->size(&parts[1]), ctx->data(&parts[3]),
+                        ctx->size(&parts[3]), &h) &&
+            h.x >= 1 && h.y >= 1 && h.x <= PS_MAX_FRAME_PIXELS && h.y <= PS_MAX_FRAME_PIXELS && h.x * h.y <= PS_MAX_FRAME_PIXELS) {
+            const unsigned char *blob = ctx->data(&parts[2]);
+            int64_t size = (int64_t)ctx->size(&parts[2]), pixels = h.x * h.y, nbytes = pixels * h.itemsize;
+            int64_t offset = (arena_used + 63) & ~(int64_t)63;
+            if (offset + nbytes > arena_cap) { /* raw, marked: the caller makes the arena bigger */
+                r[1] = 1;
+                r[7] = h.y;
+                r[8] = h.x;
+                r[9] = h.itemsize;
+            } else if (h.size == size && hash_ok(ctx, &h, blob, (size_t)size) &&
+                blob_ok(blob, size, pixels, h.itemsize)) {
+                int64_t used = ctx->bshuf(blob + 12, arena + offset, (size_t)pixels, (size_t)h.itemsize,
+                                          (size_t)(PS_BLOCK_BYTES / h.itemsize));
+                if (used == size - 12) {
+                    decoded = 1;
+                    arena_used = offset + nbytes;
+                    r[0] = 1;
+                    r[1] = h.series;
+                    r[2] = h.frame;
+                    r[3] = h.times[0];
+                    r[4] = h.times[1];
+                    r[5] = h.times[2];
+                    r[6] = offset;
+                    r[7] = h.y;
+                    r[8] = h.x;
+                    r[9] = h.itemsize;
+                }
+            }
+        }
+        if (!decoded) {
+            int oom = 0;
+            r[10] = ctx->nparts;
+            for (int k = 0; k < np; k++)
+                if (!oom) oom = !keep_part(ctx, ctx->data(&parts[k]), (int64_t)ctx->size(&parts[k]));
+            for (int more = longer; more;) { /* parts 5...: kept one by one, and drained even when they cannot be kept */
+                ctx->init(&extra);
+                if (ctx->recv(&extra, socket, 0) < 0) {
+                    ctx->close(&extra);
+                    break;
+                }
+                if (!oom) oom = !keep_part(ctx, ctx->data(&extra), (int64_t)ctx->size(&extra));
+                more = ctx->more(&extra);
+                ctx->close(&extra);
+            }
+            r[11] = ctx->nparts - r[10];
+            if (oom) r[0] = 2;
+        }
+        for (int k = 0; k < np; k++) ctx->close(&parts[k]);
+        n++;
+    }
+    return n;
+}

@@ -1,0 +1,250 @@
+"""The compiled receive loop (``detector_stream.native``) gives exactly the events of the Python path, valid or mutated input.
+
+It decodes only what it has checked as the Python decoder would (DCU layout, size, md5,
+bitshuffle framing); everything else reaches ``StreamDecoder`` whole. These tests send
+real multipart messages through ZeroMQ and compare with ``StreamDecoder.feed_many`` on
+the same messages, in batches small enough to cut series and with arenas small enough
+to send frames the Python way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stream_fuzz import Case, case_strategy
+from test_stream_fast_path import _as_tuple, _compact
+
+from detector_stream.decoder import StreamDecoder
+from detector_stream.events import Frame, StreamError
+from detector_stream.messages import image_parts, series_end_parts, series_start_parts
+from detector_stream.native import build
+from detector_stream.native.batch import IMAGE, RAW
+from detector_stream.native.loop import NativeReceiveLoop, choose_loop
+from detector_stream.receiver import StreamReceiver
+
+CI = settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+CONFIG = {"ntrigger": 3, "nimages": 1, "trigger_mode": "exte"}
+
+try:
+    LOOP = NativeReceiveLoop(512)
+except build.NativeUnavailable as err:  # no C compiler: the Python path serves, and these tests say why they did not run
+    if os.environ.get("PTYCHOSCAN_REQUIRE_TOOLS") == "1":
+        raise
+    pytest.skip(f"compiled receive loop unavailable: {err}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for s in (push, pull):
+        s.setsockopt(zmq.LINGER, 0)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.bind("inproc://native-loop-test")
+    pull.connect("inproc://native-loop-test")
+    yield push, pull
+    ctx.destroy(linger=0)
+
+
+def _through_loop(pair, messages: list[list[bytes]], loop: NativeReceiveLoop) -> tuple[list, StreamDecoder, int]:
+    """Send ``messages``, drain them with ``loop`` into one decoder: (events, decoder, frames decoded by the loop)."""
+    push, pull = pair
+    for m in messages:
+        push.send_multipart(m)
+    decoder, events, got, native_frames = StreamDecoder(), [], 0, 0
+    deadline = time.monotonic() + 10
+    while got < len(messages) and time.monotonic() < deadline:
+        batch = loop.receive(pull)
+        got += len(batch)
+        native_frames += int((batch.records[:, 0] == IMAGE).sum())
+        events += decoder.feed_native(batch)
+    assert got == len(messages)
+    return events, decoder, native_frames
+
+
+def _tuples(events: list) -> list[tuple]:
+    """Events as comparable tuples, without ``received_at`` (the loop stamps it; the reference decoder is not given any)."""
+    out = []
+    for e in events:
+        kind, fields, image = _as_tuple(e)
+        fields.pop("received_at", None)
+        out.append((kind, fields, image))
+    return out
+
+
+def _python(messages: list[list[bytes]]) -> tuple[list, StreamDecoder]:
+    decoder = StreamDecoder(fast=False)
+    return decoder.feed_many(messages), decoder
+
+
+def test_md5_is_hashlibs():
+    rng = np.random.default_rng(0)
+    for n in [*range(0, 200), 1000, 4096, 8191, 65537]:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert LOOP.md5_hex(data) == hashlib.md5(data).hexdigest(), n
+
+
+@CI
+@given(case=case_strategy(), batch=st.integers(1, 9), arena_frames=st.sampled_from([0, 1, 2, 512]))
+def test_loop_equals_python_path_on_mutated_series(pair, case: Case, batch: int, arena_frames: int):
+    messages = [[_compact(p) if k != 2 else p for k, p in enumerate(m)] for m in case.messages]
+    loop = NativeReceiveLoop(batch)
+    loop.arena_bytes = arena_frames * (case.original.images[0].nbytes + 64)
+    events, decoder, _ = _through_loop(pair, messages, loop)
+    expected, reference = _python(messages)
+    assert _tuples(events) == _tuples(expected)
+    assert decoder.error_counts == reference.error_counts
+
+
+def test_the_loop_decodes_dcu_frames_and_hands_on_the_rest(pair):
+    """DCU-layout bitshuffle frames are decoded by the loop; header, end, raw-encoded and appendix messages come whole."""
+    rng = np.random.default_rng(1)
+    images = [rng.poisson(2.0, (64, 64)).astype(np.uint16) for _ in range(3)]
+    odd = rng.poisson(2.0, (64, 64)).astype(np.uint16)
+    msgs = [
+        series_start_parts(1, {"ntrigger": 5, "nimages": 1, "trigger_mode": "exte"}),
+        *[image_parts(1, i, im, "bs16-lz4<", 10, 20, 30) for i, im in enumerate(images)],
+        image_parts(1, 3, odd, "<", 1, 2, 3),
+        image_parts(1, 4, odd, "bs16-lz4<", 1, 2, 3, appendix=b"x" * 100),
+        series_end_parts(1),
+    ]
+    events, decoder, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64))
+    assert native_frames == 3
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert [f.frame for f in frames] == [0, 1, 2, 3, 4]
+    for f, im in zip(frames, [*images, odd, odd], strict=True):
+        np.testing.assert_array_equal(f.image, im)
+    assert [(f.start_time_ns, f.stop_time_ns, f.real_time_ns) for f in frames[:3]] == [(10, 20, 30)] * 3
+    assert all(f.received_at is not None and abs(f.received_at - time.perf_counter()) < 60 for f in frames)  # perf_counter's clock
+    assert decoder.errors_total == 0
+
+
+def test_what_fails_a_check_gets_the_python_decoders_error(pair):
+    """A stale md5, a wrong size, a lying block length, a 19-digit frame number: raw to Python, which names the fault."""
+    image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    good = [image_parts(1, i, image, "bs16-lz4<", 1, 2, 3) for i in range(4)]
+    flipped = bytearray(good[0][2])
+    flipped[-1] ^= 1
+    lying = bytearray(good[2][2])
+    lying[12:16] = (0xFFFFFFFF).to_bytes(4, "big")
+    lying_parts = image_parts(1, 2, image, "bs16-lz4<", 1, 2, 3, blob=bytes(lying))
+    huge = [good[3][0].replace(b'"frame":3', b'"frame":1234567890123456789'), *good[3][1:]]
+    msgs = [
+        series_start_parts(1, {"ntrigger": 4, "nimages": 1, "trigger_mode": "exte"}),
+        [good[0][0], good[0][1], bytes(flipped), good[0][3]],
+        [good[1][0], good[1][1], good[1][2] + b"x", good[1][3]],
+        lying_parts,
+        huge,
+        series_end_parts(1),
+    ]
+    events, decoder, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64))
+    assert native_frames == 0
+    expected, reference = _python(msgs)
+    assert _tuples(events) == _tuples(expected)
+    kinds = [str(e.kind) for e in events if isinstance(e, StreamError)]
+    assert {"corrupt", "truncated", "malformed", "unexpected"} <= set(kinds)  # the 19-digit frame: outside the series
+    assert decoder.error_counts == reference.error_counts
+
+
+def test_a_message_of_many_parts_comes_whole(pair):
+    parts = [b"p%d" % k for k in range(300)]
+    push, pull = pair
+    push.send_multipart(parts)
+    push.send_multipart([b""])
+    time.sleep(0.05)
+    batch = NativeReceiveLoop(8).receive(pull)
+    items = list(batch.items())
+    assert [(kind, p) for kind, _, p in items] == [(RAW, parts), (RAW, [b""])]
+
+
+def test_a_full_arena_sends_frames_the_python_way_and_grows(pair):
+    image = np.ones((64, 64), np.uint16)
+    msgs = [series_start_parts(1, CONFIG), *[image_parts(1, i, image, "bs16-lz4<", 1, 2, 3) for i in range(3)], series_end_parts(1)]
+    loop = NativeReceiveLoop(16)
+    loop.arena_bytes = image.nbytes  # room for one frame
+    push, pull = pair
+    for m in msgs:
+        push.send_multipart(m)
+    time.sleep(0.05)
+    decoder = StreamDecoder()
+    before = loop.arena_bytes
+    received, events = loop.drain(pull, decoder)
+    assert received == 5 and [e.frame for e in events if isinstance(e, Frame)] == [0, 1, 2]
+    assert loop.arena_bytes >= 16 * image.nbytes > before
+
+
+def test_receiver_uses_the_loop_and_matches_the_python_receiver():
+    """The same series through ``StreamReceiver`` with the loop and without: the same events, in order."""
+    rng = np.random.default_rng(2)
+    msgs = [
+        series_start_parts(7, {"ntrigger": 40, "nimages": 1, "trigger_mode": "exte"}),
+        *[image_parts(7, i, rng.poisson(1.0, (64, 64)).astype(np.uint16), "bs16-lz4<", i, i + 1, 1) for i in range(40)],
+        series_end_parts(7),
+    ]
+    got = {}
+    for native in (True, False):
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        port = push.bind_to_random_port("tcp://127.0.0.1")
+        events: list = []
+        receiver = StreamReceiver([f"tcp://127.0.0.1:{port}"], on_events=lambda ep, evs, out=events: out.extend(evs), native=native)
+        with receiver:
+            assert (receiver.native_loop is not None) is native
+            deadline = time.monotonic() + 10
+            while not receiver.connected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for m in msgs:
+                push.send_multipart(m)
+            while len(events) < len(msgs) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ctx.destroy(linger=0)
+        got[native] = _tuples(events)
+    assert got[True] == got[False] and len(got[True]) == len(msgs)
+
+
+def test_unavailable_loop_falls_back_with_the_reason(monkeypatch, tmp_path):
+    """No compiler: ``build`` says so; a receiver that did not insist uses the Python path and keeps the reason."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(build.ENV_CACHE, str(tmp_path / "cache"))
+    with pytest.raises(build.NativeUnavailable, match="compil"):
+        build.build()
+    monkeypatch.setattr("detector_stream.native.loop.load_library", lambda: (_ for _ in ()).throw(build.NativeUnavailable("no compiler here")))
+    assert choose_loop(None, False, 8) == (None, "no compiler here")
+    with pytest.raises(build.NativeUnavailable):
+        choose_loop(True, False, 8)
+    assert choose_loop(False, False, 8)[0] is None
+    assert choose_loop(None, True, 8)[0] is None  # raw forwarding keeps the Python path
+
+
+def test_switch_off_by_environment(monkeypatch):
+    monkeypatch.setenv(build.ENV_SWITCH, "0")
+    assert not build.enabled()
+    loop, why = choose_loop(None, False, 8)
+    assert loop is None and build.ENV_SWITCH in why
+    assert choose_loop(True, False, 8)[0] is not None  # asked for explicitly: the switch is for the default
+    monkeypatch.setenv(build.ENV_SWITCH, "1")
+    assert build.enabled() and choose_loop(None, False, 8)[0] is not None
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_readiness_says_which_receive_loop_drains_the_detectors(tmp_path, pusher, monkeypatch, switch):
+    from fastapi.testclient import TestClient
+    from service_testing import KEY, RecordingBackend, wait_until
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    monkeypatch.setenv(build.ENV_SWITCH, switch)
+    settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], detectors=[pusher.endpoint])
+    with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+        body = wait_until(lambda: (r := c.get("/readyz")).json()["detail"]["receive_loop"] != "not started" and r, what="ingest").json()
+    loop = body["detail"]["receive_loop"]
+    assert loop == "compiled" if switch == "1" else loop.startswith("python: turned off")
