@@ -135,7 +135,10 @@ def test_a_session_that_ends_first_gets_its_probe_retrieved_by_the_converged_rec
     pusher = Pusher()
     body = session_body(pusher.endpoint, budget=8, chunk=4, fov_nm=FOV, probe="retrieve")
     try:
-        with TestClient(create_app(_settings(tmp_path, probe_retrieval_frames=100))) as c:  # due only once all 8 are in: done by then
+        # due only once all 8 are in: done by then. The divergence bound is not what this tests: on some CPUs the refinement of
+        # these 8 tiny frames moves defocus just past the default 3 nm (3.19 nm on a 2-core VM, 2026-12-01) and is refused
+        settings = _settings(tmp_path, probe_retrieval_frames=100, probe_refinement_max_change=(20.0, 20.0, 50.0))
+        with TestClient(create_app(settings)) as c:
             sid, info = _session_until_converged(c, pusher, body)
             at_once = _probe(c, sid)
         # the first stage's 3 short reconstructions, then a refinement from it on all the frames (20 passes: 3 probe updates)
