@@ -1,10 +1,11 @@
 """Frame rate of the simulated detector: 64x64 uint16 bs16-lz4 frames, CPU, loopback.
 
-Measures (1) the stand-in sending into libertem-dectris's receiver (frames/s from
-trigger to the last frame decoded in Python, series preparation included), (2) the
-same into our StreamReceiver, and (3) libertem-dectris's own DectrisSim sender (Rust)
-replaying the same frames from a dump file into the same libertem receiver; prints the
-ratio stand-in / DectrisSim. Run:
+Measures the stand-in sending into libertem-dectris's receiver (frames/s from trigger to
+the last frame decoded in Python): with its frames computed at the trigger (series
+preparation timed), and prepared before it (``SimDetector.prepare``) with the compiled
+batch send and with one Python send a frame; the same into our StreamReceiver; and
+libertem-dectris's own DectrisSim sender (Rust) replaying the same frames from a dump
+file into the same libertem receiver. Prints the ratios stand-in / DectrisSim. Run:
 
     PYTHONPATH=$PWD /work/main/.venv/bin/python bench/detector_rate.py --frames 20000
 """
@@ -71,28 +72,35 @@ def _timed_receive(conn, cam, n: int, send, wait_for_arm: bool = False) -> tuple
     return wall, cpu
 
 
-def stand_in_into_libertem(n: int, tmp: str) -> tuple[float, float]:
+def _stand_in(n: int, compiled: bool = True):
     from sim_microscope.detector import SimDetector
     from sim_microscope.frame_source import SyntheticSource
 
     det = SimDetector(SyntheticSource(64), port=0, noise=NOISE)
     det.config.update(nimages=n, ntrigger=1, trigger_mode="ints", frame_time=0.0)
+    if not compiled:
+        det._sender = False  # one Python send per frame, as where the compiled loop is unavailable
+    return det
+
+
+def stand_in_into_libertem(n: int, tmp: str, prepared: bool = False, compiled: bool = True) -> tuple[float, float]:
+    """``prepared``: the series' frames computed after arm, before the timed trigger (``SimDetector.prepare``)."""
+    det = _stand_in(n, compiled)
     try:
-        with _libertem_receiver(det.endpoint, os.path.join(tmp, "a")) as (conn, cam):
+        with _libertem_receiver(det.endpoint, os.path.join(tmp, f"a{prepared:d}{compiled:d}")) as (conn, cam):
             conn.start(det.arm(), timeout=10)
+            if prepared:
+                det.prepare()
             return _timed_receive(conn, cam, n, det.trigger)
     finally:
         det.close()
 
 
-def stand_in_into_ours(n: int) -> tuple[float, float]:
+def stand_in_into_ours(n: int, prepared: bool = False) -> tuple[float, float]:
     from detector_stream.events import Frame, SeriesEnd
     from detector_stream.receiver import StreamReceiver
-    from sim_microscope.detector import SimDetector
-    from sim_microscope.frame_source import SyntheticSource
 
-    det = SimDetector(SyntheticSource(64), port=0, noise=NOISE)
-    det.config.update(nimages=n, ntrigger=1, trigger_mode="ints", frame_time=0.0)
+    det = _stand_in(n)
     done, count = threading.Event(), [0]
 
     def on_event(_, e):
@@ -103,6 +111,8 @@ def stand_in_into_ours(n: int) -> tuple[float, float]:
 
     with StreamReceiver([det.endpoint], on_event):
         det.arm()
+        if prepared:
+            det.prepare()
         t0, c0 = time.perf_counter(), _cpu()
         threading.Thread(target=det.trigger, daemon=True).start()
         done.wait(120)
@@ -116,7 +126,7 @@ def write_dump(path: str, n: int) -> None:
     """The same 64x64 uint16 bs16-lz4 series as a libertem-dectris dump (each zmq part: i64 LE length + bytes)."""
     from detector_stream.codec import encode_frames
     from detector_stream.messages import image_parts, series_start_parts
-    from sim_microscope.detector import default_config
+    from sim_microscope.detector_config import default_config
     from sim_microscope.frame_source import SyntheticSource, to_counts
     from sim_microscope.libertem_dump import write_dump
 
@@ -152,17 +162,20 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        w1, c1 = stand_in_into_libertem(args.frames, tmp)
-        w2, c2 = stand_in_into_ours(args.frames)
-        w3, c3 = libertem_sim_into_libertem(args.frames, tmp)
-    rows = [
-        ("stand-in (Python) -> libertem receiver", w1, c1),
-        ("stand-in (Python) -> our StreamReceiver", w2, c2),
-        ("libertem DectrisSim (Rust) -> libertem receiver", w3, c3),
-    ]
+        rows = [
+            ("stand-in, frames computed at the trigger -> libertem receiver", *stand_in_into_libertem(args.frames, tmp)),
+            ("stand-in, prepared, compiled batch send -> libertem receiver", *stand_in_into_libertem(args.frames, tmp, prepared=True)),
+            ("stand-in, prepared, one Python send a frame -> libertem receiver",
+             *stand_in_into_libertem(args.frames, tmp, prepared=True, compiled=False)),
+            ("stand-in, frames computed at the trigger -> our StreamReceiver", *stand_in_into_ours(args.frames)),
+            ("stand-in, prepared, compiled batch send -> our StreamReceiver", *stand_in_into_ours(args.frames, prepared=True)),
+            ("libertem DectrisSim (Rust) -> libertem receiver", *libertem_sim_into_libertem(args.frames, tmp)),
+        ]
     for name, wall, cpu in rows:
-        print(f"{name:48s} {args.frames / wall:9.0f} frames/s  wall {wall:6.2f} s  cpu {cpu:6.2f} s")
-    print(f"ratio stand-in / DectrisSim, same frames, same receiver: {w3 / w1:.2f}")
+        print(f"{name:66s} {args.frames / wall:9.0f} frames/s  wall {wall:6.2f} s  cpu {cpu:6.2f} s")
+    peer = rows[-1][1]
+    print(f"ratio stand-in / DectrisSim, same frames, same receiver: computed at the trigger {peer / rows[0][1]:.2f}, "
+          f"prepared + compiled send {peer / rows[1][1]:.2f}, prepared + Python send {peer / rows[2][1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def series_messages(n: int) -> list[list[bytes]]:
     """The header and n image messages of bench/detector_rate.py's dump (series 1), and its end."""
     from detector_stream.codec import encode_frames
     from detector_stream.messages import image_parts, series_end_parts, series_start_parts
-    from sim_microscope.detector import default_config
+    from sim_microscope.detector_config import default_config
     from sim_microscope.frame_source import SyntheticSource, to_counts
 
     images = to_counts(SyntheticSource(64).patterns(np.zeros((n, 2))), "uint16", 1e4, np.random.default_rng(0), "none")

@@ -27,13 +27,16 @@ from pydantic import BaseModel, Field
 
 from detector_stream.codec import encode_frames
 from detector_stream.messages import expected_frames, image_parts, series_end_parts, series_start_parts
+from detector_stream.native.build import NativeUnavailable
+from detector_stream.native.send import NativeSender
+from sim_microscope.detector_config import COMPRESSIONS, check_config_value, default_config
 from sim_microscope.frame_source import FrameSource, to_counts
 from sim_microscope.scan_controller import DetectorError, ScanController
 
 log = logging.getLogger(__name__)
 
-TRIGGER_MODES = ("exte", "exts", "inte", "ints")
-COMPRESSIONS = {"bslz4": None, "lz4": "lz4<", "none": "<"}
+SEND_BATCH = 256
+"""Frames per compiled send call when frames are not paced (frame time 0, no faults)."""
 
 
 class FaultPlan(BaseModel):
@@ -47,38 +50,6 @@ class FaultPlan(BaseModel):
     stall_s: float = Field(0.0, ge=0, le=600, description="length of the pause, s")
     disconnect_at_frame: int | None = Field(None, ge=0, description="close the socket before this frame (no dseries_end)")
     persistent: bool = False
-
-
-def default_config(detector_pixels: int) -> dict:
-    """The detector config (SIMPLON key names and units: seconds, pixels)."""
-    return {
-        "count_time": 0.001,
-        "frame_time": 0.001,
-        "nimages": 1,
-        "ntrigger": 1,
-        "trigger_mode": "ints",
-        "bit_depth_image": 16,
-        "bit_depth_readout": 16,
-        "compression": "bslz4",
-        "x_pixels_in_detector": detector_pixels,
-        "y_pixels_in_detector": detector_pixels,
-        "x_pixel_size": 7.5e-5,
-        "y_pixel_size": 7.5e-5,
-        "software_version": "1.8.0",
-        "description": "ptychoscan simulated DECTRIS detector",
-        "detector_number": "SIM-0001",
-        "sensor_material": "Si",
-        "sensor_thickness": 4.5e-4,
-        "countrate_correction_applied": False,
-        "flatfield_correction_applied": False,
-        "pixel_mask_applied": False,
-        "mask_to_zero": False,
-        "roi_mode": "disabled",
-        "threshold_energy": 4020.0,
-        "photon_energy": 8041.0,
-        "nexpi": 1,
-        "countrate_correction_count_cutoff": 65535,
-    }
 
 
 @dataclass
@@ -150,6 +121,8 @@ class SimDetector:
         self._socket = self._bind(port)
         self.endpoint = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self._sender: NativeSender | bool | None = None
+        """the compiled batch sender of the worker thread (False: unavailable)."""
         self._worker = threading.Thread(target=self._work, name="sim-detector-stream", daemon=True)
         self._worker.start()
 
@@ -167,7 +140,7 @@ class SimDetector:
         with self._lock:
             if self.state not in ("idle", "na"):
                 raise DetectorError(f"cannot change {key} while the detector is {self.state}; disarm first")
-            self.config[key] = _checked(key, value)
+            self.config[key] = check_config_value(key, value)
 
     def set_pixel_mask(self, mask: np.ndarray) -> None:
         """Replace the pixel mask ((y, x), the detector's shape); DetectorError (409) unless idle, (400) for a wrong shape."""
@@ -241,6 +214,18 @@ class SimDetector:
             raise DetectorError("acquisition did not finish in time (is a receiver connected?)", 504)
         return len(frames)
 
+    def prepare(self) -> None:
+        """Compute the armed series' frames now, at the beam positions as they stand, so that a trigger only sends them
+        (frames whose position moved before their trigger are computed again then)."""
+        with self._lock:
+            s = self._series
+            if self.state != "ready" or s is None:
+                raise DetectorError(f"cannot prepare while the detector is {self.state}; arm first")
+            where, sent = self.scan.landed_and_sent(np.arange(s.total))
+        done = threading.Event()
+        self._jobs.put(("prepare", s, where, sent, done))
+        done.wait()
+
     def disarm(self) -> None:
         """End the series (dseries_end if it is still open) and return to idle."""
         with self._lock:
@@ -291,6 +276,11 @@ class SimDetector:
                     self._send(job[1])
                 elif job[0] == "end":
                     self._end(job[1])
+                elif job[0] == "prepare":
+                    try:
+                        self._prepare(job[1], job[2], np.arange(0), job[3])
+                    finally:
+                        job[4].set()
                 elif job[0] == "acquire":
                     try:
                         self._acquire(*job[1:5])
@@ -340,6 +330,10 @@ class SimDetector:
         wall0 = time.time_ns()
         enabled = self.stream_config["mode"] == "enabled"
         appendix = self.stream_config["image_appendix"].encode() or None
+        if period <= 0 and enabled and f == FaultPlan(persistent=f.persistent) and (sender := self._batch_sender()) is not None:
+            if not self._send_unpaced(sender, s, frames, wall0, appendix):
+                return
+            frames = frames[:0]  # all sent
         for k, i in enumerate(frames.tolist()):
             due = t0 + (k + 1) * period
             delay = due - time.perf_counter()
@@ -376,6 +370,34 @@ class SimDetector:
             elif self._series is s:
                 self.state = "ready"
 
+    def _batch_sender(self) -> NativeSender | None:
+        """The compiled batch sender (made on the worker thread at first use); None where it is unavailable."""
+        if self._sender is None:
+            try:
+                self._sender = NativeSender()
+            except (NativeUnavailable, OSError, AttributeError) as err:
+                log.info("sim detector: frames are sent one by one from Python (%s)", err)
+                self._sender = False
+        return self._sender or None
+
+    def _send_unpaced(self, sender: NativeSender, s: _Series, frames: np.ndarray, wall0: int, appendix: bytes | None) -> bool:
+        """Frame time 0 and no faults: ``frames`` sent in batches by one compiled call each; False if the series ended or closing."""
+        for lo in range(0, len(frames), SEND_BATCH):
+            if s.ended:
+                return False
+            batch = [image_parts(s.series, i, s.images[i], s.encoding, wall0, wall0, 0, appendix, blob=s.blobs[i]) for i in frames[lo : lo + SEND_BATCH].tolist()]
+            done = 0
+            while True:
+                sent = sender.send(self._socket, batch[done:])
+                done += sent
+                self.frames_sent += sent
+                if done == len(batch):
+                    break
+                if self._stopping.is_set():  # no receiver yet, or its queue is full: wait, unless closing
+                    return False
+                self._socket.poll(50, zmq.POLLOUT)
+        return True
+
     def _disconnect(self, s: _Series) -> None:
         """Drop the connection mid-series (queued messages discarded, no dseries_end), then listen again."""
         s.ended = True
@@ -386,61 +408,3 @@ class SimDetector:
             if self._series is s:
                 self._series = None
                 self.state = "idle"
-
-
-_CONFIG_RULES = {
-    "count_time": (float, 1e-7, 3600.0),
-    "frame_time": (float, 0.0, 3600.0),
-    "nimages": (int, 1, 10_000_000),
-    "ntrigger": (int, 1, 10_000_000),
-    "trigger_mode": (str, TRIGGER_MODES, None),
-    "bit_depth_image": (int, (8, 16, 32), None),
-    "compression": (str, tuple(COMPRESSIONS), None),
-    "threshold_energy": (float, 0.0, 1e6),
-    "photon_energy": (float, 0.0, 1e6),
-    "nexpi": (int, 1, 1_000_000),
-    "pixel_mask_applied": (bool, (True, False), None),
-    "countrate_correction_applied": (bool, (True, False), None),
-    "flatfield_correction_applied": (bool, (True, False), None),
-    "mask_to_zero": (bool, (True, False), None),
-    "roi_mode": (str, ("disabled",), None),
-}
-READ_ONLY = ("x_pixels_in_detector", "y_pixels_in_detector", "software_version", "description", "detector_number")
-
-
-def _checked(key: str, value):
-    if key not in _CONFIG_RULES:
-        what = "read-only" if key in READ_ONLY or key in default_config(1) else "unknown"
-        raise DetectorError(f"config key {key!r} is {what}", 400)
-    kind, low, high = _CONFIG_RULES[key]
-    if kind is bool and not isinstance(value, bool):  # bool("false") is True: take JSON true/false only
-        raise DetectorError(f"{key} must be true or false, got {value!r}", 400)
-    try:
-        v = kind(value)
-    except (TypeError, ValueError):
-        raise DetectorError(f"{key} must be {kind.__name__}, got {value!r}", 400) from None
-    if isinstance(low, tuple):
-        if v not in low:
-            raise DetectorError(f"{key} must be one of {list(low)}, got {value!r}", 400)
-    elif not (low <= v <= high):
-        raise DetectorError(f"{key} must be within {low}..{high}, got {value!r}", 400)
-    return v
-
-
-def config_description(key: str, value) -> dict:
-    """SIMPLON-style description of a config value."""
-    kind = {bool: "bool", int: "uint", float: "float", str: "string"}.get(type(value), "string")
-    desc = {"value": value, "value_type": kind, "access_mode": "rw" if key in _CONFIG_RULES else "r"}
-    rule = _CONFIG_RULES.get(key)
-    if rule and rule[0] is not bool and isinstance(rule[1], tuple):  # a DCU lists no allowed_values for a bool: clients take one as an enum
-        desc["allowed_values"] = list(rule[1])
-    elif rule and rule[0] is not bool:
-        desc["min"], desc["max"] = rule[1], rule[2]
-    if key in UNITS:
-        desc["unit"] = UNITS[key]
-    return desc
-
-
-UNITS = {"count_time": "s", "frame_time": "s", "threshold_energy": "eV", "photon_energy": "eV", "x_pixel_size": "m", "y_pixel_size": "m",
-         "sensor_thickness": "m"}
-"""SI units of the config keys that have one (as a DCU describes them)."""

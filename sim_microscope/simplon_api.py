@@ -26,7 +26,8 @@ import numpy as np
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from sim_microscope.detector import DetectorError, FaultPlan, SimDetector, config_description
+from sim_microscope.detector import DetectorError, FaultPlan, SimDetector
+from sim_microscope.detector_config import config_description
 from sim_microscope.simplon_extra import add_simplon_extras
 
 API = "1.8.0"

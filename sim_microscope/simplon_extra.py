@@ -30,7 +30,8 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Body, FastAPI
 
-from sim_microscope.detector import DetectorError, SimDetector, config_description
+from sim_microscope.detector import DetectorError, SimDetector
+from sim_microscope.detector_config import config_description
 
 API = "1.8.0"
 MODES = ["enabled", "disabled"]

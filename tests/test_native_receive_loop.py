@@ -248,3 +248,51 @@ def test_readiness_says_which_receive_loop_drains_the_detectors(tmp_path, pusher
         body = wait_until(lambda: (r := c.get("/readyz")).json()["detail"]["receive_loop"] != "not started" and r, what="ingest").json()
     loop = body["detail"]["receive_loop"]
     assert loop == "compiled" if switch == "1" else loop.startswith("python: turned off")
+
+
+def _sim_messages(monkeypatch, compiled: bool, frame_time: float, faults=None) -> tuple[list[list[bytes]], bool]:
+    """Every message of one 40-frame series of a simulated detector, and whether its compiled batch sender was used."""
+    from sim_microscope.detector import SimDetector
+    from sim_microscope.frame_source import SyntheticSource
+
+    monkeypatch.setattr("sim_microscope.detector.time.time_ns", lambda: 1_000_000)  # the dconfig times: equal in both runs
+    det = SimDetector(SyntheticSource(32), port=0, noise="none")
+    if not compiled:
+        det._sender = False  # as where the compiled loop is unavailable
+    det.config.update(nimages=40, ntrigger=1, trigger_mode="ints", frame_time=frame_time)
+    if faults is not None:
+        det.set_faults(faults)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(det.endpoint)
+    try:
+        time.sleep(0.2)
+        det.arm()
+        det.prepare()
+        det.trigger()
+        det.disarm()
+        out = []
+        while pull.poll(2000):
+            out.append(pull.recv_multipart())
+            if out[-1][0].startswith(b'{"htype":"dseries_end'):
+                break
+        return out, det._sender not in (None, False)
+    finally:
+        det.close()
+        ctx.destroy(linger=0)
+
+
+def test_the_simulated_detector_sends_unpaced_series_in_compiled_batches_byte_for_byte(monkeypatch):
+    """Frame time 0 and no faults: the compiled batch sender; the same bytes as one Python send per frame."""
+    fast, used = _sim_messages(monkeypatch, True, 0.0)
+    slow, _ = _sim_messages(monkeypatch, False, 0.0)
+    assert used and len(fast) == 42 and fast == slow
+    paced, used_paced = _sim_messages(monkeypatch, True, 0.0005)  # a frame time: paced one by one, as before
+    assert not used_paced and len(paced) == 42
+
+
+def test_faults_keep_the_simulated_detector_on_its_per_frame_path(monkeypatch):
+    from sim_microscope.detector import FaultPlan
+
+    messages, used = _sim_messages(monkeypatch, True, 0.0, FaultPlan(drop_frames=[3]))
+    assert not used and len(messages) == 41

@@ -126,7 +126,7 @@ def test_libertem_sim_replays_our_messages_bit_exact(tmp_path):
     """libertem-dectris's Rust sender parses a dump of our messages; its receiver decodes them bit-exact."""
     from detector_stream.codec import encode_frames
     from detector_stream.messages import image_parts, series_start_parts
-    from sim_microscope.detector import default_config
+    from sim_microscope.detector_config import default_config
     from sim_microscope.libertem_dump import write_dump
 
     n = 40

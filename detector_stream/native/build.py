@@ -98,5 +98,7 @@ def load_library() -> ctypes.CDLL:
         getattr(lib, name).restype, getattr(lib, name).argtypes = p, [p]
     for name in ("ps_raw_len", "ps_nparts"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = i64, [p]
+    lib.ps_send_batch.restype = ctypes.c_int
+    lib.ps_send_batch.argtypes = [p, p, p, p, p, ctypes.c_int]
     lib.ps_md5_hex.restype, lib.ps_md5_hex.argtypes = None, [p, ctypes.c_char_p, i64, ctypes.c_char_p]
     return lib

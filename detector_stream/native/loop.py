@@ -54,6 +54,17 @@ def _bshuf_decompress() -> int:
     return ctypes.cast(ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4, ctypes.c_void_p).value
 
 
+def new_context(lib: ctypes.CDLL) -> int:
+    """A context of the compiled loop (``ps_new``) with pyzmq's libzmq and bitshuffle's decompressor; free it with ``lib.ps_free``."""
+    zlib = _libzmq()
+    pointers = [ctypes.cast(getattr(zlib, name), ctypes.c_void_p).value for name in _ZMQ_FUNCTIONS]
+    pointers += [_bshuf_decompress(), ctypes.cast(zlib.zmq_send, ctypes.c_void_p).value]
+    ctx = lib.ps_new((ctypes.c_void_p * len(pointers))(*pointers))
+    if not ctx:
+        raise NativeUnavailable("out of memory creating the compiled loop's context")
+    return ctx
+
+
 class NativeReceiveLoop:
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
@@ -61,12 +72,7 @@ class NativeReceiveLoop:
         """NativeUnavailable (with the reason) where the loop cannot be built or its libraries found."""
         self._ctx = None
         self.lib = load_library()
-        zlib = _libzmq()
-        pointers = [ctypes.cast(getattr(zlib, name), ctypes.c_void_p).value for name in _ZMQ_FUNCTIONS] + [_bshuf_decompress()]
-        table = (ctypes.c_void_p * len(pointers))(*pointers)
-        self._ctx = self.lib.ps_new(table)
-        if not self._ctx:
-            raise NativeUnavailable("out of memory creating the receive loop's context")
+        self._ctx = new_context(self.lib)
         self.max_msgs = max_msgs
         self._records = np.zeros((max_msgs, REC), np.int64)
         self._received_at = np.zeros(max_msgs, np.float64)

@@ -23,6 +23,7 @@
 
 #define PS_EAGAIN 11
 #define PS_DONTWAIT 1
+#define PS_SNDMORE 2
 #define PS_MAX_FRAME_PIXELS (1LL << 26)
 #define PS_BLOCK_BYTES 8192
 #define PS_REC 12 /* int64 fields per message record: see ps_recv_batch */
@@ -37,6 +38,7 @@ typedef int (*msg_more_f)(void *);
 typedef int (*msg_close_f)(void *);
 typedef int (*errno_f)(void);
 typedef int64_t (*bshuf_f)(const void *, void *, size_t, size_t, size_t);
+typedef int (*send_f)(void *, const void *, size_t, int);
 
 typedef struct {
     msg_init_f init;
@@ -47,6 +49,7 @@ typedef struct {
     msg_close_f close;
     errno_f err;
     bshuf_f bshuf;
+    send_f send;
     unsigned char *raw;
     int64_t raw_len, raw_cap;
     int64_t *part_len;
@@ -263,6 +266,7 @@ ps_ctx *ps_new(void **fns) {
     ctx->close = (msg_close_f)fns[5];
     ctx->err = (errno_f)fns[6];
     ctx->bshuf = (bshuf_f)fns[7];
+    ctx->send = (send_f)fns[8];
     for (int i = 0; i < 64; i++) ctx->md5_k[i] = (uint32_t)(fabs(sin((double)(i + 1))) * 4294967296.0);
     return ctx;
 }
@@ -404,4 +408,29 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
         n++;
     }
     return n;
+}
+
+/*
+ * Send messages laid out back to back in `buf`: message i has nparts[i] parts, their
+ * lengths in part_lens (in order). The first part of each message is sent without
+ * blocking: when the socket cannot take it (no receiver, or its queue is full) the call
+ * returns, so that the caller can wait or give up; the other parts of a message follow
+ * it at once (a multipart message is queued whole). Returns the number of messages sent,
+ * or -errno when the first could not be sent for another reason than EAGAIN.
+ */
+int ps_send_batch(ps_ctx *ctx, void *socket, const unsigned char *buf, const int64_t *part_lens, const int64_t *nparts, int nmsgs) {
+    const unsigned char *p = buf;
+    const int64_t *len = part_lens;
+    for (int i = 0; i < nmsgs; i++) {
+        for (int64_t k = 0; k < nparts[i]; k++) {
+            int flags = (k + 1 < nparts[i] ? PS_SNDMORE : 0) | (k == 0 ? PS_DONTWAIT : 0);
+            if (ctx->send(socket, p, (size_t)*len, flags) < 0) {
+                int e = ctx->err();
+                if (k == 0) return i > 0 || e == PS_EAGAIN ? i : -e;
+                return -e; /* a later part of a message whose first part went: not expected (multipart is atomic) */
+            }
+            p += *len++;
+        }
+    }
+    return nmsgs;
 }
