@@ -8,7 +8,9 @@ astigmatism_angle_deg, cs_um), the loss and positions of the job that made them,
 ``history`` (one short entry per retrieval / refinement, done or failed, the last
 ``HISTORY_LENGTH``) and, while one is queued or running or after one failed,
 ``refinement`` (its ``state``, ``frames`` and, failed, ``error``). These functions only
-build and read such dicts; ``service.manager`` holds the lock and applies them.
+build and read such dicts; ``service.manager`` holds the lock and applies them. A session
+stopped (deleted) or failed forgets its queued or running probe job (``without_job``): the
+job is skipped when its turn comes, a running one's result is discarded.
 """
 
 from __future__ import annotations
@@ -82,3 +84,20 @@ def refinement_status(probe: dict[str, Any], report: dict[str, Any]) -> dict[str
     else:
         out["refinement"] = {"state": "failed", "frames": report.get("frames"), "error": report.get("error")}
     return out
+
+
+def without_job(probe: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The status's ``probe`` with a queued or running probe job forgotten (its session was stopped or failed): a retrieval not
+    done yet leaves None (the nominal probe), a refinement leaves the probe in use as it was."""
+    if probe is None or probe.get("state") in ("queued", "running"):
+        return None
+    if (probe.get("refinement") or {}).get("state") in ("queued", "running"):
+        return refinement_status(probe, {"state": "dropped"})
+    return probe
+
+
+def landed(report: dict[str, Any], frames_received: int | None) -> dict[str, Any]:
+    """``report`` of a probe job that ended (done or failed) with ``landed_frames``: the session's frames when it came."""
+    if report.get("state") in ("done", "failed") and frames_received is not None:
+        return {**report, "landed_frames": int(frames_received)}
+    return report

@@ -267,3 +267,79 @@ def test_probe_jobs_are_given_the_sessions_invalid_detector_pixels(tmp_path, mon
     assert {first for first, _ in fake.invalid} == {True, False}
     for _, invalid in fake.invalid:
         assert invalid is not None and invalid.shape == (16, 16) and invalid[3, 5] and invalid.sum() == 1
+
+
+class GatedRetrieval:
+    """Stands in for ProbeRetriever.__call__ (the first retrieval): waits for ``gate``, then gives defocus 2 nm; counts its calls."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def __call__(self, patterns, positions, beam: Beam, fov, pause, invalid_pixels=None):
+        self.calls += 1
+        assert self.gate.wait(30)
+        pause()
+        new = beam.with_aberrations(beam.aberrations.model_copy(update={"defocus_nm": RETRIEVED_DEFOCUS}))
+        return new, _report(new, positions)
+
+
+def test_a_probe_job_of_a_deleted_session_is_skipped_if_queued_and_its_result_discarded_if_running(tmp_path, monkeypatch, caplog):
+    """Regression: a deleted session's queued probe retrieval still ran (minutes of a shared CPU) and its result, or a running
+    one's, was written beside the stopped session's file."""
+    retrieval = GatedRetrieval()
+    monkeypatch.setattr(ProbeRetriever, "__call__", lambda self, *a: retrieval(*a))
+    pushers = [Pusher(), Pusher()]
+    try:
+        app = create_app(_settings(tmp_path))
+        with TestClient(app) as c:
+            running, queued = (c.post("/api/v1/sessions", json=session_body(p.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                                      headers=AUTH).json()["session_id"] for p in pushers)
+            assert _chunk(c, pushers[0], running, 0)
+            wait_until(lambda: _status(c, running)["probe"].get("state") == "running", timeout=30, what="the first retrieval running")
+            assert _chunk(c, pushers[1], queued, 0)
+            assert _status(c, queued)["probe"] == {"state": "queued"}, "waits behind the running one"
+            for sid in (queued, running):
+                assert c.delete(f"/api/v1/sessions/{sid}", headers=AUTH).json()["state"] == "stopped"
+            retrieval.gate.set()
+            background = app.state.service.background
+            wait_until(lambda: background.pending == 0, timeout=30, what="the background queue empty")
+            statuses = {sid: _status(c, sid) for sid in (running, queued)}
+        assert retrieval.calls == 1 and background.skipped == 1, "the deleted session's queued retrieval did not run"
+        for sid, status in statuses.items():
+            assert status["probe"]["source"] == "nominal" and "state" not in status["probe"], (sid, status["probe"])
+            assert not (tmp_path / f"{sid}.probe.json").exists(), "nothing recorded for a deleted session"
+            with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+                assert "probe" not in f.attrs
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    finally:
+        retrieval.gate.set()
+        for p in pushers:
+            p.close()
+
+
+def test_a_refinement_running_when_its_session_is_deleted_is_discarded(tmp_path, monkeypatch):
+    fake = FakeProbeJobs()
+    _install(monkeypatch, fake)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=16, chunk=4, fov_nm=FOV, probe="retrieve"),
+                         headers=AUTH).json()["session_id"]
+            assert _chunk(c, pusher, sid, 0)
+            retrieved = _idle(c, sid)
+            fake.gate.clear()
+            assert _chunk(c, pusher, sid, 1)
+            wait_until(lambda: fake.refinements == 1, timeout=30, what="the refinement running")
+            c.delete(f"/api/v1/sessions/{sid}", headers=AUTH)
+            fake.gate.set()
+            wait_until(lambda: fake.running == 0, timeout=30)
+            wait_until(lambda: c.app.state.service.background.pending == 0, timeout=30)
+            probe = _status(c, sid)["probe"]
+        assert probe == {k: v for k, v in retrieved.items() if k != "refinement"}, "the retrieved probe stays, the refinement is forgotten"
+        assert not (tmp_path / f"{sid}.probe.json").exists()
+        with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+            assert json.loads(f.attrs["probe"])["defocus_nm"] == RETRIEVED_DEFOCUS
+    finally:
+        fake.gate.set()
+        pusher.close()
