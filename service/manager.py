@@ -383,7 +383,7 @@ class SessionManager(StreamHandling):
                     s.retrieved_beam = beam
                 if report.get("state") in ("done", "failed"):
                     try:
-                        s.store.set_probe(report)
+                        s.store.set_probe(s.probe)
                     except StoreError as err:  # the session goes on with the probe in memory; a restart would retrieve it again
                         log.error("%s", err)
                 s.notify()

@@ -20,8 +20,16 @@ from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
 from service.app import create_app
 from service.probe_gradient import GradientRefiner
 from service.probe_job import ProbeRetriever
-from service.probe_live import HISTORY_LENGTH, refinement_due, refinement_status, retrieval_status, with_history
-from service.settings import ServiceSettings
+from service.probe_live import (
+    ABERRATION_KEYS,
+    HISTORY_LENGTH,
+    landed,
+    refinement_due,
+    refinement_status,
+    retrieval_status,
+    with_history,
+)
+from service.settings import PROBE_REFINEMENT, ServiceSettings
 from service.spec import Beam
 
 FOV = [0.0, 0.0, 0.3, 0.3]
@@ -342,4 +350,53 @@ def test_a_refinement_running_when_its_session_is_deleted_is_discarded(tmp_path,
             assert json.loads(f.attrs["probe"])["defocus_nm"] == RETRIEVED_DEFOCUS
     finally:
         fake.gate.set()
+        pusher.close()
+
+
+def test_the_probe_has_one_shape_after_the_retrieval_and_after_a_refinement_by_either_method():
+    """Regression: after the first retrieval the status's probe had no ``refinement_attempts``, after a refinement its
+    ``landed_frames`` was still the retrieval's, and no history entry said how many evaluations its job made."""
+    rng = np.random.default_rng(2)
+    beam = Beam(60_000.0, 33.0, 16, 6.0, 2.0, 1.0, 30.0, 1.0)
+    patterns, positions, fov = rng.poisson(50, (12, 16, 16)).astype(np.float32), rng.uniform(0.0, 0.3, (12, 2)), (0.0, 0.0, 0.3, 0.3)
+    cheap = {"max_positions": 8, "iterations": 2}
+    retrieved, report = ProbeRetriever(cheap | {"global_search": False, "refine_evaluations": 2}, "cpu")(patterns, positions, beam, fov, lambda: None)
+    status = retrieval_status(landed({"state": "done", **report}, 12))
+    refiners = {"gradient": GradientRefiner({"passes": 4, "max_positions": 8, "refinement": {"passes_per_block": 2}}, "cpu"),
+                "nelder-mead": ProbeRetriever(PROBE_REFINEMENT | cheap | {"refine_evaluations": 2}, "cpu")}
+    for method, refiner in refiners.items():
+        _, refined_report = refiner(patterns, positions, retrieved, fov, lambda: None)
+        assert set(refined_report) == set(report), method
+        refined = refinement_status(status, landed({**refined_report, "state": "done", "frames": 12}, 16))
+        assert set(refined) == set(status) | {"refinement"}, method
+        assert refined["landed_frames"] == 16 and refined["evaluations"] == refined_report["evaluations"], method
+        first, last = refined["history"]
+        assert set(first) == set(last) == {"kind", "state", "frames", "landed_frames", *ABERRATION_KEYS, "loss", "positions_used",
+                                           "evaluations", "seconds"}, method
+        assert {k: last[k] for k in last if k not in ("kind",)} == {k: refined[k] for k in last if k != "kind"}, method
+        failed = refinement_status(refined, landed({"state": "failed", "frames": 20, "error": "RuntimeError: x"}, 24))
+        assert set(failed) == set(refined) and failed["landed_frames"] == 16, "a failure leaves the probe in use as it was"
+
+
+def test_the_session_files_probe_after_the_first_retrieval_is_the_statuss(tmp_path, monkeypatch):
+    """Regression: the file recorded the retrieval's bare report (no history, no refinements), so after a restart the status
+    said less and the next refinement's history started without the retrieval."""
+    fake = FakeProbeJobs()
+    _install(monkeypatch, fake)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(_settings(tmp_path, probe_refinement_frames=None))) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                         headers=AUTH).json()["session_id"]
+            assert _chunk(c, pusher, sid, 0)
+            probe = _idle(c, sid)
+        with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+            stored = json.loads(f.attrs["probe"])
+        assert stored == probe and [e["kind"] for e in stored["history"]] == ["retrieval"]
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            assert _status(c, sid)["probe"] == probe
+            assert _chunk(c, pusher, sid, 1)
+            after = wait_until(lambda: (p := _idle(c, sid)).get("refinements") and p, timeout=30, what="a refinement")
+        assert [e["kind"] for e in after["history"]] == ["retrieval", "refinement"]
+    finally:
         pusher.close()
