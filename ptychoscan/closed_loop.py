@@ -273,7 +273,7 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
     from recon.convergence import reconstruct_with_backoff
     from recon.engine import Reconstructor, ScanChunk
     from recon.inputs import grid_for_dataset
-    from service.detector_mask import invalid_in_file
+    from recon.invalid_pixels import invalid_in_file
 
     with h5py.File(session_file, "r", locking=False) as f:
         raw = f["patterns"][()]  # the file's pixel type: its largest count marks a pixel

@@ -118,3 +118,18 @@ def test_the_demos_converged_scores_leave_out_the_session_files_invalid_pixels(t
     assert np.abs(potential("hot", hot, None) - clean).max() > 0.5 * scale, "the hot pixel matters when nothing flags it"
     assert np.abs(potential("recorded", hot, only) - clean).max() < 0.1 * scale
     assert np.abs(potential("marked", marked, None) - clean).max() < 0.1 * scale
+
+
+def test_a_session_files_detector_mask_is_read_and_checked_as_a_datasets(tmp_path):
+    """One reader (``recon.invalid_pixels.invalid_in_file``) for dataset and session files: a session file's mask of another
+    shape was OR-ed in by broadcasting (a (1, K) row flagged a whole column set) instead of refused as a dataset's is."""
+    from service.converged_store import ConvergedStoreError, read_measured
+
+    counts, positions = _counts()
+    counts[:, 0, 1] = 65535
+    recorded = np.zeros((16, 16), bool)
+    recorded[HOT] = True
+    _, _, invalid = read_measured(_session_file(tmp_path / "ok.h5", counts, positions, recorded))
+    assert set(zip(*np.nonzero(invalid), strict=True)) == {HOT, (0, 1)}, "the recorded mask OR the marked pixels"
+    with pytest.raises(ConvergedStoreError, match=r"detector_mask must have shape \(16, 16\), got \(1, 16\)"):
+        read_measured(_session_file(tmp_path / "row.h5", counts, positions, np.ones((1, 16), bool)))
