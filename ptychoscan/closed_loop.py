@@ -261,7 +261,9 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
     The same reconstruction for every strategy (``policy.evaluation``'s final options and
     pass rule), so the strategies are compared on what they measured, not on how far the
     service's live reconstruction had got. Scores: ``policy.scores.score_against_truth``, as
-    ``ptychoscan evaluate`` scores, the specimen region from ``sim_microscope.vacuum``. Returns the scores, the potential (rad) and its grid.
+    ``ptychoscan evaluate`` scores, the specimen region from ``sim_microscope.vacuum``. Detector pixels that are not
+    measurements (the file's ``detector_mask`` and pixels at the pixel type's largest count) are left out of the loss, as
+    in the service's reconstructions. Returns the scores, the potential (rad) and its grid.
     """
     import h5py
 
@@ -271,14 +273,18 @@ def converged_scores(session_file: Path, dataset: Dataset4D, fov) -> tuple[dict,
     from recon.convergence import reconstruct_with_backoff
     from recon.engine import Reconstructor, ScanChunk
     from recon.inputs import grid_for_dataset
+    from recon.invalid_pixels import invalid_in_file
 
     with h5py.File(session_file, "r", locking=False) as f:
-        patterns = np.asarray(f["patterns"][()], dtype=np.float32)
+        raw = f["patterns"][()]  # the file's pixel type: its largest count marks a pixel
+        invalid = invalid_in_file(f, raw)
         positions = f["positions_nm"][()]
+    patterns = raw.astype(np.float32)
     options = EvaluationOptions()
     grid = grid_for_dataset(dataset, fov)
     rec = Reconstructor(probe_for(dataset), options.final_recon, device="auto")
-    (result,), _ = reconstruct_with_backoff(rec, [ScanChunk(patterns, positions, grid)], max_passes=final_passes(len(positions), options))
+    chunk = ScanChunk(patterns, positions, grid, invalid_pixels=invalid)
+    (result,), _ = reconstruct_with_backoff(rec, [chunk], max_passes=final_passes(len(positions), options))
     return score_against_truth(result.potential, grid, dataset.ground_truth, fov), result.potential.numpy(), grid
 
 

@@ -25,11 +25,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from recon.invalid_pixels import DETECTOR_MASK, marked_pixels
+from recon.invalid_pixels import DETECTOR_MASK, invalid_in_file
 
 FORMAT_NAME = "ptychoscan-4dstem"
 FORMAT_VERSION = 1
-"""optional (K, K) uint8 dataset: nonzero where a detector pixel is not a measurement (a session file's values say why)."""
 PATTERN_DTYPES = (np.dtype(np.float32), np.dtype(np.uint16), np.dtype(np.uint32))
 _NAN_CHECK_CHUNK = 1024
 
@@ -312,12 +311,10 @@ def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True, with_ac
             _fail(source, f"positions_nm must be floating point, got {positions.dtype}")
         grid_shape = tuple(int(v) for v in f.attrs["grid_shape"]) if "grid_shape" in f.attrs else None
         probe = f["probe"][()] if "probe" in f else None
-        invalid = marked_pixels(patterns) if load_patterns else np.zeros(pattern_ds.shape[1:], bool)
-        if DETECTOR_MASK in f:
-            recorded = f[DETECTOR_MASK][()]
-            if recorded.shape != invalid.shape:
-                _fail(source, f"{DETECTOR_MASK} must have shape {invalid.shape}, got {recorded.shape}")
-            invalid |= recorded != 0
+        try:
+            invalid = invalid_in_file(f, patterns)  # without the patterns: the recorded mask alone
+        except ValueError as err:
+            _fail(source, str(err))
         ground_truth = None
         if "ground_truth/phase" in f:
             gt = f["ground_truth/phase"]
@@ -336,7 +333,7 @@ def read_dataset(path: str | os.PathLike, *, load_patterns: bool = True, with_ac
             grid_shape=grid_shape,
             probe=probe,
             ground_truth=ground_truth,
-            invalid_pixels=invalid if invalid.any() else None,
+            invalid_pixels=invalid,
             acquisition_truth=_read_truth(f, source) if with_acquisition_truth else None,
             **_specimen_attrs(f, source),
         )

@@ -35,3 +35,17 @@ def marked_pixels(patterns: np.ndarray, chunk: int = 256) -> np.ndarray:
         block = np.asarray(patterns[start : start + chunk])
         out |= (block == marker).any(axis=0)
     return out
+
+
+def invalid_in_file(f, patterns: np.ndarray) -> np.ndarray | None:
+    """(K, K) bool invalid pixels of an open HDF5 file ``f`` (h5py; a dataset or a session file) whose (N, K, K) ``patterns``
+    (its frames as read, or its h5py dataset: the file's pixel type; none, for the recorded mask alone) the caller has: the
+    pixels at the pixel type's largest count (``marked_pixels``: files written before a mask was recorded) OR those nonzero in
+    its recorded ``DETECTOR_MASK``. None when there are none; ValueError when the recorded mask is not (K, K)."""
+    bad = marked_pixels(patterns)
+    if DETECTOR_MASK in f:
+        recorded = f[DETECTOR_MASK][()]
+        if recorded.shape != bad.shape:
+            raise ValueError(f"{DETECTOR_MASK} must have shape {bad.shape}, got {recorded.shape}")
+        bad |= recorded != 0
+    return bad if bad.any() else None

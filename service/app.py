@@ -145,13 +145,13 @@ class Service:
         """A live session's probe retrieval (lock held): its frames so far are copied now."""
         patterns, positions = s.measured_frames()
         self.background.submit(probe_job(s.session_id, patterns, positions, s.spec.beam, s.fov, self.retrieve_probe, self.manager.note_probe,
-                                         s.detector_mask.invalid))
+                                         s.detector_mask.invalid, self.manager.probe_job_wanted))
 
     def _queue_probe_refinement(self, s) -> bool:
         """A live session's probe refinement (lock held), from the probe in use on all its frames so far (copied now)."""
         patterns, positions = s.measured_frames()
         job = refinement_job(s.session_id, patterns, positions, s.beam, s.fov, self.refine_probe, self.settings.probe_refinement_max_change,
-                             self.manager.note_probe_refinement, s.detector_mask.invalid)
+                             self.manager.note_probe_refinement, s.detector_mask.invalid, self.manager.probe_job_wanted)
         return self.background.submit(job)
 
     def _queue_converged(self, finished) -> None:

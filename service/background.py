@@ -6,7 +6,8 @@ torch calls; between them the job calls ``pause()``, which waits while a decisio
 reconstruction is queued or running, so a decision waits for at most one such call. Jobs
 run one at a time: urgent ones (a live session's probe) before the others, each kind
 oldest first. At shutdown the job in progress stops at its next ``pause()`` (``Stopped``)
-and is dropped with those queued; each kind knows how a restart makes it again.
+and is dropped with those queued; each kind knows how a restart makes it again. A job whose
+``wanted()`` says False when its turn comes (its session was deleted meanwhile) is skipped.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class BackgroundJob:
     """runs before the queued non-urgent jobs."""
     on_dropped: Callable[[], None] | None = None
     """called when the service stops before the job ends (in progress or queued)."""
+    wanted: Callable[[], bool] | None = None
+    """asked when the job's turn comes (no lock held): False skips it, unrun and unreported (None: always run)."""
 
 
 class BackgroundWorker:
@@ -50,6 +53,8 @@ class BackgroundWorker:
         self._thread: threading.Thread | None = None
         self.current: str | None = None
         self.completed = 0
+        self.skipped = 0
+        """jobs not run: ``wanted()`` said False when their turn came."""
 
     def submit(self, job: BackgroundJob) -> bool:
         """Queue ``job``; False (and nothing queued) if a job with its key is queued or running."""
@@ -104,6 +109,10 @@ class BackgroundWorker:
                 job = (self._urgent or self._other).popleft()
                 self.current = job.key
             try:
+                if not self._wanted(job):
+                    log.info("background job %s skipped: no longer wanted", job.key)
+                    self.skipped += 1
+                    continue
                 job.run(self.pause)
                 self.completed += 1
             except Stopped:
@@ -114,6 +123,14 @@ class BackgroundWorker:
             finally:
                 with self._cond:
                     self.current = None
+
+    @staticmethod
+    def _wanted(job: BackgroundJob) -> bool:
+        try:
+            return job.wanted is None or job.wanted()
+        except Exception:  # cannot tell: run it, as before there was a question
+            log.exception("background job %s: wanted failed", job.key)
+            return True
 
     @staticmethod
     def _dropped(job: BackgroundJob) -> None:

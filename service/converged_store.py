@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from service.detector_mask import invalid_in_file
+from recon.invalid_pixels import invalid_in_file
 
 CONVERGED_SUFFIX = ".converged.h5"
 

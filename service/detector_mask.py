@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.invalid_pixels import DETECTOR_MASK, marked_pixels, marker_value
+from recon.invalid_pixels import marker_value
 
 FROM_HEADER = 1
 """flag: masked in the detector's pixel mask (series header of detail ``all``)."""
@@ -34,16 +34,6 @@ def measured_peak(image: np.ndarray) -> int:
     marker = marker_value(image.dtype)
     counts = image if marker is None else image[image != marker]
     return int(counts.max()) if counts.size else 0
-
-
-def invalid_in_file(f, patterns: np.ndarray) -> np.ndarray | None:
-    """(K, K) bool invalid pixels of an open session file ``f`` (h5py) whose ``patterns`` (its frames, as read; the file's pixel type)
-    the caller has: its recorded ``detector_mask`` and pixels at the pixel type's largest count (a file written before the mask
-    was recorded); None when there are none."""
-    bad = marked_pixels(patterns)
-    if DETECTOR_MASK in f:
-        bad |= f[DETECTOR_MASK][()] != 0
-    return bad if bad.any() else None
 
 
 class DetectorMask:

@@ -21,7 +21,8 @@ from service.converged_store import ConvergedStoreError, converged_path, read_co
 from service.errors import ErrorKind, SessionError
 from service.session import Session, SessionState
 from service.spec import Beam
-from service.store import SessionSummary, StoredReconstruction, StoreError, read_latest_reconstruction
+from service.store import StoredReconstruction, StoreError
+from service.store_read import SessionSummary, read_latest_reconstruction
 
 log = logging.getLogger(__name__)
 

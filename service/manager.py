@@ -24,7 +24,7 @@ from service.manager_stream import StreamHandling
 from service.metrics import ServiceMetrics
 from service.planner import Planners
 from service.prefault import Prefaulter
-from service.probe_live import refinement_due, refinement_status, retrieval_status
+from service.probe_live import landed, refinement_due, refinement_status, retrieval_status, without_job
 from service.restore import load_sessions
 from service.routing import Buffered, FrameRouter, Key
 from service.session import Binding, Session, SessionState
@@ -162,6 +162,8 @@ class SessionManager(StreamHandling):
         if self.sessions.get(s.session_id) is not s:
             return
         del self.sessions[s.session_id]
+        if s.state != SessionState.DONE:  # stopped or failed: its probe job is skipped (``probe_job_wanted``) or its result discarded
+            s.probe = without_job(s.probe)
         finished = self.finished[s.session_id] = FinishedSession.of(s)
         s.close()
         if finished.state == SessionState.DONE and self.on_done is not None:
@@ -370,35 +372,37 @@ class SessionManager(StreamHandling):
 
     def note_probe(self, sid: str, beam, report: dict) -> None:
         """Record a probe retrieval's progress (``service.probe_job``'s callback): in the session's status, its beam once
-        retrieved, its file once done or failed. ``dropped`` (the service stopped first) forgets it: a restart queues it again."""
+        retrieved, its file once done or failed. ``dropped`` (the service stopped first) forgets it: a restart queues it again.
+        A session that ended done meanwhile gets it as for ``note_probe_refinement``; one stopped or failed does not."""
         with self.lock:
             s = self.sessions.get(sid)
             if s is not None:
-                report = _landed(report, s.frames_received)
+                report = landed(report, s.frames_received)
                 s.probe = None if report.get("state") == "dropped" else retrieval_status(report)
                 if beam is not None:
                     s.retrieved_beam = beam
                 if report.get("state") in ("done", "failed"):
                     try:
-                        s.store.set_probe(report)
+                        s.store.set_probe(s.probe)
                     except StoreError as err:  # the session goes on with the probe in memory; a restart would retrieve it again
                         log.error("%s", err)
                 s.notify()
                 return
             f = self.finished.get(sid)
-            if f is not None and report.get("state") != "dropped":
-                self._record_late_probe(f, retrieval_status(_landed(report, f.summary.get("frames_received"))), report)
+            if f is not None and f.state == SessionState.DONE and report.get("state") != "dropped":
+                self._record_late_probe(f, retrieval_status(landed(report, f.summary.get("frames_received"))), report)
                 if self.on_change is not None:
                     self.on_change()
 
     def note_probe_refinement(self, sid: str, beam, report: dict) -> None:
         """Record a probe refinement's progress (``service.probe_job.refinement_job``'s callback): the status's ``probe``
         (``service.probe_live.refinement_status``), the session's beam once refined, its file once done or failed. A session
-        that ended meanwhile gets it in its summary (its converged reconstruction, queued after, uses it)."""
+        that ended done meanwhile gets it in its summary (its converged reconstruction, queued after, uses it); one stopped or
+        failed does not."""
         with self.lock:
             s = self.sessions.get(sid)
             if s is not None and s.probe is not None:
-                s.probe = refinement_status(s.probe, _landed(report, s.frames_received))
+                s.probe = refinement_status(s.probe, landed(report, s.frames_received))
                 if beam is not None:
                     s.retrieved_beam = beam
                 if report.get("state") in ("done", "failed"):
@@ -409,10 +413,16 @@ class SessionManager(StreamHandling):
                 s.notify()
                 return
             f = self.finished.get(sid)
-            if f is not None and f.summary.get("probe") is not None:
-                self._record_late_probe(f, refinement_status(f.summary["probe"], _landed(report, f.summary.get("frames_received"))), report)
+            if f is not None and f.state == SessionState.DONE and f.summary.get("probe") is not None:
+                self._record_late_probe(f, refinement_status(f.summary["probe"], landed(report, f.summary.get("frames_received"))), report)
                 if self.on_change is not None:
                     self.on_change()
+
+    def probe_job_wanted(self, sid: str) -> bool:
+        """A probe job of session ``sid`` is worth running: the session is live or done (its converged reconstruction uses it)."""
+        with self.lock:
+            s = self.sessions.get(sid) or self.finished.get(sid)
+            return s is not None and s.state not in (SessionState.STOPPED, SessionState.FAILED)
 
     @staticmethod
     def _record_late_probe(f, probe: dict, report: dict) -> None:
@@ -488,10 +498,3 @@ class SessionManager(StreamHandling):
             for s in list(self.sessions.values()):  # SessionStore.close never raises: one full disk must not leave the other files open
                 s.notify()
                 s.store.close()
-
-
-def _landed(report: dict, frames_received: int | None) -> dict:
-    """``report`` of a probe job that ended (done or failed) with ``landed_frames``: the session's frames when it came."""
-    if report.get("state") in ("done", "failed") and frames_received is not None:
-        return {**report, "landed_frames": int(frames_received)}
-    return report

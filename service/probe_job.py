@@ -117,9 +117,11 @@ def probe_job(
     retrieve: RetrieveProbe,
     on_result: Callable[[str, Beam | None, dict], None],
     invalid_pixels: np.ndarray | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> BackgroundJob:
     """The urgent background job retrieving a live session's probe from ``patterns`` at ``positions`` (copies, taken when queued);
     ``invalid_pixels`` (K, K) bool: the session's detector pixels that are not measurements (``service.detector_mask``), None: none.
+    ``wanted(session id)``: asked when the job's turn comes; False (the session was deleted meanwhile) skips it, unreported.
 
     ``on_result(session id, beam or None, status)``: ``running``; then ``done`` with the
     retrieved beam, or ``failed`` (beam None, with ``error``); ``dropped`` (beam None) if
@@ -141,7 +143,8 @@ def probe_job(
                  new_beam.aberrations)
         on_result(session_id, new_beam, {"state": "done", **report})
 
-    return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}))
+    return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}),
+                         wanted=None if wanted is None else lambda: wanted(session_id))
 
 
 def refinement_job(
@@ -154,9 +157,10 @@ def refinement_job(
     max_change: tuple[float, float, float],
     on_result: Callable[[str, Beam | None, dict], None],
     invalid_pixels: np.ndarray | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> BackgroundJob:
     """The urgent background job refining a live session's probe (``beam``: the one in use) on ``patterns`` at ``positions``
-    (``invalid_pixels`` as for ``probe_job``).
+    (``invalid_pixels`` and ``wanted`` as for ``probe_job``).
 
     ``on_result(session id, beam or None, status)``: ``running``; ``done`` with the refined
     beam; ``failed`` (beam None, with ``error``) if the refinement raised, or if it moved
@@ -179,7 +183,8 @@ def refinement_job(
         log.info("probe of %s refined on %d positions in %.1f s: %s", session_id, report["positions_used"], report["seconds"], new_beam.aberrations)
         on_result(session_id, new_beam, {**report, "state": "done", "frames": len(positions)})
 
-    return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}))
+    return BackgroundJob(f"probe:{session_id}", work, urgent=True, on_dropped=lambda: on_result(session_id, None, {"state": "dropped"}),
+                         wanted=None if wanted is None else lambda: wanted(session_id))
 
 
 def check_change(before: Beam, after: Beam, max_change: tuple[float, float, float]) -> None:

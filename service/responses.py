@@ -135,15 +135,18 @@ class ProbeStatus(Open):
     cs_um: float | None = None
     loss: float | None = Field(None, description="loss of the short reconstruction with the retrieved probe (done)")
     positions_used: int | None = None
+    evaluations: int | None = Field(None, description="the job's evaluations: aberration sets scored (nelder-mead) or probe updates (gradient)")
     seconds: float | None = None
     error: str | None = Field(None, description="why the retrieval failed (the nominal probe stays)")
     frames: int | None = Field(None, description="the session's frames when the job that made this probe was queued (those it used)")
+    landed_frames: int | None = Field(None, description="the session's frames when the job that made this probe ended (in use from then)")
     refinements: int | None = Field(None, description="refinements that succeeded since the retrieval")
     refinement_attempts: int | None = Field(None, description="refinements that ended, done or failed (at most probe_refinements_max)")
     refinement: dict | None = Field(None, description="the latest refinement: state (queued, running, done, failed), frames, error (failed: "
                                     "the probe in use stays)")
     history: list[dict] | None = Field(None, description="each retrieval and refinement (the first and the latest ones): kind, state, "
-                                       "frames, landed_frames (frames in when it came), its coefficients, loss, seconds or error")
+                                       "frames, landed_frames (frames in when it came), its coefficients, loss, positions_used, "
+                                       "evaluations, seconds or error")
 
 
 class PositionCorrectionStatus(Open):

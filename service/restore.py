@@ -16,7 +16,8 @@ from service.detector_mask import DetectorMask
 from service.finished import FinishedSession
 from service.planner import PlannerChoice
 from service.session import TERMINAL, UNKNOWN_HAND_OUT, Batch, BatchStatus, Binding, Session, SessionState
-from service.store import SessionStore, StoredSession, StoreError, read_state, read_summary, session_files
+from service.store import SessionStore, StoredSession, StoreError, session_files
+from service.store_read import read_state, read_summary
 
 log = logging.getLogger(__name__)
 

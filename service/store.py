@@ -12,7 +12,9 @@ pixel type's largest count; ``service.detector_mask``; ``patterns`` stay as sent
 ``reconstructions/chunk_NNNN/phase`` (with ``pixel_nm``, ``origin_nm``,
 ``n_positions``, ``loss_history``, ``policy_version``); session parameters, state and
 error as root attributes. ``flush`` is called after every chunk and on a timer, so a
-crash loses at most the frames received since the last flush.
+crash loses at most the frames received since the last flush. Reads of a file not open
+for writing (a finished session's state, summary, latest reconstruction) are
+``service.store_read``'s.
 """
 
 from __future__ import annotations
@@ -83,36 +85,16 @@ class StoredSession:
     """(K, K) uint8 invalid-pixel flags (``service.detector_mask``); None if the file has none."""
 
 
-@dataclass
-class SessionSummary:
-    """What a finished session's status needs, read without its frames (a few hundred bytes in memory)."""
-
-    session_id: str
-    params: dict
-    state: str
-    error: str | None
-    planner: dict
-    created_unix: float
-    positions_issued: int
-    frames_received: int
-    batches_issued: int
-    batches_reconstructed: int
-    reconstruction: dict | None
-    """shape, pixel_nm, origin_nm, final_loss of the latest reconstruction, or None."""
-    probe: dict | None = None
-    """the probe retrieval's outcome, None if none was recorded."""
-    tells: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """batch id -> (series of its last tell, slots bound to it): a repeated tell of a finished session is recognised."""
-
-
-def _check_format(f: h5py.File, path: Path):
+def check_format(f: h5py.File, path: Path):
+    """The root attributes of an open session file; StoreError if it is not one."""
     a = f.attrs
     if a.get("format") != FORMAT_NAME or "session_id" not in a:
         raise StoreError(f"{path.name}: not a ptychoscan session file")
     return a
 
 
-def _read_reconstruction(ds: h5py.Dataset) -> StoredReconstruction:
+def read_reconstruction(ds: h5py.Dataset) -> StoredReconstruction:
+    """A stored reconstruction from its ``reconstructions/chunk_NNNN/phase`` dataset."""
     return StoredReconstruction(
         int(ds.attrs["batch_id"]),
         ds[()],
@@ -124,75 +106,9 @@ def _read_reconstruction(ds: h5py.Dataset) -> StoredReconstruction:
     )
 
 
-def _probe_attr(a) -> dict | None:
+def probe_attr(a) -> dict | None:
+    """The ``probe`` root attribute (JSON) of a session file's attributes ``a``, None if it has none."""
     return json.loads(a["probe"]) if "probe" in a else None
-
-
-def read_state(path: Path) -> str:
-    """The state attribute of a session file (opened read-only, nothing else read); StoreError if unreadable."""
-    try:
-        with h5py.File(path, "r") as f:
-            return str(_check_format(f, Path(path))["state"])
-    except (OSError, KeyError, ValueError) as err:
-        raise StoreError(f"{Path(path).name}: cannot read session file ({_why(err, Path(path))})") from None
-
-
-def read_summary(path: Path) -> SessionSummary:
-    """A finished session's summary: attributes and counts, no frames, no reconstruction arrays (read-only)."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            a = _check_format(f, path)
-            recons = f["reconstructions"]
-            names = sorted(recons)
-            latest = None
-            if names:
-                ds = recons[names[-1]]["phase"]
-                losses = ds.attrs["loss_history"]
-                latest = {
-                    "shape": list(ds.shape),
-                    "pixel_nm": float(ds.attrs["pixel_nm"]),
-                    "origin_nm": [float(v) for v in ds.attrs["origin_nm"]],
-                    "final_loss": float(losses[-1]) if len(losses) else None,
-                }
-            slot_batch = f["slot_batch"][()]
-            slot_series = f["slot_series"][()]
-            tells = {}
-            if "batch_series" in f:
-                for bid, series in enumerate(f["batch_series"][()]):
-                    if series >= 0:
-                        tells[bid] = (int(series), int(((slot_batch == bid) & (slot_series == series)).sum()))
-            return SessionSummary(
-                session_id=str(a["session_id"]),
-                params=json.loads(a["session_params"]),
-                state=str(a["state"]),
-                error=str(a["error"]) or None,
-                planner=json.loads(a["planner"]),
-                created_unix=float(a["created_unix"]),
-                positions_issued=int(f["positions_issued_nm"].shape[0]),
-                frames_received=int(f["received"][()].astype(bool).sum()),
-                batches_issued=len(np.unique(slot_batch)),
-                batches_reconstructed=len(names),
-                reconstruction=latest,
-                tells=tells,
-                probe=_probe_attr(a),
-            )
-    except StoreError:
-        raise
-    except (OSError, KeyError, ValueError, IndexError) as err:
-        raise StoreError(f"{path.name}: damaged session file ({_why(err, path)})") from None
-
-
-def read_latest_reconstruction(path: Path) -> tuple[StoredReconstruction, int] | None:
-    """(the latest reconstruction, how many are stored) of a session file, None if it has none (read-only)."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            recons = f["reconstructions"]
-            names = sorted(recons)
-            return (_read_reconstruction(recons[names[-1]]["phase"]), len(names)) if names else None
-    except (OSError, KeyError, ValueError) as err:
-        raise StoreError(f"{path.name}: cannot read reconstruction ({_why(err, path)})") from None
 
 
 def _runs(slots: np.ndarray):
@@ -229,7 +145,7 @@ def _resize_append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     _write_rows(ds, _grow(ds, rows.shape[0]), rows)
 
 
-def _why(err: BaseException, path: Path) -> str:
+def error_text(err: BaseException, path: Path) -> str:
     """``err``'s message without the absolute path of the file or its folder (messages reach API responses)."""
     text = str(err)
     for p in (str(Path(path).resolve()), str(path), str(Path(path).resolve().parent), str(Path(path).parent)):
@@ -297,7 +213,7 @@ class SessionStore:
             f.create_group("reconstructions")
             f.flush()
         except OSError as err:
-            raise StoreError(f"{path.name}: cannot create session file ({_why(err, path)})") from None
+            raise StoreError(f"{path.name}: cannot create session file ({error_text(err, path)})") from None
         return cls(path, f)
 
     @classmethod
@@ -307,9 +223,9 @@ class SessionStore:
         try:
             f = h5py.File(path, "a")
         except OSError as err:
-            raise StoreError(f"{path.name}: cannot open session file ({_why(err, path)})") from None
+            raise StoreError(f"{path.name}: cannot open session file ({error_text(err, path)})") from None
         try:
-            a = _check_format(f, path)
+            a = check_format(f, path)
             recons = f["reconstructions"]
             names = sorted(recons)
             stored = StoredSession(
@@ -328,8 +244,8 @@ class SessionStore:
                 patterns=f["patterns"][()],
                 batch_series=f["batch_series"][()] if "batch_series" in f else None,
                 reconstructed_batches=[int(recons[name]["phase"].attrs["batch_id"]) for name in names],
-                latest_reconstruction=_read_reconstruction(recons[names[-1]]["phase"]) if names else None,
-                probe=_probe_attr(a),
+                latest_reconstruction=read_reconstruction(recons[names[-1]]["phase"]) if names else None,
+                probe=probe_attr(a),
                 detector_mask=f[DETECTOR_MASK][()] if DETECTOR_MASK in f else None,
             )
         except StoreError:
@@ -337,7 +253,7 @@ class SessionStore:
             raise
         except (OSError, KeyError, ValueError, IndexError) as err:
             f.close()
-            raise StoreError(f"{path.name}: damaged session file ({_why(err, path)})") from None
+            raise StoreError(f"{path.name}: damaged session file ({error_text(err, path)})") from None
         return cls(path, f), stored
 
     # --- writes ----------------------------------------------------------------------
@@ -509,7 +425,7 @@ class _Guard:
 
     def __exit__(self, typ, err, tb):
         if err is not None and isinstance(err, OSError | ValueError | RuntimeError | KeyError) and not isinstance(err, StoreError):
-            raise StoreError(f"{self.path.name}: {self.what} failed ({_why(err, self.path)})") from None
+            raise StoreError(f"{self.path.name}: {self.what} failed ({error_text(err, self.path)})") from None
         return False
 
 
@@ -526,5 +442,5 @@ def storage_writable(storage: Path) -> str | None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        return f"the storage folder is not writable ({err.strerror or _why(err, Path(storage))})"
+        return f"the storage folder is not writable ({err.strerror or error_text(err, Path(storage))})"
     return None

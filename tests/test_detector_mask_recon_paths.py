@@ -20,11 +20,11 @@ FOV = (0.0, 0.0, 0.3, 0.3)
 HOT = (3, 12)
 
 
-def _counts() -> tuple[np.ndarray, np.ndarray]:
-    """(uint16 counts (25, 16, 16), positions (25, 2) nm) of a 5 x 5 raster over ``FOV``, ~20k electrons per pattern."""
-    xs = np.linspace(0.0, 0.3, 5)
+def _counts(fov=FOV, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(uint16 counts (n * n, 16, 16), positions (n * n, 2) nm) of an n x n raster over ``fov``, ~20k electrons per pattern."""
+    xs = np.linspace(fov[0], fov[0] + fov[2], n)
     positions = np.stack(np.meshgrid(xs, xs), axis=-1).reshape(-1, 2)
-    grid = ObjectGrid.covering(FOV, BEAM.pixel_nm, BEAM.detector_pixels)
+    grid = ObjectGrid.covering(fov, BEAM.pixel_nm, BEAM.detector_pixels)
     truth = blob_phase(grid.shape, np.random.default_rng(4)).float()
     px = torch.tensor(grid.positions_px(positions), dtype=torch.float32)
     intensity = forward_intensity(torch.polar(torch.ones_like(truth), truth), BEAM.probe().to(torch.complex64), px)
@@ -78,3 +78,58 @@ def test_offline_reconstruct_reads_the_files_detector_mask_and_its_marked_pixels
     assert np.abs(_offline(tmp_path, "marked", marked, positions, None) - clean).max() < 0.1 * scale
     assert np.abs(_offline(tmp_path, "recorded", hot, positions, only) - clean).max() < 0.1 * scale
     assert np.abs(_offline(tmp_path, "hot", hot, positions, None) - clean).max() > 0.5 * scale
+
+
+def _session_file(path, patterns: np.ndarray, positions: np.ndarray, detector_mask: np.ndarray | None):
+    """A session file as far as ``converged_scores`` reads it: its frames, positions and (when given) ``detector_mask`` flags."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("patterns", data=patterns)
+        f.create_dataset("positions_nm", data=positions)
+        f.create_dataset("received", data=np.ones(len(positions), bool))
+        if detector_mask is not None:
+            f.create_dataset("detector_mask", data=detector_mask.astype(np.uint8))  # FROM_HEADER: the detector's own pixel mask
+    return path
+
+
+def test_the_demos_converged_scores_leave_out_the_session_files_invalid_pixels(tmp_path):
+    """Regression: ``ptychoscan demo``'s own converged reconstruction of each session file fitted the pixels its
+    ``detector_mask`` flags (and pixels marked with the largest count) as counts."""
+    from ptychoscan.closed_loop import converged_scores
+    from recon.dataset import Dataset4D, GroundTruth
+
+    torch.set_num_threads(2)
+    fov = (0.0, 0.0, 0.6, 0.6)  # scored over the field: at least 7 x 7 grid pixels
+    counts, positions = _counts(fov, 9)
+    grid = ObjectGrid.covering(fov, BEAM.pixel_nm, BEAM.detector_pixels)
+    truth = GroundTruth(blob_phase(grid.shape, np.random.default_rng(4)).numpy().astype(np.float32), grid.pixel_nm, grid.origin_nm)
+    dataset = Dataset4D(counts[:0], positions[:0], BEAM.energy_ev, BEAM.convergence_mrad, BEAM.detector_pixel_mrad, ground_truth=truth)
+    hot, marked = counts.copy(), counts.copy()
+    hot[:, HOT[0], HOT[1]] = 60_000  # counts: invalid only where the file's detector_mask says so
+    marked[:, HOT[0], HOT[1]] = 65535  # the detector's mark
+    only = np.zeros((16, 16), bool)
+    only[HOT] = True
+
+    def potential(name, patterns, mask):
+        return converged_scores(_session_file(tmp_path / f"{name}.h5", patterns, positions, mask), dataset, fov)[1]
+
+    clean = potential("clean", counts, None)
+    scale = np.abs(clean).max()
+    assert scale > 0.05
+    assert np.abs(potential("hot", hot, None) - clean).max() > 0.5 * scale, "the hot pixel matters when nothing flags it"
+    assert np.abs(potential("recorded", hot, only) - clean).max() < 0.1 * scale
+    assert np.abs(potential("marked", marked, None) - clean).max() < 0.1 * scale
+
+
+def test_a_session_files_detector_mask_is_read_and_checked_as_a_datasets(tmp_path):
+    """One reader (``recon.invalid_pixels.invalid_in_file``) for dataset and session files: a session file's mask of another
+    shape was OR-ed in by broadcasting (a (1, K) row flagged a whole column set) instead of refused as a dataset's is."""
+    from service.converged_store import ConvergedStoreError, read_measured
+
+    counts, positions = _counts()
+    counts[:, 0, 1] = 65535
+    recorded = np.zeros((16, 16), bool)
+    recorded[HOT] = True
+    _, _, invalid = read_measured(_session_file(tmp_path / "ok.h5", counts, positions, recorded))
+    assert set(zip(*np.nonzero(invalid), strict=True)) == {HOT, (0, 1)}, "the recorded mask OR the marked pixels"
+    with pytest.raises(ConvergedStoreError, match=r"detector_mask must have shape \(16, 16\), got \(1, 16\)"):
+        read_measured(_session_file(tmp_path / "row.h5", counts, positions, np.ones((1, 16), bool)))

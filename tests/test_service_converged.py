@@ -18,7 +18,8 @@ from service.converged import ConvergedRequest, converged_job
 from service.converged_store import ConvergedReconstruction, converged_path, read_converged, write_converged
 from service.settings import ServiceSettings
 from service.spec import Beam
-from service.store import read_latest_reconstruction, session_files
+from service.store import session_files
+from service.store_read import read_latest_reconstruction
 
 BEAM = Beam(60_000.0, 33.0, 16, 6.0, 0.0)
 FOV = (0.0, 0.0, 0.3, 0.3)

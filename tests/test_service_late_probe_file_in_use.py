@@ -15,13 +15,14 @@ from test_service_probe_after_end_restart import end_with_a_refinement_running
 from test_service_probe_live import RETRIEVED_DEFOCUS, STEP, FakeProbeJobs, _install, _settings, _status
 
 import service.store as store
+import service.store_read as store_read
 from service.app import create_app
 from service.finished import late_probe_path
 
 
 def test_a_late_refinement_reaches_the_file_while_a_reader_has_it_open(tmp_path, monkeypatch):
     """The refinement running when the session ends lands while a read of the finished session's latest reconstruction
-    (``service.store.read_latest_reconstruction``, as GET .../reconstruction does) has the file open: after a restart the
+    (``service.store_read.read_latest_reconstruction``, as GET .../reconstruction does) has the file open: after a restart the
     session must still report the refined probe."""
     fake = FakeProbeJobs()
     _install(monkeypatch, fake)
@@ -41,7 +42,7 @@ def test_a_late_refinement_reaches_the_file_while_a_reader_has_it_open(tmp_path,
         with TestClient(create_app(_settings(tmp_path))) as c:
             sid = end_with_a_refinement_running(c, pusher, fake)
             path = tmp_path / f"{sid}.h5"
-            reader.append(threading.Thread(target=store.read_latest_reconstruction, args=(path,)))
+            reader.append(threading.Thread(target=store_read.read_latest_reconstruction, args=(path,)))
             reader[0].start()
             assert inside.wait(30)
             fake.gate.set()  # the refinement lands while the reader has the file open

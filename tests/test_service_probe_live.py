@@ -20,8 +20,16 @@ from recon.probe_retrieval import RetrievalOptions, retrieve_aberrations
 from service.app import create_app
 from service.probe_gradient import GradientRefiner
 from service.probe_job import ProbeRetriever
-from service.probe_live import HISTORY_LENGTH, refinement_due, refinement_status, retrieval_status, with_history
-from service.settings import ServiceSettings
+from service.probe_live import (
+    ABERRATION_KEYS,
+    HISTORY_LENGTH,
+    landed,
+    refinement_due,
+    refinement_status,
+    retrieval_status,
+    with_history,
+)
+from service.settings import PROBE_REFINEMENT, ServiceSettings
 from service.spec import Beam
 
 FOV = [0.0, 0.0, 0.3, 0.3]
@@ -267,3 +275,128 @@ def test_probe_jobs_are_given_the_sessions_invalid_detector_pixels(tmp_path, mon
     assert {first for first, _ in fake.invalid} == {True, False}
     for _, invalid in fake.invalid:
         assert invalid is not None and invalid.shape == (16, 16) and invalid[3, 5] and invalid.sum() == 1
+
+
+class GatedRetrieval:
+    """Stands in for ProbeRetriever.__call__ (the first retrieval): waits for ``gate``, then gives defocus 2 nm; counts its calls."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def __call__(self, patterns, positions, beam: Beam, fov, pause, invalid_pixels=None):
+        self.calls += 1
+        assert self.gate.wait(30)
+        pause()
+        new = beam.with_aberrations(beam.aberrations.model_copy(update={"defocus_nm": RETRIEVED_DEFOCUS}))
+        return new, _report(new, positions)
+
+
+def test_a_probe_job_of_a_deleted_session_is_skipped_if_queued_and_its_result_discarded_if_running(tmp_path, monkeypatch, caplog):
+    """Regression: a deleted session's queued probe retrieval still ran (minutes of a shared CPU) and its result, or a running
+    one's, was written beside the stopped session's file."""
+    retrieval = GatedRetrieval()
+    monkeypatch.setattr(ProbeRetriever, "__call__", lambda self, *a: retrieval(*a))
+    pushers = [Pusher(), Pusher()]
+    try:
+        app = create_app(_settings(tmp_path))
+        with TestClient(app) as c:
+            running, queued = (c.post("/api/v1/sessions", json=session_body(p.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                                      headers=AUTH).json()["session_id"] for p in pushers)
+            assert _chunk(c, pushers[0], running, 0)
+            wait_until(lambda: _status(c, running)["probe"].get("state") == "running", timeout=30, what="the first retrieval running")
+            assert _chunk(c, pushers[1], queued, 0)
+            assert _status(c, queued)["probe"] == {"state": "queued"}, "waits behind the running one"
+            for sid in (queued, running):
+                assert c.delete(f"/api/v1/sessions/{sid}", headers=AUTH).json()["state"] == "stopped"
+            retrieval.gate.set()
+            background = app.state.service.background
+            wait_until(lambda: background.pending == 0, timeout=30, what="the background queue empty")
+            statuses = {sid: _status(c, sid) for sid in (running, queued)}
+        assert retrieval.calls == 1 and background.skipped == 1, "the deleted session's queued retrieval did not run"
+        for sid, status in statuses.items():
+            assert status["probe"]["source"] == "nominal" and "state" not in status["probe"], (sid, status["probe"])
+            assert not (tmp_path / f"{sid}.probe.json").exists(), "nothing recorded for a deleted session"
+            with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+                assert "probe" not in f.attrs
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    finally:
+        retrieval.gate.set()
+        for p in pushers:
+            p.close()
+
+
+def test_a_refinement_running_when_its_session_is_deleted_is_discarded(tmp_path, monkeypatch):
+    fake = FakeProbeJobs()
+    _install(monkeypatch, fake)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=16, chunk=4, fov_nm=FOV, probe="retrieve"),
+                         headers=AUTH).json()["session_id"]
+            assert _chunk(c, pusher, sid, 0)
+            retrieved = _idle(c, sid)
+            fake.gate.clear()
+            assert _chunk(c, pusher, sid, 1)
+            wait_until(lambda: fake.refinements == 1, timeout=30, what="the refinement running")
+            c.delete(f"/api/v1/sessions/{sid}", headers=AUTH)
+            fake.gate.set()
+            wait_until(lambda: fake.running == 0, timeout=30)
+            wait_until(lambda: c.app.state.service.background.pending == 0, timeout=30)
+            probe = _status(c, sid)["probe"]
+        assert probe == {k: v for k, v in retrieved.items() if k != "refinement"}, "the retrieved probe stays, the refinement is forgotten"
+        assert not (tmp_path / f"{sid}.probe.json").exists()
+        with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+            assert json.loads(f.attrs["probe"])["defocus_nm"] == RETRIEVED_DEFOCUS
+    finally:
+        fake.gate.set()
+        pusher.close()
+
+
+def test_the_probe_has_one_shape_after_the_retrieval_and_after_a_refinement_by_either_method():
+    """Regression: after the first retrieval the status's probe had no ``refinement_attempts``, after a refinement its
+    ``landed_frames`` was still the retrieval's, and no history entry said how many evaluations its job made."""
+    rng = np.random.default_rng(2)
+    beam = Beam(60_000.0, 33.0, 16, 6.0, 2.0, 1.0, 30.0, 1.0)
+    patterns, positions, fov = rng.poisson(50, (12, 16, 16)).astype(np.float32), rng.uniform(0.0, 0.3, (12, 2)), (0.0, 0.0, 0.3, 0.3)
+    cheap = {"max_positions": 8, "iterations": 2}
+    retrieved, report = ProbeRetriever(cheap | {"global_search": False, "refine_evaluations": 2}, "cpu")(patterns, positions, beam, fov, lambda: None)
+    status = retrieval_status(landed({"state": "done", **report}, 12))
+    refiners = {"gradient": GradientRefiner({"passes": 4, "max_positions": 8, "refinement": {"passes_per_block": 2}}, "cpu"),
+                "nelder-mead": ProbeRetriever(PROBE_REFINEMENT | cheap | {"refine_evaluations": 2}, "cpu")}
+    for method, refiner in refiners.items():
+        _, refined_report = refiner(patterns, positions, retrieved, fov, lambda: None)
+        assert set(refined_report) == set(report), method
+        refined = refinement_status(status, landed({**refined_report, "state": "done", "frames": 12}, 16))
+        assert set(refined) == set(status) | {"refinement"}, method
+        assert refined["landed_frames"] == 16 and refined["evaluations"] == refined_report["evaluations"], method
+        first, last = refined["history"]
+        assert set(first) == set(last) == {"kind", "state", "frames", "landed_frames", *ABERRATION_KEYS, "loss", "positions_used",
+                                           "evaluations", "seconds"}, method
+        assert {k: last[k] for k in last if k not in ("kind",)} == {k: refined[k] for k in last if k != "kind"}, method
+        failed = refinement_status(refined, landed({"state": "failed", "frames": 20, "error": "RuntimeError: x"}, 24))
+        assert set(failed) == set(refined) and failed["landed_frames"] == 16, "a failure leaves the probe in use as it was"
+
+
+def test_the_session_files_probe_after_the_first_retrieval_is_the_statuss(tmp_path, monkeypatch):
+    """Regression: the file recorded the retrieval's bare report (no history, no refinements), so after a restart the status
+    said less and the next refinement's history started without the retrieval."""
+    fake = FakeProbeJobs()
+    _install(monkeypatch, fake)
+    pusher = Pusher()
+    try:
+        with TestClient(create_app(_settings(tmp_path, probe_refinement_frames=None))) as c:
+            sid = c.post("/api/v1/sessions", json=session_body(pusher.endpoint, budget=12, chunk=4, fov_nm=FOV, probe="retrieve"),
+                         headers=AUTH).json()["session_id"]
+            assert _chunk(c, pusher, sid, 0)
+            probe = _idle(c, sid)
+        with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+            stored = json.loads(f.attrs["probe"])
+        assert stored == probe and [e["kind"] for e in stored["history"]] == ["retrieval"]
+        with TestClient(create_app(_settings(tmp_path))) as c:
+            assert _status(c, sid)["probe"] == probe
+            assert _chunk(c, pusher, sid, 1)
+            after = wait_until(lambda: (p := _idle(c, sid)).get("refinements") and p, timeout=30, what="a refinement")
+        assert [e["kind"] for e in after["history"]] == ["retrieval", "refinement"]
+    finally:
+        pusher.close()
