@@ -12,7 +12,7 @@ from detector_stream.codec import check_dtype, check_encoding, decode_batch
 from detector_stream.errors import CodecError, StreamErrorKind
 from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object, read_pixel_mask
-from detector_stream.native.batch import IMAGE, RAW, NativeBatch
+from detector_stream.native.batch import IMAGE, RAW, RUN, NativeBatch
 
 _K = StreamErrorKind
 
@@ -115,6 +115,9 @@ class StreamDecoder:
         """
         self._events = []
         for kind, received_at, item in batch.items():
+            if kind == RUN:
+                self._decoded_run(*item, received_at)
+                continue
             self._received_at = received_at
             if kind == IMAGE:
                 self._decoded(*item)
@@ -125,6 +128,22 @@ class StreamDecoder:
         self._flush()
         events, self._events = self._events, []
         return events
+
+    def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], stamps: list[float]) -> None:
+        """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), received at ``stamps``): ``_decoded`` of each,
+        in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail)."""
+        self._appendix_blob_expected = False
+        self._config_never_arrived()
+        state, n = self._state, len(stack)
+        if state is None or state.series != series or first != state.next_frame or (state.total is not None and first + n > state.total):
+            for k in range(n):
+                self._received_at = stamps[k]
+                self._decoded(series, first + k, stack[k], times[k])
+            return
+        state.seen.update(range(first, first + n))  # every frame seen so far is below next_frame
+        state.next_frame = first + n
+        state.received += n
+        self._events += [Frame(series, first + k, stack[k], *times[k], received_at=stamps[k], stack=(stack, k)) for k in range(n)]
 
     def _raw(self, parts: list[bytes]) -> None:
         try:

@@ -33,6 +33,22 @@ class Frame:
     real_time_ns: int | None = None
     received_at: float | None = None
     """``time.perf_counter()`` when the receiver took the frame's message off its socket (None: not given)."""
+    stack: tuple[np.ndarray, int] | None = field(default=None, repr=False, compare=False)
+    """``(array, row)``: ``image`` is ``array[row]``, a row of the (n, y, x) array consecutive frames were decoded into
+    (``stacked_images`` takes a run of them without a copy); None: not known."""
+
+
+def stacked_images(frames: list[Frame]) -> np.ndarray | None:
+    """The frames' images as one (n, y, x) array without a copy when they are consecutive rows, in order, of one decoded stack; else None."""
+    head = frames[0].stack if frames else None
+    if head is None:
+        return None
+    array, row = head
+    for k, frame in enumerate(frames):
+        where = frame.stack
+        if where is None or where[0] is not array or where[1] != row + k:
+            return None
+    return array[row : row + len(frames)]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from detector_stream.event_callbacks import handle_each
-from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError, stacked_images
 from service.routing import FrameOutcome, FrameResult, Key, frame_runs
 from service.session import Binding, Session
 from service.store import StoreError
@@ -228,14 +228,15 @@ class StreamHandling:
         if not kept:
             return True
         images = [ev.image for ev in kept]  # not copied: nothing writes into a decoded frame (a fresh allocation per batch costs page faults)
+        stack = stacked_images(kept)  # the same frames as one array where they were decoded back to back (no copy)
         arrivals = [handled_at if ev.received_at is None else ev.received_at for ev in kept]
         try:
             s.store.write_frames(slots, images)
-            s.learn_invalid_pixels(images)
+            s.learn_invalid_pixels(images, stack=stack)
         except StoreError as err:
             self._fail(s, err)
             return True
-        placed = router.place_run(s, bind.batch_id, slots, images, arrivals, self.settings.resume_told_timeout_s)
+        placed = router.place_run(s, bind.batch_id, slots, images, arrivals, self.settings.resume_told_timeout_s, stack=stack)
         self.metrics.frames.inc(len(kept))
         self.metrics.bytes.inc(sum(im.nbytes for im in images))
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:

@@ -264,15 +264,28 @@ class FrameRouter:
         return STORED
 
     @staticmethod
-    def place_run(s: Session, batch_id: int, slots: list[int], images: list[np.ndarray], arrivals: list[float], resume_told_timeout_s: float) -> FrameResult:
-        """``place`` for a run of admitted live frames of one batch (distinct ``slots``, (K, K) ``images``, ``arrivals`` perf_counter() s).
+    def place_run(
+        s: Session,
+        batch_id: int,
+        slots: list[int],
+        images: list[np.ndarray],
+        arrivals: list[float],
+        resume_told_timeout_s: float,
+        stack: np.ndarray | None = None,
+    ) -> FrameResult:
+        """``place`` for a run of admitted live frames of one batch (distinct ``slots``, (K, K) ``images``, ``arrivals`` perf_counter() s;
+        ``stack``: the same images as one (n, K, K) array, if they are one).
 
         The same result as placing them one by one in order: a batch that completes does
         so with the last of them (its arrival is the session's ``last_frame_at``).
         """
         patterns = s.patterns
-        for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
-            patterns[slot] = image
+        lo = slots[0]
+        if stack is not None and slots == list(range(lo, lo + len(slots))):
+            patterns[lo : lo + len(slots)] = stack  # consecutive slots: one copy (and type conversion) for the run
+        else:
+            for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
+                patterns[slot] = image
         s.received[np.asarray(slots, dtype=np.int64)] = True
         s.frames_received += len(slots)
         b = s.batches[batch_id]

@@ -76,6 +76,7 @@ def _tuples(events: list) -> list[tuple]:
     for e in events:
         kind, fields, image = _as_tuple(e)
         fields.pop("received_at", None)
+        fields.pop("stack", None)  # the loop's frames know the stack they are rows of
         out.append((kind, fields, image))
     return out
 
@@ -296,3 +297,22 @@ def test_faults_keep_the_simulated_detector_on_its_per_frame_path(monkeypatch):
 
     messages, used = _sim_messages(monkeypatch, True, 0.0, FaultPlan(drop_frames=[3]))
     assert not used and len(messages) == 41
+
+
+@pytest.mark.parametrize(
+    "order",
+    [[0, 1, 2, 3, 4], [0, 1, 3, 4, 5], [0, 1, 2, 1, 2], [2, 3, 4], [3, 4, 5, 6]],
+    ids=["whole", "gap-then-past-the-end", "resent", "late-start", "past-the-end"],
+)
+def test_runs_of_frames_get_the_checks_of_single_frames(pair, order):
+    """Consecutive frames decoded back to back go through the decoder in one step only when no check can fail."""
+    rng = np.random.default_rng(3)
+    images = {i: rng.poisson(1.0, (64, 64)).astype(np.uint16) for i in set(order)}
+    msgs = [series_start_parts(1, {"ntrigger": 5, "nimages": 1, "trigger_mode": "exte"})]
+    msgs += [image_parts(1, i, images[i], "bs16-lz4<", i, i, 0) for i in order]
+    msgs.append(series_end_parts(1))
+    events, decoder, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64))
+    expected, reference = _python(msgs)
+    assert native_frames == len(order)
+    assert _tuples(events) == _tuples(expected)
+    assert decoder.error_counts == reference.error_counts

@@ -173,3 +173,28 @@ def test_a_flush_in_pieces_writes_every_frame_to_its_row(tmp_path, monkeypatch):
         np.testing.assert_array_equal(f["patterns"][:8], images)
         assert f["received"][:8].tolist() == [1] * 8
     manager.close()
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5], [3, 0, 5, 1, 4, 2], [0, 1, 1, 2, 9, 3]], ids=["in-order", "any-order", "refusals"])
+def test_frames_decoded_back_to_back_store_as_frame_by_frame(tmp_path, monkeypatch, order):
+    """Frames that are rows of one decoded array (``Frame.stack``, the compiled receive loop's) take the one-copy path where
+    their slots are consecutive, and end exactly as frame by frame: rows, refusals, arrivals, the file."""
+    images = frames_for(1, 10)
+    images[2, 0, 0] = np.iinfo(np.uint16).max  # a pixel at the largest count: learned as invalid from the stack too
+    rows = np.stack([images[i] for i in order])
+    events = [Frame(1, i, rows[k], received_at=10.0 + k, stack=(rows, k)) for k, i in enumerate(order)]
+    runs, single = _both_ways(tmp_path, monkeypatch, 6, events)
+    _same(runs, single)
+    assert runs["frames_received"] == len({i for i in order if i < 6})
+    manager = _manager(tmp_path / "file")
+    sid = _told(manager, 6)
+    manager.on_events(EP, events)
+    s = manager.sessions[sid]
+    s.flush_frames()
+    assert s.detector_mask.flags[0, 0] != 0
+    import h5py
+
+    with h5py.File(s.store.path, "r") as f:
+        got = f["received"][:6].astype(bool)
+        np.testing.assert_array_equal(f["patterns"][:6][got], images[:6][got])
+    manager.close()
