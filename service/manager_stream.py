@@ -303,12 +303,26 @@ class StreamHandling:
         return n
 
     def flush_all(self) -> None:
-        """Flush every session with unflushed frames (the flusher thread calls this)."""
+        """Flush every session with unflushed frames (the flusher thread calls this). Each session's queued frames are taken
+        under the manager's lock and written outside it: the ingest goes on while the file is written (it waited for every
+        write before, which halved the frames/s a detector could send). A flush under the lock (a batch complete) waits
+        for such a write of its session, so its frames are durable, in order, when it returns."""
         with self.lock:
-            for s in list(self.sessions.values()):
-                if s.unflushed:
-                    try:
-                        s.flush_frames()
-                    except StoreError as err:
-                        self._fail(s, err)
+            ids = [sid for sid, s in self.sessions.items() if s.unflushed]
+        for sid in ids:
+            with self.lock:
+                s = self.sessions.get(sid)
+                if s is None or not s.unflushed:
+                    continue
+                received, pending = s.frames_received, s.store.take_pending()
+            try:
+                s.store.write_taken(pending)
+                failure = None
+            except StoreError as err:
+                failure = err
+            with self.lock:
+                if failure is not None:
+                    self._fail(s, failure)
+                elif not s.terminal:
+                    s.frames_persisted = max(s.frames_persisted, received)
 

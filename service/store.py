@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,8 @@ def pixel_dtype(params: dict) -> np.dtype:
 
 
 class SessionStore:
-    """Writer of one session file. Not thread-safe: the session manager serialises calls."""
+    """Writer of one session file. Not thread-safe: the session manager serialises calls, except that queued frames may be
+    written outside its lock (``take_pending`` under it, ``write_taken`` after)."""
 
     def __init__(self, path: Path, f: h5py.File) -> None:
         self.path = path
@@ -174,6 +176,9 @@ class SessionStore:
         """Reused staging rows of the frame writes (``WRITE_ROWS`` frames)."""
         self._state_written: tuple[str, str] | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._io = threading.Lock()
+        """Held while queued frames go to the file: ``flush``, ``close`` and a write outside the manager's lock (``take_pending``
+        then ``write_taken``) never overlap, and are done in the order they took the frames."""
 
     def _ds(self, name: str) -> h5py.Dataset:
         """The dataset ``name``, looked up once (a lookup costs about 30 us, as much as a write)."""
@@ -330,10 +335,30 @@ class SessionStore:
         """``write_frame`` for a run of frames, without the copy: the caller hands over ``images`` (K, K each) and never writes into them."""
         self._pending.update(zip((int(v) for v in slots), images, strict=True))
 
+    def take_pending(self) -> dict[int, np.ndarray]:
+        """Hand over the queued frames for ``write_taken`` (call it under the manager's lock, then ``write_taken`` without it:
+        the ingest goes on meanwhile). Holds the file's write lock until ``write_taken`` returns: call it, whatever happens."""
+        self._io.acquire()
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def write_taken(self, pending: dict[int, np.ndarray]) -> None:
+        """Write the frames ``take_pending`` handed over and flush the file (StoreError if it fails); releases the write lock."""
+        try:
+            with self._guard("flush"):
+                self._write(pending)
+                self._f.flush()
+        finally:
+            self._io.release()
+
     def _write_pending(self) -> None:
-        if not self._pending:
+        self._write(self._pending)
+        self._pending.clear()
+
+    def _write(self, pending: dict[int, np.ndarray]) -> None:
+        if not pending:
             return
-        slots = np.fromiter(sorted(self._pending), dtype=np.int64, count=len(self._pending))
+        slots = np.fromiter(sorted(pending), dtype=np.int64, count=len(pending))
         patterns, received = self._ds("patterns"), self._ds("received")
         for start, stop, _ in _runs(slots):
             for lo in range(start, stop, WRITE_ROWS):  # through one reused buffer: a fresh stack per flush costs its page faults again
@@ -343,13 +368,12 @@ class SessionStore:
                 rows = self._stage[: hi - lo]
                 top = np.iinfo(rows.dtype).max
                 for k, slot in enumerate(range(lo, hi)):
-                    image = self._pending[slot]
+                    image = pending[slot]
                     # admit let a wider frame in only if its counts fit: what exceeds the file's type is the detector's mark of an
                     # invalid pixel (its type's largest count), stored as the file type's mark (service.detector_mask)
                     rows[k] = np.minimum(image, top) if image.dtype.itemsize > rows.dtype.itemsize else image
                 _write_rows(patterns, lo, rows)
             _write_rows(received, start, np.ones(stop - start, np.uint8))
-        self._pending.clear()
 
     def write_reconstruction(self, index: int, rec: StoredReconstruction) -> None:
         with self._guard("write reconstruction"):
@@ -397,21 +421,22 @@ class SessionStore:
 
     def flush(self) -> None:
         """Write the queued frames and flush the file to disk."""
-        with self._guard("flush"):
+        with self._io, self._guard("flush"):
             self._write_pending()
             self._f.flush()
 
     def close(self) -> None:
         """Write what is queued and close; never raises (a failed write, e.g. a full disk, is logged: shutdown must go on)."""
-        try:
-            self._write_pending()
-            self._f.flush()
-        except Exception as err:  # h5py raises OSError, ValueError or RuntimeError here
-            log.error("%s: could not write its last frames at close (%s)", self.path, err)
-        try:
-            self._f.close()
-        except Exception as err:
-            log.error("%s: could not close (%s)", self.path, err)
+        with self._io:
+            try:
+                self._write_pending()
+                self._f.flush()
+            except Exception as err:  # h5py raises OSError, ValueError or RuntimeError here
+                log.error("%s: could not write its last frames at close (%s)", self.path, err)
+            try:
+                self._f.close()
+            except Exception as err:
+                log.error("%s: could not close (%s)", self.path, err)
 
 
 class _Guard:
