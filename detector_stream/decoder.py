@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from detector_stream.codec import check_dtype, check_encoding, decode_batch
 from detector_stream.errors import CodecError, StreamErrorKind
 from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.image_layout import DCONFIG, DIMAGE, DIMAGE_D, int_or_none
 from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object, read_pixel_mask
 from detector_stream.native.batch import IMAGE, RAW, RUN, NativeBatch
 
 _K = StreamErrorKind
-
-_UINT = rb"(0|[1-9][0-9]*)"
-_DIMAGE = re.compile(rb'\{"htype":"dimage-1\.0","series":%s,"frame":%s,"hash":"([0-9a-fA-F]*)"\}' % (_UINT, _UINT))
-_DIMAGE_D = re.compile(
-    rb'\{"htype":"dimage_d-1\.0","shape":\[%s,%s\],"type":"(uint8|uint16|uint32)","encoding":"(bs8-lz4<|bs16-lz4<|bs32-lz4<|lz4<|<)","size":%s\}'
-    % (_UINT, _UINT, _UINT)
-)
-_DCONFIG = re.compile(rb'\{"htype":"dconfig-1\.0","start_time":%s,"stop_time":%s,"real_time":%s\}' % (_UINT, _UINT, _UINT))
-"""The three JSON parts of an image message exactly as a DCU (and ``messages.image_parts``) writes them: parsed without JSON."""
-
 
 @dataclass
 class _Pending:
@@ -47,13 +36,6 @@ class _SeriesState:
     next_frame: int = 0
     received: int = 0
     seen: set = field(default_factory=set)
-
-
-def _int_or_none(value) -> int | None:
-    """An int from a JSON number (floats truncated, as before); None for anything else, including inf and NaN."""
-    if isinstance(value, int):
-        return value
-    return int(value) if isinstance(value, float) and math.isfinite(value) else None
 
 
 class StreamDecoder:
@@ -112,19 +94,23 @@ class StreamDecoder:
         Its decoded images passed the size, md5 and framing checks there; they go through
         the same series and order checks here. Its raw messages go the ``feed_many`` way;
         a message the loop could not keep (out of memory) is reported, never dropped silently.
+        The loop parses the DCU layout whatever ``fast`` says (the same events either way).
         """
         self._events = []
         for kind, received_at, item in batch.items():
-            if kind == RUN:
-                self._decoded_run(*item, received_at)
-                continue
-            self._received_at = received_at
-            if kind == IMAGE:
-                self._decoded(*item)
-            elif kind == RAW:
-                self._raw(item)
-            else:
-                self._error(_K.MALFORMED, f"message of {item} part(s) lost: the receive loop ran out of memory")
+            try:
+                if kind == RUN:
+                    self._decoded_run(*item, received_at)
+                    continue
+                self._received_at = received_at
+                if kind == IMAGE:
+                    self._decoded(*item)
+                elif kind == RAW:
+                    self._raw(item)
+                else:
+                    self._error(_K.OTHER, f"a message was lost ({item} part(s) kept): the receive loop ran out of memory")
+            except Exception as err:  # belt and braces, as in _raw: a decoder must not raise on input
+                self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
         self._flush()
         events, self._events = self._events, []
         return events
@@ -218,7 +204,7 @@ class StreamDecoder:
 
     def _header(self, head: dict, parts: list[bytes]) -> None:
         self._close_open_series("ended")
-        series = _int_or_none(head.get("series"))
+        series = int_or_none(head.get("series"))
         if series is None:
             self._error(_K.MALFORMED, "malformed series header: no integer series number")
             return
@@ -276,7 +262,7 @@ class StreamDecoder:
         """
         if len(parts) != 4:
             return False
-        head, desc, dconf = _DIMAGE.fullmatch(parts[0]), _DIMAGE_D.fullmatch(parts[1]), _DCONFIG.fullmatch(parts[3])
+        head, desc, dconf = DIMAGE.fullmatch(parts[0]), DIMAGE_D.fullmatch(parts[1]), DCONFIG.fullmatch(parts[3])
         if head is None or desc is None or dconf is None:
             return False
         self._appendix_blob_expected = False
@@ -297,7 +283,7 @@ class StreamDecoder:
             self._release_held()  # a detail-"all" start is held for its mask parts, which will not come either: out before the frame
 
     def _image(self, head: dict, parts: list[bytes]) -> None:
-        series, frame = _int_or_none(head.get("series")), _int_or_none(head.get("frame"))
+        series, frame = int_or_none(head.get("series")), int_or_none(head.get("frame"))
         if series is None or frame is None:
             self._error(_K.MALFORMED, "malformed image header: no integer series and frame", series, frame)
             return
@@ -320,7 +306,7 @@ class StreamDecoder:
             dconf = load_json_object(parts[3])
             if dconf is None:  # the frame itself is fine: kept, without its times
                 bad_dconf, dconf = len(parts[3]), {}
-            times = tuple(_int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
+            times = tuple(int_or_none(dconf.get(k)) for k in ("start_time", "stop_time", "real_time"))
         self._accept(series, frame, str(head.get("hash", "")), (y, x), dtype, encoding, size if isinstance(size, int) else None, blob, times, bad_dconf)
 
     def _accept(
@@ -375,7 +361,7 @@ class StreamDecoder:
 
     def _end(self, head: dict) -> None:
         self._flush()
-        series = _int_or_none(head.get("series"))
+        series = int_or_none(head.get("series"))
         state = self._state
         if self._awaiting_config is not None:
             self._awaiting_config = None

@@ -106,8 +106,7 @@ class StreamReceiver:
         self.socket_errors = 0
         self.native = native
         """the compiled receive loop (``detector_stream.native``): None where available, False never, True or fail at start."""
-        self.native_unavailable: str | None = None
-        """why the compiled receive loop is not used (None: it is, or not started)."""
+        self.native_unavailable: str | None = None  # why the compiled receive loop is not used (None: it is, or not started)
         self.native_loop: NativeReceiveLoop | None = None
         """the compiled loop the receive thread drains with (None: the Python path)."""
 
@@ -220,6 +219,7 @@ class StreamReceiver:
     # --- the receive thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        native = self.native_loop  # this thread's own: a later start() (after a stop that timed out) makes another
         ctx = zmq.Context()
         poller = zmq.Poller()
         sockets: dict[zmq.Socket, _Socket] = {}
@@ -260,7 +260,7 @@ class StreamReceiver:
             for sock, entry in list(sockets.items()):
                 if entry.endpoint != endpoint:
                     continue
-                while self._drain(entry) == self.max_batch:  # hand on everything already received
+                while self._drain(entry, native) == self.max_batch:  # hand on everything already received
                     pass
                 for s in (entry.socket, entry.monitor):
                     poller.unregister(s)
@@ -295,7 +295,7 @@ class StreamReceiver:
                         elif sock in monitors:
                             self._monitor(sock, monitors[sock])
                         else:
-                            self._drain(sockets[sock])
+                            self._drain(sockets[sock], native)
                     except Exception as err:  # one socket's failure must not stop the others' ingest
                         self.socket_errors += 1
                         if self.socket_errors == 1:
@@ -352,11 +352,11 @@ class StreamReceiver:
                 elif msg["event"] == zmq.EVENT_DISCONNECTED:
                     self._connected.discard(endpoint)
 
-    def _drain(self, entry: _Socket) -> int:
-        """Receive what is waiting (up to ``max_batch`` messages), decode it and hand it on; returns how many messages."""
-        if self.native_loop is not None:
+    def _drain(self, entry: _Socket, native: NativeReceiveLoop | None) -> int:
+        """Receive what is waiting (up to ``max_batch``; ``native``: with this compiled loop), decode, hand on; how many messages."""
+        if native is not None:
             errors_before = entry.decoder.errors_total
-            received, events = self.native_loop.drain(entry.socket, entry.decoder)
+            received, events = native.drain(entry.socket, entry.decoder)
             return self._hand_on(entry, received, events, errors_before) if received else 0
         messages, received_at = [], []
         while len(messages) < self.max_batch:

@@ -214,9 +214,10 @@ class SimDetector:
             raise DetectorError("acquisition did not finish in time (is a receiver connected?)", 504)
         return len(frames)
 
-    def prepare(self) -> None:
+    def prepare(self, timeout: float = 120.0) -> None:
         """Compute the armed series' frames now, at the beam positions as they stand, so that a trigger only sends them
-        (frames whose position moved before their trigger are computed again then)."""
+        (frames whose position moved before their trigger are computed again then). DetectorError (504) after ``timeout`` s:
+        the worker is still sending the header of ``arm``, which waits for a receiver."""
         with self._lock:
             s = self._series
             if self.state != "ready" or s is None:
@@ -224,7 +225,8 @@ class SimDetector:
             where, sent = self.scan.landed_and_sent(np.arange(s.total))
         done = threading.Event()
         self._jobs.put(("prepare", s, where, sent, done))
-        done.wait()
+        if not done.wait(timeout):
+            raise DetectorError("preparing the series did not finish in time (is a receiver connected to take its header?)", 504)
 
     def disarm(self) -> None:
         """End the series (dseries_end if it is still open) and return to idle."""

@@ -96,9 +96,8 @@ def test_md5_is_hashlibs():
 @CI
 @given(case=case_strategy(), batch=st.integers(1, 9), arena_frames=st.sampled_from([0, 1, 2, 512]))
 def test_loop_equals_python_path_on_mutated_series(pair, case: Case, batch: int, arena_frames: int):
-    messages = [[_compact(p) if k != 2 else p for k, p in enumerate(m)] for m in case.messages]
-    loop = NativeReceiveLoop(batch)
-    loop.arena_bytes = arena_frames * (case.original.images[0].nbytes + 64)
+    messages = [[_compact(p) if k != 2 else p for k, p in enumerate(m)] for m in case.messages if m]  # ZeroMQ has no 0-part message
+    loop = NativeReceiveLoop(batch, arena_bytes=arena_frames * (case.original.images[0].nbytes + 8))
     events, decoder, _ = _through_loop(pair, messages, loop)
     expected, reference = _python(messages)
     assert _tuples(events) == _tuples(expected)
@@ -169,8 +168,7 @@ def test_a_message_of_many_parts_comes_whole(pair):
 def test_a_full_arena_sends_frames_the_python_way_and_grows(pair):
     image = np.ones((64, 64), np.uint16)
     msgs = [series_start_parts(1, CONFIG), *[image_parts(1, i, image, "bs16-lz4<", 1, 2, 3) for i in range(3)], series_end_parts(1)]
-    loop = NativeReceiveLoop(16)
-    loop.arena_bytes = image.nbytes  # room for one frame
+    loop = NativeReceiveLoop(16, arena_bytes=image.nbytes)  # room for one frame
     push, pull = pair
     for m in msgs:
         push.send_multipart(m)
@@ -316,3 +314,60 @@ def test_runs_of_frames_get_the_checks_of_single_frames(pair, order):
     assert native_frames == len(order)
     assert _tuples(events) == _tuples(expected)
     assert decoder.error_counts == reference.error_counts
+
+
+def test_kept_frames_hold_their_own_bytes_not_the_arena(pair):
+    """Regression: frames were views into the whole per-drain arena (4 MiB to 256 MiB each), so every kept frame pinned it."""
+    image = np.ones((64, 64), np.uint16)
+    msgs = [series_start_parts(1, CONFIG), *[image_parts(1, i, image, "bs16-lz4<", 1, 2, 3) for i in range(3)], series_end_parts(1)]
+    loop = NativeReceiveLoop(64)
+    events, _, native_frames = _through_loop(pair, msgs, loop)
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert native_frames == 3 and len(frames) == 3
+    for f in frames:
+        assert f.image.base is not None and f.image.base.nbytes == 3 * image.nbytes < loop.arena_bytes
+
+
+def test_a_message_claiming_a_huge_shape_does_not_grow_the_arena(pair):
+    """Regression: the arena grew to 256 MiB for good on one message that only claimed an 8192 x 8192 frame."""
+    image = np.ones((64, 64), np.uint16)
+    good = image_parts(1, 0, image, "bs16-lz4<", 1, 2, 3)
+    bogus = [good[0], good[1].replace(b"[64,64]", b"[8192,8192]"), *good[2:]]
+    loop = NativeReceiveLoop(64)
+    before = loop.arena_bytes
+    events, decoder, _ = _through_loop(pair, [series_start_parts(1, CONFIG), bogus, series_end_parts(1)], loop)
+    push, pull = pair
+    push.send_multipart(bogus)
+    time.sleep(0.05)
+    loop.drain(pull, decoder)
+    assert loop.arena_bytes == before and any(isinstance(e, StreamError) for e in events)
+
+
+def test_the_record_tables_set_how_many_messages_a_drain_takes():
+    """Regression: max_msgs was a writable attribute while the record tables kept their first size (a heap overflow in C)."""
+    loop = NativeReceiveLoop(4)
+    with pytest.raises(AttributeError):
+        loop.max_msgs = 64
+    assert loop.max_msgs == 4
+
+
+def test_prepare_without_a_receiver_times_out_instead_of_hanging():
+    from sim_microscope.detector import SimDetector
+    from sim_microscope.frame_source import SyntheticSource
+    from sim_microscope.scan_controller import DetectorError
+
+    det = SimDetector(SyntheticSource(16), port=0, noise="none")
+    try:
+        det.config.update(nimages=4, ntrigger=1, trigger_mode="ints", frame_time=0.0)
+        det.arm()  # its header waits for a receiver: there is none
+        with pytest.raises(DetectorError, match="in time"):
+            det.prepare(timeout=0.3)
+    finally:
+        det.close()
+
+
+def test_the_batch_sender_refuses_a_message_without_parts(pair):
+    from detector_stream.native.send import NativeSender
+
+    with pytest.raises(ValueError, match="part"):
+        NativeSender().send(pair[0], [[b"x"], []])

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def build(path: Path | None = None) -> Path:
         return path
     if sys.byteorder != "little" or not sys.platform.startswith("linux"):
         raise NativeUnavailable(f"the compiled receive loop is built for little-endian Linux only (this is {sys.platform}, {sys.byteorder}-endian)")
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
     if not compiler:
         raise NativeUnavailable("no C compiler (set CC, or install gcc) to build the compiled receive loop")
     try:
@@ -72,7 +73,7 @@ def build(path: Path | None = None) -> Path:
     except OSError as err:
         raise NativeUnavailable(f"cannot write the compiled receive loop to {path.parent}: {err}") from None
     try:
-        cmd = [compiler, "-O2", "-shared", "-fPIC", "-std=gnu11", str(SOURCE), "-o", tmp, "-lm"]
+        cmd = [*compiler, "-O2", "-shared", "-fPIC", "-std=gnu11", str(SOURCE), "-o", tmp, "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             raise NativeUnavailable(f"compiling {SOURCE.name} failed ({' '.join(cmd)}): {done.stderr.strip()[-500:]}")
@@ -85,9 +86,12 @@ def build(path: Path | None = None) -> Path:
     return path
 
 
+_failed: NativeUnavailable | None = None
+"""why the build or load failed in this process: not tried again (a compiler that fails takes seconds each time)."""
+
+
 @functools.lru_cache(maxsize=1)
-def load_library() -> ctypes.CDLL:
-    """The built library, with its functions' signatures set (built first if needed); NativeUnavailable says why not."""
+def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     i64, p = ctypes.c_int64, ctypes.c_void_p
     lib.ps_new.restype, lib.ps_new.argtypes = p, [ctypes.POINTER(p)]
@@ -102,3 +106,19 @@ def load_library() -> ctypes.CDLL:
     lib.ps_send_batch.argtypes = [p, p, p, p, p, ctypes.c_int]
     lib.ps_md5_hex.restype, lib.ps_md5_hex.argtypes = None, [p, ctypes.c_char_p, i64, ctypes.c_char_p]
     return lib
+
+
+def load_library() -> ctypes.CDLL:
+    """The built library, with its functions' signatures set (built first if needed); NativeUnavailable says why not (once
+    it failed in this process, at once)."""
+    global _failed
+    if _failed is not None:
+        raise _failed
+    try:
+        return _load()
+    except NativeUnavailable as err:
+        _failed = err
+        raise
+    except OSError as err:  # a library that does not load
+        _failed = NativeUnavailable(f"cannot load the compiled receive loop: {err}")
+        raise _failed from None

@@ -1,10 +1,9 @@
 """``NativeReceiveLoop``: one call of the compiled loop drains a pyzmq socket; ``NativeBatch`` is what it received, in order.
 
-libzmq's functions are taken from the one copy the process has loaded (pyzmq's; found in
-``/proc/self/maps``), so that the socket handle pyzmq gives (``Socket.underlying``)
-belongs to it; bitshuffle's ``bshuf_decompress_lz4`` from the bitshuffle extension the
-codec imports. Where either cannot be found for certain (no libzmq mapped, or two
-copies) the loop is unavailable and the Python receive path is used.
+libzmq's functions are looked up through pyzmq's own extension module, so that they are
+the copy the socket handles pyzmq gives (``Socket.underlying``) belong to; bitshuffle's
+``bshuf_decompress_lz4`` through the bitshuffle extension the codec imports. Where either
+cannot be found the loop is unavailable and the Python receive path is used.
 """
 
 from __future__ import annotations
@@ -12,14 +11,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import zmq
 
 from detector_stream.decoder import StreamDecoder
 from detector_stream.events import Event
-from detector_stream.native.batch import REC, NativeBatch
+from detector_stream.native.batch import IMAGE, REC, NativeBatch
 from detector_stream.native.build import ENV_SWITCH, NativeUnavailable, enabled, load_library
 
 log = logging.getLogger(__name__)
@@ -28,19 +26,15 @@ _ZMQ_FUNCTIONS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size"
 
 
 def _libzmq() -> ctypes.CDLL:
-    """pyzmq's libzmq, the only copy mapped in this process; NativeUnavailable otherwise."""
-    paths: set[str] = set()
+    """pyzmq's libzmq: its symbols looked up through pyzmq's own extension (which links it, or holds it), so that the socket
+    handles pyzmq gives (``Socket.underlying``) are that library's; NativeUnavailable where they cannot be found."""
+    from zmq.backend.cython import _zmq
+
     try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split(maxsplit=5)[-1].strip() if line.count(" ") >= 5 else ""
-                if Path(path).name.startswith("libzmq"):
-                    paths.add(path)
-    except OSError as err:
-        raise NativeUnavailable(f"cannot read /proc/self/maps to find libzmq: {err}") from None
-    if len(paths) != 1:
-        raise NativeUnavailable(f"expected one libzmq loaded by pyzmq, found {sorted(paths) or 'none (linked statically?)'}")
-    lib = ctypes.CDLL(paths.pop())
+        lib = ctypes.CDLL(_zmq.__file__)
+        lib.zmq_msg_recv  # noqa: B018 (a lookup: AttributeError where the extension does not reach libzmq's symbols)
+    except (OSError, AttributeError) as err:
+        raise NativeUnavailable(f"libzmq's functions are not reachable through pyzmq's extension ({err})") from None
     major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
     lib.zmq_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
     if (major.value, minor.value, patch.value) != zmq.zmq_version_info():
@@ -68,30 +62,43 @@ def new_context(lib: ctypes.CDLL) -> int:
 class NativeReceiveLoop:
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
-    def __init__(self, max_msgs: int = 512) -> None:
-        """NativeUnavailable (with the reason) where the loop cannot be built or its libraries found."""
+    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20) -> None:
+        """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more). NativeUnavailable (with the reason)
+        where the loop cannot be built or its libraries found."""
         self._ctx = None
         self.lib = load_library()
         self._ctx = new_context(self.lib)
-        self.max_msgs = max_msgs
         self._records = np.zeros((max_msgs, REC), np.int64)
         self._received_at = np.zeros(max_msgs, np.float64)
-        self.arena_bytes = 4 << 20
-        """bytes of decoded images one drain may hold (frames past it go to the Python decoder); ``fit`` raises it."""
+        self._arena = np.empty(arena_bytes, np.uint8)
+        """where one drain decodes its images (kept, and grown by ``fit``); what was decoded is copied out of it, so that a
+        kept frame holds its own bytes, never the whole arena."""
+
+    @property
+    def max_msgs(self) -> int:
+        """Messages one drain takes at most (the size of its record tables)."""
+        return len(self._records)
+
+    @property
+    def arena_bytes(self) -> int:
+        return self._arena.nbytes
 
     def receive(self, socket: zmq.Socket) -> NativeBatch:
         """Drain up to ``max_msgs`` messages waiting on ``socket`` (no blocking); zmq.ZMQError if the socket fails."""
-        arena = np.empty(self.arena_bytes, np.uint8)  # fresh per drain: the decoded frames are views into it and may be kept
+        arena = self._arena
         n = self.lib.ps_recv_batch(
-            self._ctx, socket.underlying, self.max_msgs, self._records.ctypes.data, self._received_at.ctypes.data, arena.ctypes.data, arena.nbytes
+            self._ctx, socket.underlying, len(self._records), self._records.ctypes.data, self._received_at.ctypes.data, arena.ctypes.data, arena.nbytes
         )
         if n < 0:
             raise zmq.ZMQError(-n)
+        records = self._records[:n].copy()
+        images = records[records[:, 0] == IMAGE]
+        used = int((images[:, 6] + images[:, 7] * images[:, 8] * images[:, 9]).max()) if len(images) else 0
         nparts = self.lib.ps_nparts(self._ctx)
         part_lens = np.ctypeslib.as_array(ctypes.cast(self.lib.ps_part_lens(self._ctx), ctypes.POINTER(ctypes.c_int64)), (nparts,)).tolist() if nparts else []
         raw_len = self.lib.ps_raw_len(self._ctx)
         raw = ctypes.string_at(self.lib.ps_raw(self._ctx), raw_len) if raw_len else b""
-        return NativeBatch(self._records[:n].copy(), self._received_at[:n].copy(), arena, raw, part_lens)
+        return NativeBatch(records, self._received_at[:n].copy(), arena[:used].copy(), raw, part_lens)
 
     def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
         """``receive`` then ``decoder.feed_native``: (messages received, their events); the arena grows when it was too small."""
@@ -104,8 +111,11 @@ class NativeReceiveLoop:
         return len(batch), events
 
     def fit(self, frame_bytes: int, limit: int = 256 << 20) -> None:
-        """Make room for ``max_msgs`` frames of ``frame_bytes`` bytes per drain (up to ``limit``); only untouched pages cost nothing."""
-        self.arena_bytes = max(self.arena_bytes, min(limit, self.max_msgs * (frame_bytes + 64)))
+        """Make room for ``max_msgs`` frames of ``frame_bytes`` bytes per drain (up to ``limit`` bytes). Asked only for frames
+        that passed their checks, so a message that merely claims a huge shape does not grow it."""
+        wanted = min(limit, self.max_msgs * (frame_bytes + 8))
+        if wanted > self._arena.nbytes:
+            self._arena = np.empty(wanted, np.uint8)
 
     def md5_hex(self, data: bytes) -> str:
         """The loop's own md5 of ``data`` (hex), for checking it against hashlib."""
@@ -134,6 +144,8 @@ def choose_loop(wanted: bool | None, forwards_raw: bool, max_msgs: int) -> tuple
     if wanted is None and not enabled():
         return None, f"turned off ({ENV_SWITCH}={os.environ.get(ENV_SWITCH)})"
     if forwards_raw:
+        if wanted:
+            raise NativeUnavailable("raw messages are forwarded (on_raw): only the Python receive path keeps them whole")
         return None, "raw messages are forwarded (on_raw): the Python receive path keeps them whole"
     try:
         return NativeReceiveLoop(max_msgs), None

@@ -11,8 +11,9 @@
  *
  * libzmq and bitshuffle are not linked: their functions come in as pointers from the
  * copies the Python process has already loaded (pyzmq's, bitshuffle's), so the socket
- * handle given is one of that libzmq's. Nothing here allocates per frame; the raw
- * buffer and the part-length table grow as needed and are kept between calls.
+ * handle given is one of that libzmq's. Nothing here allocates per frame (bitshuffle
+ * does, a block's scratch); the raw buffer and the part-length table grow as needed and
+ * are kept between calls.
  */
 #include <math.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 #include <time.h>
 
 #define PS_EAGAIN 11
+#define PS_EINTR 4
 #define PS_DONTWAIT 1
 #define PS_SNDMORE 2
 #define PS_MAX_FRAME_PIXELS (1LL << 26)
@@ -126,7 +128,7 @@ void ps_md5_hex(ps_ctx *ctx, const unsigned char *data, int64_t n, char *out) {
     }
 }
 
-/* ---- exact-layout parsing (the decoder's regexes, by hand) ---------------------- */
+/* ---- exact-layout parsing (the regexes of detector_stream/image_layout.py, by hand) -- */
 
 typedef struct {
     const unsigned char *p, *end;
@@ -334,6 +336,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
         if (ctx->recv(&parts[0], socket, PS_DONTWAIT) < 0) {
             int e = ctx->err();
             ctx->close(&parts[0]);
+            if (e == PS_EINTR) continue; /* a signal: try again, as pyzmq does */
             if (n == 0 && e != PS_EAGAIN) return -e;
             break;
         }
@@ -360,14 +363,15 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
             h.x >= 1 && h.y >= 1 && h.x <= PS_MAX_FRAME_PIXELS && h.y <= PS_MAX_FRAME_PIXELS && h.x * h.y <= PS_MAX_FRAME_PIXELS) {
             const unsigned char *blob = ctx->data(&parts[2]);
             int64_t size = (int64_t)ctx->size(&parts[2]), pixels = h.x * h.y, nbytes = pixels * h.itemsize;
-            int64_t offset = (arena_used + 63) & ~(int64_t)63;
-            if (offset + nbytes > arena_cap) { /* raw, marked: the caller makes the arena bigger */
+            int64_t offset = (arena_used + 7) & ~(int64_t)7; /* 8-byte aligned: frames of whole 8-byte rows lie back to back */
+            if (!(h.size == size && hash_ok(ctx, &h, blob, (size_t)size) && blob_ok(blob, size, pixels, h.itemsize))) {
+                /* raw: the Python decoder names what is wrong */
+            } else if (offset + nbytes > arena_cap) { /* raw, marked (only a frame that passed its checks): the caller makes room */
                 r[1] = 1;
                 r[7] = h.y;
                 r[8] = h.x;
                 r[9] = h.itemsize;
-            } else if (h.size == size && hash_ok(ctx, &h, blob, (size_t)size) &&
-                blob_ok(blob, size, pixels, h.itemsize)) {
+            } else {
                 int64_t used = ctx->bshuf(blob + 12, arena + offset, (size_t)pixels, (size_t)h.itemsize,
                                           (size_t)(PS_BLOCK_BYTES / h.itemsize));
                 if (used == size - 12) {
@@ -426,8 +430,13 @@ int ps_send_batch(ps_ctx *ctx, void *socket, const unsigned char *buf, const int
             int flags = (k + 1 < nparts[i] ? PS_SNDMORE : 0) | (k == 0 ? PS_DONTWAIT : 0);
             if (ctx->send(socket, p, (size_t)*len, flags) < 0) {
                 int e = ctx->err();
-                if (k == 0) return i > 0 || e == PS_EAGAIN ? i : -e;
-                return -e; /* a later part of a message whose first part went: not expected (multipart is atomic) */
+                if (k == 0 && e == PS_EINTR) { /* a signal before the message: try it again */
+                    k--;
+                    continue;
+                }
+                /* the first part refused: the messages before went (the error, unless EAGAIN, comes again on the next call);
+                   a later part refused is not expected (a multipart message is queued whole) */
+                return i > 0 || (k == 0 && e == PS_EAGAIN) ? i : -e;
             }
             p += *len++;
         }

@@ -28,8 +28,10 @@ class NativeSender:
         """
         if not messages:
             return 0
+        if not all(messages):
+            raise ValueError("a message needs at least one part")
         nparts = np.fromiter((len(m) for m in messages), np.int64, len(messages))
-        lens = np.fromiter((len(p) for m in messages for p in m), np.int64, int(nparts.sum()))
+        lens = np.fromiter((memoryview(p).nbytes for m in messages for p in m), np.int64, int(nparts.sum()))  # bytes, whatever the buffer
         buf = b"".join(p for m in messages for p in m)
         n = self.lib.ps_send_batch(self._ctx, socket.underlying, buf, lens.ctypes.data, nparts.ctypes.data, len(messages))
         if n < 0:
