@@ -75,8 +75,10 @@ def image_parts(
     appendix: bytes | None = None,
     *,
     blob: bytes | None = None,
+    digest: str | None = None,
 ) -> list[bytes]:
-    """The four (five with an appendix) parts of one image; ``blob`` may carry an already encoded image."""
+    """The four (five with an appendix) parts of one image; ``blob`` may carry an already encoded image, ``digest`` its md5
+    (hex; computed here when None)."""
     image = np.asarray(image)
     if blob is None:
         blob = encode_frame(image, encoding)
@@ -84,7 +86,7 @@ def image_parts(
     if encoding not in ENCODINGS:
         raise CodecError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
     parts = [
-        b'{"htype":"dimage-1.0","series":%d,"frame":%d,"hash":"%s"}' % (series, frame, hashlib.md5(blob).hexdigest().encode()),
+        b'{"htype":"dimage-1.0","series":%d,"frame":%d,"hash":"%s"}' % (series, frame, (digest or hashlib.md5(blob).hexdigest()).encode()),
         b'{"htype":"dimage_d-1.0","shape":[%d,%d],"type":"%s","encoding":"%s","size":%d}'
         % (image.shape[1], image.shape[0], image.dtype.name.encode(), encoding.encode(), len(blob)),
         blob,

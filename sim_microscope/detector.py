@@ -15,6 +15,7 @@ on disarm/cancel/abort.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -64,6 +65,8 @@ class _Series:
     triggers: int = 0
     images: np.ndarray | None = None
     blobs: list[bytes] | None = None
+    digests: list[str] | None = None
+    """md5 (hex) of each of ``blobs``."""
     positions: np.ndarray | None = None
     """(total, 2) nm: where each frame's pattern was computed (where the beam really was at its trigger)."""
     commanded: np.ndarray | None = None
@@ -309,12 +312,13 @@ class SimDetector:
                 return
         images = apply_pixel_mask(to_counts(self.source.patterns(where[todo]), s.dtype, self.dose, self._rng, self.noise), s.pixel_mask, s.config)
         blobs = encode_frames(images, s.encoding)
+        digests = [hashlib.md5(b).hexdigest() for b in blobs]  # once per frame computed, not per frame sent
         if s.images is None:
-            s.images, s.blobs, s.positions, s.commanded = images, list(blobs), where.copy(), sent.copy()
+            s.images, s.blobs, s.digests, s.positions, s.commanded = images, list(blobs), digests, where.copy(), sent.copy()
         else:
             s.images[todo] = images
             for j, i in enumerate(todo.tolist()):
-                s.blobs[i] = blobs[j]
+                s.blobs[i], s.digests[i] = blobs[j], digests[j]
             s.positions[todo] = where[todo]
             s.commanded[todo] = sent[todo]
         beam_positions = getattr(self.source, "beam_positions", None)
@@ -353,7 +357,7 @@ class SimDetector:
             blob = s.blobs[i]
             start = wall0 + int(k * period * 1e9)
             exposure = int(frame_time * 1e9)
-            parts = image_parts(s.series, i, s.images[i], s.encoding, start, start + exposure, exposure, appendix, blob=blob)
+            parts = image_parts(s.series, i, s.images[i], s.encoding, start, start + exposure, exposure, appendix, blob=blob, digest=s.digests[i])
             if i in f.corrupt_frames:
                 parts[2] = bytes(b ^ 0x5A for b in blob[:64]) + blob[64:]
             if i in f.truncate_frames:
@@ -387,7 +391,10 @@ class SimDetector:
         for lo in range(0, len(frames), SEND_BATCH):
             if s.ended:
                 return False
-            batch = [image_parts(s.series, i, s.images[i], s.encoding, wall0, wall0, 0, appendix, blob=s.blobs[i]) for i in frames[lo : lo + SEND_BATCH].tolist()]
+            batch = [
+                image_parts(s.series, i, s.images[i], s.encoding, wall0, wall0, 0, appendix, blob=s.blobs[i], digest=s.digests[i])
+                for i in frames[lo : lo + SEND_BATCH].tolist()
+            ]
             done = 0
             while True:
                 sent = sender.send(self._socket, batch[done:])
