@@ -110,6 +110,7 @@ class Ingest:
                 on_raw = self.forwarder.send if self.forwarder is not None else None
                 self.receiver = StreamReceiver(initial, on_events=self.manager.on_events, on_raw=on_raw)
                 self.receiver.start()
+                self.manager.metrics.compiled_receive_loop.set(1 if self.receiver.native_loop is not None else 0)
                 for ep in initial:
                     log.info("ingest connected PULL to %s", ep)
             return self.receiver

@@ -48,6 +48,9 @@ class ServiceMetrics:
         )
         self.recon_queue = Gauge("ptychoscan_reconstruction_queue_depth", "sessions waiting for the compute worker", registry=r)
         self.buffered_frames = Gauge("ptychoscan_ingest_buffered_frames", "frames waiting for their tell", registry=r)
+        self.compiled_receive_loop = Gauge(
+            "ptychoscan_ingest_compiled_receive_loop", "1 while the compiled receive loop drains the detectors, 0 with the Python loop", registry=r
+        )
         self.sessions_active = Gauge("ptychoscan_sessions_active", "sessions not done, stopped or failed", registry=r)
         self.storage_errors = Counter("ptychoscan_storage_errors_total", "session store write failures", registry=r)
         self.model = Info("ptychoscan_model", "planner and reconstructor in use", registry=r)

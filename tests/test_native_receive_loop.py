@@ -245,8 +245,10 @@ def test_readiness_says_which_receive_loop_drains_the_detectors(tmp_path, pusher
     settings = ServiceSettings(storage=tmp_path / "s", api_keys=[KEY], detectors=[pusher.endpoint])
     with TestClient(create_app(settings, backend=RecordingBackend())) as c:
         body = wait_until(lambda: (r := c.get("/readyz")).json()["detail"]["receive_loop"] != "not started" and r, what="ingest").json()
+        metrics = c.get("/metrics").text
     loop = body["detail"]["receive_loop"]
     assert loop == "compiled" if switch == "1" else loop.startswith("python: turned off")
+    assert f"ptychoscan_ingest_compiled_receive_loop {1.0 if switch == '1' else 0.0}" in metrics
 
 
 def _sim_messages(monkeypatch, compiled: bool, frame_time: float, faults=None) -> tuple[list[list[bytes]], bool]:
