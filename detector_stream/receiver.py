@@ -10,9 +10,8 @@ with the whole list, or ``on_event(endpoint, event)`` once per event. Each ``Fra
 carries when its message came off the socket (``received_at``). One thread and one
 callback per drained batch (not one per frame) keep the ingest's share of the
 interpreter and of the consumer's lock small, and the thread count flat however many
-detectors there are (bench/RESULTS.md). ``on_raw(endpoint, messages)``, if given, sees
-every drained batch of raw multipart messages before they are decoded (e.g. to forward
-them byte for byte), on the receive thread.
+detectors there are (bench/RESULTS.md). ``forward`` re-sends every message byte for byte;
+``on_raw(endpoint, messages)`` sees every drained batch of raw messages (Python loop only).
 
 One endpoint's trouble stays its own: a socket that cannot be opened is reported in
 ``failures`` and skipped, an exception while serving one socket is logged and counted
@@ -41,6 +40,7 @@ from detector_stream.endpoint_counts import EndpointCounts
 from detector_stream.endpoints import check_endpoint
 from detector_stream.event_callbacks import per_event
 from detector_stream.events import Event, StreamError
+from detector_stream.forwarding import ForwardTarget
 from detector_stream.native.loop import NativeReceiveLoop, choose_loop
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class StreamReceiver:
         codec_threads: int = 1,
         on_raw: Callable[[str, list[list[bytes]]], None] | None = None,
         native: bool | None = None,
+        forward: ForwardTarget | None = None,
     ) -> None:
         if (on_event is None) == (on_events is None):
             raise ValueError("StreamReceiver needs exactly one of on_event and on_events")
@@ -91,18 +92,16 @@ class StreamReceiver:
         """OpenMP threads bitshuffle decodes with in the receive thread (``detector_stream.codec_threads``)."""
         self.on_raw = on_raw
         """sees each drained batch of raw multipart messages before decoding (receive thread); its exceptions are counted as socket errors."""
+        self.forward = forward  # gets every message: from the compiled loop, or through its send on the Python path
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._connected: set[str] = set()
         self._counts: dict[str, EndpointCounts] = {ep: EndpointCounts() for ep in self.endpoints}
-        self.failures: dict[str, str] = {}
-        """endpoint -> why its socket could not be opened (it is not served)."""
-        self._requests: list[tuple[str, str, threading.Event]] = []
-        """("open" | "close", endpoint, done) asked for while running, in the order asked, not yet applied by the thread."""
-        self._wake: zmq.Socket | None = None
-        """PUSH end of the thread's inproc control socket (used under ``_lock``)."""
+        self.failures: dict[str, str] = {}  # endpoint -> why its socket could not be opened (it is not served)
+        self._requests: list[tuple[str, str, threading.Event]] = []  # ("open" | "close", endpoint, done) asked for, not yet applied
+        self._wake: zmq.Socket | None = None  # PUSH end of the thread's inproc control socket (used under ``_lock``)
         self.socket_errors = 0
         self.native = native
         """the compiled receive loop (``detector_stream.native``): None where available, False never, True or fail at start."""
@@ -158,7 +157,7 @@ class StreamReceiver:
         """Connect and start the receive thread (returns once the sockets exist)."""
         if self._thread is not None:
             raise RuntimeError("StreamReceiver already started")
-        self.native_loop, self.native_unavailable = choose_loop(self.native, self.on_raw is not None, self.max_batch)
+        self.native_loop, self.native_unavailable = choose_loop(self.native, self.on_raw is not None, self.max_batch, self.forward)
         self._stop.clear()
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="stream-v1-receiver", daemon=True)
@@ -367,9 +366,9 @@ class StreamReceiver:
             received_at.append(time.perf_counter())  # per message: one batch may span a whole chunk's acquisition
         if not messages:
             return 0
-        if self.on_raw is not None:
+        if (hook := self.on_raw or (self.forward.send if self.forward is not None else None)) is not None:
             try:
-                self.on_raw(entry.endpoint, messages)
+                hook(entry.endpoint, messages)
             except Exception as err:  # forwarding must never stop ingest
                 self.socket_errors += 1
                 log.warning("stream receiver: raw-message hook failed for %s: %s", entry.endpoint, err)

@@ -7,7 +7,8 @@ consumer and the second one connects to the service's forward endpoint instead: 
 every message of every part, in the order received (all detectors the service reads,
 interleaved: forward from a service that reads one detector).
 
-Bounded: messages are sent without blocking; when the forward socket's queue is full
+The compiled receive loop sends on this socket itself (``socket``, tallies through
+``counted``); the Python receive loop calls ``send``. Bounded: messages are sent without blocking; when the forward socket's queue is full
 (``sndhwm`` messages) or nobody is connected, the message is dropped for the forward
 socket only and counted. Ingest never waits for the second consumer.
 """
@@ -63,6 +64,24 @@ class Forwarder:
                 log.info("forwarding every detector message on PUSH %s", self.endpoint)
             return self.endpoint
 
+    @property
+    def socket(self) -> zmq.Socket | None:
+        """The bound PUSH socket (None before ``bind`` and after ``close``); the compiled receive loop sends on it directly."""
+        return self._socket
+
+    def counted(self, sent: int, dropped: int) -> None:
+        """Tallies of messages the compiled receive loop forwarded, and dropped for the forward socket."""
+        if sent:
+            self.forwarded.inc(sent)
+        if dropped:
+            self._note_dropped(dropped)
+
+    def _note_dropped(self, n: int) -> None:
+        self.dropped.inc(n)
+        if not self._dropped_logged:
+            self._dropped_logged = True
+            log.warning("forward %s: nobody reads fast enough (or at all); messages are dropped for it and counted", self.endpoint)
+
     def send(self, endpoint: str, messages: list[list[bytes]]) -> None:
         """Forward ``messages`` (received from detector ``endpoint``) unchanged; a message that would block is dropped and counted."""
         sock = self._socket
@@ -74,10 +93,7 @@ class Forwarder:
                 sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)  # all parts or none: ZeroMQ queues a multipart message atomically
                 sent += 1
             except zmq.Again:
-                self.dropped.inc()
-                if not self._dropped_logged:
-                    self._dropped_logged = True
-                    log.warning("forward %s: nobody reads fast enough (or at all); messages are dropped for it and counted", self.endpoint)
+                self._note_dropped(1)
         if sent:
             self.forwarded.inc(sent)
 

@@ -107,8 +107,7 @@ class Ingest:
                 return None
             if self.receiver is None:
                 initial = [] if self.on_demand else self.required
-                on_raw = self.forwarder.send if self.forwarder is not None else None
-                self.receiver = StreamReceiver(initial, on_events=self.manager.on_events, on_raw=on_raw)
+                self.receiver = StreamReceiver(initial, on_events=self.manager.on_events, forward=self.forwarder)
                 self.receiver.start()
                 self.manager.metrics.compiled_receive_loop.set(1 if self.receiver.native_loop is not None else 0)
                 for ep in initial:

@@ -373,3 +373,65 @@ def test_the_batch_sender_refuses_a_message_without_parts(pair):
 
     with pytest.raises(ValueError, match="part"):
         NativeSender().send(pair[0], [[b"x"], []])
+
+
+class _Target:
+    """A ``ForwardTarget`` on a bound PUSH socket, with the tallies the loop reports."""
+
+    def __init__(self, ctx: zmq.Context, hwm: int = 1000) -> None:
+        self.socket = ctx.socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.socket.bind_to_random_port('tcp://127.0.0.1')}"
+        self.sent = self.dropped = 0
+
+    def send(self, endpoint, messages):  # the Python loop's way: not used here
+        raise AssertionError("the compiled loop forwards by itself")
+
+    def counted(self, sent: int, dropped: int) -> None:
+        self.sent += sent
+        self.dropped += dropped
+
+
+def test_the_compiled_loop_forwards_every_message_byte_for_byte(pair):
+    """Decoded frames, raw messages, a six-part message and empty parts: all forwarded in order, unchanged, and counted."""
+    ctx = zmq.Context()
+    target = _Target(ctx)
+    reader = ctx.socket(zmq.PULL)
+    reader.connect(target.endpoint)
+    try:
+        time.sleep(0.2)
+        image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+        msgs = [
+            series_start_parts(1, CONFIG),
+            image_parts(1, 0, image, "bs16-lz4<", 1, 2, 3),
+            [b"\x00odd", b"", b"x" * 5000, b"tail", b"5", b"6"],
+            image_parts(1, 1, image, "<", 1, 2, 3),
+            image_parts(1, 2, image, "bs16-lz4<", 1, 2, 3),
+            series_end_parts(1),
+        ]
+        loop = NativeReceiveLoop(64, forward=target)
+        events, _, native_frames = _through_loop(pair, msgs, loop)
+        loop.report_forwarded()
+        assert native_frames == 2 and [e.frame for e in events if isinstance(e, Frame)] == [0, 1, 2]
+        received = []
+        while len(received) < len(msgs) and reader.poll(5000):
+            received.append(reader.recv_multipart())
+        assert received == msgs and (target.sent, target.dropped) == (len(msgs), 0)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_forwarding_with_nobody_reading_drops_and_counts_and_ingest_goes_on(pair):
+    ctx = zmq.Context()
+    target = _Target(ctx, hwm=1)
+    try:
+        image = np.ones((64, 64), np.uint16)
+        msgs = [series_start_parts(1, CONFIG), *[image_parts(1, i, image, "bs16-lz4<", 1, 2, 3) for i in range(3)], series_end_parts(1)]
+        loop = NativeReceiveLoop(64, forward=target)
+        events, _, native_frames = _through_loop(pair, msgs, loop)
+        loop.report_forwarded()
+        assert native_frames == 3 and len([e for e in events if isinstance(e, Frame)]) == 3
+        assert (target.sent, target.dropped) == (0, len(msgs))
+    finally:
+        ctx.destroy(linger=0)

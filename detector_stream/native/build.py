@@ -102,6 +102,8 @@ def _load() -> ctypes.CDLL:
         getattr(lib, name).restype, getattr(lib, name).argtypes = p, [p]
     for name in ("ps_raw_len", "ps_nparts"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = i64, [p]
+    lib.ps_set_forward.restype, lib.ps_set_forward.argtypes = None, [p, p]
+    lib.ps_forward_counts.restype, lib.ps_forward_counts.argtypes = None, [p, p]
     lib.ps_send_batch.restype = ctypes.c_int
     lib.ps_send_batch.argtypes = [p, p, p, p, p, ctypes.c_int]
     lib.ps_md5_hex.restype, lib.ps_md5_hex.argtypes = None, [p, ctypes.c_char_p, i64, ctypes.c_char_p]

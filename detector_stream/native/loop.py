@@ -17,6 +17,7 @@ import zmq
 
 from detector_stream.decoder import StreamDecoder
 from detector_stream.events import Event
+from detector_stream.forwarding import ForwardTarget
 from detector_stream.native.batch import IMAGE, REC, NativeBatch
 from detector_stream.native.build import ENV_SWITCH, NativeUnavailable, enabled, load_library
 
@@ -62,12 +63,18 @@ def new_context(lib: ctypes.CDLL) -> int:
 class NativeReceiveLoop:
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
-    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20) -> None:
-        """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more). NativeUnavailable (with the reason)
-        where the loop cannot be built or its libraries found."""
+    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None) -> None:
+        """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more); ``forward``: where every message
+        received is re-sent, byte for byte (its socket as it is now). NativeUnavailable (with the reason) where the loop
+        cannot be built or its libraries found."""
         self._ctx = None
         self.lib = load_library()
         self._ctx = new_context(self.lib)
+        self.forward = forward
+        self._forward_socket = forward.socket if forward is not None else None  # kept: its handle is in the C context
+        if self._forward_socket is not None:
+            self.lib.ps_set_forward(self._ctx, self._forward_socket.underlying)
+        self._forward_counts = np.zeros(2, np.int64)
         self._records = np.zeros((max_msgs, REC), np.int64)
         self._received_at = np.zeros(max_msgs, np.float64)
         self._arena = np.empty(arena_bytes, np.uint8)
@@ -106,9 +113,16 @@ class NativeReceiveLoop:
         if not len(batch):
             return 0, []
         events = decoder.feed_native(batch)
+        self.report_forwarded()
         if batch.arena_misses:
             self.fit(batch.arena_misses)
         return len(batch), events
+
+    def report_forwarded(self) -> None:
+        """Hand the forward target the loop's tallies since the last report (``counted``: sent, dropped)."""
+        if self._forward_socket is not None:
+            self.lib.ps_forward_counts(self._ctx, self._forward_counts.ctypes.data)
+            self.forward.counted(*self._forward_counts.tolist())
 
     def fit(self, frame_bytes: int, limit: int = 256 << 20) -> None:
         """Make room for ``max_msgs`` frames of ``frame_bytes`` bytes per drain (up to ``limit`` bytes). Asked only for frames
@@ -132,12 +146,15 @@ class NativeReceiveLoop:
         self.close()
 
 
-def choose_loop(wanted: bool | None, forwards_raw: bool, max_msgs: int) -> tuple[NativeReceiveLoop | None, str | None]:
+def choose_loop(
+    wanted: bool | None, forwards_raw: bool, max_msgs: int, forward: ForwardTarget | None = None
+) -> tuple[NativeReceiveLoop | None, str | None]:
     """The compiled loop for a receive thread and None, or None and why not: ``wanted`` False or, when None,
     ``PTYCHOSCAN_NATIVE_INGEST=0`` (turned off), raw messages
     forwarded (``forwards_raw``: the Python path keeps them whole), or unavailable (logged; raised if ``wanted`` is True).
 
-    Build it on the caller's thread, not the receive thread: a first build takes a second or so.
+    ``forward``: every message received is re-sent there by the loop. Build it on the caller's thread, not the receive
+    thread: a first build takes a second or so.
     """
     if wanted is False:
         return None, "turned off (native=False)"
@@ -148,7 +165,7 @@ def choose_loop(wanted: bool | None, forwards_raw: bool, max_msgs: int) -> tuple
             raise NativeUnavailable("raw messages are forwarded (on_raw): only the Python receive path keeps them whole")
         return None, "raw messages are forwarded (on_raw): the Python receive path keeps them whole"
     try:
-        return NativeReceiveLoop(max_msgs), None
+        return NativeReceiveLoop(max_msgs, forward=forward), None
     except (NativeUnavailable, OSError, AttributeError) as err:
         if wanted:
             raise

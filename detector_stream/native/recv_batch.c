@@ -52,6 +52,8 @@ typedef struct {
     errno_f err;
     bshuf_f bshuf;
     send_f send;
+    void *fwd;                      /* a PUSH socket every received message is re-sent on, byte for byte (NULL: none) */
+    int64_t fwd_sent, fwd_dropped;  /* messages forwarded, and dropped for the forward socket (it would have blocked) */
     unsigned char *raw;
     int64_t raw_len, raw_cap;
     int64_t *part_len;
@@ -313,6 +315,27 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+void ps_set_forward(ps_ctx *ctx, void *socket) { ctx->fwd = socket; }
+
+/* The forward tallies since the last call (out[0] sent, out[1] dropped), reset. */
+void ps_forward_counts(ps_ctx *ctx, int64_t *out) {
+    out[0] = ctx->fwd_sent;
+    out[1] = ctx->fwd_dropped;
+    ctx->fwd_sent = ctx->fwd_dropped = 0;
+}
+
+/* Re-send part k of n on the forward socket: the first without blocking (a full queue or no
+   reader drops the message, counted), the others right after it (queued whole); 0 once dropped. */
+static int forward_part(ps_ctx *ctx, const void *data, size_t len, int64_t k, int64_t n) {
+    int flags = (k + 1 < n ? PS_SNDMORE : 0) | (k == 0 ? PS_DONTWAIT : 0);
+    if (ctx->send(ctx->fwd, data, len, flags) < 0) {
+        ctx->fwd_dropped++;
+        return 0;
+    }
+    if (k + 1 == n) ctx->fwd_sent++;
+    return 1;
+}
+
 /*
  * Receive up to max_msgs messages without blocking. Per message i, rec[i*PS_REC + ...]:
  *   0 kind (1: image decoded into the arena; 0: raw, its parts in the raw buffer;
@@ -390,6 +413,10 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                 }
             }
         }
+        if (ctx->fwd && !longer) /* the message is the parts held: forwarded as they are */
+            for (int k = 0; k < np && forward_part(ctx, ctx->data(&parts[k]), ctx->size(&parts[k]), k, np); k++) {
+            }
+        int64_t raw_start = ctx->raw_len;
         if (!decoded) {
             int oom = 0;
             r[10] = ctx->nparts;
@@ -407,6 +434,15 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
             }
             r[11] = ctx->nparts - r[10];
             if (oom) r[0] = 2;
+            if (ctx->fwd && longer) { /* a message of more than four parts: forwarded from the raw buffer it was kept in */
+                if (oom) {
+                    ctx->fwd_dropped++;
+                } else {
+                    const unsigned char *p = ctx->raw + raw_start;
+                    for (int64_t k = 0; k < r[11] && forward_part(ctx, p, (size_t)ctx->part_len[r[10] + k], k, r[11]); k++)
+                        p += ctx->part_len[r[10] + k];
+                }
+            }
         }
         for (int k = 0; k < np; k++) ctx->close(&parts[k]);
         n++;
