@@ -66,7 +66,8 @@ class Timer:
         self.wall += time.perf_counter() - self._w
 
 
-def time_recv(messages: list[list[bytes]], batch: int) -> tuple[Timer, list[list[bytes]]]:
+def queued(messages: list[list[bytes]]):
+    """(context, PULL socket) with ``messages`` already across loopback in its queue (sent by a PUSH in this process)."""
     import zmq
 
     ctx = zmq.Context()
@@ -79,6 +80,11 @@ def time_recv(messages: list[list[bytes]], batch: int) -> tuple[Timer, list[list
     for m in messages:
         push.send_multipart(m)
     time.sleep(0.5 + len(messages) * 2e-5)  # all of it across loopback into the PULL's queue
+    return ctx, pull
+
+
+def time_recv(messages: list[list[bytes]], batch: int) -> tuple[Timer, list[list[bytes]]]:
+    ctx, pull = queued(messages)
     got, t = [], Timer()
     while len(got) < len(messages):
         with t:
@@ -90,7 +96,6 @@ def time_recv(messages: list[list[bytes]], batch: int) -> tuple[Timer, list[list
 
 def time_native(messages: list[list[bytes]], batch: int) -> tuple[Timer, Timer, list[list]]:
     """The compiled receive loop over queued messages: (its drains, ``feed_native`` of them, the events per drain)."""
-    import zmq
 
     from detector_stream.codec_threads import set_codec_threads
     from detector_stream.decoder import StreamDecoder
@@ -99,16 +104,7 @@ def time_native(messages: list[list[bytes]], batch: int) -> tuple[Timer, Timer, 
     set_codec_threads(1)  # as the receive thread does
     loop = NativeReceiveLoop(batch)
     loop.fit(64 * 64 * 2)
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    push.setsockopt(zmq.SNDHWM, 0)
-    pull.setsockopt(zmq.RCVHWM, 0)
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    pull.connect(f"tcp://127.0.0.1:{port}")
-    time.sleep(0.2)
-    for m in messages:
-        push.send_multipart(m)
-    time.sleep(0.5 + len(messages) * 2e-5)
+    ctx, pull = queued(messages)
     decoder, out, got, t_loop, t_feed = StreamDecoder(), [], 0, Timer(), Timer()
     while got < len(messages):
         with t_loop:

@@ -26,23 +26,33 @@ def _told(tmp_path, n: int) -> tuple[SessionManager, str]:
     return manager, sid
 
 
-def test_frames_are_stored_while_the_flusher_writes_the_file(tmp_path):
-    manager, sid = _told(tmp_path, 8)
-    s = manager.sessions[sid]
-    images = frames_for(1, 8)
-    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(4)])
+def _flusher_held_in_its_first_write(manager: SessionManager, s) -> tuple[threading.Event, list[list[int]], threading.Thread]:
+    """Start ``flush_all`` on a thread and hold it inside its first file write of ``s`` until the event returned is set;
+    the list gets the slots of each write, in order."""
     writing, release = threading.Event(), threading.Event()
     write = s.store._write
+    order: list[list[int]] = []
 
     def slow_write(pending):
-        writing.set()
-        release.wait(10)
+        order.append(sorted(pending))
+        if len(order) == 1:
+            writing.set()
+            release.wait(10)
         write(pending)
 
     s.store._write = slow_write
     flusher = threading.Thread(target=manager.flush_all)
     flusher.start()
     assert writing.wait(10)
+    return release, order, flusher
+
+
+def test_frames_are_stored_while_the_flusher_writes_the_file(tmp_path):
+    manager, sid = _told(tmp_path, 8)
+    s = manager.sessions[sid]
+    images = frames_for(1, 8)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(4)])
+    release, _, flusher = _flusher_held_in_its_first_write(manager, s)
     t0 = time.perf_counter()
     manager.on_events(EP, [Frame(1, i, images[i]) for i in range(4, 7)])  # the manager's lock is free: stored at once
     assert time.perf_counter() - t0 < 2 and s.frames_received == 7 and s.frames_persisted == 0
@@ -63,21 +73,7 @@ def test_a_flush_under_the_lock_waits_for_the_write_in_flight(tmp_path):
     s = manager.sessions[sid]
     images = frames_for(2, 4)
     manager.on_events(EP, [Frame(1, i, images[i]) for i in range(3)])
-    writing, release = threading.Event(), threading.Event()
-    write = s.store._write
-    order: list[list[int]] = []
-
-    def slow_write(pending):
-        order.append(sorted(pending))
-        if len(order) == 1:
-            writing.set()
-            release.wait(10)
-        write(pending)
-
-    s.store._write = slow_write
-    flusher = threading.Thread(target=manager.flush_all)
-    flusher.start()
-    assert writing.wait(10)
+    release, order, flusher = _flusher_held_in_its_first_write(manager, s)
     threading.Timer(0.3, release.set).start()
     t0 = time.perf_counter()
     manager.on_events(EP, [Frame(1, 3, images[3])])  # batch complete: flush under the lock

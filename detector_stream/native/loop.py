@@ -60,16 +60,32 @@ def new_context(lib: ctypes.CDLL) -> int:
     return ctx
 
 
-class NativeReceiveLoop:
+class NativeContext:
+    """Owner of one context of the compiled library (``ps_new``: pyzmq's libzmq, bitshuffle), freed by ``close`` or collection."""
+
+    def __init__(self) -> None:
+        """NativeUnavailable (with the reason) where the library cannot be built or its libraries found."""
+        self._ctx = None
+        self.lib = load_library()
+        self._ctx = new_context(self.lib)
+
+    def close(self) -> None:
+        if self._ctx:
+            self.lib.ps_free(self._ctx)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class NativeReceiveLoop(NativeContext):
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
     def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None) -> None:
         """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more); ``forward``: where every message
         received is re-sent, byte for byte (its socket as it is now). NativeUnavailable (with the reason) where the loop
         cannot be built or its libraries found."""
-        self._ctx = None
-        self.lib = load_library()
-        self._ctx = new_context(self.lib)
+        super().__init__()
         self.forward = forward
         self._forward_socket = forward.socket if forward is not None else None  # kept: its handle is in the C context
         if self._forward_socket is not None:
@@ -136,14 +152,6 @@ class NativeReceiveLoop:
         out = ctypes.create_string_buffer(32)
         self.lib.ps_md5_hex(self._ctx, data, len(data), out)
         return out.raw.decode()
-
-    def close(self) -> None:
-        if self._ctx:
-            self.lib.ps_free(self._ctx)
-            self._ctx = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def choose_loop(

@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
-from detector_stream.native.build import load_library
-from detector_stream.native.loop import new_context
+from detector_stream.native.loop import NativeContext
 
 
-class NativeSender:
+class NativeSender(NativeContext):
     """Sends prepared messages with ``ps_send_batch`` (interpreter lock released); not thread-safe: one per sending thread.
 
     NativeUnavailable (``detector_stream.native.build``) where the compiled loop cannot be built or its libraries found.
     """
-
-    def __init__(self) -> None:
-        self._ctx = None
-        self.lib = load_library()
-        self._ctx = new_context(self.lib)
 
     def send(self, socket: zmq.Socket, messages: list[list[bytes]]) -> int:
         """Send ``messages`` in order until the socket would block (no receiver, queue full): how many went (0..len).
@@ -37,11 +31,3 @@ class NativeSender:
         if n < 0:
             raise zmq.ZMQError(-n)
         return n
-
-    def close(self) -> None:
-        if self._ctx:
-            self.lib.ps_free(self._ctx)
-            self._ctx = None
-
-    def __del__(self) -> None:
-        self.close()
