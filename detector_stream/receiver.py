@@ -198,15 +198,16 @@ class StreamReceiver:
             self._wake.send(b"")
         return closed.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread and close the sockets (messages still queued are dropped)."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread and close the sockets (messages still queued are dropped); False if it is still running after ``timeout``."""
         self._stop.set()
         with self._lock:
             if self._wake is not None:
                 self._wake.send(b"")
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
 
     def __enter__(self) -> StreamReceiver:
         self.start()

@@ -106,6 +106,8 @@ class Ingest:
             if self._stopped:
                 return None
             if self.receiver is None:
+                if self.forwarder is not None:  # bound before the receiver exists: its compiled loop takes the socket when made
+                    self.forwarder.bind()       # (a restored session starts the receiver before start() runs)
                 initial = [] if self.on_demand else self.required
                 self.receiver = StreamReceiver(initial, on_events=self.manager.on_events, forward=self.forwarder)
                 self.receiver.start()
@@ -229,7 +231,8 @@ class Ingest:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
-        if receiver is not None:
-            receiver.stop()
-        if self.forwarder is not None:
+        stopped = receiver.stop() if receiver is not None else True
+        if self.forwarder is not None and stopped:
             self.forwarder.close()
+        elif self.forwarder is not None:  # the compiled loop may still send on it: left open rather than freed under it
+            log.error("ingest: the receive thread did not stop in time; the forward socket is left open")

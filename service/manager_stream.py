@@ -318,11 +318,14 @@ class StreamHandling:
             try:
                 s.store.write_taken(pending)
                 failure = None
-            except StoreError as err:
-                failure = err
+            except Exception as err:  # StoreError, or a bug: the flusher thread goes on with the other sessions
+                failure = err if isinstance(err, StoreError) else StoreError(f"{s.store.path.name}: flush failed ({err})")
             with self.lock:
-                if failure is not None:
+                live = self.sessions.get(sid) is s and not s.terminal
+                if failure is not None and live:
                     self._fail(s, failure)
-                elif not s.terminal:
+                elif failure is not None:  # it ended meanwhile: its own final flush raised this error (the store keeps it)
+                    log.error("session %s: frames could not be written after it ended (%s)", sid, failure)
+                elif live:
                     s.frames_persisted = max(s.frames_persisted, received)
 

@@ -126,8 +126,7 @@ def _runs(slots: np.ndarray):
 def _write_rows(ds: h5py.Dataset, start: int, rows) -> None:
     """ds[start : start + len(rows)] = rows through h5py's low-level API (about 30 us instead of about 100 us per write).
 
-    The manager's lock (and the GIL) is held meanwhile, so this is on every session's
-    critical path; ``rows`` may be a scalar-broadcast array of the right length.
+    ``rows`` may be a scalar-broadcast array of the right length.
     """
     rows = np.ascontiguousarray(rows)  # in its own dtype: HDF5 converts to the file's, as h5py's ds[...] = rows does
     file_space = ds.id.get_space()
@@ -176,6 +175,8 @@ class SessionStore:
         """Reused staging rows of the frame writes (``WRITE_ROWS`` frames)."""
         self._state_written: tuple[str, str] | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._failed: StoreError | None = None
+        """a write outside the manager's lock failed: later flushes raise it (what it took may not be in the file)."""
         self._io = threading.Lock()
         """Held while queued frames go to the file: ``flush``, ``close`` and a write outside the manager's lock (``take_pending``
         then ``write_taken``) never overlap, and are done in the order they took the frames."""
@@ -343,11 +344,18 @@ class SessionStore:
         return pending
 
     def write_taken(self, pending: dict[int, np.ndarray]) -> None:
-        """Write the frames ``take_pending`` handed over and flush the file (StoreError if it fails); releases the write lock."""
+        """Write the frames ``take_pending`` handed over and flush the file; releases the write lock. If it fails (StoreError,
+        or anything else raised), the frames go back to the queue and every later ``flush`` raises that error: a flush must
+        never report durable what this write lost."""
         try:
             with self._guard("flush"):
                 self._write(pending)
                 self._f.flush()
+        except BaseException as err:
+            for slot, image in pending.items():
+                self._pending.setdefault(slot, image)  # back in the queue (a frame queued since for that slot is newer)
+            self._failed = err if isinstance(err, StoreError) else StoreError(f"{self.path.name}: flush failed ({err})")
+            raise
         finally:
             self._io.release()
 
@@ -416,12 +424,14 @@ class SessionStore:
 
     @property
     def pending_frames(self) -> int:
-        """Frames queued by ``write_frame`` and not yet written by ``flush``."""
+        """Frames queued by ``write_frame`` and not yet handed to a write (``flush``, ``take_pending``)."""
         return len(self._pending)
 
     def flush(self) -> None:
         """Write the queued frames and flush the file to disk."""
         with self._io, self._guard("flush"):
+            if self._failed is not None:
+                raise self._failed
             self._write_pending()
             self._f.flush()
 

@@ -178,3 +178,85 @@ def test_another_consumers_acquisition_does_not_keep_the_service_connected(tmp_p
             for t in threads:
                 t.join(5)
             other.close(0)
+
+
+def test_forwarding_works_when_a_restored_session_starts_the_receiver_before_the_service_starts(tmp_path, pushers):
+    """Regression: restore connects a resumed session's detector (``Ingest.ensure``) before ``Ingest.start`` bound the
+    forward socket; the compiled loop, made then, forwarded nothing for the rest of the process (and counted nothing)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as PromCounter
+
+    from service.forward import Forwarder
+    from service.ingest import Ingest
+    from service.manager import SessionManager
+    from service.metrics import ServiceMetrics
+
+    p = pushers[0]
+    registry = CollectorRegistry()
+    forwarded, dropped = PromCounter("fwd", "f", registry=registry), PromCounter("drop", "d", registry=registry)
+    manager = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+    ingest = Ingest(manager, [], on_demand=False, forwarder=Forwarder("tcp://127.0.0.1:0", 1000, forwarded, dropped))
+    ctx = zmq.Context()
+    try:
+        ingest.ensure(p.endpoint)  # as restore does, before start
+        ingest.start()
+        pull = ctx.socket(zmq.PULL)
+        pull.connect(ingest.forwarder.endpoint)
+        wait_until(lambda: ingest.receiver.is_connected(p.endpoint), what="service connected")
+        time.sleep(0.3)
+        sent = [[b'{"htype":"dseries_end-1.0","series":%d}' % i] for i in range(5)]
+        for parts in sent:
+            p.raw(parts)
+        received = []
+        while len(received) < len(sent) and pull.poll(5000):
+            received.append(pull.recv_multipart())
+        assert received == sent
+    finally:
+        ingest.stop()
+        manager.close()
+        ctx.destroy(linger=0)
+
+
+def test_the_forward_socket_stays_open_while_the_receive_thread_has_not_stopped(tmp_path, monkeypatch):
+    """Regression: stop closed the forward socket even when the receive thread outlived its join, under the compiled loop
+    that still sends on it."""
+    from service.ingest import Ingest
+    from service.manager import SessionManager
+    from service.metrics import ServiceMetrics
+
+    closed = []
+
+    class Stuck:
+        def stop(self):
+            return False  # the thread is still running
+
+    class Forward:
+        socket = None
+
+        def close(self):
+            closed.append(True)
+
+    manager = SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+    ingest = Ingest(manager, [], on_demand=False, forwarder=Forward())
+    ingest.receiver = Stuck()
+    ingest.stop()
+    assert closed == []
+    manager.close()
+
+
+def test_receiver_stop_says_whether_its_thread_ended(pusher):
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(endpoint, events):
+        entered.set()
+        release.wait(10)
+
+    receiver = StreamReceiver([pusher.endpoint], on_events=slow)
+    receiver.start()
+    wait_until(lambda: receiver.is_connected(pusher.endpoint), what="connected")
+    pusher.raw([b'{"htype":"dseries_end-1.0","series":1}'])
+    assert entered.wait(10)
+    assert receiver.stop(timeout=0.2) is False
+    release.set()

@@ -83,3 +83,56 @@ def test_a_flush_under_the_lock_waits_for_the_write_in_flight(tmp_path):
     with h5py.File(s.store.path, "r") as f:
         np.testing.assert_array_equal(f["patterns"][:4], images)
     manager.close()
+
+
+def _flusher_failing_in_its_write(manager: SessionManager, s) -> tuple[threading.Event, threading.Thread]:
+    """Start ``flush_all`` on a thread whose write of ``s`` fails (a full disk) once the event returned is set; later writes
+    succeed (the disk has room again)."""
+    writing, release = threading.Event(), threading.Event()
+    write = s.store._write
+
+    def failing_write(pending):
+        if writing.is_set():
+            return write(pending)
+        writing.set()
+        release.wait(10)
+        raise OSError(28, "No space left on device")
+
+    s.store._write = failing_write
+    flusher = threading.Thread(target=manager.flush_all)
+    flusher.start()
+    assert writing.wait(10)
+    return release, flusher
+
+
+def test_a_batch_completing_while_the_outside_write_fails_is_not_called_durable(tmp_path):
+    """Regression: the frames a failed outside write took were dropped, and a flush under the lock that waited for it
+    then wrote the rest and reported every frame persisted."""
+    manager, sid = _told(tmp_path, 4)
+    s = manager.sessions[sid]
+    images = frames_for(3, 4)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(3)])
+    release, flusher = _flusher_failing_in_its_write(manager, s)
+    threading.Timer(0.3, release.set).start()
+    manager.on_events(EP, [Frame(1, 3, images[3])])  # batch complete: its flush waits for the failing write, then refuses
+    flusher.join(10)
+    assert str(s.state) == "failed" and "No space" in (s.error or "")
+    assert s.frames_persisted < 4
+    manager.close()
+    with h5py.File(s.store.path, "r") as f:  # the three taken went back to the queue: written at close, once the disk had room
+        assert f["received"][:4].tolist() == [1, 1, 1, 1]
+        np.testing.assert_array_equal(f["patterns"][:4], images)
+
+
+def test_a_session_stopped_while_the_outside_write_fails_says_why(tmp_path):
+    """Regression: a stop during a failing outside write reported the session stopped with no error, its frames missing."""
+    manager, sid = _told(tmp_path, 4)
+    s = manager.sessions[sid]
+    images = frames_for(4, 4)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(3)])
+    release, flusher = _flusher_failing_in_its_write(manager, s)
+    threading.Timer(0.3, release.set).start()
+    status = manager.delete(sid)  # the client stops it: its final flush waits for the failing write, then says why
+    flusher.join(10)
+    assert status["state"] == "stopped" and "No space" in (status.get("error") or "")
+    manager.close()

@@ -125,6 +125,7 @@ class NativeReceiveLoop(NativeContext):
 
     def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
         """``receive`` then ``decoder.feed_native``: (messages received, their events); the arena grows when it was too small."""
+        self.report_forwarded()  # (takes a forward socket bound since, before this drain's messages)
         batch = self.receive(socket)
         if not len(batch):
             return 0, []
@@ -135,7 +136,11 @@ class NativeReceiveLoop(NativeContext):
         return len(batch), events
 
     def report_forwarded(self) -> None:
-        """Hand the forward target the loop's tallies since the last report (``counted``: sent, dropped)."""
+        """Hand the forward target the loop's tallies since the last report (``counted``: sent, dropped); take its socket if it
+        was bound after the loop was made."""
+        if self.forward is not None and self._forward_socket is None and self.forward.socket is not None:
+            self._forward_socket = self.forward.socket
+            self.lib.ps_set_forward(self._ctx, self._forward_socket.underlying)
         if self._forward_socket is not None:
             self.lib.ps_forward_counts(self._ctx, self._forward_counts.ctypes.data)
             self.forward.counted(*self._forward_counts.tolist())
