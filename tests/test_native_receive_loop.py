@@ -435,3 +435,18 @@ def test_forwarding_with_nobody_reading_drops_and_counts_and_ingest_goes_on(pair
         assert (target.sent, target.dropped) == (0, len(msgs))
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_huge_raw_message_does_not_keep_its_memory_after_the_next_drain(pair):
+    """Regression: the raw buffer only grew: one 40 MB message kept 40 MB (64 MiB of capacity) for the life of the process."""
+    push, pull = pair
+    loop = NativeReceiveLoop(8)
+    big = [b"x" * (40 << 20)]
+    push.send_multipart(big)
+    time.sleep(0.2)
+    batch = loop.receive(pull)
+    assert [p for kind, _, p in batch.items()] == [big] and loop.lib.ps_raw_capacity(loop._ctx) >= 40 << 20
+    push.send_multipart([b"small"])
+    time.sleep(0.05)
+    assert [p for kind, _, p in loop.receive(pull).items()] == [[b"small"]]
+    assert loop.lib.ps_raw_capacity(loop._ctx) <= 16 << 20

@@ -29,6 +29,7 @@
 #define PS_MAX_FRAME_PIXELS (1LL << 26)
 #define PS_BLOCK_BYTES 8192
 #define PS_REC 12 /* int64 fields per message record: see ps_recv_batch */
+#define PS_RAW_KEEP (16LL << 20) /* raw-buffer bytes kept between drains; a bigger one is freed at the next drain */
 
 typedef struct { unsigned char bytes[64]; } __attribute__((aligned(8))) ps_msg; /* zmq_msg_t: 64 opaque bytes */
 
@@ -284,6 +285,7 @@ void ps_free(ps_ctx *ctx) {
 
 const unsigned char *ps_raw(ps_ctx *ctx) { return ctx->raw; }
 int64_t ps_raw_len(ps_ctx *ctx) { return ctx->raw_len; }
+int64_t ps_raw_capacity(ps_ctx *ctx) { return ctx->raw_cap; }
 const int64_t *ps_part_lens(ps_ctx *ctx) { return ctx->part_len; }
 int64_t ps_nparts(ps_ctx *ctx) { return ctx->nparts; }
 
@@ -349,6 +351,11 @@ static int forward_part(ps_ctx *ctx, const void *data, size_t len, int64_t k, in
  */
 int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double *received_at, unsigned char *arena,
                   int64_t arena_cap) {
+    if (ctx->raw_cap > PS_RAW_KEEP) { /* the last drain's big raw messages were copied out: give their memory back */
+        free(ctx->raw);
+        ctx->raw = NULL;
+        ctx->raw_cap = 0;
+    }
     ctx->raw_len = 0;
     ctx->nparts = 0;
     int64_t arena_used = 0;
