@@ -92,9 +92,8 @@ class Ingest:
         self._stopped = False
 
     def start(self) -> None:
-        """Start the receive thread (connected to the required endpoints unless on demand) and, on demand, the reconciler."""
-        if self.forwarder is not None:
-            self.forwarder.bind()
+        """Start the receive thread (connected to the required endpoints unless on demand; the forward socket bound first) and,
+        on demand, the reconciler."""
         self._running()
         if self.on_demand and self._thread is None:
             self._thread = threading.Thread(target=self._reconcile_loop, name="ingest-connections", daemon=True)

@@ -87,9 +87,9 @@ class NativeReceiveLoop(NativeContext):
         cannot be built or its libraries found."""
         super().__init__()
         self.forward = forward
-        self._forward_socket = forward.socket if forward is not None else None  # kept: its handle is in the C context
-        if self._forward_socket is not None:
-            self.lib.ps_set_forward(self._ctx, self._forward_socket.underlying)
+        self._forward_socket: zmq.Socket | None = None
+        """the socket the C context forwards on (kept referenced: its handle is in the context)."""
+        self._take_forward_socket()
         self._forward_counts = np.zeros(2, np.int64)
         self._records = np.zeros((max_msgs, REC), np.int64)
         self._received_at = np.zeros(max_msgs, np.float64)
@@ -125,7 +125,7 @@ class NativeReceiveLoop(NativeContext):
 
     def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
         """``receive`` then ``decoder.feed_native``: (messages received, their events); the arena grows when it was too small."""
-        self.report_forwarded()  # (takes a forward socket bound since, before this drain's messages)
+        self._take_forward_socket()  # one bound since the loop was made: before this drain's messages
         batch = self.receive(socket)
         if not len(batch):
             return 0, []
@@ -135,12 +135,14 @@ class NativeReceiveLoop(NativeContext):
             self.fit(batch.arena_misses)
         return len(batch), events
 
-    def report_forwarded(self) -> None:
-        """Hand the forward target the loop's tallies since the last report (``counted``: sent, dropped); take its socket if it
-        was bound after the loop was made."""
+    def _take_forward_socket(self) -> None:
+        """Forward on the target's socket if it was bound after the loop was made (a socket once taken is kept)."""
         if self.forward is not None and self._forward_socket is None and self.forward.socket is not None:
             self._forward_socket = self.forward.socket
             self.lib.ps_set_forward(self._ctx, self._forward_socket.underlying)
+
+    def report_forwarded(self) -> None:
+        """Hand the forward target the loop's tallies since the last report (``counted``: sent, dropped)."""
         if self._forward_socket is not None:
             self.lib.ps_forward_counts(self._ctx, self._forward_counts.ctypes.data)
             self.forward.counted(*self._forward_counts.tolist())
