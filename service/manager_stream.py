@@ -318,8 +318,8 @@ class StreamHandling:
             try:
                 s.store.write_taken(pending)
                 failure = None
-            except Exception as err:  # StoreError, or a bug: the flusher thread goes on with the other sessions
-                failure = err if isinstance(err, StoreError) else StoreError(f"{s.store.path.name}: flush failed ({err})")
+            except StoreError as err:  # whatever failed, a bug included: the flusher thread goes on with the other sessions
+                failure = err
             with self.lock:
                 live = self.sessions.get(sid) is s and not s.terminal
                 if failure is not None and live:

@@ -344,9 +344,9 @@ class SessionStore:
         return pending
 
     def write_taken(self, pending: dict[int, np.ndarray]) -> None:
-        """Write the frames ``take_pending`` handed over and flush the file; releases the write lock. If it fails (StoreError,
-        or anything else raised), the frames go back to the queue and every later ``flush`` raises that error: a flush must
-        never report durable what this write lost."""
+        """Write the frames ``take_pending`` handed over and flush the file; releases the write lock. If it fails, the frames go
+        back to the queue and every later ``flush`` raises the error, as a StoreError (whatever was raised: this one too): a
+        flush must never report durable what this write lost."""
         try:
             with self._guard("flush"):
                 self._write(pending)
@@ -355,6 +355,8 @@ class SessionStore:
             for slot, image in pending.items():
                 self._pending.setdefault(slot, image)  # back in the queue (a frame queued since for that slot is newer)
             self._failed = err if isinstance(err, StoreError) else StoreError(f"{self.path.name}: flush failed ({err})")
+            if isinstance(err, Exception) and err is not self._failed:
+                raise self._failed from err
             raise
         finally:
             self._io.release()
