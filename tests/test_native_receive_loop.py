@@ -249,6 +249,22 @@ def test_unavailable_loop_falls_back_with_the_reason(monkeypatch, tmp_path):
     assert choose_loop(None, True, 8)[0] is None  # raw forwarding keeps the Python path
 
 
+def test_an_edit_to_any_source_file_names_a_new_library(monkeypatch, tmp_path):
+    """The md5 is its own file (md5.c, md5.h): an edit to either, not only to recv_batch.c, must rebuild the library."""
+    copies = []
+    for source in build.SOURCES:
+        copy = tmp_path / source.name
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    monkeypatch.setattr(build, "SOURCES", tuple(copies))
+    seen = {build.library_path()}
+    for copy in copies:
+        copy.write_bytes(copy.read_bytes() + b"\n")
+        seen.add(build.library_path())
+    assert len(seen) == 1 + len(copies)
+    assert {c.name for c in copies} >= {"recv_batch.c", "md5.c", "md5.h"}
+
+
 def test_switch_off_by_environment(monkeypatch):
     monkeypatch.setenv(build.ENV_SWITCH, "0")
     assert not build.enabled()
