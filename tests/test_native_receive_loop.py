@@ -9,6 +9,7 @@ to send frames the Python way.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import time
@@ -91,6 +92,31 @@ def test_md5_is_hashlibs():
     for n in [*range(0, 200), 1000, 4096, 8191, 65537]:
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert LOOP.md5_hex(data) == hashlib.md5(data).hexdigest(), n
+
+
+def test_md5_is_hashlibs_at_the_padding_boundaries_and_on_large_inputs():
+    """Lengths where the padding takes one or two blocks (55/56, 119/120 bytes...), whole blocks, a frame blob, and large
+    random sizes (many blocks through the unrolled loop), of random bytes and of constant ones."""
+    rng = np.random.default_rng(1)
+    near = [64 * k + r for k in range(0, 40) for r in (-9, -8, -7, -1, 0, 1) if 64 * k + r >= 0]
+    sizes = [*near, 1635, 1636, *rng.integers(100_000, 3_000_000, 4).tolist()]
+    for n in sizes:
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert LOOP.md5_hex(data) == hashlib.md5(data).hexdigest(), n
+    for fill in (b"\x00", b"\xff"):
+        data = fill * 200_003
+        assert LOOP.md5_hex(data) == hashlib.md5(data).hexdigest(), fill
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3, 5])
+def test_md5_of_data_at_an_unaligned_address_is_hashlibs(offset):
+    """The words of a block are read from any address (a received blob need not be 4-byte aligned)."""
+    rng = np.random.default_rng(offset)
+    buf = rng.integers(0, 256, 70_000 + offset, dtype=np.uint8)
+    out = ctypes.create_string_buffer(32)
+    for n in (0, 55, 56, 64, 120, 1635, 70_000):
+        LOOP.lib.ps_md5_hex(LOOP._ctx, ctypes.cast(buf.ctypes.data + offset, ctypes.c_char_p), n, out)
+        assert out.raw.decode() == hashlib.md5(buf[offset : offset + n].tobytes()).hexdigest(), n
 
 
 @CI
@@ -221,6 +247,22 @@ def test_unavailable_loop_falls_back_with_the_reason(monkeypatch, tmp_path):
         choose_loop(True, False, 8)
     assert choose_loop(False, False, 8)[0] is None
     assert choose_loop(None, True, 8)[0] is None  # raw forwarding keeps the Python path
+
+
+def test_an_edit_to_any_source_file_names_a_new_library(monkeypatch, tmp_path):
+    """The md5 is its own file (md5.c, md5.h): an edit to either, not only to recv_batch.c, must rebuild the library."""
+    copies = []
+    for source in build.SOURCES:
+        copy = tmp_path / source.name
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    monkeypatch.setattr(build, "SOURCES", tuple(copies))
+    seen = {build.library_path()}
+    for copy in copies:
+        copy.write_bytes(copy.read_bytes() + b"\n")
+        seen.add(build.library_path())
+    assert len(seen) == 1 + len(copies)
+    assert {c.name for c in copies} >= {"recv_batch.c", "md5.c", "md5.h"}
 
 
 def test_switch_off_by_environment(monkeypatch):

@@ -2,7 +2,7 @@
 
 The library is built with the system C compiler (``$CC``, else ``cc``) into a cache
 folder (``$PTYCHOSCAN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/ptychoscan`` or
-``~/.cache/ptychoscan``), named by the hash of its source, so that an edited source is
+``~/.cache/ptychoscan``), named by the hash of its sources, so that an edited source is
 rebuilt and concurrent builders never see a half-written file (each writes its own
 temporary file and renames it into place). It links nothing but libc and libm: libzmq
 and bitshuffle are reached through the copies the process has loaded already
@@ -27,6 +27,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("recv_batch.c")
+SOURCES = (SOURCE, SOURCE.with_name("md5.c"), SOURCE.with_name("md5.h"))
+"""Every file the library is built from: all of them name its version (an edited header rebuilds it too)."""
 ENV_SWITCH = "PTYCHOSCAN_NATIVE_INGEST"
 """``0``: never use the compiled loop (the Python receive path, as before)."""
 ENV_CACHE = "PTYCHOSCAN_NATIVE_CACHE"
@@ -52,7 +54,10 @@ def cache_dir() -> Path:
 
 def library_path() -> Path:
     """Where the library of this source version is (or will be) built."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for source in SOURCES:
+        h.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    digest = h.hexdigest()[:16]
     return cache_dir() / f"recv_batch-{digest}-{sys.platform}-{platform.machine()}.so"
 
 
@@ -73,7 +78,8 @@ def build(path: Path | None = None) -> Path:
     except OSError as err:
         raise NativeUnavailable(f"cannot write the compiled receive loop to {path.parent}: {err}") from None
     try:
-        cmd = [*compiler, "-O2", "-shared", "-fPIC", "-std=gnu11", str(SOURCE), "-o", tmp, "-lm"]
+        units = [str(s) for s in SOURCES if s.suffix == ".c"]
+        cmd = [*compiler, "-O2", "-shared", "-fPIC", "-std=gnu11", *units, "-o", tmp, "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             raise NativeUnavailable(f"compiling {SOURCE.name} failed ({' '.join(cmd)}): {done.stderr.strip()[-500:]}")

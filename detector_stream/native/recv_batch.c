@@ -15,12 +15,13 @@
  * does, a block's scratch); the raw buffer and the part-length table grow as needed and
  * are kept between calls.
  */
-#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "md5.h"
 
 #define PS_EAGAIN 11
 #define PS_EINTR 4
@@ -59,72 +60,17 @@ typedef struct {
     int64_t raw_len, raw_cap;
     int64_t *part_len;
     int64_t nparts, parts_cap;
-    uint32_t md5_k[64];
 } ps_ctx;
 
-/* ---- MD5 (RFC 1321) ------------------------------------------------------------ */
+/* ---- MD5: md5.c ------------------------------------------------------------------ */
 
-static const int md5_shift[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
-                                  5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
-                                  4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
-                                  6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
-
-static uint32_t rotl(uint32_t v, int s) { return (v << s) | (v >> (32 - s)); }
-
-static void md5_block(const uint32_t *k, uint32_t h[4], const unsigned char *p) {
-    uint32_t m[16];
-    for (int i = 0; i < 16; i++)
-        m[i] = (uint32_t)p[4 * i] | ((uint32_t)p[4 * i + 1] << 8) | ((uint32_t)p[4 * i + 2] << 16) | ((uint32_t)p[4 * i + 3] << 24);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
-    for (int i = 0; i < 64; i++) {
-        uint32_t f;
-        int g;
-        if (i < 16) {
-            f = (b & c) | (~b & d);
-            g = i;
-        } else if (i < 32) {
-            f = (d & b) | (~d & c);
-            g = (5 * i + 1) & 15;
-        } else if (i < 48) {
-            f = b ^ c ^ d;
-            g = (3 * i + 5) & 15;
-        } else {
-            f = c ^ (b | ~d);
-            g = (7 * i) & 15;
-        }
-        uint32_t t = d;
-        d = c;
-        c = b;
-        b = b + rotl(a + f + k[i] + m[g], md5_shift[i]);
-        a = t;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-}
-
-static void md5(const uint32_t *k, const unsigned char *data, size_t n, unsigned char out[16]) {
-    uint32_t h[4] = {0x67452301u, 0xefcdab89u, 0x98badcfeu, 0x10325476u};
-    size_t whole = n & ~(size_t)63;
-    for (size_t i = 0; i < whole; i += 64) md5_block(k, h, data + i);
-    unsigned char tail[128] = {0};
-    size_t rest = n - whole;
-    memcpy(tail, data + whole, rest);
-    tail[rest] = 0x80;
-    size_t tail_len = rest < 56 ? 64 : 128;
-    uint64_t bits = (uint64_t)n * 8u;
-    for (int i = 0; i < 8; i++) tail[tail_len - 8 + i] = (unsigned char)(bits >> (8 * i));
-    for (size_t i = 0; i < tail_len; i += 64) md5_block(k, h, tail + i);
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) out[4 * i + j] = (unsigned char)(h[i] >> (8 * j));
-}
-
-/* The hex digest of `data`, lower case, into out[32] (for the tests against hashlib). */
+/* The hex digest of `data`, lower case, into out[32] (for the tests against hashlib). `ctx` is not used (the md5 keeps
+   no state in it any more): kept so that the signature the Python side declares stays as it was. */
 void ps_md5_hex(ps_ctx *ctx, const unsigned char *data, int64_t n, char *out) {
     static const char hex[] = "0123456789abcdef";
+    (void)ctx;
     unsigned char d[16];
-    md5(ctx->md5_k, data, (size_t)n, d);
+    ps_md5(data, (size_t)n, d);
     for (int i = 0; i < 16; i++) {
         out[2 * i] = hex[d[i] >> 4];
         out[2 * i + 1] = hex[d[i] & 15];
@@ -248,11 +194,11 @@ static int blob_ok(const unsigned char *b, int64_t size, int64_t pixels, int64_t
     return size - pos == (pixels % 8) * itemsize;
 }
 
-static int hash_ok(ps_ctx *ctx, const image_head *h, const unsigned char *blob, size_t n) {
+static int hash_ok(const image_head *h, const unsigned char *blob, size_t n) {
     if (h->hash_len == 0) return 1; /* an empty hash is accepted */
     if (h->hash_len != 32) return 0;
     unsigned char d[16];
-    md5(ctx->md5_k, blob, n, d);
+    ps_md5(blob, n, d);
     for (int i = 0; i < 16; i++)
         if (hexval(h->hash[2 * i]) != (d[i] >> 4) || hexval(h->hash[2 * i + 1]) != (d[i] & 15)) return 0;
     return 1;
@@ -272,7 +218,6 @@ ps_ctx *ps_new(void **fns) {
     ctx->err = (errno_f)fns[6];
     ctx->bshuf = (bshuf_f)fns[7];
     ctx->send = (send_f)fns[8];
-    for (int i = 0; i < 64; i++) ctx->md5_k[i] = (uint32_t)(fabs(sin((double)(i + 1))) * 4294967296.0);
     return ctx;
 }
 
@@ -394,7 +339,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
             const unsigned char *blob = ctx->data(&parts[2]);
             int64_t size = (int64_t)ctx->size(&parts[2]), pixels = h.x * h.y, nbytes = pixels * h.itemsize;
             int64_t offset = (arena_used + 7) & ~(int64_t)7; /* 8-byte aligned: frames of whole 8-byte rows lie back to back */
-            if (!(h.size == size && hash_ok(ctx, &h, blob, (size_t)size) && blob_ok(blob, size, pixels, h.itemsize))) {
+            if (!(h.size == size && hash_ok(&h, blob, (size_t)size) && blob_ok(blob, size, pixels, h.itemsize))) {
                 /* raw: the Python decoder names what is wrong */
             } else if (offset + nbytes > arena_cap) { /* raw, marked (only a frame that passed its checks): the caller makes room */
                 r[1] = 1;
