@@ -149,7 +149,7 @@ def told_manager(storage: Path, n: int, endpoint: str, prefault: bool = True):
     from service.settings import ServiceSettings
 
     manager = SessionManager(ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, prefault_session_memory=prefault), ServiceMetrics())
-    body = {"detector_endpoint": endpoint, "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_pixels": 64}
+    body = {"detector_endpoint": endpoint, "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_pixels": 64, "detector_bit_depth": 16}
     body |= {"detector_pixel_mrad": 1.5, "energy_ev": 6e4, "convergence_mrad": 25.0, "defocus_nm": 0.0}
     sid = manager.create(body)["session_id"]
     Scheduler(manager, OverheadOnlyBackend(), manager.metrics).run_round(manager.take_work(0.1))

@@ -71,7 +71,7 @@ class StreamHandling:
             router.started.add(key)
             arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
             if router.is_bound(key):
-                self._store_frame(key, event.frame, event.image, arrived_at, live=True)
+                self._store_frame(key, event.frame, event.image, arrived_at, live=True, blob=event.blob)
             else:
                 self._buffer_frame(key, event.frame, event.image, arrived_at)
         elif isinstance(event, StreamError):
@@ -158,8 +158,9 @@ class StreamHandling:
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])
         self.metrics.buffered_frames.set(self.router.buffered_frames)
 
-    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> bool:
-        """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell).
+    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False, blob=None) -> bool:
+        """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell);
+        ``blob``: the detector's blob of it (``Frame.blob``), for the file.
 
         The router decides (``FrameRouter.admit``, ``FrameRouter.place``); this applies the
         side effects: error counts, the file write, metrics, and for a completed batch the
@@ -178,7 +179,7 @@ class StreamHandling:
                 f.note_error(verdict.kind, verdict.detail)
             return False
         try:
-            s.store.write_frame(verdict.slot, image)
+            s.store.write_frame(verdict.slot, image, blob)
             s.learn_invalid_pixels([image])
         except StoreError as err:
             self._fail(s, err)
@@ -231,7 +232,7 @@ class StreamHandling:
         stack = stacked_images(kept)  # the same frames as one array where they were decoded back to back (no copy)
         arrivals = [handled_at if ev.received_at is None else ev.received_at for ev in kept]
         try:
-            s.store.write_frames(slots, images)
+            s.store.write_frames(slots, images, [ev.blob for ev in kept])
             s.learn_invalid_pixels(images, stack=stack)
         except StoreError as err:
             self._fail(s, err)

@@ -149,6 +149,8 @@ def test_the_loop_decodes_dcu_frames_and_hands_on_the_rest(pair):
     for f, im in zip(frames, [*images, odd, odd], strict=True):
         np.testing.assert_array_equal(f.image, im)
     assert [(f.start_time_ns, f.stop_time_ns, f.real_time_ns) for f in frames[:3]] == [(10, 20, 30)] * 3
+    blobs = [None if f.blob is None else bytes(f.blob) for f in frames]  # what the file keeps (service.pattern_chunks)
+    assert blobs == [msgs[1][2], msgs[2][2], msgs[3][2], None, msgs[5][2]]
     assert all(f.received_at is not None and abs(f.received_at - time.perf_counter()) < 60 for f in frames)  # perf_counter's clock
     assert decoder.errors_total == 0
 

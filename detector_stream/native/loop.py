@@ -121,7 +121,9 @@ class NativeReceiveLoop(NativeContext):
         part_lens = np.ctypeslib.as_array(ctypes.cast(self.lib.ps_part_lens(self._ctx), ctypes.POINTER(ctypes.c_int64)), (nparts,)).tolist() if nparts else []
         raw_len = self.lib.ps_raw_len(self._ctx)
         raw = ctypes.string_at(self.lib.ps_raw(self._ctx), raw_len) if raw_len else b""
-        return NativeBatch(records, self._received_at[:n].copy(), arena[:used].copy(), raw, part_lens)
+        blobs_len = self.lib.ps_blobs_len(self._ctx)
+        blobs = ctypes.string_at(self.lib.ps_blobs(self._ctx), blobs_len) if blobs_len else b""
+        return NativeBatch(records, self._received_at[:n].copy(), arena[:used].copy(), raw, part_lens, blobs)
 
     def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
         """``receive`` then ``decoder.feed_native``: (messages received, their events); the arena grows when it was too small."""
