@@ -166,3 +166,19 @@ def test_old_uncompressed_session_files_are_still_written(tmp_path):
     reopened.close()
     with h5py.File(path, "r") as f:
         assert not is_bslz4(f["patterns"]) and np.array_equal(f["patterns"][:4], images)
+
+
+def test_a_whole_chunk_written_directly_replaces_what_hdf5_cached_of_it(tmp_path, monkeypatch):
+    count = CountingChunks(monkeypatch)
+    store = make_store(tmp_path)
+    first, _ = frames(4, seed=8)
+    store.write_frames([0, 1], list(first[:2]))  # no blobs: through HDF5 (its chunk cache holds chunk 0 now)
+    store.flush()
+    images, blobs = frames(4, seed=9)
+    store.write_frames(list(range(4)), list(images), blobs)  # every row of chunk 0 again, with blobs: one direct write
+    store.flush()
+    assert count.filtered == 2 and count.direct == 1
+    store.write_frame(3, first[3])  # and a row after it, through HDF5 again: merged with the direct chunk, not the cached one
+    store.close()
+    got, _ = read_patterns(store.path)
+    assert np.array_equal(got[:3], images[:3]) and np.array_equal(got[3], first[3])
