@@ -139,7 +139,7 @@ class StreamDecoder:
         except Exception as err:  # belt and braces: a decoder must not raise on input
             self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
 
-    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int], blob=None) -> None:
+    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int], blob: bytes | memoryview | None = None) -> None:
         """An image the compiled loop parsed (DCU layout), checked (size, md5, framing) and decoded: ``_image_fast`` from there on."""
         self._appendix_blob_expected = False
         self._config_never_arrived()

@@ -268,10 +268,7 @@ class StreamReceiver:
                 self._connected.discard(endpoint)
 
         try:
-            try:
-                set_codec_threads(self.codec_threads)
-            except Exception as err:  # decoding still works, with bitshuffle's default threads
-                log.warning("stream receiver: could not set the codec's OpenMP threads (%s)", err)
+            self._set_codec_threads()
             with self._lock:
                 wake = ctx.socket(zmq.PUSH)
                 wake.setsockopt(zmq.LINGER, 0)
@@ -282,6 +279,7 @@ class StreamReceiver:
                 open_endpoint(ep)
             if handoff is not None:
                 handoff.start()
+                handoff.submit(self._set_codec_threads, self._stop)  # it decodes what the compiled loop hands on whole
             self._ready.set()
             while not self._stop.is_set():
                 for sock, _ in poller.poll(self.poll_ms):
@@ -314,6 +312,12 @@ class StreamReceiver:
                 except zmq.ZMQError:
                     pass
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
+
+    def _set_codec_threads(self) -> None:
+        try:
+            set_codec_threads(self.codec_threads)
+        except Exception as err:  # decoding still works, with bitshuffle's default threads
+            log.warning("stream receiver: could not set the codec's OpenMP threads (%s)", err)
 
     def _apply_requests(self, control: zmq.Socket, open_endpoint: Callable[[str], None], close_endpoint: Callable[[str], None]) -> None:
         """Apply the adds and removes asked since the last turn in the order asked (removals first opened an endpoint added and

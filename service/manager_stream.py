@@ -15,6 +15,7 @@ import numpy as np
 
 from detector_stream.event_callbacks import handle_each
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError, stacked_images
+from service.pattern_chunks import Blob
 from service.routing import FrameOutcome, FrameResult, Key, frame_runs
 from service.session import Binding, Session
 from service.store import StoreError
@@ -158,7 +159,7 @@ class StreamHandling:
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])
         self.metrics.buffered_frames.set(self.router.buffered_frames)
 
-    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False, blob=None) -> bool:
+    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False, blob: Blob | None = None) -> bool:
         """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell);
         ``blob``: the detector's blob of it (``Frame.blob``), for the file.
 

@@ -12,7 +12,7 @@ file holds what the detector sent, about 5x smaller than the decoded counts.
 
 What cannot go that way goes through HDF5's filter (it compresses, and merges with
 what a chunk held): frames without a usable blob (other encodings, other pixel types,
-frames that are not whole blocks, frames held before their tell), and partial writes
+frames that are not whole blocks, frames buffered before their tell), and partial writes
 of a chunk whose earlier rows this writer does not hold. A chunk written directly
 before it is full (a batch ends inside it) keeps its frames' blobs here until it is:
 the rows not yet received are written as zero frames, which is what an unwritten row
@@ -37,6 +37,8 @@ HEADER = struct.Struct(">QI")
 """bitshuffle chunk header: uncompressed bytes, block bytes."""
 BLOCK_FIELDS = (b"\x00\x00\x00\x00", HEADER.pack(0, BLOCK_BYTES)[8:])
 """a blob's block-size field that says 8192 bytes (0 is the DCU default: 8192)."""
+Blob = bytes | memoryview
+"""A frame's bitshuffle-LZ4 blob as the detector sent it (``Frame.blob``)."""
 COMPRESSION_NOTE = "bitshuffle-LZ4 (HDF5 filter 32008): h5py readers import bitshuffle.h5 or hdf5plugin first"
 
 
@@ -63,8 +65,8 @@ def is_bslz4(ds: h5py.Dataset) -> bool:
 class ChunkPlan:
     """One write of queued frames: whole chunks to write as they are, and the frames that go through HDF5's filter."""
 
-    direct: list[tuple[int, bytes]] = field(default_factory=list)
-    """(first row, the chunk's bytes, header included)."""
+    direct: list[tuple[int, list[Blob]]] = field(default_factory=list)
+    """(first row, the chunk's bytes in pieces, header first: joined as each is written, so that one chunk at a time is whole)."""
     filtered: list[int] = field(default_factory=list)
     """slots written through HDF5 (its filter compresses them)."""
     held: dict[int, dict[int, bytes]] = field(default_factory=dict)
@@ -84,14 +86,20 @@ class PatternChunks:
         self.frame_shape = tuple(frame_shape)
         self.frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
         self.enabled = compressed and self.frame_bytes > 0 and self.frame_bytes % BLOCK_BYTES == 0 and self.dtype.byteorder in "=<|"
-        self._foreign_below = -(-int(known_rows) // self.rows)
+        """False: every frame goes through HDF5 (an uncompressed file, or frames that are not whole 8192-byte blocks)."""
+        self._settled_below = -(-int(known_rows) // self.rows)
         """chunks below this one existed when the file was opened: only a write of all their rows goes directly."""
-        self._foreign: set[int] = set()
+        self._settled: set[int] = set()
+        """chunks whose rows this writer does not hold (full, or partly written through HDF5): likewise."""
         self._held: dict[int, dict[int, bytes]] = {}
         self._zero: bytes | None = None
 
-    def usable(self, queued: list[tuple[np.ndarray, object]]) -> bool:
-        """True if every (image, blob) of ``queued`` can go to the file as its blob: the file's pixel type and shape, 8192-byte blocks."""
+    def usable(self, queued: list[tuple[np.ndarray, Blob | None]]) -> bool:
+        """True if every (image, blob) of ``queued`` can go to the file as its blob: the file's pixel type and shape, 8192-byte blocks.
+
+        The blob is trusted to decode to its image: the decoders give a frame its blob only
+        once its size, md5 and bitshuffle framing passed and it decoded to exactly the image.
+        """
         dtype, shape = self.dtype, self.frame_shape
         return self.enabled and all(
             blob is not None and image.dtype == dtype and image.shape == shape and blob[8:12] in BLOCK_FIELDS for image, blob in queued
@@ -103,7 +111,7 @@ class PatternChunks:
             self._zero = bytes(encode_frames(np.zeros((1, *self.frame_shape), self.dtype), encoding)[0])
         return self._zero
 
-    def plan(self, queued: dict[int, tuple[np.ndarray, object]]) -> ChunkPlan:
+    def plan(self, queued: dict[int, tuple[np.ndarray, Blob | None]]) -> ChunkPlan:
         """Split queued frames (slot -> (image, the blob it was decoded from or None)) into a plan."""
         plan, rows, slots = ChunkPlan(), self.rows, sorted(queued)
         start, skip = 0, HEADER.size
@@ -112,7 +120,7 @@ class PatternChunks:
             stop = bisect.bisect_left(slots, (chunk + 1) * rows, start)
             members, start = slots[start:stop], stop
             entries = [queued[s] for s in members]
-            mine = chunk >= self._foreign_below and chunk not in self._foreign
+            mine = chunk >= self._settled_below and chunk not in self._settled
             if not (len(members) == rows or mine) or not self.usable(entries):
                 plan.filtered += members
                 plan.let_go.add(chunk)
@@ -129,7 +137,7 @@ class PatternChunks:
                     plan.let_go.add(chunk)
                 else:  # copied: a blob may be a view of a whole drain's buffer, which must not stay pinned while the chunk waits
                     plan.held[chunk] = {s: b if isinstance(b, bytes) else bytes(b) for s, b in blobs.items()}
-            plan.direct.append((first, HEADER.pack(rows * self.frame_bytes, BLOCK_BYTES) + b"".join(body)))
+            plan.direct.append((first, [HEADER.pack(rows * self.frame_bytes, BLOCK_BYTES), *body]))
         return plan
 
     def commit(self, plan: ChunkPlan) -> None:
@@ -137,7 +145,7 @@ class PatternChunks:
         self._held.update(plan.held)
         for chunk in plan.let_go:
             self._held.pop(chunk, None)
-            self._foreign.add(chunk)
+            self._settled.add(chunk)
 
     @property
     def held_frames(self) -> int:
@@ -145,8 +153,8 @@ class PatternChunks:
         return sum(len(rows) for rows in self._held.values())
 
 
-def write_chunks(ds: h5py.Dataset, direct: list[tuple[int, bytes]]) -> None:
-    """Write whole compressed chunks at their first rows (HDF5 direct chunk write; the filter applied: mask 0)."""
+def write_chunks(ds: h5py.Dataset, direct: list[tuple[int, list[Blob]]]) -> None:
+    """Write whole compressed chunks (given in pieces) at their first rows (HDF5 direct chunk write; the filter applied: mask 0)."""
     tail = (0,) * (len(ds.id.shape) - 1)
-    for first, data in direct:
-        ds.id.write_direct_chunk((first, *tail), data, 0)
+    for first, pieces in direct:
+        ds.id.write_direct_chunk((first, *tail), b"".join(pieces), 0)

@@ -32,7 +32,7 @@ import numpy as np
 from recon.dataset import FORMAT_NAME, FORMAT_VERSION
 from recon.invalid_pixels import DETECTOR_MASK
 from service.converged_store import is_converged_file
-from service.pattern_chunks import PatternChunks, create_patterns, is_bslz4, write_chunks
+from service.pattern_chunks import Blob, PatternChunks, create_patterns, is_bslz4, write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,11 @@ class SessionStore:
     def __init__(self, path: Path, f: h5py.File) -> None:
         self.path = path
         self._f = f
-        self._pending: dict[int, tuple[np.ndarray, object]] = {}
+        self._pending: dict[int, tuple[np.ndarray, Blob | None]] = {}
         """Frames received since the last flush, by slot: (image, its detector blob or None) (written in bulk by ``flush``)."""
         patterns = f["patterns"]
-        self._chunks = PatternChunks(patterns.chunks[0], patterns.shape[1:], patterns.dtype, patterns.shape[0], is_bslz4(patterns))
+        compressed = is_bslz4(patterns) and patterns.chunks[1:] == patterns.shape[1:]
+        self._chunks = PatternChunks(patterns.chunks[0], patterns.shape[1:], patterns.dtype, patterns.shape[0], compressed)
         """Which queued frames go to the file as the detector sent them (``service.pattern_chunks``)."""
         self._stage: np.ndarray | None = None
         """Reused staging rows of the frame writes (``WRITE_ROWS`` frames)."""
@@ -328,7 +329,7 @@ class SessionStore:
                 _write_rows(batches, batch_id, np.array([-1], np.int64))
             self._f.flush()
 
-    def write_frame(self, slot: int, image: np.ndarray, blob=None) -> None:
+    def write_frame(self, slot: int, image: np.ndarray, blob: Blob | None = None) -> None:
         """Queue one frame for the file; the next ``flush`` writes it (one HDF5 write per chunk or run of slots) and makes it durable.
 
         ``blob``: the bitshuffle-LZ4 blob ``image`` was decoded from (``Frame.blob``), written
@@ -338,18 +339,18 @@ class SessionStore:
         """
         self._pending[int(slot)] = (np.array(image, copy=True), blob)
 
-    def write_frames(self, slots: list[int], images: list[np.ndarray], blobs: list | None = None) -> None:
+    def write_frames(self, slots: list[int], images: list[np.ndarray], blobs: list[Blob | None] | None = None) -> None:
         """``write_frame`` for a run of frames, without the copy: the caller hands over ``images`` (K, K each) and never writes into them."""
         self._pending.update(zip((int(v) for v in slots), zip(images, blobs or [None] * len(images), strict=True), strict=True))
 
-    def take_pending(self) -> dict[int, tuple[np.ndarray, object]]:
+    def take_pending(self) -> dict[int, tuple[np.ndarray, Blob | None]]:
         """Hand over the queued frames for ``write_taken`` (call it under the manager's lock, then ``write_taken`` without it:
         the ingest goes on meanwhile). Holds the file's write lock until ``write_taken`` returns: call it, whatever happens."""
         self._io.acquire()
         pending, self._pending = self._pending, {}
         return pending
 
-    def write_taken(self, pending: dict[int, tuple[np.ndarray, object]]) -> None:
+    def write_taken(self, pending: dict[int, tuple[np.ndarray, Blob | None]]) -> None:
         """Write the frames ``take_pending`` handed over and flush the file; releases the write lock. If it fails, the frames go
         back to the queue and every later ``flush`` raises the error, as a StoreError (whatever was raised: this one too): a
         flush must never report durable what this write lost."""
@@ -371,7 +372,7 @@ class SessionStore:
         self._write(self._pending)
         self._pending.clear()
 
-    def _write(self, pending: dict[int, tuple[np.ndarray, object]]) -> None:
+    def _write(self, pending: dict[int, tuple[np.ndarray, Blob | None]]) -> None:
         if not pending:
             return
         plan = self._chunks.plan(pending)
@@ -382,7 +383,7 @@ class SessionStore:
             _write_rows(received, start, np.ones(stop - start, np.uint8))
         self._chunks.commit(plan)
 
-    def _write_filtered(self, patterns: h5py.Dataset, pending: dict[int, tuple[np.ndarray, object]], slots: np.ndarray) -> None:
+    def _write_filtered(self, patterns: h5py.Dataset, pending: dict[int, tuple[np.ndarray, Blob | None]], slots: np.ndarray) -> None:
         """Write the frames of ``slots`` through HDF5 (its filter compresses them), one write per run of consecutive slots."""
         for start, stop, _ in _runs(slots):
             for lo in range(start, stop, WRITE_ROWS):  # through one reused buffer: a fresh stack per flush costs its page faults again

@@ -494,3 +494,28 @@ def test_a_huge_raw_message_does_not_keep_its_memory_after_the_next_drain(pair):
     time.sleep(0.05)
     assert [p for kind, _, p in loop.receive(pull).items()] == [[b"small"]]
     assert loop.lib.ps_raw_capacity(loop._ctx) <= 16 << 20
+
+
+def test_drains_of_big_blobs_keep_every_blob_and_the_buffer_is_given_back_after(pair):
+    """Frames of ~1 MiB blobs, ~20 MiB a drain: each frame's blob comes whole; the buffer (kept while drains fill it, rather than
+    freed and grown again at every drain) is given back once drains are small."""
+    push, pull = pair
+    loop = NativeReceiveLoop(32, arena_bytes=32 << 20)
+    images = np.random.default_rng(3).integers(0, 2**31, (20, 512, 512), dtype=np.uint32)  # ~1 MiB blobs: ~20 MiB a drain
+    capacities = []
+    for _ in range(3):
+        for i, im in enumerate(images):
+            push.send_multipart(image_parts(1, i, im, "bs32-lz4<", 0, 0, 0))
+        time.sleep(0.3)
+        got = loop.receive(pull)
+        sent = [image_parts(1, i, im, "bs32-lz4<", 0, 0, 0)[2] for i, im in enumerate(images[:2])]
+        assert int((got.records[:, 0] == IMAGE).sum()) == 20 and [bytes(b) for b in next(got.items())[2][4][:2]] == sent  # one run
+        capacities.append(loop.lib.ps_blobs_capacity(loop._ctx))
+    assert capacities[0] >= 20 << 20 and capacities[1] == capacities[0] == capacities[2]
+    push.send_multipart(image_parts(1, 0, images[0][:64, :64].copy(), "bs32-lz4<", 0, 0, 0))
+    time.sleep(0.05)
+    loop.receive(pull)
+    push.send_multipart(image_parts(1, 1, images[0][:64, :64].copy(), "bs32-lz4<", 0, 0, 0))
+    time.sleep(0.05)
+    loop.receive(pull)
+    assert loop.lib.ps_blobs_capacity(loop._ctx) <= 16 << 20

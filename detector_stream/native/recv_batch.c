@@ -238,6 +238,7 @@ const int64_t *ps_part_lens(ps_ctx *ctx) { return ctx->part_len; }
 int64_t ps_nparts(ps_ctx *ctx) { return ctx->nparts; }
 const unsigned char *ps_blobs(ps_ctx *ctx) { return ctx->blobs; }
 int64_t ps_blobs_len(ps_ctx *ctx) { return ctx->blobs_len; }
+int64_t ps_blobs_capacity(ps_ctx *ctx) { return ctx->blobs_cap; }
 
 /* Room for n more bytes in a buffer that grows by doubling (from 64 KiB); 0 when it cannot grow. */
 static int room(unsigned char **buf, int64_t *cap, int64_t len, int64_t n) {
@@ -312,7 +313,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
         ctx->raw = NULL;
         ctx->raw_cap = 0;
     }
-    if (ctx->blobs_cap > PS_RAW_KEEP) {
+    if (ctx->blobs_cap > PS_RAW_KEEP && ctx->blobs_len < ctx->blobs_cap / 4) { /* big frames fill it every drain: kept while used */
         free(ctx->blobs);
         ctx->blobs = NULL;
         ctx->blobs_cap = 0;
