@@ -258,8 +258,7 @@ class FrameRouter:
         if None in slots:  # a frame not bound: "unexpected"
             return None
         at = np.array(slots, dtype=np.int64)
-        steps = np.diff(at)
-        if not (steps > 0).all() and np.unique(at).size != at.size:  # a slot twice: "duplicated"
+        if not (at[1:] > at[:-1]).all() and np.unique(at).size != at.size:  # a slot twice: "duplicated"
             return None
         if s.received[at].any():  # a slot filled already: "duplicated"
             return None
@@ -321,7 +320,7 @@ class FrameRouter:
         patterns, n = s.patterns, len(slots)
         at = np.asarray(slots, dtype=np.int64)
         lo = int(at[0])
-        if stack is not None and lo >= 0 and int(at[-1]) - lo == n - 1 and (n == 1 or (np.diff(at) == 1).all()):
+        if stack is not None and lo >= 0 and int(at[-1]) - lo == n - 1 and (at[1:] - at[:-1] == 1).all():
             patterns[lo : lo + n] = stack  # consecutive slots: one copy (and type conversion) for the run
         else:
             for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
