@@ -3,7 +3,10 @@
 The receive thread drains a socket with the compiled loop (no interpreter held while it
 receives and decompresses) and hands each drain's decoding and delivery to the worker,
 so that the next drain's receiving overlaps this one's Python work (two cores busy
-instead of one). The queue is bounded: when the worker falls behind, ``submit`` waits,
+instead of one). Only a backlog is worth the switch of threads: a drain that emptied
+its socket while the worker is idle is decoded in the receive thread itself (at a
+scan's pace, a frame or a few per drain, a hand-off per drain only costs wake-ups and
+latency). The queue is bounded: when the worker falls behind, ``submit`` waits,
 the socket's queue fills, and ZeroMQ's high-water mark holds the sender back, as when
 one thread did both.
 """
@@ -21,12 +24,16 @@ _STOP = object()
 
 
 class OrderedHandoff:
-    """Jobs run one at a time, in submission order, on one worker thread (``start`` it; ``stop`` runs what is queued, then ends it)."""
+    """Jobs run one at a time, in submission order, on one worker thread (``start`` it; ``stop`` runs what is queued, then ends it).
+
+    ``submit``, ``wait_idle`` and ``idle`` belong to one giving thread.
+    """
 
     def __init__(self, name: str, depth: int = 4) -> None:
         """``depth``: jobs waiting at most (each a drained batch: up to ``max_batch`` frames)."""
         self._jobs: queue.Queue = queue.Queue(depth)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._submitted = self._finished = 0
         self.failures = 0
         """jobs that raised (logged once; a job is expected to handle its own errors)."""
 
@@ -37,11 +44,17 @@ class OrderedHandoff:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def idle(self) -> bool:
+        """Every job submitted has run (read by the submitting thread: then nothing runs on the worker until it submits again)."""
+        return self._finished == self._submitted
+
     def submit(self, job: Callable[[], None], stop: threading.Event, poll_s: float = 0.05) -> bool:
         """Queue ``job``, waiting while the queue is full; False (not queued) if ``stop`` is set or the worker ended meanwhile."""
         while True:
             try:
                 self._jobs.put(job, timeout=poll_s)
+                self._submitted += 1
                 return True
             except queue.Full:
                 if stop.is_set() or not self.alive:
@@ -54,6 +67,7 @@ class OrderedHandoff:
             self._jobs.put(done.set, timeout=timeout)
         except queue.Full:
             return False
+        self._submitted += 1
         return done.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -78,3 +92,5 @@ class OrderedHandoff:
                 self.failures += 1
                 if self.failures == 1:
                     log.exception("%s: a handed-off job raised (further failures counted)", self._thread.name)
+            finally:
+                self._finished += 1

@@ -359,7 +359,11 @@ class StreamReceiver:
         worker), decode, hand on; how many messages."""
         if native is not None:
             batch = native.take(entry.socket)
-            if len(batch) and not handoff.submit(lambda: entry.hand_on_native(batch, self.on_events), self._stop):
+            if not len(batch):
+                return 0
+            if len(batch) < self.max_batch and handoff.idle:  # no backlog: decoded here (a hand-off would only add a thread switch)
+                entry.hand_on_native(batch, self.on_events)
+            elif not handoff.submit(lambda: entry.hand_on_native(batch, self.on_events), self._stop):
                 log.warning("stream receiver: stopping: %d message(s) from %s dropped undecoded", len(batch), entry.endpoint)
             return len(batch)
         messages, received_at = [], []

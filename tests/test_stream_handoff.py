@@ -57,25 +57,48 @@ def compiled():
         pytest.skip(f"compiled receive loop unavailable: {err}")
 
 
-def test_the_receive_thread_takes_the_next_drain_while_the_callback_runs(pushers, compiled):
-    (p, _), gate, threads, got = pushers, threading.Event(), set(), []
+def test_under_a_backlog_the_receive_thread_goes_on_while_the_callback_runs(pushers, compiled):
+    """A full drain (a backlog) is decoded and called back on the decode thread: the receive thread is free meanwhile (here it opens
+    another endpoint while the callback is held); a drain that emptied its socket with the worker idle is decoded in place."""
+    (p, other), gate, holding, threads, got = pushers, threading.Event(), threading.Event(), set(), []
 
     def on_events(endpoint, events):
         threads.add(threading.current_thread().name)
-        gate.wait(10)  # a slow consumer: the receive thread goes on draining the socket meanwhile
+        if threading.current_thread().name == "stream-v1-decode":
+            holding.set()
+            gate.wait(10)  # a slow consumer
         got.extend(events)
 
     with StreamReceiver([p.endpoint], on_events=on_events, max_batch=4) as rx:
         assert rx.native_loop is not None
         wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
-        images = frames_for(3, 40)
-        p.series(3, images)
-        time.sleep(0.5)  # the first drain's callback is held; the receive thread has taken more drains meanwhile (bounded)
-        held = rx.messages_received  # counted when handed on: the first drain only
+        p.series(3, frames_for(3, 14))  # 16 messages: 4 drains at most, within the handoff's depth (a deeper backlog holds the receive thread back)
+        assert holding.wait(10)
+        t0 = time.monotonic()
+        rx.add(other.endpoint, timeout=5)
+        wait_until(lambda: rx.is_connected(other.endpoint), what="the other endpoint opened while the callback is held")
+        assert time.monotonic() - t0 < 5 and not gate.is_set()
         gate.set()
         wait_until(lambda: any(isinstance(e, SeriesEnd) for e in got), what="series end")
         frames = [e for e in got if isinstance(e, Frame)]
-    assert held <= 4 and [f.frame for f in frames] == list(range(40)) and threads == {"stream-v1-decode"}
+    assert [f.frame for f in frames] == list(range(14)) and "stream-v1-decode" in threads
+
+
+def test_a_drain_that_empties_its_socket_is_decoded_in_the_receive_thread(pushers, compiled):
+    (p, _), threads, got = pushers, set(), []
+
+    def on_events(endpoint, events):
+        threads.add(threading.current_thread().name)
+        got.extend(events)
+
+    with StreamReceiver([p.endpoint], on_events=on_events, max_batch=512) as rx:
+        wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
+        for i in range(6):  # at a scan's pace: one message per drain
+            p.series(10 + i, frames_for(10 + i, 1))
+            wait_until(lambda i=i: sum(isinstance(e, SeriesEnd) for e in got) == i + 1, what="series end")
+            if i == 0:
+                threads.clear()  # the first may meet the worker still setting its codec threads (a job of its own)
+    assert threads == {"stream-v1-receiver"}
 
 
 def test_remove_hands_on_every_drain_before_it_returns(pushers, compiled):
