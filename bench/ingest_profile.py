@@ -16,6 +16,10 @@ robust against other jobs on this shared machine, unlike wall time) and wall tim
    checks, decompression, in C), ``StreamDecoder.feed_native`` of them, and their store.
 
 Prints microseconds per frame for each and the frames/s their sum allows on one core.
+Python's garbage collector is off while timing (``--gc`` leaves it on): this bench keeps
+every frame's events alive from one stage to the next, which the service does not, and
+collections over them cost up to as much as the stage itself here, by chance of when
+they fall (the same store stage read 4 or 10 us a frame from run to run).
 ``--compare`` also runs the decoder and the store with the fast paths off (``StreamDecoder(fast=False)``,
 frame-by-frame store, session memory not prefaulted) in the same run. Usage:
 
@@ -25,6 +29,7 @@ frame-by-frame store, session memory not prefaulted) in the same run. Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -149,7 +154,7 @@ def told_manager(storage: Path, n: int, endpoint: str, prefault: bool = True):
     from service.settings import ServiceSettings
 
     manager = SessionManager(ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, prefault_session_memory=prefault), ServiceMetrics())
-    body = {"detector_endpoint": endpoint, "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_pixels": 64}
+    body = {"detector_endpoint": endpoint, "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_pixels": 64, "detector_bit_depth": 16}
     body |= {"detector_pixel_mrad": 1.5, "energy_ev": 6e4, "convergence_mrad": 25.0, "defocus_nm": 0.0}
     sid = manager.create(body)["session_id"]
     Scheduler(manager, OverheadOnlyBackend(), manager.metrics).run_round(manager.take_work(0.1))
@@ -181,9 +186,13 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=512, help="messages per drained batch (the receiver's max_batch)")
     ap.add_argument("--compare", action="store_true", help="also time the decoder and the store with their fast paths off")
+    ap.add_argument("--gc", action="store_true", help="leave Python's garbage collector on while timing (see the module docstring)")
     args = ap.parse_args()
     n = args.frames
     messages = series_messages(n)
+    if not args.gc:
+        gc.collect()
+        gc.disable()
     rows = []
     recv, received = time_recv(messages, args.batch)
     rows.append(("recv (pyzmq recv_multipart)", recv))
@@ -203,7 +212,7 @@ def main() -> None:
         ("compiled loop: store (on_events)", store),
         ("  then the file write (flush)", flush),
     ]
-    print(f"{n} frames 64x64 uint16 bs16-lz4, batches of {args.batch} messages, one thread")
+    print(f"{n} frames 64x64 uint16 bs16-lz4, batches of {args.batch} messages, one thread, garbage collector {'on' if args.gc else 'off'}")
     print(f"{'stage':44s} {'us/frame cpu':>12s} {'us/frame wall':>13s}")
     for name, t in rows:
         print(f"{name:44s} {t.cpu / n * 1e6:12.2f} {t.wall / n * 1e6:13.2f}")

@@ -8,7 +8,8 @@ libertem-dectris's ``DectrisSim`` (Rust) replays a dump of 64x64 uint16 bs16-lz4
    LiberTEM-live does) and once into a row per frame of one array (first touched then, as
    the service's session memory is: on this VM that costs as much as the decoding);
 2. into the service (``service.app``, in this process): a session of budget N and one
-   batch is told series 1 before the frames arrive, so each frame goes the whole ingest
+   batch (``detector_bit_depth`` 16, as the stream's, so the file keeps the detector's
+   blobs: ``service.pattern_chunks``) is told series 1 before the frames arrive, so each frame goes the whole ingest
    path: ZeroMQ PULL, stream v1 decode, matching to the session's slot, the session's
    frame stack and its HDF5 file (flushed at the end).
 
@@ -139,7 +140,7 @@ def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = Tr
     sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
     storage = Path(tmp) / f"sessions-{tag}"
     settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast)
-    body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid"}
+    body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_bit_depth": 16}
     with TestClient(create_app(settings, backend=OverheadOnlyBackend())) as client:
         sid = client.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
         ask = client.post(f"/api/v1/sessions/{sid}/ask", headers=AUTH).json()

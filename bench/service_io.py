@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector_stream.codec import encode_frames
 from ptychoscan.net import free_port
 from service.store import SessionStore, StoredReconstruction
 
@@ -48,8 +49,10 @@ def time_store(chunk: int, n_chunks: int, folder: Path, bit_depth: int = 32) -> 
         slots = np.arange(b * chunk, (b + 1) * chunk)
         timed("append_batch", store.append_batch, b, rng.random((chunk, 2)))
         timed("bind", store.bind, slots, b, rng.random((chunk, 2)))
-        for slot in slots:
-            store.write_frame(int(slot), rng.integers(0, 200, (64, 64)).astype(np.uint16))
+        frames = rng.integers(0, 200, (chunk, 64, 64)).astype(np.uint16 if bit_depth <= 16 else np.uint32)
+        blobs = encode_frames(frames, f"bs{8 * frames.itemsize}-lz4<")  # as the detector sends them: the file keeps these where it can
+        for slot, frame, blob in zip(slots, frames, blobs, strict=True):
+            store.write_frame(int(slot), frame, blob)
         timed("flush", store.flush)
         rec = StoredReconstruction(b, rng.random((111, 111)).astype(np.float32), (0.0, 0.0), 0.045, int(slots[-1]) + 1, [0.1, 0.05], "bench")
         timed("write_reconstruction", store.write_reconstruction, b, rec)

@@ -6,7 +6,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from detector_stream.codec import check_dtype, check_encoding, decode_batch
+from detector_stream.codec import ITEMSIZE, check_dtype, check_encoding, decode_batch
 from detector_stream.errors import CodecError, StreamErrorKind
 from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.image_layout import DCONFIG, DIMAGE, DIMAGE_D, int_or_none
@@ -115,8 +115,8 @@ class StreamDecoder:
         events, self._events = self._events, []
         return events
 
-    def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], stamps: list[float]) -> None:
-        """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), received at ``stamps``): ``_decoded`` of each,
+    def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], blobs: list, stamps: list[float]) -> None:
+        """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), from ``blobs``, received at ``stamps``): ``_decoded`` of each,
         in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail)."""
         self._appendix_blob_expected = False
         self._config_never_arrived()
@@ -124,12 +124,12 @@ class StreamDecoder:
         if state is None or state.series != series or first != state.next_frame or (state.total is not None and first + n > state.total):
             for k in range(n):
                 self._received_at = stamps[k]
-                self._decoded(series, first + k, stack[k], times[k])
+                self._decoded(series, first + k, stack[k], times[k], blobs[k])
             return
         state.seen.update(range(first, first + n))  # every frame seen so far is below next_frame
         state.next_frame = first + n
         state.received += n
-        self._events += [Frame(series, first + k, stack[k], *times[k], received_at=stamps[k], stack=(stack, k)) for k in range(n)]
+        self._events += [Frame(series, first + k, stack[k], *times[k], received_at=stamps[k], stack=(stack, k), blob=blobs[k]) for k in range(n)]
 
     def _raw(self, parts: list[bytes]) -> None:
         try:
@@ -139,12 +139,12 @@ class StreamDecoder:
         except Exception as err:  # belt and braces: a decoder must not raise on input
             self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
 
-    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int]) -> None:
+    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int], blob: bytes | memoryview | None = None) -> None:
         """An image the compiled loop parsed (DCU layout), checked (size, md5, framing) and decoded: ``_image_fast`` from there on."""
         self._appendix_blob_expected = False
         self._config_never_arrived()
         if self._admit(series, frame):
-            self._events.append(Frame(series, frame, image, *times, received_at=self._received_at))
+            self._events.append(Frame(series, frame, image, *times, received_at=self._received_at, blob=blob))
             self._state.received += 1
 
     @property
@@ -392,6 +392,7 @@ class StreamDecoder:
                 if err is not None:
                     self._events[i] = self._counted(StreamError(f"malformed frame: {err}", p.series, p.frame, kind=_K.MALFORMED))
                     continue
-                self._events[i] = Frame(p.series, p.frame, batch.images[k], *p.times, received_at=p.received_at)
+                blob = p.blob if ITEMSIZE.get(encoding) == batch.images.itemsize else None  # bitshuffled in the image's own items
+                self._events[i] = Frame(p.series, p.frame, batch.images[k], *p.times, received_at=p.received_at, blob=blob)
                 if self._state is not None and self._state.series == p.series:
                     self._state.received += 1

@@ -36,6 +36,9 @@ class Frame:
     stack: tuple[np.ndarray, int] | None = field(default=None, repr=False, compare=False)
     """``(array, row)``: ``image`` is ``array[row]``, a row of the (n, y, x) array consecutive frames were decoded into
     (``stacked_images`` takes a run of them without a copy); None: not known."""
+    blob: bytes | memoryview | None = field(default=None, repr=False, compare=False)
+    """The message's bitshuffle-LZ4 blob ``image`` was decoded from, bitshuffled in the image's own items (a store may keep it
+    as it came: ``service.pattern_chunks``); None: none (another encoding, or not kept)."""
 
 
 def stacked_images(frames: list[Frame]) -> np.ndarray | None:

@@ -7,10 +7,12 @@ for one endpoint). Each turn the thread drains what is waiting on every socket (
 ``max_batch`` messages per socket, so bitshuffle frames decode in batches) and hands
 the events of one socket to the callback in order: ``on_events(endpoint, events)``
 with the whole list, or ``on_event(endpoint, event)`` once per event. Each ``Frame``
-carries when its message came off the socket (``received_at``). One thread and one
-callback per drained batch (not one per frame) keep the ingest's share of the
-interpreter and of the consumer's lock small, and the thread count flat however many
-detectors there are (bench/RESULTS.md). ``forward`` re-sends every message byte for byte;
+carries when its message came off the socket (``received_at``). One callback per
+drained batch (not one per frame) keeps the ingest's share of the interpreter and of
+the consumer's lock small, and the thread count is flat however many detectors there
+are (bench/RESULTS.md): one receive thread, and with the compiled loop one more
+(``detector_stream.handoff``) that decodes each drain and calls the callback while the
+receive thread takes the next drain off the socket. ``forward`` re-sends every message byte for byte;
 ``on_raw(endpoint, messages)`` sees every drained batch of raw messages (Python loop only).
 
 One endpoint's trouble stays its own: a socket that cannot be opened is reported in
@@ -27,34 +29,23 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from detector_stream.codec_threads import set_codec_threads
+from detector_stream.connection import Connection
 from detector_stream.decoder import StreamDecoder
 from detector_stream.endpoint_counts import EndpointCounts
 from detector_stream.endpoints import check_endpoint
 from detector_stream.event_callbacks import per_event
-from detector_stream.events import Event, StreamError
+from detector_stream.events import Event
 from detector_stream.forwarding import ForwardTarget
+from detector_stream.handoff import OrderedHandoff
 from detector_stream.native.loop import NativeReceiveLoop, choose_loop
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Socket:
-    """One open detector connection, owned by the receive thread."""
-
-    endpoint: str
-    socket: zmq.Socket
-    monitor: zmq.Socket
-    decoder: StreamDecoder
-    counts: EndpointCounts
 
 
 class StreamReceiver:
@@ -220,9 +211,10 @@ class StreamReceiver:
 
     def _run(self) -> None:
         native = self.native_loop  # this thread's own: a later start() (after a stop that timed out) makes another
+        handoff = OrderedHandoff("stream-v1-decode") if native is not None else None  # decodes and hands on the loop's drains
         ctx = zmq.Context()
         poller = zmq.Poller()
-        sockets: dict[zmq.Socket, _Socket] = {}
+        sockets: dict[zmq.Socket, Connection] = {}
         monitors: dict[zmq.Socket, str] = {}
         control = ctx.socket(zmq.PULL)
         control.setsockopt(zmq.LINGER, 0)
@@ -249,7 +241,7 @@ class StreamReceiver:
                 log.error("stream receiver: cannot connect to %s (%s); the other detectors are still served", endpoint, err)
                 return
             with self._lock:
-                entry = _Socket(endpoint, sock, mon, StreamDecoder(), self._counts.setdefault(endpoint, EndpointCounts()))
+                entry = Connection(endpoint, sock, mon, StreamDecoder(), self._counts.setdefault(endpoint, EndpointCounts()), self._lock)
                 self.failures.pop(endpoint, None)
             sockets[sock] = entry
             monitors[mon] = endpoint
@@ -260,8 +252,10 @@ class StreamReceiver:
             for sock, entry in list(sockets.items()):
                 if entry.endpoint != endpoint:
                     continue
-                while self._drain(entry, native) == self.max_batch:  # hand on everything already received
+                while self._drain(entry, native, handoff) == self.max_batch:  # hand on everything already received
                     pass
+                if handoff is not None:
+                    handoff.wait_idle()
                 for s in (entry.socket, entry.monitor):
                     poller.unregister(s)
                 monitors.pop(entry.monitor, None)
@@ -274,10 +268,7 @@ class StreamReceiver:
                 self._connected.discard(endpoint)
 
         try:
-            try:
-                set_codec_threads(self.codec_threads)
-            except Exception as err:  # decoding still works, with bitshuffle's default threads
-                log.warning("stream receiver: could not set the codec's OpenMP threads (%s)", err)
+            self._set_codec_threads()
             with self._lock:
                 wake = ctx.socket(zmq.PUSH)
                 wake.setsockopt(zmq.LINGER, 0)
@@ -286,6 +277,9 @@ class StreamReceiver:
                 initial = list(self.endpoints)
             for ep in initial:
                 open_endpoint(ep)
+            if handoff is not None:
+                handoff.start()
+                handoff.submit(self._set_codec_threads, self._stop)  # it decodes what the compiled loop hands on whole
             self._ready.set()
             while not self._stop.is_set():
                 for sock, _ in poller.poll(self.poll_ms):
@@ -295,7 +289,7 @@ class StreamReceiver:
                         elif sock in monitors:
                             self._monitor(sock, monitors[sock])
                         else:
-                            self._drain(sockets[sock], native)
+                            self._drain(sockets[sock], native, handoff)
                     except Exception as err:  # one socket's failure must not stop the others' ingest
                         self.socket_errors += 1
                         if self.socket_errors == 1:
@@ -303,6 +297,8 @@ class StreamReceiver:
         except Exception:
             log.exception("stream receiver: the receive thread failed; ingest has stopped")
         finally:
+            if handoff is not None and not handoff.stop():  # what was received is handed on before the sockets close
+                log.error("stream receiver: decoding the last drains took too long; the receive thread ends without them")
             self._ready.set()
             with self._lock:
                 self._wake = None
@@ -316,6 +312,12 @@ class StreamReceiver:
                 except zmq.ZMQError:
                     pass
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
+
+    def _set_codec_threads(self) -> None:
+        try:
+            set_codec_threads(self.codec_threads)
+        except Exception as err:  # decoding still works, with bitshuffle's default threads
+            log.warning("stream receiver: could not set the codec's OpenMP threads (%s)", err)
 
     def _apply_requests(self, control: zmq.Socket, open_endpoint: Callable[[str], None], close_endpoint: Callable[[str], None]) -> None:
         """Apply the adds and removes asked since the last turn in the order asked (removals first opened an endpoint added and
@@ -352,12 +354,18 @@ class StreamReceiver:
                 elif msg["event"] == zmq.EVENT_DISCONNECTED:
                     self._connected.discard(endpoint)
 
-    def _drain(self, entry: _Socket, native: NativeReceiveLoop | None) -> int:
-        """Receive what is waiting (up to ``max_batch``; ``native``: with this compiled loop), decode, hand on; how many messages."""
+    def _drain(self, entry: Connection, native: NativeReceiveLoop | None, handoff: OrderedHandoff | None = None) -> int:
+        """Receive what is waiting (up to ``max_batch``; ``native``: with this compiled loop, decoded and handed on by ``handoff``'s
+        worker), decode, hand on; how many messages."""
         if native is not None:
-            errors_before = entry.decoder.errors_total
-            received, events = native.drain(entry.socket, entry.decoder)
-            return self._hand_on(entry, received, events, errors_before) if received else 0
+            batch = native.take(entry.socket)
+            if not len(batch):
+                return 0
+            if len(batch) < self.max_batch and handoff.idle:  # no backlog: decoded here (a hand-off would only add a thread switch)
+                entry.hand_on_native(batch, self.on_events)
+            elif not handoff.submit(lambda: entry.hand_on_native(batch, self.on_events), self._stop):
+                log.warning("stream receiver: stopping: %d message(s) from %s dropped undecoded", len(batch), entry.endpoint)
+            return len(batch)
         messages, received_at = [], []
         while len(messages) < self.max_batch:
             try:
@@ -375,26 +383,4 @@ class StreamReceiver:
                 log.warning("stream receiver: raw-message hook failed for %s: %s", entry.endpoint, err)
         errors_before = entry.decoder.errors_total
         events = entry.decoder.feed_many(messages, received_at)
-        return self._hand_on(entry, len(messages), events, errors_before)
-
-    def _hand_on(self, entry: _Socket, received: int, events: list[Event], errors_before: int) -> int:
-        """Count ``received`` messages and the decoder's new errors, and give ``events`` to the callback; returns ``received``."""
-        with self._lock:
-            entry.counts.messages += received
-            entry.counts.last_message_at = time.monotonic()
-        if entry.decoder.errors_total != errors_before:
-            by_kind = Counter(e.kind for e in events if isinstance(e, StreamError))
-            with self._lock:
-                for kind, n in by_kind.items():
-                    entry.counts.stream_errors[kind] = entry.counts.stream_errors.get(kind, 0) + n
-        if not events:
-            return received
-        try:
-            self.on_events(entry.endpoint, events)
-        except Exception:
-            with self._lock:
-                entry.counts.callback_errors += 1
-                first = entry.counts.callback_errors == 1
-            if first:
-                log.exception("stream receiver: the event callback for %s raised (further errors counted per endpoint)", entry.endpoint)
-        return received
+        return entry.hand_on(len(messages), events, errors_before, self.on_events)

@@ -25,6 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import recon.hdf5_filters  # noqa: F401  (registers the bitshuffle filter: session files' patterns are compressed with it)
 from recon.invalid_pixels import DETECTOR_MASK, invalid_in_file
 
 FORMAT_NAME = "ptychoscan-4dstem"

@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import recon.hdf5_filters  # noqa: F401  (registers the bitshuffle filter: session files' patterns are compressed with it)
 from recon.invalid_pixels import invalid_in_file
 
 CONVERGED_SUFFIX = ".converged.h5"

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
 
 import numpy as np
 
 from detector_stream.event_callbacks import handle_each
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError, stacked_images
+from service.pattern_chunks import Blob
 from service.routing import FrameOutcome, FrameResult, Key, frame_runs
 from service.session import Binding, Session
 from service.store import StoreError
 
 log = logging.getLogger("service.manager")
+
+_IMAGE, _BLOB, _RECEIVED_AT = attrgetter("image"), attrgetter("blob"), attrgetter("received_at")
 
 
 class RunNotAdmitted(Exception):
@@ -71,7 +75,7 @@ class StreamHandling:
             router.started.add(key)
             arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
             if router.is_bound(key):
-                self._store_frame(key, event.frame, event.image, arrived_at, live=True)
+                self._store_frame(key, event.frame, event.image, arrived_at, live=True, blob=event.blob)
             else:
                 self._buffer_frame(key, event.frame, event.image, arrived_at)
         elif isinstance(event, StreamError):
@@ -158,8 +162,9 @@ class StreamHandling:
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])
         self.metrics.buffered_frames.set(self.router.buffered_frames)
 
-    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False) -> bool:
-        """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell).
+    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False, blob: Blob | None = None) -> bool:
+        """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell);
+        ``blob``: the detector's blob of it (``Frame.blob``), for the file.
 
         The router decides (``FrameRouter.admit``, ``FrameRouter.place``); this applies the
         side effects: error counts, the file write, metrics, and for a completed batch the
@@ -178,7 +183,7 @@ class StreamHandling:
                 f.note_error(verdict.kind, verdict.detail)
             return False
         try:
-            s.store.write_frame(verdict.slot, image)
+            s.store.write_frame(verdict.slot, image, blob)
             s.learn_invalid_pixels([image])
         except StoreError as err:
             self._fail(s, err)
@@ -191,7 +196,7 @@ class StreamHandling:
         return True
 
     def _store_run(self, endpoint: str, frames: list[Frame], handled_at: float) -> bool:
-        """Store a run of frames of one bound series in one go (``admit`` each, then one queueing for the file, one ``place_run``).
+        """Store a run of frames of one bound series in one go (``admit_run``, else ``admit`` each; then one queueing for the file, one ``place_run``).
 
         False, with nothing done, when the run is not for a session in progress (the caller
         then applies each frame alone). The outcome is the same as frame by frame: a frame
@@ -205,18 +210,14 @@ class StreamHandling:
         s = self.sessions.get(bind.session_id) if bind is not None else None
         if s is None or router.retired_to(key) is not None:  # a retired series' frames are late ones: discarded one by one
             return False
-        slots, kept, taken, refused = [], [], set(), []
         try:  # nothing is changed until every frame has its verdict
-            for ev in frames:
-                verdict = router.admit(key, ev.frame, ev.image, bind, s)
-                if verdict.outcome == FrameOutcome.ADMITTED and verdict.slot in taken:
-                    verdict = FrameResult.refused("duplicated", f"series {key[1]}: frame {ev.frame} already stored")
-                if verdict.outcome == FrameOutcome.REFUSED:
-                    refused.append(verdict)
-                    continue
-                taken.add(verdict.slot)
-                slots.append(verdict.slot)
-                kept.append(ev)
+            stack = stacked_images(frames)  # the frames as one array where they were decoded back to back (no copy)
+            slots = router.admit_run(bind, s, frames, stack)  # the common case, every frame admitted, checked at once
+            if slots is None:
+                slots, kept, refused = self._admit_each(key, frames, bind, s)
+                stack = stacked_images(kept) if len(kept) < len(frames) else stack
+            else:
+                kept, refused = frames, ()
         except Exception as err:
             raise RunNotAdmitted(str(err)) from err
         router.last_key[endpoint] = key
@@ -227,21 +228,36 @@ class StreamHandling:
             s.note_error(verdict.kind, verdict.detail)
         if not kept:
             return True
-        images = [ev.image for ev in kept]  # not copied: nothing writes into a decoded frame (a fresh allocation per batch costs page faults)
-        stack = stacked_images(kept)  # the same frames as one array where they were decoded back to back (no copy)
-        arrivals = [handled_at if ev.received_at is None else ev.received_at for ev in kept]
+        images = list(map(_IMAGE, kept))  # not copied: nothing writes into a decoded frame (a fresh allocation per batch costs page faults)
+        arrivals = [handled_at if t is None else t for t in map(_RECEIVED_AT, kept)]
         try:
-            s.store.write_frames(slots, images)
+            s.store.write_frames(slots, images, list(map(_BLOB, kept)))
             s.learn_invalid_pixels(images, stack=stack)
         except StoreError as err:
             self._fail(s, err)
             return True
         placed = router.place_run(s, bind.batch_id, slots, images, arrivals, self.settings.resume_told_timeout_s, stack=stack)
         self.metrics.frames.inc(len(kept))
-        self.metrics.bytes.inc(sum(im.nbytes for im in images))
+        self.metrics.bytes.inc(stack.nbytes if stack is not None else sum(im.nbytes for im in images))
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
             self._batch_complete(s)
         return True
+
+    def _admit_each(self, key: Key, frames: list[Frame], bind: Binding, s: Session) -> tuple[list[int], list[Frame], list[FrameResult]]:
+        """``FrameRouter.admit`` of each frame of a run, in order, a second frame for one slot refused as a duplicate: (slots, frames
+        admitted, verdicts of those refused). Nothing is changed."""
+        slots, kept, taken, refused = [], [], set(), []
+        for ev in frames:
+            verdict = self.router.admit(key, ev.frame, ev.image, bind, s)
+            if verdict.outcome == FrameOutcome.ADMITTED and verdict.slot in taken:
+                verdict = FrameResult.refused("duplicated", f"series {key[1]}: frame {ev.frame} already stored")
+            if verdict.outcome == FrameOutcome.REFUSED:
+                refused.append(verdict)
+                continue
+            taken.add(verdict.slot)
+            slots.append(verdict.slot)
+            kept.append(ev)
+        return slots, kept, refused
 
     def _batch_complete(self, s: Session) -> None:
         """Every frame of the session's current batch is in: onto disk, then queued for its reconstruction and plan."""

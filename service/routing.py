@@ -21,12 +21,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 
 import numpy as np
 
 from detector_stream.events import Frame
 from service.detector_mask import measured_peak
 from service.session import BatchStatus, Binding, Session, SessionState
+
+_FRAME_INDEX = attrgetter("frame")
+_FRAME_IMAGE = attrgetter("image")
 
 Key = tuple[str, int]
 """(detector endpoint, series number)."""
@@ -240,6 +244,40 @@ class FrameRouter:
         return FrameResult(FrameOutcome.ADMITTED, slot=slot)
 
     @staticmethod
+    def admit_run(bind: Binding, s: Session, frames: list[Frame], stack: np.ndarray | None) -> list[int] | None:
+        """The slots of a run of ``frames`` of a series bound by ``bind`` to session ``s`` (in progress) when ``admit`` would admit
+        each of them, at slots all distinct; None when that is not certain (then ``admit`` each: its refusals, its errors).
+
+        The common case in a few array operations instead of ``admit`` per frame: every frame
+        bound, none of their slots filled, no slot twice, and the images (K, K) of a type no
+        wider than the file's, or wider with counts (marks aside) all within the file's type
+        (``stack``: the images as one (n, K, K) array, if they are one; else each image's
+        shape and type is looked at, and a wider one is admitted frame by frame).
+        """
+        slots = list(map(bind.frame_to_slot.get, map(_FRAME_INDEX, frames)))
+        if None in slots:  # a frame not bound: "unexpected"
+            return None
+        at = np.array(slots, dtype=np.int64)
+        if not (at[1:] > at[:-1]).all() and np.unique(at).size != at.size:  # a slot twice: "duplicated"
+            return None
+        if s.received[at].any():  # a slot filled already: "duplicated"
+            return None
+        k, stored = s.k, s.pixel_dtype
+        if stack is None:
+            shape, size = (k, k), stored.itemsize
+            return slots if all(im.shape == shape and im.dtype.itemsize <= size for im in map(_FRAME_IMAGE, frames)) else None
+        if stack.shape != (len(slots), k, k):  # a frame of another shape: "malformed"
+            return None
+        if stack.dtype.itemsize <= stored.itemsize:  # counts that fit by their type: admit does not look at them
+            return slots
+        # wider than the file's type: admit refuses a frame only if its largest count that is not a mark (measured_peak) exceeds the
+        # file's type; none does when the run's does not
+        if stack.dtype.kind not in "ui":
+            return None
+        top = np.iinfo(stored).max
+        return slots if int(stack.max()) <= top or measured_peak(stack) <= top else None
+
+    @staticmethod
     def place(s: Session, batch_id: int, slot: int, image: np.ndarray, arrived_at: float, live: bool, resume_told_timeout_s: float) -> FrameResult:
         """Put an admitted frame (already written to the session file) into slot ``slot`` in memory: ``STORED`` or ``BATCH_COMPLETE``.
 
@@ -279,15 +317,16 @@ class FrameRouter:
         The same result as placing them one by one in order: a batch that completes does
         so with the last of them (its arrival is the session's ``last_frame_at``).
         """
-        patterns = s.patterns
-        lo = slots[0]
-        if stack is not None and slots == list(range(lo, lo + len(slots))):
-            patterns[lo : lo + len(slots)] = stack  # consecutive slots: one copy (and type conversion) for the run
+        patterns, n = s.patterns, len(slots)
+        at = np.asarray(slots, dtype=np.int64)
+        lo = int(at[0])
+        if stack is not None and lo >= 0 and int(at[-1]) - lo == n - 1 and (at[1:] - at[:-1] == 1).all():
+            patterns[lo : lo + n] = stack  # consecutive slots: one copy (and type conversion) for the run
         else:
             for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
                 patterns[slot] = image
-        s.received[np.asarray(slots, dtype=np.int64)] = True
-        s.frames_received += len(slots)
+        s.received[at] = True
+        s.frames_received += n
         b = s.batches[batch_id]
         if b.stall_deadline is not None:
             b.stall_deadline = time.monotonic() + resume_told_timeout_s

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector_stream.codec_threads import set_codec_threads
 from service.compute import ReconBackend, ReconOutput
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
@@ -82,6 +83,10 @@ class Scheduler:
         self.manager.flush_all()
 
     def _flush_loop(self) -> None:
+        try:  # a flush may compress (frames HDF5's filter takes): one OpenMP thread, as in the ingest (detector_stream.codec_threads)
+            set_codec_threads(1)
+        except Exception as err:
+            log.warning("store flusher: could not set the codec's OpenMP threads (%s)", err)
         while not self._stop.wait(self.flush_interval_s):
             self.manager.flush_all()
             self.manager.reissue_stalled()

@@ -32,6 +32,7 @@ import numpy as np
 from recon.dataset import FORMAT_NAME, FORMAT_VERSION
 from recon.invalid_pixels import DETECTOR_MASK
 from service.converged_store import is_converged_file
+from service.pattern_chunks import Blob, PatternChunks, create_patterns, is_bslz4, write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,12 @@ class SessionStore:
     def __init__(self, path: Path, f: h5py.File) -> None:
         self.path = path
         self._f = f
-        self._pending: dict[int, np.ndarray] = {}
-        """Frames received since the last flush, by slot (written in bulk by ``flush``)."""
+        self._pending: dict[int, tuple[np.ndarray, Blob | None]] = {}
+        """Frames received since the last flush, by slot: (image, its detector blob or None) (written in bulk by ``flush``)."""
+        patterns = f["patterns"]
+        compressed = is_bslz4(patterns) and patterns.chunks[1:] == patterns.shape[1:]
+        self._chunks = PatternChunks(patterns.chunks[0], patterns.shape[1:], patterns.dtype, patterns.shape[0], compressed)
+        """Which queued frames go to the file as the detector sent them (``service.pattern_chunks``)."""
         self._stage: np.ndarray | None = None
         """Reused staging rows of the frame writes (``WRITE_ROWS`` frames)."""
         self._state_written: tuple[str, str] | None = None
@@ -210,7 +215,7 @@ class SessionStore:
             f.attrs["state"] = "created"
             f.attrs["error"] = ""
             chunk = max(1, min(int(params["chunk"]), 64))
-            f.create_dataset("patterns", (0, k, k), maxshape=(None, k, k), dtype=pixel_dtype(params), chunks=(chunk, k, k))
+            create_patterns(f, k, pixel_dtype(params), chunk)
             for name in ("positions_nm", "positions_issued_nm", "positions_measured_nm"):
                 f.create_dataset(name, (0, 2), maxshape=_GROWABLE_2, dtype=np.float64, chunks=(256, 2))
             for name, dt in (("slot_batch", np.int32), ("slot_series", np.int64), ("slot_frame", np.int64), ("received", np.uint8)):
@@ -324,26 +329,28 @@ class SessionStore:
                 _write_rows(batches, batch_id, np.array([-1], np.int64))
             self._f.flush()
 
-    def write_frame(self, slot: int, image: np.ndarray) -> None:
-        """Queue one frame for the file; the next ``flush`` writes it (one HDF5 write per run of slots) and makes it durable.
+    def write_frame(self, slot: int, image: np.ndarray, blob: Blob | None = None) -> None:
+        """Queue one frame for the file; the next ``flush`` writes it (one HDF5 write per chunk or run of slots) and makes it durable.
 
-        A frame written alone costs ~130 us in h5py, which capped the ingest near 1.5k
-        frames/s; frames are not durable before a flush either way.
+        ``blob``: the bitshuffle-LZ4 blob ``image`` was decoded from (``Frame.blob``), written
+        as it is where it can be (``service.pattern_chunks``). A frame written alone costs
+        ~130 us in h5py, which capped the ingest near 1.5k frames/s; frames are not durable
+        before a flush either way.
         """
-        self._pending[int(slot)] = np.array(image, copy=True)
+        self._pending[int(slot)] = (np.array(image, copy=True), blob)
 
-    def write_frames(self, slots: list[int], images: list[np.ndarray]) -> None:
+    def write_frames(self, slots: list[int], images: list[np.ndarray], blobs: list[Blob | None] | None = None) -> None:
         """``write_frame`` for a run of frames, without the copy: the caller hands over ``images`` (K, K each) and never writes into them."""
-        self._pending.update(zip((int(v) for v in slots), images, strict=True))
+        self._pending.update(zip((int(v) for v in slots), zip(images, blobs or [None] * len(images), strict=True), strict=True))
 
-    def take_pending(self) -> dict[int, np.ndarray]:
+    def take_pending(self) -> dict[int, tuple[np.ndarray, Blob | None]]:
         """Hand over the queued frames for ``write_taken`` (call it under the manager's lock, then ``write_taken`` without it:
         the ingest goes on meanwhile). Holds the file's write lock until ``write_taken`` returns: call it, whatever happens."""
         self._io.acquire()
         pending, self._pending = self._pending, {}
         return pending
 
-    def write_taken(self, pending: dict[int, np.ndarray]) -> None:
+    def write_taken(self, pending: dict[int, tuple[np.ndarray, Blob | None]]) -> None:
         """Write the frames ``take_pending`` handed over and flush the file; releases the write lock. If it fails, the frames go
         back to the queue and every later ``flush`` raises the error, as a StoreError (whatever was raised: this one too): a
         flush must never report durable what this write lost."""
@@ -352,8 +359,8 @@ class SessionStore:
                 self._write(pending)
                 self._f.flush()
         except BaseException as err:
-            for slot, image in pending.items():
-                self._pending.setdefault(slot, image)  # back in the queue (a frame queued since for that slot is newer)
+            for slot, queued in pending.items():
+                self._pending.setdefault(slot, queued)  # back in the queue (a frame queued since for that slot is newer)
             self._failed = err if isinstance(err, StoreError) else StoreError(f"{self.path.name}: flush failed ({err})")
             if isinstance(err, Exception) and err is not self._failed:
                 raise self._failed from err
@@ -365,11 +372,19 @@ class SessionStore:
         self._write(self._pending)
         self._pending.clear()
 
-    def _write(self, pending: dict[int, np.ndarray]) -> None:
+    def _write(self, pending: dict[int, tuple[np.ndarray, Blob | None]]) -> None:
         if not pending:
             return
-        slots = np.fromiter(sorted(pending), dtype=np.int64, count=len(pending))
+        plan = self._chunks.plan(pending)
         patterns, received = self._ds("patterns"), self._ds("received")
+        write_chunks(patterns, plan.direct)
+        self._write_filtered(patterns, pending, np.asarray(plan.filtered, dtype=np.int64))
+        for start, stop, _ in _runs(np.fromiter(pending, dtype=np.int64, count=len(pending))):
+            _write_rows(received, start, np.ones(stop - start, np.uint8))
+        self._chunks.commit(plan)
+
+    def _write_filtered(self, patterns: h5py.Dataset, pending: dict[int, tuple[np.ndarray, Blob | None]], slots: np.ndarray) -> None:
+        """Write the frames of ``slots`` through HDF5 (its filter compresses them), one write per run of consecutive slots."""
         for start, stop, _ in _runs(slots):
             for lo in range(start, stop, WRITE_ROWS):  # through one reused buffer: a fresh stack per flush costs its page faults again
                 hi = min(stop, lo + WRITE_ROWS)
@@ -378,12 +393,11 @@ class SessionStore:
                 rows = self._stage[: hi - lo]
                 top = np.iinfo(rows.dtype).max
                 for k, slot in enumerate(range(lo, hi)):
-                    image = pending[slot]
+                    image = pending[slot][0]
                     # admit let a wider frame in only if its counts fit: what exceeds the file's type is the detector's mark of an
                     # invalid pixel (its type's largest count), stored as the file type's mark (service.detector_mask)
                     rows[k] = np.minimum(image, top) if image.dtype.itemsize > rows.dtype.itemsize else image
                 _write_rows(patterns, lo, rows)
-            _write_rows(received, start, np.ones(stop - start, np.uint8))
 
     def write_reconstruction(self, index: int, rec: StoredReconstruction) -> None:
         with self._guard("write reconstruction"):
@@ -428,6 +442,11 @@ class SessionStore:
     def pending_frames(self) -> int:
         """Frames queued by ``write_frame`` and not yet handed to a write (``flush``, ``take_pending``)."""
         return len(self._pending)
+
+    @property
+    def held_frames(self) -> int:
+        """Detector blobs kept for chunks written before they were full (``service.pattern_chunks``)."""
+        return self._chunks.held_frames
 
     def flush(self) -> None:
         """Write the queued frames and flush the file to disk."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import recon.hdf5_filters  # noqa: F401  (registers the bitshuffle filter: session files' patterns are compressed with it)
 from service.store import StoredReconstruction, StoreError, check_format, error_text, probe_attr, read_reconstruction
 
 

@@ -29,6 +29,7 @@ except ImportError as err:
         pytest.fail(f"{err.name} is not installed (pip install -e '.[bluesky]')", pytrace=False)
     pytest.skip(f"{err.name} is not installed (pip install -e '.[bluesky]')", allow_module_level=True)
 
+import recon.hdf5_filters  # noqa: F401  (session files' patterns are bitshuffle-LZ4: a reader registers the filter)
 from ptychoscan.client import Client
 from sim_microscope.frame_source import SyntheticSource, to_counts
 from tests.live_stack import LiveStack

@@ -149,6 +149,8 @@ def test_the_loop_decodes_dcu_frames_and_hands_on_the_rest(pair):
     for f, im in zip(frames, [*images, odd, odd], strict=True):
         np.testing.assert_array_equal(f.image, im)
     assert [(f.start_time_ns, f.stop_time_ns, f.real_time_ns) for f in frames[:3]] == [(10, 20, 30)] * 3
+    blobs = [None if f.blob is None else bytes(f.blob) for f in frames]  # what the file keeps (service.pattern_chunks)
+    assert blobs == [msgs[1][2], msgs[2][2], msgs[3][2], None, msgs[5][2]]
     assert all(f.received_at is not None and abs(f.received_at - time.perf_counter()) < 60 for f in frames)  # perf_counter's clock
     assert decoder.errors_total == 0
 
@@ -492,3 +494,28 @@ def test_a_huge_raw_message_does_not_keep_its_memory_after_the_next_drain(pair):
     time.sleep(0.05)
     assert [p for kind, _, p in loop.receive(pull).items()] == [[b"small"]]
     assert loop.lib.ps_raw_capacity(loop._ctx) <= 16 << 20
+
+
+def test_drains_of_big_blobs_keep_every_blob_and_the_buffer_is_given_back_after(pair):
+    """Frames of ~1 MiB blobs, ~20 MiB a drain: each frame's blob comes whole; the buffer (kept while drains fill it, rather than
+    freed and grown again at every drain) is given back once drains are small."""
+    push, pull = pair
+    loop = NativeReceiveLoop(32, arena_bytes=32 << 20)
+    images = np.random.default_rng(3).integers(0, 2**31, (20, 512, 512), dtype=np.uint32)  # ~1 MiB blobs: ~20 MiB a drain
+    capacities = []
+    for _ in range(3):
+        for i, im in enumerate(images):
+            push.send_multipart(image_parts(1, i, im, "bs32-lz4<", 0, 0, 0))
+        time.sleep(0.3)
+        got = loop.receive(pull)
+        sent = [image_parts(1, i, im, "bs32-lz4<", 0, 0, 0)[2] for i, im in enumerate(images[:2])]
+        assert int((got.records[:, 0] == IMAGE).sum()) == 20 and [bytes(b) for b in next(got.items())[2][4][:2]] == sent  # one run
+        capacities.append(loop.lib.ps_blobs_capacity(loop._ctx))
+    assert capacities[0] >= 20 << 20 and capacities[1] == capacities[0] == capacities[2]
+    push.send_multipart(image_parts(1, 0, images[0][:64, :64].copy(), "bs32-lz4<", 0, 0, 0))
+    time.sleep(0.05)
+    loop.receive(pull)
+    push.send_multipart(image_parts(1, 1, images[0][:64, :64].copy(), "bs32-lz4<", 0, 0, 0))
+    time.sleep(0.05)
+    loop.receive(pull)
+    assert loop.lib.ps_blobs_capacity(loop._ctx) <= 16 << 20

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("nion.usim_device", reason="nionswift-usim is not installed (pip install -e '.[nion]')")
 pytest.importorskip("nion.instrumentation.camera_base", reason="nionswift-instrumentation is not installed")
 
+import recon.hdf5_filters  # noqa: F401  (session files' patterns are bitshuffle-LZ4: a reader registers the filter)
 from nion_ptychoscan.counts import to_counts
 from nion_ptychoscan.driver import AdaptiveSessionDriver, DriverConfig
 from nion_ptychoscan.geometry import ScanField

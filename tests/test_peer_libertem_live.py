@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import pytest
 
+import recon.hdf5_filters  # noqa: F401  (session files' patterns are bitshuffle-LZ4: a reader registers the filter)
 from ptychoscan.client import Client
 from ptychoscan.net import free_port
 from tests.live_stack import LiveStack

@@ -164,7 +164,7 @@ def test_an_endpoint_added_and_removed_in_one_turn_leaves_no_second_socket(pushe
         gate.wait(10)  # holds the receive thread while the requests below queue up
         collect(endpoint, events)
 
-    with StreamReceiver([a.endpoint], on_events=on_events) as rx:
+    with StreamReceiver([a.endpoint], on_events=on_events, native=False) as rx:  # the Python loop calls back on the receive thread
         wait_until(lambda: rx.is_connected(a.endpoint), what="a connected")
         gate.clear()
         a.start(1, 1)

@@ -148,9 +148,24 @@ def test_a_run_whose_checks_raise_goes_frame_by_frame(tmp_path, monkeypatch):
         return admit(key, idx, *rest)
 
     monkeypatch.setattr(manager.router, "admit", failing_on_frame_1)
+    monkeypatch.setattr(manager.router, "admit_run", lambda *_a: None)  # not the common case: admit of each frame
     with pytest.raises(RuntimeError, match="admit bug"):
         manager.on_events(EP, [Frame(1, i, img) for i, img in enumerate(frames_for(1, 3))])
     assert manager.sessions[sid].received.tolist() == [True, False, True]
+    manager.close()
+
+
+def test_a_run_whose_checks_at_once_raise_goes_frame_by_frame(tmp_path, monkeypatch):
+    """A bug in admitting a run at once (``admit_run``) costs nothing: its frames are admitted one by one."""
+    manager = _manager(tmp_path)
+    sid = _told(manager, 3)
+
+    def failing(*_a):
+        raise RuntimeError("admit_run bug")
+
+    monkeypatch.setattr(manager.router, "admit_run", failing)
+    manager.on_events(EP, [Frame(1, i, img) for i, img in enumerate(frames_for(1, 3))])
+    assert manager.sessions[sid].received.tolist() == [True, True, True]
     manager.close()
 
 

@@ -20,13 +20,14 @@ _DTYPES = {1: np.dtype("uint8"), 2: np.dtype("uint16"), 4: np.dtype("uint32")}
 @dataclass
 class NativeBatch:
     """The messages of one drain, in order: ``records`` (n, REC) int64, ``received_at`` (n,) s, decoded images in ``arena``,
-    raw messages' parts in ``raw`` (lengths ``part_lens``)."""
+    raw messages' parts in ``raw`` (lengths ``part_lens``), the decoded images' compressed blobs in ``blobs``."""
 
     records: np.ndarray
     received_at: np.ndarray
     arena: np.ndarray
     raw: bytes
     part_lens: list[int]
+    blobs: bytes = b""
 
     @property
     def arena_misses(self) -> int:
@@ -40,9 +41,11 @@ class NativeBatch:
 
     def items(self) -> Iterator[tuple[int, object, object]]:
         """Per message, in order: ``(RAW, received_at, parts)``, ``(LOST, received_at, number of parts)``,
-        ``(IMAGE, received_at, (series, frame, image, (start, stop, real) ns))``; and for two or more images of
+        ``(IMAGE, received_at, (series, frame, image, (start, stop, real) ns, blob))``; and for two or more images of
         consecutive frames of one series and shape that lie back to back in the arena, one
-        ``(RUN, [received_at, ...], (series, first frame, (n, y, x) stack, [(start, stop, real), ...]))``."""
+        ``(RUN, [received_at, ...], (series, first frame, (n, y, x) stack, [(start, stop, real), ...], [blob, ...]))``.
+        A blob is the bitshuffle-LZ4 message part the image was decoded from (a memoryview into ``blobs``), None if the
+        loop could not keep it."""
         r = self.records
         n = len(r)
         offsets = np.concatenate(([0], np.cumsum(self.part_lens, dtype=np.int64))).tolist() if self.part_lens else [0]
@@ -55,15 +58,18 @@ class NativeBatch:
             )
         starts = [*np.flatnonzero(~follows).tolist(), n]
         records, stamps, arena, raw = r.tolist(), self.received_at.tolist(), self.arena, self.raw
+        blobs = memoryview(self.blobs)
         for lo, hi in itertools.pairwise(starts):
             rec = records[lo]
             kind = rec[0]
             if hi - lo > 1:
                 stack = np.ndarray((hi - lo, rec[7], rec[8]), _DTYPES[rec[9]], buffer=arena, offset=rec[6])
-                yield RUN, stamps[lo:hi], (rec[1], rec[2], stack, [(q[3], q[4], q[5]) for q in records[lo:hi]])
+                kept = [blobs[q[10] : q[10] + q[11]] if q[11] else None for q in records[lo:hi]]
+                yield RUN, stamps[lo:hi], (rec[1], rec[2], stack, [(q[3], q[4], q[5]) for q in records[lo:hi]], kept)
             elif kind == IMAGE:
                 image = np.ndarray((rec[7], rec[8]), _DTYPES[rec[9]], buffer=arena, offset=rec[6])
-                yield IMAGE, stamps[lo], (rec[1], rec[2], image, (rec[3], rec[4], rec[5]))
+                blob = blobs[rec[10] : rec[10] + rec[11]] if rec[11] else None
+                yield IMAGE, stamps[lo], (rec[1], rec[2], image, (rec[3], rec[4], rec[5]), blob)
             elif kind == RAW:
                 first, count = rec[10], rec[11]
                 yield RAW, stamps[lo], [raw[offsets[k] : offsets[k + 1]] for k in range(first, first + count)]

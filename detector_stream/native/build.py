@@ -104,9 +104,9 @@ def _load() -> ctypes.CDLL:
     lib.ps_free.restype, lib.ps_free.argtypes = None, [p]
     lib.ps_recv_batch.restype = ctypes.c_int
     lib.ps_recv_batch.argtypes = [p, p, ctypes.c_int, p, p, p, i64]
-    for name in ("ps_raw", "ps_part_lens"):
+    for name in ("ps_raw", "ps_part_lens", "ps_blobs"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = p, [p]
-    for name in ("ps_raw_len", "ps_raw_capacity", "ps_nparts"):
+    for name in ("ps_raw_len", "ps_raw_capacity", "ps_nparts", "ps_blobs_len", "ps_blobs_capacity"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = i64, [p]
     lib.ps_set_forward.restype, lib.ps_set_forward.argtypes = None, [p, p]
     lib.ps_forward_counts.restype, lib.ps_forward_counts.argtypes = None, [p, p]

@@ -121,19 +121,25 @@ class NativeReceiveLoop(NativeContext):
         part_lens = np.ctypeslib.as_array(ctypes.cast(self.lib.ps_part_lens(self._ctx), ctypes.POINTER(ctypes.c_int64)), (nparts,)).tolist() if nparts else []
         raw_len = self.lib.ps_raw_len(self._ctx)
         raw = ctypes.string_at(self.lib.ps_raw(self._ctx), raw_len) if raw_len else b""
-        return NativeBatch(records, self._received_at[:n].copy(), arena[:used].copy(), raw, part_lens)
+        blobs_len = self.lib.ps_blobs_len(self._ctx)
+        blobs = ctypes.string_at(self.lib.ps_blobs(self._ctx), blobs_len) if blobs_len else b""
+        return NativeBatch(records, self._received_at[:n].copy(), arena[:used].copy(), raw, part_lens, blobs)
 
-    def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
-        """``receive`` then ``decoder.feed_native``: (messages received, their events); the arena grows when it was too small."""
+    def take(self, socket: zmq.Socket) -> NativeBatch:
+        """``receive``, ready to be decoded in any thread: the forward tallies are reported and the arena grows when it was too
+        small (both touch this loop's context: call ``take`` from the socket's thread only)."""
         self._take_forward_socket()  # one bound since the loop was made: before this drain's messages
         batch = self.receive(socket)
-        if not len(batch):
-            return 0, []
-        events = decoder.feed_native(batch)
-        self.report_forwarded()
-        if batch.arena_misses:
-            self.fit(batch.arena_misses)
-        return len(batch), events
+        if len(batch):
+            self.report_forwarded()
+            if batch.arena_misses:
+                self.fit(batch.arena_misses)
+        return batch
+
+    def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
+        """``take`` then ``decoder.feed_native``: (messages received, their events)."""
+        batch = self.take(socket)
+        return (len(batch), decoder.feed_native(batch)) if len(batch) else (0, [])
 
     def _take_forward_socket(self) -> None:
         """Forward on the target's socket if it was bound after the loop was made (a socket once taken is kept)."""

@@ -58,6 +58,8 @@ typedef struct {
     int64_t fwd_sent, fwd_dropped;  /* messages forwarded, and dropped for the forward socket (it would have blocked) */
     unsigned char *raw;
     int64_t raw_len, raw_cap;
+    unsigned char *blobs;           /* the compressed blobs of this drain's decoded images, back to back (for storing as they came) */
+    int64_t blobs_len, blobs_cap;
     int64_t *part_len;
     int64_t nparts, parts_cap;
 } ps_ctx;
@@ -224,6 +226,7 @@ ps_ctx *ps_new(void **fns) {
 void ps_free(ps_ctx *ctx) {
     if (!ctx) return;
     free(ctx->raw);
+    free(ctx->blobs);
     free(ctx->part_len);
     free(ctx);
 }
@@ -233,16 +236,24 @@ int64_t ps_raw_len(ps_ctx *ctx) { return ctx->raw_len; }
 int64_t ps_raw_capacity(ps_ctx *ctx) { return ctx->raw_cap; }
 const int64_t *ps_part_lens(ps_ctx *ctx) { return ctx->part_len; }
 int64_t ps_nparts(ps_ctx *ctx) { return ctx->nparts; }
+const unsigned char *ps_blobs(ps_ctx *ctx) { return ctx->blobs; }
+int64_t ps_blobs_len(ps_ctx *ctx) { return ctx->blobs_len; }
+int64_t ps_blobs_capacity(ps_ctx *ctx) { return ctx->blobs_cap; }
+
+/* Room for n more bytes in a buffer that grows by doubling (from 64 KiB); 0 when it cannot grow. */
+static int room(unsigned char **buf, int64_t *cap, int64_t len, int64_t n) {
+    if (len + n <= *cap) return 1;
+    int64_t c = *cap ? *cap : 1 << 16;
+    while (c < len + n) c *= 2;
+    unsigned char *grown = realloc(*buf, (size_t)c);
+    if (!grown) return 0;
+    *buf = grown;
+    *cap = c;
+    return 1;
+}
 
 static int keep_part(ps_ctx *ctx, const void *data, int64_t n) {
-    if (ctx->raw_len + n > ctx->raw_cap) {
-        int64_t cap = ctx->raw_cap ? ctx->raw_cap : 1 << 16;
-        while (cap < ctx->raw_len + n) cap *= 2;
-        unsigned char *raw = realloc(ctx->raw, (size_t)cap);
-        if (!raw) return 0;
-        ctx->raw = raw;
-        ctx->raw_cap = cap;
-    }
+    if (!room(&ctx->raw, &ctx->raw_cap, ctx->raw_len, n)) return 0;
     if (ctx->nparts == ctx->parts_cap) {
         int64_t cap = ctx->parts_cap ? 2 * ctx->parts_cap : 1024;
         int64_t *lens = realloc(ctx->part_len, (size_t)cap * sizeof(int64_t));
@@ -290,6 +301,7 @@ static int forward_part(ps_ctx *ctx, const void *data, size_t len, int64_t k, in
  *   1 series  2 frame  3 start_time  4 stop_time  5 real_time   (images)
  *   6 arena offset (bytes)  7 y  8 x  9 itemsize                 (images)
  *   10 first part index  11 number of parts                      (raw)
+ *   10 blob offset  11 blob bytes: its compressed blob in the blob buffer (images; 11 = 0: not kept, out of memory)
  *   1 = 1 and 7 y  8 x  9 itemsize: a raw image message that would have been decoded but the arena was full
  * received_at[i]: CLOCK_MONOTONIC seconds when its first part came off the socket.
  * Returns the number of messages, or -errno when the first receive failed other than EAGAIN.
@@ -301,7 +313,13 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
         ctx->raw = NULL;
         ctx->raw_cap = 0;
     }
+    if (ctx->blobs_cap > PS_RAW_KEEP && ctx->blobs_len < ctx->blobs_cap / 4) { /* big frames fill it every drain: kept while used */
+        free(ctx->blobs);
+        ctx->blobs = NULL;
+        ctx->blobs_cap = 0;
+    }
     ctx->raw_len = 0;
+    ctx->blobs_len = 0;
     ctx->nparts = 0;
     int64_t arena_used = 0;
     ps_msg parts[4], extra;
@@ -362,6 +380,12 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                     r[7] = h.y;
                     r[8] = h.x;
                     r[9] = h.itemsize;
+                    if (room(&ctx->blobs, &ctx->blobs_cap, ctx->blobs_len, size)) {
+                        memcpy(ctx->blobs + ctx->blobs_len, blob, (size_t)size);
+                        r[10] = ctx->blobs_len;
+                        r[11] = size;
+                        ctx->blobs_len += size;
+                    }
                 }
             }
         }
