@@ -6,7 +6,8 @@ so that the next drain's receiving overlaps this one's Python work (two cores bu
 instead of one). Only a backlog is worth the switch of threads: a drain that emptied
 its socket while the worker is idle is decoded in the receive thread itself (at a
 scan's pace, a frame or a few per drain, a hand-off per drain only costs wake-ups and
-latency). The queue is bounded: when the worker falls behind, ``submit`` waits,
+latency). The queue is bounded (``depth`` jobs, besides the one running and one the giver
+holds while it waits): when the worker falls behind, ``submit`` waits,
 the socket's queue fills, and ZeroMQ's high-water mark holds the sender back, as when
 one thread did both.
 """
@@ -24,7 +25,7 @@ _STOP = object()
 
 
 class OrderedHandoff:
-    """Jobs run one at a time, in submission order, on one worker thread (``start`` it; ``stop`` runs what is queued, then ends it).
+    """Jobs run one at a time, in submission order, on one worker thread (``start`` it; ``stop`` drops what is still queued, then ends it).
 
     ``submit``, ``wait_idle`` and ``idle`` belong to one giving thread.
     """
@@ -70,16 +71,20 @@ class OrderedHandoff:
         self._submitted += 1
         return done.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Run what is queued, then end the worker; False if it is still running after ``timeout`` s."""
-        if not self.alive:
-            return True
-        try:
-            self._jobs.put(_STOP, timeout=timeout)
-        except queue.Full:
-            return False
-        self._thread.join(timeout)
-        return not self.alive
+    def stop(self, timeout: float = 5.0) -> int:
+        """Drop the jobs still queued and end the worker once the job in flight (if any) has run; returns how many were dropped.
+        ``alive`` says whether it ended within ``timeout`` s (a job still running)."""
+        dropped = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            dropped += job is not _STOP
+        self._jobs.put(_STOP)  # room now: the giving thread is the one stopping, and put nothing since
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return dropped
 
     def _work(self) -> None:
         while True:

@@ -11,8 +11,8 @@ carries when its message came off the socket (``received_at``). One callback per
 drained batch (not one per frame) keeps the ingest's share of the interpreter and of
 the consumer's lock small, and the thread count is flat however many detectors there
 are (bench/RESULTS.md): one receive thread, and with the compiled loop one more
-(``detector_stream.handoff``) that decodes each drain and calls the callback while the
-receive thread takes the next drain off the socket. ``forward`` re-sends every message byte for byte;
+(``detector_stream.handoff``) that decodes a full drain (a backlog) and calls the
+callback while the receive thread takes the next drain off the socket. ``forward`` re-sends every message byte for byte;
 ``on_raw(endpoint, messages)`` sees every drained batch of raw messages (Python loop only).
 
 One endpoint's trouble stays its own: a socket that cannot be opened is reported in
@@ -190,7 +190,8 @@ class StreamReceiver:
         return closed.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the thread and close the sockets (messages still queued are dropped); False if it is still running after ``timeout``."""
+        """Stop the thread and close the sockets (messages still queued, and drains not yet decoded, are dropped; a callback in
+        flight finishes); False if it is still running after ``timeout``."""
         self._stop.set()
         with self._lock:
             if self._wake is not None:
@@ -254,8 +255,8 @@ class StreamReceiver:
                     continue
                 while self._drain(entry, native, handoff) == self.max_batch:  # hand on everything already received
                     pass
-                if handoff is not None:
-                    handoff.wait_idle()
+                while handoff is not None and not handoff.wait_idle(1.0) and handoff.alive and not self._stop.is_set():
+                    pass  # a slow consumer: remove returns once what this socket delivered is handed on (or the receiver stops)
                 for s in (entry.socket, entry.monitor):
                     poller.unregister(s)
                 monitors.pop(entry.monitor, None)
@@ -288,17 +289,15 @@ class StreamReceiver:
                             self._apply_requests(control, open_endpoint, close_endpoint)
                         elif sock in monitors:
                             self._monitor(sock, monitors[sock])
-                        else:
+                        elif sock in sockets:  # else closed earlier in this turn (a remove)
                             self._drain(sockets[sock], native, handoff)
                     except Exception as err:  # one socket's failure must not stop the others' ingest
-                        self.socket_errors += 1
-                        if self.socket_errors == 1:
-                            log.error("stream receiver: %s: %s (further errors counted in socket_errors)", type(err).__name__, err)
+                        self._socket_error(err)
         except Exception:
             log.exception("stream receiver: the receive thread failed; ingest has stopped")
         finally:
-            if handoff is not None and not handoff.stop():  # what was received is handed on before the sockets close
-                log.error("stream receiver: decoding the last drains took too long; the receive thread ends without them")
+            if handoff is not None and (handoff.stop() or handoff.alive):  # undecoded drains are dropped, as messages on a socket are
+                log.warning("stream receiver: stopped with drains not yet decoded (dropped) or a callback still running")
             self._ready.set()
             with self._lock:
                 self._wake = None
@@ -312,6 +311,21 @@ class StreamReceiver:
                 except zmq.ZMQError:
                     pass
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
+
+    def _decode_elsewhere(self, entry: Connection, batch) -> None:
+        """``hand_on_native`` on the decode thread: what it raises is counted as a socket error, as on the receive thread."""
+        try:
+            entry.hand_on_native(batch, self.on_events)
+        except Exception as err:
+            self._socket_error(err)
+
+    def _socket_error(self, err: Exception) -> None:
+        """Count one failure while serving a socket (receive or decode thread); the first is logged."""
+        with self._lock:
+            self.socket_errors += 1
+            first = self.socket_errors == 1
+        if first:
+            log.error("stream receiver: %s: %s (further errors counted in socket_errors)", type(err).__name__, err)
 
     def _set_codec_threads(self) -> None:
         try:
@@ -363,7 +377,7 @@ class StreamReceiver:
                 return 0
             if len(batch) < self.max_batch and handoff.idle:  # no backlog: decoded here (a hand-off would only add a thread switch)
                 entry.hand_on_native(batch, self.on_events)
-            elif not handoff.submit(lambda: entry.hand_on_native(batch, self.on_events), self._stop):
+            elif not handoff.submit(lambda: self._decode_elsewhere(entry, batch), self._stop):
                 log.warning("stream receiver: stopping: %d message(s) from %s dropped undecoded", len(batch), entry.endpoint)
             return len(batch)
         messages, received_at = [], []
