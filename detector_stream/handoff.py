@@ -24,10 +24,20 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+class _Marker:
+    """``wait_idle``'s job: sets its event when the jobs before it have run."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
+
+    def __call__(self) -> None:
+        self.done.set()
+
+
 class OrderedHandoff:
     """Jobs run one at a time, in submission order, on one worker thread (``start`` it; ``stop`` drops what is still queued, then ends it).
 
-    ``submit``, ``wait_idle`` and ``idle`` belong to one giving thread.
+    ``submit``, ``wait_idle``, ``idle`` and ``stop`` belong to one giving thread; ``join`` to any.
     """
 
     def __init__(self, name: str, depth: int = 4) -> None:
@@ -52,39 +62,46 @@ class OrderedHandoff:
 
     def submit(self, job: Callable[[], None], stop: threading.Event, poll_s: float = 0.05) -> bool:
         """Queue ``job``, waiting while the queue is full; False (not queued) if ``stop`` is set or the worker ended meanwhile."""
-        while True:
+        while not stop.is_set():
             try:
                 self._jobs.put(job, timeout=poll_s)
                 self._submitted += 1
                 return True
             except queue.Full:
-                if stop.is_set() or not self.alive:
+                if not self.alive:
                     return False
+        return False
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until every job submitted so far has run; False if that took longer than ``timeout`` s (or the worker is gone)."""
         done = threading.Event()
         try:
-            self._jobs.put(done.set, timeout=timeout)
+            self._jobs.put(_Marker(done), timeout=timeout)
         except queue.Full:
             return False
         self._submitted += 1
         return done.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """Drop the jobs still queued and end the worker once the job in flight (if any) has run; returns how many were dropped.
-        ``alive`` says whether it ended within ``timeout`` s (a job still running)."""
-        dropped = 0
+    def stop(self, timeout: float = 5.0) -> list[Callable[[], None]]:
+        """Drop the jobs still queued (returned: the submitted ones, not ``wait_idle``'s markers) and end the worker once the job
+        in flight (if any) has run, waiting up to ``timeout`` s for that (``alive``: still running)."""
+        dropped = []
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            dropped += job is not _STOP
-        self._jobs.put(_STOP)  # room now: the giving thread is the one stopping, and put nothing since
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+            if job is not _STOP and not isinstance(job, _Marker):
+                dropped.append(job)
+        self._jobs.put(_STOP)  # room now: only the giving thread puts, and it is the one stopping
+        self.join(timeout)
         return dropped
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the worker to end; True if it has (or never started)."""
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
 
     def _work(self) -> None:
         while True:

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -97,6 +98,7 @@ class StreamReceiver:
         self.native = native
         """the compiled receive loop (``detector_stream.native``): None where available, False never, True or fail at start."""
         self.native_unavailable: str | None = None  # why the compiled receive loop is not used (None: it is, or not started)
+        self._handoff: OrderedHandoff | None = None  # the decode thread of the compiled loop's last run
         self.native_loop: NativeReceiveLoop | None = None
         """the compiled loop the receive thread drains with (None: the Python path)."""
 
@@ -191,15 +193,15 @@ class StreamReceiver:
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread and close the sockets (messages still queued, and drains not yet decoded, are dropped; a callback in
-        flight finishes); False if it is still running after ``timeout``."""
+        flight finishes); False if it, or the decode thread's callback, is still running after ``timeout`` s."""
         self._stop.set()
         with self._lock:
             if self._wake is not None:
                 self._wake.send(b"")
-        thread, self._thread = self._thread, None
+        thread, self._thread, deadline = self._thread, None, time.monotonic() + timeout
         if thread is not None:
             thread.join(timeout)
-        return thread is None or not thread.is_alive()
+        return (thread is None or not thread.is_alive()) and (self._handoff is None or self._handoff.join(deadline - time.monotonic()))
 
     def __enter__(self) -> StreamReceiver:
         self.start()
@@ -212,7 +214,7 @@ class StreamReceiver:
 
     def _run(self) -> None:
         native = self.native_loop  # this thread's own: a later start() (after a stop that timed out) makes another
-        handoff = OrderedHandoff("stream-v1-decode") if native is not None else None  # decodes and hands on the loop's drains
+        handoff = self._handoff = OrderedHandoff("stream-v1-decode") if native is not None else None  # decodes the loop's drains
         ctx = zmq.Context()
         poller = zmq.Poller()
         sockets: dict[zmq.Socket, Connection] = {}
@@ -253,9 +255,9 @@ class StreamReceiver:
             for sock, entry in list(sockets.items()):
                 if entry.endpoint != endpoint:
                     continue
-                while self._drain(entry, native, handoff) == self.max_batch:  # hand on everything already received
+                while not self._stop.is_set() and self._drain(entry, native, handoff) == self.max_batch:  # hand on what was received
                     pass
-                while handoff is not None and not handoff.wait_idle(1.0) and handoff.alive and not self._stop.is_set():
+                while handoff is not None and not self._stop.is_set() and handoff.alive and not handoff.wait_idle(1.0):
                     pass  # a slow consumer: remove returns once what this socket delivered is handed on (or the receiver stops)
                 for s in (entry.socket, entry.monitor):
                     poller.unregister(s)
@@ -296,8 +298,8 @@ class StreamReceiver:
         except Exception:
             log.exception("stream receiver: the receive thread failed; ingest has stopped")
         finally:
-            if handoff is not None and (handoff.stop() or handoff.alive):  # undecoded drains are dropped, as messages on a socket are
-                log.warning("stream receiver: stopped with drains not yet decoded (dropped) or a callback still running")
+            if handoff is not None and (dropped := sum(len(job.args[1]) for job in handoff.stop(0.0) if isinstance(job, partial))):
+                log.warning("stream receiver: stopped with %d message(s) received but not yet decoded: dropped", dropped)
             self._ready.set()
             with self._lock:
                 self._wake = None
@@ -306,10 +308,8 @@ class StreamReceiver:
             for _, _, done in requests:
                 done.set()
             for sock in sockets:
-                try:
+                with contextlib.suppress(zmq.ZMQError):
                     sock.disable_monitor()
-                except zmq.ZMQError:
-                    pass
             ctx.destroy(linger=0)  # closes every socket, including any half-made one: never blocks
 
     def _decode_elsewhere(self, entry: Connection, batch) -> None:
@@ -377,7 +377,7 @@ class StreamReceiver:
                 return 0
             if len(batch) < self.max_batch and handoff.idle:  # no backlog: decoded here (a hand-off would only add a thread switch)
                 entry.hand_on_native(batch, self.on_events)
-            elif not handoff.submit(lambda: self._decode_elsewhere(entry, batch), self._stop):
+            elif not handoff.submit(partial(self._decode_elsewhere, entry, batch), self._stop):
                 log.warning("stream receiver: stopping: %d message(s) from %s dropped undecoded", len(batch), entry.endpoint)
             return len(batch)
         messages, received_at = [], []

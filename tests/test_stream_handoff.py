@@ -28,7 +28,7 @@ def test_jobs_run_in_order_and_stop_drops_what_is_still_queued():
         h.submit(lambda i=i: done.append(i), threading.Event())
     assert running.wait(5)
     threading.Timer(0.2, gate.set).start()
-    assert h.stop(5.0) == 10 and done == list(range(50)) and not h.alive  # the job in flight finished, the queued ones dropped
+    assert len(h.stop(5.0)) == 10 and done == list(range(50)) and not h.alive  # the job in flight finished, the queued ones dropped
 
 
 def test_a_full_queue_holds_the_giver_back_until_stopped():
@@ -42,7 +42,7 @@ def test_a_full_queue_holds_the_giver_back_until_stopped():
     assert not h.submit(lambda: None, stop)  # held back, then given up once stopping
     assert time.monotonic() - t0 >= 0.25
     gate.set()
-    assert h.wait_idle(5.0) and h.stop(5.0) == 0 and not h.alive
+    assert h.wait_idle(5.0) and h.stop(5.0) == [] and not h.alive
 
 
 def test_a_raising_job_is_counted_and_the_worker_goes_on():
@@ -68,13 +68,14 @@ class Consumer:
     ``slow_s`` makes each callback on the decode thread that long (``held`` is set when the first starts)."""
 
     def __init__(self, slow_s: float = 0.0, gate: threading.Event | None = None) -> None:
-        self.got, self.threads, self.calls_after = [], set(), None
+        self.got, self.threads, self.running = [], set(), 0
         self.hold, self.held, self.slow_s, self.gate = threading.Event(), threading.Event(), slow_s, gate
         self.hold.set()
 
     def __call__(self, endpoint, events):
         name = threading.current_thread().name
         self.threads.add(name)
+        self.running += 1
         if name == "stream-v1-receiver":
             self.hold.wait(10)
         else:
@@ -83,6 +84,7 @@ class Consumer:
                 self.gate.wait(10)
             time.sleep(self.slow_s)
         self.got.extend(events)
+        self.running -= 1
 
 
 def make_backlog(p, rx, consumer: Consumer, series: int, n: int) -> None:
@@ -98,7 +100,7 @@ def make_backlog(p, rx, consumer: Consumer, series: int, n: int) -> None:
     for i, image in enumerate(frames_for(series, n)):
         p.frame(series, i, image)
     p.end(series)
-    time.sleep(0.3)  # all on the PULL socket
+    time.sleep(0.5)  # all on the PULL socket
     consumer.hold.set()
 
 
@@ -187,7 +189,7 @@ def test_a_socket_removed_in_a_poll_turn_that_also_has_its_messages_is_not_an_er
             wait_until(lambda rx=rx: rx.is_connected(p.endpoint), what="connected")
             for i, image in enumerate(frames_for(1, 20)):
                 p.frame(1, i, image)
-            first.wait(5)
+            assert first.wait(5)
             rx.remove(p.endpoint, timeout=30)
             time.sleep(0.2)
             errors.append(rx.socket_errors)
@@ -228,3 +230,34 @@ def test_remove_hands_on_every_drain_before_it_returns(pushers, compiled):
         assert any(isinstance(e, SeriesEnd) for e in got)
         time.sleep(0.2)
         assert len(got) == n  # nothing handed on after remove returned
+
+
+def test_stop_says_true_only_once_no_callback_runs(pushers, compiled):
+    """Regression: stop returned True after 5 s while a slow callback still ran on the decode thread, and events came after."""
+    (p, _) = pushers
+    consumer = Consumer(slow_s=6.0)
+    rx = StreamReceiver([p.endpoint], on_events=consumer, max_batch=2)
+    rx.start()
+    wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
+    make_backlog(p, rx, consumer, 8, 3)
+    assert consumer.held.wait(10)
+    assert not rx.stop(timeout=0.5)  # the callback in flight is still running
+    assert rx.stop(timeout=10) and consumer.running == 0
+    calls = len(consumer.got)
+    time.sleep(0.5)
+    assert len(consumer.got) == calls
+
+
+def test_stop_while_a_remove_drains_a_busy_socket_is_prompt(pushers, compiled):
+    """Regression: a remove of a socket with a backlog drained it to the end, 50 ms a drain once stopping: stop took seconds."""
+    (p, _) = pushers
+    consumer = Consumer(slow_s=0.3)
+    rx = StreamReceiver([p.endpoint], on_events=consumer, max_batch=4)
+    rx.start()
+    wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
+    make_backlog(p, rx, consumer, 9, 400)
+    assert consumer.held.wait(10)
+    rx.remove(p.endpoint, timeout=0)  # asked: the receive thread drains the socket's backlog (held back by the slow consumer)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    assert rx.stop(timeout=5) and time.monotonic() - t0 < 2.0
