@@ -23,7 +23,7 @@ they fall (the same store stage read 4 or 10 us a frame from run to run).
 ``--compare`` also runs the decoder and the store with the fast paths off (``StreamDecoder(fast=False)``,
 frame-by-frame store, session memory not prefaulted) in the same run. Usage:
 
-    PYTHONPATH=$PWD python bench/ingest_profile.py [--frames 20000] [--batch 512] [--compare]
+    PYTHONPATH=$PWD python bench/ingest_profile.py [--frames 20000] [--batch 512] [--compare] [--compressed]
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ def series_messages(n: int) -> list[list[bytes]]:
     blobs = encode_frames(images, "bs16-lz4<")
     images_msgs = [image_parts(1, i, images[i], "bs16-lz4<", 0, 1000, 1000, blob=blobs[i]) for i in range(n)]
     return [series_start_parts(1, config, "basic"), *images_msgs, series_end_parts(1)]
+
+
+COMPRESSED = False
+"""``--compressed``: session files with ``compressed_patterns`` on."""
 
 
 class Timer:
@@ -153,7 +157,8 @@ def told_manager(storage: Path, n: int, endpoint: str, prefault: bool = True):
     from service.scheduler import Scheduler
     from service.settings import ServiceSettings
 
-    manager = SessionManager(ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, prefault_session_memory=prefault), ServiceMetrics())
+    settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, prefault_session_memory=prefault, compressed_patterns=COMPRESSED)
+    manager = SessionManager(settings, ServiceMetrics())
     body = {"detector_endpoint": endpoint, "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_pixels": 64, "detector_bit_depth": 16}
     body |= {"detector_pixel_mrad": 1.5, "energy_ev": 6e4, "convergence_mrad": 25.0, "defocus_nm": 0.0}
     sid = manager.create(body)["session_id"]
@@ -186,8 +191,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=512, help="messages per drained batch (the receiver's max_batch)")
     ap.add_argument("--compare", action="store_true", help="also time the decoder and the store with their fast paths off")
+    ap.add_argument("--compressed", action="store_true", help="session files with compressed_patterns on (the detector's blobs as chunks)")
     ap.add_argument("--gc", action="store_true", help="leave Python's garbage collector on while timing (see the module docstring)")
     args = ap.parse_args()
+    global COMPRESSED
+    COMPRESSED = args.compressed
     n = args.frames
     messages = series_messages(n)
     if not args.gc:

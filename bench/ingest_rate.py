@@ -23,7 +23,7 @@ whole process: the in-process Rust sender included, for both sides) of that wind
 printed per run, then the median and spread of frames/s and the ratio of the medians.
 Reconstruction is replaced by a no-op backend (this is an ingest benchmark). Usage:
 
-    PYTHONPATH=$PWD python bench/ingest_rate.py [--frames 40000] [--peer-frames 100000] [--repeats 3] [--compare]
+    PYTHONPATH=$PWD python bench/ingest_rate.py [--frames 40000] [--peer-frames 100000] [--repeats 3] [--compare] [--per-thread] [--compressed]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import thread_cpu  # noqa: E402
 from detector_rate import write_dump  # noqa: E402
 from service_latency import AUTH, KEY, OverheadOnlyBackend  # noqa: E402
 
@@ -119,7 +120,11 @@ def peer_run(n: int, tmp: str, tag: str, keep: bool = False) -> Run:
     return Run(n - first[2], t1 - first[0], c1 - first[1], t1 - t0)
 
 
-def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = True) -> Run:
+COMPRESSED = False
+"""``--compressed``: the service's session files store the detector's blobs (``ServiceSettings.compressed_patterns``)."""
+
+
+def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = True, per_thread: bool = False) -> Run:
     """DectrisSim into the service's ingest; steady window from the first frame counted in the session to the last.
 
     ``fast=False``: the ingest as before issue 19 where it can be switched (JSON-only decoder,
@@ -139,7 +144,9 @@ def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = Tr
     os.environ["PTYCHOSCAN_NATIVE_INGEST"] = "1" if fast and native else "0"
     sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
     storage = Path(tmp) / f"sessions-{tag}"
-    settings = ServiceSettings(storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast)
+    settings = ServiceSettings(
+        storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast, compressed_patterns=COMPRESSED
+    )
     body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_bit_depth": 16}
     with TestClient(create_app(settings, backend=OverheadOnlyBackend())) as client:
         sid = client.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
@@ -159,12 +166,16 @@ def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = Tr
         while (got := session.frames_received) < n:  # read in-process: REST polling would compete with the ingest for the GIL
             if first is None and got:
                 first = (time.perf_counter(), _cpu(), got)
+                threads_before = thread_cpu.snapshot() if per_thread else None
             if time.monotonic() > deadline:
                 raise SystemExit(f"the service received {got} of {n} frames in 300 s")
             time.sleep(0.001)
         t1, c1 = time.perf_counter(), _cpu()
         if first is None:  # every frame arrived within one poll
-            first = (t0, c1, 0)
+            first, threads_before = (t0, c1, 0), None
+        if threads_before is not None:
+            print(f"  {tag}: CPU by thread over the steady window ({t1 - first[0]:.2f} s)")
+            print("\n".join(thread_cpu.report(threads_before, thread_cpu.snapshot(), t1 - first[0])))
         status = client.get(f"/api/v1/sessions/{sid}").json()
         assert status["frames_received"] == n, status
         client.app.state.service.manager.flush_all()  # frames are written to the file as they come; this makes them durable
@@ -189,7 +200,11 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also run the service with its issue-19 fast paths off, alternating")
     ap.add_argument("--compare-native", action="store_true", help="also run the service with the Python receive loop, alternating")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; the ingest does not use torch)")
+    ap.add_argument("--per-thread", action="store_true", help="print the service runs' CPU per thread over the steady window (bench/thread_cpu.py)")
+    ap.add_argument("--compressed", action="store_true", help="the service's compressed_patterns on (the detector's blobs as the file's chunks)")
     args = ap.parse_args()
+    global COMPRESSED
+    COMPRESSED = args.compressed
     import torch
 
     torch.set_num_threads(args.threads)
@@ -202,7 +217,7 @@ def main() -> None:
             sides = (
                 ("libertem-dectris receiver", peer_run, args.peer_frames, peer),
                 ("libertem-dectris, every frame kept", lambda n, tmp, tag: peer_run(n, tmp, tag, keep=True), args.peer_frames, kept),
-                ("service ingest (in session memory)", service_run, args.frames, ours),
+                ("service ingest (in session memory)", functools.partial(service_run, per_thread=args.per_thread), args.frames, ours),
             )
             if args.compare:
                 sides += (("service ingest, fast paths off", lambda n, tmp, tag: service_run(n, tmp, tag + "-off", fast=False), args.frames, before),)

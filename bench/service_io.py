@@ -36,7 +36,7 @@ def time_store(chunk: int, n_chunks: int, folder: Path, bit_depth: int = 32) -> 
     params = dict(
         detector_pixels=64, energy_ev=60e3, convergence_mrad=33.0, detector_pixel_mrad=1.68, defocus_nm=0.0, chunk=chunk, detector_bit_depth=bit_depth
     )
-    store = SessionStore.create(folder / "bench.h5", "bench", params, {"version": "bench"})
+    store = SessionStore.create(folder / "bench.h5", "bench", params, {"version": "bench"}, compressed=True)  # the blobs as chunks
     rng = np.random.default_rng(0)
     times: dict[str, list[float]] = {k: [] for k in ("append_batch", "bind", "flush", "write_reconstruction", "set_state")}
 

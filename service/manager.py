@@ -219,7 +219,7 @@ class SessionManager(StreamHandling):
             if (refusal := SessionSpec.from_params(params).limit_error(self.settings)) is not None:
                 raise SessionError(ErrorKind.INVALID_REQUEST, refusal)
             try:
-                s = Session.create(self.settings.storage, params, self.planner_for(params["strategy"]))
+                s = Session.create(self.settings.storage, params, self.planner_for(params["strategy"]), self.settings.compressed_patterns)
             except StoreError as err:
                 self._storage_failed(err)
                 raise SessionError(ErrorKind.STORAGE_UNAVAILABLE, str(err)) from None

@@ -42,8 +42,10 @@ Blob = bytes | memoryview
 COMPRESSION_NOTE = "bitshuffle-LZ4 (HDF5 filter 32008): h5py readers import bitshuffle.h5 or hdf5plugin first"
 
 
-def create_patterns(f: h5py.File, k: int, dtype: np.dtype, rows: int) -> h5py.Dataset:
-    """The growable ``patterns`` dataset (0, k, k) of ``dtype``, chunks of ``rows`` frames, bitshuffle-LZ4 compressed."""
+def create_patterns(f: h5py.File, k: int, dtype: np.dtype, rows: int, compressed: bool) -> h5py.Dataset:
+    """The growable ``patterns`` dataset (0, k, k) of ``dtype``, chunks of ``rows`` frames, bitshuffle-LZ4 compressed if ``compressed``."""
+    if not compressed:
+        return f.create_dataset("patterns", (0, k, k), maxshape=(None, k, k), dtype=dtype, chunks=(rows, k, k))
     ds = f.create_dataset(
         "patterns", (0, k, k), maxshape=(None, k, k), dtype=dtype, chunks=(rows, k, k), compression=BSLZ4_FILTER, compression_opts=BSLZ4_OPTIONS
     )

@@ -194,12 +194,13 @@ class Session:
         self.detector_mask = DetectorMask(self.spec.k)
 
     @classmethod
-    def create(cls, storage: Path, params: dict, planner: PlannerChoice) -> Session:
-        """A new session with a new id and its file in ``storage`` (StoreError if the file cannot be created)."""
+    def create(cls, storage: Path, params: dict, planner: PlannerChoice, compressed: bool = False) -> Session:
+        """A new session with a new id and its file in ``storage`` (StoreError if the file cannot be created); ``compressed``:
+        its patterns bitshuffle-LZ4 (``ServiceSettings.compressed_patterns``)."""
         sid = uuid.uuid4().hex[:16]
         p = planner
         info = {"requested": p.requested, "used": p.planner.name, "version": p.planner.version, "fallback": p.fallback}
-        return cls(sid, params, planner, SessionStore.create(Path(storage) / f"{sid}{SESSION_SUFFIX}", sid, params, info))
+        return cls(sid, params, planner, SessionStore.create(Path(storage) / f"{sid}{SESSION_SUFFIX}", sid, params, info, compressed))
 
     # --- derived ---------------------------------------------------------------------
 

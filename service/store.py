@@ -12,7 +12,12 @@ pixel type's largest count; ``service.detector_mask``; ``patterns`` stay as sent
 ``reconstructions/chunk_NNNN/phase`` (with ``pixel_nm``, ``origin_nm``,
 ``n_positions``, ``loss_history``, ``policy_version``); session parameters, state and
 error as root attributes. ``flush`` is called after every chunk and on a timer, so a
-crash loses at most the frames received since the last flush. Reads of a file not open
+crash loses at most the frames received since the last flush: uncompressed rows (the
+default) are rewritten in place. Compressed patterns (``compressed``,
+``service.pattern_chunks``) move when a chunk is rewritten, and a kill -9 between the
+write and the flush can cost rows of that chunk flushed before. The file is created with
+HDF5's file-space strategy "none": space freed is never reused, so a stale index on disk
+never serves another chunk's (or a deleted reconstruction's) bytes as a chunk's rows. Reads of a file not open
 for writing (a finished session's state, summary, latest reconstruction) are
 ``service.store_read``'s.
 """
@@ -196,12 +201,12 @@ class SessionStore:
     # --- creation and reopening -----------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path, session_id: str, params: dict, planner: dict) -> SessionStore:
-        """A new session file; ``patterns`` holds counts in the detector's pixel type (``pixel_dtype``)."""
+    def create(cls, path: Path, session_id: str, params: dict, planner: dict, compressed: bool = False) -> SessionStore:
+        """A new session file; ``patterns`` holds counts in the detector's pixel type (``pixel_dtype``), bitshuffle-LZ4 if ``compressed``."""
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            f = h5py.File(path, "w")
+            f = h5py.File(path, "w", fs_strategy="none")  # freed space never reused (see the module docstring)
             k = int(params["detector_pixels"])
             f.attrs["format"] = FORMAT_NAME
             f.attrs["version"] = FORMAT_VERSION
@@ -215,7 +220,7 @@ class SessionStore:
             f.attrs["state"] = "created"
             f.attrs["error"] = ""
             chunk = max(1, min(int(params["chunk"]), 64))
-            create_patterns(f, k, pixel_dtype(params), chunk)
+            create_patterns(f, k, pixel_dtype(params), chunk, compressed)
             for name in ("positions_nm", "positions_issued_nm", "positions_measured_nm"):
                 f.create_dataset(name, (0, 2), maxshape=_GROWABLE_2, dtype=np.float64, chunks=(256, 2))
             for name, dt in (("slot_batch", np.int32), ("slot_series", np.int64), ("slot_frame", np.int64), ("received", np.uint8)):

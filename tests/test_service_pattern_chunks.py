@@ -23,7 +23,7 @@ def make_store(tmp_path, k=64, chunk=4, budget=12, name="s.h5", dtype="uint16"):
         "defocus_nm": 0.0,
         "detector_bit_depth": 16 if dtype == "uint16" else 32,
     }
-    store = SessionStore.create(tmp_path / name, "s", params, {"requested": "sparse-grid"})
+    store = SessionStore.create(tmp_path / name, "s", params, {"requested": "sparse-grid"}, compressed=True)
     store.append_batch(0, np.zeros((budget, 2)))
     return store
 
@@ -182,3 +182,27 @@ def test_a_whole_chunk_written_directly_replaces_what_hdf5_cached_of_it(tmp_path
     store.close()
     got, _ = read_patterns(store.path)
     assert np.array_equal(got[:3], images[:3]) and np.array_equal(got[3], first[3])
+
+
+def test_patterns_are_uncompressed_unless_the_service_says_so(tmp_path):
+    """Compressed chunks move when rewritten (a kill -9 mid-flush can cost rows flushed before): off by default."""
+    from fastapi.testclient import TestClient
+    from service_testing import AUTH, KEY, RecordingBackend
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    for compressed in (False, True):
+        settings = ServiceSettings(storage=tmp_path / f"s{compressed}", api_keys=[KEY], compressed_patterns=compressed)
+        with TestClient(create_app(settings, backend=RecordingBackend())) as c:
+            sid = c.post("/api/v1/sessions", json=session_body("tcp://127.0.0.1:1"), headers=AUTH).json()["session_id"]
+        with h5py.File(settings.storage / f"{sid}.h5", "r") as f:
+            assert is_bslz4(f["patterns"]) == compressed
+    store = SessionStore.create(tmp_path / "plain.h5", "p", session_body("tcp://127.0.0.1:1", budget=4, chunk=4) | {
+        "detector_pixels": 64, "energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0, "detector_bit_depth": 16}, {})
+    store.append_batch(0, np.zeros((4, 2)))
+    images, blobs = frames(4, seed=11)
+    store.write_frames(list(range(4)), list(images), blobs)  # blobs offered, not used: rows written in place
+    store.close()
+    with h5py.File(tmp_path / "plain.h5", "r") as f:
+        assert not is_bslz4(f["patterns"]) and np.array_equal(f["patterns"][()], images)
