@@ -104,6 +104,17 @@ def make_backlog(p, rx, consumer: Consumer, series: int, n: int) -> None:
     consumer.hold.set()
 
 
+def held_with_backlog(p, consumer: Consumer, max_batch: int, series: int, n: int) -> StreamReceiver:
+    """A started receiver on ``p`` whose decode thread is in ``consumer``'s callback with a backlog behind it (``make_backlog``);
+    the test stops it."""
+    rx = StreamReceiver([p.endpoint], on_events=consumer, max_batch=max_batch)
+    rx.start()
+    wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
+    make_backlog(p, rx, consumer, series, n)
+    assert consumer.held.wait(10)
+    return rx
+
+
 def test_under_a_backlog_the_receive_thread_goes_on_while_the_callback_runs(pushers, compiled):
     """A full drain (a backlog) is decoded and called back on the decode thread: the receive thread is free meanwhile (here it opens
     another endpoint while the callback is held)."""
@@ -129,11 +140,7 @@ def test_stop_drops_the_drains_not_yet_decoded_and_calls_back_no_more(pushers, c
     it returned (into a manager closing its sessions)."""
     (p, _) = pushers
     consumer = Consumer(slow_s=0.5)
-    rx = StreamReceiver([p.endpoint], on_events=consumer, max_batch=2)
-    rx.start()
-    wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
-    make_backlog(p, rx, consumer, 5, 9)  # 10 messages behind the start: 5 drains, 0.5 s each
-    assert consumer.held.wait(10)
+    rx = held_with_backlog(p, consumer, 2, 5, 9)  # 10 messages behind the start: 5 drains, 0.5 s each
     t0 = time.monotonic()
     assert rx.stop(timeout=5)
     stopped_after, calls = time.monotonic() - t0, len(consumer.got)
@@ -236,11 +243,7 @@ def test_stop_says_true_only_once_no_callback_runs(pushers, compiled):
     """Regression: stop returned True after 5 s while a slow callback still ran on the decode thread, and events came after."""
     (p, _) = pushers
     consumer = Consumer(slow_s=6.0)
-    rx = StreamReceiver([p.endpoint], on_events=consumer, max_batch=2)
-    rx.start()
-    wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
-    make_backlog(p, rx, consumer, 8, 3)
-    assert consumer.held.wait(10)
+    rx = held_with_backlog(p, consumer, 2, 8, 3)
     assert not rx.stop(timeout=0.5)  # the callback in flight is still running
     assert rx.stop(timeout=10) and consumer.running == 0
     calls = len(consumer.got)
@@ -252,11 +255,7 @@ def test_stop_while_a_remove_drains_a_busy_socket_is_prompt(pushers, compiled):
     """Regression: a remove of a socket with a backlog drained it to the end, 50 ms a drain once stopping: stop took seconds."""
     (p, _) = pushers
     consumer = Consumer(slow_s=0.3)
-    rx = StreamReceiver([p.endpoint], on_events=consumer, max_batch=4)
-    rx.start()
-    wait_until(lambda: rx.is_connected(p.endpoint), what="connected")
-    make_backlog(p, rx, consumer, 9, 400)
-    assert consumer.held.wait(10)
+    rx = held_with_backlog(p, consumer, 4, 9, 400)
     rx.remove(p.endpoint, timeout=0)  # asked: the receive thread drains the socket's backlog (held back by the slow consumer)
     time.sleep(1.0)
     t0 = time.monotonic()
