@@ -69,6 +69,7 @@ class StreamReceiver:
         on_raw: Callable[[str, list[list[bytes]]], None] | None = None,
         native: bool | None = None,
         forward: ForwardTarget | None = None,
+        keep_blobs: bool = True,
     ) -> None:
         if (on_event is None) == (on_events is None):
             raise ValueError("StreamReceiver needs exactly one of on_event and on_events")
@@ -84,7 +85,7 @@ class StreamReceiver:
         """OpenMP threads bitshuffle decodes with in the receive thread (``detector_stream.codec_threads``)."""
         self.on_raw = on_raw
         """sees each drained batch of raw multipart messages before decoding (receive thread); its exceptions are counted as socket errors."""
-        self.forward = forward  # gets every message: from the compiled loop, or through its send on the Python path
+        self.forward, self.keep_blobs = forward, keep_blobs  # every message re-sent there; the compiled loop's Frame.blob kept
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -150,7 +151,7 @@ class StreamReceiver:
         """Connect and start the receive thread (returns once the sockets exist)."""
         if self._thread is not None:
             raise RuntimeError("StreamReceiver already started")
-        self.native_loop, self.native_unavailable = choose_loop(self.native, self.on_raw is not None, self.max_batch, self.forward)
+        self.native_loop, self.native_unavailable = choose_loop(self.native, self.on_raw is not None, self.max_batch, self.forward, self.keep_blobs)
         self._stop.clear()
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="stream-v1-receiver", daemon=True)
@@ -192,8 +193,7 @@ class StreamReceiver:
         return closed.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the thread and close the sockets (messages still queued, and drains not yet decoded, are dropped; a callback in
-        flight finishes); False if it, or the decode thread's callback, is still running after ``timeout`` s."""
+        """Stop and close the sockets (queued messages, undecoded drains dropped; a callback in flight ends); False if not done in ``timeout`` s."""
         self._stop.set()
         with self._lock:
             if self._wake is not None:

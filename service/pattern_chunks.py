@@ -116,6 +116,9 @@ class PatternChunks:
     def plan(self, queued: dict[int, tuple[np.ndarray, Blob | None]]) -> ChunkPlan:
         """Split queued frames (slot -> (image, the blob it was decoded from or None)) into a plan."""
         plan, rows, slots = ChunkPlan(), self.rows, sorted(queued)
+        if not self.enabled:  # an uncompressed file (the default), or frames that are not whole blocks: no chunk goes as it came
+            plan.filtered = slots
+            return plan
         start, skip = 0, HEADER.size
         while start < len(slots):
             chunk = slots[start] // rows

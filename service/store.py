@@ -113,6 +113,13 @@ def read_reconstruction(ds: h5py.Dataset) -> StoredReconstruction:
     )
 
 
+def session_header(a) -> dict:
+    """The fields every record of a session reads from its file's root attributes ``a`` (``StoredSession``, ``SessionSummary``):
+    id, request, state, error, planner, creation time (s since the epoch)."""
+    return dict(session_id=str(a["session_id"]), params=json.loads(a["session_params"]), state=str(a["state"]),
+                error=str(a["error"]) or None, planner=json.loads(a["planner"]), created_unix=float(a["created_unix"]))
+
+
 def probe_attr(a) -> dict | None:
     """The ``probe`` root attribute (JSON) of a session file's attributes ``a``, None if it has none."""
     return json.loads(a["probe"]) if "probe" in a else None
@@ -245,12 +252,7 @@ class SessionStore:
             recons = f["reconstructions"]
             names = sorted(recons)
             stored = StoredSession(
-                session_id=str(a["session_id"]),
-                params=json.loads(a["session_params"]),
-                state=str(a["state"]),
-                error=str(a["error"]) or None,
-                planner=json.loads(a["planner"]),
-                created_unix=float(a["created_unix"]),
+                **session_header(a),
                 positions_issued=f["positions_issued_nm"][()],
                 positions_measured=f["positions_measured_nm"][()],
                 slot_batch=f["slot_batch"][()],

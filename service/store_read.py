@@ -7,7 +7,6 @@ afterwards (``service.finished``); a reader may run while the service writes oth
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,15 @@ import h5py
 import numpy as np
 
 import recon.hdf5_filters  # noqa: F401  (registers the bitshuffle filter: session files' patterns are compressed with it)
-from service.store import StoredReconstruction, StoreError, check_format, error_text, probe_attr, read_reconstruction
+from service.store import (
+    StoredReconstruction,
+    StoreError,
+    check_format,
+    error_text,
+    probe_attr,
+    read_reconstruction,
+    session_header,
+)
 
 
 @dataclass
@@ -75,12 +82,7 @@ def read_summary(path: Path) -> SessionSummary:
                     if series >= 0:
                         tells[bid] = (int(series), int(((slot_batch == bid) & (slot_series == series)).sum()))
             return SessionSummary(
-                session_id=str(a["session_id"]),
-                params=json.loads(a["session_params"]),
-                state=str(a["state"]),
-                error=str(a["error"]) or None,
-                planner=json.loads(a["planner"]),
-                created_unix=float(a["created_unix"]),
+                **session_header(a),
                 positions_issued=int(f["positions_issued_nm"].shape[0]),
                 frames_received=int(f["received"][()].astype(bool).sum()),
                 batches_issued=len(np.unique(slot_batch)),

@@ -519,3 +519,16 @@ def test_drains_of_big_blobs_keep_every_blob_and_the_buffer_is_given_back_after(
     time.sleep(0.05)
     loop.receive(pull)
     assert loop.lib.ps_blobs_capacity(loop._ctx) <= 16 << 20
+
+
+def test_a_loop_for_a_consumer_that_keeps_no_blobs_copies_none(pair):
+    """Session files are uncompressed by default: the loop then copies no blob (~0.2 us a frame less on the decode thread)."""
+    images = [np.random.default_rng(5).poisson(2.0, (64, 64)).astype(np.uint16) for _ in range(3)]
+    msgs = [series_start_parts(1, CONFIG), *[image_parts(1, i, im, "bs16-lz4<", 1, 2, 3) for i, im in enumerate(images)], series_end_parts(1)]
+    kept, _, _ = _through_loop(pair, msgs, NativeReceiveLoop(64))
+    events, _, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64, keep_blobs=False))
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert native_frames == 3 and [f.blob for f in frames] == [None] * 3
+    assert [bytes(f.blob) for f in kept if isinstance(f, Frame)] == [m[2] for m in msgs[1:4]]
+    for f, im in zip(frames, images, strict=True):
+        np.testing.assert_array_equal(f.image, im)

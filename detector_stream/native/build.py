@@ -109,6 +109,7 @@ def _load() -> ctypes.CDLL:
     for name in ("ps_raw_len", "ps_raw_capacity", "ps_nparts", "ps_blobs_len", "ps_blobs_capacity"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = i64, [p]
     lib.ps_set_forward.restype, lib.ps_set_forward.argtypes = None, [p, p]
+    lib.ps_set_keep_blobs.restype, lib.ps_set_keep_blobs.argtypes = None, [p, ctypes.c_int]
     lib.ps_forward_counts.restype, lib.ps_forward_counts.argtypes = None, [p, p]
     lib.ps_send_batch.restype = ctypes.c_int
     lib.ps_send_batch.argtypes = [p, p, p, p, p, ctypes.c_int]

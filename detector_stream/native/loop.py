@@ -81,11 +81,13 @@ class NativeContext:
 class NativeReceiveLoop(NativeContext):
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
-    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None) -> None:
+    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None, keep_blobs: bool = True) -> None:
         """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more); ``forward``: where every message
-        received is re-sent, byte for byte (its socket as it is now). NativeUnavailable (with the reason) where the loop
-        cannot be built or its libraries found."""
+        received is re-sent, byte for byte (its socket as it is now); ``keep_blobs``: each decoded frame's compressed blob is
+        copied out with it (``Frame.blob``; False: None, for a consumer that stores none). NativeUnavailable (with the reason)
+        where the loop cannot be built or its libraries found."""
         super().__init__()
+        self.lib.ps_set_keep_blobs(self._ctx, int(keep_blobs))
         self.forward = forward
         self._forward_socket: zmq.Socket | None = None
         """the socket the C context forwards on (kept referenced: its handle is in the context)."""
@@ -168,13 +170,13 @@ class NativeReceiveLoop(NativeContext):
 
 
 def choose_loop(
-    wanted: bool | None, forwards_raw: bool, max_msgs: int, forward: ForwardTarget | None = None
+    wanted: bool | None, forwards_raw: bool, max_msgs: int, forward: ForwardTarget | None = None, keep_blobs: bool = True
 ) -> tuple[NativeReceiveLoop | None, str | None]:
     """The compiled loop for a receive thread and None, or None and why not: ``wanted`` False or, when None,
     ``PTYCHOSCAN_NATIVE_INGEST=0`` (turned off), raw messages
     forwarded (``forwards_raw``: the Python path keeps them whole), or unavailable (logged; raised if ``wanted`` is True).
 
-    ``forward``: every message received is re-sent there by the loop. Build it on the caller's thread, not the receive
+    ``forward``: every message received is re-sent there by the loop; ``keep_blobs``: as ``NativeReceiveLoop``'s. Build it on the caller's thread, not the receive
     thread: a first build takes a second or so.
     """
     if wanted is False:
@@ -186,7 +188,7 @@ def choose_loop(
             raise NativeUnavailable("raw messages are forwarded (on_raw): only the Python receive path keeps them whole")
         return None, "raw messages are forwarded (on_raw): the Python receive path keeps them whole"
     try:
-        return NativeReceiveLoop(max_msgs, forward=forward), None
+        return NativeReceiveLoop(max_msgs, forward=forward, keep_blobs=keep_blobs), None
     except (NativeUnavailable, OSError, AttributeError) as err:
         if wanted:
             raise

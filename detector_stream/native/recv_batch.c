@@ -60,6 +60,7 @@ typedef struct {
     int64_t raw_len, raw_cap;
     unsigned char *blobs;           /* the compressed blobs of this drain's decoded images, back to back (for storing as they came) */
     int64_t blobs_len, blobs_cap;
+    int keep_blobs;                 /* 0: a store that keeps no blobs is fed: none are copied */
     int64_t *part_len;
     int64_t nparts, parts_cap;
 } ps_ctx;
@@ -220,6 +221,7 @@ ps_ctx *ps_new(void **fns) {
     ctx->err = (errno_f)fns[6];
     ctx->bshuf = (bshuf_f)fns[7];
     ctx->send = (send_f)fns[8];
+    ctx->keep_blobs = 1;
     return ctx;
 }
 
@@ -274,6 +276,7 @@ static double now_s(void) {
 }
 
 void ps_set_forward(ps_ctx *ctx, void *socket) { ctx->fwd = socket; }
+void ps_set_keep_blobs(ps_ctx *ctx, int keep) { ctx->keep_blobs = keep; }
 
 /* The forward tallies since the last call (out[0] sent, out[1] dropped), reset. */
 void ps_forward_counts(ps_ctx *ctx, int64_t *out) {
@@ -380,7 +383,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                     r[7] = h.y;
                     r[8] = h.x;
                     r[9] = h.itemsize;
-                    if (room(&ctx->blobs, &ctx->blobs_cap, ctx->blobs_len, size)) {
+                    if (ctx->keep_blobs && room(&ctx->blobs, &ctx->blobs_cap, ctx->blobs_len, size)) {
                         memcpy(ctx->blobs + ctx->blobs_len, blob, (size_t)size);
                         r[10] = ctx->blobs_len;
                         r[11] = size;
