@@ -1,8 +1,8 @@
 """``NativeReceiveLoop``: one call of the compiled loop drains a pyzmq socket; ``NativeBatch`` is what it received, in order.
 
 libzmq's functions are looked up through pyzmq's own extension module, so that they are
-the copy the socket handles pyzmq gives (``Socket.underlying``) belong to; bitshuffle's
-``bshuf_decompress_lz4`` through the bitshuffle extension the codec imports. Where either
+the copy the socket handles pyzmq gives (``Socket.underlying``) belong to; bitshuffle's ``LZ4_decompress_safe``
+and bit untranspose through the bitshuffle extension the codec imports. Where either
 cannot be found the loop is unavailable and the Python receive path is used.
 """
 
@@ -43,17 +43,46 @@ def _libzmq() -> ctypes.CDLL:
     return lib
 
 
-def _bshuf_decompress() -> int:
+_UNTRANS_STEPS = (("AVX512", "AVX", "AVX512"), ("AVX2", "AVX", "AVX"), ("SSE2", "SSE", "SSE"), ("NEON", "NEON", "NEON"))
+"""(bshuf_using_X, suffix of bshuf_trans_byte_bitrow_*, of bshuf_shuffle_bit_eightelem_*): the two steps of
+``bshuf_untrans_bit_elem`` for the instruction set bitshuffle was built with, as its own dispatch picks them."""
+
+
+def _address(lib: ctypes.CDLL, name: str) -> int:
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+
+
+def _bitshuffle_functions() -> list[int | None]:
+    """[LZ4_decompress_safe, bshuf_untrans_bit_elem, its byte-bitrow step, its eight-element step] of the bitshuffle extension.
+
+    The two steps are what ``bshuf_untrans_bit_elem`` calls between a malloc and a free of
+    its scratch; the loop calls them with a scratch of its own. None for both where they
+    are not found (another bitshuffle): the loop then calls ``bshuf_untrans_bit_elem``.
+    """
     import bitshuffle.ext
 
-    return ctypes.cast(ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4, ctypes.c_void_p).value
+    lib = ctypes.CDLL(bitshuffle.ext.__file__)
+    functions = [_address(lib, "LZ4_decompress_safe"), _address(lib, "bshuf_untrans_bit_elem")]
+    try:
+        isa = next((rows, shuffle) for using, rows, shuffle in _UNTRANS_STEPS if getattr(lib, f"bshuf_using_{using}")())
+    except StopIteration:
+        isa = ("scal", "scal")
+    except AttributeError:
+        return [*functions, None, None]
+    try:
+        return [*functions, _address(lib, f"bshuf_trans_byte_bitrow_{isa[0]}"), _address(lib, f"bshuf_shuffle_bit_eightelem_{isa[1]}")]
+    except AttributeError:
+        return [*functions, None, None]
 
 
-def new_context(lib: ctypes.CDLL) -> int:
-    """A context of the compiled loop (``ps_new``) with pyzmq's libzmq and bitshuffle's decompressor; free it with ``lib.ps_free``."""
+def new_context(lib: ctypes.CDLL, untrans_steps: bool = True) -> int:
+    """A context of the compiled loop (``ps_new``) with pyzmq's libzmq and bitshuffle's decompression; free it with ``lib.ps_free``.
+
+    ``untrans_steps`` False: bitshuffle's ``bshuf_untrans_bit_elem`` is called as it is (for the tests of that path)."""
     zlib = _libzmq()
-    pointers = [ctypes.cast(getattr(zlib, name), ctypes.c_void_p).value for name in _ZMQ_FUNCTIONS]
-    pointers += [_bshuf_decompress(), ctypes.cast(zlib.zmq_send, ctypes.c_void_p).value]
+    lz4, untrans, rows, shuffle = _bitshuffle_functions()
+    pointers = [_address(zlib, name) for name in _ZMQ_FUNCTIONS]
+    pointers += [lz4, _address(zlib, "zmq_send"), untrans, *((rows, shuffle) if untrans_steps else (None, None))]
     ctx = lib.ps_new((ctypes.c_void_p * len(pointers))(*pointers))
     if not ctx:
         raise NativeUnavailable("out of memory creating the compiled loop's context")
@@ -63,11 +92,12 @@ def new_context(lib: ctypes.CDLL) -> int:
 class NativeContext:
     """Owner of one context of the compiled library (``ps_new``: pyzmq's libzmq, bitshuffle), freed by ``close`` or collection."""
 
-    def __init__(self) -> None:
-        """NativeUnavailable (with the reason) where the library cannot be built or its libraries found."""
+    def __init__(self, untrans_steps: bool = True) -> None:
+        """NativeUnavailable (with the reason) where the library cannot be built or its libraries found; ``untrans_steps``: as
+        ``new_context``'s."""
         self._ctx = None
         self.lib = load_library()
-        self._ctx = new_context(self.lib)
+        self._ctx = new_context(self.lib, untrans_steps)
 
     def close(self) -> None:
         if self._ctx:
@@ -81,12 +111,14 @@ class NativeContext:
 class NativeReceiveLoop(NativeContext):
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
-    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None, keep_blobs: bool = True) -> None:
+    def __init__(
+        self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None, keep_blobs: bool = True, untrans_steps: bool = True
+    ) -> None:
         """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more); ``forward``: where every message
         received is re-sent, byte for byte (its socket as it is now); ``keep_blobs``: each decoded frame's compressed blob is
         copied out with it (``Frame.blob``; False: None, for a consumer that stores none). NativeUnavailable (with the reason)
-        where the loop cannot be built or its libraries found."""
-        super().__init__()
+        where the loop cannot be built or its libraries found; ``untrans_steps``: as ``new_context``'s."""
+        super().__init__(untrans_steps)
         self.lib.ps_set_keep_blobs(self._ctx, int(keep_blobs))
         self.forward = forward
         self._forward_socket: zmq.Socket | None = None

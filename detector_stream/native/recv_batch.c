@@ -11,9 +11,11 @@
  *
  * libzmq and bitshuffle are not linked: their functions come in as pointers from the
  * copies the Python process has already loaded (pyzmq's, bitshuffle's), so the socket
- * handle given is one of that libzmq's. Nothing here allocates per frame (bitshuffle
- * does, a block's scratch); the raw buffer and the part-length table grow as needed and
- * are kept between calls.
+ * handle given is one of that libzmq's. A frame's blocks are decoded here one by one
+ * with bitshuffle's building blocks (LZ4_decompress_safe, then its bit untranspose)
+ * through two block-sized scratch buffers in the context: no OpenMP region and no
+ * allocation per frame (bshuf_decompress_lz4 enters one and mallocs per block). The raw
+ * buffer and the part-length table grow as needed and are kept between calls.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -41,7 +43,8 @@ typedef size_t (*msg_size_f)(void *);
 typedef int (*msg_more_f)(void *);
 typedef int (*msg_close_f)(void *);
 typedef int (*errno_f)(void);
-typedef int64_t (*bshuf_f)(const void *, void *, size_t, size_t, size_t);
+typedef int (*lz4_f)(const char *, char *, int, int);             /* LZ4_decompress_safe */
+typedef int64_t (*untrans_f)(const void *, void *, size_t, size_t); /* bitshuffle's (in, out, elements, element bytes) */
 typedef int (*send_f)(void *, const void *, size_t, int);
 
 typedef struct {
@@ -52,7 +55,9 @@ typedef struct {
     msg_more_f more;
     msg_close_f close;
     errno_f err;
-    bshuf_f bshuf;
+    lz4_f lz4;
+    untrans_f untrans;              /* bshuf_untrans_bit_elem: allocates its scratch per call; used where the next two are not given */
+    untrans_f bitrow, eightelem;    /* its two steps (bshuf_trans_byte_bitrow_*, bshuf_shuffle_bit_eightelem_*), through scratch[1] */
     send_f send;
     void *fwd;                      /* a PUSH socket every received message is re-sent on, byte for byte (NULL: none) */
     int64_t fwd_sent, fwd_dropped;  /* messages forwarded, and dropped for the forward socket (it would have blocked) */
@@ -63,6 +68,7 @@ typedef struct {
     int keep_blobs;                 /* 0: a store that keeps no blobs is fed: none are copied */
     int64_t *part_len;
     int64_t nparts, parts_cap;
+    unsigned char scratch[2][PS_BLOCK_BYTES] __attribute__((aligned(64))); /* a block: LZ4-decompressed, then half untransposed */
 } ps_ctx;
 
 /* ---- MD5: md5.c ------------------------------------------------------------------ */
@@ -207,6 +213,35 @@ static int hash_ok(const image_head *h, const unsigned char *blob, size_t n) {
     return 1;
 }
 
+/* ---- decoding: bitshuffle's blocked decompression, block by block ------------------ */
+
+/* Bit-untranspose n elements (a multiple of 8) of one block from `in` to `out`, as bshuf_untrans_bit_elem does. */
+static int untranspose(ps_ctx *ctx, const void *in, void *out, int64_t n, int64_t itemsize) {
+    if (!ctx->bitrow || !ctx->eightelem) return ctx->untrans(in, out, (size_t)n, (size_t)itemsize) >= 0;
+    return ctx->bitrow(in, ctx->scratch[1], (size_t)n, (size_t)itemsize) >= 0 &&
+           ctx->eightelem(ctx->scratch[1], out, (size_t)n, (size_t)itemsize) >= 0;
+}
+
+/* Decode the body of a blob that passed blob_ok (its blocks, then its raw tail) into `out`, as bshuf_decompress_lz4 with
+   8192-byte blocks does: full blocks, a last partial block of the remainder's whole multiple of 8 elements, the last
+   pixels % 8 elements copied as they are. 1 when every block decompresses to exactly its size and the body is used up. */
+static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len, unsigned char *out, int64_t pixels, int64_t itemsize) {
+    int64_t block = PS_BLOCK_BYTES / itemsize, full = pixels / block, rest = pixels % block, partial = rest - rest % 8;
+    int64_t nblocks = full + (partial ? 1 : 0), pos = 0;
+    for (int64_t i = 0; i < nblocks; i++) {
+        int64_t n = i < full ? block : partial, raw = n * itemsize, length = (int64_t)be(body + pos, 4);
+        if (pos + 4 + length > body_len) return 0;
+        if (ctx->lz4((const char *)body + pos + 4, (char *)ctx->scratch[0], (int)length, (int)raw) != raw) return 0;
+        if (!untranspose(ctx, ctx->scratch[0], out, n, itemsize)) return 0;
+        out += raw;
+        pos += 4 + length;
+    }
+    int64_t tail = (pixels % 8) * itemsize;
+    if (pos + tail != body_len) return 0;
+    memcpy(out, body + pos, (size_t)tail);
+    return 1;
+}
+
 /* ---- context -------------------------------------------------------------------- */
 
 ps_ctx *ps_new(void **fns) {
@@ -219,8 +254,11 @@ ps_ctx *ps_new(void **fns) {
     ctx->more = (msg_more_f)fns[4];
     ctx->close = (msg_close_f)fns[5];
     ctx->err = (errno_f)fns[6];
-    ctx->bshuf = (bshuf_f)fns[7];
+    ctx->lz4 = (lz4_f)fns[7];
     ctx->send = (send_f)fns[8];
+    ctx->untrans = (untrans_f)fns[9];
+    ctx->bitrow = (untrans_f)fns[10];
+    ctx->eightelem = (untrans_f)fns[11];
     ctx->keep_blobs = 1;
     return ctx;
 }
@@ -368,9 +406,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                 r[8] = h.x;
                 r[9] = h.itemsize;
             } else {
-                int64_t used = ctx->bshuf(blob + 12, arena + offset, (size_t)pixels, (size_t)h.itemsize,
-                                          (size_t)(PS_BLOCK_BYTES / h.itemsize));
-                if (used == size - 12) {
+                if (decode_blob(ctx, blob + 12, size - 12, arena + offset, pixels, h.itemsize)) {
                     decoded = 1;
                     arena_used = offset + nbytes;
                     r[0] = 1;
