@@ -363,7 +363,9 @@ def test_runs_of_frames_get_the_checks_of_single_frames(pair, order):
 
 
 def test_kept_frames_hold_their_own_bytes_not_the_arena(pair):
-    """Regression: frames were views into the whole per-drain arena (4 MiB to 256 MiB each), so every kept frame pinned it."""
+    """Regression: frames were views into the whole per-drain arena (4 MiB to 256 MiB each), so every kept frame pinned it. A
+    drain this small is still copied out (``VIEW_SHARE``); a busy one's frames are views into a pooled arena
+    (tests/test_native_arena_pool.py)."""
     image = np.ones((64, 64), np.uint16)
     msgs = [series_start_parts(1, CONFIG), *[image_parts(1, i, image, "bs16-lz4<", 1, 2, 3) for i in range(3)], series_end_parts(1)]
     loop = NativeReceiveLoop(64)

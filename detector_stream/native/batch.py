@@ -20,7 +20,9 @@ _DTYPES = {1: np.dtype("uint8"), 2: np.dtype("uint16"), 4: np.dtype("uint32")}
 @dataclass
 class NativeBatch:
     """The messages of one drain, in order: ``records`` (n, REC) int64, ``received_at`` (n,) s, decoded images in ``arena``,
-    raw messages' parts in ``raw`` (lengths ``part_lens``), the decoded images' compressed blobs in ``blobs``."""
+    raw messages' parts in ``raw`` (lengths ``part_lens``), the decoded images' compressed blobs in ``blobs``;
+    ``arena_misses``: bytes of the largest image that came raw because the arena was full (0: none did), the arena should
+    grow to hold it (counted by the loop: ``ps_arena_miss``)."""
 
     records: np.ndarray
     received_at: np.ndarray
@@ -28,13 +30,7 @@ class NativeBatch:
     raw: bytes
     part_lens: list[int]
     blobs: bytes = b""
-
-    @property
-    def arena_misses(self) -> int:
-        """Bytes of the largest image that came raw because the arena was full (0: none did): the arena should grow to hold it."""
-        r = self.records
-        missed = r[(r[:, 0] == RAW) & (r[:, 1] == 1)]
-        return int((missed[:, 7] * missed[:, 8] * missed[:, 9]).max()) if len(missed) else 0
+    arena_misses: int = 0
 
     def __len__(self) -> int:
         return len(self.records)

@@ -68,6 +68,7 @@ typedef struct {
     int keep_blobs;                 /* 0: a store that keeps no blobs is fed: none are copied */
     int64_t *part_len;
     int64_t nparts, parts_cap;
+    int64_t arena_used, arena_miss; /* of the last drain: arena bytes decoded into; bytes of the largest frame that did not fit */
     unsigned char scratch[2][PS_BLOCK_BYTES] __attribute__((aligned(64))); /* a block: LZ4-decompressed, then half untransposed */
 } ps_ctx;
 
@@ -279,6 +280,8 @@ int64_t ps_nparts(ps_ctx *ctx) { return ctx->nparts; }
 const unsigned char *ps_blobs(ps_ctx *ctx) { return ctx->blobs; }
 int64_t ps_blobs_len(ps_ctx *ctx) { return ctx->blobs_len; }
 int64_t ps_blobs_capacity(ps_ctx *ctx) { return ctx->blobs_cap; }
+int64_t ps_arena_used(ps_ctx *ctx) { return ctx->arena_used; }
+int64_t ps_arena_miss(ps_ctx *ctx) { return ctx->arena_miss; }
 
 /* Room for n more bytes in a buffer that grows by doubling (from 64 KiB); 0 when it cannot grow. */
 static int room(unsigned char **buf, int64_t *cap, int64_t len, int64_t n) {
@@ -345,6 +348,7 @@ static int forward_part(ps_ctx *ctx, const void *data, size_t len, int64_t k, in
  *   10 blob offset  11 blob bytes: its compressed blob in the blob buffer (images; 11 = 0: not kept, out of memory)
  *   1 = 1 and 7 y  8 x  9 itemsize: a raw image message that would have been decoded but the arena was full
  * received_at[i]: CLOCK_MONOTONIC seconds when its first part came off the socket.
+ * ps_arena_used, ps_arena_miss: the arena bytes decoded into; the bytes of the largest frame marked 1 above (0: none).
  * Returns the number of messages, or -errno when the first receive failed other than EAGAIN.
  */
 int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double *received_at, unsigned char *arena,
@@ -362,6 +366,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
     ctx->raw_len = 0;
     ctx->blobs_len = 0;
     ctx->nparts = 0;
+    ctx->arena_miss = 0;
     int64_t arena_used = 0;
     ps_msg parts[4], extra;
     int n = 0;
@@ -401,6 +406,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
             if (!(h.size == size && hash_ok(&h, blob, (size_t)size) && blob_ok(blob, size, pixels, h.itemsize))) {
                 /* raw: the Python decoder names what is wrong */
             } else if (offset + nbytes > arena_cap) { /* raw, marked (only a frame that passed its checks): the caller makes room */
+                if (nbytes > ctx->arena_miss) ctx->arena_miss = nbytes;
                 r[1] = 1;
                 r[7] = h.y;
                 r[8] = h.x;
@@ -462,6 +468,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
         for (int k = 0; k < np; k++) ctx->close(&parts[k]);
         n++;
     }
+    ctx->arena_used = arena_used;
     return n;
 }
 
