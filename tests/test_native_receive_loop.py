@@ -78,6 +78,8 @@ def _tuples(events: list) -> list[tuple]:
         kind, fields, image = _as_tuple(e)
         fields.pop("received_at", None)
         fields.pop("stack", None)  # the loop's frames know the stack they are rows of
+        marked = fields.pop("marked", None)  # the loop's frames know how many pixels are marked: the right number
+        assert marked is None or marked == np.count_nonzero(e.image == np.iinfo(e.image.dtype).max)
         out.append((kind, fields, image))
     return out
 

@@ -31,7 +31,7 @@
 #define PS_SNDMORE 2
 #define PS_MAX_FRAME_PIXELS (1LL << 26)
 #define PS_BLOCK_BYTES 8192
-#define PS_REC 12 /* int64 fields per message record: see ps_recv_batch */
+#define PS_REC 13 /* int64 fields per message record: see ps_recv_batch */
 #define PS_RAW_KEEP (16LL << 20) /* raw-buffer bytes kept between drains; a bigger one is freed at the next drain */
 
 typedef struct { unsigned char bytes[64]; } __attribute__((aligned(8))) ps_msg; /* zmq_msg_t: 64 opaque bytes */
@@ -216,6 +216,37 @@ static int hash_ok(const image_head *h, const unsigned char *blob, size_t n) {
 
 /* ---- decoding: bitshuffle's blocked decompression, block by block ------------------ */
 
+/* How many of the n elements at p are the largest value of their unsigned type (0xFF, 0xFFFF, 0xFFFFFFFF): the detector's
+   mark of an invalid pixel, or a saturated one. 16 bytes at a time (the lane counters are summed every 128 steps, before
+   a byte lane could wrap). */
+#define PS_COUNT_MARKS(name, T)                                                             \
+    static int64_t name(const unsigned char *p, int64_t n) {                               \
+        typedef T vec __attribute__((vector_size(16)));                                     \
+        const int64_t lanes = 16 / (int64_t)sizeof(T);                                      \
+        const T top = (T)~(T)0;                                                             \
+        int64_t count = 0, i = 0;                                                           \
+        while (i + lanes <= n) {                                                            \
+            vec acc = {0}, v;                                                               \
+            for (int k = 0; k < 128 && i + lanes <= n; k++, i += lanes) {                   \
+                memcpy(&v, p + i * (int64_t)sizeof(T), 16);                                 \
+                acc -= (vec)(v == top); /* a lane that matches is all ones: -1 */           \
+            }                                                                               \
+            for (int64_t k = 0; k < lanes; k++) count += acc[k];                            \
+        }                                                                                   \
+        for (T x; i < n; i++) {                                                             \
+            memcpy(&x, p + i * (int64_t)sizeof(T), sizeof(T));                              \
+            count += x == top;                                                              \
+        }                                                                                   \
+        return count;                                                                       \
+    }
+PS_COUNT_MARKS(marks8, uint8_t)
+PS_COUNT_MARKS(marks16, uint16_t)
+PS_COUNT_MARKS(marks32, uint32_t)
+
+static int64_t count_marks(const unsigned char *p, int64_t n, int64_t itemsize) {
+    return itemsize == 1 ? marks8(p, n) : itemsize == 2 ? marks16(p, n) : marks32(p, n);
+}
+
 /* Bit-untranspose n elements (a multiple of 8) of one block from `in` to `out`, as bshuf_untrans_bit_elem does. */
 static int untranspose(ps_ctx *ctx, const void *in, void *out, int64_t n, int64_t itemsize) {
     if (!ctx->bitrow || !ctx->eightelem) return ctx->untrans(in, out, (size_t)n, (size_t)itemsize) >= 0;
@@ -225,8 +256,11 @@ static int untranspose(ps_ctx *ctx, const void *in, void *out, int64_t n, int64_
 
 /* Decode the body of a blob that passed blob_ok (its blocks, then its raw tail) into `out`, as bshuf_decompress_lz4 with
    8192-byte blocks does: full blocks, a last partial block of the remainder's whole multiple of 8 elements, the last
-   pixels % 8 elements copied as they are. 1 when every block decompresses to exactly its size and the body is used up. */
-static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len, unsigned char *out, int64_t pixels, int64_t itemsize) {
+   pixels % 8 elements copied as they are. 1 when every block decompresses to exactly its size and the body is used up;
+   *marks: how many pixels are their type's largest value (counted block by block, while the block is in cache). */
+static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len, unsigned char *out, int64_t pixels, int64_t itemsize,
+                       int64_t *marks) {
+    *marks = 0;
     int64_t block = PS_BLOCK_BYTES / itemsize, full = pixels / block, rest = pixels % block, partial = rest - rest % 8;
     int64_t nblocks = full + (partial ? 1 : 0), pos = 0;
     for (int64_t i = 0; i < nblocks; i++) {
@@ -234,12 +268,14 @@ static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len,
         if (pos + 4 + length > body_len) return 0;
         if (ctx->lz4((const char *)body + pos + 4, (char *)ctx->scratch[0], (int)length, (int)raw) != raw) return 0;
         if (!untranspose(ctx, ctx->scratch[0], out, n, itemsize)) return 0;
+        *marks += count_marks(out, n, itemsize);
         out += raw;
         pos += 4 + length;
     }
     int64_t tail = (pixels % 8) * itemsize;
     if (pos + tail != body_len) return 0;
     memcpy(out, body + pos, (size_t)tail);
+    *marks += count_marks(out, pixels % 8, itemsize);
     return 1;
 }
 
@@ -346,6 +382,7 @@ static int forward_part(ps_ctx *ctx, const void *data, size_t len, int64_t k, in
  *   6 arena offset (bytes)  7 y  8 x  9 itemsize                 (images)
  *   10 first part index  11 number of parts                      (raw)
  *   10 blob offset  11 blob bytes: its compressed blob in the blob buffer (images; 11 = 0: not kept, out of memory)
+ *   12 pixels at their type's largest value (0xFF, 0xFFFF, 0xFFFFFFFF: marked invalid, or saturated)  (images)
  *   1 = 1 and 7 y  8 x  9 itemsize: a raw image message that would have been decoded but the arena was full
  * received_at[i]: CLOCK_MONOTONIC seconds when its first part came off the socket.
  * ps_arena_used, ps_arena_miss: the arena bytes decoded into; the bytes of the largest frame marked 1 above (0: none).
@@ -412,7 +449,8 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                 r[8] = h.x;
                 r[9] = h.itemsize;
             } else {
-                if (decode_blob(ctx, blob + 12, size - 12, arena + offset, pixels, h.itemsize)) {
+                int64_t marks;
+                if (decode_blob(ctx, blob + 12, size - 12, arena + offset, pixels, h.itemsize, &marks)) {
                     decoded = 1;
                     arena_used = offset + nbytes;
                     r[0] = 1;
@@ -425,6 +463,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                     r[7] = h.y;
                     r[8] = h.x;
                     r[9] = h.itemsize;
+                    r[12] = marks;
                     if (ctx->keep_blobs && room(&ctx->blobs, &ctx->blobs_cap, ctx->blobs_len, size)) {
                         memcpy(ctx->blobs + ctx->blobs_len, blob, (size_t)size);
                         r[10] = ctx->blobs_len;
