@@ -115,21 +115,21 @@ class StreamDecoder:
         events, self._events = self._events, []
         return events
 
-    def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], blobs: list, stamps: list[float]) -> None:
-        """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), from ``blobs``, received at ``stamps``): ``_decoded`` of each,
-        in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail)."""
+    def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], blobs: list, marked: list[int], stamps: list[float]) -> None:
+        """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), from ``blobs``, ``marked`` pixels each, received at ``stamps``):
+        ``_decoded`` of each, in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail)."""
         self._appendix_blob_expected = False
         self._config_never_arrived()
         state, n = self._state, len(stack)
         if state is None or state.series != series or first != state.next_frame or (state.total is not None and first + n > state.total):
             for k in range(n):
                 self._received_at = stamps[k]
-                self._decoded(series, first + k, stack[k], times[k], blobs[k])
+                self._decoded(series, first + k, stack[k], times[k], blobs[k], marked[k])
             return
         state.seen.update(range(first, first + n))  # every frame seen so far is below next_frame
         state.next_frame = first + n
         state.received += n
-        self._events += [Frame(series, first + k, stack[k], *times[k], received_at=stamps[k], stack=(stack, k), blob=blobs[k]) for k in range(n)]
+        self._events += [Frame(series, first + k, stack[k], *times[k], received_at=stamps[k], stack=(stack, k), blob=blobs[k], marked=marked[k]) for k in range(n)]
 
     def _raw(self, parts: list[bytes]) -> None:
         try:
@@ -139,12 +139,12 @@ class StreamDecoder:
         except Exception as err:  # belt and braces: a decoder must not raise on input
             self._error(_K.MALFORMED, f"malformed message: {type(err).__name__}: {err}")
 
-    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int], blob: bytes | memoryview | None = None) -> None:
-        """An image the compiled loop parsed (DCU layout), checked (size, md5, framing) and decoded: ``_image_fast`` from there on."""
+    def _decoded(self, series: int, frame: int, image, times: tuple[int, int, int], blob: bytes | memoryview | None = None, marked: int | None = None) -> None:
+        """An image the compiled loop parsed (DCU layout), checked (size, md5, framing) and decoded (``marked``: ``Frame.marked``): ``_image_fast`` on."""
         self._appendix_blob_expected = False
         self._config_never_arrived()
         if self._admit(series, frame):
-            self._events.append(Frame(series, frame, image, *times, received_at=self._received_at, blob=blob))
+            self._events.append(Frame(series, frame, image, *times, received_at=self._received_at, blob=blob, marked=marked))
             self._state.received += 1
 
     @property

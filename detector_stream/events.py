@@ -39,6 +39,9 @@ class Frame:
     blob: bytes | memoryview | None = field(default=None, repr=False, compare=False)
     """The message's bitshuffle-LZ4 blob ``image`` was decoded from, bitshuffled in the image's own items (a store may keep it
     as it came: ``service.pattern_chunks``); None: none (another encoding, or not kept)."""
+    marked: int | None = field(default=None, compare=False)
+    """How many pixels of ``image`` read their type's largest value (the detector's mark of an invalid pixel, or saturation),
+    counted where it was decoded (the compiled loop); None: not counted (look at the pixels)."""
 
 
 def stacked_images(frames: list[Frame]) -> np.ndarray | None:

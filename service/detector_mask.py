@@ -36,6 +36,12 @@ def measured_peak(image: np.ndarray) -> int:
     return int(counts.max()) if counts.size else 0
 
 
+def largest_per_pixel(images: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """(K, K) the largest count of each pixel over the (K, K) ``images`` of one type (a list, or one (n, K, K) array): the reduction
+    ``DetectorMask.observe`` tests for marks (one image: itself)."""
+    return images[0] if len(images) == 1 else np.max(images if isinstance(images, np.ndarray) else np.stack(images), axis=0)
+
+
 class DetectorMask:
     """The (K, K) invalid-pixel flags of one session (``FROM_HEADER`` | ``MARKED``); not thread-safe (the manager's lock)."""
 
@@ -70,15 +76,23 @@ class DetectorMask:
         mask = np.asarray(pixel_mask)
         return mask.shape == self.flags.shape and self._add(mask != 0, FROM_HEADER)
 
-    def observe(self, images: list[np.ndarray], stack: np.ndarray | None = None) -> bool:
+    def observe(self, images: list[np.ndarray], stack: np.ndarray | None = None, marked: list[int | None] | None = None) -> bool:
         """Flag pixels that read their pixel type's largest count in any of the (K, K) ``images`` (as received; ``stack``: the same
-        images as one (n, K, K) array, if they are one); True if any is new.
+        images as one (n, K, K) array, if they are one; ``marked``: per image, how many of its pixels read that count, where it is
+        known (``Frame.marked``; None: not known)); True if any is new.
 
         On the ingest path (the manager's lock held): the frames of one pixel type are stacked
         and reduced to their per-pixel maximum (a pixel reads the largest count in some frame
         exactly when that maximum is it), then compared once: ~2-4 us a 64 x 64 frame, against
-        ~9 for a comparison per frame.
+        ~9 for a comparison per frame. Frames known to have no such pixel are left out: when
+        none is left (the common case, counted by the compiled receive loop) nothing is reduced.
         """
+        if marked is not None:
+            keep = [m != 0 for m in marked]  # a count not known (None) is looked at
+            if not any(keep):
+                return False
+            if not all(keep):
+                images, stack = [image for image, k in zip(images, keep, strict=True) if k], None
         if stack is not None and stack.shape[1:] == self.flags.shape:  # the images as one array already: no stacking
             by_type = {stack.dtype: stack}
         elif len(images) == 1:  # the per-frame ingest path
@@ -93,8 +107,7 @@ class DetectorMask:
             marker = _MARKERS.get(dtype) or _MARKERS.setdefault(dtype, marker_value(dtype))
             if marker is None:
                 continue
-            peak = same[0] if len(same) == 1 else np.max(same if isinstance(same, np.ndarray) else np.stack(same), axis=0)
-            hits = peak == marker
+            hits = largest_per_pixel(same) == marker
             if np.greater(hits, self._marked).any():  # a mark where none was known
                 self.flags[hits] |= MARKED
                 self._marked |= hits

@@ -23,7 +23,7 @@ from service.store import StoreError
 
 log = logging.getLogger("service.manager")
 
-_IMAGE, _BLOB, _RECEIVED_AT = attrgetter("image"), attrgetter("blob"), attrgetter("received_at")
+_IMAGE, _BLOB, _RECEIVED_AT, _MARKED = attrgetter("image"), attrgetter("blob"), attrgetter("received_at"), attrgetter("marked")
 
 
 class RunNotAdmitted(Exception):
@@ -75,7 +75,7 @@ class StreamHandling:
             router.started.add(key)
             arrived_at = event.received_at if event.received_at is not None else handled_at  # off the socket, per frame
             if router.is_bound(key):
-                self._store_frame(key, event.frame, event.image, arrived_at, live=True, blob=event.blob)
+                self._store_frame(key, event.frame, event.image, arrived_at, live=True, blob=event.blob, marked=event.marked)
             else:
                 self._buffer_frame(key, event.frame, event.image, arrived_at)
         elif isinstance(event, StreamError):
@@ -162,9 +162,11 @@ class StreamHandling:
             log.warning("ingest buffer full: dropped %d untold frame(s) of series %s on %s", old.count, old.key[1], old.key[0])
         self.metrics.buffered_frames.set(self.router.buffered_frames)
 
-    def _store_frame(self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False, blob: Blob | None = None) -> bool:
+    def _store_frame(
+        self, key: Key, idx: int, image: np.ndarray, arrived_at: float, live: bool = False, blob: Blob | None = None, marked: int | None = None
+    ) -> bool:
         """Put one frame into its session's slot; True if stored. ``live``: it comes straight from the detector (not from the buffer at a tell);
-        ``blob``: the detector's blob of it (``Frame.blob``), for the file.
+        ``blob``: the detector's blob of it (``Frame.blob``), for the file; ``marked``: ``Frame.marked``.
 
         The router decides (``FrameRouter.admit``, ``FrameRouter.place``); this applies the
         side effects: error counts, the file write, metrics, and for a completed batch the
@@ -184,7 +186,7 @@ class StreamHandling:
             return False
         try:
             s.store.write_frame(verdict.slot, image, blob)
-            s.learn_invalid_pixels([image])
+            s.learn_invalid_pixels([image], marked=[marked])
         except StoreError as err:
             self._fail(s, err)
             return False
@@ -232,7 +234,7 @@ class StreamHandling:
         arrivals = [handled_at if t is None else t for t in map(_RECEIVED_AT, kept)]
         try:
             s.store.write_frames(slots, images, list(map(_BLOB, kept)))
-            s.learn_invalid_pixels(images, stack=stack)
+            s.learn_invalid_pixels(images, stack=stack, marked=list(map(_MARKED, kept)))  # frames the loop saw unmarked: not reduced
         except StoreError as err:
             self._fail(s, err)
             return True

@@ -352,8 +352,12 @@ class FrameRouter:
         """Hold a frame of a series not told yet: ``BUFFERED`` (or ``REFUSED`` as a duplicate, noted for the tell) and the series evicted.
 
         The oldest series go when ``max_buffered_frames`` or ``max_buffered_bytes`` is
-        exceeded; their frames are counted as ``buffer_overflow`` against the endpoint.
+        exceeded; their frames are counted as ``buffer_overflow`` against the endpoint. A view
+        (a row of a decoded batch, of the compiled loop's arena) is copied: held until a tell,
+        it must not pin the whole array it is a view of (``NativeReceiveLoop.receive``).
         """
+        if image.base is not None:
+            image = image.copy()
         entry = self._entry(key)
         held = entry.frames.setdefault(idx, [])
         if len(held) >= MAX_CANDIDATES:

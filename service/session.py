@@ -345,12 +345,14 @@ class Session:
         """In progress with frames received since the last flush."""
         return not self.terminal and self.frames_persisted != self.frames_received
 
-    def learn_invalid_pixels(self, images: list[np.ndarray] = (), header_mask: np.ndarray | None = None, stack: np.ndarray | None = None) -> None:
+    def learn_invalid_pixels(
+        self, images: list[np.ndarray] = (), header_mask: np.ndarray | None = None, stack: np.ndarray | None = None, marked: list[int | None] | None = None
+    ) -> None:
         """Flag the detector pixels the detector's ``header_mask`` masks and those that read the largest count in ``images`` (frames as
-        stored; ``stack``: the same as one array, if they are one); new ones are recorded in the file (StoreError if it fails). The frames
-        themselves are not changed."""
+        stored; ``stack``: the same as one array, if they are one; ``marked``: per image, how many pixels read it, where known:
+        ``DetectorMask.observe``); new ones are recorded in the file (StoreError if it fails). The frames themselves are not changed."""
         changed = header_mask is not None and self.detector_mask.from_header(header_mask)
-        changed = self.detector_mask.observe(list(images), stack=stack) or changed
+        changed = self.detector_mask.observe(list(images), stack=stack, marked=marked) or changed
         if changed:
             self.store.set_detector_mask(self.detector_mask.flags)
 

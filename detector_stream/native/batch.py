@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REC = 12
+REC = 13
 """int64 fields per message record (``ps_recv_batch`` in recv_batch.c)."""
 IMAGE, RAW, LOST = 1, 0, 2
 """Record kinds: decoded image, raw message for the Python decoder, raw message the loop could not keep (out of memory)."""
@@ -20,7 +20,9 @@ _DTYPES = {1: np.dtype("uint8"), 2: np.dtype("uint16"), 4: np.dtype("uint32")}
 @dataclass
 class NativeBatch:
     """The messages of one drain, in order: ``records`` (n, REC) int64, ``received_at`` (n,) s, decoded images in ``arena``,
-    raw messages' parts in ``raw`` (lengths ``part_lens``), the decoded images' compressed blobs in ``blobs``."""
+    raw messages' parts in ``raw`` (lengths ``part_lens``), the decoded images' compressed blobs in ``blobs``;
+    ``arena_misses``: bytes of the largest image that came raw because the arena was full (0: none did), the arena should
+    grow to hold it (counted by the loop: ``ps_arena_miss``)."""
 
     records: np.ndarray
     received_at: np.ndarray
@@ -28,24 +30,18 @@ class NativeBatch:
     raw: bytes
     part_lens: list[int]
     blobs: bytes = b""
-
-    @property
-    def arena_misses(self) -> int:
-        """Bytes of the largest image that came raw because the arena was full (0: none did): the arena should grow to hold it."""
-        r = self.records
-        missed = r[(r[:, 0] == RAW) & (r[:, 1] == 1)]
-        return int((missed[:, 7] * missed[:, 8] * missed[:, 9]).max()) if len(missed) else 0
+    arena_misses: int = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
     def items(self) -> Iterator[tuple[int, object, object]]:
         """Per message, in order: ``(RAW, received_at, parts)``, ``(LOST, received_at, number of parts)``,
-        ``(IMAGE, received_at, (series, frame, image, (start, stop, real) ns, blob))``; and for two or more images of
+        ``(IMAGE, received_at, (series, frame, image, (start, stop, real) ns, blob, marked))``; and for two or more images of
         consecutive frames of one series and shape that lie back to back in the arena, one
-        ``(RUN, [received_at, ...], (series, first frame, (n, y, x) stack, [(start, stop, real), ...], [blob, ...]))``.
+        ``(RUN, [received_at, ...], (series, first frame, (n, y, x) stack, [(start, stop, real), ...], [blob, ...], [marked, ...]))``.
         A blob is the bitshuffle-LZ4 message part the image was decoded from (a memoryview into ``blobs``), None if the
-        loop could not keep it."""
+        loop could not keep it; ``marked``: how many of its pixels are their type's largest value (``Frame.marked``)."""
         r = self.records
         n = len(r)
         offsets = np.concatenate(([0], np.cumsum(self.part_lens, dtype=np.int64))).tolist() if self.part_lens else [0]
@@ -64,12 +60,13 @@ class NativeBatch:
             kind = rec[0]
             if hi - lo > 1:
                 stack = np.ndarray((hi - lo, rec[7], rec[8]), _DTYPES[rec[9]], buffer=arena, offset=rec[6])
-                kept = [blobs[q[10] : q[10] + q[11]] if q[11] else None for q in records[lo:hi]]
-                yield RUN, stamps[lo:hi], (rec[1], rec[2], stack, [(q[3], q[4], q[5]) for q in records[lo:hi]], kept)
+                run = records[lo:hi]
+                kept = [blobs[q[10] : q[10] + q[11]] if q[11] else None for q in run]
+                yield RUN, stamps[lo:hi], (rec[1], rec[2], stack, [(q[3], q[4], q[5]) for q in run], kept, [q[12] for q in run])
             elif kind == IMAGE:
                 image = np.ndarray((rec[7], rec[8]), _DTYPES[rec[9]], buffer=arena, offset=rec[6])
                 blob = blobs[rec[10] : rec[10] + rec[11]] if rec[11] else None
-                yield IMAGE, stamps[lo], (rec[1], rec[2], image, (rec[3], rec[4], rec[5]), blob)
+                yield IMAGE, stamps[lo], (rec[1], rec[2], image, (rec[3], rec[4], rec[5]), blob, rec[12])
             elif kind == RAW:
                 first, count = rec[10], rec[11]
                 yield RAW, stamps[lo], [raw[offsets[k] : offsets[k + 1]] for k in range(first, first + count)]

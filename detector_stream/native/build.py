@@ -106,7 +106,7 @@ def _load() -> ctypes.CDLL:
     lib.ps_recv_batch.argtypes = [p, p, ctypes.c_int, p, p, p, i64]
     for name in ("ps_raw", "ps_part_lens", "ps_blobs"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = p, [p]
-    for name in ("ps_raw_len", "ps_raw_capacity", "ps_nparts", "ps_blobs_len", "ps_blobs_capacity"):
+    for name in ("ps_raw_len", "ps_raw_capacity", "ps_nparts", "ps_blobs_len", "ps_blobs_capacity", "ps_arena_used", "ps_arena_miss"):
         getattr(lib, name).restype, getattr(lib, name).argtypes = i64, [p]
     lib.ps_set_forward.restype, lib.ps_set_forward.argtypes = None, [p, p]
     lib.ps_set_keep_blobs.restype, lib.ps_set_keep_blobs.argtypes = None, [p, ctypes.c_int]

@@ -1,8 +1,8 @@
 """``NativeReceiveLoop``: one call of the compiled loop drains a pyzmq socket; ``NativeBatch`` is what it received, in order.
 
 libzmq's functions are looked up through pyzmq's own extension module, so that they are
-the copy the socket handles pyzmq gives (``Socket.underlying``) belong to; bitshuffle's
-``bshuf_decompress_lz4`` through the bitshuffle extension the codec imports. Where either
+the copy the socket handles pyzmq gives (``Socket.underlying``) belong to; bitshuffle's ``LZ4_decompress_safe``
+and bit untranspose through the bitshuffle extension the codec imports. Where either
 cannot be found the loop is unavailable and the Python receive path is used.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 
 import numpy as np
 import zmq
@@ -18,10 +19,25 @@ import zmq
 from detector_stream.decoder import StreamDecoder
 from detector_stream.events import Event
 from detector_stream.forwarding import ForwardTarget
-from detector_stream.native.batch import IMAGE, REC, NativeBatch
+from detector_stream.native.batch import REC, NativeBatch
 from detector_stream.native.build import ENV_SWITCH, NativeUnavailable, enabled, load_library
 
 log = logging.getLogger(__name__)
+
+ARENA_POOL = 8
+"""Arenas a loop keeps for reuse at most (``pool``): a drain decodes into one no frame references any more."""
+ARENA_POOL_BYTES = 64 << 20
+"""Bytes of arenas a loop keeps at most (at least one arena is kept, whatever its size)."""
+def _references(arenas: list[np.ndarray], i: int) -> int:
+    """``sys.getrefcount`` of ``arenas[i]``, taken the one way ``_free_arena`` compares it with ``_UNREFERENCED``."""
+    return sys.getrefcount(arenas[i])
+
+
+_UNREFERENCED = _references([np.empty(0, np.uint8)], 0)
+"""What ``_references`` says of an array only its list holds (measured: interpreters count a call's references differently)."""
+VIEW_SHARE = 4
+"""A drain's frames are views into its arena when they fill at least 1/VIEW_SHARE of it; else they are copied out (a small
+drain, a slow stream: the copy is small, and a few frames kept for long must not pin a whole arena each)."""
 
 _ZMQ_FUNCTIONS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_more", "zmq_msg_close", "zmq_errno")
 
@@ -43,17 +59,46 @@ def _libzmq() -> ctypes.CDLL:
     return lib
 
 
-def _bshuf_decompress() -> int:
+_UNTRANS_STEPS = (("AVX512", "AVX", "AVX512"), ("AVX2", "AVX", "AVX"), ("SSE2", "SSE", "SSE"), ("NEON", "NEON", "NEON"))
+"""(bshuf_using_X, suffix of bshuf_trans_byte_bitrow_*, of bshuf_shuffle_bit_eightelem_*): the two steps of
+``bshuf_untrans_bit_elem`` for the instruction set bitshuffle was built with, as its own dispatch picks them."""
+
+
+def _address(lib: ctypes.CDLL, name: str) -> int:
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+
+
+def _bitshuffle_functions() -> list[int | None]:
+    """[LZ4_decompress_safe, bshuf_untrans_bit_elem, its byte-bitrow step, its eight-element step] of the bitshuffle extension.
+
+    The two steps are what ``bshuf_untrans_bit_elem`` calls between a malloc and a free of
+    its scratch; the loop calls them with a scratch of its own. None for both where they
+    are not found (another bitshuffle): the loop then calls ``bshuf_untrans_bit_elem``.
+    """
     import bitshuffle.ext
 
-    return ctypes.cast(ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4, ctypes.c_void_p).value
+    lib = ctypes.CDLL(bitshuffle.ext.__file__)
+    functions = [_address(lib, "LZ4_decompress_safe"), _address(lib, "bshuf_untrans_bit_elem")]
+    try:
+        isa = next((rows, shuffle) for using, rows, shuffle in _UNTRANS_STEPS if getattr(lib, f"bshuf_using_{using}")())
+    except StopIteration:
+        isa = ("scal", "scal")
+    except AttributeError:
+        return [*functions, None, None]
+    try:
+        return [*functions, _address(lib, f"bshuf_trans_byte_bitrow_{isa[0]}"), _address(lib, f"bshuf_shuffle_bit_eightelem_{isa[1]}")]
+    except AttributeError:
+        return [*functions, None, None]
 
 
-def new_context(lib: ctypes.CDLL) -> int:
-    """A context of the compiled loop (``ps_new``) with pyzmq's libzmq and bitshuffle's decompressor; free it with ``lib.ps_free``."""
+def new_context(lib: ctypes.CDLL, untrans_steps: bool = True) -> int:
+    """A context of the compiled loop (``ps_new``) with pyzmq's libzmq and bitshuffle's decompression; free it with ``lib.ps_free``.
+
+    ``untrans_steps`` False: bitshuffle's ``bshuf_untrans_bit_elem`` is called as it is (for the tests of that path)."""
     zlib = _libzmq()
-    pointers = [ctypes.cast(getattr(zlib, name), ctypes.c_void_p).value for name in _ZMQ_FUNCTIONS]
-    pointers += [_bshuf_decompress(), ctypes.cast(zlib.zmq_send, ctypes.c_void_p).value]
+    lz4, untrans, rows, shuffle = _bitshuffle_functions()
+    pointers = [_address(zlib, name) for name in _ZMQ_FUNCTIONS]
+    pointers += [lz4, _address(zlib, "zmq_send"), untrans, *((rows, shuffle) if untrans_steps else (None, None))]
     ctx = lib.ps_new((ctypes.c_void_p * len(pointers))(*pointers))
     if not ctx:
         raise NativeUnavailable("out of memory creating the compiled loop's context")
@@ -63,11 +108,12 @@ def new_context(lib: ctypes.CDLL) -> int:
 class NativeContext:
     """Owner of one context of the compiled library (``ps_new``: pyzmq's libzmq, bitshuffle), freed by ``close`` or collection."""
 
-    def __init__(self) -> None:
-        """NativeUnavailable (with the reason) where the library cannot be built or its libraries found."""
+    def __init__(self, untrans_steps: bool = True) -> None:
+        """NativeUnavailable (with the reason) where the library cannot be built or its libraries found; ``untrans_steps``: as
+        ``new_context``'s."""
         self._ctx = None
         self.lib = load_library()
-        self._ctx = new_context(self.lib)
+        self._ctx = new_context(self.lib, untrans_steps)
 
     def close(self) -> None:
         if self._ctx:
@@ -81,12 +127,16 @@ class NativeContext:
 class NativeReceiveLoop(NativeContext):
     """The compiled receive loop for one thread's sockets (not thread-safe: a context per receive thread)."""
 
-    def __init__(self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None, keep_blobs: bool = True) -> None:
+    def __init__(
+        self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None, keep_blobs: bool = True, untrans_steps: bool = True,
+        pool: int = ARENA_POOL,
+    ) -> None:
         """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more); ``forward``: where every message
         received is re-sent, byte for byte (its socket as it is now); ``keep_blobs``: each decoded frame's compressed blob is
         copied out with it (``Frame.blob``; False: None, for a consumer that stores none). NativeUnavailable (with the reason)
-        where the loop cannot be built or its libraries found."""
-        super().__init__()
+        where the loop cannot be built or its libraries found; ``untrans_steps``: as ``new_context``'s; ``pool``: arenas kept
+        for reuse at most (``ARENA_POOL``; and ``ARENA_POOL_BYTES``)."""
+        super().__init__(untrans_steps)
         self.lib.ps_set_keep_blobs(self._ctx, int(keep_blobs))
         self.forward = forward
         self._forward_socket: zmq.Socket | None = None
@@ -95,9 +145,10 @@ class NativeReceiveLoop(NativeContext):
         self._forward_counts = np.zeros(2, np.int64)
         self._records = np.zeros((max_msgs, REC), np.int64)
         self._received_at = np.zeros(max_msgs, np.float64)
-        self._arena = np.empty(arena_bytes, np.uint8)
-        """where one drain decodes its images (kept, and grown by ``fit``); what was decoded is copied out of it, so that a
-        kept frame holds its own bytes, never the whole arena."""
+        self._arena_bytes = arena_bytes
+        self._pool_size = pool
+        self._arenas = [np.empty(arena_bytes, np.uint8)]
+        """Where drains decode their images, reused (see ``receive``)."""
 
     @property
     def max_msgs(self) -> int:
@@ -106,26 +157,54 @@ class NativeReceiveLoop(NativeContext):
 
     @property
     def arena_bytes(self) -> int:
-        return self._arena.nbytes
+        """Bytes of one arena (room for decoded images per drain)."""
+        return self._arena_bytes
+
+    @property
+    def pooled(self) -> int:
+        """How many arenas are kept for reuse."""
+        return len(self._arenas)
+
+    def _free_arena(self) -> np.ndarray:
+        """A pooled arena no frame references any more, else a new one (pooled while the pool has room)."""
+        arenas = self._arenas
+        for i in range(len(arenas)):
+            if _references(arenas, i) <= _UNREFERENCED:  # no view of it (a frame, a batch) is alive
+                return arenas[i]
+        arena = np.empty(self._arena_bytes, np.uint8)
+        if len(arenas) < self._pool_size and (len(arenas) + 1) * self._arena_bytes <= max(ARENA_POOL_BYTES, self._arena_bytes):
+            arenas.append(arena)
+        return arena
 
     def receive(self, socket: zmq.Socket) -> NativeBatch:
-        """Drain up to ``max_msgs`` messages waiting on ``socket`` (no blocking); zmq.ZMQError if the socket fails."""
-        arena = self._arena
+        """Drain up to ``max_msgs`` messages waiting on ``socket`` (no blocking); zmq.ZMQError if the socket fails.
+
+        The images are decoded into an arena no frame references any more (kept ones are
+        never written over) and handed out as views into it: no copy, and a reused arena's
+        memory is resident already (a fresh one costs a page fault per 4 KiB). The price is
+        memory: a frame kept pins its whole arena (``arena_bytes``, 4 MiB at first, up to
+        256 MiB after ``fit``). So a drain whose images fill less than 1/VIEW_SHARE of the
+        arena (a slow stream) copies them out instead, and a consumer that keeps frames for
+        long copies them (``FrameRouter.buffer_frame``); the session store's queue holds its
+        frames until the next flush (``flush_interval_s``), which pins busy drains' arenas
+        that long: beyond the pool, a drain gets a new arena.
+        """
+        arena = self._free_arena()
         n = self.lib.ps_recv_batch(
             self._ctx, socket.underlying, len(self._records), self._records.ctypes.data, self._received_at.ctypes.data, arena.ctypes.data, arena.nbytes
         )
         if n < 0:
             raise zmq.ZMQError(-n)
         records = self._records[:n].copy()
-        images = records[records[:, 0] == IMAGE]
-        used = int((images[:, 6] + images[:, 7] * images[:, 8] * images[:, 9]).max()) if len(images) else 0
+        used = self.lib.ps_arena_used(self._ctx)
+        decoded = arena[:used] if used * VIEW_SHARE >= arena.nbytes else arena[:used].copy()
         nparts = self.lib.ps_nparts(self._ctx)
         part_lens = np.ctypeslib.as_array(ctypes.cast(self.lib.ps_part_lens(self._ctx), ctypes.POINTER(ctypes.c_int64)), (nparts,)).tolist() if nparts else []
         raw_len = self.lib.ps_raw_len(self._ctx)
         raw = ctypes.string_at(self.lib.ps_raw(self._ctx), raw_len) if raw_len else b""
         blobs_len = self.lib.ps_blobs_len(self._ctx)
         blobs = ctypes.string_at(self.lib.ps_blobs(self._ctx), blobs_len) if blobs_len else b""
-        return NativeBatch(records, self._received_at[:n].copy(), arena[:used].copy(), raw, part_lens, blobs)
+        return NativeBatch(records, self._received_at[:n].copy(), decoded, raw, part_lens, blobs, self.lib.ps_arena_miss(self._ctx))
 
     def take(self, socket: zmq.Socket) -> NativeBatch:
         """``receive``, ready to be decoded in any thread: the forward tallies are reported and the arena grows when it was too
@@ -159,8 +238,9 @@ class NativeReceiveLoop(NativeContext):
         """Make room for ``max_msgs`` frames of ``frame_bytes`` bytes per drain (up to ``limit`` bytes). Asked only for frames
         that passed their checks, so a message that merely claims a huge shape does not grow it."""
         wanted = min(limit, self.max_msgs * (frame_bytes + 8))
-        if wanted > self._arena.nbytes:
-            self._arena = np.empty(wanted, np.uint8)
+        if wanted > self._arena_bytes:
+            self._arena_bytes = wanted
+            self._arenas = []  # the smaller ones go as their frames do
 
     def md5_hex(self, data: bytes) -> str:
         """The loop's own md5 of ``data`` (hex), for checking it against hashlib."""

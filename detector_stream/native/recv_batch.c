@@ -11,9 +11,11 @@
  *
  * libzmq and bitshuffle are not linked: their functions come in as pointers from the
  * copies the Python process has already loaded (pyzmq's, bitshuffle's), so the socket
- * handle given is one of that libzmq's. Nothing here allocates per frame (bitshuffle
- * does, a block's scratch); the raw buffer and the part-length table grow as needed and
- * are kept between calls.
+ * handle given is one of that libzmq's. A frame's blocks are decoded here one by one
+ * with bitshuffle's building blocks (LZ4_decompress_safe, then its bit untranspose)
+ * through two block-sized scratch buffers in the context: no OpenMP region and no
+ * allocation per frame (bshuf_decompress_lz4 enters one and mallocs per block). The raw
+ * buffer and the part-length table grow as needed and are kept between calls.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -29,7 +31,7 @@
 #define PS_SNDMORE 2
 #define PS_MAX_FRAME_PIXELS (1LL << 26)
 #define PS_BLOCK_BYTES 8192
-#define PS_REC 12 /* int64 fields per message record: see ps_recv_batch */
+#define PS_REC 13 /* int64 fields per message record: see ps_recv_batch */
 #define PS_RAW_KEEP (16LL << 20) /* raw-buffer bytes kept between drains; a bigger one is freed at the next drain */
 
 typedef struct { unsigned char bytes[64]; } __attribute__((aligned(8))) ps_msg; /* zmq_msg_t: 64 opaque bytes */
@@ -41,7 +43,8 @@ typedef size_t (*msg_size_f)(void *);
 typedef int (*msg_more_f)(void *);
 typedef int (*msg_close_f)(void *);
 typedef int (*errno_f)(void);
-typedef int64_t (*bshuf_f)(const void *, void *, size_t, size_t, size_t);
+typedef int (*lz4_f)(const char *, char *, int, int);             /* LZ4_decompress_safe */
+typedef int64_t (*untrans_f)(const void *, void *, size_t, size_t); /* bitshuffle's (in, out, elements, element bytes) */
 typedef int (*send_f)(void *, const void *, size_t, int);
 
 typedef struct {
@@ -52,7 +55,9 @@ typedef struct {
     msg_more_f more;
     msg_close_f close;
     errno_f err;
-    bshuf_f bshuf;
+    lz4_f lz4;
+    untrans_f untrans;              /* bshuf_untrans_bit_elem: allocates its scratch per call; used where the next two are not given */
+    untrans_f bitrow, eightelem;    /* its two steps (bshuf_trans_byte_bitrow_*, bshuf_shuffle_bit_eightelem_*), through scratch[1] */
     send_f send;
     void *fwd;                      /* a PUSH socket every received message is re-sent on, byte for byte (NULL: none) */
     int64_t fwd_sent, fwd_dropped;  /* messages forwarded, and dropped for the forward socket (it would have blocked) */
@@ -63,6 +68,8 @@ typedef struct {
     int keep_blobs;                 /* 0: a store that keeps no blobs is fed: none are copied */
     int64_t *part_len;
     int64_t nparts, parts_cap;
+    int64_t arena_used, arena_miss; /* of the last drain: arena bytes decoded into; bytes of the largest frame that did not fit */
+    unsigned char scratch[2][PS_BLOCK_BYTES] __attribute__((aligned(64))); /* a block: LZ4-decompressed, then half untransposed */
 } ps_ctx;
 
 /* ---- MD5: md5.c ------------------------------------------------------------------ */
@@ -207,6 +214,71 @@ static int hash_ok(const image_head *h, const unsigned char *blob, size_t n) {
     return 1;
 }
 
+/* ---- decoding: bitshuffle's blocked decompression, block by block ------------------ */
+
+/* How many of the n elements at p are the largest value of their unsigned type (0xFF, 0xFFFF, 0xFFFFFFFF): the detector's
+   mark of an invalid pixel, or a saturated one. 16 bytes at a time (the lane counters are summed every 128 steps, before
+   a byte lane could wrap). */
+#define PS_COUNT_MARKS(name, T)                                                             \
+    static int64_t name(const unsigned char *p, int64_t n) {                               \
+        typedef T vec __attribute__((vector_size(16)));                                     \
+        const int64_t lanes = 16 / (int64_t)sizeof(T);                                      \
+        const T top = (T)~(T)0;                                                             \
+        int64_t count = 0, i = 0;                                                           \
+        while (i + lanes <= n) {                                                            \
+            vec acc = {0}, v;                                                               \
+            for (int k = 0; k < 128 && i + lanes <= n; k++, i += lanes) {                   \
+                memcpy(&v, p + i * (int64_t)sizeof(T), 16);                                 \
+                acc -= (vec)(v == top); /* a lane that matches is all ones: -1 */           \
+            }                                                                               \
+            for (int64_t k = 0; k < lanes; k++) count += acc[k];                            \
+        }                                                                                   \
+        for (T x; i < n; i++) {                                                             \
+            memcpy(&x, p + i * (int64_t)sizeof(T), sizeof(T));                              \
+            count += x == top;                                                              \
+        }                                                                                   \
+        return count;                                                                       \
+    }
+PS_COUNT_MARKS(marks8, uint8_t)
+PS_COUNT_MARKS(marks16, uint16_t)
+PS_COUNT_MARKS(marks32, uint32_t)
+
+static int64_t count_marks(const unsigned char *p, int64_t n, int64_t itemsize) {
+    return itemsize == 1 ? marks8(p, n) : itemsize == 2 ? marks16(p, n) : marks32(p, n);
+}
+
+/* Bit-untranspose n elements (a multiple of 8) of one block from `in` to `out`, as bshuf_untrans_bit_elem does. */
+static int untranspose(ps_ctx *ctx, const void *in, void *out, int64_t n, int64_t itemsize) {
+    if (!ctx->bitrow || !ctx->eightelem) return ctx->untrans(in, out, (size_t)n, (size_t)itemsize) >= 0;
+    return ctx->bitrow(in, ctx->scratch[1], (size_t)n, (size_t)itemsize) >= 0 &&
+           ctx->eightelem(ctx->scratch[1], out, (size_t)n, (size_t)itemsize) >= 0;
+}
+
+/* Decode the body of a blob that passed blob_ok (its blocks, then its raw tail) into `out`, as bshuf_decompress_lz4 with
+   8192-byte blocks does: full blocks, a last partial block of the remainder's whole multiple of 8 elements, the last
+   pixels % 8 elements copied as they are. 1 when every block decompresses to exactly its size and the body is used up;
+   *marks: how many pixels are their type's largest value (counted block by block, while the block is in cache). */
+static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len, unsigned char *out, int64_t pixels, int64_t itemsize,
+                       int64_t *marks) {
+    *marks = 0;
+    int64_t block = PS_BLOCK_BYTES / itemsize, full = pixels / block, rest = pixels % block, partial = rest - rest % 8;
+    int64_t nblocks = full + (partial ? 1 : 0), pos = 0;
+    for (int64_t i = 0; i < nblocks; i++) {
+        int64_t n = i < full ? block : partial, raw = n * itemsize, length = (int64_t)be(body + pos, 4);
+        if (pos + 4 + length > body_len) return 0;
+        if (ctx->lz4((const char *)body + pos + 4, (char *)ctx->scratch[0], (int)length, (int)raw) != raw) return 0;
+        if (!untranspose(ctx, ctx->scratch[0], out, n, itemsize)) return 0;
+        *marks += count_marks(out, n, itemsize);
+        out += raw;
+        pos += 4 + length;
+    }
+    int64_t tail = (pixels % 8) * itemsize;
+    if (pos + tail != body_len) return 0;
+    memcpy(out, body + pos, (size_t)tail);
+    *marks += count_marks(out, pixels % 8, itemsize);
+    return 1;
+}
+
 /* ---- context -------------------------------------------------------------------- */
 
 ps_ctx *ps_new(void **fns) {
@@ -219,8 +291,11 @@ ps_ctx *ps_new(void **fns) {
     ctx->more = (msg_more_f)fns[4];
     ctx->close = (msg_close_f)fns[5];
     ctx->err = (errno_f)fns[6];
-    ctx->bshuf = (bshuf_f)fns[7];
+    ctx->lz4 = (lz4_f)fns[7];
     ctx->send = (send_f)fns[8];
+    ctx->untrans = (untrans_f)fns[9];
+    ctx->bitrow = (untrans_f)fns[10];
+    ctx->eightelem = (untrans_f)fns[11];
     ctx->keep_blobs = 1;
     return ctx;
 }
@@ -241,6 +316,8 @@ int64_t ps_nparts(ps_ctx *ctx) { return ctx->nparts; }
 const unsigned char *ps_blobs(ps_ctx *ctx) { return ctx->blobs; }
 int64_t ps_blobs_len(ps_ctx *ctx) { return ctx->blobs_len; }
 int64_t ps_blobs_capacity(ps_ctx *ctx) { return ctx->blobs_cap; }
+int64_t ps_arena_used(ps_ctx *ctx) { return ctx->arena_used; }
+int64_t ps_arena_miss(ps_ctx *ctx) { return ctx->arena_miss; }
 
 /* Room for n more bytes in a buffer that grows by doubling (from 64 KiB); 0 when it cannot grow. */
 static int room(unsigned char **buf, int64_t *cap, int64_t len, int64_t n) {
@@ -305,8 +382,10 @@ static int forward_part(ps_ctx *ctx, const void *data, size_t len, int64_t k, in
  *   6 arena offset (bytes)  7 y  8 x  9 itemsize                 (images)
  *   10 first part index  11 number of parts                      (raw)
  *   10 blob offset  11 blob bytes: its compressed blob in the blob buffer (images; 11 = 0: not kept, out of memory)
+ *   12 pixels at their type's largest value (0xFF, 0xFFFF, 0xFFFFFFFF: marked invalid, or saturated)  (images)
  *   1 = 1 and 7 y  8 x  9 itemsize: a raw image message that would have been decoded but the arena was full
  * received_at[i]: CLOCK_MONOTONIC seconds when its first part came off the socket.
+ * ps_arena_used, ps_arena_miss: the arena bytes decoded into; the bytes of the largest frame marked 1 above (0: none).
  * Returns the number of messages, or -errno when the first receive failed other than EAGAIN.
  */
 int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double *received_at, unsigned char *arena,
@@ -324,6 +403,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
     ctx->raw_len = 0;
     ctx->blobs_len = 0;
     ctx->nparts = 0;
+    ctx->arena_miss = 0;
     int64_t arena_used = 0;
     ps_msg parts[4], extra;
     int n = 0;
@@ -363,14 +443,14 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
             if (!(h.size == size && hash_ok(&h, blob, (size_t)size) && blob_ok(blob, size, pixels, h.itemsize))) {
                 /* raw: the Python decoder names what is wrong */
             } else if (offset + nbytes > arena_cap) { /* raw, marked (only a frame that passed its checks): the caller makes room */
+                if (nbytes > ctx->arena_miss) ctx->arena_miss = nbytes;
                 r[1] = 1;
                 r[7] = h.y;
                 r[8] = h.x;
                 r[9] = h.itemsize;
             } else {
-                int64_t used = ctx->bshuf(blob + 12, arena + offset, (size_t)pixels, (size_t)h.itemsize,
-                                          (size_t)(PS_BLOCK_BYTES / h.itemsize));
-                if (used == size - 12) {
+                int64_t marks;
+                if (decode_blob(ctx, blob + 12, size - 12, arena + offset, pixels, h.itemsize, &marks)) {
                     decoded = 1;
                     arena_used = offset + nbytes;
                     r[0] = 1;
@@ -383,6 +463,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
                     r[7] = h.y;
                     r[8] = h.x;
                     r[9] = h.itemsize;
+                    r[12] = marks;
                     if (ctx->keep_blobs && room(&ctx->blobs, &ctx->blobs_cap, ctx->blobs_len, size)) {
                         memcpy(ctx->blobs + ctx->blobs_len, blob, (size_t)size);
                         r[10] = ctx->blobs_len;
@@ -426,6 +507,7 @@ int ps_recv_batch(ps_ctx *ctx, void *socket, int max_msgs, int64_t *rec, double 
         for (int k = 0; k < np; k++) ctx->close(&parts[k]);
         n++;
     }
+    ctx->arena_used = arena_used;
     return n;
 }
 

@@ -1,0 +1,145 @@
+"""The compiled loop's own block-by-block bitshuffle-LZ4 decoding (recv_batch.c ``decode_blob``) equals bitshuffle's.
+
+The loop decompresses each 8192-byte block with bitshuffle's ``LZ4_decompress_safe`` and
+bit untranspose (no OpenMP region, no allocation per frame): whole blocks, a last partial
+block of the remainder's whole multiple of 8 pixels, and the last ``pixels % 8`` pixels
+copied as they are. These tests compare its frames with ``bitshuffle.decompress_lz4`` on
+shapes that are and are not whole blocks, and check that a blob whose block does not
+decompress to exactly its size still goes the Python way (which names the fault).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import bitshuffle
+import numpy as np
+import pytest
+import zmq
+
+from detector_stream.decoder import StreamDecoder
+from detector_stream.events import Frame, StreamError
+from detector_stream.messages import image_parts, series_end_parts, series_start_parts
+from detector_stream.native import build
+from detector_stream.native.batch import IMAGE, RAW
+from detector_stream.native.loop import NativeReceiveLoop
+
+try:
+    NativeReceiveLoop(8)
+except build.NativeUnavailable as err:  # no C compiler: the Python path serves
+    if os.environ.get("PTYCHOSCAN_REQUIRE_TOOLS") == "1":
+        raise
+    pytest.skip(f"compiled receive loop unavailable: {err}", allow_module_level=True)
+
+SHAPES = [
+    ((64, 64), np.uint16),  # one whole block
+    ((1, 1), np.uint8),  # no block at all: one raw pixel
+    ((3, 5), np.uint16),  # a partial block of 8 and a tail of 7
+    ((7, 7), np.uint32),  # 48 + 1
+    ((37, 53), np.uint8),  # 1961 pixels: a partial block of 1960, a tail of 1
+    ((129, 67), np.uint16),  # 8643 pixels: two whole blocks, a partial block of 448, a tail of 3
+    ((100, 100), np.uint32),  # 10000 pixels: four whole blocks and a partial one of 1808
+    ((128, 256), np.uint8),  # four whole blocks of 8192 one-byte pixels
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for s in (push, pull):
+        s.setsockopt(zmq.LINGER, 0)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.bind("inproc://native-decode-test")
+    pull.connect("inproc://native-decode-test")
+    yield push, pull
+    ctx.destroy(linger=0)
+
+
+def _drain(pair, messages: list[list[bytes]], loop: NativeReceiveLoop) -> tuple[list, list[int]]:
+    """Send ``messages`` and drain them all with ``loop``: (events, the record kind of each message)."""
+    push, pull = pair
+    for m in messages:
+        push.send_multipart(m)
+    decoder, events, kinds = StreamDecoder(), [], []
+    deadline = time.monotonic() + 10
+    while len(kinds) < len(messages) and time.monotonic() < deadline:
+        batch = loop.receive(pull)
+        kinds += batch.records[:, 0].tolist()
+        events += decoder.feed_native(batch)
+    assert len(kinds) == len(messages)
+    return events, kinds
+
+
+def _image(shape: tuple[int, int], dtype, seed: int) -> np.ndarray:
+    """Counts of every size the type holds (its largest value too), so that every bit plane is exercised."""
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max
+    image = rng.integers(0, top, shape, dtype=dtype, endpoint=True)
+    image.flat[:: max(1, image.size // 5)] = top
+    return image
+
+
+def _bitshuffles(blob: bytes, shape: tuple[int, int], dtype) -> np.ndarray:
+    """bitshuffle's own decompression of a DCU blob (12-byte header, 8192-byte blocks)."""
+    body = np.frombuffer(blob, np.uint8, offset=12)
+    return bitshuffle.decompress_lz4(body, shape, np.dtype(dtype), 8192 // np.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize("untrans_steps", [True, False], ids=["untranspose-steps", "bshuf_untrans_bit_elem"])
+def test_decoded_frames_are_bitshuffles_own_for_whole_and_partial_blocks(pair, untrans_steps):
+    msgs, images = [series_start_parts(1, {"ntrigger": len(SHAPES), "nimages": 1, "trigger_mode": "exte"})], []
+    for i, (shape, dtype) in enumerate(SHAPES):
+        images.append(_image(shape, dtype, i))
+        msgs.append(image_parts(1, i, images[-1], f"bs{8 * np.dtype(dtype).itemsize}-lz4<", 1, 2, 3))
+    msgs.append(series_end_parts(1))
+    events, kinds = _drain(pair, msgs, NativeReceiveLoop(64, untrans_steps=untrans_steps))
+    assert kinds[1:-1] == [IMAGE] * len(SHAPES)  # every frame decoded in C, none the Python way
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert len(frames) == len(SHAPES) and not [e for e in events if isinstance(e, StreamError)]
+    for frame, image, msg in zip(frames, images, msgs[1:-1], strict=True):
+        assert frame.image.dtype == image.dtype and frame.image.shape == image.shape
+        np.testing.assert_array_equal(frame.image, _bitshuffles(msg[2], image.shape, image.dtype))
+        np.testing.assert_array_equal(frame.image, image)
+
+
+def _blocks(blob: bytes) -> list[bytes]:
+    """The compressed payloads of a DCU blob's blocks, in order (its raw tail left out)."""
+    out, pos = [], 12
+    while pos + 4 <= len(blob):
+        (length,) = struct.unpack_from(">I", blob, pos)
+        if pos + 4 + length > len(blob):
+            break
+        out.append(blob[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    return out
+
+
+def _reframed(blob: bytes, blocks: list[bytes], tail: bytes) -> bytes:
+    return blob[:12] + b"".join(struct.pack(">I", len(b)) + b for b in blocks) + tail
+
+
+@pytest.mark.parametrize("untrans_steps", [True, False], ids=["untranspose-steps", "bshuf_untrans_bit_elem"])
+def test_a_block_that_does_not_decompress_to_its_size_goes_the_python_way(pair, untrans_steps):
+    """Framing that passes every length check but whose LZ4 data is wrong: raw to Python (its error), never a frame."""
+    image = _image((129, 67), np.uint16, 7)  # blocks of 8192, 8192 and 896 bytes, a tail of 3 pixels
+    blob = image_parts(1, 0, image, "bs16-lz4<", 1, 2, 3)[2]
+    blocks, tail = _blocks(blob), blob[-6:]
+    assert len(blocks) == 3
+    short = _reframed(blob, [blocks[2], blocks[1], blocks[2]], tail)  # block 0 decompresses to 896 bytes, not 8192
+    long = _reframed(blob, [blocks[0], blocks[1], blocks[0]], tail)  # the partial block decompresses to 8192, not 896
+    rng = np.random.default_rng(3)
+    garbage = _reframed(blob, [blocks[0], rng.integers(0, 256, 300, dtype=np.uint8).tobytes(), blocks[2]], tail)
+    msgs = [series_start_parts(1, {"ntrigger": 4, "nimages": 1, "trigger_mode": "exte"})]
+    msgs += [image_parts(1, i, image, "bs16-lz4<", 1, 2, 3, blob=b) for i, b in enumerate([short, long, garbage])]
+    msgs += [image_parts(1, 3, image, "bs16-lz4<", 1, 2, 3, blob=blob), series_end_parts(1)]
+    events, kinds = _drain(pair, msgs, NativeReceiveLoop(64, untrans_steps=untrans_steps))
+    assert kinds[1:5] == [RAW, RAW, RAW, IMAGE]
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert [f.frame for f in frames] == [3]
+    np.testing.assert_array_equal(frames[0].image, image)
+    errors = [str(e.kind) for e in events if isinstance(e, StreamError)]
+    assert errors == ["malformed"] * 3 + ["incomplete_series"], errors  # the Python decoder's word on each
