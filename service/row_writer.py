@@ -160,25 +160,25 @@ class PatternRows:
         buffers: list[np.ndarray] = []
         start = end = -1
         rows, frame_bytes, n, dtype, shape = self.rows, self.frame_bytes, self.ds.id.shape[0], self.dtype, self.frame_shape
-        unallocated: set[int] = set()
-        for slot in slots:
+        known, unallocated = self._address.get, set()
+        for slot in slots:  # ~1 us a frame: keep it lean
             image = pending[slot][0]
             chunk = slot // rows
-            address = None
-            if slot < n and chunk not in unallocated and image.dtype == dtype and image.shape == shape and image.flags.c_contiguous:
+            address = known(chunk)
+            if address is None and slot < n and chunk not in unallocated:
                 address = self.chunk_address(chunk)
                 if address is None:
-                    unallocated.add(chunk)
-            if address is None:
+                    unallocated.add(chunk)  # looked up once a write (files made before allocate chunks at their first write)
+            if address is None or slot >= n or image.dtype != dtype or image.shape != shape or not image.flags.c_contiguous:
                 rest.append(slot)
                 continue
             offset = address + (slot - chunk * rows) * frame_bytes
             if offset != end or len(buffers) == IOV_MAX:
-                pwrite_all(self.fd, buffers, start)
+                pwrite_all(self.fd, buffers, start, len(buffers) * frame_bytes)
                 buffers, start = [], offset
             buffers.append(image)
             end = offset + frame_bytes
-        pwrite_all(self.fd, buffers, start)
+        pwrite_all(self.fd, buffers, start, len(buffers) * frame_bytes)
         return rest
 
     def write_staged(self, pending: Queued, slots: list[int]) -> None:
@@ -200,12 +200,14 @@ class PatternRows:
                 write_rows(patterns, lo, rows)
 
 
-def pwrite_all(fd: int, buffers: list, offset: int) -> None:
-    """Write ``buffers`` one after the other at byte ``offset`` of ``fd`` (``os.pwritev``, again after a short write)."""
+def pwrite_all(fd: int, buffers: list, offset: int, total: int | None = None) -> None:
+    """Write ``buffers`` one after the other at byte ``offset`` of ``fd`` (``os.pwritev``, again after a short write);
+    ``total``: their bytes, if the caller knows."""
     if not buffers:
         return
     done = os.pwritev(fd, buffers, offset)
-    total = sum(memoryview(b).nbytes for b in buffers)
+    if total is None:
+        total = sum(memoryview(b).nbytes for b in buffers)
     if done == total:
         return
     data = [memoryview(b).cast("B") for b in buffers]
