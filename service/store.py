@@ -319,7 +319,7 @@ class SessionStore:
             self._f.flush()
 
     def write_frame(self, slot: int, image: np.ndarray, blob: Blob | None = None) -> None:
-        """Queue one frame for the file; the next ``flush`` writes it (one HDF5 write per chunk or run of slots) and makes it durable.
+        """Queue one frame for the file; the next ``flush`` writes it (in bulk: ``service.row_writer``) and makes it durable.
 
         ``blob``: the bitshuffle-LZ4 blob ``image`` was decoded from (``Frame.blob``), written
         as it is where it can be (``service.pattern_chunks``). A frame written alone costs
