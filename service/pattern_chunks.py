@@ -32,6 +32,7 @@ import numpy as np
 
 from detector_stream.codec import BLOCK_BYTES, encode_frames
 from recon.hdf5_filters import BSLZ4_FILTER, BSLZ4_OPTIONS
+from service.row_writer import no_cache_dapl, patterns_dcpl
 
 HEADER = struct.Struct(">QI")
 """bitshuffle chunk header: uncompressed bytes, block bytes."""
@@ -43,9 +44,13 @@ COMPRESSION_NOTE = "bitshuffle-LZ4 (HDF5 filter 32008): h5py readers import bits
 
 
 def create_patterns(f: h5py.File, k: int, dtype: np.dtype, rows: int, compressed: bool) -> h5py.Dataset:
-    """The growable ``patterns`` dataset (0, k, k) of ``dtype``, chunks of ``rows`` frames, bitshuffle-LZ4 compressed if ``compressed``."""
+    """The growable ``patterns`` dataset (0, k, k) of ``dtype``, chunks of ``rows`` frames, bitshuffle-LZ4 compressed if ``compressed``.
+
+    Uncompressed: chunks allocated as it grows, no fill written, opened with the chunk cache off (``service.row_writer``)."""
     if not compressed:
-        return f.create_dataset("patterns", (0, k, k), maxshape=(None, k, k), dtype=dtype, chunks=(rows, k, k))
+        return f.create_dataset(
+            "patterns", (0, k, k), maxshape=(None, k, k), dtype=dtype, chunks=(rows, k, k), dcpl=patterns_dcpl(), dapl=no_cache_dapl()
+        )
     ds = f.create_dataset(
         "patterns", (0, k, k), maxshape=(None, k, k), dtype=dtype, chunks=(rows, k, k), compression=BSLZ4_FILTER, compression_opts=BSLZ4_OPTIONS
     )

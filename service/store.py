@@ -13,7 +13,10 @@ pixel type's largest count; ``service.detector_mask``; ``patterns`` stay as sent
 ``n_positions``, ``loss_history``, ``policy_version``); session parameters, state and
 error as root attributes. ``flush`` is called after every chunk and on a timer, so a
 crash loses at most the frames received since the last flush: uncompressed rows (the
-default) are rewritten in place. Compressed patterns (``compressed``,
+default) are written in place, into chunks allocated when ``patterns`` grows, which
+never move (``service.row_writer`` writes them with ``os.pwritev``, before the
+``received`` flags and the flush: a kill -9 never leaves a row marked received that was
+not written). Compressed patterns (``compressed``,
 ``service.pattern_chunks``) move when a chunk is rewritten, and a kill -9 between the
 write and the flush can cost rows of that chunk flushed before. The file is created with
 HDF5's file-space strategy "none": space freed is never reused, so a stale index on disk
@@ -38,12 +41,11 @@ from recon.dataset import FORMAT_NAME, FORMAT_VERSION
 from recon.invalid_pixels import DETECTOR_MASK
 from service.converged_store import is_converged_file
 from service.pattern_chunks import Blob, PatternChunks, create_patterns, is_bslz4, write_chunks
+from service.row_writer import PatternRows, open_patterns, runs, write_rows
 
 log = logging.getLogger(__name__)
 
 SESSION_SUFFIX = ".h5"
-WRITE_ROWS = 512
-"""Frames per HDF5 write of a flush (staged in one reused buffer of this many frames)."""
 _GROWABLE_2 = (None, 2)
 
 
@@ -125,28 +127,6 @@ def probe_attr(a) -> dict | None:
     return json.loads(a["probe"]) if "probe" in a else None
 
 
-def _runs(slots: np.ndarray):
-    """(start, stop, rows) for each run of consecutive values in ``slots``: slots[rows] == range(start, stop)."""
-    if len(slots) == 0:
-        return
-    order = np.argsort(slots, kind="stable")
-    ordered = slots[order]
-    breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
-    for rows in np.split(order, breaks):
-        yield int(slots[rows[0]]), int(slots[rows[-1]]) + 1, rows
-
-
-def _write_rows(ds: h5py.Dataset, start: int, rows) -> None:
-    """ds[start : start + len(rows)] = rows through h5py's low-level API (about 30 us instead of about 100 us per write).
-
-    ``rows`` may be a scalar-broadcast array of the right length.
-    """
-    rows = np.ascontiguousarray(rows)  # in its own dtype: HDF5 converts to the file's, as h5py's ds[...] = rows does
-    file_space = ds.id.get_space()
-    file_space.select_hyperslab((start,) + (0,) * (rows.ndim - 1), rows.shape)
-    ds.id.write(h5py.h5s.create_simple(rows.shape), file_space, rows)
-
-
 def _grow(ds: h5py.Dataset, n: int) -> int:
     """Add ``n`` rows to ``ds`` (unwritten rows read as the fill value); returns the old row count."""
     old = ds.id.shape[0]
@@ -155,7 +135,7 @@ def _grow(ds: h5py.Dataset, n: int) -> int:
 
 
 def _resize_append(ds: h5py.Dataset, rows: np.ndarray) -> None:
-    _write_rows(ds, _grow(ds, rows.shape[0]), rows)
+    write_rows(ds, _grow(ds, rows.shape[0]), rows)
 
 
 def error_text(err: BaseException, path: Path) -> str:
@@ -179,19 +159,20 @@ class SessionStore:
     """Writer of one session file. Not thread-safe: the session manager serialises calls, except that queued frames may be
     written outside its lock (``take_pending`` under it, ``write_taken`` after)."""
 
-    def __init__(self, path: Path, f: h5py.File) -> None:
+    def __init__(self, path: Path, f: h5py.File, patterns: h5py.Dataset | None = None) -> None:
+        """``patterns``: the file's, as ``open_patterns`` opened it (opened here if None), kept open while the store is."""
         self.path = path
         self._f = f
         self._pending: dict[int, tuple[np.ndarray, Blob | None]] = {}
         """Frames received since the last flush, by slot: (image, its detector blob or None) (written in bulk by ``flush``)."""
-        patterns = f["patterns"]
+        patterns = open_patterns(f) if patterns is None else patterns
         compressed = is_bslz4(patterns) and patterns.chunks[1:] == patterns.shape[1:]
         self._chunks = PatternChunks(patterns.chunks[0], patterns.shape[1:], patterns.dtype, patterns.shape[0], compressed)
         """Which queued frames go to the file as the detector sent them (``service.pattern_chunks``)."""
-        self._stage: np.ndarray | None = None
-        """Reused staging rows of the frame writes (``WRITE_ROWS`` frames)."""
+        self._rows = PatternRows(f, patterns)
+        """Writer of queued frames' rows into ``patterns`` (in place where it can: ``service.row_writer``)."""
         self._state_written: tuple[str, str] | None = None
-        self._datasets: dict[str, h5py.Dataset] = {}
+        self._datasets: dict[str, h5py.Dataset] = {"patterns": patterns}
         self._failed: StoreError | None = None
         """a write outside the manager's lock failed: later flushes raise it (what it took may not be in the file)."""
         self._io = threading.Lock()
@@ -227,7 +208,7 @@ class SessionStore:
             f.attrs["state"] = "created"
             f.attrs["error"] = ""
             chunk = max(1, min(int(params["chunk"]), 64))
-            create_patterns(f, k, pixel_dtype(params), chunk, compressed)
+            patterns = create_patterns(f, k, pixel_dtype(params), chunk, compressed)
             for name in ("positions_nm", "positions_issued_nm", "positions_measured_nm"):
                 f.create_dataset(name, (0, 2), maxshape=_GROWABLE_2, dtype=np.float64, chunks=(256, 2))
             for name, dt in (("slot_batch", np.int32), ("slot_series", np.int64), ("slot_frame", np.int64), ("received", np.uint8)):
@@ -237,7 +218,7 @@ class SessionStore:
             f.flush()
         except OSError as err:
             raise StoreError(f"{path.name}: cannot create session file ({error_text(err, path)})") from None
-        return cls(path, f)
+        return cls(path, f, patterns)
 
     @classmethod
     def open(cls, path: Path) -> tuple[SessionStore, StoredSession]:
@@ -249,6 +230,7 @@ class SessionStore:
             raise StoreError(f"{path.name}: cannot open session file ({error_text(err, path)})") from None
         try:
             a = check_format(f, path)
+            patterns = open_patterns(f)  # first: kept open, its chunk cache off (service.row_writer)
             recons = f["reconstructions"]
             names = sorted(recons)
             stored = StoredSession(
@@ -259,7 +241,7 @@ class SessionStore:
                 slot_series=f["slot_series"][()],
                 slot_frame=f["slot_frame"][()],
                 received=f["received"][()].astype(bool),
-                patterns=f["patterns"][()],
+                patterns=patterns[()],
                 batch_series=f["batch_series"][()] if "batch_series" in f else None,
                 reconstructed_batches=[int(recons[name]["phase"].attrs["batch_id"]) for name in names],
                 latest_reconstruction=read_reconstruction(recons[names[-1]]["phase"]) if names else None,
@@ -272,7 +254,7 @@ class SessionStore:
         except (OSError, KeyError, ValueError, IndexError) as err:
             f.close()
             raise StoreError(f"{path.name}: damaged session file ({error_text(err, path)})") from None
-        return cls(path, f), stored
+        return cls(path, f, patterns), stored
 
     # --- writes ----------------------------------------------------------------------
 
@@ -283,7 +265,7 @@ class SessionStore:
         """Issue a batch: its positions get new slots (no frames yet)."""
         n = positions_nm.shape[0]
         with self._guard("append batch"):
-            _grow(self._ds("patterns"), n)  # grown only: unwritten rows read as the fill value 0 (writing zeros cost ~1.5 ms per chunk)
+            self._rows.grow(n)  # grown only: unwritten rows read 0 (writing zeros cost ~1.5 ms per chunk)
             _resize_append(self._ds("positions_nm"), positions_nm)
             _resize_append(self._ds("positions_issued_nm"), positions_nm)
             _resize_append(self._ds("positions_measured_nm"), np.full((n, 2), np.nan))
@@ -294,7 +276,7 @@ class SessionStore:
             batches = self._batch_series()
             if batches is not None and batches.id.shape[0] <= batch_id:
                 _grow(batches, batch_id + 1 - batches.id.shape[0])
-                _write_rows(batches, batch_id, np.array([-1], np.int64))
+                write_rows(batches, batch_id, np.array([-1], np.int64))
             self._f.flush()
 
     def _batch_series(self) -> h5py.Dataset | None:
@@ -313,31 +295,31 @@ class SessionStore:
         with self._guard("bind series"):
             batches = self._batch_series()
             if batch_id is not None and batches is not None:
-                _write_rows(batches, batch_id, np.array([series], np.int64))
+                write_rows(batches, batch_id, np.array([series], np.int64))
             # one h5py write per run of consecutive slots (a batch is one run), not per slot: the
             # manager's lock is held meanwhile, and per-slot writes took ~10 ms per chunk of 50
-            for start, stop, rows in _runs(slots):
-                _write_rows(self._ds("slot_series"), start, np.full(stop - start, series))
-                _write_rows(self._ds("slot_frame"), start, rows)
+            for start, stop, rows in runs(slots):
+                write_rows(self._ds("slot_series"), start, np.full(stop - start, series))
+                write_rows(self._ds("slot_frame"), start, rows)
                 if measured_nm is not None:
-                    _write_rows(self._ds("positions_measured_nm"), start, measured_nm[rows])
-                    _write_rows(self._ds("positions_nm"), start, measured_nm[rows])
+                    write_rows(self._ds("positions_measured_nm"), start, measured_nm[rows])
+                    write_rows(self._ds("positions_nm"), start, measured_nm[rows])
             self._f.flush()
 
     def unbind(self, slots: np.ndarray, batch_id: int) -> None:
         """Slots ``slots`` are no longer bound to any series and batch ``batch_id`` awaits a new tell (its series ended short)."""
         slots = np.asarray(slots, dtype=np.int64)
         with self._guard("unbind series"):
-            for start, stop, _ in _runs(slots):
-                _write_rows(self._ds("slot_series"), start, np.full(stop - start, -1, np.int64))
-                _write_rows(self._ds("slot_frame"), start, np.full(stop - start, -1, np.int64))
+            for start, stop, _ in runs(slots):
+                write_rows(self._ds("slot_series"), start, np.full(stop - start, -1, np.int64))
+                write_rows(self._ds("slot_frame"), start, np.full(stop - start, -1, np.int64))
             batches = self._batch_series()
             if batches is not None:
-                _write_rows(batches, batch_id, np.array([-1], np.int64))
+                write_rows(batches, batch_id, np.array([-1], np.int64))
             self._f.flush()
 
     def write_frame(self, slot: int, image: np.ndarray, blob: Blob | None = None) -> None:
-        """Queue one frame for the file; the next ``flush`` writes it (one HDF5 write per chunk or run of slots) and makes it durable.
+        """Queue one frame for the file; the next ``flush`` writes it (in bulk: ``service.row_writer``) and makes it durable.
 
         ``blob``: the bitshuffle-LZ4 blob ``image`` was decoded from (``Frame.blob``), written
         as it is where it can be (``service.pattern_chunks``). A frame written alone costs
@@ -383,28 +365,11 @@ class SessionStore:
         if not pending:
             return
         plan = self._chunks.plan(pending)
-        patterns, received = self._ds("patterns"), self._ds("received")
-        write_chunks(patterns, plan.direct)
-        self._write_filtered(patterns, pending, np.asarray(plan.filtered, dtype=np.int64))
-        for start, stop, _ in _runs(np.fromiter(pending, dtype=np.int64, count=len(pending))):
-            _write_rows(received, start, np.ones(stop - start, np.uint8))
+        write_chunks(self._ds("patterns"), plan.direct)
+        self._rows.write(pending, plan.filtered)  # before the flags: a row marked received is in the file
+        for start, stop, _ in runs(np.fromiter(pending, dtype=np.int64, count=len(pending))):
+            write_rows(self._ds("received"), start, np.ones(stop - start, np.uint8))
         self._chunks.commit(plan)
-
-    def _write_filtered(self, patterns: h5py.Dataset, pending: dict[int, tuple[np.ndarray, Blob | None]], slots: np.ndarray) -> None:
-        """Write the frames of ``slots`` through HDF5 (its filter compresses them), one write per run of consecutive slots."""
-        for start, stop, _ in _runs(slots):
-            for lo in range(start, stop, WRITE_ROWS):  # through one reused buffer: a fresh stack per flush costs its page faults again
-                hi = min(stop, lo + WRITE_ROWS)
-                if self._stage is None or self._stage.shape[1:] != patterns.shape[1:]:
-                    self._stage = np.empty((WRITE_ROWS, *patterns.shape[1:]), patterns.dtype)  # the file's type: admit checked the counts fit
-                rows = self._stage[: hi - lo]
-                top = np.iinfo(rows.dtype).max
-                for k, slot in enumerate(range(lo, hi)):
-                    image = pending[slot][0]
-                    # admit let a wider frame in only if its counts fit: what exceeds the file's type is the detector's mark of an
-                    # invalid pixel (its type's largest count), stored as the file type's mark (service.detector_mask)
-                    rows[k] = np.minimum(image, top) if image.dtype.itemsize > rows.dtype.itemsize else image
-                _write_rows(patterns, lo, rows)
 
     def write_reconstruction(self, index: int, rec: StoredReconstruction) -> None:
         with self._guard("write reconstruction"):

@@ -170,12 +170,14 @@ def test_a_run_whose_checks_at_once_raise_goes_frame_by_frame(tmp_path, monkeypa
 
 
 def test_a_flush_in_pieces_writes_every_frame_to_its_row(tmp_path, monkeypatch):
-    """Frames are staged for the file in pieces of WRITE_ROWS through one reused buffer: each lands in its own row."""
+    """Frames that go through HDF5 are staged for the file in pieces of WRITE_ROWS through one reused buffer: each lands in its
+    own row."""
     import h5py
 
-    from service import store as store_module
+    from service import row_writer
 
-    monkeypatch.setattr(store_module, "WRITE_ROWS", 3)
+    monkeypatch.setattr(row_writer, "WRITE_ROWS", 3)
+    monkeypatch.setattr(row_writer.PatternRows, "write_in_place", lambda _self, _pending, slots: slots)  # all through HDF5
     manager = _manager(tmp_path)
     sid = _told(manager, 8)
     images = frames_for(1, 8)

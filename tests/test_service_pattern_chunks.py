@@ -12,6 +12,7 @@ from detector_stream.codec import encode_frames
 from service import pattern_chunks
 from service import store as store_module
 from service.pattern_chunks import is_bslz4
+from service.row_writer import PatternRows
 from service.store import SessionStore, StoreError
 
 
@@ -44,18 +45,18 @@ class CountingChunks:
 
     def __init__(self, monkeypatch):
         self.direct = self.filtered = 0
-        real_chunks, real_filtered = pattern_chunks.write_chunks, SessionStore._write_filtered
+        real_chunks, real_filtered = pattern_chunks.write_chunks, PatternRows.write_staged
 
         def chunks(ds, direct):
             self.direct += len(direct)
             real_chunks(ds, direct)
 
-        def filtered(store, patterns, pending, slots):
+        def filtered(rows, pending, slots):
             self.filtered += len(slots)
-            real_filtered(store, patterns, pending, slots)
+            real_filtered(rows, pending, slots)
 
         monkeypatch.setattr(store_module, "write_chunks", chunks)
-        monkeypatch.setattr(SessionStore, "_write_filtered", filtered)
+        monkeypatch.setattr(PatternRows, "write_staged", filtered)
 
 
 def test_blobs_become_chunks_and_read_back_as_sent(tmp_path, monkeypatch):
