@@ -117,6 +117,8 @@ class PatternRows:
         self.fd: int | None = f.id.get_vfd_handle() if f.driver == "sec2" else None
         self.in_place = bool(self.fd is not None and cache_off and whole_frames and _unfiltered(ds) and self.dtype.isnative and self.frame_bytes > 0)
         """True: frames go to the file with ``os.pwritev`` where their chunk is allocated (an uncompressed file, opened here)."""
+        self.never_filled = ds.id.get_create_plist().get_fill_time() == h5py.h5d.FILL_TIME_NEVER
+        """Chunks get no fill when allocated: ``grow`` must zero what could hold old bytes, however frames are written."""
         self._address: dict[int, int] = {}
         """File offset (bytes) of each allocated chunk looked up (uncompressed chunks never move)."""
         self._stage: np.ndarray | None = None
@@ -137,7 +139,10 @@ class PatternRows:
         (below its end) get zeros written: allocated early with no fill, they would read what was there."""
         old = self.ds.id.shape[0]
         self.ds.id.set_extent((old + n, *self.frame_shape))
-        if self.in_place and n > 0:
+        if n > 0 and self.never_filled and self.fd is None:  # no file to look at (another driver): zeros through HDF5, every new row
+            for lo in range(old, old + n, WRITE_ROWS):
+                write_rows(self.ds, lo, np.zeros((min(WRITE_ROWS, old + n - lo), *self.frame_shape), self.dtype))
+        elif n > 0 and self.never_filled:
             end = None
             for chunk in range(-(-old // self.rows), -(-(old + n) // self.rows)):
                 address = self.chunk_address(chunk)

@@ -345,9 +345,7 @@ class Session:
         """In progress with frames received since the last flush."""
         return not self.terminal and self.frames_persisted != self.frames_received
 
-    def learn_invalid_pixels(
-        self, images: list[np.ndarray] = (), header_mask: np.ndarray | None = None, stack: np.ndarray | None = None, marked: list[int | None] | None = None
-    ) -> None:
+    def learn_invalid_pixels(self, images: list[np.ndarray] = (), header_mask: np.ndarray | None = None, stack: np.ndarray | None = None, marked: list | None = None) -> None:
         """Flag the detector pixels the detector's ``header_mask`` masks and those that read the largest count in ``images`` (frames as
         stored; ``stack``: the same as one array, if they are one; ``marked``: per image, how many pixels read it, where known:
         ``DetectorMask.observe``); new ones are recorded in the file (StoreError if it fails). The frames themselves are not changed."""

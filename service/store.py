@@ -179,6 +179,15 @@ class SessionStore:
         """Held while queued frames go to the file: ``flush``, ``close`` and a write outside the manager's lock (``take_pending``
         then ``write_taken``) never overlap, and are done in the order they took the frames."""
 
+    @property
+    def pattern_rows(self) -> PatternRows:
+        """The writer of queued frames into ``patterns`` (its file descriptor, whether it writes in place)."""
+        return self._rows
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The open file's dataset ``name`` (readers in this process: what is written there is flushed only by ``flush``)."""
+        return self._ds(name)
+
     def _ds(self, name: str) -> h5py.Dataset:
         """The dataset ``name``, looked up once (a lookup costs about 30 us, as much as a write)."""
         ds = self._datasets.get(name)

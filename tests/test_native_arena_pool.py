@@ -149,3 +149,28 @@ def test_the_loop_reports_the_largest_frame_that_did_not_fit(pair):
     batch = stream.loop.receive(stream.pull)
     assert len(batch) == 3 and batch.arena_misses == FRAME  # frames 1 and 2: raw, the arena full
     assert stream.loop.receive(stream.pull).arena_misses == 0
+
+
+def test_the_pool_turns_itself_off_where_reference_counts_do_not_tell_views(pair, monkeypatch):
+    """An interpreter whose counts do not rise with a view (borrowed references) would make every arena look free: the loop
+    checks at construction and then gives each drain a new arena, never reused."""
+    from detector_stream.native import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "_references", lambda arenas, i: 2)  # every array looks unreferenced
+    assert not loop_module.refcount_tells_views()
+    stream = Stream(pair, NativeReceiveLoop(16, arena_bytes=4 * FRAME))
+    kept = stream.frames(1, 4)[2]
+    for value in (2, 3):
+        stream.frames(value, 4)
+        gc.collect()
+    assert (kept.image == 1).all() and stream.loop.pooled == 0
+
+
+def test_frames_handed_out_are_read_only(pair):
+    """Frames share their arena (a run's stack, the file's queue): a write into one raises instead of changing the others."""
+    stream = Stream(pair, NativeReceiveLoop(16, arena_bytes=8 * FRAME))
+    viewed, copied = stream.frames(1, 4), stream.frames(2, 1)  # half the arena: views; an eighth: copied out
+    assert _arena_of(viewed[0]).nbytes == 8 * FRAME and _arena_of(copied[0]).nbytes < 8 * FRAME
+    for frames in (viewed, copied):
+        with pytest.raises(ValueError, match="read-only"):
+            frames[0].image[0, 0] = 7

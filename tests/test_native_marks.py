@@ -77,7 +77,7 @@ def _through_loop(pair, msgs: list[list[bytes]]) -> list:
 
 def test_the_loop_counts_each_frames_marked_pixels_and_the_python_decoder_leaves_it_unknown(pair):
     rng = np.random.default_rng(5)
-    shapes = [((64, 64), np.uint16), ((37, 53), np.uint8), ((129, 67), np.uint16), ((7, 7), np.uint32), ((100, 100), np.uint32), ((3, 5), np.uint8)]
+    shapes = [((64, 64), np.uint16), ((128, 256), np.uint8), ((37, 53), np.uint8), ((129, 67), np.uint16), ((7, 7), np.uint32), ((100, 100), np.uint32), ((3, 5), np.uint8)]
     images = []
     for shape, dtype in shapes:
         top = np.iinfo(dtype).max
@@ -86,6 +86,7 @@ def test_the_loop_counts_each_frames_marked_pixels_and_the_python_decoder_leaves
             image.flat[rng.choice(image.size, min(marks, image.size), replace=False)] = top
             image.flat[-1] = top if marks == 37 else image.flat[-1]  # a mark in the raw tail of the blob
             images.append(image)
+        images.append(np.full(shape, top, dtype))  # every pixel marked: a per-block counter that wraps would miscount it
     msgs = _series(images)
     frames = [e for e in _through_loop(pair, msgs) if isinstance(e, Frame)]
     assert [f.marked for f in frames] == [int(np.count_nonzero(im == np.iinfo(im.dtype).max)) for im in images]

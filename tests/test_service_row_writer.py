@@ -71,14 +71,14 @@ def test_new_files_allocate_chunks_as_patterns_grow_and_they_never_move(tmp_path
     with h5py.File(store.path, "r") as f:
         plist = f["patterns"].id.get_create_plist()
         assert plist.get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY and plist.get_fill_time() == h5py.h5d.FILL_TIME_NEVER
-    first = addresses(store._ds("patterns"))
+    first = addresses(store.dataset("patterns"))
     assert len(first) == 3 and None not in first
     store.write_frames(list(range(10)), list(images(10)))
     store.flush()
     store.append_batch(1, np.zeros((6, 2)))
     store.write_frames(list(range(10, 16)), list(images(6, seed=1)))
     store.flush()
-    again = addresses(store._ds("patterns"))
+    again = addresses(store.dataset("patterns"))
     assert again[:3] == first and None not in again
     store.close()
     with h5py.File(store.path, "r") as f:
@@ -135,11 +135,11 @@ def test_a_new_chunk_on_space_the_file_used_before_is_zeroed(tmp_path):
     """A chunk allocated early with no fill reads what its space held: below the file's end, ``grow`` writes zeros over it."""
     store = make_store(tmp_path, n=4)
     store.flush()
-    fd = store._rows.fd
+    fd = store.pattern_rows.fd
     end = os.fstat(fd).st_size
     os.pwrite(fd, b"\xff" * (1 << 20), end)  # bytes past HDF5's end of file: where its next allocation lands
     store.append_batch(1, np.zeros((8, 2)))
-    new = addresses(store._ds("patterns"))[1:]
+    new = addresses(store.dataset("patterns"))[1:]
     assert all(a is not None and a < end + (1 << 20) for a in new)  # the test's premise: the new chunks lie on those bytes
     store.close()
     got, _ = read(store.path)
@@ -154,7 +154,7 @@ def test_in_place_and_hdf5_writes_in_one_chunk_keep_both(tmp_path, monkeypatch, 
     if reopened:
         store.close()
         store, _ = SessionStore.open(store.path)
-    assert store._ds("patterns").id.get_access_plist().get_chunk_cache()[1] == 0
+    assert store.dataset("patterns").id.get_access_plist().get_chunk_cache()[1] == 0
     sent = images(8, seed=4)
     wide = sent[1].astype(np.uint32)
     wide[0, 0] = 70000  # wider than the file's type: clipped through HDF5 as before
@@ -163,7 +163,7 @@ def test_in_place_and_hdf5_writes_in_one_chunk_keep_both(tmp_path, monkeypatch, 
     store.write_frames([0, 1, 2, 3], [sent[0], wide, strided, swapped])
     store.flush()
     assert count.in_place == 1 and count.staged == 3
-    _ = store._ds("patterns")[4]  # an HDF5 read of the chunk ...
+    _ = store.dataset("patterns")[4]  # an HDF5 read of the chunk ...
     store.write_frames([4, 5], [sent[4], sent[5]])  # ... then rows of it in place ...
     store.flush()
     with h5py.File(store.path, "r") as f:  # another open in this process sees them at once
@@ -189,7 +189,7 @@ def test_a_file_made_before_goes_through_hdf5_until_its_chunk_is_allocated(tmp_p
         f.create_dataset("patterns", (0, 16, 16), maxshape=(None, 16, 16), dtype=np.uint16, chunks=(4, 16, 16))
     store, _ = SessionStore.open(store.path)
     store.append_batch(0, np.zeros((8, 2)))
-    assert addresses(store._ds("patterns")) == [None, None]
+    assert addresses(store.dataset("patterns")) == [None, None]
     sent = images(8, seed=5)
     store.write_frames([0, 1], list(sent[:2]))
     store.flush()
@@ -242,3 +242,19 @@ def test_a_short_write_goes_on_from_where_it_stopped(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert path.read_bytes()[10:] == rows.tobytes()
+
+
+def test_on_another_driver_new_rows_are_zeroed_through_hdf5(tmp_path):
+    """No file descriptor to write through (not the sec2 driver): ``grow`` writes the new rows' zeros through HDF5, so chunks
+    allocated early with no fill on space freed before read 0, not the old bytes."""
+    with h5py.File(tmp_path / "core.h5", "w", driver="core", backing_store=False) as f:
+        from service.pattern_chunks import create_patterns
+
+        ds = create_patterns(f, 16, np.dtype(np.uint16), 4, compressed=False)
+        f.create_dataset("junk", data=np.full((64, 16, 16), 0xFFFF, np.uint16))
+        f.flush()
+        del f["junk"]  # its space is free, and the default strategy gives it out again
+        rows = PatternRows(f, ds)
+        assert not rows.in_place and rows.never_filled
+        rows.grow(64)
+        assert not ds[()].any()

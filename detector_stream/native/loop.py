@@ -28,13 +28,24 @@ ARENA_POOL = 8
 """Arenas a loop keeps for reuse at most (``pool``): a drain decodes into one no frame references any more."""
 ARENA_POOL_BYTES = 64 << 20
 """Bytes of arenas a loop keeps at most (at least one arena is kept, whatever its size)."""
+
+
 def _references(arenas: list[np.ndarray], i: int) -> int:
-    """``sys.getrefcount`` of ``arenas[i]``, taken the one way ``_free_arena`` compares it with ``_UNREFERENCED``."""
+    """``sys.getrefcount`` of ``arenas[i]``, taken the one way ``_free_arena`` compares it with its sentinel's."""
     return sys.getrefcount(arenas[i])
 
 
-_UNREFERENCED = _references([np.empty(0, np.uint8)], 0)
-"""What ``_references`` says of an array only its list holds (measured: interpreters count a call's references differently)."""
+def refcount_tells_views() -> bool:
+    """True if ``_references`` counts one more for an array while a view of it is alive than after, here and now, against an
+    array no view holds (a sentinel) read the same way: what the arena pool relies on. An interpreter that counts
+    references otherwise (borrowed references in specialised code) turns the pool off rather than risk overwriting frames."""
+    arenas, sentinel = [np.empty(8, np.uint8)], [np.empty(8, np.uint8)]
+    view = arenas[0][:4]
+    held = _references(arenas, 0) > _references(sentinel, 0)
+    del view
+    return held and _references(arenas, 0) == _references(sentinel, 0)
+
+
 VIEW_SHARE = 4
 """A drain's frames are views into its arena when they fill at least 1/VIEW_SHARE of it; else they are copied out (a small
 drain, a slow stream: the copy is small, and a few frames kept for long must not pin a whole arena each)."""
@@ -146,8 +157,11 @@ class NativeReceiveLoop(NativeContext):
         self._records = np.zeros((max_msgs, REC), np.int64)
         self._received_at = np.zeros(max_msgs, np.float64)
         self._arena_bytes = arena_bytes
-        self._pool_size = pool
-        self._arenas = [np.empty(arena_bytes, np.uint8)]
+        self._pool_size = pool if refcount_tells_views() else 0
+        self._sentinel = [np.empty(0, np.uint8)]
+        """an array no view holds, in a list like the pool: what an unreferenced arena's count is compared with, read in
+        the same call and the same way (a baseline measured once, in colder code, could be off by one)."""
+        self._arenas = [np.empty(arena_bytes, np.uint8)] if self._pool_size else []
         """Where drains decode their images, reused (see ``receive``)."""
 
     @property
@@ -167,9 +181,9 @@ class NativeReceiveLoop(NativeContext):
 
     def _free_arena(self) -> np.ndarray:
         """A pooled arena no frame references any more, else a new one (pooled while the pool has room)."""
-        arenas = self._arenas
+        arenas, unreferenced = self._arenas, _references(self._sentinel, 0)
         for i in range(len(arenas)):
-            if _references(arenas, i) <= _UNREFERENCED:  # no view of it (a frame, a batch) is alive
+            if _references(arenas, i) <= unreferenced:  # no view of it (a frame, a batch) is alive
                 return arenas[i]
         arena = np.empty(self._arena_bytes, np.uint8)
         if len(arenas) < self._pool_size and (len(arenas) + 1) * self._arena_bytes <= max(ARENA_POOL_BYTES, self._arena_bytes):
@@ -198,6 +212,7 @@ class NativeReceiveLoop(NativeContext):
         records = self._records[:n].copy()
         used = self.lib.ps_arena_used(self._ctx)
         decoded = arena[:used] if used * VIEW_SHARE >= arena.nbytes else arena[:used].copy()
+        decoded.flags.writeable = False  # frames are shared (a run's stack, the file's queue): a write into one must raise
         nparts = self.lib.ps_nparts(self._ctx)
         part_lens = np.ctypeslib.as_array(ctypes.cast(self.lib.ps_part_lens(self._ctx), ctypes.POINTER(ctypes.c_int64)), (nparts,)).tolist() if nparts else []
         raw_len = self.lib.ps_raw_len(self._ctx)

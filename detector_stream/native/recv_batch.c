@@ -264,6 +264,7 @@ static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len,
     int64_t block = PS_BLOCK_BYTES / itemsize, full = pixels / block, rest = pixels % block, partial = rest - rest % 8;
     int64_t nblocks = full + (partial ? 1 : 0), pos = 0;
     for (int64_t i = 0; i < nblocks; i++) {
+        if (pos + 4 > body_len) return 0; /* blob_ok checked the framing; this keeps the function safe on its own */
         int64_t n = i < full ? block : partial, raw = n * itemsize, length = (int64_t)be(body + pos, 4);
         if (pos + 4 + length > body_len) return 0;
         if (ctx->lz4((const char *)body + pos + 4, (char *)ctx->scratch[0], (int)length, (int)raw) != raw) return 0;
@@ -282,8 +283,10 @@ static int decode_blob(ps_ctx *ctx, const unsigned char *body, int64_t body_len,
 /* ---- context -------------------------------------------------------------------- */
 
 ps_ctx *ps_new(void **fns) {
-    ps_ctx *ctx = calloc(1, sizeof(ps_ctx));
+    /* aligned as the struct asks (its scratch: 64 bytes); calloc guarantees only 16 */
+    ps_ctx *ctx = aligned_alloc(64, (sizeof(ps_ctx) + 63) & ~(size_t)63);
     if (!ctx) return NULL;
+    memset(ctx, 0, sizeof(ps_ctx));
     ctx->init = (msg_init_f)fns[0];
     ctx->recv = (msg_recv_f)fns[1];
     ctx->data = (msg_data_f)fns[2];
