@@ -43,7 +43,7 @@ class ReconJob:
     beam: BeamKey
     fov_nm: tuple[float, float, float, float]
     patterns: np.ndarray
-    """(N, K, K) float32 intensities of every position so far."""
+    """(N, K, K) counts of every position so far, in the session file's pixel type (or float32; ``counts_as_float``)."""
     positions_nm: np.ndarray
     """(N, 2) positions (x, y) in nm."""
     init: np.ndarray | None
@@ -216,7 +216,7 @@ class TorchReconBackend:
             options = options.model_copy(update={"position_correction": PositionCorrectionOptions()})
         rec = Reconstructor(probe, options, device=device)
         grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
-        scan = ScanChunk(torch.from_numpy(job.patterns), torch.from_numpy(job.positions_nm), grid, invalid_pixels=job.invalid_pixels)
+        scan = ScanChunk(counts_as_float(job.patterns), torch.from_numpy(job.positions_nm), grid, invalid_pixels=job.invalid_pixels)
         (result,), steps = reconstruct_with_backoff(rec, [scan], max_passes=final_passes(len(job.positions_nm), evaluation),
                                                     on_pass=lambda i, _potentials: on_pass(i))
         recipe = options.model_dump(mode="json") | {"step_size_used": float(steps[0])}
@@ -258,7 +258,7 @@ class TorchReconBackend:
         for i, job in enumerate(jobs):
             grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
             use = slice(None) if scopes is None else scopes[i]
-            scans.append(ScanChunk(torch.from_numpy(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid, invalid_pixels=job.invalid_pixels))
+            scans.append(ScanChunk(counts_as_float(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid, invalid_pixels=job.invalid_pixels))
             ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
             init.append(torch.from_numpy(job.init) if ok else None)
         results = recon.reconstruct(scans, init=init, iterations=iterations, first_pass=first_pass)
@@ -329,6 +329,14 @@ _RECIPE_NEUTRAL = ("detector_binning",)
 
 _COST_K = 64
 """The deadline's cost model is kept per position-pass of K = 64 patterns (what warm-up measures)."""
+
+
+def counts_as_float(patterns: np.ndarray):
+    """``patterns`` (N, K, K) as a float32 torch tensor: converted here, in the compute worker (session memory holds the detector's
+    pixel type, so the ingest only copies); no copy when they are float32 already."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(patterns, dtype=np.float32))
 
 
 def _cost_scale(jobs: list[ReconJob]) -> float:

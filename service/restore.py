@@ -95,7 +95,7 @@ def restored_session(st: StoredSession, store: SessionStore, planner: PlannerCho
             s.retrieved_beam = s.spec.beam.with_reported(st.probe)
     s.positions_measured = np.array(st.positions_measured, dtype=np.float64)
     s.received = st.received.copy()
-    s.patterns = np.zeros((max(s.budget, s.n_issued), s.k, s.k), np.float32)
+    s.patterns = np.zeros((max(s.budget, s.n_issued), s.k, s.k), s.pixel_dtype)  # as the file holds them
     s.patterns[: len(st.patterns)] = st.patterns
     s.detector_mask = DetectorMask(s.k, st.detector_mask)
     if len(st.patterns):  # a file written before the mask was recorded: its marks in the file's own pixel type

@@ -162,7 +162,9 @@ class Session:
     reported. Kept as the session file keeps them; ``positions_used`` is derived."""
     received: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     patterns: np.ndarray | None = None
-    """(capacity, K, K) float32 frames by slot; capacity >= n_issued (the whole budget: untouched rows cost no memory)."""
+    """(capacity, K, K) frames by slot, in the session file's pixel type (``pixel_dtype``: what the detector sent, as the file
+    holds it; the reconstruction converts to float32 in the compute worker, off the ingest path); capacity >= n_issued (the
+    whole budget: untouched rows cost no memory)."""
     batches: list[Batch] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     recent_errors: deque = field(default_factory=lambda: deque(maxlen=20))
@@ -242,7 +244,7 @@ class Session:
         """Copies of (patterns (N, K, K) float32, positions used (N, 2) nm) of every received frame, clipped to the fov."""
         n = self.n_issued
         keep = np.flatnonzero(self.received[:n])
-        return self.patterns[keep].copy(), clip_to_fov(self.positions_used[keep], self.fov)
+        return self.patterns[keep].astype(np.float32), clip_to_fov(self.positions_used[keep], self.fov)
 
     def probe_status(self) -> dict:
         """The status's ``probe``: the retrieval's state and outcome, or the request's aberrations (source nominal)."""
@@ -293,7 +295,7 @@ class Session:
         if self.patterns is None or len(self.patterns) < self.n_issued:
             # Allocated once for the whole budget (np.zeros pages are only backed when written), and
             # replaced, never written into below n0: reconstruction jobs hold views of rows < n0.
-            grown = np.zeros((max(self.budget, self.n_issued), self.k, self.k), np.float32)
+            grown = np.zeros((max(self.budget, self.n_issued), self.k, self.k), self.pixel_dtype)
             if self.patterns is not None:
                 grown[:n0] = self.patterns[:n0]
             self.patterns = grown

@@ -21,9 +21,10 @@ def _manager(tmp_path) -> SessionManager:
     return SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
 
 
-def _told(manager: SessionManager, n: int, ep: str = EP, series: int = 1) -> str:
-    """A session of budget and chunk ``n`` on ``ep`` whose first batch is told as ``series``."""
-    sid = manager.create(session_body(ep, budget=n, chunk=n) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0})["session_id"]
+def _told(manager: SessionManager, n: int, ep: str = EP, series: int = 1, **extra) -> str:
+    """A session of budget and chunk ``n`` on ``ep`` whose first batch is told as ``series`` (``extra``: more of its parameters)."""
+    body = session_body(ep, budget=n, chunk=n) | {"energy_ev": 6e4, "convergence_mrad": 33.0, "defocus_nm": 0.0} | extra
+    sid = manager.create(body)["session_id"]
     Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
     manager.tell(sid, manager.try_ask(sid)["batch_id"], series, None)
     return sid
@@ -215,3 +216,25 @@ def test_frames_decoded_back_to_back_store_as_frame_by_frame(tmp_path, monkeypat
         got = f["received"][:6].astype(bool)
         np.testing.assert_array_equal(f["patterns"][:6][got], images[:6][got])
     manager.close()
+
+
+def test_session_memory_holds_the_frames_as_the_file_does(tmp_path):
+    """Session memory is in the file's pixel type (uint16 here): the ingest copies, the compute worker converts to float32,
+    and a restart reads back exactly what was in memory."""
+    manager = _manager(tmp_path)
+    sid = _told(manager, 4, detector_bit_depth=16)
+    images = frames_for(1, 4)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(4)])
+    s = manager.sessions[sid]
+    assert s.patterns.dtype == s.pixel_dtype == np.uint16
+    np.testing.assert_array_equal(s.patterns[:4], images)
+    s.flush_frames()
+    import h5py
+
+    with h5py.File(s.store.path, "r") as f:
+        np.testing.assert_array_equal(f["patterns"][:4], s.patterns[:4])
+    manager.close()
+    from service.compute import counts_as_float
+
+    floats = counts_as_float(s.patterns[:4])
+    assert floats.dtype.is_floating_point and floats.numpy().dtype == np.float32 and np.array_equal(floats.numpy(), images)
