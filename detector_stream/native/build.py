@@ -27,7 +27,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("recv_batch.c")
-SOURCES = (SOURCE, SOURCE.with_name("md5.c"), SOURCE.with_name("md5.h"))
+SOURCES = tuple(SOURCE.with_name(name) for name in ("recv_batch.c", "md5.c", "md5.h", "shuffle.c", "shuffle.h"))
 """Every file the library is built from: all of them name its version (an edited header rebuilds it too)."""
 ENV_SWITCH = "PTYCHOSCAN_NATIVE_INGEST"
 """``0``: never use the compiled loop (the Python receive path, as before)."""
@@ -114,6 +114,10 @@ def _load() -> ctypes.CDLL:
     lib.ps_send_batch.restype = ctypes.c_int
     lib.ps_send_batch.argtypes = [p, p, p, p, p, ctypes.c_int]
     lib.ps_md5_hex.restype, lib.ps_md5_hex.argtypes = None, [p, ctypes.c_char_p, i64, ctypes.c_char_p]
+    lib.ps_avx2_shuffle.restype, lib.ps_avx2_shuffle.argtypes = ctypes.c_int, [p, i64]
+    lib.ps_set_avx2_shuffle.restype, lib.ps_set_avx2_shuffle.argtypes = None, [p, ctypes.c_int]
+    lib.ps_shuffle_avx2_usable.restype, lib.ps_shuffle_avx2_usable.argtypes = ctypes.c_int, []
+    lib.ps_shuffle_eightelem_avx2.restype, lib.ps_shuffle_eightelem_avx2.argtypes = i64, [p, p, i64, i64]
     return lib
 
 

@@ -119,12 +119,18 @@ def new_context(lib: ctypes.CDLL, untrans_steps: bool = True) -> int:
 class NativeContext:
     """Owner of one context of the compiled library (``ps_new``: pyzmq's libzmq, bitshuffle), freed by ``close`` or collection."""
 
-    def __init__(self, untrans_steps: bool = True) -> None:
+    def __init__(self, untrans_steps: bool = True, avx2_shuffle: bool = True) -> None:
         """NativeUnavailable (with the reason) where the library cannot be built or its libraries found; ``untrans_steps``: as
-        ``new_context``'s."""
+        ``new_context``'s; ``avx2_shuffle`` False: bitshuffle's own eight-element step for every pixel size (True: shuffle.c's
+        AVX2 one for 16-bit pixels, where the CPU has AVX2; for the tests that compare both)."""
         self._ctx = None
         self.lib = load_library()
         self._ctx = new_context(self.lib, untrans_steps)
+        self.lib.ps_set_avx2_shuffle(self._ctx, int(avx2_shuffle))
+
+    def uses_avx2_shuffle(self, itemsize: int) -> bool:
+        """Whether frames of ``itemsize``-byte pixels are untransposed with shuffle.c's AVX2 eight-element step."""
+        return bool(self.lib.ps_avx2_shuffle(self._ctx, itemsize))
 
     def close(self) -> None:
         if self._ctx:
@@ -140,14 +146,14 @@ class NativeReceiveLoop(NativeContext):
 
     def __init__(
         self, max_msgs: int = 512, arena_bytes: int = 4 << 20, forward: ForwardTarget | None = None, keep_blobs: bool = True, untrans_steps: bool = True,
-        pool: int = ARENA_POOL,
+        pool: int = ARENA_POOL, avx2_shuffle: bool = True,
     ) -> None:
         """``arena_bytes``: room for decoded images per drain at first (``fit`` adds more); ``forward``: where every message
         received is re-sent, byte for byte (its socket as it is now); ``keep_blobs``: each decoded frame's compressed blob is
         copied out with it (``Frame.blob``; False: None, for a consumer that stores none). NativeUnavailable (with the reason)
         where the loop cannot be built or its libraries found; ``untrans_steps``: as ``new_context``'s; ``pool``: arenas kept
-        for reuse at most (``ARENA_POOL``; and ``ARENA_POOL_BYTES``)."""
-        super().__init__(untrans_steps)
+        for reuse at most (``ARENA_POOL``; and ``ARENA_POOL_BYTES``); ``avx2_shuffle``: as ``NativeContext``'s."""
+        super().__init__(untrans_steps, avx2_shuffle)
         self.lib.ps_set_keep_blobs(self._ctx, int(keep_blobs))
         self.forward = forward
         self._forward_socket: zmq.Socket | None = None

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "md5.h"
+#include "shuffle.h"
 
 #define PS_EAGAIN 11
 #define PS_EINTR 4
@@ -58,6 +59,7 @@ typedef struct {
     lz4_f lz4;
     untrans_f untrans;              /* bshuf_untrans_bit_elem: allocates its scratch per call; used where the next two are not given */
     untrans_f bitrow, eightelem;    /* its two steps (bshuf_trans_byte_bitrow_*, bshuf_shuffle_bit_eightelem_*), through scratch[1] */
+    int avx2_shuffle;               /* 1: the second step is shuffle.c's AVX2 one for 2-byte pixels (bitshuffle's is SSE there) */
     send_f send;
     void *fwd;                      /* a PUSH socket every received message is re-sent on, byte for byte (NULL: none) */
     int64_t fwd_sent, fwd_dropped;  /* messages forwarded, and dropped for the forward socket (it would have blocked) */
@@ -247,12 +249,22 @@ static int64_t count_marks(const unsigned char *p, int64_t n, int64_t itemsize) 
     return itemsize == 1 ? marks8(p, n) : itemsize == 2 ? marks16(p, n) : marks32(p, n);
 }
 
+/* 1 when blocks of `itemsize`-byte pixels take shuffle.c's AVX2 eight-element step (bitshuffle's AVX step serves 4 bytes). */
+static int avx2_step(const ps_ctx *ctx, int64_t itemsize) { return ctx->avx2_shuffle && ctx->eightelem && itemsize == 2; }
+
 /* Bit-untranspose n elements (a multiple of 8) of one block from `in` to `out`, as bshuf_untrans_bit_elem does. */
 static int untranspose(ps_ctx *ctx, const void *in, void *out, int64_t n, int64_t itemsize) {
     if (!ctx->bitrow || !ctx->eightelem) return ctx->untrans(in, out, (size_t)n, (size_t)itemsize) >= 0;
-    return ctx->bitrow(in, ctx->scratch[1], (size_t)n, (size_t)itemsize) >= 0 &&
-           ctx->eightelem(ctx->scratch[1], out, (size_t)n, (size_t)itemsize) >= 0;
+    if (ctx->bitrow(in, ctx->scratch[1], (size_t)n, (size_t)itemsize) < 0) return 0;
+    if (avx2_step(ctx, itemsize)) return ps_shuffle_eightelem_avx2(ctx->scratch[1], out, n, itemsize) >= 0;
+    return ctx->eightelem(ctx->scratch[1], out, (size_t)n, (size_t)itemsize) >= 0;
 }
+
+/* Whether blocks of `itemsize`-byte pixels take the AVX2 eight-element step (for the tests that it is exercised). */
+int ps_avx2_shuffle(ps_ctx *ctx, int64_t itemsize) { return avx2_step(ctx, itemsize); }
+
+/* on 0: bitshuffle's own step for every pixel size (the tests compare both); 1: the AVX2 one where the CPU has AVX2. */
+void ps_set_avx2_shuffle(ps_ctx *ctx, int on) { ctx->avx2_shuffle = on && ps_shuffle_avx2_usable(); }
 
 /* Decode the body of a blob that passed blob_ok (its blocks, then its raw tail) into `out`, as bshuf_decompress_lz4 with
    8192-byte blocks does: full blocks, a last partial block of the remainder's whole multiple of 8 elements, the last
@@ -299,6 +311,7 @@ ps_ctx *ps_new(void **fns) {
     ctx->untrans = (untrans_f)fns[9];
     ctx->bitrow = (untrans_f)fns[10];
     ctx->eightelem = (untrans_f)fns[11];
+    ctx->avx2_shuffle = ps_shuffle_avx2_usable();
     ctx->keep_blobs = 1;
     return ctx;
 }
