@@ -29,6 +29,14 @@ _MARKERS: dict[np.dtype, int | None] = {}
 """marker_value by pixel type (np.iinfo costs about as much as a frame's max)."""
 
 
+def fitted(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``image`` ready to be stored as ``dtype`` (a session's pixel type): a wider unsigned frame, admitted only with counts that fit
+    (marks aside), has what exceeds ``dtype`` clipped to its largest value (the wider type's mark becomes ``dtype``'s); else as it is."""
+    if image.dtype.itemsize <= dtype.itemsize:
+        return image
+    return np.minimum(image, np.iinfo(dtype).max)
+
+
 def measured_peak(image: np.ndarray) -> int:
     """The largest count of ``image`` that is a measurement: pixels at the pixel type's largest value are marks, not counts (0 if all are)."""
     marker = marker_value(image.dtype)

@@ -26,7 +26,7 @@ from operator import attrgetter
 import numpy as np
 
 from detector_stream.events import Frame
-from service.detector_mask import measured_peak
+from service.detector_mask import fitted, measured_peak
 from service.session import BatchStatus, Binding, Session, SessionState
 
 _FRAME_INDEX = attrgetter("frame")
@@ -234,6 +234,8 @@ class FrameRouter:
             return FrameResult.refused("duplicated", f"series {key[1]}: frame {idx} already stored")
         if image.shape != (s.k, s.k):
             return FrameResult.refused("malformed", f"series {key[1]}: frame {idx} has shape {image.shape}, expected ({s.k}, {s.k})")
+        if image.dtype.kind != "u":  # detectors count in unsigned integers (codec.check_dtype); anything else would be cast blindly
+            return FrameResult.refused("malformed", f"series {key[1]}: frame {idx} has pixel type {image.dtype}, not an unsigned integer count")
         stored = s.pixel_dtype
         # pixels at the frame type's largest count are the detector's marks of masked (pixel_mask_applied) or saturated pixels,
         # not counts: a 32-bit frame into a 16-bit file is refused only for real counts the file cannot hold (service.detector_mask)
@@ -265,8 +267,8 @@ class FrameRouter:
         k, stored = s.k, s.pixel_dtype
         if stack is None:
             shape, size = (k, k), stored.itemsize
-            return slots if all(im.shape == shape and im.dtype.itemsize <= size for im in map(_FRAME_IMAGE, frames)) else None
-        if stack.shape != (len(slots), k, k):  # a frame of another shape: "malformed"
+            return slots if all(im.shape == shape and im.dtype.kind == "u" and im.dtype.itemsize <= size for im in map(_FRAME_IMAGE, frames)) else None
+        if stack.shape != (len(slots), k, k) or stack.dtype.kind != "u":  # another shape or pixel type: "malformed"
             return None
         if stack.dtype.itemsize <= stored.itemsize:  # counts that fit by their type: admit does not look at them
             return slots
@@ -286,7 +288,7 @@ class FrameRouter:
         a live frame counts its decision latency from that arrival, one completed at a tell
         from the tell. A complete batch leaves the session reconstructing.
         """
-        s.patterns[slot] = image
+        s.patterns[slot] = fitted(image, s.patterns.dtype)
         s.received[slot] = True
         s.frames_received += 1
         b = s.batches[batch_id]
@@ -321,10 +323,10 @@ class FrameRouter:
         at = np.asarray(slots, dtype=np.int64)
         lo = int(at[0])
         if stack is not None and lo >= 0 and int(at[-1]) - lo == n - 1 and (at[1:] - at[:-1] == 1).all():
-            patterns[lo : lo + n] = stack  # consecutive slots: one copy (and type conversion) for the run
+            patterns[lo : lo + n] = fitted(stack, patterns.dtype)  # consecutive slots: one copy for the run
         else:
             for slot, image in zip(slots, images, strict=True):  # into the session's rows: no stacked copy of the run
-                patterns[slot] = image
+                patterns[slot] = fitted(image, patterns.dtype)
         s.received[at] = True
         s.frames_received += n
         b = s.batches[batch_id]

@@ -41,6 +41,8 @@ from collections.abc import Iterable, Iterator
 import h5py
 import numpy as np
 
+from service.detector_mask import fitted
+
 WRITE_ROWS = 512
 """Frames per HDF5 write of the frames that go through HDF5 (staged in one reused buffer of this many frames)."""
 IOV_MAX = 1024
@@ -196,12 +198,10 @@ class PatternRows:
                 if self._stage is None or self._stage.shape[1:] != patterns.shape[1:]:
                     self._stage = np.empty((WRITE_ROWS, *patterns.shape[1:]), patterns.dtype)  # the file's type: admit checked the counts fit
                 rows = self._stage[: hi - lo]
-                top = np.iinfo(rows.dtype).max
                 for k, slot in enumerate(range(lo, hi)):
-                    image = pending[slot][0]
                     # admit let a wider frame in only if its counts fit: what exceeds the file's type is the detector's mark of an
-                    # invalid pixel (its type's largest count), stored as the file type's mark (service.detector_mask)
-                    rows[k] = np.minimum(image, top) if image.dtype.itemsize > rows.dtype.itemsize else image
+                    # invalid pixel (its type's largest count), stored as the file type's mark (as in session memory)
+                    rows[k] = fitted(pending[slot][0], rows.dtype)
                 write_rows(patterns, lo, rows)
 
 

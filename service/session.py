@@ -241,10 +241,11 @@ class Session:
         return self.spec.retrieve_probe and self.probe is None and not self.terminal and self.frames_received >= min(after_frames, self.budget)
 
     def measured_frames(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of (patterns (N, K, K) float32, positions used (N, 2) nm) of every received frame, clipped to the fov."""
+        """Copies of (patterns (N, K, K) in the file's pixel type, positions used (N, 2) nm) of every received frame, clipped to the
+        fov (called under the manager's lock: the float32 copy a job needs is made by the job, ``probe_job.frames_chunk``)."""
         n = self.n_issued
         keep = np.flatnonzero(self.received[:n])
-        return self.patterns[keep].astype(np.float32), clip_to_fov(self.positions_used[keep], self.fov)
+        return self.patterns[keep], clip_to_fov(self.positions_used[keep], self.fov)
 
     def probe_status(self) -> dict:
         """The status's ``probe``: the retrieval's state and outcome, or the request's aberrations (source nominal)."""

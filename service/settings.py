@@ -95,7 +95,7 @@ class ServiceSettings(BaseSettings):
     max_sessions: int = Field(64, ge=1, description="active sessions at most")
     max_budget: int = Field(20_000, ge=1, description="largest budget (positions) a session may ask for")
     max_grid_pixels: int = Field(4096, ge=64, description="largest reconstruction grid side (fov / pixel + K) a session may ask for")
-    max_session_bytes: int = Field(2 * 1024**3, ge=1, description="largest in-memory frame stack (budget * K^2 * the pixel type's bytes) of one session")
+    max_session_bytes: int = Field(2 * 1024**3, ge=1, description="largest frame stack of one session as float32 (budget * K^2 * 4 bytes: what a reconstruction of all its frames holds)")
     recon_iterations: int = Field(5, ge=1, description="iterations of a full reconstruction: first and last chunk, or every chunk with recon_update=full (paper: 5)")
     recon_update: Literal["incremental", "full"] = Field(
         "incremental", description="between first and last chunk: incremental (new positions + a replay sample, warm-started) or full (every position so far)"

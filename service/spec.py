@@ -146,7 +146,7 @@ class SessionSpec:
 
     def size_error(self, max_grid_pixels: int, max_session_bytes: int) -> str | None:
         """Why this session's reconstruction grid (at most ``max_grid_pixels`` across) or frame stack
-        (at most ``max_session_bytes``, frames in the file's pixel type) would not fit; None if they fit."""
+        (at most ``max_session_bytes``, the frames as float32: what a reconstruction of all of them holds) would not fit; None if they fit."""
         k = self.k
         try:
             pixel_nm = self.beam.pixel_nm
@@ -157,7 +157,8 @@ class SessionSpec:
         side = max(self.fov[2], self.fov[3]) / pixel_nm + k
         if not side <= max_grid_pixels:
             return f"fov_nm: the reconstruction grid would be {side:.0f} pixels across at {pixel_nm:.4g} nm/pixel (max_grid_pixels {max_grid_pixels})"
-        stack = self.budget * k * k * self.pixel_dtype.itemsize  # session memory holds the file's pixel type
+        # session memory holds the file's pixel type, but a reconstruction of every frame holds them as float32 too: that is the peak
+        stack = self.budget * k * k * 4
         if stack > max_session_bytes:
             return f"budget x detector_pixels^2 needs {stack / 2**30:.1f} GiB of frames (max_session_bytes {max_session_bytes / 2**30:.1f} GiB)"
         return None

@@ -9,26 +9,19 @@ room), and copies a small drain's frames out instead of pinning a whole arena wi
 from __future__ import annotations
 
 import gc
-import os
 import time
 
 import numpy as np
 import pytest
-import zmq
+from native_testing import inproc_pair, require_native_loop
 
 from detector_stream.decoder import StreamDecoder
 from detector_stream.events import Frame
 from detector_stream.messages import image_parts, series_start_parts
-from detector_stream.native import build
 from detector_stream.native.loop import NativeReceiveLoop
 from service.routing import FrameRouter
 
-try:
-    NativeReceiveLoop(8)
-except build.NativeUnavailable as err:  # no C compiler: the Python path serves
-    if os.environ.get("PTYCHOSCAN_REQUIRE_TOOLS") == "1":
-        raise
-    pytest.skip(f"compiled receive loop unavailable: {err}", allow_module_level=True)
+require_native_loop()
 
 FRAME = 64 * 64 * 2
 """Bytes of one 64 x 64 uint16 frame."""
@@ -36,16 +29,8 @@ FRAME = 64 * 64 * 2
 
 @pytest.fixture()
 def pair():
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    for s in (push, pull):
-        s.setsockopt(zmq.LINGER, 0)
-    push.setsockopt(zmq.SNDHWM, 0)
-    pull.setsockopt(zmq.RCVHWM, 0)
-    push.bind("inproc://native-arena-pool-test")
-    pull.connect("inproc://native-arena-pool-test")
-    yield push, pull
-    ctx.destroy(linger=0)
+    with inproc_pair("native-arena-pool-test") as sockets:
+        yield sockets
 
 
 class Stream:

@@ -8,19 +8,17 @@ whose count is not 0 (all of them where it is not known: the Python decoder's fr
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import pytest
-import zmq
+from native_testing import inproc_pair, require_native_loop
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
 import service.detector_mask as detector_mask
 from detector_stream.decoder import StreamDecoder
 from detector_stream.events import Frame
 from detector_stream.messages import image_parts, series_end_parts, series_start_parts
-from detector_stream.native import build
 from detector_stream.native.batch import IMAGE
 from detector_stream.native.loop import NativeReceiveLoop
 from service.detector_mask import MARKED, DetectorMask
@@ -29,12 +27,7 @@ from service.metrics import ServiceMetrics
 from service.scheduler import Scheduler
 from service.settings import ServiceSettings
 
-try:
-    NativeReceiveLoop(8)
-except build.NativeUnavailable as err:  # no C compiler: the Python path serves
-    if os.environ.get("PTYCHOSCAN_REQUIRE_TOOLS") == "1":
-        raise
-    pytest.skip(f"compiled receive loop unavailable: {err}", allow_module_level=True)
+require_native_loop()
 
 EP = "tcp://127.0.0.1:5011"
 K = 16
@@ -42,16 +35,8 @@ K = 16
 
 @pytest.fixture()
 def pair():
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    for s in (push, pull):
-        s.setsockopt(zmq.LINGER, 0)
-    push.setsockopt(zmq.SNDHWM, 0)
-    pull.setsockopt(zmq.RCVHWM, 0)
-    push.bind("inproc://native-marks-test")
-    pull.connect("inproc://native-marks-test")
-    yield push, pull
-    ctx.destroy(linger=0)
+    with inproc_pair("native-marks-test") as sockets:
+        yield sockets
 
 
 def _series(images: list[np.ndarray], series: int = 1) -> list[list[bytes]]:

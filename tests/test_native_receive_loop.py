@@ -19,6 +19,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from native_testing import inproc_pair
 from stream_fuzz import Case, case_strategy
 from test_stream_fast_path import _as_tuple, _compact
 
@@ -43,16 +44,8 @@ except build.NativeUnavailable as err:  # no C compiler: the Python path serves,
 
 @pytest.fixture(scope="module")
 def pair():
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    for s in (push, pull):
-        s.setsockopt(zmq.LINGER, 0)
-    push.setsockopt(zmq.SNDHWM, 0)
-    pull.setsockopt(zmq.RCVHWM, 0)
-    push.bind("inproc://native-loop-test")
-    pull.connect("inproc://native-loop-test")
-    yield push, pull
-    ctx.destroy(linger=0)
+    with inproc_pair("native-loop-test") as sockets:
+        yield sockets
 
 
 def _through_loop(pair, messages: list[list[bytes]], loop: NativeReceiveLoop) -> tuple[list, StreamDecoder, int]:

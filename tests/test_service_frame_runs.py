@@ -238,3 +238,32 @@ def test_session_memory_holds_the_frames_as_the_file_does(tmp_path):
 
     floats = counts_as_float(s.patterns[:4])
     assert floats.dtype.is_floating_point and floats.numpy().dtype == np.float32 and np.array_equal(floats.numpy(), images)
+
+
+def test_frames_that_are_not_unsigned_counts_are_refused_not_cast(tmp_path):
+    """A float frame (NaN, -1.0) would be cast blindly into the session's unsigned memory (-1.0 reads as a mark): refused as
+    malformed, alone and within a run; the unsigned frames of the run are stored."""
+    manager = _manager(tmp_path)
+    sid = _told(manager, 4, detector_bit_depth=16)
+    good = frames_for(1, 4)
+    bad = np.full((16, 16), -1.0, np.float32)
+    manager.on_events(EP, [Frame(1, 0, good[0]), Frame(1, 1, bad), Frame(1, 2, good[2])])
+    manager.on_events(EP, [Frame(1, 3, good[3].astype(np.int32))])
+    s = manager.sessions[sid]
+    assert s.received[:4].tolist() == [True, False, True, False]
+    assert s.counters["malformed"] == 2
+    np.testing.assert_array_equal(s.patterns[[0, 2]], good[[0, 2]])
+    manager.close()
+
+
+def test_measured_frames_are_copied_in_the_files_pixel_type(tmp_path):
+    """The copy made under the manager's lock for a probe job stays in the pixel type (the job converts it to float32)."""
+    manager = _manager(tmp_path)
+    sid = _told(manager, 4, detector_bit_depth=16)
+    images = frames_for(1, 4)
+    manager.on_events(EP, [Frame(1, i, images[i]) for i in range(4)])
+    patterns, positions = manager.sessions[sid].measured_frames()
+    assert patterns.dtype == np.uint16 and positions.shape == (4, 2)
+    np.testing.assert_array_equal(patterns, images)
+    assert not np.shares_memory(patterns, manager.sessions[sid].patterns)
+    manager.close()

@@ -244,17 +244,25 @@ def test_a_short_write_goes_on_from_where_it_stopped(tmp_path, monkeypatch):
     assert path.read_bytes()[10:] == rows.tobytes()
 
 
-def test_on_another_driver_new_rows_are_zeroed_through_hdf5(tmp_path):
-    """No file descriptor to write through (not the sec2 driver): ``grow`` writes the new rows' zeros through HDF5, so chunks
-    allocated early with no fill on space freed before read 0, not the old bytes."""
-    with h5py.File(tmp_path / "core.h5", "w", driver="core", backing_store=False) as f:
-        from service.pattern_chunks import create_patterns
+def _grown_on_core_driver(tmp_path, zeroed: bool) -> np.ndarray:
+    """``patterns`` grown by 64 rows in a file on HDF5's core driver after a dataset of 0xFFFF was written and deleted
+    (``zeroed`` False: ``grow`` told the chunks got a fill, so it writes no zeros)."""
+    from service.pattern_chunks import create_patterns
 
+    with h5py.File(tmp_path / f"core-{zeroed}.h5", "w", driver="core", backing_store=False) as f:
         ds = create_patterns(f, 16, np.dtype(np.uint16), 4, compressed=False)
         f.create_dataset("junk", data=np.full((64, 16, 16), 0xFFFF, np.uint16))
         f.flush()
-        del f["junk"]  # its space is free, and the default strategy gives it out again
+        del f["junk"]
         rows = PatternRows(f, ds)
         assert not rows.in_place and rows.never_filled
+        rows.never_filled = zeroed
         rows.grow(64)
-        assert not ds[()].any()
+        return ds[()]
+
+
+def test_on_another_driver_new_rows_are_zeroed_through_hdf5(tmp_path):
+    """No file descriptor to write through (not the sec2 driver): ``grow`` writes the new rows' zeros through HDF5, so chunks
+    allocated early with no fill read 0, not old bytes."""
+    assert _grown_on_core_driver(tmp_path, zeroed=False).any()  # the test's premise: unfilled new chunks read old bytes here
+    assert not _grown_on_core_driver(tmp_path, zeroed=True).any()
