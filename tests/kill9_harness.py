@@ -148,7 +148,10 @@ class Control:
         return self.c.post(f"/api/v1/sessions/{sid}/tell", json={"batch_id": batch_id, "series": series}, headers=AUTH)
 
     def run_session(self, budget: int = 24, chunk: int = 8) -> str:
-        sid = self.c.post("/api/v1/sessions", json=session_body(self.pusher.endpoint, budget=budget, chunk=chunk), headers=AUTH).json()["session_id"]
+        # every other session 16-bit, as the uint16 frames sent: rows go to the file with pwritev (service.row_writer); the others
+        # are 32-bit files, written through HDF5 (a conversion): a kill must lose nothing acknowledged on either path
+        body = session_body(self.pusher.endpoint, budget=budget, chunk=chunk) | {"detector_bit_depth": 16 if self.report.sessions % 2 else 32}
+        sid = self.c.post("/api/v1/sessions", json=body, headers=AUTH).json()["session_id"]
         self.report.sessions += 1
         self.planned = "created"
         self.maybe_kill(sid, "created")
