@@ -5,9 +5,9 @@
 # machine, once: python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #   fastapi starlette annotated-doc annotated-types pydantic pydantic-core pydantic-settings python-dotenv \
-#   typing-inspection typing-extensions uvicorn pyzmq lz4 bitshuffle ase opentelemetry-api [py-spy]
+#   typing-inspection typing-extensions uvicorn pyzmq lz4 bitshuffle ase opentelemetry-api [py-spy] [libertem-dectris: ingest]
 # (pin the versions of .venv; .whl is ignored by git and carried to the machine).
-# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|profile|ab|evaluate|qvp|all]...   (default: all but profile, ab, evaluate, qvp;
+# Usage: bash bench/gpu_session.sh [tests|recon|compute|latency|ingest|profile|ab|evaluate|qvp|all]...   (default: all but profile, ab, evaluate, qvp;
 #   ab: the decision compute of .ab_old, e.g. `git archive OLD recon service policy ptychoscan sim_microscope bench | tar -x -C .ab_old`, then this tree)
 set -uo pipefail
 DEFAULT_WHEELS=.whl
@@ -69,6 +69,14 @@ if has latency; then
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 2>&1 | tee -a "$OUT/bench.log"
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --switch-interval 0.0005 2>&1 | tee -a "$OUT/bench.log"
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --backend overhead-only 2>&1 | tee -a "$OUT/bench.log"
+fi
+if has ingest; then  # ingest against libertem-dectris on that machine's cores (its compiled loop is built there: needs cc)
+  if python3 -c "import libertem_dectris" 2> /dev/null; then
+    timeout "${BENCH_TIMEOUT:-90}" python3 bench/ingest_rate.py --frames 150000 --peer-frames 250000 --repeats 3 --per-thread 2>&1 \
+      | grep -v "TestClient" | tee -a "$OUT/ingest.log"
+  else
+    echo "ingest: libertem-dectris is not installed (carry its wheel in .whl)" | tee -a "$OUT/ingest.log"
+  fi
 fi
 wait  # the evaluations
 if [ -d "$OUT/parts" ]; then tar -czf "$OUT/eval_parts.tgz" -C "$OUT" parts && rm -r "$OUT/parts"; fi
