@@ -274,8 +274,6 @@ class FrameRouter:
             return slots
         # wider than the file's type: admit refuses a frame only if its largest count that is not a mark (measured_peak) exceeds the
         # file's type; none does when the run's does not
-        if stack.dtype.kind not in "ui":
-            return None
         top = np.iinfo(stored).max
         return slots if int(stack.max()) <= top or measured_peak(stack) <= top else None
 

@@ -16,8 +16,6 @@ import sys
 import numpy as np
 import zmq
 
-from detector_stream.decoder import StreamDecoder
-from detector_stream.events import Event
 from detector_stream.forwarding import ForwardTarget
 from detector_stream.native.batch import REC, NativeBatch
 from detector_stream.native.build import ENV_SWITCH, NativeUnavailable, enabled, load_library
@@ -237,11 +235,6 @@ class NativeReceiveLoop(NativeContext):
             if batch.arena_misses:
                 self.fit(batch.arena_misses)
         return batch
-
-    def drain(self, socket: zmq.Socket, decoder: StreamDecoder) -> tuple[int, list[Event]]:
-        """``take`` then ``decoder.feed_native``: (messages received, their events)."""
-        batch = self.take(socket)
-        return (len(batch), decoder.feed_native(batch)) if len(batch) else (0, [])
 
     def _take_forward_socket(self) -> None:
         """Forward on the target's socket if it was bound after the loop was made (a socket once taken is kept)."""
