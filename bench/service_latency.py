@@ -151,6 +151,11 @@ class OverheadOnlyBackend:
     def warmup(self) -> None:
         pass
 
+    def start_final(self, job):
+        from service.final_run import PassByPass
+
+        return PassByPass(self, job, self.final_passes)
+
     def reconstruct(self, jobs):
         from service.compute import ReconOutput
 

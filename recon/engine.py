@@ -16,7 +16,7 @@ result as reconstructed alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,7 +165,23 @@ class Reconstructor:
         first_pass: int = 0,
         on_pass: Callable[[int, list[torch.Tensor]], None] | None = None,
     ) -> list[ReconResult]:
-        """Reconstruct B independent scans in one batched call.
+        """Reconstruct B independent scans in one batched call (``steps`` run to the end; arguments as there)."""
+        return run_to_end(self.steps(scans, init, iterations, first_pass, on_pass))
+
+    def steps(
+        self,
+        scans: list[ScanChunk],
+        init: list[torch.Tensor | np.ndarray | None] | None = None,
+        iterations: int | None = None,
+        first_pass: int = 0,
+        on_pass: Callable[[int, list[torch.Tensor]], None] | None = None,
+    ) -> Generator[None, None, list[ReconResult]]:
+        """``reconstruct`` one mini-batch step at a time: a generator that yields after every optimizer step.
+
+        Nothing runs (not even the checks) until the first ``next``; its return value (``StopIteration.value``,
+        ``run_to_end``) is the results. A caller can pause between steps (a service's final reconstruction
+        yields to decisions there) without preparing the scans again. Between steps the reconstructor must
+        not be used by other calls: its cache of shifted probes holds this run's probes.
 
         Args:
             scans: the B scans, each with its own positions, count and grid.
@@ -219,6 +235,7 @@ class Reconstructor:
                     grad /= batch.illumination
                 self._regularise(potential, grad, batch.valid, step.active)
                 self._update(potential, grad, moment1, moment2, steps, step.active)
+                yield
             if position_grad is not None:
                 curvature = slope_curvature(potential, batch.base, batch.offsets_in_window, batch.probes, batch.probe_rows, opts.chunk_positions)
                 self._place(batch, corrector.update(position_grad, curvature))
@@ -491,3 +508,12 @@ class Reconstructor:
             potential[sel] -= lr * m_hat / (torch.sqrt(v_hat) + _ADAM_EPS)
         if opts.nonnegative:
             potential.clamp_(min=0)
+
+
+def run_to_end(run: Generator[None, None, list[ReconResult]]) -> list[ReconResult]:
+    """Every step of ``run`` (``Reconstructor.steps``); its results."""
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value

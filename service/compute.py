@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deadline import Level, UpdateDeadline, replayed
+from service.final_run import FinalRun, SteppedRun
 from service.spec import Beam
 
 log = logging.getLogger(__name__)
@@ -130,12 +131,14 @@ class ReconBackend(Protocol):
     """batched calls made so far (one per beam setting and iteration count per scheduler round)."""
     reduced_updates: int
     """incremental updates shrunk below the configured one to meet the deadline, so far."""
-    final_passes: int
-    """passes of a full reconstruction (the scheduler runs a session's final one a pass at a time)."""
 
     def warmup(self) -> None: ...
 
     def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]: ...
+
+    def start_final(self, job: ReconJob) -> FinalRun:
+        """A session's final reconstruction (``job.final``) to be advanced between decisions (``service.final_run``)."""
+        ...
 
 
 class TorchReconBackend:
@@ -165,7 +168,6 @@ class TorchReconBackend:
         self.torch_threads = torch_threads
         self.calls = 0
         self.reduced_updates = 0
-        self.final_passes = self.update.iterations
         self.deadline = UpdateDeadline(self.update.update_iterations, self.update.replay, self.update.deadline_fraction)
         self._lock = threading.Lock()
         """one call at a time: a Reconstructor's cache of shifted probes is not thread-safe."""
@@ -180,17 +182,33 @@ class TorchReconBackend:
         if beam in self._recons:
             self._recons.move_to_end(beam)
         else:
-            from recon.device import pick_device
-            from recon.engine import Reconstructor
-            from recon.options import ReconOptions
-
-            device = pick_device(self.device)
-            probe = beam.probe().to(device)
-            self._recons[beam] = Reconstructor(probe, ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device,
-                                               energy_ev=beam.energy_ev, pixel_nm=beam.pixel_nm)
+            self._recons[beam] = self._new_reconstructor(beam)
             while len(self._recons) > self.MAX_BEAMS:
                 self._recons.popitem(last=False)
         return self._recons[beam]
+
+    def _new_reconstructor(self, beam: BeamKey):
+        from recon.device import pick_device
+        from recon.engine import Reconstructor
+        from recon.options import ReconOptions
+
+        device = pick_device(self.device)
+        return Reconstructor(beam.probe().to(device), ReconOptions(**{**self.options, "iterations": self.update.iterations}), device=device,
+                             energy_ev=beam.energy_ev, pixel_nm=beam.pixel_nm)
+
+    def start_final(self, job: ReconJob) -> FinalRun:
+        """``job``'s full reconstruction (all passes, never shrunk) a mini-batch step at a time, prepared once.
+
+        It gets a reconstructor of its own, so that the other calls between its steps cannot
+        touch the shifted probes it holds (a reconstructor's cache is reused in place when full).
+        """
+
+        def start():
+            scan, init = self._scan(job)
+            return self._new_reconstructor(job.beam).steps([scan], init=[init], iterations=job.passes or self.update.iterations,
+                                                           first_pass=job.first_pass)
+
+        return SteppedRun(start, lambda results: _output(results[0]), self._lock)
 
     def converged(self, job: ReconJob, on_pass) -> tuple[ReconOutput, dict]:
         """Every position of ``job`` from zero with the evaluation's final recipe (``policy.evaluation``): (output, recipe fields).
@@ -247,26 +265,25 @@ class TorchReconBackend:
         log.info("reconstructor warm in %.2f s", time.perf_counter() - t0)
 
     def _run_group(self, jobs: list[ReconJob], iterations: int, scopes: list[np.ndarray] | None = None, first_pass: int = 0) -> list[ReconOutput]:
+        recon = self._reconstructor(jobs[0].beam)
+        scans, init = zip(*(self._scan(job, None if scopes is None else scopes[i]) for i, job in enumerate(jobs)), strict=True)
+        results = recon.reconstruct(list(scans), init=list(init), iterations=iterations, first_pass=first_pass)
+        return [_output(r) for r in results]
+
+    @staticmethod
+    def _scan(job: ReconJob, use: np.ndarray | None = None):
+        """(``recon.engine.ScanChunk`` of the job's positions ``use`` (None: all), its warm start or None)."""
         import torch
 
         from recon.engine import ScanChunk
         from recon.grid import ObjectGrid
 
-        beam = jobs[0].beam
-        recon = self._reconstructor(beam)
-        scans, init = [], []
-        for i, job in enumerate(jobs):
-            grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
-            use = slice(None) if scopes is None else scopes[i]
-            scans.append(ScanChunk(counts_as_float(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid, invalid_pixels=job.invalid_pixels))
-            ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
-            init.append(torch.from_numpy(job.init) if ok else None)
-        results = recon.reconstruct(scans, init=init, iterations=iterations, first_pass=first_pass)
-        out = []
-        for r in results:
-            pot = r.potential.numpy()  # ReconResult.potential: float32, on the CPU
-            out.append(ReconOutput(pot, tuple(r.grid.origin_nm), float(r.grid.pixel_nm), [float(v) for v in r.loss_history]))
-        return out
+        beam = job.beam
+        grid = ObjectGrid.covering(job.fov_nm, beam.pixel_nm, beam.detector_pixels)
+        use = slice(None) if use is None else use
+        scan = ScanChunk(counts_as_float(job.patterns[use]), torch.from_numpy(job.positions_nm[use]), grid, invalid_pixels=job.invalid_pixels)
+        ok = job.init is not None and tuple(job.init.shape) == tuple(grid.shape)
+        return scan, torch.from_numpy(job.init) if ok else None
 
     def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
         """All jobs, one batched call per beam setting, pass count and first pass; outputs in job order.
@@ -329,6 +346,11 @@ _RECIPE_NEUTRAL = ("detector_binning",)
 
 _COST_K = 64
 """The deadline's cost model is kept per position-pass of K = 64 patterns (what warm-up measures)."""
+
+
+def _output(result) -> ReconOutput:
+    """A ``recon.engine.ReconResult`` (potential float32 on the CPU) as the service's ``ReconOutput``."""
+    return ReconOutput(result.potential.numpy(), tuple(result.grid.origin_nm), float(result.grid.pixel_nm), [float(v) for v in result.loss_history])
 
 
 def counts_as_float(patterns: np.ndarray):

@@ -6,11 +6,11 @@ publish the next batches. A flusher thread flushes received frames to disk every
 ``flush_interval_s``. Neither thread touches the asyncio loop.
 
 A session's last chunk gets a full reconstruction (every position, all passes) on
-which no decision waits, and which takes many times a decision's compute. It runs one
-pass at a time (warm-started, its mini-batch order continued: with gradient descent the
-same reconstruction as one call), in between other sessions' chunks: at least one pass per round, more while nothing else
-is queued. A decision then waits for at most one pass of one session's final
-reconstruction instead of all of them.
+which no decision waits, and which takes many times a decision's compute. It runs a
+slice at a time (``service.final_run``: with the torch backend one mini-batch step, the
+scans prepared once), in between other sessions' chunks: at least one slice per round,
+more while nothing else is queued. A decision then waits for at most one slice of one
+session's final reconstruction instead of all of it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from detector_stream.codec_threads import set_codec_threads
 from service.compute import ReconBackend, ReconOutput
+from service.final_run import FinalRun
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.planner import PlanRequest
@@ -36,13 +37,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Finishing:
-    """A session's final reconstruction in progress: passes done so far and the potential they reached."""
+    """A session's final reconstruction in progress (``service.final_run``)."""
 
     item: WorkItem
-    passes: int
-    done: int = 0
-    output: ReconOutput | None = None
-    losses: list[float] = field(default_factory=list)
+    run: FinalRun
 
 
 class Scheduler:
@@ -119,38 +117,32 @@ class Scheduler:
         """
         self.rounds += 1
         urgent = [it for it in items if it.job is None or not it.job.final]
-        passes = getattr(self.backend, "final_passes", 1)
-        self._finishing += [_Finishing(it, passes) for it in items if it.job is not None and it.job.final]
+        self._finishing += [_Finishing(it, self.backend.start_final(it.job)) for it in items if it.job is not None and it.job.final]
         if urgent:
             self._round(urgent)
         self.finish_pending()
 
     def finish_pending(self) -> None:
-        """One pass of the oldest final reconstruction, then more while no other chunk waits; publish those completed."""
+        """Advance the oldest final reconstruction by at least one slice, more while no other chunk waits; publish those completed."""
         first = True
         while self._finishing and (first or not self.manager.has_work()) and not self._stop.is_set():
             first = False
-            self._final_pass(self._finishing[0])
+            self._advance_final(self._finishing[0])
 
-    def _final_pass(self, f: _Finishing) -> None:
+    def _advance_final(self, f: _Finishing) -> None:
         if not self.manager.is_active(f.item.session_id):  # stopped, failed or deleted meanwhile
             self._finishing.remove(f)
             return
-        job = f.item.job
-        if f.output is not None:
-            job = dataclasses.replace(job, init=f.output.potential)
         try:
-            f.output = self.backend.reconstruct([dataclasses.replace(job, passes=1, first_pass=f.done)])[0]
+            output = f.run.advance(lambda: self.manager.has_work() or self._stop.is_set())
         except Exception as err:
             log.exception("final reconstruction failed")
             self._finishing.remove(f)
             self.manager.publish(f.item, None, None, error=f"reconstruction failed: {type(err).__name__}: {err}")
             return
-        f.done += 1
-        f.losses += f.output.loss_history
-        if f.done >= f.passes:
+        if output is not None:
             self._finishing.remove(f)
-            self.manager.publish(f.item, dataclasses.replace(f.output, loss_history=f.losses), None)
+            self.manager.publish(f.item, output, None)
 
     def _round(self, items: list[WorkItem]) -> None:
         """Reconstruct the items' chunks in one batched call, plan, publish. A session whose job or plan raises fails alone."""

@@ -11,6 +11,7 @@ import zmq
 from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 from ptychoscan.net import free_port
 from service.compute import ReconJob, ReconOutput
+from service.final_run import PassByPass
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Apikey {KEY}"}
@@ -86,6 +87,9 @@ class RecordingBackend:
 
     def warmup(self) -> None:
         pass
+
+    def start_final(self, job: ReconJob) -> PassByPass:
+        return PassByPass(self, job, self.final_passes)
 
     def reconstruct(self, jobs: list[ReconJob]) -> list[ReconOutput]:
         with self.lock:

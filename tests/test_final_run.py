@@ -1,0 +1,125 @@
+"""A session's final reconstruction a mini-batch step at a time: the same reconstruction, prepared once, yielding to decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recon.engine import Reconstructor, ScanChunk, run_to_end
+from recon.grid import ObjectGrid
+from recon.options import ReconOptions
+from service.compute import BeamKey, ChunkUpdate, ReconJob, TorchReconBackend
+
+BEAM = BeamKey(60_000.0, 33.0, 16, 6.0, 0.0)
+FOV = (0.0, 0.0, 0.3, 0.3)
+
+
+def _job(rng, n: int, init=None, final: bool = True) -> ReconJob:
+    frames = rng.poisson(50.0, size=(n, 16, 16)).astype(np.uint16)
+    return ReconJob(BEAM, FOV, frames, rng.random((n, 2)) * 0.3, init, final=final)
+
+
+def _scan(job: ReconJob) -> ScanChunk:
+    grid = ObjectGrid.covering(job.fov_nm, BEAM.pixel_nm, BEAM.detector_pixels)
+    return ScanChunk(torch.from_numpy(job.patterns.astype(np.float32)), torch.from_numpy(job.positions_nm), grid)
+
+
+def test_steps_paused_between_steps_give_what_one_call_gives(device):
+    rng = np.random.default_rng(0)
+    options = ReconOptions(iterations=3, batch_positions=4)
+    probe = BEAM.probe()
+    scans = [_scan(_job(rng, 10)), _scan(_job(rng, 7))]
+    whole = Reconstructor(probe, options, device=device).reconstruct(scans)
+    run = Reconstructor(probe, options, device=device).steps(scans)
+    other = Reconstructor(probe, options, device=device)
+    steps = 0
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            stepped = done.value
+            break
+        steps += 1
+        other.reconstruct([_scan(_job(rng, 5))])  # other work between the steps changes nothing
+    assert steps == 3 * 3, "3 passes of ceil(10 / 4) = 3 steps (the 7-position scan's 2 steps ride along)"
+    for a, b in zip(whole, stepped, strict=True):
+        assert torch.equal(a.potential, b.potential) and a.loss_history == b.loss_history
+
+
+def test_steps_check_nothing_until_the_first_step():
+    probe = BEAM.probe()
+    run = Reconstructor(probe, ReconOptions(iterations=1), device="cpu").steps([])
+    with pytest.raises(ValueError, match="no scans"):
+        run_to_end(run)
+
+
+def test_backend_final_advances_a_step_at_a_time_to_the_one_call_result(device):
+    backend = TorchReconBackend(ChunkUpdate(iterations=3), device=device, torch_threads=1, options={"batch_positions": 4})
+    rng = np.random.default_rng(1)
+    start = backend.reconstruct([_job(rng, 8, final=False)])[0].potential
+    job = _job(rng, 12, init=start)
+    whole = backend.reconstruct([job])[0]
+    run = backend.start_final(job)
+    slices = 0
+    while (out := run.advance(lambda: True)) is None:
+        slices += 1
+        assert slices < 100
+    assert slices == 3 * 3, "stop() after every step: one step per advance, 3 passes of 3 steps (the next advance returns the output)"
+    assert np.array_equal(out.potential, whole.potential) and out.loss_history == pytest.approx(whole.loss_history)
+    assert not out.shrunk and len(out.loss_history) == 3
+    assert backend.start_final(job).advance(lambda: False) is not None, "nothing waiting: to the end in one advance"
+
+
+def test_a_final_between_steps_is_immune_to_other_calls_filling_the_shared_probe_cache(device):
+    """The shared reconstructor's cache of shifted probes starts over in place when full; a suspended final keeps its own."""
+    options = {"batch_positions": 4, "probe_cache_mb": 24 * 16 * 16 * 8 / 2**20, "subpixel_steps": None}  # room for 24 probes
+    backend = TorchReconBackend(ChunkUpdate(iterations=2, deadline_fraction=None), device=device, torch_threads=1, options=options)
+    rng = np.random.default_rng(2)
+    job = _job(rng, 16, init=None)
+    whole = backend.reconstruct([job])[0]
+    run = backend.start_final(job)
+    assert run.advance(lambda: True) is None
+    for _ in range(3):  # 16 new fractions each: the shared cache (24) starts over and rewrites its first rows
+        backend.reconstruct([_job(rng, 16, final=False)])
+    while (out := run.advance(lambda: True)) is None:
+        backend.reconstruct([_job(rng, 16, final=False)])
+    assert np.array_equal(out.potential, whole.potential)
+
+
+def test_scheduler_runs_one_step_of_a_final_per_round_while_decisions_wait(device):
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    published = []
+
+    class Manager:
+        waiting = True
+
+        def publish(self, item, recon, positions, error=None):
+            published.append((item.session_id, recon, error))
+
+        def has_work(self):
+            return self.waiting
+
+        def is_active(self, session_id):
+            return True
+
+    backend = TorchReconBackend(ChunkUpdate(iterations=2), device=device, torch_threads=1, options={"batch_positions": 4})
+    job = _job(np.random.default_rng(3), 12)
+    runs, start_final = [], backend.start_final
+    backend.start_final = lambda job: runs.append(start_final(job)) or runs[-1]
+    manager = Manager()
+    scheduler = Scheduler(manager, backend, ServiceMetrics())
+    scheduler.run_round([WorkItem("last", 2, job, None, None, None)])
+    for _ in range(3):
+        scheduler.finish_pending()
+    assert scheduler.finishing == 1 and runs[0].steps == 4 and not published, "one step per round while chunks wait"
+    manager.waiting = False
+    scheduler.finish_pending()
+    assert scheduler.finishing == 0 and len(published) == 1
+    sid, out, error = published[0]
+    assert sid == "last"
+    assert error is None and len(out.loss_history) == 2 and np.isfinite(out.potential).all()
+    assert np.array_equal(out.potential, backend.reconstruct([job])[0].potential)
