@@ -324,8 +324,11 @@ class SessionManager(StreamHandling):
             self.metrics.recon_queue.set(0)
             return items
 
-    def publish(self, item: WorkItem, recon: ReconOutput | None, positions: np.ndarray | None, error: str | None = None) -> None:
-        """Apply a worker's result (``Session.record_result``): store the reconstruction, issue the next batch (or finish), wake asks."""
+    def publish(self, item: WorkItem, recon: ReconOutput | None, positions: np.ndarray | None, error: str | None = None,
+                hold_reconstruction: bool = False) -> None:
+        """Apply a worker's result (``Session.record_result``): store the reconstruction, issue the next batch (or finish), wake asks.
+
+        ``hold_reconstruction``: a decision's reconstruction goes to the file at ``write_held`` (the round's batches first)."""
         with self.lock:
             s = self.sessions.get(item.session_id)
             if s is None or s.terminal:
@@ -335,7 +338,7 @@ class SessionManager(StreamHandling):
                 return
             n_batches, failed = len(s.batches), None
             try:
-                s.record_result(item.batch_id, recon, positions)
+                s.record_result(item.batch_id, recon, positions, hold_reconstruction)
             except StoreError as err:
                 failed = err
             if len(s.batches) > n_batches:  # a batch was issued (counted even if the file failed after it)
@@ -369,6 +372,16 @@ class SessionManager(StreamHandling):
                 if not self.on_probe_refinement_wanted(s):
                     s.probe = previous
             s.notify()
+
+    def write_held(self, session_id: str) -> None:
+        """Write the reconstruction ``publish`` held back for ``session_id`` (nothing if it ended meanwhile); a file error fails it."""
+        with self.lock:
+            s = self.sessions.get(session_id)
+            if s is not None and not s.terminal:
+                try:
+                    s.write_held_reconstruction()
+                except StoreError as err:
+                    self._fail(s, err)
 
     def note_probe(self, sid: str, beam, report: dict) -> None:
         """Record a probe retrieval's progress (``service.probe_job``'s callback): in the session's status, its beam once

@@ -160,11 +160,14 @@ class Scheduler:
                 outputs[i] = res
             failed.update(errors)
         positions = self._plan(items, outputs, failed)
-        for i, it in enumerate(items):
+        for i, it in enumerate(items):  # every next batch out first; the reconstructions (a file write each) after them
             if i in failed:
                 self.manager.publish(it, None, None, error=failed[i])
             else:
-                self.manager.publish(it, outputs[i], positions.get(i))
+                self.manager.publish(it, outputs[i], positions.get(i), hold_reconstruction=True)
+        for i, it in enumerate(items):
+            if i not in failed:
+                self.manager.write_held(it.session_id)
 
     @staticmethod
     def _isolated(call, idx: list[int], what: str) -> tuple[dict[int, object], dict[int, str]]:

@@ -179,9 +179,11 @@ class Session:
     version: int = 0
     waiters: list = field(default_factory=list)
     on_change: Callable[[], None] | None = field(default=None, repr=False)
+    """called (lock held, any thread; must not block) each time ``notify`` runs: the live view's change feed."""
     on_rows: Callable[[np.ndarray, int, int], None] | None = field(default=None, repr=False)
     """callback(patterns, lo, hi) when rows lo:hi of the frame memory were issued (the manager has them made resident: ``service.prefault``)."""
-    """called (lock held, any thread; must not block) each time ``notify`` runs: the live view's change feed."""
+    held_reconstruction: tuple[int, StoredReconstruction] | None = field(default=None, repr=False)
+    """(chunk index, reconstruction) recorded in memory but not yet in the file (``record_result(hold_reconstruction=True)``)."""
     probe: dict | None = None
     """the probe retrieval's state and outcome (``service.probe_job``); None until one is queued (and for a nominal probe)."""
     retrieved_beam: Beam | None = None
@@ -411,17 +413,24 @@ class Session:
             return {"batch_id": b.batch_id, "positions_nm": self.positions_issued[self.missing_slots(b)].tolist(), "done": False}
         return None
 
-    def record_result(self, batch_id: int | None, recon: ReconOutput | None, positions: np.ndarray | None) -> None:
+    def record_result(self, batch_id: int | None, recon: ReconOutput | None, positions: np.ndarray | None, hold_reconstruction: bool = False) -> None:
         """Apply the compute worker's result, each step to the file first: store batch ``batch_id``'s reconstruction
         (``recon``), then issue the next batch (``positions``) or, with the budget issued and every batch
         reconstructed, finish (state done). ``StoreError`` if the file fails (the caller fails the session).
+
+        ``hold_reconstruction``: when a next batch is issued, the reconstruction goes to the file at
+        ``write_held_reconstruction`` instead (a round's batches are issued first). Until then the file has the
+        next batch but not this reconstruction; a restart finds the batch complete and reconstructs it again.
         """
         if recon is not None and batch_id is not None:
             b = self.batches[batch_id]
             rec = StoredReconstruction(
                 b.batch_id, recon.potential, recon.origin_nm, recon.pixel_nm, int(b.slots[-1]) + 1, recon.loss_history, self.planner.planner.version
             )
-            self.store.write_reconstruction(self.n_reconstructed, rec)
+            if hold_reconstruction and positions is not None and len(positions):
+                self.held_reconstruction = (self.n_reconstructed, rec)
+            else:
+                self.store.write_reconstruction(self.n_reconstructed, rec)
             self.potential, self.grid_origin_nm, self.grid_pixel_nm = recon.potential, recon.origin_nm, recon.pixel_nm
             self.loss_history = recon.loss_history
             self.n_reconstructed += 1
@@ -436,8 +445,16 @@ class Session:
             self.state = SessionState.DONE
             self.store.set_state(SessionState.DONE)
             self.store.flush()
+        elif recon is not None and self.pending_reconstruction() is None:  # a batch reconstructed again after a restart
+            self.state = SessionState.ACQUIRING  # its next batch was issued before: the session waits for that one's frames
         if self.state != SessionState.DONE:
             self.store.set_state(self.state)
+
+    def write_held_reconstruction(self) -> None:
+        """Write the reconstruction ``record_result`` held back, if any (``StoreError`` if the file fails)."""
+        held, self.held_reconstruction = self.held_reconstruction, None
+        if held is not None:
+            self.store.write_reconstruction(*held)
 
     # --- notes and notices -----------------------------------------------------------
 

@@ -43,7 +43,9 @@ def work_item(s: Session) -> WorkItem:
             invalid_pixels=s.detector_mask.invalid,
         )
     plan = None
-    needs_plan = b is not None or not s.batches or s.current.status == BatchStatus.RECONSTRUCTED
+    # a complete batch followed by an issued one (its reconstruction was held back when a restart came: ``Session.record_result``)
+    # is reconstructed again, but its next batch is not planned twice
+    needs_plan = b is s.current if b is not None else not s.batches or s.current.status == BatchStatus.RECONSTRUCTED
     if needs_plan and n < s.budget:
         plan = PlanRequest(
             s.fov, s.budget, s.chunk, len(s.batches), used[:n].copy(), None,

@@ -123,8 +123,11 @@ def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
             self.waiting = False
             self.gone: set[str] = set()
 
-        def publish(self, item, recon, positions, error=None):
+        def publish(self, item, recon, positions, error=None, hold_reconstruction=False):
             events.append(("publish", item.session_id, None if recon is None else len(recon.loss_history)))
+
+        def write_held(self, session_id):
+            pass
 
         def has_work(self):
             return self.waiting

@@ -1,0 +1,81 @@
+"""A round issues every session's next batch before it writes their reconstructions; a crash in between loses nothing."""
+
+from __future__ import annotations
+
+import h5py
+from service_testing import KEY, RecordingBackend, frames_for, session_body
+
+from detector_stream.events import Frame
+from service.manager import SessionManager
+from service.metrics import ServiceMetrics
+from service.models import SessionCreate
+from service.scheduler import Scheduler
+from service.settings import ServiceSettings
+from service.store import SessionStore
+
+EPS = ["tcp://127.0.0.1:5021", "tcp://127.0.0.1:5022"]
+
+
+def _manager(tmp_path) -> SessionManager:
+    return SessionManager(ServiceSettings(storage=tmp_path, api_keys=[KEY]), ServiceMetrics())
+
+
+def _first_batches_acquired(manager: SessionManager, endpoints: list[str]) -> list[str]:
+    """Sessions of two 20-position batches (one per endpoint) whose first batch is issued, told and complete."""
+    body = {ep: SessionCreate(**session_body(ep, budget=40, chunk=20)).model_dump(mode="json") for ep in endpoints}
+    sids = [manager.create(body[ep])["session_id"] for ep in endpoints]
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
+    for series, (sid, ep) in enumerate(zip(sids, endpoints, strict=True), start=3):
+        assert manager.tell(sid, 0, series, None)[0] == 202
+        manager.on_events(ep, [Frame(series, i, img) for i, img in enumerate(frames_for(series, 20))])
+        assert manager.sessions[sid].batches[0].status == "complete"
+    return sids
+
+
+def test_a_round_issues_every_next_batch_before_writing_a_reconstruction(tmp_path, monkeypatch):
+    manager = _manager(tmp_path)
+    sids = _first_batches_acquired(manager, EPS)
+    writes = []
+    for name in ("append_batch", "write_reconstruction"):
+        original = getattr(SessionStore, name)
+
+        def spy(self, *args, _name=name, _original=original):
+            writes.append((_name, self.path.stem))
+            return _original(self, *args)
+
+        monkeypatch.setattr(SessionStore, name, spy)
+    items = manager.take_work(0.1)
+    assert sorted(it.session_id for it in items) == sorted(sids)
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(items)
+    order = [it.session_id for it in items]
+    assert writes == [("append_batch", sid) for sid in order] + [("write_reconstruction", sid) for sid in order]
+    for sid in sids:
+        s = manager.sessions[sid]
+        assert s.held_reconstruction is None and len(s.batches) == 2 and s.batches[0].status == "reconstructed"
+    manager.close()
+
+
+def test_a_crash_between_the_next_batch_and_the_held_reconstruction_reconstructs_again_and_plans_nothing_twice(tmp_path, monkeypatch):
+    m1 = _manager(tmp_path)
+    (sid,) = _first_batches_acquired(m1, EPS[:1])
+    monkeypatch.setattr(m1, "write_held", lambda session_id: None)  # "kill -9" before the round wrote the reconstruction
+    Scheduler(m1, RecordingBackend(), m1.metrics).run_round(m1.take_work(0.1))
+    issued = m1.try_ask(sid)
+    assert issued["batch_id"] == 1
+    m2 = _manager(tmp_path)
+    assert m2.restore() == 1
+    s = m2.sessions[sid]
+    assert [b.status for b in s.batches] == ["complete", "issued"] and s.n_reconstructed == 0
+    (item,) = m2.take_work(0.1)
+    assert item.batch_id == 0 and item.job is not None and item.plan is None, "batch 1 is already issued: nothing to plan"
+    Scheduler(m2, RecordingBackend(), m2.metrics).run_round([item])
+    assert len(s.batches) == 2 and s.batches[0].status == "reconstructed" and s.n_reconstructed == 1
+    assert s.state == "acquiring" and m2.try_ask(sid) == issued, "the microscope gets the batch it may already hold"
+    assert m2.tell(sid, 1, 7, None)[0] == 202
+    m2.on_events(EPS[0], [Frame(7, i, img) for i, img in enumerate(frames_for(7, 20))])
+    Scheduler(m2, RecordingBackend(), m2.metrics).run_round(m2.take_work(0.1))
+    assert s.state == "done"
+    with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+        assert sorted(int(g["phase"].attrs["batch_id"]) for g in f["reconstructions"].values()) == [0, 1]
+    m1.close()
+    m2.close()
