@@ -17,9 +17,12 @@ pooled (a session of budget B and chunk C waits for ceil(B / C) - 1 of them). Pe
 configuration it prints the waves and decisions, p50/p90/p99 of the decision latency as
 fractions of the chunk's acquisition time at the dwell (goal < 1 at 1 ms), how many of
 the updates a decision waited for were shrunk to keep pace (``--deadline-fraction``, the
-service's ``recon_deadline_fraction``) out of the decisions, the mean wait of a complete
-chunk for the compute worker (``wait s``), the mean batched reconstruction call and
-planner call, wall and CPU of the service's process (all its threads), its CPU per
+service's ``recon_deadline_fraction``) out of the decisions, the reconstruction work per
+decision (``pp/dec``: positions x passes of the decisions' updates, what the deadline
+sizes; 0 without the torch backend), the mean wait of a complete chunk for the compute
+worker (``wait s``), the mean batched reconstruction call (decision rounds: the time of
+their calls over the backend's calls; before the finals left ``reconstruct`` their
+pass calls were counted too) and planner call, wall and CPU of the service's process (all its threads), its CPU per
 decision, and the CPU of the microscope side's process (``mic cpu``: on the same cores
 here, not in a deployment). Torch threads are set explicitly (``--threads``). Converged
 end-of-session reconstructions are off unless ``--converged``.
@@ -254,6 +257,7 @@ def run_case(app_factory, load: Load, separate_process: bool = True, after=None)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         samples = np.asarray(app.state.service.manager.decision_samples)
         calls = app.state.service.backend.calls
+        position_passes = getattr(app.state.service.backend, "position_passes", 0)  # the torch backend's decision work
         reduced = sum(shrunk_waited(status.get("chunks") or []) for status in app.state.service.manager.statuses())
         m = app.state.service.metrics
         recon_sum = m.recon_seconds._sum.get()
@@ -265,7 +269,7 @@ def run_case(app_factory, load: Load, separate_process: bool = True, after=None)
         th.join(60)
     if errors:
         raise SystemExit(f"control loop failed: {errors[0]}")
-    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "reduced": reduced, "sender_cpu": sender_cpu, "recon_mean": recon_mean,
+    return {"samples": samples, "wall": wall, "cpu": cpu, "calls": calls, "position_passes": position_passes, "reduced": reduced, "sender_cpu": sender_cpu, "recon_mean": recon_mean,
             "policy_mean": policy_mean, "wait_mean": wait_mean, "sessions": sessions, **extra}
 
 
@@ -319,7 +323,7 @@ def collect_quality(rasters: list, timeout_s: float):
 
 
 HEADER = (f"{'sessions':>8} {'chunk':>5} {'deadline':>8} {'waves':>5} {'decisions':>9} {'p50/acq':>7} {'p90/acq':>7} {'p99/acq':>7} {'p99 s':>7} "
-          f"{'shrunk':>9} {'wait s':>7} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7} {'cpu/wall':>8} {'cpu/dec':>7} {'mic cpu':>7}")
+          f"{'shrunk':>9} {'pp/dec':>6} {'wait s':>7} {'s/call':>7} {'policy s':>8} {'wall s':>7} {'cpu s':>7} {'cpu/wall':>8} {'cpu/dec':>7} {'mic cpu':>7}")
 
 
 def latency_row(n: int, chunk: int, deadline: str, load: Load, res: dict, acq: float) -> str:
@@ -328,7 +332,7 @@ def latency_row(n: int, chunk: int, deadline: str, load: Load, res: dict, acq: f
     p50, p90, p99 = np.percentile(s, [50, 90, 99]) if len(s) else (float("nan"),) * 3
     shrunk = f"{res['reduced']}/{len(s)}"
     return (f"{n:>8} {chunk:>5} {deadline:>8} {load.waves:>5} {len(s):>9} {p50 / acq:7.2f} {p90 / acq:7.2f} {p99 / acq:7.2f} {p99:7.3f} "
-            f"{shrunk:>9} {res['wait_mean']:7.3f} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} "
+            f"{shrunk:>9} {res['position_passes'] / max(1, len(s)):6.0f} {res['wait_mean']:7.3f} {res['recon_mean']:7.3f} {res['policy_mean']:8.3f} {res['wall']:7.1f} {res['cpu']:7.1f} "
             f"{res['cpu'] / res['wall']:8.2f} {res['cpu'] / max(1, len(s)):7.3f} {res['sender_cpu']:7.1f}")
 
 

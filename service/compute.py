@@ -168,6 +168,8 @@ class TorchReconBackend:
         self.torch_threads = torch_threads
         self.calls = 0
         self.reduced_updates = 0
+        self.position_passes = 0
+        """positions x passes reconstructed by ``reconstruct`` so far (the work the deadline sizes; finals not included)."""
         self.deadline = UpdateDeadline(self.update.update_iterations, self.update.replay, self.update.deadline_fraction)
         self._lock = threading.Lock()
         """one call at a time: a Reconstructor's cache of shifted probes is not thread-safe."""
@@ -311,7 +313,9 @@ class TorchReconBackend:
             for i, res in zip(idx, results, strict=True):
                 res.shrunk = shrunk and self._shrinkable(jobs[i])
                 out[i] = res
-        self.deadline.observe((time.perf_counter() - t0) / _cost_scale(jobs), sum(len(use) * passes for use, passes in scopes))
+        position_passes = sum(len(use) * passes for use, passes in scopes)
+        self.position_passes += position_passes
+        self.deadline.observe((time.perf_counter() - t0) / _cost_scale(jobs), position_passes)
         return out  # type: ignore[return-value]
 
     def _shrinkable(self, job: ReconJob) -> bool:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from detector_stream.events import StreamError
 from service.compute import ReconOutput
 from service.detector_mask import DetectorMask
 from service.errors import ErrorKind, SessionError
@@ -53,28 +52,6 @@ class BatchStatus(StrEnum):
 
 TERMINAL = (SessionState.DONE, SessionState.STOPPED, SessionState.FAILED)
 ERROR_KINDS = ("malformed", "truncated", "corrupt", "duplicated", "out_of_order", "missing", "unexpected", "incomplete_series", "reissued", "other")
-
-
-def classify_stream_error(error: StreamError | str) -> str:
-    """One of ``ERROR_KINDS`` for a ``StreamError``: its ``kind``, set where it was made; a bare reason string by its wording."""
-    if isinstance(error, StreamError):
-        return str(error.kind)
-    r = error.lower()
-    for needle, kind in (
-        ("duplicat", "duplicated"),
-        ("out of order", "out_of_order"),
-        ("missing", "missing"),
-        ("truncated", "truncated"),
-        ("corrupt", "corrupt"),
-        ("ended after", "incomplete_series"),
-        ("without dseries_end", "incomplete_series"),
-        ("outside the series", "unexpected"),
-        ("malformed", "malformed"),
-        ("not json", "malformed"),
-    ):
-        if needle in r:
-            return kind
-    return "other"
 
 
 @dataclass

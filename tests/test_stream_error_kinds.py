@@ -16,7 +16,8 @@ from detector_stream.decoder import StreamDecoder
 from detector_stream.errors import StreamErrorKind
 from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
 from detector_stream.messages import image_parts, series_end_parts, series_start_parts
-from service.session import ERROR_KINDS, classify_stream_error
+from service.session import ERROR_KINDS
+from service.stream_error_kinds import classify_stream_error
 
 CONFIG = {"ntrigger": 1, "nimages": 3, "trigger_mode": "ints", "x_pixels_in_detector": 13, "y_pixels_in_detector": 7}
 IMAGES = [np.full((7, 13), i, np.uint16) for i in range(3)]
