@@ -444,4 +444,8 @@ class SessionManager(StreamHandling, ProbeNotes):
             self.accepting = False
             for s in list(self.sessions.values()):  # SessionStore.close never raises: one full disk must not leave the other files open
                 s.notify()
+                try:  # a round stopped between its next batches and their reconstructions (shutdown timed out)
+                    s.write_held_reconstruction()
+                except StoreError as err:
+                    log.error("%s", err)
                 s.store.close()

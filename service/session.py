@@ -348,10 +348,12 @@ class Session:
         self.potential = None
 
     def stop(self) -> None:
-        """Stopped by its client: the file says so and holds every frame received (if it fails, ``error`` says why)."""
+        """Stopped by its client: the file says so and holds every frame received and every reconstruction counted (if it fails,
+        ``error`` says why)."""
         self.state = SessionState.STOPPED
         try:
             self.store.set_state(SessionState.STOPPED)
+            self.write_held_reconstruction()  # stopped between a round's next batch and its write: the status counted it
             self.store.flush()
         except StoreError as err:
             self.error = str(err)
@@ -361,6 +363,7 @@ class Session:
         self.state, self.error = SessionState.FAILED, message
         try:
             self.store.set_state(SessionState.FAILED, message)
+            self.write_held_reconstruction()
         except StoreError:
             pass
 

@@ -79,3 +79,22 @@ def test_a_crash_between_the_next_batch_and_the_held_reconstruction_reconstructs
         assert sorted(int(g["phase"].attrs["batch_id"]) for g in f["reconstructions"].values()) == [0, 1]
     m1.close()
     m2.close()
+
+
+def test_a_session_stopped_between_its_next_batch_and_its_held_reconstruction_keeps_that_reconstruction(tmp_path, monkeypatch):
+    manager = _manager(tmp_path)
+    (sid,) = _first_batches_acquired(manager, EPS[:1])
+    write_held = manager.write_held
+
+    def stop_first(session_id):  # a client's DELETE takes the lock between the round's publish and its write_held
+        manager.delete(session_id)
+        write_held(session_id)
+
+    monkeypatch.setattr(manager, "write_held", stop_first)
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
+    status = manager.get(sid).status()
+    assert status["state"] == "stopped" and status["batches_reconstructed"] == 1
+    with h5py.File(tmp_path / f"{sid}.h5", "r") as f:
+        assert [int(g["phase"].attrs["batch_id"]) for g in f["reconstructions"].values()] == [0], "the reconstruction its status counted"
+    assert manager.reconstruction(sid, "live")[3] == 1
+    manager.close()
