@@ -130,11 +130,12 @@ class Scheduler:
             self._advance_final(self._finishing[0])
 
     def _advance_final(self, f: _Finishing) -> None:
-        if not self.manager.is_active(f.item.session_id):  # stopped, failed or deleted meanwhile
+        sid = f.item.session_id
+        if not self.manager.is_active(sid):  # stopped, failed or deleted meanwhile
             self._finishing.remove(f)
             return
-        try:
-            output = f.run.advance(lambda: self.manager.has_work() or self._stop.is_set())
+        try:  # one that ends while this runs is not run to its end: dropped after the step in flight (its memory let go)
+            output = f.run.advance(lambda: self.manager.has_work() or self._stop.is_set() or not self.manager.is_active(sid))
         except Exception as err:
             log.exception("final reconstruction failed")
             self._finishing.remove(f)
@@ -143,6 +144,8 @@ class Scheduler:
         if output is not None:
             self._finishing.remove(f)
             self.manager.publish(f.item, output, None)
+        elif not self.manager.is_active(sid):
+            self._finishing.remove(f)
 
     def _round(self, items: list[WorkItem]) -> None:
         """Reconstruct the items' chunks in one batched call, plan, publish. A session whose job or plan raises fails alone."""

@@ -123,3 +123,44 @@ def test_scheduler_runs_one_step_of_a_final_per_round_while_decisions_wait(devic
     assert sid == "last"
     assert error is None and len(out.loss_history) == 2 and np.isfinite(out.potential).all()
     assert np.array_equal(out.potential, backend.reconstruct([job])[0].potential)
+
+
+def test_a_final_whose_session_ends_mid_advance_stops_at_the_next_step(device):
+    """Nothing else queued, the final runs free; its session stopped meanwhile, it is dropped after the step in flight."""
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    published = []
+
+    class Manager:
+        active = True
+
+        def publish(self, item, recon, positions, error=None):
+            published.append(item.session_id)
+
+        def has_work(self):
+            return False
+
+        def is_active(self, session_id):
+            return self.active
+
+    backend = TorchReconBackend(ChunkUpdate(iterations=3), device=device, torch_threads=1, options={"batch_positions": 4})
+    job = _job(np.random.default_rng(4), 12)
+    runs, start_final = [], backend.start_final
+    backend.start_final = lambda job: runs.append(start_final(job)) or runs[-1]
+    manager = Manager()
+    steps = []
+
+    def stopped_after_two_steps():  # the DELETE lands while the final runs (is_active is asked under the manager's lock)
+        steps.append(1)
+        if len(steps) == 2:
+            manager.active = False
+        return False
+
+    scheduler = Scheduler(manager, backend, ServiceMetrics())
+    original = manager.has_work
+    manager.has_work = lambda: stopped_after_two_steps() or original()
+    scheduler.run_round([WorkItem("last", 2, job, None, None, None)])
+    assert scheduler.finishing == 0 and not published
+    assert runs[0].steps <= 3, f"{runs[0].steps} of 9 steps run for a session that had ended"
