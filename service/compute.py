@@ -58,7 +58,7 @@ class ReconJob:
     acquisition_s: float | None = None
     """How long the microscope took to acquire the new positions (s), None if unknown: the deadline of an incremental update."""
     passes: int | None = None
-    """Passes of a full reconstruction to run in this call (None: all of them); the scheduler runs a final one pass per call."""
+    """Passes of a full reconstruction to run in this call (None: all of them); a final run pass by pass (``service.final_run.PassByPass``) asks for one per call."""
     first_pass: int = 0
     """Passes of this reconstruction run by earlier calls (its mini-batch order continues from there)."""
     correct_positions: bool = False

@@ -62,7 +62,7 @@ class Scheduler:
             self._threads.append(t)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the round (or final pass) in flight; its results are published and flushed.
+        """Stop after the round (or final reconstruction slice) in flight; its results are published and flushed.
 
         Final reconstructions still in progress are dropped: their chunks stay complete
         but unreconstructed in the session files, and a restart reconstructs them again.
@@ -112,7 +112,7 @@ class Scheduler:
         """Reconstruct the items' chunks together, plan, publish; then advance final reconstructions. Never raises.
 
         Sessions' last chunks (no decision waits on them) join the final reconstructions
-        in progress, which advance by at least one pass per round and go on while no
+        in progress, which advance by at least one slice (``service.final_run``) per round and go on while no
         other session's chunk is queued.
         """
         self.rounds += 1
