@@ -78,13 +78,14 @@ def disk_frames(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def control_loop(
     base: str, endpoint_port: int, chunk: int, budget: int, k: int, seeds: list[int], errors: list, strategy: str, dwell_s: float,
-    sources: dict | None = None, sessions: dict | None = None,
+    sources: dict | None = None, sessions: dict | None = None, start_delay_s: float = 0.0,
 ) -> None:
     """Sessions from create to done, one after the other on one detector (PUSH socket; its series numbers go on rising).
 
     ``sources[seed]``: a ``latency_quality.FrameMaker`` (frames of a specimen at the asked positions, told as the measured
     ones); absent: the same disk frames for every chunk. ``sessions[seed]`` receives the session id.
     """
+    time.sleep(start_delay_s)  # --stagger-s: the detectors' sessions out of step, as separate microscopes are
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 60_000)
@@ -180,6 +181,8 @@ class Load:
     rasters: list | None = None
     """``latency_quality.RasterFrames`` (session seed i streams rasters[i % len]); None: disk frames."""
     dose: float = 1e4
+    stagger_s: float = 0.0
+    """detector slot i starts its first session i x stagger_s later (0: all at once, their sessions in step)."""
 
     @property
     def decisions_per_session(self) -> int:
@@ -201,7 +204,8 @@ def _control_loops(base: str, load: Load) -> tuple[list[str], dict[int, str]]:
     loops = []
     for slot in range(load.sessions):
         seeds = [wave * load.sessions + slot for wave in range(load.waves)]
-        args = (base, free_port(), load.chunk, load.budget, load.k, seeds, errors, load.strategy, load.dwell_s, sources, sessions)
+        args = (base, free_port(), load.chunk, load.budget, load.k, seeds, errors, load.strategy, load.dwell_s, sources, sessions,
+                slot * load.stagger_s)
         loops.append(threading.Thread(target=control_loop, args=args))
     for t in loops:
         t.start()
@@ -366,6 +370,8 @@ def main() -> None:
     ap.add_argument("--waves", type=int, default=None, help="sessions per detector, back to back (default: enough for --min-decisions; 1 with --quality)")
     ap.add_argument("--dwell-ms", type=float, default=1.0, help="frames are sent one per dwell, as a scan acquires them")
     ap.add_argument("--same-process", action="store_true", help="run the control loops as threads of the service's process (they then share its GIL)")
+    ap.add_argument("--stagger-s", type=float, default=0.0,
+                    help="detector slot i starts i x this many seconds later, so its sessions are out of step with the others' (0: in step)")
     ap.add_argument("--burst", action="store_true", help="send each chunk's frames at once (saturates the worker: a stress test, not a scan)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--detector-binning", type=int, default=None, help="binning the reconstructor models (default: recon's, 1)")
@@ -416,7 +422,7 @@ def main() -> None:
     print(f"strategy {args.strategy}, update {args.update} ({args.update_iterations} it, replay {args.replay}, deadline {args.deadline_fraction or 'off'}), "
           f"backend {args.backend}, converged {'on' if args.converged or args.quality else 'off'}, switch interval {sys.getswitchinterval() * 1e3:g} ms, "
           f"torch {torch.__version__}, threads {args.threads}, device {args.device}, detector binning {args.detector_binning or 'default'}, "
-          f"budget {args.budget}, K=64, dwell {args.dwell_ms} ms, frames {'specimens' if rasters else 'disk'}, cpus {os.cpu_count()}, "
+          f"budget {args.budget}, K=64, dwell {args.dwell_ms} ms, stagger {args.stagger_s:g} s, frames {'specimens' if rasters else 'disk'}, cpus {os.cpu_count()}, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(HEADER)
     spread: dict[tuple[int, int], list[float]] = {}
@@ -425,7 +431,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for chunk in args.chunks:
             for n in args.sessions:
-                load = Load(chunk, args.budget, 64, n, 1, args.strategy, dwell_s, rasters, args.dose)
+                load = Load(chunk, args.budget, 64, n, 1, args.strategy, dwell_s, rasters, args.dose, args.stagger_s)
                 load.waves = args.waves or (1 if rasters else max(1, math.ceil(args.min_decisions / max(1, n * load.decisions_per_session))))
                 acq = chunk * args.dwell_ms * 1e-3
                 fractions = [args.deadline_fraction, 0.0] if rasters and args.deadline_fraction else [args.deadline_fraction]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from recon.binned_model import bin_blocks, binned_centre_tilt, pad_centred
 from recon.detector_mask import check_invalid_pixels, pixel_weights, valid_fraction, valid_sum, weights_of
 from recon.device import pick_device
-from recon.engine_inputs import check_positions, check_windows_fit, patterns_on_device, raise_bad_patterns
+from recon.engine_inputs import check_positions, check_windows_fit, initial_potential, patterns_on_device, raise_bad_patterns
 from recon.forward import split_positions
 from recon.grid import ObjectGrid
 from recon.options import ReconOptions
@@ -208,7 +208,7 @@ class Reconstructor:
         if self.modes is not None and any(not math.isclose(s.grid.pixel_nm, self.pixel_nm, rel_tol=1e-6) for s in scans):
             raise ValueError(f"the probe modes are made for {self.pixel_nm} nm pixels, a scan's grid has {[s.grid.pixel_nm for s in scans]}")
         batch = self._prepare(scans)
-        potential = self._initial_potential(scans, init)
+        potential = initial_potential([s.grid.shape for s in scans], init, self.pad, self.real_dtype, self.device)
         n_scans = len(scans)
         moment1 = torch.zeros_like(potential)
         moment2 = torch.zeros_like(potential)
@@ -370,23 +370,6 @@ class Reconstructor:
             positions = torch.tensor(batch.counts, dtype=self.real_dtype, device=self.device)[:, None, None]
             return (illumination + 0.05 * peak) / positions
         return illumination / peak + 0.05
-
-    def _initial_potential(self, scans: list[ScanChunk], init) -> torch.Tensor:
-        pad = self.pad
-        height = max(s.grid.shape[0] for s in scans) + 2 * pad
-        width = max(s.grid.shape[1] for s in scans) + 2 * pad
-        potential = torch.zeros((len(scans), height, width), dtype=self.real_dtype, device=self.device)
-        for b, scan in enumerate(scans):
-            start = None if init is None else init[b]
-            if start is None:
-                continue
-            start = torch.as_tensor(start)
-            if tuple(start.shape) != scan.grid.shape:
-                raise ValueError(f"scan {b}: init has shape {tuple(start.shape)} but the grid is {scan.grid.shape}")
-            if start.is_complex() or not bool(torch.isfinite(start).all()):
-                raise ValueError(f"scan {b}: init must be a finite real potential in rad")
-            potential[b, pad : pad + scan.grid.shape[0], pad : pad + scan.grid.shape[1]] = start.to(self.device, self.real_dtype)
-        return potential
 
     # ------------------------------------------------------------------ one update
 

@@ -1,4 +1,4 @@
-"""Checks of the reconstructor's inputs, with errors that name the scan: patterns onto the device, positions."""
+"""Checks of the reconstructor's inputs, with errors that name the scan: patterns onto the device, positions, warm starts."""
 
 from __future__ import annotations
 
@@ -54,3 +54,22 @@ def check_windows_fit(grid, positions_nm: np.ndarray, window: int, b: int, what:
             f"scan {b}: {int((~fits).sum())} {what} have probe windows outside the {grid.shape[0]}x{grid.shape[1]} object grid "
             f"(first: row {i} at ({positions_nm[i, 0]:.3f}, {positions_nm[i, 1]:.3f}) nm); make the grid with ObjectGrid.covering"
         )
+
+
+def initial_potential(shapes: list[tuple[int, int]], init, pad: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (B, H, W) stack of starting potentials (rad), each scan's grid (``shapes``: (ny, nx)) padded by ``pad`` px on every
+    side: ``init[b]`` (a warm start on that grid) or zeros; ValueError naming the scan for a wrong shape or a non-finite value."""
+    height = max(shape[0] for shape in shapes) + 2 * pad
+    width = max(shape[1] for shape in shapes) + 2 * pad
+    potential = torch.zeros((len(shapes), height, width), dtype=dtype, device=device)
+    for b, shape in enumerate(shapes):
+        start = None if init is None else init[b]
+        if start is None:
+            continue
+        start = torch.as_tensor(start)
+        if tuple(start.shape) != tuple(shape):
+            raise ValueError(f"scan {b}: init has shape {tuple(start.shape)} but the grid is {tuple(shape)}")
+        if start.is_complex() or not bool(torch.isfinite(start).all()):
+            raise ValueError(f"scan {b}: init must be a finite real potential in rad")
+        potential[b, pad : pad + shape[0], pad : pad + shape[1]] = start.to(device, dtype)
+    return potential

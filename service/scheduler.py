@@ -44,11 +44,16 @@ class _Finishing:
 
 
 class Scheduler:
-    def __init__(self, manager: SessionManager, backend: ReconBackend, metrics: ServiceMetrics, *, flush_interval_s: float = 0.2) -> None:
+    def __init__(
+        self, manager: SessionManager, backend: ReconBackend, metrics: ServiceMetrics, *, flush_interval_s: float = 0.2, final_slice_s: float = 0.005
+    ) -> None:
         self.manager = manager
         self.backend = backend
         self.metrics = metrics
         self.flush_interval_s = flush_interval_s
+        self.final_slice_s = final_slice_s
+        """A final reconstruction advances at least this long (s) per round (whole slices), so that it finishes also while
+        chunks keep arriving; a chunk that completes meanwhile waits at most this and one slice."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.busy = False
@@ -134,8 +139,15 @@ class Scheduler:
         if not self.manager.is_active(sid):  # stopped, failed or deleted meanwhile
             self._finishing.remove(f)
             return
-        try:  # one that ends while this runs is not run to its end: dropped after the step in flight (its memory let go)
-            output = f.run.advance(lambda: self.manager.has_work() or self._stop.is_set() or not self.manager.is_active(sid))
+        start = time.perf_counter()
+
+        def stop() -> bool:  # one that ends while this runs is not run to its end: dropped after the step in flight (its memory let go)
+            if self._stop.is_set() or not self.manager.is_active(sid):
+                return True
+            return time.perf_counter() - start >= self.final_slice_s and self.manager.has_work()
+
+        try:
+            output = f.run.advance(stop)
         except Exception as err:
             log.exception("final reconstruction failed")
             self._finishing.remove(f)
@@ -163,14 +175,16 @@ class Scheduler:
                 outputs[i] = res
             failed.update(errors)
         positions = self._plan(items, outputs, failed)
-        for i, it in enumerate(items):  # every next batch out first; the reconstructions (a file write each) after them
-            if i in failed:
-                self.manager.publish(it, None, None, error=failed[i])
-            else:
-                self.manager.publish(it, outputs[i], positions.get(i), hold_reconstruction=True)
-        for i, it in enumerate(items):
-            if i not in failed:
-                self.manager.write_held(it.session_id)
+        try:
+            for i, it in enumerate(items):  # every next batch out first; the reconstructions (a file write each) after them
+                if i in failed:
+                    self.manager.publish(it, None, None, error=failed[i])
+                else:
+                    self.manager.publish(it, outputs[i], positions.get(i), hold_reconstruction=True)
+        finally:  # a publish that raised must not leave the others' reconstructions only in memory
+            for i, it in enumerate(items):
+                if i not in failed:
+                    self.manager.write_held(it.session_id)
 
     @staticmethod
     def _isolated(call, idx: list[int], what: str) -> tuple[dict[int, object], dict[int, str]]:

@@ -111,7 +111,7 @@ def test_scheduler_runs_one_step_of_a_final_per_round_while_decisions_wait(devic
     runs, start_final = [], backend.start_final
     backend.start_final = lambda job: runs.append(start_final(job)) or runs[-1]
     manager = Manager()
-    scheduler = Scheduler(manager, backend, ServiceMetrics())
+    scheduler = Scheduler(manager, backend, ServiceMetrics(), final_slice_s=0.0)
     scheduler.run_round([WorkItem("last", 2, job, None, None, None)])
     for _ in range(3):
         scheduler.finish_pending()
@@ -158,9 +158,34 @@ def test_a_final_whose_session_ends_mid_advance_stops_at_the_next_step(device):
             manager.active = False
         return False
 
-    scheduler = Scheduler(manager, backend, ServiceMetrics())
+    scheduler = Scheduler(manager, backend, ServiceMetrics(), final_slice_s=0.0)
     original = manager.has_work
     manager.has_work = lambda: stopped_after_two_steps() or original()
     scheduler.run_round([WorkItem("last", 2, job, None, None, None)])
     assert scheduler.finishing == 0 and not published
     assert runs[0].steps <= 3, f"{runs[0].steps} of 9 steps run for a session that had ended"
+
+
+def test_a_final_gets_at_least_its_slice_time_per_round_while_chunks_keep_arriving(device):
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    published = []
+
+    class Busy:  # another session's chunk is always waiting
+        def publish(self, item, recon, positions, error=None):
+            published.append(recon)
+
+        def has_work(self):
+            return True
+
+        def is_active(self, session_id):
+            return True
+
+    backend = TorchReconBackend(ChunkUpdate(iterations=2), device=device, torch_threads=1, options={"batch_positions": 4})
+    job = _job(np.random.default_rng(5), 12)
+    scheduler = Scheduler(Busy(), backend, ServiceMetrics(), final_slice_s=60.0)
+    scheduler.run_round([WorkItem("last", 2, job, None, None, None)])
+    assert scheduler.finishing == 0 and len(published) == 1, "within its slice time the final ran to its end despite the queue"
+    assert np.array_equal(published[0].potential, backend.reconstruct([job])[0].potential)

@@ -98,3 +98,27 @@ def test_a_session_stopped_between_its_next_batch_and_its_held_reconstruction_ke
         assert [int(g["phase"].attrs["batch_id"]) for g in f["reconstructions"].values()] == [0], "the reconstruction its status counted"
     assert manager.reconstruction(sid, "live")[3] == 1
     manager.close()
+
+
+def test_a_publish_that_raises_still_lets_the_rounds_held_reconstructions_reach_their_files(tmp_path, monkeypatch):
+    import pytest
+
+    manager = _manager(tmp_path)
+    sids = _first_batches_acquired(manager, EPS)
+    items = manager.take_work(0.1)
+    publish = manager.publish
+
+    def flaky(item, *args, **kwargs):
+        if item.session_id == items[1].session_id:
+            raise RuntimeError("unexpected")
+        return publish(item, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "publish", flaky)
+    with pytest.raises(RuntimeError):
+        Scheduler(manager, RecordingBackend(), manager.metrics).run_round(items)
+    first = manager.sessions[items[0].session_id]
+    assert first.held_reconstruction is None and first.n_reconstructed == 1
+    with h5py.File(tmp_path / f"{items[0].session_id}.h5", "r") as f:
+        assert len(f["reconstructions"]) == 1
+    assert sorted(sids) == sorted(it.session_id for it in items)
+    manager.close()

@@ -147,7 +147,7 @@ def test_last_chunks_run_a_pass_at_a_time_between_other_sessions_chunks():
     last = ReconJob(BEAM, job.fov_nm, job.patterns, job.positions_nm, None, final=True)
     items = [WorkItem("last", 1, last, None, None, None), WorkItem("mid", 1, job, None, None, None)]
     manager = Manager()
-    scheduler = Scheduler(manager, Backend(), ServiceMetrics())
+    scheduler = Scheduler(manager, Backend(), ServiceMetrics(), final_slice_s=0.0)  # one slice (here a pass) per round
     scheduler.run_round(items)
     # warm-started from the pass before, the mini-batch order continued
     one_pass = [("reconstruct", [(True, 1, False, 0)]), ("reconstruct", [(True, 1, True, 1)]), ("reconstruct", [(True, 1, True, 2)])]
