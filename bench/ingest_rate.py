@@ -145,7 +145,8 @@ def service_run(n: int, tmp: str, tag: str, fast: bool = True, native: bool = Tr
     sim = ld.DectrisSim("tcp://127.0.0.1", _dump(tmp, n), random_port=True)
     storage = Path(tmp) / f"sessions-{tag}"
     settings = ServiceSettings(
-        storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast, compressed_patterns=COMPRESSED
+        storage=storage, api_keys=[KEY], max_budget=n, max_buffered_frames=n, flush_interval_s=0.2, prefault_session_memory=fast, compressed_patterns=COMPRESSED,
+        max_session_bytes=max(n * 64 * 64 * 4, 2 * 1024**3),  # the limit counts float32 frames: 150,000 of them are 2.3 GiB
     )
     body = {"detector_endpoint": sim.get_uri(), "fov_nm": [0.0, 0.0, 2.0, 2.0], "budget": n, "chunk": n, "strategy": "sparse-grid", "detector_bit_depth": 16}
     with TestClient(create_app(settings, backend=OverheadOnlyBackend())) as client:
@@ -192,6 +193,16 @@ def summary(name: str, runs: list[Run]) -> float:
     return med
 
 
+def _switched(interval_s: float, run, n: int, tmp: str, tag: str) -> Run:
+    """``run(n, tmp, tag)`` with the interpreter's GIL switch interval at ``interval_s`` (restored after)."""
+    default = sys.getswitchinterval()
+    sys.setswitchinterval(interval_s)
+    try:
+        return run(n, tmp, tag + "-si")
+    finally:
+        sys.setswitchinterval(default)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=40000, help="frames per service run (its steady window should last a second or more)")
@@ -201,6 +212,8 @@ def main() -> None:
     ap.add_argument("--compare-native", action="store_true", help="also run the service with the Python receive loop, alternating")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly; the ingest does not use torch)")
     ap.add_argument("--per-thread", action="store_true", help="print the service runs' CPU per thread over the steady window (bench/thread_cpu.py)")
+    ap.add_argument("--compare-switch-interval", type=float, default=None, metavar="S",
+                    help="also run the service with sys.setswitchinterval(S) (Python's default 0.005 s), alternating")
     ap.add_argument("--compressed", action="store_true", help="the service's compressed_patterns on (the detector's blobs as the file's chunks)")
     args = ap.parse_args()
     global COMPRESSED
@@ -208,7 +221,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    peer, kept, ours, before, python_loop = [], [], [], [], []
+    peer, kept, ours, before, python_loop, switched = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         _dump(tmp, args.frames), _dump(tmp, args.peer_frames)
         print(f"64x64 uint16 bs16-lz4, sender: libertem-dectris DectrisSim (Rust, in this process), cpus {os.cpu_count()}")
@@ -223,6 +236,9 @@ def main() -> None:
                 sides += (("service ingest, fast paths off", lambda n, tmp, tag: service_run(n, tmp, tag + "-off", fast=False), args.frames, before),)
             if args.compare_native:
                 sides += (("service ingest, Python receive loop", lambda n, tmp, tag: service_run(n, tmp, tag + "-py", native=False), args.frames, python_loop),)
+            if args.compare_switch_interval is not None:
+                sides += ((f"service ingest, switch interval {args.compare_switch_interval:g} s",
+                           functools.partial(_switched, args.compare_switch_interval, service_run), args.frames, switched),)
             for name, fn, n, runs in sides:
                 r = fn(n, tmp, f"{i}")
                 runs.append(r)
@@ -235,6 +251,9 @@ def main() -> None:
     if python_loop:
         b = summary("service ingest, Python receive loop", python_loop)
         print(f"ratio compiled / Python receive loop (medians): {o / b:.2f}")
+    if switched:
+        b = summary(f"service ingest, switch interval {args.compare_switch_interval:g} s", switched)
+        print(f"ratio switch interval {args.compare_switch_interval:g} s / default (medians): {b / o:.2f}")
     if before:
         b = summary("service ingest, fast paths off", before)
         print(f"ratio fast paths on / off (medians): {o / b:.2f}")
