@@ -116,7 +116,8 @@ class Service:
         if settings.recon_detector_binning is not None:
             options["detector_binning"] = settings.recon_detector_binning
         self.backend = backend or TorchReconBackend(update, settings.device, settings.torch_threads, options)
-        self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s)
+        self.scheduler = Scheduler(self.manager, self.backend, self.metrics, flush_interval_s=settings.flush_interval_s,
+                                   final_slice_s=settings.recon_final_slice_s)
         self.background = BackgroundWorker(self._deciding)
         """probe retrievals and converged reconstructions, between decisions (``service.background``)."""
         self.retrieve_probe = ProbeRetriever(settings.probe_retrieval, settings.device)

@@ -120,6 +120,11 @@ class ServiceSettings(BaseSettings):
         "(full-batch gradient descent, Nesterov momentum, up to 60 passes), in the background between decisions; stored as "
         "<id>.converged.h5 beside the session file and served as its reconstruction",
     )
+    recon_final_slice_s: float = Field(
+        0.005, ge=0, description="a session's final reconstruction (its last chunk, run a mini-batch step at a time between "
+        "decisions) advances at least this long per round (s), so that it also finishes while chunks keep arriving; a chunk that "
+        "completes meanwhile waits at most this and one step",
+    )
     recon_converged_backlog: int = Field(
         20, ge=0, description="after a restart, how many of the most recent done sessions without a converged reconstruction are "
         "queued for one (after an upgrade every older session would be: hours of background work on a CPU); the rest are logged "
