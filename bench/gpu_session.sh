@@ -69,6 +69,7 @@ if has latency; then
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 2>&1 | tee -a "$OUT/bench.log"
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --switch-interval 0.0005 2>&1 | tee -a "$OUT/bench.log"
   timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --backend overhead-only 2>&1 | tee -a "$OUT/bench.log"
+  timeout "${BENCH_TIMEOUT:-90}" python3 bench/service_latency.py --device cuda --threads 4 --budget 500 --sessions 8 --stagger-s 0.1 2>&1 | tee -a "$OUT/bench.log"
 fi
 if has ingest; then  # ingest against libertem-dectris on that machine's cores (its compiled loop is built there: needs cc)
   if python3 -c "import libertem_dectris" 2> /dev/null; then
