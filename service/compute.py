@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -205,12 +206,16 @@ class TorchReconBackend:
         touch the shifted probes it holds (a reconstructor's cache is reused in place when full).
         """
 
+        from recon.device import pick_device
+
+        device = pick_device(self.device)
+
         def start():
             scan, init = self._scan(job)
             return self._new_reconstructor(job.beam).steps([scan], init=[init], iterations=job.passes or self.update.iterations,
                                                            first_pass=job.first_pass)
 
-        return SteppedRun(start, lambda results: _output(results[0]), self._lock)
+        return SteppedRun(start, lambda results: _output(results[0]), self._lock, wait=_device_wait(device))
 
     def converged(self, job: ReconJob, on_pass) -> tuple[ReconOutput, dict]:
         """Every position of ``job`` from zero with the evaluation's final recipe (``policy.evaluation``): (output, recipe fields).
@@ -350,6 +355,15 @@ _RECIPE_NEUTRAL = ("detector_binning",)
 
 _COST_K = 64
 """The deadline's cost model is kept per position-pass of K = 64 patterns (what warm-up measures)."""
+
+
+def _device_wait(device) -> Callable[[], None] | None:
+    """What waits for ``device`` to finish the work queued on it: ``torch.cuda.synchronize`` on a GPU, None on a CPU."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
 
 
 def _output(result) -> ReconOutput:

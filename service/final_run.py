@@ -42,12 +42,19 @@ class SteppedRun:
             after every step and returns the results.
         finish: the output from the generator's return value.
         lock: held while stepping (the backend's one-call-at-a-time lock).
+        wait: called after every step, before ``stop()`` is asked (on a GPU: wait for the device, so that
+            a slice's time is the device's and a slice does not leave queued steps that a decision's
+            reconstruction would then wait behind); None on a CPU, where a step is done when it returns.
     """
 
-    def __init__(self, start: Callable[[], Generator[None, None, list]], finish: Callable[[list], ReconOutput], lock: threading.Lock) -> None:
+    def __init__(
+        self, start: Callable[[], Generator[None, None, list]], finish: Callable[[list], ReconOutput], lock: threading.Lock,
+        wait: Callable[[], None] | None = None,
+    ) -> None:
         self._start = start
         self._finish = finish
         self._lock = lock
+        self._wait = wait
         self._run: Generator[None, None, list] | None = None
         self.steps = 0
         """steps run so far."""
@@ -62,6 +69,8 @@ class SteppedRun:
                 except StopIteration as done:
                     return self._finish(done.value)
                 self.steps += 1
+                if self._wait is not None:
+                    self._wait()
                 if stop():
                     return None
 

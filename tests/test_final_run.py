@@ -189,3 +189,24 @@ def test_a_final_gets_at_least_its_slice_time_per_round_while_chunks_keep_arrivi
     scheduler.run_round([WorkItem("last", 2, job, None, None, None)])
     assert scheduler.finishing == 0 and len(published) == 1, "within its slice time the final ran to its end despite the queue"
     assert np.array_equal(published[0].potential, backend.reconstruct([job])[0].potential)
+
+
+def test_a_stepped_run_waits_for_the_device_after_every_step_before_asking_to_stop():
+    import threading
+
+    from service.final_run import SteppedRun
+
+    log = []
+
+    def three_steps():
+        for i in range(3):
+            log.append(f"step {i}")
+            yield
+        return ["done"]
+
+    run = SteppedRun(three_steps, lambda results: results[0], threading.Lock(), wait=lambda: log.append("wait"))
+    assert run.advance(lambda: log.append("stop?") or True) is None
+    assert run.advance(lambda: log.append("stop?") or False) == "done"
+    assert log == ["step 0", "wait", "stop?", "step 1", "wait", "stop?", "step 2", "wait", "stop?"]
+    cpu = TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=1)
+    assert cpu.start_final(_job(np.random.default_rng(6), 4)).advance(lambda: False) is not None, "no wait on a CPU"
