@@ -47,6 +47,9 @@ class ServiceMetrics:
             "ptychoscan_reconstruction_reduced_updates_total", "incremental updates shrunk to keep pace with the microscope", registry=r
         )
         self.recon_queue = Gauge("ptychoscan_reconstruction_queue_depth", "sessions waiting for the compute worker", registry=r)
+        self.finals_pending = Gauge(
+            "ptychoscan_final_reconstructions_pending", "sessions whose last chunk's full reconstruction runs (or waits) between decisions", registry=r
+        )
         self.buffered_frames = Gauge("ptychoscan_ingest_buffered_frames", "frames waiting for their tell", registry=r)
         self.compiled_receive_loop = Gauge(
             "ptychoscan_ingest_compiled_receive_loop", "1 while the compiled receive loop drains the detectors, 0 with the Python loop", registry=r

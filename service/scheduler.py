@@ -123,6 +123,7 @@ class Scheduler:
         self.rounds += 1
         urgent = [it for it in items if it.job is None or not it.job.final]
         self._finishing += [_Finishing(it, self.backend.start_final(it.job)) for it in items if it.job is not None and it.job.final]
+        self.metrics.finals_pending.set(len(self._finishing))
         if urgent:
             self._round(urgent)
         self.finish_pending()
@@ -133,6 +134,7 @@ class Scheduler:
         while self._finishing and (first or not self.manager.has_work()) and not self._stop.is_set():
             first = False
             self._advance_final(self._finishing[0])
+        self.metrics.finals_pending.set(len(self._finishing))
 
     def _advance_final(self, f: _Finishing) -> None:
         sid = f.item.session_id

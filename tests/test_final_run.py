@@ -116,9 +116,11 @@ def test_scheduler_runs_one_step_of_a_final_per_round_while_decisions_wait(devic
     for _ in range(3):
         scheduler.finish_pending()
     assert scheduler.finishing == 1 and runs[0].steps == 4 and not published, "one step per round while chunks wait"
+    assert scheduler.metrics.registry.get_sample_value("ptychoscan_final_reconstructions_pending") == 1
     manager.waiting = False
     scheduler.finish_pending()
     assert scheduler.finishing == 0 and len(published) == 1
+    assert scheduler.metrics.registry.get_sample_value("ptychoscan_final_reconstructions_pending") == 0
     sid, out, error = published[0]
     assert sid == "last"
     assert error is None and len(out.loss_history) == 2 and np.isfinite(out.potential).all()
