@@ -193,6 +193,14 @@ class SessionManager(StreamHandling, ProbeNotes):
             s = self.sessions.get(session_id)
             return s is not None and not s.terminal
 
+    def fail_unserved(self, item: WorkItem, message: str) -> None:
+        """Fail ``item``'s session if the compute worker's round broke off before serving it (it still awaits that work);
+        one the round did serve goes on."""
+        with self.lock:
+            s = self.sessions.get(item.session_id)
+            if s is not None and not s.terminal and s.awaits_work:
+                self._fail(s, message)
+
     def _storage_failed(self, err: StoreError) -> None:
         """Count a storage failure and keep it for readiness (``recent_storage_error``)."""
         self.metrics.storage_errors.inc()

@@ -121,19 +121,31 @@ class Scheduler:
         other session's chunk is queued.
         """
         self.rounds += 1
-        urgent = [it for it in items if it.job is None or not it.job.final]
-        self._finishing += [_Finishing(it, self.backend.start_final(it.job)) for it in items if it.job is not None and it.job.final]
-        self.metrics.finals_pending.set(len(self._finishing))
-        if urgent:
-            self._round(urgent)
-        self.finish_pending()
+        try:
+            urgent = [it for it in items if it.job is None or not it.job.final]
+            self._finishing += [_Finishing(it, self.backend.start_final(it.job)) for it in items if it.job is not None and it.job.final]
+            self.metrics.finals_pending.set(len(self._finishing))
+            if urgent:
+                self._round(urgent)
+            self.finish_pending()
+        except Exception as err:  # a defect, not one session's bad job or plan (those fail alone, in _round): the worker goes on
+            log.exception("compute round failed")
+            for it in items:
+                self.manager.fail_unserved(it, f"internal error in the compute worker: {type(err).__name__}: {err}")
 
     def finish_pending(self) -> None:
         """Advance the oldest final reconstruction by at least one slice, more while no other chunk waits; publish those completed."""
         first = True
         while self._finishing and (first or not self.manager.has_work()) and not self._stop.is_set():
             first = False
-            self._advance_final(self._finishing[0])
+            f = self._finishing[0]
+            try:
+                self._advance_final(f)
+            except Exception as err:  # a defect (the reconstruction's own errors fail the session in _advance_final)
+                log.exception("finishing session %s failed", f.item.session_id)
+                if f in self._finishing:
+                    self._finishing.remove(f)
+                self.manager.fail_unserved(f.item, f"internal error in the compute worker: {type(err).__name__}: {err}")
         self.metrics.finals_pending.set(len(self._finishing))
 
     def _advance_final(self, f: _Finishing) -> None:

@@ -212,3 +212,29 @@ def test_a_stepped_run_waits_for_the_device_after_every_step_before_asking_to_st
     assert log == ["step 0", "wait", "stop?", "step 1", "wait", "stop?", "step 2", "wait", "stop?"]
     cpu = TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=1)
     assert cpu.start_final(_job(np.random.default_rng(6), 4)).advance(lambda: False) is not None, "no wait on a CPU"
+
+
+def test_a_final_whose_publish_raises_fails_its_session_and_the_worker_goes_on():
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    failed = []
+
+    class Manager:
+        def publish(self, item, recon, positions, error=None):
+            raise RuntimeError("a defect")
+
+        def has_work(self):
+            return False
+
+        def is_active(self, session_id):
+            return True
+
+        def fail_unserved(self, item, message):
+            failed.append((item.session_id, message))
+
+    backend = TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=1)
+    scheduler = Scheduler(Manager(), backend, ServiceMetrics())
+    scheduler.run_round([WorkItem("last", 1, _job(np.random.default_rng(7), 6), None, None, None)])  # never raises
+    assert scheduler.finishing == 0 and failed == [("last", "internal error in the compute worker: RuntimeError: a defect")]

@@ -100,25 +100,30 @@ def test_a_session_stopped_between_its_next_batch_and_its_held_reconstruction_ke
     manager.close()
 
 
-def test_a_publish_that_raises_still_lets_the_rounds_held_reconstructions_reach_their_files(tmp_path, monkeypatch):
-    import pytest
-
+def test_a_publish_that_raises_fails_only_its_session_and_the_rounds_held_reconstructions_reach_their_files(tmp_path, monkeypatch):
     manager = _manager(tmp_path)
-    sids = _first_batches_acquired(manager, EPS)
+    endpoint = dict(zip(_first_batches_acquired(manager, EPS), EPS, strict=True))
     items = manager.take_work(0.1)
+    broken, served = items[1].session_id, items[0].session_id
     publish = manager.publish
 
     def flaky(item, *args, **kwargs):
-        if item.session_id == items[1].session_id:
-            raise RuntimeError("unexpected")
+        if item.session_id == broken:
+            raise RuntimeError("a defect")
         return publish(item, *args, **kwargs)
 
     monkeypatch.setattr(manager, "publish", flaky)
-    with pytest.raises(RuntimeError):
-        Scheduler(manager, RecordingBackend(), manager.metrics).run_round(items)
-    first = manager.sessions[items[0].session_id]
-    assert first.held_reconstruction is None and first.n_reconstructed == 1
-    with h5py.File(tmp_path / f"{items[0].session_id}.h5", "r") as f:
+    scheduler = Scheduler(manager, RecordingBackend(), manager.metrics)
+    scheduler.run_round(items)  # never raises: the compute worker thread must live on for the other sessions
+    assert broken not in manager.sessions and manager.finished[broken].state == "failed"
+    assert "a defect" in manager.finished[broken].summary["error"]
+    s = manager.sessions[served]
+    assert s.state == "acquiring" and s.held_reconstruction is None and s.n_reconstructed == 1
+    with h5py.File(tmp_path / f"{served}.h5", "r") as f:
         assert len(f["reconstructions"]) == 1
-    assert sorted(sids) == sorted(it.session_id for it in items)
+    monkeypatch.setattr(manager, "publish", publish)
+    assert manager.tell(served, 1, 9, None)[0] == 202
+    manager.on_events(endpoint[served], [Frame(9, i, img) for i, img in enumerate(frames_for(9, 20))])
+    scheduler.run_round(manager.take_work(0.1))
+    assert manager.finished[served].state == "done", "the worker served the next round"
     manager.close()
