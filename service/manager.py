@@ -33,7 +33,7 @@ from service.settings import ServiceSettings
 from service.spec import SessionSpec
 from service.store import StoreError
 from service.tell import apply_tell, check_tell, tell_body
-from service.work import WorkItem, work_item
+from service.work import WorkItem, served, work_item
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +194,17 @@ class SessionManager(StreamHandling, ProbeNotes):
             return s is not None and not s.terminal
 
     def fail_unserved(self, item: WorkItem, message: str) -> None:
-        """Fail ``item``'s session if the compute worker's round broke off before serving it (it still awaits that work);
-        one the round did serve goes on."""
+        """Fail ``item``'s session if the compute worker's round broke off before serving it (``service.work.served``);
+        one the round did serve goes on, queued again if it awaits more work (its next chunk completed meanwhile, or its
+        publish broke off before queueing it)."""
         with self.lock:
             s = self.sessions.get(item.session_id)
-            if s is not None and not s.terminal and s.awaits_work:
+            if s is None or s.terminal:
+                return
+            if not served(s, item):
                 self._fail(s, message)
+            elif s.awaits_work:
+                self._enqueue(s)
 
     def _storage_failed(self, err: StoreError) -> None:
         """Count a storage failure and keep it for readiness (``recent_storage_error``)."""

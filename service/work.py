@@ -57,3 +57,12 @@ def work_item(s: Session) -> WorkItem:
 def acquisition_s(b: Batch) -> float | None:
     """How long the microscope took for batch ``b`` (s): first to last frame's arrival, scaled from n - 1 dwell intervals to n."""
     return b.acquisition_s
+
+
+def served(s: Session, item: WorkItem) -> bool:
+    """The compute worker did all of ``item``'s work for ``s``: its batch reconstructed (if it had one) and the next batch
+    issued (if it planned one). Asked after a round broke off: a session's ``awaits_work`` alone cannot tell, its next chunk
+    may have completed since."""
+    if item.batch_id is not None and s.batches[item.batch_id].status != BatchStatus.RECONSTRUCTED:
+        return False
+    return item.plan is None or len(s.batches) > item.plan.batch_index

@@ -127,3 +127,45 @@ def test_a_publish_that_raises_fails_only_its_session_and_the_rounds_held_recons
     scheduler.run_round(manager.take_work(0.1))
     assert manager.finished[served].state == "done", "the worker served the next round"
     manager.close()
+
+
+def test_a_round_that_raises_after_serving_a_session_whose_next_chunk_completed_meanwhile_does_not_fail_it(tmp_path, monkeypatch):
+    manager = _manager(tmp_path)
+    endpoint = dict(zip(_first_batches_acquired(manager, EPS), EPS, strict=True))
+    items = manager.take_work(0.1)
+    served, broken = items[0].session_id, items[1].session_id
+    publish = manager.publish
+
+    def flaky(item, *args, **kwargs):
+        if item.session_id == broken:  # meanwhile (the ingest thread) the served session's next chunk was told and came in
+            assert manager.tell(served, 1, 9, None)[0] == 202
+            manager.on_events(endpoint[served], [Frame(9, i, img) for i, img in enumerate(frames_for(9, 20))])
+            raise RuntimeError("a defect")
+        return publish(item, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "publish", flaky)
+    scheduler = Scheduler(manager, RecordingBackend(), manager.metrics)
+    scheduler.run_round(items)
+    assert manager.finished[broken].state == "failed"
+    assert served in manager.sessions, "the round had served it: its next chunk awaits work, not a failure"
+    assert manager.sessions[served].batches[1].status == "complete" and manager.queue == [served]
+    monkeypatch.setattr(manager, "publish", publish)
+    scheduler.run_round(manager.take_work(0.1))
+    assert manager.finished[served].state == "done"
+    manager.close()
+
+
+def test_a_round_that_raises_between_a_reconstruction_and_the_next_batch_fails_that_session(tmp_path, monkeypatch):
+    manager = _manager(tmp_path)
+    _first_batches_acquired(manager, EPS[:1])
+    items = manager.take_work(0.1)
+    (sid,) = [it.session_id for it in items]
+    s = manager.sessions[sid]
+
+    def broken_add_batch(*args):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(s, "add_batch", broken_add_batch)  # its batch 0 reconstructed, its next batch never issued
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round(items)
+    assert manager.finished[sid].state == "failed", "half served (no next batch) it would wait forever"
+    manager.close()
