@@ -130,8 +130,10 @@ class Scheduler:
             self.finish_pending()
         except Exception as err:  # a defect, not one session's bad job or plan (those fail alone, in _round): the worker goes on
             log.exception("compute round failed")
+            finishing = {id(f.item) for f in self._finishing}  # finals started go on (finish_pending), whoever raised
             for it in items:
-                self.manager.fail_unserved(it, f"internal error in the compute worker: {type(err).__name__}: {err}")
+                if id(it) not in finishing:
+                    self.manager.fail_unserved(it, f"internal error in the compute worker: {type(err).__name__}: {err}")
 
     def finish_pending(self) -> None:
         """Advance the oldest final reconstruction by at least one slice, more while no other chunk waits; publish those completed."""

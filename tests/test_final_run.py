@@ -238,3 +238,39 @@ def test_a_final_whose_publish_raises_fails_its_session_and_the_worker_goes_on()
     scheduler = Scheduler(Manager(), backend, ServiceMetrics())
     scheduler.run_round([WorkItem("last", 1, _job(np.random.default_rng(7), 6), None, None, None)])  # never raises
     assert scheduler.finishing == 0 and failed == [("last", "internal error in the compute worker: RuntimeError: a defect")]
+
+
+def test_a_round_that_raises_for_a_decision_leaves_the_final_started_in_it_to_finish():
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    failed, published = [], []
+
+    class Manager:
+        def publish(self, item, recon, positions, error=None, hold_reconstruction=False):
+            if item.session_id == "mid":
+                raise RuntimeError("a defect")
+            published.append((item.session_id, error))
+
+        def write_held(self, session_id):
+            pass
+
+        def has_work(self):
+            return False
+
+        def is_active(self, session_id):
+            return True
+
+        def fail_unserved(self, item, message):
+            failed.append(item.session_id)
+
+    rng = np.random.default_rng(8)
+    backend = TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=1)
+    items = [WorkItem("last", 1, _job(rng, 6), None, None, None), WorkItem("mid", 1, _job(rng, 6, final=False), None, None, None)]
+    scheduler = Scheduler(Manager(), backend, ServiceMetrics())
+    scheduler.run_round(items)
+    assert failed == ["mid"], "the final in progress is not the round's to fail: it goes on"
+    assert scheduler.finishing == 1
+    scheduler.finish_pending()
+    assert scheduler.finishing == 0 and published == [("last", None)]
