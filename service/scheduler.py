@@ -136,7 +136,11 @@ class Scheduler:
                     self.manager.fail_unserved(it, f"internal error in the compute worker: {type(err).__name__}: {err}")
 
     def finish_pending(self) -> None:
-        """Advance the oldest final reconstruction by at least one slice, more while no other chunk waits; publish those completed."""
+        """Advance the oldest final reconstruction by at least one slice, more while no other chunk waits; publish those completed.
+
+        Finals whose session ended (stopped, failed, deleted) are dropped first, also those waiting behind the oldest: their
+        jobs hold the session's frames, and the pending gauge counts only finals still wanted."""
+        self._finishing = [f for f in self._finishing if self.manager.is_active(f.item.session_id)]
         first = True
         while self._finishing and (first or not self.manager.has_work()) and not self._stop.is_set():
             first = False

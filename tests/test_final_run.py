@@ -274,3 +274,33 @@ def test_a_round_that_raises_for_a_decision_leaves_the_final_started_in_it_to_fi
     assert scheduler.finishing == 1
     scheduler.finish_pending()
     assert scheduler.finishing == 0 and published == [("last", None)]
+
+
+def test_finals_waiting_behind_the_first_are_dropped_and_uncounted_once_their_session_ended():
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    class Manager:  # decisions keep coming; session "gone" was deleted while its final waited behind "first"
+        def __init__(self):
+            self.active = {"first", "gone"}
+
+        def publish(self, item, recon, positions, error=None, hold_reconstruction=False):
+            pass
+
+        def has_work(self):
+            return True
+
+        def is_active(self, session_id):
+            return session_id in self.active
+
+    rng = np.random.default_rng(9)
+    backend = TorchReconBackend(ChunkUpdate(iterations=3), device="cpu", torch_threads=1, options={"batch_positions": 2})
+    manager = Manager()
+    scheduler = Scheduler(manager, backend, ServiceMetrics(), final_slice_s=0.0)
+    scheduler.run_round([WorkItem("first", 1, _job(rng, 8), None, None, None), WorkItem("gone", 1, _job(rng, 8), None, None, None)])
+    assert scheduler.finishing == 2
+    manager.active = {"first"}
+    scheduler.finish_pending()
+    assert scheduler.finishing == 1, "the ended session's final (and the frames its job holds) let go"
+    assert scheduler.metrics.registry.get_sample_value("ptychoscan_final_reconstructions_pending") == 1
