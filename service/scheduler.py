@@ -245,6 +245,10 @@ class Scheduler:
             self.metrics.policy_seconds.observe(time.perf_counter() - t0)
             failed.update(errors)
             for i, pos in planned.items():
-                out[i] = clip_to_fov(pos, requests[i].fov_nm)  # a planner must not drive the probe off the field
+                try:  # a planner must not drive the probe off the field; its malformed output fails its session alone
+                    out[i] = clip_to_fov(pos, requests[i].fov_nm)
+                except Exception as err:
+                    log.exception("planner output for session %s", items[i].session_id)
+                    failed[i] = f"planner failed: {type(err).__name__}: {err}"
         return out
 

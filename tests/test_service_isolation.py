@@ -75,3 +75,20 @@ def test_a_session_raising_in_the_batched_plan_fails_alone(tmp_path, monkeypatch
     assert all(p.potential is None for p in plans_before), "the work items' plan requests are not patched in place"
     np.testing.assert_array_equal([len(manager.try_ask(sid)["positions_nm"]) for sid in (sids[0], sids[2])], [3, 3])
     manager.close()
+
+
+def test_a_session_whose_planner_returns_malformed_positions_fails_alone(tmp_path, monkeypatch):
+    original = SparseGridPlanner.plan
+
+    def plan(self, requests):
+        out = original(self, requests)
+        return [np.zeros(5) if r.fov_nm[0] == POISON_X0 and r.batch_index == 1 else p for r, p in zip(requests, out, strict=True)]
+
+    monkeypatch.setattr(SparseGridPlanner, "plan", plan)
+    manager, scheduler, sids, eps = _sessions(tmp_path, RecordingBackend())
+    scheduler.run_round(manager.take_work(0.1))
+    _acquire_first_chunks(manager, sids, eps)
+    scheduler.run_round(manager.take_work(0.1))
+    assert [manager.get(sid).state for sid in sids] == ["acquiring", "failed", "acquiring"], "not the whole round for one plan"
+    assert "planner failed" in manager.get(sids[1]).status()["error"]
+    manager.close()
