@@ -203,8 +203,10 @@ class SessionManager(StreamHandling, ProbeNotes):
                 return
             if not served(s, item):
                 self._fail(s, message)
-            elif s.awaits_work:
+                return
+            if s.awaits_work:
                 self._enqueue(s)
+            s.notify()  # its publish may have broken off after issuing the next batch and before waking its asks
 
     def _storage_failed(self, err: StoreError) -> None:
         """Count a storage failure and keep it for readiness (``recent_storage_error``)."""

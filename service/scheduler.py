@@ -110,6 +110,8 @@ class Scheduler:
                     self.run_round(items)
                 else:
                     self.finish_pending()
+            except Exception:  # a defect outside the round's own containment: logged, and the worker serves the next round
+                log.exception("compute worker: a round broke off")
             finally:
                 self.busy = False
 

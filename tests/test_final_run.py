@@ -304,3 +304,54 @@ def test_finals_waiting_behind_the_first_are_dropped_and_uncounted_once_their_se
     scheduler.finish_pending()
     assert scheduler.finishing == 1, "the ended session's final (and the frames its job holds) let go"
     assert scheduler.metrics.registry.get_sample_value("ptychoscan_final_reconstructions_pending") == 1
+
+
+def test_the_compute_worker_thread_outlives_a_defect_in_the_rounds_own_containment():
+    import threading
+    import time
+
+    from service.metrics import ServiceMetrics
+    from service.scheduler import Scheduler
+    from service.work import WorkItem
+
+    class Manager:
+        lock = threading.Lock()
+        work_ready = threading.Condition(lock)
+
+        def __init__(self):
+            self.queue = [[WorkItem("a", 1, _job(np.random.default_rng(8), 4, final=False), None, None, None)] for _ in range(2)]
+
+        def take_work(self, timeout):
+            if self.queue:
+                return self.queue.pop(0)
+            time.sleep(timeout)
+            return []
+
+        def publish(self, item, recon, positions, error=None, hold_reconstruction=False):
+            raise RuntimeError("a defect")
+
+        def fail_unserved(self, item, message):
+            raise RuntimeError("and another in the containment")
+
+        def write_held(self, session_id):
+            pass
+
+        def has_work(self):
+            return False
+
+        def flush_all(self):
+            pass
+
+        def reissue_stalled(self):
+            pass
+
+    manager = Manager()
+    scheduler = Scheduler(manager, TorchReconBackend(ChunkUpdate(iterations=1), device="cpu", torch_threads=1), ServiceMetrics())
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while scheduler.rounds < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scheduler.rounds == 2, "the worker went on to the next round after the first broke off"
+    finally:
+        scheduler.stop(5)

@@ -169,3 +169,15 @@ def test_a_round_that_raises_between_a_reconstruction_and_the_next_batch_fails_t
     Scheduler(manager, RecordingBackend(), manager.metrics).run_round(items)
     assert manager.finished[sid].state == "failed", "half served (no next batch) it would wait forever"
     manager.close()
+
+
+def test_fail_unserved_wakes_the_asks_of_a_served_session_and_leaves_it_running(tmp_path):
+    manager = _manager(tmp_path)
+    (sid,) = _first_batches_acquired(manager, EPS[:1])
+    (item,) = manager.take_work(0.1)
+    Scheduler(manager, RecordingBackend(), manager.metrics).run_round([item])
+    s = manager.sessions[sid]
+    version = s.version
+    manager.fail_unserved(item, "a round broke off after this session's publish")
+    assert s.state == "acquiring" and s.version == version + 1, "its asks are woken (the publish may have broken off before notify)"
+    manager.close()
