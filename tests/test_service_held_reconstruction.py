@@ -32,6 +32,21 @@ def _first_batches_acquired(manager: SessionManager, endpoints: list[str]) -> li
     return sids
 
 
+def _publish_raising_for(manager: SessionManager, monkeypatch, session_id: str, before=None):
+    """Make ``manager.publish`` raise a defect for ``session_id`` (after calling ``before()``, if given); returns the real one."""
+    publish = manager.publish
+
+    def flaky(item, *args, **kwargs):
+        if item.session_id == session_id:
+            if before is not None:
+                before()
+            raise RuntimeError("a defect")
+        return publish(item, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "publish", flaky)
+    return publish
+
+
 def test_a_round_issues_every_next_batch_before_writing_a_reconstruction(tmp_path, monkeypatch):
     manager = _manager(tmp_path)
     sids = _first_batches_acquired(manager, EPS)
@@ -105,14 +120,7 @@ def test_a_publish_that_raises_fails_only_its_session_and_the_rounds_held_recons
     endpoint = dict(zip(_first_batches_acquired(manager, EPS), EPS, strict=True))
     items = manager.take_work(0.1)
     broken, served = items[1].session_id, items[0].session_id
-    publish = manager.publish
-
-    def flaky(item, *args, **kwargs):
-        if item.session_id == broken:
-            raise RuntimeError("a defect")
-        return publish(item, *args, **kwargs)
-
-    monkeypatch.setattr(manager, "publish", flaky)
+    publish = _publish_raising_for(manager, monkeypatch, broken)
     scheduler = Scheduler(manager, RecordingBackend(), manager.metrics)
     scheduler.run_round(items)  # never raises: the compute worker thread must live on for the other sessions
     assert broken not in manager.sessions and manager.finished[broken].state == "failed"
@@ -134,16 +142,12 @@ def test_a_round_that_raises_after_serving_a_session_whose_next_chunk_completed_
     endpoint = dict(zip(_first_batches_acquired(manager, EPS), EPS, strict=True))
     items = manager.take_work(0.1)
     served, broken = items[0].session_id, items[1].session_id
-    publish = manager.publish
 
-    def flaky(item, *args, **kwargs):
-        if item.session_id == broken:  # meanwhile (the ingest thread) the served session's next chunk was told and came in
-            assert manager.tell(served, 1, 9, None)[0] == 202
-            manager.on_events(endpoint[served], [Frame(9, i, img) for i, img in enumerate(frames_for(9, 20))])
-            raise RuntimeError("a defect")
-        return publish(item, *args, **kwargs)
+    def meanwhile():  # (the ingest thread) the served session's next chunk was told and came in
+        assert manager.tell(served, 1, 9, None)[0] == 202
+        manager.on_events(endpoint[served], [Frame(9, i, img) for i, img in enumerate(frames_for(9, 20))])
 
-    monkeypatch.setattr(manager, "publish", flaky)
+    publish = _publish_raising_for(manager, monkeypatch, broken, meanwhile)
     scheduler = Scheduler(manager, RecordingBackend(), manager.metrics)
     scheduler.run_round(items)
     assert manager.finished[broken].state == "failed"
