@@ -140,11 +140,13 @@ class Scheduler:
     def finish_pending(self) -> None:
         """Advance the oldest final reconstruction by at least one slice, more while no other chunk waits; publish those completed.
 
-        Finals whose session ended (stopped, failed, deleted) are dropped first, also those waiting behind the oldest: their
-        jobs hold the session's frames, and the pending gauge counts only finals still wanted."""
-        self._finishing = [f for f in self._finishing if self.manager.is_active(f.item.session_id)]
+        Finals whose session ended (stopped, failed, deleted) are dropped before every slice, also those waiting behind the
+        oldest: their jobs hold the session's frames, and the pending gauge counts only finals still wanted."""
         first = True
-        while self._finishing and (first or not self.manager.has_work()) and not self._stop.is_set():
+        while True:
+            self._finishing = [f for f in self._finishing if self.manager.is_active(f.item.session_id)]
+            if not self._finishing or self._stop.is_set() or (not first and self.manager.has_work()):
+                break
             first = False
             f = self._finishing[0]
             try:
@@ -157,10 +159,8 @@ class Scheduler:
         self.metrics.finals_pending.set(len(self._finishing))
 
     def _advance_final(self, f: _Finishing) -> None:
+        """One ``advance`` of the final ``f`` (its session active); published and dequeued once complete or failed."""
         sid = f.item.session_id
-        if not self.manager.is_active(sid):  # stopped, failed or deleted meanwhile
-            self._finishing.remove(f)
-            return
         start = time.perf_counter()
 
         def stop() -> bool:  # one that ends while this runs is not run to its end: dropped after the step in flight (its memory let go)
@@ -178,8 +178,6 @@ class Scheduler:
         if output is not None:
             self._finishing.remove(f)
             self.manager.publish(f.item, output, None)
-        elif not self.manager.is_active(sid):
-            self._finishing.remove(f)
 
     def _round(self, items: list[WorkItem]) -> None:
         """Reconstruct the items' chunks in one batched call, plan, publish. A session whose job or plan raises fails alone."""
