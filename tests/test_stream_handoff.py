@@ -65,10 +65,12 @@ def compiled():
 
 class Consumer:
     """An event callback that records events and threads; ``hold`` holds the receive thread in the first (inline) callback,
-    ``slow_s`` makes each callback on the decode thread that long (``held`` is set when the first starts)."""
+    ``slow_s`` makes each callback on the decode thread that long (``held`` is set when the first starts). Both act only once
+    ``armed`` (``make_backlog`` arms it): a callback before that (the lone message, which may meet the decode thread still setting
+    its codec threads and so be decoded there) runs at once."""
 
     def __init__(self, slow_s: float = 0.0, gate: threading.Event | None = None) -> None:
-        self.got, self.threads, self.running = [], set(), 0
+        self.got, self.threads, self.running, self.armed = [], set(), 0, False
         self.hold, self.held, self.slow_s, self.gate = threading.Event(), threading.Event(), slow_s, gate
         self.hold.set()
 
@@ -76,7 +78,9 @@ class Consumer:
         name = threading.current_thread().name
         self.threads.add(name)
         self.running += 1
-        if name == "stream-v1-receiver":
+        if not self.armed:
+            pass
+        elif name == "stream-v1-receiver":
             self.hold.wait(10)
         else:
             self.held.set()
@@ -90,10 +94,11 @@ class Consumer:
 def make_backlog(p, rx, consumer: Consumer, series: int, n: int) -> None:
     """Queue a series' ``n`` frames and end behind its start while the receive thread is held in the start's callback: its next
     drains are full (a backlog, for the decode thread) however slowly the frames were encoded and sent."""
-    before = rx.counts(p.endpoint).messages
-    p.start(series + 1000, 1)  # a lone message first: once it is handed on (and a moment after), the decode thread is idle
-    wait_until(lambda: rx.counts(p.endpoint).messages > before, what="a lone message handed on")
+    before, called_back = rx.counts(p.endpoint).messages, len(consumer.got)
+    p.start(series + 1000, 1)  # a lone message first: once it is called back (and a moment after), the decode thread is idle
+    wait_until(lambda: len(consumer.got) > called_back, what="a lone message called back")
     time.sleep(0.1)
+    consumer.armed = True
     consumer.hold.clear()
     p.start(series, n)
     wait_until(lambda: rx.counts(p.endpoint).messages > before + 1, what="the start message handed on (in the receive thread)")
