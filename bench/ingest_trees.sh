@@ -7,6 +7,7 @@
 #
 # Each tree gets its own build cache of the compiled receive loop (its C sources may differ). Python: $PYTHON, else this
 # checkout's .venv. Prints each run's summary lines (service and peer frames/s, the ratio), tree by tree.
+# With --per-thread, also the service threads' CPU over each steady window.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
     sed -n '2,8p' "$0"
@@ -24,6 +25,6 @@ for round in $(seq 1 "$rounds"); do
         echo "=== round $round: $tree ($(git -C "$tree" rev-parse --short HEAD))"
         cache=${TMPDIR:-/tmp}/ptychoscan-native-$(echo "$tree" | md5sum | cut -c1-8)
         (cd "$tree" && PTYCHOSCAN_NATIVE_CACHE=$cache PYTHONPATH=$tree "$python" bench/ingest_rate.py \
-            --frames 60000 --peer-frames 150000 --repeats 1 "$@" 2>&1 | grep -E "^(libertem|service|ratio)")
+            --frames 60000 --peer-frames 150000 --repeats 1 "$@" 2>&1 | grep -E "^(libertem|service|ratio| +stream|  [0-9]: CPU| +store)")
     done
 done
