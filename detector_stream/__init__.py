@@ -12,7 +12,7 @@ Modules, one job each (import from them; this package file re-exports nothing):
 - ``bslz4``: the bitshuffle-LZ4 framing (12-byte header, length-prefixed blocks), checked before any C code sees it.
 - ``codec``: frame encodings (``bs8/16/32-lz4<``, ``lz4<``, ``<``): ``encode_frame(s)``, ``decode_frame(s)``, ``decode_batch``.
 - ``messages``: building the multipart messages of a series; ``expected_frames``.
-- ``events``: what a decoder returns: ``SeriesStart``, ``Frame``, ``SeriesEnd``, ``StreamError``.
+- ``events``: what a decoder returns: ``SeriesStart``, ``Frame`` (or, asked for, ``FrameRun``: consecutive frames as one array), ``SeriesEnd``, ``StreamError``.
 - ``decoder``: ``StreamDecoder``, messages of one connection to events; never raises on input.
 - ``endpoints``: the ``tcp://host:port`` / ``ipc://path`` check.
 - ``codec_threads``: OpenMP threads of bitshuffle, per calling thread.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from detector_stream.codec import ITEMSIZE, check_dtype, check_encoding, decode_batch
 from detector_stream.errors import CodecError, StreamErrorKind
-from detector_stream.events import Event, Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.events import Event, Frame, FrameRun, SeriesEnd, SeriesStart, StreamError
 from detector_stream.image_layout import DCONFIG, DIMAGE, DIMAGE_D, int_or_none
 from detector_stream.messages import APPENDIX_PARTS, HEADER_DETAILS, expected_frames, load_json_object, read_pixel_mask
 from detector_stream.native.batch import IMAGE, RAW, RUN, NativeBatch
@@ -55,9 +55,11 @@ class StreamDecoder:
     left without ``dseries_end``, unknown messages.
     """
 
-    def __init__(self, fast: bool = True) -> None:
-        """``fast``: parse image messages in the DCU's exact layout without JSON (``_image_fast``); False: JSON for every message."""
+    def __init__(self, fast: bool = True, runs: bool = False) -> None:
+        """``fast``: parse image messages in the DCU's exact layout without JSON (``_image_fast``); False: JSON for every message.
+        ``runs``: ``feed_native`` gives a run of consecutive frames that passes every check as one ``FrameRun``, not a ``Frame`` each."""
         self.fast = fast
+        self.runs = runs
         self._state: _SeriesState | None = None
         self._awaiting_config: tuple[int, str] | None = None
         self._events: list = []
@@ -129,7 +131,11 @@ class StreamDecoder:
         state.seen.update(range(first, first + n))  # every frame seen so far is below next_frame
         state.next_frame = first + n
         state.received += n
-        self._events += [Frame(series, first + k, stack[k], *times[k], received_at=stamps[k], stack=(stack, k), blob=blobs[k], marked=marked[k]) for k in range(n)]
+        run = FrameRun(series, first, stack, times, stamps, blobs, marked)
+        if self.runs:
+            self._events.append(run)
+        else:
+            self._events += run.frames()
 
     def _raw(self, parts: list[bytes]) -> None:
         try:

@@ -44,6 +44,41 @@ class Frame:
     counted where it was decoded (the compiled loop); None: not counted (look at the pixels)."""
 
 
+@dataclass
+class FrameRun:
+    """Frames ``first``, ``first`` + 1, ... of one series, decoded back to back into one array: the same as ``frames()``, one
+    ``Frame`` each, without an object per frame (the ingest's hot path). A receiver gives these only to a consumer that asks
+    (``StreamReceiver(frame_runs=True)``); the per-frame lists hold one entry per row of ``stack``."""
+
+    series: int
+    first: int
+    stack: np.ndarray
+    """(n, y, x) pixel counts, row k frame ``first`` + k."""
+    times: list[tuple[int | None, int | None, int | None]]
+    """per frame, its dconfig (start, stop, real) times (ns)."""
+    received_at: list[float]
+    """per frame, ``Frame.received_at``."""
+    blobs: list[bytes | memoryview | None]
+    """per frame, ``Frame.blob``."""
+    marked: list[int | None]
+    """per frame, ``Frame.marked``."""
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    @property
+    def frame_numbers(self) -> range:
+        return range(self.first, self.first + len(self.stack))
+
+    def frames(self) -> list[Frame]:
+        """The run as ``Frame`` events, in order (views of ``stack``, no copy)."""
+        stack, series, first = self.stack, self.series, self.first
+        return [
+            Frame(series, first + k, stack[k], *self.times[k], received_at=self.received_at[k], stack=(stack, k), blob=self.blobs[k], marked=self.marked[k])
+            for k in range(len(stack))
+        ]
+
+
 def stacked_images(frames: list[Frame]) -> np.ndarray | None:
     """The frames' images as one (n, y, x) array without a copy when they are consecutive rows, in order, of one decoded stack; else None."""
     head = frames[0].stack if frames else None
@@ -76,4 +111,4 @@ class StreamError:
     """Set where the error is made: count and classify by this, never by searching ``reason``."""
 
 
-Event = SeriesStart | Frame | SeriesEnd | StreamError
+Event = SeriesStart | Frame | FrameRun | SeriesEnd | StreamError

@@ -70,6 +70,7 @@ class StreamReceiver:
         native: bool | None = None,
         forward: ForwardTarget | None = None,
         keep_blobs: bool = True,
+        frame_runs: bool = False,
     ) -> None:
         if (on_event is None) == (on_events is None):
             raise ValueError("StreamReceiver needs exactly one of on_event and on_events")
@@ -86,6 +87,8 @@ class StreamReceiver:
         self.on_raw = on_raw
         """sees each drained batch of raw multipart messages before decoding (receive thread); its exceptions are counted as socket errors."""
         self.forward, self.keep_blobs = forward, keep_blobs  # every message re-sent there; the compiled loop's Frame.blob kept
+        self.frame_runs = frame_runs
+        """the compiled loop's runs of consecutive frames reach the callback as ``FrameRun``\\ s (``StreamDecoder(runs=True)``), not a ``Frame`` each."""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -244,7 +247,7 @@ class StreamReceiver:
                 log.error("stream receiver: cannot connect to %s (%s); the other detectors are still served", endpoint, err)
                 return
             with self._lock:
-                entry = Connection(endpoint, sock, mon, StreamDecoder(), self._counts.setdefault(endpoint, EndpointCounts()), self._lock)
+                entry = Connection(endpoint, sock, mon, StreamDecoder(runs=self.frame_runs), self._counts.setdefault(endpoint, EndpointCounts()), self._lock)
                 self.failures.pop(endpoint, None)
             sockets[sock] = entry
             monitors[mon] = endpoint

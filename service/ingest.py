@@ -109,7 +109,7 @@ class Ingest:
                     self.forwarder.bind()       # (a restored session starts the receiver before start() runs)
                 initial = [] if self.on_demand else self.required
                 keep = self.manager.settings.compressed_patterns  # only compressed session files store the detector's blobs
-                self.receiver = StreamReceiver(initial, on_events=self.manager.on_events, forward=self.forwarder, keep_blobs=keep)
+                self.receiver = StreamReceiver(initial, on_events=self.manager.on_events, forward=self.forwarder, keep_blobs=keep, frame_runs=True)
                 self.receiver.start()
                 self.manager.metrics.compiled_receive_loop.set(1 if self.receiver.native_loop is not None else 0)
                 for ep in initial:

@@ -15,7 +15,7 @@ from operator import attrgetter
 import numpy as np
 
 from detector_stream.event_callbacks import handle_each
-from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError, stacked_images
+from detector_stream.events import Frame, FrameRun, SeriesEnd, SeriesStart, StreamError, stacked_images
 from service.pattern_chunks import Blob
 from service.routing import FrameOutcome, FrameResult, Key, frame_runs
 from service.session import Binding, Session
@@ -23,7 +23,7 @@ from service.store import StoreError
 
 log = logging.getLogger("service.manager")
 
-_IMAGE, _BLOB, _RECEIVED_AT, _MARKED = attrgetter("image"), attrgetter("blob"), attrgetter("received_at"), attrgetter("marked")
+_FRAME, _IMAGE, _BLOB, _RECEIVED_AT, _MARKED = attrgetter("frame"), attrgetter("image"), attrgetter("blob"), attrgetter("received_at"), attrgetter("marked")
 
 
 class RunNotAdmitted(Exception):
@@ -53,16 +53,25 @@ class StreamHandling:
             self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
 
     def _apply_item(self, endpoint: str, item, handled_at: float) -> None:
-        """One event, or a run (list) of consecutive frames of one series: stored together when their series is bound to a session in progress."""
+        """One event, or a run (``FrameRun``, or a list of ``Frame``\\ s) of consecutive frames of one series: stored together when
+        their series is bound to a session in progress. A ``FrameRun`` not stored so (some frame's verdict is not certain at once)
+        goes the list way, then frame by frame."""
+        if isinstance(item, FrameRun):
+            if self._stored_as_run(endpoint, item, handled_at):
+                return
+            item = item.frames()
         if not isinstance(item, list):
             self._apply_event(endpoint, item, handled_at)
-            return
-        try:
-            stored = self._store_run(endpoint, item, handled_at)
-        except RunNotAdmitted:  # a frame's checks raised: frame by frame, so that only that frame is lost (and its error raised)
-            stored = False
-        if not stored:
+        elif not self._stored_as_run(endpoint, item, handled_at):
             handle_each(item, lambda event: self._apply_event(endpoint, event, handled_at))
+
+    def _stored_as_run(self, endpoint: str, run: FrameRun | list[Frame], handled_at: float) -> bool:
+        """``_store_run``, False (nothing done) where checking the run raised: then frame by frame, so that only that frame is lost
+        (and its error raised)."""
+        try:
+            return self._store_run(endpoint, run, handled_at)
+        except RunNotAdmitted:
+            return False
 
     def _apply_event(self, endpoint: str, event, handled_at: float) -> None:
         router = self.router
@@ -197,29 +206,37 @@ class StreamHandling:
             self._batch_complete(s)
         return True
 
-    def _store_run(self, endpoint: str, frames: list[Frame], handled_at: float) -> bool:
+    def _store_run(self, endpoint: str, run: FrameRun | list[Frame], handled_at: float) -> bool:
         """Store a run of frames of one bound series in one go (``admit_run``, else ``admit`` each; then one queueing for the file, one ``place_run``).
 
         False, with nothing done, when the run is not for a session in progress (the caller
-        then applies each frame alone). The outcome is the same as frame by frame: a frame
-        ``admit`` refuses, or a second frame for a slot, is refused with the same error;
-        the batch completes with the last frame admitted (after it, every slot of the
-        batch is filled, so any later frame of the series would be refused).
+        then applies each frame alone), or when it is a ``FrameRun`` that ``admit_run`` cannot
+        admit whole (the caller then stores its frames as a list). The outcome is the same as
+        frame by frame: a frame ``admit`` refuses, or a second frame for a slot, is refused
+        with the same error; the batch completes with the last frame admitted (after it,
+        every slot of the batch is filled, so any later frame of the series would be refused).
         """
         router = self.router
-        key = (endpoint, frames[0].series)
+        key = (endpoint, run.series if isinstance(run, FrameRun) else run[0].series)
         bind = router.bindings.get(key)
         s = self.sessions.get(bind.session_id) if bind is not None else None
         if s is None or router.retired_to(key) is not None:  # a retired series' frames are late ones: discarded one by one
             return False
         try:  # nothing is changed until every frame has its verdict
-            stack = stacked_images(frames)  # the frames as one array where they were decoded back to back (no copy)
-            slots = router.admit_run(bind, s, frames, stack)  # the common case, every frame admitted, checked at once
-            if slots is None:
-                slots, kept, refused = self._admit_each(key, frames, bind, s)
-                stack = stacked_images(kept) if len(kept) < len(frames) else stack
+            if isinstance(run, FrameRun):  # decoded back to back: its frames' images are the rows of its stack
+                stack, refused = run.stack, ()
+                slots = router.admit_run(bind, s, run.frame_numbers, (), stack)
+                if slots is None:
+                    return False
+                images, blobs, marked, stamps = list(stack), run.blobs, run.marked, run.received_at
             else:
-                kept, refused = frames, ()
+                stack = stacked_images(run)  # the frames as one array where they were decoded back to back (no copy)
+                slots = router.admit_run(bind, s, list(map(_FRAME, run)), list(map(_IMAGE, run)), stack)  # the common case, checked at once
+                kept, refused = run, ()
+                if slots is None:
+                    slots, kept, refused = self._admit_each(key, run, bind, s)
+                    stack = stacked_images(kept) if len(kept) < len(run) else stack
+                images, blobs, marked, stamps = list(map(_IMAGE, kept)), list(map(_BLOB, kept)), list(map(_MARKED, kept)), list(map(_RECEIVED_AT, kept))
         except Exception as err:
             raise RunNotAdmitted(str(err)) from err
         router.last_key[endpoint] = key
@@ -228,18 +245,17 @@ class StreamHandling:
         for verdict in refused:
             self.metrics.stream_errors.labels(verdict.kind).inc()
             s.note_error(verdict.kind, verdict.detail)
-        if not kept:
+        if not images:
             return True
-        images = list(map(_IMAGE, kept))  # not copied: nothing writes into a decoded frame (a fresh allocation per batch costs page faults)
-        arrivals = [handled_at if t is None else t for t in map(_RECEIVED_AT, kept)]
-        try:
-            s.store.write_frames(slots, images, list(map(_BLOB, kept)))
-            s.learn_invalid_pixels(images, stack=stack, marked=list(map(_MARKED, kept)))  # frames the loop saw unmarked: not reduced
+        arrivals = [handled_at if t is None else t for t in stamps]
+        try:  # images not copied: nothing writes into a decoded frame (a fresh allocation per batch costs page faults)
+            s.store.write_frames(slots, images, blobs)
+            s.learn_invalid_pixels(images, stack=stack, marked=marked)  # frames the loop saw unmarked: not reduced
         except StoreError as err:
             self._fail(s, err)
             return True
         placed = router.place_run(s, bind.batch_id, slots, images, arrivals, self.settings.resume_told_timeout_s, stack=stack)
-        self.metrics.frames.inc(len(kept))
+        self.metrics.frames.inc(len(images))
         self.metrics.bytes.inc(stack.nbytes if stack is not None else sum(im.nbytes for im in images))
         if placed.outcome == FrameOutcome.BATCH_COMPLETE:
             self._batch_complete(s)

@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import attrgetter
 
 import numpy as np
 
 from detector_stream.events import Frame
 from service.detector_mask import fitted, measured_peak
 from service.session import BatchStatus, Binding, Session, SessionState
-
-_FRAME_INDEX = attrgetter("frame")
-_FRAME_IMAGE = attrgetter("image")
 
 Key = tuple[str, int]
 """(detector endpoint, series number)."""
@@ -246,17 +243,21 @@ class FrameRouter:
         return FrameResult(FrameOutcome.ADMITTED, slot=slot)
 
     @staticmethod
-    def admit_run(bind: Binding, s: Session, frames: list[Frame], stack: np.ndarray | None) -> list[int] | None:
-        """The slots of a run of ``frames`` of a series bound by ``bind`` to session ``s`` (in progress) when ``admit`` would admit
-        each of them, at slots all distinct; None when that is not certain (then ``admit`` each: its refusals, its errors).
+    def admit_run(
+        bind: Binding, s: Session, frame_numbers: Sequence[int], images: Sequence[np.ndarray], stack: np.ndarray | None
+    ) -> list[int] | None:
+        """The slots of a run of frames (``frame_numbers``, their ``images``) of a series bound by ``bind`` to session ``s`` (in
+        progress) when ``admit`` would admit each of them, at slots all distinct; None when that is not certain (then ``admit``
+        each: its refusals, its errors).
 
         The common case in a few array operations instead of ``admit`` per frame: every frame
         bound, none of their slots filled, no slot twice, and the images (K, K) of a type no
         wider than the file's, or wider with counts (marks aside) all within the file's type
-        (``stack``: the images as one (n, K, K) array, if they are one; else each image's
-        shape and type is looked at, and a wider one is admitted frame by frame).
+        (``stack``: the images as one (n, K, K) array, if they are one, and then ``images`` is
+        not looked at; else each image's shape and type is looked at, and a wider one is
+        admitted frame by frame).
         """
-        slots = list(map(bind.frame_to_slot.get, map(_FRAME_INDEX, frames)))
+        slots = list(map(bind.frame_to_slot.get, frame_numbers))
         if None in slots:  # a frame not bound: "unexpected"
             return None
         at = np.array(slots, dtype=np.int64)
@@ -267,7 +268,7 @@ class FrameRouter:
         k, stored = s.k, s.pixel_dtype
         if stack is None:
             shape, size = (k, k), stored.itemsize
-            return slots if all(im.shape == shape and im.dtype.kind == "u" and im.dtype.itemsize <= size for im in map(_FRAME_IMAGE, frames)) else None
+            return slots if all(im.shape == shape and im.dtype.kind == "u" and im.dtype.itemsize <= size for im in images) else None
         if stack.shape != (len(slots), k, k) or stack.dtype.kind != "u":  # another shape or pixel type: "malformed"
             return None
         if stack.dtype.itemsize <= stored.itemsize:  # counts that fit by their type: admit does not look at them

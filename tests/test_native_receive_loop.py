@@ -24,7 +24,7 @@ from stream_fuzz import Case, case_strategy
 from test_stream_fast_path import _as_tuple, _compact
 
 from detector_stream.decoder import StreamDecoder
-from detector_stream.events import Frame, StreamError
+from detector_stream.events import Frame, FrameRun, StreamError
 from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 from detector_stream.native import build
 from detector_stream.native.batch import IMAGE, RAW
@@ -48,12 +48,13 @@ def pair():
         yield sockets
 
 
-def _through_loop(pair, messages: list[list[bytes]], loop: NativeReceiveLoop) -> tuple[list, StreamDecoder, int]:
-    """Send ``messages``, drain them with ``loop`` into one decoder: (events, decoder, frames decoded by the loop)."""
+def _through_loop(pair, messages: list[list[bytes]], loop: NativeReceiveLoop, runs: bool = False) -> tuple[list, StreamDecoder, int]:
+    """Send ``messages``, drain them with ``loop`` into one decoder (``runs``: ``StreamDecoder(runs=True)``): (events, decoder,
+    frames decoded by the loop)."""
     push, pull = pair
     for m in messages:
         push.send_multipart(m)
-    decoder, events, got, native_frames = StreamDecoder(), [], 0, 0
+    decoder, events, got, native_frames = StreamDecoder(runs=runs), [], 0, 0
     deadline = time.monotonic() + 10
     while got < len(messages) and time.monotonic() < deadline:
         batch = loop.receive(pull)
@@ -75,6 +76,11 @@ def _tuples(events: list) -> list[tuple]:
         assert marked is None or marked == np.count_nonzero(e.image == np.iinfo(e.image.dtype).max)
         out.append((kind, fields, image))
     return out
+
+
+def _expanded(events: list) -> list:
+    """``events`` with each ``FrameRun`` as its ``Frame``\\ s."""
+    return [f for e in events for f in (e.frames() if isinstance(e, FrameRun) else [e])]
 
 
 def _python(messages: list[list[bytes]]) -> tuple[list, StreamDecoder]:
@@ -115,13 +121,15 @@ def test_md5_of_data_at_an_unaligned_address_is_hashlibs(offset):
 
 
 @CI
-@given(case=case_strategy(), batch=st.integers(1, 9), arena_frames=st.sampled_from([0, 1, 2, 512]))
-def test_loop_equals_python_path_on_mutated_series(pair, case: Case, batch: int, arena_frames: int):
+@given(case=case_strategy(), batch=st.integers(1, 9), arena_frames=st.sampled_from([0, 1, 2, 512]), runs=st.booleans())
+def test_loop_equals_python_path_on_mutated_series(pair, case: Case, batch: int, arena_frames: int, runs: bool):
+    """``runs``: the decoder gives runs of frames as ``FrameRun``\\ s; as frames, they are the same events."""
     messages = [[_compact(p) if k != 2 else p for k, p in enumerate(m)] for m in case.messages if m]  # ZeroMQ has no 0-part message
     loop = NativeReceiveLoop(batch, arena_bytes=arena_frames * (case.original.images[0].nbytes + 8))
-    events, decoder, _ = _through_loop(pair, messages, loop)
+    events, decoder, _ = _through_loop(pair, messages, loop, runs)
     expected, reference = _python(messages)
-    assert _tuples(events) == _tuples(expected)
+    assert runs or not any(isinstance(e, FrameRun) for e in events)
+    assert _tuples(_expanded(events)) == _tuples(expected)
     assert decoder.error_counts == reference.error_counts
 
 
@@ -344,18 +352,25 @@ def test_faults_keep_the_simulated_detector_on_its_per_frame_path(monkeypatch):
     [[0, 1, 2, 3, 4], [0, 1, 3, 4, 5], [0, 1, 2, 1, 2], [2, 3, 4], [3, 4, 5, 6]],
     ids=["whole", "gap-then-past-the-end", "resent", "late-start", "past-the-end"],
 )
-def test_runs_of_frames_get_the_checks_of_single_frames(pair, order):
-    """Consecutive frames decoded back to back go through the decoder in one step only when no check can fail."""
+@pytest.mark.parametrize("runs", [False, True], ids=["frames", "frame-runs"])
+def test_runs_of_frames_get_the_checks_of_single_frames(pair, order, runs):
+    """Consecutive frames decoded back to back go through the decoder in one step only when no check can fail (``runs``: and
+    then come as one ``FrameRun``)."""
     rng = np.random.default_rng(3)
     images = {i: rng.poisson(1.0, (64, 64)).astype(np.uint16) for i in set(order)}
     msgs = [series_start_parts(1, {"ntrigger": 5, "nimages": 1, "trigger_mode": "exte"})]
     msgs += [image_parts(1, i, images[i], "bs16-lz4<", i, i, 0) for i in order]
     msgs.append(series_end_parts(1))
-    events, decoder, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64))
+    events, decoder, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64), runs)
     expected, reference = _python(msgs)
     assert native_frames == len(order)
-    assert _tuples(events) == _tuples(expected)
+    assert _tuples(_expanded(events)) == _tuples(expected)
     assert decoder.error_counts == reference.error_counts
+    frame_runs = [e for e in events if isinstance(e, FrameRun)]
+    # the loop's runs are the frames back to back: one of them that a check could fail (a gap before it, a frame past the end, a
+    # late start, a resent frame) goes frame by frame
+    passing = {(0, 1, 2, 3, 4): [[0, 1, 2, 3, 4]], (0, 1, 3, 4, 5): [[0, 1]], (0, 1, 2, 1, 2): [[0, 1, 2]]}.get(tuple(order), [])
+    assert [list(r.frame_numbers) for r in frame_runs] == (passing if runs else [])
 
 
 def test_kept_frames_hold_their_own_bytes_not_the_arena(pair):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
-from detector_stream.events import Frame, SeriesEnd, SeriesStart, StreamError
+from detector_stream.events import Frame, FrameRun, SeriesEnd, SeriesStart, StreamError
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.routing import frame_runs
@@ -267,3 +268,72 @@ def test_measured_frames_are_copied_in_the_files_pixel_type(tmp_path):
     np.testing.assert_array_equal(patterns, images)
     assert not np.shares_memory(patterns, manager.sessions[sid].patterns)
     manager.close()
+
+
+def _frame_run(series: int, first: int, images: np.ndarray, t0: float = 10.0) -> FrameRun:
+    """Frames ``first``... of ``series`` as the compiled loop's decoder gives them (``StreamDecoder(runs=True)``)."""
+    n = len(images)
+    return FrameRun(series, first, np.ascontiguousarray(images), [(None, None, None)] * n, [t0 + k for k in range(n)], [None] * n, [None] * n)
+
+
+def _expanded(events: list) -> list:
+    return [f for e in events for f in (e.frames() if isinstance(e, FrameRun) else [e])]
+
+
+@pytest.mark.parametrize(
+    "case", ["whole", "past-the-batch", "a-slot-filled-before", "wider-type-that-fits", "wider-type-that-does-not", "untold-series"]
+)
+def test_a_frame_run_ends_exactly_as_its_frames_one_by_one(tmp_path, monkeypatch, case):
+    """A ``FrameRun`` (the service's receiver asks for them) is stored whole when every frame is certain to be admitted, else it
+    goes as its frames: either way the session, its counters and its file end as with its frames one by one."""
+    images = frames_for(1, 8)
+    before, run = [], _frame_run(1, 0, images[:6])
+    if case == "past-the-batch":
+        run = _frame_run(1, 3, images[3:8])  # frames 6 and 7 are not in the batch: "unexpected"
+    elif case == "a-slot-filled-before":
+        before = [Frame(1, 2, images[2], received_at=1.0)]
+    elif case.startswith("wider-type"):
+        wide = images[:6].astype(np.uint32)
+        if case == "wider-type-that-does-not":
+            wide[1, 0, 0] = 70_000  # above uint16: frame 1 is refused
+        run = _frame_run(1, 0, wide)
+    elif case == "untold-series":
+        run = _frame_run(2, 0, images[:6])
+    out = []
+    for name, runs in (("runs", True), ("single", False)):
+        manager = _manager(tmp_path / name)
+        sid = _told(manager, 6, detector_bit_depth=16)
+        manager.on_events(EP, before)
+        if not runs:
+            monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
+        elif case in ("whole", "wider-type-that-fits"):  # stored whole: its frames are never made
+            monkeypatch.setattr(FrameRun, "frames", lambda _self: pytest.fail("a run admitted whole was expanded"))
+        manager.on_events(EP, [run] if runs else _expanded([run]))
+        monkeypatch.undo()
+        s = manager.sessions[sid]
+        s.flush_frames()
+        with h5py.File(s.store.path, "r") as f:
+            out.append((_state(manager, sid), f["patterns"][:6].copy(), f["received"][:6].copy(), manager.router.buffered_frames))
+        manager.close()
+    (runs_state, *runs_file), (single_state, *single_file) = out
+    _same(runs_state, single_state)
+    for a, b in zip(runs_file, single_file, strict=True):
+        np.testing.assert_array_equal(a, b)
+    received = runs_state["received"]
+    expected = {
+        "whole": [True] * 6, "past-the-batch": [False] * 3 + [True] * 3, "a-slot-filled-before": [True] * 6,
+        "wider-type-that-fits": [True] * 6, "wider-type-that-does-not": [True, False] + [True] * 4, "untold-series": [False] * 6,
+    }[case]
+    assert received == expected
+    assert runs_state["counters"] == {
+        "past-the-batch": {"unexpected": 2}, "a-slot-filled-before": {"duplicated": 1}, "wider-type-that-does-not": {"malformed": 1}
+    }.get(case, {})
+    assert (out[0][3] == 6) == (case == "untold-series")  # held for the tell of series 2
+    np.testing.assert_array_equal(runs_state["patterns"][np.array(received)], images[:6][np.array(received)])
+
+
+def test_frame_runs_leaves_a_frame_run_as_one_item():
+    img = np.zeros((2, 2), np.uint16)
+    f = [Frame(1, i, img) for i in range(2)]
+    run = _frame_run(1, 2, np.zeros((3, 2, 2), np.uint16))
+    assert frame_runs([*f, run, Frame(1, 5, img)]) == [f, run, Frame(1, 5, img)]
