@@ -262,13 +262,15 @@ class StreamHandling:
         return True
 
     def _admit_each(self, key: Key, frames: list[Frame], bind: Binding, s: Session) -> tuple[list[int], list[Frame], list[FrameResult]]:
-        """``FrameRouter.admit`` of each frame of a run, in order, a second frame for one slot refused as a duplicate: (slots, frames
-        admitted, verdicts of those refused). Nothing is changed."""
+        """``FrameRouter.admit`` of each frame of a run, in order, a second frame for one slot refused as a duplicate whatever else is
+        wrong with it (as ``admit`` refuses a frame for a filled slot): (slots, frames admitted, verdicts of those refused). Nothing
+        is changed."""
         slots, kept, taken, refused = [], [], set(), []
         for ev in frames:
-            verdict = self.router.admit(key, ev.frame, ev.image, bind, s)
-            if verdict.outcome == FrameOutcome.ADMITTED and verdict.slot in taken:
+            if bind.frame_to_slot.get(ev.frame) in taken:  # frame by frame its slot would be filled: admit looks at that first
                 verdict = FrameResult.refused("duplicated", f"series {key[1]}: frame {ev.frame} already stored")
+            else:
+                verdict = self.router.admit(key, ev.frame, ev.image, bind, s)
             if verdict.outcome == FrameOutcome.REFUSED:
                 refused.append(verdict)
                 continue

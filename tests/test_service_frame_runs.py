@@ -337,3 +337,17 @@ def test_frame_runs_leaves_a_frame_run_as_one_item():
     f = [Frame(1, i, img) for i in range(2)]
     run = _frame_run(1, 2, np.zeros((3, 2, 2), np.uint16))
     assert frame_runs([*f, run, Frame(1, 5, img)]) == [f, run, Frame(1, 5, img)]
+
+
+def test_a_second_frame_for_a_slot_is_a_duplicate_whatever_else_is_wrong_with_it(tmp_path, monkeypatch):
+    """Frame by frame, a frame for a filled slot is refused as duplicated before its shape or counts are looked at: so within
+    a run too, where the first frame for that slot is not yet in the session when the second is checked."""
+    images = frames_for(1, 4)
+    wrong_shape = np.zeros((8, 8), np.uint16)
+    too_high = images[1].astype(np.uint32)
+    too_high[3, 3] = 70_000  # more than the file's uint16 holds
+    sent = [(0, images[0]), (0, wrong_shape), (1, images[1]), (1, too_high), (2, images[2])]
+    events = [Frame(1, i, img, received_at=20.0 + k) for k, (i, img) in enumerate(sent)]
+    runs, single = _both_ways(tmp_path, monkeypatch, 4, events)
+    assert single["counters"] == {"duplicated": 2}
+    _same(runs, single)
