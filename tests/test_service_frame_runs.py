@@ -351,3 +351,86 @@ def test_a_second_frame_for_a_slot_is_a_duplicate_whatever_else_is_wrong_with_it
     runs, single = _both_ways(tmp_path, monkeypatch, 4, events)
     assert single["counters"] == {"duplicated": 2}
     _same(runs, single)
+
+
+def _observed(manager: SessionManager, sids: list[str]) -> dict:
+    """What a run and its frames one by one must leave the same: each session's frames, counters and batch (in progress or
+    ended), the buffer, the endpoint's counts and the ingest metrics."""
+    out: dict = {}
+    for sid in sids:
+        s = manager.get(sid)
+        status = s.status()
+        out[sid[:0] + str(sids.index(sid))] = (
+            str(status["state"]), status["frames_received"], status["stream_errors"], [(e["kind"], e["detail"]) for e in status["recent_errors"]],
+            None if getattr(s, "received", None) is None else s.received.tolist(),
+        )
+    out["buffer"] = {k: (v.count, sorted(v.frames), v.errors, v.ended) for k, v in manager.router.buffer.items()}
+    out["endpoint"] = manager.router.endpoint_errors
+    out["metrics"] = sorted(
+        (sample.name, tuple(sorted(sample.labels.items())), sample.value) for family in manager.metrics.registry.collect() for sample in family.samples
+        if family.name.startswith("ptychoscan_ingest") and "duration" not in family.name and not sample.name.endswith("_created")
+    )
+    return out
+
+
+@pytest.mark.parametrize("case", ["late-frames-of-an-ended-session", "restarted-in-the-drain", "checks-at-once-raise"])
+def test_a_frame_run_is_refused_or_held_exactly_as_its_frames(tmp_path, monkeypatch, case):
+    """The refusals a ``FrameRun`` can meet besides a frame's own checks: a series retired from an ended session (its frames are
+    late ones, charged to it), a header of its series earlier in the same drain (a restarted detector: the frames wait for a
+    new tell), a bug in admitting it at once (then frame by frame, nothing lost)."""
+    images = frames_for(1, 6)
+    drain = [_frame_run(1, 0, images[:4])]
+    if case == "restarted-in-the-drain":
+        drain = [_frame_run(1, 0, images[:2]), SeriesStart(1, "basic", {}), _frame_run(1, 0, images[:3])]
+    out = []
+    for name, runs in (("runs", True), ("single", False)):
+        manager = _manager(tmp_path / name)
+        sid = _told(manager, 6)
+        if case == "late-frames-of-an-ended-session":
+            manager.delete(sid)
+        if case == "checks-at-once-raise":
+            monkeypatch.setattr(manager.router, "admit_run", lambda *_a: (_ for _ in ()).throw(RuntimeError("admit_run bug")))
+        if not runs:
+            monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
+        manager.on_events(EP, drain if runs else _expanded(drain))
+        monkeypatch.undo()
+        out.append(_observed(manager, [sid]))
+        manager.close()
+    assert out[0] == out[1]
+    state, frames_received, errors, _, received = out[0]["0"]
+    if case == "late-frames-of-an-ended-session":
+        assert (state, frames_received, errors) == ("stopped", 0, {"unexpected": 4})
+    elif case == "restarted-in-the-drain":  # the first run's frames stored, the new run's held for its own tell
+        assert received == [True, True] + [False] * 4 and out[0]["buffer"][(EP, 1)][0] == 3 and errors == {"reissued": 1}
+    else:
+        assert received == [True] * 4 + [False] * 2 and errors == {}
+
+
+def test_a_frame_run_puts_the_detectors_blobs_in_a_compressed_file_as_its_frames_do(tmp_path, monkeypatch):
+    """With ``compressed_patterns`` the file takes a run's blobs (the compiled loop keeps them): stored whole, the run gives the
+    file exactly what its frames one by one give, row for row."""
+    from detector_stream.codec import encode_frames
+
+    images = frames_for(1, 8, k=64)  # 64x64 uint16: whole 8192-byte blocks, chunks written as the detector's blobs
+    blobs = encode_frames(images, "bs16-lz4<")
+    runs = [_frame_run(1, 0, images[:5]), _frame_run(1, 5, images[5:])]
+    for run, first in zip(runs, (0, 5), strict=True):
+        run.blobs = blobs[first : first + len(run)]
+    files = []
+    for name, whole in (("runs", True), ("single", False)):
+        manager = SessionManager(ServiceSettings(storage=tmp_path / name, api_keys=[KEY], compressed_patterns=True), ServiceMetrics())
+        sid = _told(manager, 8, detector_pixels=64, detector_bit_depth=16)
+        if not whole:
+            monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
+        else:
+            monkeypatch.setattr(FrameRun, "frames", lambda _self: pytest.fail("a run admitted whole was expanded"))
+        manager.on_events(EP, runs if whole else _expanded(runs))
+        monkeypatch.undo()
+        s = manager.sessions[sid]
+        s.flush_frames()
+        with h5py.File(s.store.path, "r") as f:
+            files.append((f["patterns"][:8].copy(), f["received"][:8].copy()))
+        manager.close()
+    for a, b in zip(*files, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(files[0][0], images)
