@@ -119,7 +119,8 @@ class StreamDecoder:
 
     def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], blobs: list, marked: list[int], stamps: list[float]) -> None:
         """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), from ``blobs``, ``marked`` pixels each, received at ``stamps``):
-        ``_decoded`` of each, in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail)."""
+        ``_decoded`` of each, in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail):
+        then one ``FrameRun`` where ``runs`` asks for it, else its ``Frame``\\ s."""
         self._appendix_blob_expected = False
         self._config_never_arrived()
         state, n = self._state, len(stack)

@@ -44,11 +44,12 @@ class Frame:
     counted where it was decoded (the compiled loop); None: not counted (look at the pixels)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class FrameRun:
     """Frames ``first``, ``first`` + 1, ... of one series, decoded back to back into one array: the same as ``frames()``, one
     ``Frame`` each, without an object per frame (the ingest's hot path). A receiver gives these only to a consumer that asks
-    (``StreamReceiver(frame_runs=True)``); the per-frame lists hold one entry per row of ``stack``."""
+    (``StreamReceiver(frame_runs=True)``); the per-frame lists hold one entry per row of ``stack``. Equal only to itself
+    (a field-wise comparison would compare pixel arrays, which raises)."""
 
     series: int
     first: int
@@ -57,7 +58,7 @@ class FrameRun:
     times: list[tuple[int | None, int | None, int | None]]
     """per frame, its dconfig (start, stop, real) times (ns)."""
     received_at: list[float]
-    """per frame, ``Frame.received_at``."""
+    """per frame, ``Frame.received_at`` (``time.perf_counter()`` s when its message came off the socket)."""
     blobs: list[bytes | memoryview | None]
     """per frame, ``Frame.blob``."""
     marked: list[int | None]
@@ -68,6 +69,7 @@ class FrameRun:
 
     @property
     def frame_numbers(self) -> range:
+        """The run's frame numbers, ``first`` up to ``first`` + ``len(self)`` (exclusive)."""
         return range(self.first, self.first + len(self.stack))
 
     def frames(self) -> list[Frame]:

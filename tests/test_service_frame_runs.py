@@ -337,6 +337,7 @@ def test_frame_runs_leaves_a_frame_run_as_one_item():
     f = [Frame(1, i, img) for i in range(2)]
     run = _frame_run(1, 2, np.zeros((3, 2, 2), np.uint16))
     assert frame_runs([*f, run, Frame(1, 5, img)]) == [f, run, Frame(1, 5, img)]
+    assert run != _frame_run(1, 2, np.zeros((3, 2, 2), np.uint16))  # another run of the same pixels: compared without raising
 
 
 def test_a_second_frame_for_a_slot_is_a_duplicate_whatever_else_is_wrong_with_it(tmp_path, monkeypatch):
