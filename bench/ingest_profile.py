@@ -13,7 +13,8 @@ robust against other jobs on this shared machine, unlike wall time) and wall tim
 3. ``store``: ``SessionManager.on_events`` into a told session (slot matching, session
    memory, the file queue); the file write (one flush at the end) is timed on its own;
 4. the compiled receive loop (``detector_stream.native``): its drains (receive, md5,
-   checks, decompression, in C), ``StreamDecoder.feed_native`` of them, and their store.
+   checks, decompression, in C), ``StreamDecoder(runs=True).feed_native`` of them (``FrameRun`` events, as the service's
+   receiver asks for them), and their store.
 
 Prints microseconds per frame for each and the frames/s their sum allows on one core.
 Python's garbage collector is off while timing (``--gc`` leaves it on): this bench keeps
@@ -114,7 +115,7 @@ def time_native(messages: list[list[bytes]], batch: int) -> tuple[Timer, Timer, 
     loop = NativeReceiveLoop(batch)
     loop.fit(64 * 64 * 2)
     ctx, pull = queued(messages)
-    decoder, out, got, t_loop, t_feed = StreamDecoder(), [], 0, Timer(), Timer()
+    decoder, out, got, t_loop, t_feed = StreamDecoder(runs=True), [], 0, Timer(), Timer()  # FrameRuns, as the service's receiver asks
     while got < len(messages):
         with t_loop:
             drained = loop.receive(pull)
