@@ -81,6 +81,11 @@ class FrameRun:
         ]
 
 
+def as_frames(events: list) -> list:
+    """``events`` in order, each ``FrameRun`` as its ``Frame``\\ s (``FrameRun.frames``)."""
+    return [f for e in events for f in (e.frames() if isinstance(e, FrameRun) else [e])]
+
+
 def stacked_images(frames: list[Frame]) -> np.ndarray | None:
     """The frames' images as one (n, y, x) array without a copy when they are consecutive rows, in order, of one decoded stack; else None."""
     head = frames[0].stack if frames else None

@@ -24,7 +24,7 @@ from stream_fuzz import Case, case_strategy
 from test_stream_fast_path import _as_tuple, _compact
 
 from detector_stream.decoder import StreamDecoder
-from detector_stream.events import Frame, FrameRun, StreamError
+from detector_stream.events import Frame, FrameRun, StreamError, as_frames
 from detector_stream.messages import image_parts, series_end_parts, series_start_parts
 from detector_stream.native import build
 from detector_stream.native.batch import IMAGE, RAW
@@ -78,10 +78,6 @@ def _tuples(events: list) -> list[tuple]:
     return out
 
 
-def _expanded(events: list) -> list:
-    """``events`` with each ``FrameRun`` as its ``Frame``\\ s."""
-    return [f for e in events for f in (e.frames() if isinstance(e, FrameRun) else [e])]
-
 
 def _python(messages: list[list[bytes]]) -> tuple[list, StreamDecoder]:
     decoder = StreamDecoder(fast=False)
@@ -129,7 +125,7 @@ def test_loop_equals_python_path_on_mutated_series(pair, case: Case, batch: int,
     events, decoder, _ = _through_loop(pair, messages, loop, runs)
     expected, reference = _python(messages)
     assert runs or not any(isinstance(e, FrameRun) for e in events)
-    assert _tuples(_expanded(events)) == _tuples(expected)
+    assert _tuples(as_frames(events)) == _tuples(expected)
     assert decoder.error_counts == reference.error_counts
 
 
@@ -364,7 +360,7 @@ def test_runs_of_frames_get_the_checks_of_single_frames(pair, order, runs):
     events, decoder, native_frames = _through_loop(pair, msgs, NativeReceiveLoop(64), runs)
     expected, reference = _python(msgs)
     assert native_frames == len(order)
-    assert _tuples(_expanded(events)) == _tuples(expected)
+    assert _tuples(as_frames(events)) == _tuples(expected)
     assert decoder.error_counts == reference.error_counts
     frame_runs = [e for e in events if isinstance(e, FrameRun)]
     # the loop's runs are the frames back to back: one of them that a check could fail (a gap before it, a frame past the end, a

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from service_testing import KEY, RecordingBackend, frames_for, session_body
 
-from detector_stream.events import Frame, FrameRun, SeriesEnd, SeriesStart, StreamError
+from detector_stream.events import Frame, FrameRun, SeriesEnd, SeriesStart, StreamError, as_frames
 from service.manager import SessionManager
 from service.metrics import ServiceMetrics
 from service.routing import frame_runs
@@ -276,9 +276,6 @@ def _frame_run(series: int, first: int, images: np.ndarray, t0: float = 10.0) ->
     return FrameRun(series, first, np.ascontiguousarray(images), [(None, None, None)] * n, [t0 + k for k in range(n)], [None] * n, [None] * n)
 
 
-def _expanded(events: list) -> list:
-    return [f for e in events for f in (e.frames() if isinstance(e, FrameRun) else [e])]
-
 
 @pytest.mark.parametrize(
     "case", ["whole", "past-the-batch", "a-slot-filled-before", "wider-type-that-fits", "wider-type-that-does-not", "untold-series"]
@@ -308,7 +305,7 @@ def test_a_frame_run_ends_exactly_as_its_frames_one_by_one(tmp_path, monkeypatch
             monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
         elif case in ("whole", "wider-type-that-fits"):  # stored whole: its frames are never made
             monkeypatch.setattr(FrameRun, "frames", lambda _self: pytest.fail("a run admitted whole was expanded"))
-        manager.on_events(EP, [run] if runs else _expanded([run]))
+        manager.on_events(EP, [run] if runs else as_frames([run]))
         monkeypatch.undo()
         s = manager.sessions[sid]
         s.flush_frames()
@@ -393,7 +390,7 @@ def test_a_frame_run_is_refused_or_held_exactly_as_its_frames(tmp_path, monkeypa
             monkeypatch.setattr(manager.router, "admit_run", lambda *_a: (_ for _ in ()).throw(RuntimeError("admit_run bug")))
         if not runs:
             monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
-        manager.on_events(EP, drain if runs else _expanded(drain))
+        manager.on_events(EP, drain if runs else as_frames(drain))
         monkeypatch.undo()
         out.append(_observed(manager, [sid]))
         manager.close()
@@ -425,7 +422,7 @@ def test_a_frame_run_puts_the_detectors_blobs_in_a_compressed_file_as_its_frames
             monkeypatch.setattr(manager, "_store_run", lambda *_a: False)
         else:
             monkeypatch.setattr(FrameRun, "frames", lambda _self: pytest.fail("a run admitted whole was expanded"))
-        manager.on_events(EP, runs if whole else _expanded(runs))
+        manager.on_events(EP, runs if whole else as_frames(runs))
         monkeypatch.undo()
         s = manager.sessions[sid]
         s.flush_frames()
