@@ -58,8 +58,7 @@ class StreamDecoder:
     def __init__(self, fast: bool = True, runs: bool = False) -> None:
         """``fast``: parse image messages in the DCU's exact layout without JSON (``_image_fast``); False: JSON for every message.
         ``runs``: ``feed_native`` gives a run of consecutive frames that passes every check as one ``FrameRun``, not a ``Frame`` each."""
-        self.fast = fast
-        self.runs = runs
+        self.fast, self.runs = fast, runs
         self._state: _SeriesState | None = None
         self._awaiting_config: tuple[int, str] | None = None
         self._events: list = []
@@ -119,8 +118,7 @@ class StreamDecoder:
 
     def _decoded_run(self, series: int, first: int, stack, times: list[tuple[int, int, int]], blobs: list, marked: list[int], stamps: list[float]) -> None:
         """Decoded images of frames ``first``, ``first`` + 1, ... (``stack`` (n, y, x), from ``blobs``, ``marked`` pixels each, received at ``stamps``):
-        ``_decoded`` of each, in one step when they continue the open series exactly (none seen yet, none past its end, no gap: no check can fail):
-        then one ``FrameRun`` where ``runs`` asks for it, else its ``Frame``\\ s."""
+        ``_decoded`` of each, in one step (a ``FrameRun`` if ``runs``) when they continue the open series exactly (no check can fail)."""
         self._appendix_blob_expected = False
         self._config_never_arrived()
         state, n = self._state, len(stack)
@@ -133,10 +131,7 @@ class StreamDecoder:
         state.next_frame = first + n
         state.received += n
         run = FrameRun(series, first, stack, times, stamps, blobs, marked)
-        if self.runs:
-            self._events.append(run)
-        else:
-            self._events += run.frames()
+        self._events += [run] if self.runs else run.frames()
 
     def _raw(self, parts: list[bytes]) -> None:
         try:

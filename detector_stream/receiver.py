@@ -87,8 +87,7 @@ class StreamReceiver:
         self.on_raw = on_raw
         """sees each drained batch of raw multipart messages before decoding (receive thread); its exceptions are counted as socket errors."""
         self.forward, self.keep_blobs = forward, keep_blobs  # every message re-sent there; the compiled loop's Frame.blob kept
-        self.frame_runs = frame_runs
-        """the compiled loop's runs of consecutive frames reach the callback as ``FrameRun``\\ s (``StreamDecoder(runs=True)``), not a ``Frame`` each."""
+        self.frame_runs = frame_runs  # the compiled loop's runs of consecutive frames reach the callback as one FrameRun each
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -99,12 +98,10 @@ class StreamReceiver:
         self._requests: list[tuple[str, str, threading.Event]] = []  # ("open" | "close", endpoint, done) asked for, not yet applied
         self._wake: zmq.Socket | None = None  # PUSH end of the thread's inproc control socket (used under ``_lock``)
         self.socket_errors = 0
-        self.native = native
-        """the compiled receive loop (``detector_stream.native``): None where available, False never, True or fail at start."""
+        self.native = native  # the compiled receive loop (detector_stream.native): None where available, False never, True or fail at start
         self.native_unavailable: str | None = None  # why the compiled receive loop is not used (None: it is, or not started)
         self._handoff: OrderedHandoff | None = None  # the decode thread of the compiled loop's last run
-        self.native_loop: NativeReceiveLoop | None = None
-        """the compiled loop the receive thread drains with (None: the Python path)."""
+        self.native_loop: NativeReceiveLoop | None = None  # the compiled loop the receive thread drains with (None: the Python path)
 
     # --- state, readable from any thread ----------------------------------------------
 
