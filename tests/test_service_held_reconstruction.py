@@ -26,10 +26,15 @@ def _first_batches_acquired(manager: SessionManager, endpoints: list[str]) -> li
     sids = [manager.create(body[ep])["session_id"] for ep in endpoints]
     Scheduler(manager, RecordingBackend(), manager.metrics).run_round(manager.take_work(0.1))
     for series, (sid, ep) in enumerate(zip(sids, endpoints, strict=True), start=3):
-        assert manager.tell(sid, 0, series, None)[0] == 202
-        manager.on_events(ep, [Frame(series, i, img) for i, img in enumerate(frames_for(series, 20))])
+        _batch_acquired(manager, sid, ep, 0, series)
         assert manager.sessions[sid].batches[0].status == "complete"
     return sids
+
+
+def _batch_acquired(manager: SessionManager, sid: str, endpoint: str, batch_id: int, series: int) -> None:
+    """Batch ``batch_id`` (20 positions) of ``sid`` told as ``series`` and its 20 frames received from ``endpoint``."""
+    assert manager.tell(sid, batch_id, series, None)[0] == 202
+    manager.on_events(endpoint, [Frame(series, i, img) for i, img in enumerate(frames_for(series, 20))])
 
 
 def _publish_raising_for(manager: SessionManager, monkeypatch, session_id: str, before=None):
@@ -130,8 +135,7 @@ def test_a_publish_that_raises_fails_only_its_session_and_the_rounds_held_recons
     with h5py.File(tmp_path / f"{served}.h5", "r") as f:
         assert len(f["reconstructions"]) == 1
     monkeypatch.setattr(manager, "publish", publish)
-    assert manager.tell(served, 1, 9, None)[0] == 202
-    manager.on_events(endpoint[served], [Frame(9, i, img) for i, img in enumerate(frames_for(9, 20))])
+    _batch_acquired(manager, served, endpoint[served], 1, 9)
     scheduler.run_round(manager.take_work(0.1))
     assert manager.finished[served].state == "done", "the worker served the next round"
     manager.close()
@@ -144,8 +148,7 @@ def test_a_round_that_raises_after_serving_a_session_whose_next_chunk_completed_
     served, broken = items[0].session_id, items[1].session_id
 
     def meanwhile():  # (the ingest thread) the served session's next chunk was told and came in
-        assert manager.tell(served, 1, 9, None)[0] == 202
-        manager.on_events(endpoint[served], [Frame(9, i, img) for i, img in enumerate(frames_for(9, 20))])
+        _batch_acquired(manager, served, endpoint[served], 1, 9)
 
     publish = _publish_raising_for(manager, monkeypatch, broken, meanwhile)
     scheduler = Scheduler(manager, RecordingBackend(), manager.metrics)
